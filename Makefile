@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Each creates .venv and installs mfvan into it when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Where a CPU build of torch lies on disk (as on our dev and CI machines), install it
+# first so pip does not fetch a several-GB CUDA build to satisfy `torch>=2.3`.
+LOCAL_TORCH := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
+DEMO_DIR ?= .demo
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(if $(LOCAL_TORCH),$(BIN)/python -m pip install "$(LOCAL_TORCH)")
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mfvan synth --config tiny --out $(DEMO_DIR)/synthme --preview
+	@echo "Previews (onset | apex | magnified difference, one per emotion): $(DEMO_DIR)/synthme/preview/"
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/mfvan synth --config standard --out $(DEMO_DIR)/synthme-standard
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info

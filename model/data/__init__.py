@@ -1,0 +1,1 @@
+"""mfvan.model.data: dataset loaders and SynthME, the synthetic micro-expression generator."""

@@ -1,0 +1,4 @@
+"""mfvan.stream: the live pipeline (ingest, wire protocol, spotter, recognizer, metrics).
+
+Imports mfvan.kernels; reaches the network only through backends handed in by mfvan.deploy.
+"""
