@@ -13,21 +13,41 @@ from pathlib import Path
 
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", choices=("standard", "tiny"), default="standard",
-                   help="preset: 'standard' is the benchmark's fixed set, 'tiny' is for tests "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--config",
+        choices=("standard", "tiny"),
+        default="standard",
+        help="preset: 'standard' is the benchmark's fixed set, 'tiny' is for tests "
+        "(default: %(default)s)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--subjects", type=int, default=None,
-                   help="number of subjects (default: the preset's, 16 standard / 3 tiny)")
-    p.add_argument("--fps", type=float, default=None,
-                   help="frame rate, 25 or more (default: the preset's, 200)")
-    p.add_argument("--codec", choices=("ffv1", "h264"), default=None,
-                   help="long videos: lossless FFV1 in .mkv or H.264 in .mp4 (default: ffv1)")
-    p.add_argument("--preview", action="store_true",
-                   help="also write preview/<emotion>.png: onset, apex, magnified difference")
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: one per core)")
+    p.add_argument(
+        "--subjects",
+        type=int,
+        default=None,
+        help="number of subjects (default: the preset's, 16 standard / 3 tiny)",
+    )
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="frame rate, 25 or more (default: the preset's, 200)",
+    )
+    p.add_argument(
+        "--codec",
+        choices=("ffv1", "h264"),
+        default=None,
+        help="long videos: lossless FFV1 in .mkv or H.264 in .mp4 (default: ffv1)",
+    )
+    p.add_argument(
+        "--preview",
+        action="store_true",
+        help="also write preview/<emotion>.png: onset, apex, magnified difference",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: one per core)"
+    )
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -36,20 +56,26 @@ def _run_synth(args: argparse.Namespace) -> int:
     from mfvan.model.data import synth
 
     config = synth.CONFIGS[args.config]
-    overrides = {k: v for k, v in (("subjects", args.subjects), ("fps", args.fps),
-                                   ("codec", args.codec)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("subjects", args.subjects), ("fps", args.fps), ("codec", args.codec))
+        if v is not None
+    }
     try:
         config = replace(config, **overrides)
     except ValueError as err:
         print(f"mfvan synth: {err}", file=sys.stderr)
         return 2
-    manifest = synth.generate(config, args.out, seed=args.seed, preview=args.preview,
-                              workers=args.workers)
+    manifest = synth.generate(
+        config, args.out, seed=args.seed, preview=args.preview, workers=args.workers
+    )
     print(f"SynthME '{config.name}' (seed {args.seed}) written to {args.out}")
     print(f"  clips:       {manifest['clips']} in {args.out / 'clips'} (CASME II layout)")
-    print(f"  long videos: {manifest['long_videos']} in {args.out / 'long'} "
-          f"({manifest['long_expressions']['micro']} micro, "
-          f"{manifest['long_expressions']['macro']} macro)")
+    print(
+        f"  long videos: {manifest['long_videos']} in {args.out / 'long'} "
+        f"({manifest['long_expressions']['micro']} micro, "
+        f"{manifest['long_expressions']['macro']} macro)"
+    )
     if args.preview:
         print(f"  previews:    {args.out / 'preview'}/<emotion>.png")
     return 0
@@ -67,8 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, add_flags, _) in SUBCOMMANDS.items():
-        add_flags(sub.add_parser(name, help=help_text, description=help_text,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+        add_flags(
+            sub.add_parser(
+                name,
+                help=help_text,
+                description=help_text,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            )
+        )
     return parser
 
 

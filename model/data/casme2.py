@@ -129,7 +129,9 @@ def _frame(cell, sheet_path: Path, line: int, column: str) -> int:
     try:
         return int(cell)
     except (TypeError, ValueError):
-        raise SheetError(f"{sheet_path}: row {line}, {column} is {cell!r}, not a frame number") from None
+        raise SheetError(
+            f"{sheet_path}: row {line}, {column} is {cell!r}, not a frame number"
+        ) from None
 
 
 # A fixed date keeps the written workbook byte-identical from run to run.
@@ -159,11 +161,20 @@ def write_sheet(path: Path, rows: list[tuple]) -> None:
 
 
 def _fixed_zip_times(data: bytes) -> bytes:
+    """Rewrite an .xlsx with fixed zip timestamps and a fixed `modified` date (openpyxl
+    stamps the time of saving there, whatever the workbook says)."""
     src = zipfile.ZipFile(io.BytesIO(data))
     out = io.BytesIO()
+    stamp = f"{_FIXED_DATE:%Y-%m-%dT%H:%M:%SZ}"
+    modified = f'<dcterms:modified xsi:type="dcterms:W3CDTF">{stamp}</dcterms:modified>'
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
+            content = src.read(info.filename)
+            if info.filename == "docProps/core.xml":
+                content = re.sub(
+                    rb"<dcterms:modified[^>]*>[^<]*</dcterms:modified>", modified.encode(), content
+                )
             fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
             fixed.compress_type = zipfile.ZIP_DEFLATED
-            dst.writestr(fixed, src.read(info.filename))
+            dst.writestr(fixed, content)
     return out.getvalue()

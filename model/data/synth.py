@@ -52,7 +52,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-
 from mfvan.model.data import casme2
 from mfvan.model.data.synth_face import Identity, Placement, au_field, render_texture
 
@@ -219,8 +218,10 @@ class Blink:
         if t <= self.start or t >= self.end:
             return 0.0
         closing = (self.end - self.start) / 3.0
-        u = (t - self.start) / closing if t - self.start < closing else (self.end - t) / (
-            self.end - self.start - closing
+        u = (
+            (t - self.start) / closing
+            if t - self.start < closing
+            else (self.end - t) / (self.end - self.start - closing)
         )
         return 0.5 - 0.5 * math.cos(math.pi * min(u, 1.0))
 
@@ -261,37 +262,59 @@ class SubjectRenderer:
                 out += np.float32(px) * self.fields[au]
         return out
 
-    def backward_map(self, state: FrameState) -> np.ndarray:
-        """p(x): where in the neutral texture frame pixel x samples, (H, W, 2) float32."""
+    def backward_map(self, state: FrameState, at: np.ndarray | None = None) -> np.ndarray:
+        """p(x): where in the neutral texture pixel x samples, (H, W, 2) float32.
+
+        `at` evaluates p at other points than the pixel grid (any (..., 2) array of x, y);
+        the pose part is exact there and the AU part interpolated from its smooth field.
+        """
         import cv2
 
-        disp = self.displacement(state.au_px)
-        if state.tx == state.ty == state.angle_deg == 0.0:
-            return self.grid - disp
-        # y = S^-1 x: undo the head's translation and rotation about the face centre.
-        cx, cy = self.placement.cx, self.placement.cy
-        a = math.radians(state.angle_deg)
-        cos, sin = np.float32(math.cos(a)), np.float32(math.sin(a))
-        gx = self.grid[..., 0] - np.float32(cx + state.tx)
-        gy = self.grid[..., 1] - np.float32(cy + state.ty)
-        y = np.empty_like(self.grid)
-        y[..., 0] = cos * gx + sin * gy + np.float32(cx)
-        y[..., 1] = cos * gy - sin * gx + np.float32(cy)
+        on_grid = at is None
+        at = self.grid if at is None else at
+        posed = not state.tx == state.ty == state.angle_deg == 0.0
+        if posed:
+            # y = S^-1 x: undo the head's translation and rotation about the face centre.
+            cx, cy = self.placement.cx, self.placement.cy
+            a = math.radians(state.angle_deg)
+            cos, sin = np.float32(math.cos(a)), np.float32(math.sin(a))
+            gx = at[..., 0] - np.float32(cx + state.tx)
+            gy = at[..., 1] - np.float32(cy + state.ty)
+            y = np.empty_like(at)
+            y[..., 0] = cos * gx + sin * gy + np.float32(cx)
+            y[..., 1] = cos * gy - sin * gx + np.float32(cy)
+        else:
+            y = at.copy()
         if state.au_px:
-            y -= cv2.remap(disp, y[..., 0], y[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            disp = self.displacement(state.au_px)
+            if posed or not on_grid:
+                disp = cv2.remap(
+                    disp, y[..., 0], y[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+                )
+            y -= disp
         return y
 
     def render(self, state: FrameState, noise: bool = True) -> np.ndarray:
         """The frame for `state`: uint8 RGB, (H, W, 3)."""
-        import cv2
-
-        pmap = self.backward_map(state)
-        img = cv2.remap(self.texture, pmap[..., 0], pmap[..., 1], cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_REFLECT)
-        img *= np.float32(state.gain * 255.0)
+        img = self.render_exact(state)
         if noise and state.noise_std > 0:
             img += self._noise(state.noise_seed) * np.float32(state.noise_std)
         return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+    def render_exact(self, state: FrameState) -> np.ndarray:
+        """The frame before sensor noise and 8-bit quantisation: float32 RGB in [0, 255]."""
+        import cv2
+
+        pmap = self.backward_map(state)
+        img = cv2.remap(
+            self.texture,
+            pmap[..., 0],
+            pmap[..., 1],
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT,
+        )
+        img *= np.float32(state.gain * 255.0)
+        return img
 
     _NOISE_BANK, _NOISE_PAD = 4, 64
 
@@ -306,7 +329,9 @@ class SubjectRenderer:
             h, w = self.config.frame_size
             rng = np.random.default_rng([self.identity.texture_seed, 0xB4])
             pad = self._NOISE_PAD
-            self._bank = rng.standard_normal((self._NOISE_BANK, h + pad, w + pad, 3), dtype=np.float32)
+            self._bank = rng.standard_normal(
+                (self._NOISE_BANK, h + pad, w + pad, 3), dtype=np.float32
+            )
         h, w = self.config.frame_size
         k, dy, dx = np.random.default_rng(seed).integers(
             (0, 0, 0), (self._NOISE_BANK, self._NOISE_PAD, self._NOISE_PAD)
@@ -320,14 +345,11 @@ class SubjectRenderer:
         are close to the identity (their Jacobians differ from it by the AU fields' small
         gradients and the head's small rotation).
         """
-        import cv2
 
-        pa, pb = self.backward_map(a), self.backward_map(b)
-        flow = pa - pb
+        pa = self.backward_map(a)
+        flow = pa - self.backward_map(b)
         for _ in range(iterations):
-            at = self.grid + flow
-            pb_at = cv2.remap(pb, at[..., 0], at[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            flow += pa - pb_at
+            flow += pa - self.backward_map(b, at=self.grid + flow)
         return flow
 
     def peak_of(self, au_weights: dict[int, float]) -> float:
@@ -384,7 +406,11 @@ class Timeline:
 
 
 def draw_expression(
-    rng: np.random.Generator, renderer: SubjectRenderer, kind: str, onset: int, emotion: str | None = None
+    rng: np.random.Generator,
+    renderer: SubjectRenderer,
+    kind: str,
+    onset: int,
+    emotion: str | None = None,
 ) -> Expression:
     """A random expression of `kind` starting at frame `onset` (emotion drawn if None)."""
     cfg = renderer.config
@@ -417,8 +443,14 @@ def draw_expression(
     )
 
 
-def _draw_blinks(rng, config: SynthConfig, nuisances: Nuisances, start: int, stop: int,
-                 avoid: tuple[int, ...] = ()) -> list[Blink]:
+def _draw_blinks(
+    rng,
+    config: SynthConfig,
+    nuisances: Nuisances,
+    start: int,
+    stop: int,
+    avoid: tuple[int, ...] = (),
+) -> list[Blink]:
     """Poisson blinks in [start, stop), none active at the frames in `avoid`."""
     blinks = []
     if nuisances.blink_rate_hz <= 0:
@@ -450,8 +482,9 @@ class Clip:
         return range(self.first, self.first + self.length)
 
 
-def make_clip(renderer: SubjectRenderer, subject: int, index: int, seed: int,
-              emotion: str | None = None) -> tuple[Clip, Timeline]:
+def make_clip(
+    renderer: SubjectRenderer, subject: int, index: int, seed: int, emotion: str | None = None
+) -> tuple[Clip, Timeline]:
     """Clip `index` of `subject`: one micro-expression between neutral margins."""
     cfg = renderer.config
     rng = np.random.default_rng([seed, subject, index, 0xC1])
@@ -462,8 +495,9 @@ def make_clip(renderer: SubjectRenderer, subject: int, index: int, seed: int,
     length = expr.offset + after - first + 1
     timeline = Timeline(cfg, cfg.clip_nuisances, (seed, subject, index))
     timeline.expressions.append(expr)
-    timeline.blinks = _draw_blinks(rng, cfg, cfg.clip_nuisances, first, first + length,
-                                   avoid=(expr.onset, expr.apex))
+    timeline.blinks = _draw_blinks(
+        rng, cfg, cfg.clip_nuisances, first, first + length, avoid=(expr.onset, expr.apex)
+    )
     name = f"EP{index // 10 + 1:02d}_{index % 10 + 1:02d}"
     return Clip(subject, name, first, length, expr), timeline
 
@@ -489,22 +523,44 @@ def _subject_clips(config: SynthConfig, seed: int, subject: int, out: str) -> li
         flow_dir = root / "flow" / f"sub{subject:02d}"
         flow_dir.mkdir(parents=True, exist_ok=True)
         np.save(flow_dir / f"{clip.filename}.npy", flow)
-        rows.append({
-            "subject": subject, "filename": clip.filename, "first": clip.first,
-            "last": clip.first + clip.length - 1, "onset": e.onset, "apex": e.apex,
-            "offset": e.offset, "aus": e.au_string(), "emotion": e.emotion,
-            "class3": e.label3 or "", "peak_px": round(e.peak_px, 4),
-            "blinks": ";".join(f"{b.start}-{b.end}" for b in timeline.blinks),
-        })
+        rows.append(
+            {
+                "subject": subject,
+                "filename": clip.filename,
+                "first": clip.first,
+                "last": clip.first + clip.length - 1,
+                "onset": e.onset,
+                "apex": e.apex,
+                "offset": e.offset,
+                "aus": e.au_string(),
+                "emotion": e.emotion,
+                "class3": e.label3 or "",
+                "peak_px": round(e.peak_px, 4),
+                "blinks": ";".join(f"{b.start}-{b.end}" for b in timeline.blinks),
+            }
+        )
     return rows
 
 
-CLIP_CSV_COLUMNS = ("subject", "filename", "first", "last", "onset", "apex", "offset", "aus",
-                    "emotion", "class3", "peak_px", "blinks")
+CLIP_CSV_COLUMNS = (
+    "subject",
+    "filename",
+    "first",
+    "last",
+    "onset",
+    "apex",
+    "offset",
+    "aus",
+    "emotion",
+    "class3",
+    "peak_px",
+    "blinks",
+)
 
 
-def write_clips(config: SynthConfig, out: Path, seed: int = 0, workers: int | None = None,
-                progress: bool = True) -> list[dict]:
+def write_clips(
+    config: SynthConfig, out: Path, seed: int = 0, workers: int | None = None, progress: bool = True
+) -> list[dict]:
     """Write the recognition clips in CASME II's layout under `out`:
 
     `CASME2_RAW_selected/subNN/EPxx_yy/img<n>.jpg`, the coding sheet
@@ -517,16 +573,32 @@ def write_clips(config: SynthConfig, out: Path, seed: int = 0, workers: int | No
     out.mkdir(parents=True, exist_ok=True)
     subjects = range(1, config.subjects + 1)
     rows: list[dict] = []
-    with _progress(progress, config.subjects * config.clips_per_subject, "clips") as bar, \
-            _pool(workers) as pool:
-        for subject_rows in pool.map(_subject_clips, *zip(*[(config, seed, s, str(out)) for s in subjects],
-                                                          strict=True)):
+    with (
+        _progress(progress, config.subjects * config.clips_per_subject, "clips") as bar,
+        _pool(workers) as pool,
+    ):
+        for subject_rows in pool.map(
+            _subject_clips, *zip(*[(config, seed, s, str(out)) for s in subjects], strict=True)
+        ):
             rows.extend(subject_rows)
             bar.update(len(subject_rows))
-    casme2.write_sheet(out / "CASME2-coding-synthme.xlsx", [
-        (r["subject"], r["filename"], None, r["onset"], r["apex"], r["offset"], None, r["aus"], r["emotion"])
-        for r in rows
-    ])
+    casme2.write_sheet(
+        out / "CASME2-coding-synthme.xlsx",
+        [
+            (
+                r["subject"],
+                r["filename"],
+                None,
+                r["onset"],
+                r["apex"],
+                r["offset"],
+                None,
+                r["aus"],
+                r["emotion"],
+            )
+            for r in rows
+        ],
+    )
     _write_csv(out / "synthme-clips.csv", CLIP_CSV_COLUMNS, rows)
     return rows
 
@@ -579,8 +651,12 @@ class SynthStream:
             expr = draw_expression(rng, self.renderer, kind, onset)
             if expr.offset + gap > start + (i + 1) * slot:
                 shift = expr.offset + gap - (start + (i + 1) * slot)
-                expr = replace(expr, onset=expr.onset - shift, apex=expr.apex - shift,
-                               offset=expr.offset - shift)
+                expr = replace(
+                    expr,
+                    onset=expr.onset - shift,
+                    apex=expr.apex - shift,
+                    offset=expr.offset - shift,
+                )
             self.timeline.expressions.append(expr)
         self.timeline.blinks += _draw_blinks(rng, cfg, nz, start, stop)
 
@@ -608,8 +684,18 @@ class SynthStream:
 # ----------------------------------------------------------------------------- long videos
 
 
-LONG_CSV_COLUMNS = ("video", "subject", "kind", "onset", "apex", "offset", "class", "emotion",
-                    "aus", "peak_px")
+LONG_CSV_COLUMNS = (
+    "video",
+    "subject",
+    "kind",
+    "onset",
+    "apex",
+    "offset",
+    "class",
+    "emotion",
+    "aus",
+    "peak_px",
+)
 NUISANCE_CSV_COLUMNS = ("video", "kind", "start", "end")
 
 
@@ -623,20 +709,26 @@ def encode_video(path: Path, frames, fps: float, codec: str, size: tuple[int, in
 
     yuv420p is what cameras and RTSP streams deliver; FFV1 codes it losslessly, so the
     only loss is the RGB to 4:2:0 conversion itself (lossless RGB FFV1 costs three times
-    the disk: 120 KB against 42 KB a frame of the standard config). Bit-exact flags keep the container free of encoder versions and random ids, so the
-    same frames give the same bytes.
+    the disk: 120 KB against 42 KB a frame of the standard config). Bit-exact flags keep
+    the container free of encoder versions and random ids, so the same frames give the
+    same bytes.
     """
-    import av
     from fractions import Fraction
+
+    import av
 
     h, w = size
     rate = Fraction(fps).limit_denominator(1000)
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
         if codec == "ffv1":
-            stream = container.add_stream("ffv1", rate=rate, options={"level": "3", "slicecrc": "1"})
+            stream = container.add_stream(
+                "ffv1", rate=rate, options={"level": "3", "slicecrc": "1"}
+            )
             stream.pix_fmt = "yuv420p"
         else:
-            stream = container.add_stream("libx264", rate=rate, options={"crf": "12", "preset": "fast"})
+            stream = container.add_stream(
+                "libx264", rate=rate, options={"crf": "12", "preset": "fast"}
+            )
             stream.pix_fmt = "yuv420p"
         stream.width, stream.height = w, h
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
@@ -657,20 +749,40 @@ def _long_video(config: SynthConfig, seed: int, video: int, out: str):
     stream = SynthStream(config, subject=subject, seed=seed, video=video)
     n = int(round(config.long_seconds * config.fps))
     name = long_video_name(config, video, subject)
-    encode_video(Path(out) / name, (stream.frame(t).image for t in range(n)), config.fps,
-                 config.codec, config.frame_size)
-    truth = [{
-        "video": name, "subject": subject, "kind": e.kind, "onset": e.onset, "apex": e.apex,
-        "offset": e.offset, "class": e.label3 or "", "emotion": e.emotion, "aus": e.au_string(),
-        "peak_px": round(e.peak_px, 4),
-    } for e in stream.expressions_until(n) if e.offset < n]
-    blinks = [{"video": name, "kind": "blink", "start": b.start, "end": b.end}
-              for b in stream.blinks_until(n) if b.end < n]
+    encode_video(
+        Path(out) / name,
+        (stream.frame(t).image for t in range(n)),
+        config.fps,
+        config.codec,
+        config.frame_size,
+    )
+    truth = [
+        {
+            "video": name,
+            "subject": subject,
+            "kind": e.kind,
+            "onset": e.onset,
+            "apex": e.apex,
+            "offset": e.offset,
+            "class": e.label3 or "",
+            "emotion": e.emotion,
+            "aus": e.au_string(),
+            "peak_px": round(e.peak_px, 4),
+        }
+        for e in stream.expressions_until(n)
+        if e.offset < n
+    ]
+    blinks = [
+        {"video": name, "kind": "blink", "start": b.start, "end": b.end}
+        for b in stream.blinks_until(n)
+        if b.end < n
+    ]
     return truth, blinks
 
 
-def write_long_videos(config: SynthConfig, out: Path, seed: int = 0, workers: int | None = None,
-                      progress: bool = True) -> list[dict]:
+def write_long_videos(
+    config: SynthConfig, out: Path, seed: int = 0, workers: int | None = None, progress: bool = True
+) -> list[dict]:
     """Write `config.long_videos` long videos for spotting under `out`, with
     `ground_truth.csv` (LONG_CSV_COLUMNS; frames are 0-based indices in the video) and
     `nuisances.csv` (the blinks)."""
@@ -679,7 +791,9 @@ def write_long_videos(config: SynthConfig, out: Path, seed: int = 0, workers: in
     truth, blinks = [], []
     videos = range(config.long_videos)
     with _progress(progress, config.long_videos, "long videos") as bar, _pool(workers) as pool:
-        for t, b in pool.map(_long_video, *zip(*[(config, seed, v, str(out)) for v in videos], strict=True)):
+        for t, b in pool.map(
+            _long_video, *zip(*[(config, seed, v, str(out)) for v in videos], strict=True)
+        ):
             truth += t
             blinks += b
             bar.update(1)
@@ -709,12 +823,18 @@ def write_previews(config: SynthConfig, out: Path, seed: int = 0, gain: float = 
         onset = renderer.render(timeline.state(e.onset))
         apex = renderer.render(timeline.state(e.apex))
         diff = np.abs(apex.astype(np.float32) - onset.astype(np.float32)).mean(axis=2)
-        diff = cv2.applyColorMap(np.clip(diff * gain, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+        diff = cv2.applyColorMap(
+            np.clip(diff * gain, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO
+        )
         panel = np.hstack([onset[..., ::-1], apex[..., ::-1], diff])
         band = np.zeros((36, panel.shape[1], 3), np.uint8)
-        label = (f"{emotion} ({e.label3 or 'dropped in 3-class'})  AU {e.au_string()}  "
-                 f"peak {e.peak_px:.2f}px  onset | apex | diff x{gain:g}")
-        cv2.putText(band, label, (6, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        label = (
+            f"{emotion} ({e.label3 or 'dropped in 3-class'})  AU {e.au_string()}  "
+            f"peak {e.peak_px:.2f}px  onset | apex | diff x{gain:g}"
+        )
+        cv2.putText(
+            band, label, (6, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
+        )
         path = out / f"{emotion}.png"
         cv2.imwrite(str(path), np.vstack([band, panel]))
         paths.append(path)
@@ -724,8 +844,14 @@ def write_previews(config: SynthConfig, out: Path, seed: int = 0, gain: float = 
 # ----------------------------------------------------------------------------- a whole set
 
 
-def generate(config: SynthConfig, out: Path, seed: int = 0, preview: bool = False,
-             workers: int | None = None, progress: bool = True) -> dict:
+def generate(
+    config: SynthConfig,
+    out: Path,
+    seed: int = 0,
+    preview: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Write a whole SynthME set under `out`: `clips/`, `long/`, optionally `preview/`,
     and `synthme.json` (config, seed, counts). Returns that manifest."""
     out = Path(out)
@@ -772,7 +898,7 @@ def _pool(workers: int | None):
         return _SerialPool()
     import multiprocessing
 
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _progress(enabled: bool, total: int, unit: str):

@@ -43,7 +43,7 @@ ACTION_UNITS: dict[int, str] = {
 
 @dataclass(frozen=True)
 class Identity:
-    """One synthetic subject. Lengths are fractions of the face height; colours are RGB in [0, 1]."""
+    """One synthetic subject. Lengths are fractions of the face height; colours RGB in [0, 1]."""
 
     subject: int
     half_width: float  # face oval half width
@@ -75,17 +75,17 @@ class Identity:
 
     @classmethod
     def sample(cls, subject: int, seed: int) -> Identity:
-        """Draw subject `subject`'s identity; the same (subject, seed) always gives the same face."""
+        """Draw subject `subject`'s identity: the same (subject, seed) gives the same face."""
         rng = np.random.default_rng([seed, subject, 0x1D])
         tone = rng.uniform(0.0, 1.0)
         dark, light = np.array([0.36, 0.23, 0.16]), np.array([0.96, 0.80, 0.69])
         skin = dark + tone * (light - dark) + rng.normal(0, 0.02, 3)
         hair_tone = rng.uniform(0.03, 0.45)
         hair = np.array([hair_tone * 1.1, hair_tone * 0.85, hair_tone * 0.6])
-        background = rng.uniform(0.15, 0.85) * np.ones(3) + rng.normal(0, 0.08, 3)
-        # Keep the background apart from the skin so the face outline is always visible.
-        if abs(background.mean() - skin.mean()) < 0.15:
-            background = np.clip(background + np.sign(background.mean() - skin.mean() + 1e-3) * 0.3, 0, 1)
+        level, away = rng.uniform(0.12, 0.88), rng.uniform(0.18, 0.3)
+        if abs(level - skin.mean()) < 0.15:  # keep the face outline visible
+            level = skin.mean() - away if skin.mean() > 0.45 else skin.mean() + away
+        background = level + rng.normal(0, 0.08, 3)
         lip = skin * np.array([0.78, 0.48, 0.48]) + rng.normal(0, 0.02, 3)
         iris = rng.choice(
             np.array([[0.25, 0.15, 0.08], [0.12, 0.08, 0.05], [0.25, 0.35, 0.5], [0.3, 0.35, 0.2]])
@@ -198,8 +198,9 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
 
     # Hair behind the head, then the face oval (the lower half narrower: the jaw).
     _blend(img, _ellipse_alpha(x, y, 0.0, -0.08, ident.half_width * 1.12, 0.56, soft), ident.hair)
-    half_w = np.where(y > 0, ident.half_width * (1 - (1 - ident.jaw) * np.clip(y / 0.5, 0, 1)),
-                      ident.half_width)
+    half_w = np.where(
+        y > 0, ident.half_width * (1 - (1 - ident.jaw) * np.clip(y / 0.5, 0, 1)), ident.half_width
+    )
     face = _ellipse_alpha(x, y, 0.0, 0.0, half_w, 0.5, soft)
     neck = np.clip(0.5 - (np.abs(x) - ident.half_width * 0.55) / soft, 0, 1) * (y > 0.3)
     skin_alpha = np.maximum(face, neck * 0.92)
@@ -233,12 +234,16 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
     for s in (-1, 1):
         d = np.abs(x - s * ident.nose_w * 0.55)
         along = np.clip((y - (ident.eye_y + 0.03)) / (ident.nose_y - ident.eye_y), 0, 1)
-        nose_side = np.maximum(nose_side, np.exp(-(d**2) / (2 * 0.012**2)) * along * (y < ident.nose_y + 0.02))
+        nose_side = np.maximum(
+            nose_side, np.exp(-(d**2) / (2 * 0.012**2)) * along * (y < ident.nose_y + 0.02)
+        )
     bridge = np.exp(-(x**2) / (2 * 0.012**2)) * (y > ident.eye_y) * (y < ident.nose_y - 0.01)
     skin_img *= (1.0 - 0.35 * socket - 0.25 * nose_side + 0.08 * bridge)[..., None]
     # Cheek shading below the cheekbones, which also separates the mouth area.
     for s in (-1, 1):
-        cheek = _ellipse_alpha(x, y, s * (ident.half_width * 0.8), ident.nose_y + 0.04, 0.06, 0.12, 0.08)
+        cheek = _ellipse_alpha(
+            x, y, s * (ident.half_width * 0.8), ident.nose_y + 0.04, 0.06, 0.12, 0.08
+        )
         skin_img *= (1.0 - 0.08 * cheek)[..., None]
     skin_img *= shade[..., None]
     _blend_img(img, skin_alpha, skin_img)
@@ -252,16 +257,22 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
         _blend(img, iris, ident.iris)
         pupil = _ellipse_alpha(x, y, ex, ey, ident.eye_h * 0.45, ident.eye_h * 0.45, soft) * eye
         _blend(img, pupil, (0.03, 0.03, 0.03))
-        lid = _eye_alpha(x, y, ex, ey - 0.003, ident.eye_w * 1.08, ident.eye_h * 1.25, soft) * (1 - eye)
+        lid = _eye_alpha(x, y, ex, ey - 0.003, ident.eye_w * 1.08, ident.eye_h * 1.25, soft) * (
+            1 - eye
+        )
         lid *= y < ey
         _blend(img, 0.85 * lid, np.asarray(ident.hair) * 0.5)
         crease = _eye_alpha(x, y, ex, ey - 0.006, ident.eye_w * 1.1, ident.eye_h * 2.0, soft * 2)
-        crease = crease * (1 - _eye_alpha(x, y, ex, ey - 0.006, ident.eye_w * 1.1, ident.eye_h * 1.6, soft * 2))
+        crease = crease * (
+            1 - _eye_alpha(x, y, ex, ey - 0.006, ident.eye_w * 1.1, ident.eye_h * 1.6, soft * 2)
+        )
         _blend(img, 0.35 * crease * (y < ey), np.asarray(ident.skin) * 0.45)
 
     # Brows: thick arcs, thinning toward the outer end.
     # Brows are always well darker than the skin (and at most as light as the hair).
-    brow_colour = np.minimum(np.asarray(ident.hair), np.asarray(ident.skin) * (1.0 - ident.brow_dark))
+    brow_colour = np.minimum(
+        np.asarray(ident.hair), np.asarray(ident.skin) * (1.0 - ident.brow_dark)
+    )
     brow_colour = brow_colour * ident.ambient
     for s in (-1, 1):
         inner = np.array(marks["brow_inner_r" if s > 0 else "brow_inner_l"])
@@ -276,7 +287,9 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
 
     # Nostrils.
     for s in (-1, 1):
-        nostril = _ellipse_alpha(x, y, s * ident.nose_w * 0.45, ident.nose_y + 0.005, 0.016, 0.008, soft)
+        nostril = _ellipse_alpha(
+            x, y, s * ident.nose_w * 0.45, ident.nose_y + 0.005, 0.016, 0.008, soft
+        )
         _blend(img, 0.8 * nostril, np.asarray(ident.skin) * 0.25)
 
     # Lips: upper and lower, with a dark line between them.
@@ -290,7 +303,9 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
     _blend(img, 0.8 * line, lip_colour * 0.3)
 
     # Hair fringe over the forehead.
-    fringe = np.clip(0.5 - (y - (ident.hairline - 0.02 * np.cos(x / ident.half_width * 3))) / soft, 0, 1)
+    fringe = np.clip(
+        0.5 - (y - (ident.hairline - 0.02 * np.cos(x / ident.half_width * 3))) / soft, 0, 1
+    )
     fringe *= _ellipse_alpha(x, y, 0.0, -0.05, ident.half_width * 1.13, 0.58, soft)
     hair_tex = 1.0 + 0.06 * _smooth_noise(shape, rng, 1.0)
     _blend_img(img, fringe, np.asarray(ident.hair, np.float32) * hair_tex[..., None])
@@ -328,7 +343,7 @@ _AU_BUMPS: dict[int, list[tuple[str, float, float, tuple[float, float]]]] = {
 }
 _AU_OFFSETS: dict[int, tuple[float, float]] = {
     6: (0.0, -0.01),
-    17: (0.0, -0.09),  # between the lower lip and the chin tip
+    17: (0.0, -0.12),  # just under the lower lip, which it pushes up
     26: (0.0, -0.06),
 }
 
@@ -380,7 +395,7 @@ def blink_field(ident: Identity, shape: tuple[int, int], place: Placement) -> np
         top, bottom = ey - 2.4 * ident.eye_h, ey + 1.2 * ident.eye_h
         # Rises from the brow region to full travel at the lower lid, then stops sharply.
         along = np.clip((y - top) / (bottom - top), 0, 1) ** 1.5 * np.exp(
-            -np.clip(y - bottom, 0, None) ** 2 / (2 * (0.4 * ident.eye_h) ** 2)
+            -(np.clip(y - bottom, 0, None) ** 2) / (2 * (0.4 * ident.eye_h) ** 2)
         )
         field[..., 1] += (travel * place.h) * across * along
     return field

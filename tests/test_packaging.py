@@ -1,0 +1,103 @@
+"""The distribution: one wheel, four sub-packages under `mfvan`, one console script."""
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from conftest import REPO
+
+SUBPACKAGES = ("mfvan.model", "mfvan.kernels", "mfvan.stream", "mfvan.deploy")
+
+
+@pytest.mark.slow
+def test_a_built_wheel_installs_and_imports_all_four_subpackages(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("mfvan-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not any(n.split("/")[0] in ("model", "kernels", "stream", "deploy") for n in names), (
+        "the wheel must not install generic top-level packages"
+    )
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "mfvan = mfvan.deploy.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+    )
+    code = "import importlib\n" + "".join(
+        f"print(importlib.import_module('{m}').__file__)\n" for m in SUBPACKAGES
+    )
+    # Run from elsewhere with the wheel's folder first on the path: the repo's folders and
+    # the editable install must not be what gets imported.
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert len(out) == 4
+    assert all(path.startswith(str(site)) for path in out), out
+
+
+def test_every_source_folder_is_a_listed_package():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    for top in ("model", "kernels", "stream", "deploy"):
+        assert config["package-dir"][f"mfvan.{top}"] == top
+        for init in (REPO / top).rglob("__init__.py"):
+            dotted = ".".join(("mfvan", *init.parent.relative_to(REPO).parts))
+            assert dotted in listed, f"{dotted} is missing from [tool.setuptools] packages"
+
+
+def test_mfvan_help_lists_its_subcommands():
+    out = subprocess.run(
+        [sys.executable, "-m", "mfvan.deploy.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "synth" in out
+
+
+def test_a_bad_flag_value_is_refused_with_a_message(tmp_path):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mfvan.deploy.cli",
+            "synth",
+            "--config",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--fps",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert "fps must be at least 25" in run.stderr
+    assert "Traceback" not in run.stderr
