@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 
@@ -66,19 +67,28 @@ def _run_synth(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"mfvan synth: {err}", file=sys.stderr)
         return 2
+    started = time.perf_counter()
     manifest = synth.generate(
         config, args.out, seed=args.seed, preview=args.preview, workers=args.workers
     )
-    print(f"SynthME '{config.name}' (seed {args.seed}) written to {args.out}")
-    print(f"  clips:       {manifest['clips']} in {args.out / 'clips'} (CASME II layout)")
+    elapsed = time.perf_counter() - started
+    print(f"SynthME '{config.name}' (seed {args.seed}) written to {args.out} in {elapsed:.1f} s")
+    print(
+        f"  clips:       {manifest['clips']} in {args.out / 'clips'} (CASME II layout), "
+        f"{_megabytes(args.out / 'clips')} MB"
+    )
     print(
         f"  long videos: {manifest['long_videos']} in {args.out / 'long'} "
         f"({manifest['long_expressions']['micro']} micro, "
-        f"{manifest['long_expressions']['macro']} macro)"
+        f"{manifest['long_expressions']['macro']} macro), {_megabytes(args.out / 'long')} MB"
     )
     if args.preview:
-        print(f"  previews:    {args.out / 'preview'}/<emotion>.png")
+        print(f"  previews:    {args.out / 'preview'}/<emotion>.png and subjects.png")
     return 0
+
+
+def _megabytes(folder: Path) -> int:
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6)
 
 
 SUBCOMMANDS = {

@@ -806,10 +806,9 @@ def write_long_videos(
 
 
 def write_previews(config: SynthConfig, out: Path, seed: int = 0, gain: float = 12.0) -> list[Path]:
-    """One PNG per emotion: onset, apex, and |apex - onset| magnified `gain` times.
-
-    Drawn on subject 1 with nuisances off, so the difference shows the expression alone.
-    """
+    """One PNG per emotion: onset, apex, and |apex - onset| magnified `gain` times, drawn
+    on subject 1 with nuisances off so the difference shows the expression alone; and
+    `subjects.png`, the neutral faces of the first 16 subjects."""
     import cv2
 
     out = Path(out)
@@ -838,7 +837,22 @@ def write_previews(config: SynthConfig, out: Path, seed: int = 0, gain: float = 
         path = out / f"{emotion}.png"
         cv2.imwrite(str(path), np.vstack([band, panel]))
         paths.append(path)
-    return paths
+    # Every subject's neutral face, four to a row: identity is what a classifier must ignore.
+    tile = 160 / config.frame_size[1]  # tiles 160 px wide
+    faces = [
+        cv2.resize(
+            SubjectRenderer(s, seed, quiet).render(FrameState({}))[..., ::-1],
+            None,
+            fx=tile,
+            fy=tile,
+            interpolation=cv2.INTER_AREA,
+        )
+        for s in range(1, min(config.subjects, 16) + 1)
+    ]
+    faces += [np.zeros_like(faces[0])] * (-len(faces) % 4)
+    grid = np.vstack([np.hstack(faces[i : i + 4]) for i in range(0, len(faces), 4)])
+    cv2.imwrite(str(out / "subjects.png"), grid)
+    return [*paths, out / "subjects.png"]
 
 
 # ----------------------------------------------------------------------------- a whole set
