@@ -91,8 +91,30 @@ def _megabytes(folder: Path) -> int:
     return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6)
 
 
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    what = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    model = what.add_parser(
+        "model",
+        help="MFVAN's parameters, FLOPs and latency: eager torch and ONNX Runtime side by side",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model.add_argument(
+        "--config", choices=("tiny", "demo", "paper"), default="demo", help="network config"
+    )
+    model.add_argument("--runs", type=int, default=200, help="timed runs per engine and batch")
+    model.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from mfvan.deploy.bench import bench_model, format_model_report
+
+    print(format_model_report(bench_model(args.config, batches=args.batches, runs=args.runs)))
+    return 0
+
+
 SUBCOMMANDS = {
     "synth": ("generate SynthME, the synthetic micro-expression set", _add_synth, _run_synth),
+    "bench": ("measure speed, side by side with a reference", _add_bench, _run_bench),
 }
 
 

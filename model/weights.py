@@ -1,0 +1,211 @@
+"""MFVAN weights on disk: `NAME.safetensors` plus a JSON sidecar `NAME.json`.
+
+The sidecar says what the tensors are: format and version, the full `MFVANConfig`, the
+class names in output order, the input (size, channels), the preprocessing the network
+expects, what data trained it, the git commit of the code, and the sha256 of the tensor
+file (so a sidecar cannot be paired with other weights). `load_weights` checks all of it,
+and what the caller expects, and refuses any mismatch with a `WeightsError` whose message
+says what differs; a missing, truncated or foreign file gets the same kind of message,
+never a traceback from deep inside a library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+from mfvan.model.mfvan import MFVAN, MFVANConfig
+
+FORMAT = "mfvan-weights"
+FORMAT_VERSION = 1
+PREPROCESSING = {
+    "crop": "aligned face (eyes level), square",
+    "resize": "area interpolation to image_size x image_size",
+    "scale": "uint8 / 255",
+    "normalise": "(x - 0.5) / 0.5",
+    "inputs": ["onset", "apex"],
+}
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be used; the message names the file and what is wrong."""
+
+
+def sidecar_path(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def current_git_commit() -> str:
+    """The commit of the code that is running, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def save_weights(
+    model: MFVAN, path: Path, classes: list[str], training_data: str, git_commit: str | None = None
+) -> Path:
+    """Write `path` (.safetensors) and its sidecar; returns the sidecar's path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if len(classes) != model.cfg.num_classes:
+        raise WeightsError(f"{len(classes)} class names for a {model.cfg.num_classes}-class model")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": FORMAT})
+    sidecar = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": dataclasses.asdict(model.cfg),
+        "classes": list(classes),
+        "input": {"size": model.cfg.image_size, "channels": model.cfg.in_chans},
+        "preprocessing": PREPROCESSING,
+        "training_data": training_data,
+        "git_commit": git_commit or current_git_commit(),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    out = sidecar_path(path)
+    out.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return out
+
+
+def read_sidecar(path: Path) -> dict:
+    """The sidecar of weights file `path`, checked for format and version."""
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no sidecar {side.name} beside it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WeightsError(f"{side}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise WeightsError(
+            f"{side}: not an mfvan weights sidecar (format is "
+            f"{meta.get('format') if isinstance(meta, dict) else None!r})"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise WeightsError(
+            f"{side}: format version {meta.get('format_version')!r}, "
+            f"this mfvan reads version {FORMAT_VERSION}"
+        )
+    missing = [
+        k
+        for k in (
+            "config",
+            "classes",
+            "input",
+            "preprocessing",
+            "training_data",
+            "git_commit",
+            "sha256",
+        )
+        if k not in meta
+    ]
+    if missing:
+        raise WeightsError(f"{side}: missing field(s) {', '.join(missing)}")
+    return meta
+
+
+def config_from_dict(data: dict) -> MFVANConfig:
+    fields = {f.name for f in dataclasses.fields(MFVANConfig)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise WeightsError(f"config has unknown field(s) {', '.join(unknown)}")
+    data = dict(data)
+    for key in ("student_widths", "scales"):
+        if key in data:
+            data[key] = tuple(data[key])
+    try:
+        return MFVANConfig(**data)
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"config is invalid: {err}") from None
+
+
+def load_weights(
+    path: Path,
+    classes: list[str] | None = None,
+    image_size: int | None = None,
+    in_chans: int | None = None,
+    config: MFVANConfig | None = None,
+) -> tuple[MFVAN, dict]:
+    """Build the model a weights file describes and load it, in eval mode.
+
+    Expectations (`classes`, `image_size`, `in_chans`, `config`) are checked against the
+    sidecar when given. Returns (model, sidecar).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_sidecar(path)
+    cfg = config_from_dict(meta["config"])
+    _expect(path, "classes", meta["classes"], classes)
+    _expect(path, "input size", meta["input"].get("size"), image_size)
+    _expect(path, "input channels", meta["input"].get("channels"), in_chans)
+    if config is not None and config != cfg:
+        differ = [
+            f.name
+            for f in dataclasses.fields(MFVANConfig)
+            if getattr(config, f.name) != getattr(cfg, f.name)
+        ]
+        raise WeightsError(f"{path}: config differs from the expected one in {', '.join(differ)}")
+    if meta["input"] != {"size": cfg.image_size, "channels": cfg.in_chans}:
+        raise WeightsError(f"{path}: sidecar input {meta['input']} disagrees with its config")
+    if len(meta["classes"]) != cfg.num_classes:
+        raise WeightsError(
+            f"{path}: {len(meta['classes'])} classes named for a {cfg.num_classes}-class config"
+        )
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such weights file") from None
+    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise WeightsError(
+            f"{path}: contents do not match the sidecar's sha256 (truncated, "
+            f"corrupted, or the sidecar of other weights)"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+    model = MFVAN(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        detail = "; ".join(
+            part
+            for part in (
+                missing and f"missing {', '.join(missing[:5])}",
+                unexpected and f"unexpected {', '.join(unexpected[:5])}",
+                shapes and f"shapes differ: {', '.join(shapes[:5])}",
+            )
+            if part
+        )
+        raise WeightsError(f"{path}: tensors do not fit the sidecar's config: {detail}")
+    model.load_state_dict(tensors)
+    return model.eval(), meta
+
+
+def _expect(path: Path, what: str, found, wanted) -> None:
+    if wanted is not None and (list(found) if isinstance(found, list) else found) != (
+        list(wanted) if isinstance(wanted, (list, tuple)) else wanted
+    ):
+        raise WeightsError(f"{path}: {what} differ: the file has {found!r}, expected {wanted!r}")
