@@ -67,8 +67,7 @@ def bench_model(config_name: str, batches=(1, 8), runs: int = 200, warmup: int =
         "params": params,
         "inference_params": inference_params,
         "flops_per_pair": count_flops(model, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{platform.processor() or platform.platform()}",
+        "machine": f"{platform.machine()} {cpu_name()}, {torch.get_num_threads()} torch threads",
         "rows": [],
     }
     rng = np.random.default_rng(0)
