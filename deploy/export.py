@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import torch
+
 from mfvan.model.mfvan import MFVAN
 
 ONNX_OPSET = 18

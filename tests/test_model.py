@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from mfvan.model import losses
 from mfvan.model.data import synth
 from mfvan.model.mfvan import CONFIGS, MFVAN, SCALES, preprocess

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import tree_digest
+
 from mfvan.model.data import casme2, synth
 from mfvan.model.data.synth_face import ACTION_UNITS, Identity, au_bumps
 

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
 from mfvan.model.data import casme2
 from mfvan.model.data.synth_face import Identity, Placement, au_field, render_texture
 

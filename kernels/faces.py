@@ -1,0 +1,205 @@
+"""Faces: detect, align (eyes level), crop; and track between detections.
+
+The same code prepares dataset pairs for training (`mfvan.model.data.pairs`) and crops
+live frames in the spotter, so the recogniser sees in the field the crop it was trained on.
+
+Default detector: OpenCV's frontal-face Haar cascade, which ships inside the
+opencv-python(-headless) 4.x wheels (`cv2.data.haarcascades`; gone from 5.0's, hence the
+pin). Grey frames are histogram-equalised first, which finds darker and low-contrast faces
+the cascade otherwise misses. A better detector, OpenCV's YuNet (`cv2.FaceDetectorYN`),
+is used when the user passes its model file; nothing is ever downloaded.
+
+Alignment: the two eyes are found with the Haar eye cascade inside the upper half of the
+face box; the crop is rotated about the eyes' midpoint so they are level. Without two
+plausible eyes (closed, occluded, tiny faces), the crop is the unrotated face box: a
+sensible fallback, never a failure. The crop is a square of side `scale` times the face
+box, centred on the box, resampled to `size` x `size` with one affine warp.
+
+Imports nothing of this project.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def _cascade(name: str) -> cv2.CascadeClassifier:
+    path = Path(cv2.data.haarcascades) / name
+    cascade = cv2.CascadeClassifier(str(path))
+    if cascade.empty():
+        raise RuntimeError(
+            f"OpenCV's {name} is missing from {path.parent}: opencv-python(-headless)"
+            " 4.x is required (OpenCV 5 no longer ships the Haar cascades)"
+        )
+    return cascade
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """uint8 grey from grey or RGB."""
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+@dataclass(frozen=True)
+class Box:
+    x: float
+    y: float
+    w: float
+    h: float
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.x + self.w / 2, self.y + self.h / 2
+
+
+class FaceDetector:
+    """Finds the largest face in a frame. `yunet_model`: path to a YuNet .onnx file."""
+
+    def __init__(self, min_size_fraction: float = 0.2, yunet_model: str | Path | None = None):
+        self.min_size_fraction = min_size_fraction
+        self._yunet_path = yunet_model
+        self._yunet = None
+        self._face = None if yunet_model else _cascade("haarcascade_frontalface_default.xml")
+        self._eyes = _cascade("haarcascade_eye.xml")
+
+    def detect(self, image: np.ndarray) -> Box | None:
+        """The largest face, or None."""
+        if self._yunet_path:
+            return self._detect_yunet(image)
+        grey = cv2.equalizeHist(to_grey(image))
+        side = int(min(grey.shape) * self.min_size_fraction)
+        faces = self._face.detectMultiScale(grey, 1.1, 4, minSize=(side, side))
+        if len(faces) == 0:
+            return None
+        x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
+        return Box(float(x), float(y), float(w), float(h))
+
+    def _detect_yunet(self, image: np.ndarray) -> Box | None:
+        h, w = image.shape[:2]
+        if self._yunet is None:
+            self._yunet = cv2.FaceDetectorYN.create(str(self._yunet_path), "", (w, h))
+        self._yunet.setInputSize((w, h))
+        bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)
+        _, faces = self._yunet.detect(bgr)
+        if faces is None or len(faces) == 0:
+            return None
+        x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])[:4]
+        return Box(float(x), float(y), float(fw), float(fh))
+
+    def eyes(
+        self, image: np.ndarray, box: Box
+    ) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """Centres of the (image-left, image-right) eyes inside the face box, or None."""
+        grey = to_grey(image)
+        x0, y0 = int(max(box.x, 0)), int(max(box.y, 0))
+        upper = grey[y0 : int(box.y + box.h * 0.6), x0 : int(box.x + box.w)]
+        if upper.size == 0:
+            return None
+        side = max(4, int(box.w * 0.12))
+        found = self._eyes.detectMultiScale(
+            cv2.equalizeHist(upper),
+            1.1,
+            3,
+            minSize=(side, side),
+            maxSize=(int(box.w * 0.4), int(box.w * 0.4)),
+        )
+        centres = sorted(
+            ((x0 + ex + ew / 2, y0 + ey + eh / 2) for ex, ey, ew, eh in found), key=lambda c: c[0]
+        )
+        left = [c for c in centres if c[0] < box.centre[0]]
+        right = [c for c in centres if c[0] >= box.centre[0]]
+        if not left or not right:
+            return None
+        a, b = left[-1], right[0]  # the pair nearest the midline
+        if abs(a[1] - b[1]) > 0.15 * box.w or (b[0] - a[0]) < 0.2 * box.w:
+            return None  # implausible pair
+        return a, b
+
+
+@dataclass(frozen=True)
+class Crop:
+    """An affine map from a frame to a size x size aligned face crop."""
+
+    matrix: np.ndarray  # 2 x 3, frame -> crop
+    size: int
+    aligned: bool  # True when the eyes were found and levelled
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(
+            image,
+            self.matrix,
+            (self.size, self.size),
+            flags=cv2.INTER_AREA if self.matrix[0, 0] < 1 else cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+
+
+def make_crop(box: Box, size: int, eyes=None, scale: float = 1.2) -> Crop:
+    """The crop of a face box: rotated about the eyes to level them when `eyes` is given."""
+    cx, cy = box.centre
+    angle = 0.0
+    if eyes is not None:
+        (lx, ly), (rx, ry) = eyes
+        angle = math.degrees(math.atan2(ry - ly, rx - lx))
+    side = scale * max(box.w, box.h)
+    matrix = cv2.getRotationMatrix2D((cx, cy), angle, size / side)
+    matrix[0, 2] += size / 2 - cx
+    matrix[1, 2] += size / 2 - cy
+    return Crop(matrix.astype(np.float64), size, eyes is not None)
+
+
+def centre_crop(shape: tuple[int, int], size: int) -> Crop:
+    """The fallback when no face is found: the largest centred square of the frame."""
+    h, w = shape[:2]
+    side = min(h, w)
+    return make_crop(Box((w - side) / 2, (h - side) / 2, side, side), size, scale=1.0)
+
+
+class FaceTracker:
+    """Detects every `redetect_every` frames (or when the face was lost) and smooths the box
+    in between: detecting every frame at 200 fps is waste, and a jittering crop would look
+    like motion to the spotter."""
+
+    def __init__(
+        self,
+        detector: FaceDetector | None = None,
+        size: int = 128,
+        redetect_every: int = 20,
+        smoothing: float = 0.3,
+    ):
+        self.detector = detector or FaceDetector()
+        self.size = size
+        self.redetect_every = redetect_every
+        self.smoothing = smoothing
+        self.box: Box | None = None
+        self.crop: Crop | None = None
+        self._since = 0
+
+    def update(self, image: np.ndarray) -> Crop | None:
+        """The crop for this frame, or None while no face has been found."""
+        if self.box is None or self._since >= self.redetect_every:
+            self._since = 0
+            found = self.detector.detect(image)
+            if found is None:
+                self.box = self.crop = None  # lost: detect again on the next frame
+                return None
+            if self.box is not None:
+                k = self.smoothing
+                found = Box(
+                    *(
+                        k * n + (1 - k) * o
+                        for n, o in zip(
+                            (found.x, found.y, found.w, found.h),
+                            (self.box.x, self.box.y, self.box.w, self.box.h),
+                            strict=True,
+                        )
+                    )
+                )
+            self.box = found
+            self.crop = make_crop(found, self.size, self.detector.eyes(image, found))
+        self._since += 1
+        return self.crop
