@@ -3,7 +3,8 @@
 The same code prepares dataset pairs for training (`mfvan.model.data.pairs`) and crops
 live frames in the spotter, so the recogniser sees in the field the crop it was trained on.
 
-Default detector: OpenCV's frontal-face Haar cascade, which ships inside the
+Default detector: OpenCV's frontal-face Haar cascades (`default`, then `alt2` when the
+first finds nothing), which ship inside the
 opencv-python(-headless) 4.x wheels (`cv2.data.haarcascades`; gone from 5.0's, hence the
 pin). Grey frames are histogram-equalised first, which finds darker and low-contrast faces
 the cascade otherwise misses. A better detector, OpenCV's YuNet (`cv2.FaceDetectorYN`),
@@ -63,7 +64,15 @@ class FaceDetector:
         self.min_size_fraction = min_size_fraction
         self._yunet_path = yunet_model
         self._yunet = None
-        self._face = None if yunet_model else _cascade("haarcascade_frontalface_default.xml")
+        # The default cascade first, then alt2, which finds some faces the default misses.
+        self._faces = (
+            []
+            if yunet_model
+            else [
+                _cascade("haarcascade_frontalface_default.xml"),
+                _cascade("haarcascade_frontalface_alt2.xml"),
+            ]
+        )
         self._eyes = _cascade("haarcascade_eye.xml")
 
     def detect(self, image: np.ndarray) -> Box | None:
@@ -72,11 +81,12 @@ class FaceDetector:
             return self._detect_yunet(image)
         grey = cv2.equalizeHist(to_grey(image))
         side = int(min(grey.shape) * self.min_size_fraction)
-        faces = self._face.detectMultiScale(grey, 1.1, 4, minSize=(side, side))
-        if len(faces) == 0:
-            return None
-        x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
-        return Box(float(x), float(y), float(w), float(h))
+        for cascade in self._faces:
+            faces = cascade.detectMultiScale(grey, 1.1, 4, minSize=(side, side))
+            if len(faces):
+                x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
+                return Box(float(x), float(y), float(w), float(h))
+        return None
 
     def _detect_yunet(self, image: np.ndarray) -> Box | None:
         h, w = image.shape[:2]

@@ -57,7 +57,7 @@ class TrainConfig:
 
 TRAIN_PRESETS = {
     "tiny": TrainConfig(epochs_teacher=1, epochs_ri=1, epochs=6, batch_size=16, lr=3e-3),
-    "demo": TrainConfig(),
+    "demo": TrainConfig(epochs_teacher=3, epochs_ri=3, epochs=30, batch_size=16),
     "paper": TrainConfig(epochs_teacher=10, epochs_ri=10, epochs=60, batch_size=32, lr=1e-3),
 }
 

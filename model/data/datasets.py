@@ -345,9 +345,7 @@ def load_casme3(root: Path, label_set: str = "native") -> Dataset:
         subject_sheet = str(line["Subject"]).strip()
         subject = subject_sheet.replace("spNO.", "spNo.")
         filename = str(line["Filename"]).strip()
-        emotion_key = next(
-            (k for k in line if k and k.lower() in ("emotion", "objective class")), None
-        )
+        emotion_key = next((k for k in line if k and k.strip().lower() == "emotion"), None)
         if emotion_key is None:
             raise DatasetError(f"{sheet}: no emotion column")
         frames = frames_by_number(part / "ME_A" / subject / filename / "color")
