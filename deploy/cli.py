@@ -206,6 +206,9 @@ def _run_train(args: argparse.Namespace) -> int:
         return 2
     from mfvan.model.weights import save_weights
 
+    import torch
+
+    torch.manual_seed(args.seed)  # the initial weights, as `mfvan reproduce` draws them
     model = build_model(args.model, cfg, args.ablation)
     train(model, pairs, tcfg, args.out / "checkpoint.pt", progress=True)
     weights = args.out / f"mfvan-{args.config}-{args.dataset}.safetensors"
