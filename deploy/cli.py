@@ -204,9 +204,9 @@ def _run_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from mfvan.model.weights import save_weights
-
     import torch
+
+    from mfvan.model.weights import save_weights
 
     torch.manual_seed(args.seed)  # the initial weights, as `mfvan reproduce` draws them
     model = build_model(args.model, cfg, args.ablation)

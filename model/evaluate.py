@@ -125,10 +125,10 @@ def write_report(run_dir: Path) -> dict:
     ]
     for dataset, s in summary["per_dataset"].items():
         lines.append(f"| {dataset} | {s['accuracy']:.4f} | {s['uf1']:.4f} | {s['uar']:.4f} |")
+    lines += ["", "![confusion matrix](confusion.png)", ""]
+    if (run_dir / "attention.png").exists():
+        lines += ["![per-scale attention on held-out pairs](attention.png)", ""]
     lines += [
-        "",
-        "![confusion matrix](confusion.png)",
-        "",
         "## Folds",
         "",
         "| held-out subject | n | accuracy | macro F1 |",

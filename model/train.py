@@ -271,6 +271,17 @@ def run_loso(
         checkpoint = run_dir / "checkpoints" / f"{subject.replace('/', '_')}.pt"
         train(model, pairs.subset(train_idx), fold_cfg, checkpoint)
         probs = predict(model, pairs.subset(test_idx), tcfg.device)
+        figure = run_dir / "attention.png"
+        if isinstance(model, MFVAN) and model.cfg.scales and not figure.exists():
+            from mfvan.model.evaluate import plot_attention
+
+            shown = test_idx[: min(3, len(test_idx))]
+            plot_attention(
+                model,
+                make_batch(pairs, shown, tcfg.device),
+                figure,
+                f"held-out {subject}: class-token attention and kept patches",
+            )
         record = {
             "subject": subject,
             "names": pairs.names[test_idx].tolist(),

@@ -229,7 +229,7 @@ def test_tiny_end_to_end_loso_training_and_evaluation(tiny_set, tmp_path, capsys
     ]
     assert metrics["pooled"]["n"] == sum(f["n"] for f in metrics["folds"])
     assert sum(map(sum, metrics["confusion"])) == metrics["pooled"]["n"]
-    for name in ("report.md", "confusion.png", "confusion.json"):
+    for name in ("report.md", "confusion.png", "confusion.json", "attention.png"):
         assert (run / name).exists()
     assert not list((run / "checkpoints").glob("*.pt")), "finished folds leave no checkpoint"
     # Rerunning skips finished folds; `mfvan eval` rebuilds the same report.
