@@ -126,6 +126,24 @@ def test_faces_are_found_aligned_and_cropped_on_synthme_frames():
     assert crop.apply(frame).shape == (64, 64, 3)
 
 
+def test_the_tracker_detects_every_n_frames_and_keeps_a_steady_crop_between():
+    from mfvan.kernels.faces import FaceTracker
+
+    class CountingDetector(FaceDetector):
+        calls = 0
+
+        def detect(self, image):
+            CountingDetector.calls += 1
+            return super().detect(image)
+
+    tracker = FaceTracker(CountingDetector(), size=64, redetect_every=10)
+    stream = synth.SynthStream(synth.CONFIGS["tiny"], subject=1, seed=2)
+    crops = [tracker.update(stream.frame(t).image) for t in range(25)]
+    assert CountingDetector.calls == 3  # frames 0, 10 and 20
+    assert all(c is not None and c.apply(stream.frame(0).image).shape == (64, 64, 3) for c in crops)
+    assert crops[1] is crops[9], "no new crop between detections"
+
+
 def test_pairs_are_cropped_once_and_cached_by_their_settings(tiny_set, tmp_path):
     data = load_dataset("synthme", tiny_set, "3class")
     pairs = build_pairs(data, 32, 1, cache_dir=tmp_path)
