@@ -34,7 +34,8 @@ SHEET_COLUMNS = (
     "Estimated Emotion",
 )
 EMOTIONS = ("happiness", "disgust", "repression", "surprise", "others")
-_FRAME_NUMBER = re.compile(r"(\d+)\.(?:jpg|jpeg|png|bmp)$", re.IGNORECASE)
+# The frame number at the end of an image file name: img46.jpg, 006_05562.jpg, 30.jpg.
+FRAME_NUMBER = re.compile(r"(\d+)\.(?:jpg|jpeg|png|bmp)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Sample:
 
     def frame_numbers(self) -> list[int]:
         """The frame numbers present on disk, sorted."""
-        found = (_FRAME_NUMBER.search(p.name) for p in self.frames_dir.iterdir())
+        found = (FRAME_NUMBER.search(p.name) for p in self.frames_dir.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
 

@@ -72,7 +72,6 @@ NATIVE_CLASSES = {
     "composite": CLASSES_3,
     "casme3": ("happy", "disgust", "fear", "anger", "sad", "surprise", "others"),
 }
-_NUMBER = re.compile(r"(\d+)\.(?:jpg|jpeg|png|bmp)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def frames_by_number(folder: Path) -> dict[int, Path]:
         raise DatasetError(f"{folder}: no such frames folder")
     found = {}
     for path in folder.iterdir():
-        m = _NUMBER.search(path.name)
+        m = casme2.FRAME_NUMBER.search(path.name)
         if m:
             found[int(m.group(1))] = path
     return found
