@@ -254,3 +254,27 @@ def test_tiny_end_to_end_loso_training_and_evaluation(tiny_set, tmp_path, capsys
     assert main(args) == 0
     assert main(["eval", str(run)]) == 0
     assert json.loads((run / "metrics.json").read_text()) == metrics
+    # Without --loso: train on everything, save weights, evaluate them on the data.
+    capsys.readouterr()
+    everything = tmp_path / "all"
+    args = [a for a in args if a != "--loso"]
+    args[args.index(str(run))] = str(everything)
+    assert main(args) == 0
+    (weights,) = everything.glob("*.safetensors")
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(weights),
+                "--data",
+                str(tiny_set),
+                "--cache",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "(trained on: synthme (3class) at" in out
+    assert "synthme: 13 samples, accuracy" in out
