@@ -63,7 +63,7 @@ def _cache_key(data: Dataset, size: int, channels: int, scale: float) -> str:
         "size": size,
         "channels": channels,
         "scale": scale,
-        "detector": "haar+eyes",
+        "detector": "haar default then alt2, haar eyes",
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
