@@ -12,6 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+# Kept here rather than imported, so that `mfvan --help` does not import torch;
+# tests/test_packaging.py holds them equal to the registries they name.
+DATASETS = ("casme2", "samm", "smic", "composite", "casme3", "synthme")
+
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -116,7 +120,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         required=True,
-        choices=("casme2", "samm", "smic", "composite", "casme3", "synthme"),
+        choices=DATASETS,
         help="which dataset's layout --data holds",
     )
     p.add_argument("--data", type=Path, required=True, help="the dataset's root folder")
@@ -239,7 +243,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default="synthme",
-        choices=("casme2", "samm", "smic", "composite", "casme3", "synthme"),
+        choices=DATASETS,
         help="with --weights: the dataset's layout",
     )
     p.add_argument("--data", type=Path, default=None, help="with --weights: the dataset's root")

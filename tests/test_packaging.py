@@ -101,3 +101,10 @@ def test_a_bad_flag_value_is_refused_with_a_message(tmp_path):
     assert run.returncode == 2
     assert "fps must be at least 25" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_the_cli_offers_every_registered_dataset():
+    from mfvan.deploy.cli import DATASETS
+    from mfvan.model.data.datasets import LOADERS
+
+    assert set(DATASETS) == set(LOADERS)
