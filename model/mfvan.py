@@ -373,6 +373,8 @@ class GlobalEncoder(nn.Module):
 
 
 class MFVAN(nn.Module):
+    inputs = ("onset", "apex")  # what `forward` takes from a training batch (as baselines)
+
     def __init__(self, cfg: MFVANConfig):
         super().__init__()
         self.cfg = cfg

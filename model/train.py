@@ -204,10 +204,7 @@ def predict(model, pairs: Pairs, device: str = "cpu", batch_size: int = 64) -> n
     out = []
     for i in range(0, len(pairs), batch_size):
         batch = make_batch(pairs, np.arange(i, min(i + batch_size, len(pairs))), device)
-        if isinstance(model, MFVAN):
-            logits = model(batch["onset"], batch["apex"])
-        else:
-            logits = model(*(batch[k] for k in model.inputs))
+        logits = model(*(batch[k] for k in model.inputs))
         out.append(torch.softmax(logits, -1).cpu().numpy())
     return np.concatenate(out)
 
