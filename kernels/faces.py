@@ -143,7 +143,9 @@ class Crop:
             image,
             self.matrix,
             (self.size, self.size),
-            flags=cv2.INTER_AREA if self.matrix[0, 0] < 1 else cv2.INTER_LINEAR,
+            # warpAffine has no area filter (INTER_AREA falls back to this): downscaled
+            # crops are bilinear samples, not area averages.
+            flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
 

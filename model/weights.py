@@ -205,7 +205,8 @@ def load_weights(
 
 
 def _expect(path: Path, what: str, found, wanted) -> None:
-    if wanted is not None and (list(found) if isinstance(found, list) else found) != (
-        list(wanted) if isinstance(wanted, (list, tuple)) else wanted
-    ):
+    def plain(value):  # JSON gives lists where callers may pass tuples
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    if wanted is not None and plain(found) != plain(wanted):
         raise WeightsError(f"{path}: {what} differ: the file has {found!r}, expected {wanted!r}")
