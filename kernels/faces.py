@@ -139,12 +139,22 @@ class Crop:
     aligned: bool  # True when the eyes were found and levelled
 
     def apply(self, image: np.ndarray) -> np.ndarray:
+        """The crop of `image`. When the crop shrinks the face (a 256 px face to a 64 or 128
+        px crop), the frame is first area-averaged down to the crop's scale and the rest is
+        a bilinear warp near 1:1. `warpAffine` alone has no area filter (INTER_AREA falls
+        back to bilinear there): its bilinear samples of a 2-4x larger face alias, and an
+        aliased crop of a face moved by half a pixel is not the first crop moved by a
+        quarter pixel, which the spotter would read as motion, region by region."""
+        matrix = self.matrix
+        scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+        if scale < 0.8:
+            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            matrix = matrix.copy()
+            matrix[:, :2] /= scale
         return cv2.warpAffine(
             image,
-            self.matrix,
+            matrix,
             (self.size, self.size),
-            # warpAffine has no area filter (INTER_AREA falls back to this): downscaled
-            # crops are bilinear samples, not area averages.
             flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
@@ -172,24 +182,39 @@ def centre_crop(shape: tuple[int, int], size: int) -> Crop:
 
 
 class FaceTracker:
-    """Detects every `redetect_every` frames (or when the face was lost) and smooths the box
-    in between: detecting every frame at 200 fps is waste, and a jittering crop would look
-    like motion to the spotter."""
+    """Detects every `redetect_every` frames (or when the face was lost) and keeps the crop
+    still in between. Detecting every frame at 200 fps is waste, and a crop that follows the
+    detector's jitter (a few px from one detection to the next) would look like motion to
+    the spotter, larger than a micro-expression. So a new detection moves the crop only when
+    the face has moved or changed size by more than `hold` of the face box (hysteresis);
+    smaller head motion stays in the crop as rigid motion, which the spotter subtracts.
+    `version` counts crop changes, so a consumer can tell when crops stop being comparable."""
 
     def __init__(
         self,
         detector: FaceDetector | None = None,
         size: int = 128,
         redetect_every: int = 20,
-        smoothing: float = 0.3,
+        hold: float = 0.08,
     ):
         self.detector = detector or FaceDetector()
         self.size = size
         self.redetect_every = redetect_every
-        self.smoothing = smoothing
+        self.hold = hold
         self.box: Box | None = None
         self.crop: Crop | None = None
+        self.version = 0
         self._since = 0
+
+    def _moved(self, found: Box) -> bool:
+        old = self.box
+        (fx, fy), (ox, oy) = found.centre, old.centre
+        scale = max(old.w, 1.0)
+        return (
+            abs(fx - ox) > self.hold * scale
+            or abs(fy - oy) > self.hold * scale
+            or abs(found.w - old.w) > self.hold * scale
+        )
 
     def update(self, image: np.ndarray) -> Crop | None:
         """The crop for this frame, or None while no face has been found."""
@@ -199,19 +224,9 @@ class FaceTracker:
             if found is None:
                 self.box = self.crop = None  # lost: detect again on the next frame
                 return None
-            if self.box is not None:
-                k = self.smoothing
-                found = Box(
-                    *(
-                        k * n + (1 - k) * o
-                        for n, o in zip(
-                            (found.x, found.y, found.w, found.h),
-                            (self.box.x, self.box.y, self.box.w, self.box.h),
-                            strict=True,
-                        )
-                    )
-                )
-            self.box = found
-            self.crop = make_crop(found, self.size, self.detector.eyes(image, found))
+            if self.box is None or self._moved(found):
+                self.box = found
+                self.crop = make_crop(found, self.size, self.detector.eyes(image, found))
+                self.version += 1
         self._since += 1
         return self.crop

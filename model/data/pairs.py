@@ -24,7 +24,7 @@ import numpy as np
 from mfvan.kernels.faces import FaceDetector, centre_crop, make_crop
 from mfvan.model.data.datasets import Dataset
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: crops area-filtered before the warp (Crop.apply)
 
 
 @dataclass
