@@ -11,10 +11,12 @@ the cascade otherwise misses. A better detector, OpenCV's YuNet (`cv2.FaceDetect
 is used when the user passes its model file; nothing is ever downloaded.
 
 Alignment: the two eyes are found with the Haar eye cascade inside the upper half of the
-face box; the crop is rotated about the eyes' midpoint so they are level. Without two
-plausible eyes (closed, occluded, tiny faces), the crop is the unrotated face box: a
-sensible fallback, never a failure. The crop is a square of side `scale` times the face
-box, centred on the box, resampled to `size` x `size` with one affine warp.
+face box, and the crop is anchored on them: eyes level, at fixed places in the crop
+(`EYE_Y`, `EYE_GAP`), so every face's regions fall at the same crop coordinates (the
+spotter's regions of interest rely on it) and the crop does not follow the face box's
+jitter. Without two plausible eyes (closed, occluded, tiny faces), the crop is the
+unrotated face box scaled by `scale`: a sensible fallback, never a failure. One affine
+warp (after an area-filtered downscale) makes the `size` x `size` crop.
 
 Imports nothing of this project.
 """
@@ -22,6 +24,7 @@ Imports nothing of this project.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,18 +163,42 @@ class Crop:
         )
 
 
+# Canonical eye positions in an aligned crop, as fractions of its side: the eyes' midpoint
+# sits at EYE_Y, EYE_GAP apart (about the MEGC crops' proportions: eyes a little above the
+# middle, brows to chin inside).
+EYE_Y = 0.40
+EYE_GAP = 0.30
+
+
 def make_crop(box: Box, size: int, eyes=None, scale: float = 1.2) -> Crop:
-    """The crop of a face box: rotated about the eyes to level them when `eyes` is given."""
-    cx, cy = box.centre
-    angle = 0.0
-    if eyes is not None:
-        (lx, ly), (rx, ry) = eyes
-        angle = math.degrees(math.atan2(ry - ly, rx - lx))
-    side = scale * max(box.w, box.h)
+    """The aligned crop of one face. With `eyes` (image-left, image-right centres) the crop
+    is anchored on them, eyes level at their canonical place (EYE_Y, EYE_GAP): eyes are
+    found to a pixel or two, face boxes jitter by far more. Without, the face box scaled by
+    `scale` around its centre."""
+    if eyes is None:
+        cx, cy = box.centre
+        return crop_at(cx, cy, scale * max(box.w, box.h), 0.0, size, False)
+    return crop_at(*eye_geometry(eyes), size, True)
+
+
+def eye_geometry(eyes) -> tuple[float, float, float, float]:
+    """(centre x, centre y, side, angle in degrees) of the canonical crop for two eyes."""
+    (lx, ly), (rx, ry) = eyes
+    dist = math.hypot(rx - lx, ry - ly)
+    angle = math.atan2(ry - ly, rx - lx)
+    side = dist / EYE_GAP
+    down = (0.5 - EYE_Y) * side  # from the eyes' midpoint to the crop's centre, face-down
+    mx, my = (lx + rx) / 2, (ly + ry) / 2
+    return mx - down * math.sin(angle), my + down * math.cos(angle), side, math.degrees(angle)
+
+
+def crop_at(cx: float, cy: float, side: float, angle: float, size: int, aligned: bool) -> Crop:
+    """The size x size crop of the side x side square centred on (cx, cy), rotated by
+    `angle` degrees about its centre."""
     matrix = cv2.getRotationMatrix2D((cx, cy), angle, size / side)
     matrix[0, 2] += size / 2 - cx
     matrix[1, 2] += size / 2 - cy
-    return Crop(matrix.astype(np.float64), size, eyes is not None)
+    return Crop(matrix.astype(np.float64), size, aligned)
 
 
 def centre_crop(shape: tuple[int, int], size: int) -> Crop:
@@ -183,50 +210,91 @@ def centre_crop(shape: tuple[int, int], size: int) -> Crop:
 
 class FaceTracker:
     """Detects every `redetect_every` frames (or when the face was lost) and keeps the crop
-    still in between. Detecting every frame at 200 fps is waste, and a crop that follows the
-    detector's jitter (a few px from one detection to the next) would look like motion to
-    the spotter, larger than a micro-expression. So a new detection moves the crop only when
-    the face has moved or changed size by more than `hold` of the face box (hysteresis);
-    smaller head motion stays in the crop as rigid motion, which the spotter subtracts.
-    `version` counts crop changes, so a consumer can tell when crops stop being comparable."""
+    still in between.
+
+    Detecting every frame at 200 fps is waste, and a crop that follows the detector's
+    jitter would look like motion to the spotter, larger than a micro-expression. Haar face
+    boxes jitter badly (on some SynthME faces their width jumps between 100 and 200 px from
+    one detection to the next) while the eyes found inside them move by a pixel or two. So
+    the crop is `make_crop`'s eye-anchored one, from the median of the last 5 plausible eye
+    pairs (a pair whose distance is off the track's by more than 15% is ignored). Without
+    eyes, the face box is used only to start a track or when the face has clearly moved.
+    A new geometry replaces the crop only when it differs by more than `hold` of the side
+    (or 2 degrees): smaller head motion stays in the crop as rigid motion, which the spotter
+    subtracts. `version` counts crop changes, so a consumer can tell when crops stop being
+    comparable. A face is lost after `max_misses` detections in a row find nothing.
+    """
 
     def __init__(
         self,
         detector: FaceDetector | None = None,
         size: int = 128,
         redetect_every: int = 20,
-        hold: float = 0.08,
+        hold: float = 0.06,
+        max_misses: int = 3,
+        scale: float = 1.2,
     ):
         self.detector = detector or FaceDetector()
         self.size = size
         self.redetect_every = redetect_every
         self.hold = hold
-        self.box: Box | None = None
+        self.max_misses = max_misses
+        self.scale = scale
         self.crop: Crop | None = None
         self.version = 0
+        self._geometry = None  # (cx, cy, side, angle) of the current crop
+        self._eyes: deque = deque(maxlen=5)  # eye geometries of the last detections
         self._since = 0
+        self._misses = 0
 
-    def _moved(self, found: Box) -> bool:
-        old = self.box
-        (fx, fy), (ox, oy) = found.centre, old.centre
-        scale = max(old.w, 1.0)
+    def _propose(self, box: Box, eyes):
+        """The crop geometry this detection suggests, or None to keep the current one."""
+        if eyes is None:
+            cx, cy = box.centre
+            fallback = (cx, cy, self.scale * max(box.w, box.h), 0.0)
+            if self._geometry is None:
+                return fallback, False
+            g = self._geometry
+            far = max(abs(cx - g[0]), abs(cy - g[1])) > 0.25 * g[2]
+            return (fallback, False) if far else None
+        geometry = eye_geometry(eyes)
+        if self._eyes and abs(geometry[2] / np.median([e[2] for e in self._eyes]) - 1) > 0.15:
+            return None  # an implausible pair for this face (a brow or a nostril)
+        self._eyes.append(geometry)
+        return tuple(np.median(np.asarray(self._eyes), axis=0)), True
+
+    def _moved(self, proposal) -> bool:
+        cx, cy, side, angle = self._geometry
+        tol = self.hold * side
         return (
-            abs(fx - ox) > self.hold * scale
-            or abs(fy - oy) > self.hold * scale
-            or abs(found.w - old.w) > self.hold * scale
+            abs(proposal[0] - cx) > tol
+            or abs(proposal[1] - cy) > tol
+            or abs(proposal[2] - side) > tol
+            or abs(proposal[3] - angle) > 2.0
         )
 
     def update(self, image: np.ndarray) -> Crop | None:
         """The crop for this frame, or None while no face has been found."""
-        if self.box is None or self._since >= self.redetect_every:
+        if self.crop is None or self._since >= self.redetect_every:
             self._since = 0
-            found = self.detector.detect(image)
-            if found is None:
-                self.box = self.crop = None  # lost: detect again on the next frame
-                return None
-            if self.box is None or self._moved(found):
-                self.box = found
-                self.crop = make_crop(found, self.size, self.detector.eyes(image, found))
+            box = self.detector.detect(image)
+            if box is None:
+                self._misses += 1
+                if self.crop is None or self._misses >= self.max_misses:
+                    self.crop = self._geometry = None  # lost: detect again next frame
+                    self._eyes.clear()
+                    return None
+                self._since += 1
+                return self.crop
+            self._misses = 0
+            proposed = self._propose(box, self.detector.eyes(image, box))
+            if proposed is None:
+                self._since += 1
+                return self.crop
+            proposal, aligned = proposed
+            if self._geometry is None or self._moved(proposal):
+                self._geometry = proposal
+                self.crop = crop_at(*proposal, self.size, aligned)
                 self.version += 1
         self._since += 1
         return self.crop

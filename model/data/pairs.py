@@ -24,7 +24,7 @@ import numpy as np
 from mfvan.kernels.faces import FaceDetector, centre_crop, make_crop
 from mfvan.model.data.datasets import Dataset
 
-CACHE_VERSION = 2  # 2: crops area-filtered before the warp (Crop.apply)
+CACHE_VERSION = 3  # 2: area-filtered crops; 3: crops anchored on the eyes
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _cache_key(data: Dataset, size: int, channels: int, scale: float) -> str:
         "size": size,
         "channels": channels,
         "scale": scale,
-        "detector": "haar default then alt2, haar eyes",
+        "detector": "haar default then alt2, haar eyes, eye-anchored crop",
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
