@@ -1,0 +1,355 @@
+"""The online micro-expression spotter: aligned face crops in, (onset, apex, offset)
+intervals out, one stream at a time, in bounded memory and time.
+
+Method (our choice, after the MEGC spotting baselines: ROI optical flow against a frame a
+fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Liu et al.
+2016):
+
+1. Signal. Each new crop is compared with the crop `lag_s` seconds before it (the
+   reference): the head's rigid motion between them is fitted and undone
+   (`signals.rigid_motion` on the nose bridge, temples and forehead), the dense flow of
+   what is left is computed (`flow.dense_flow`), and each facial region's main-direction
+   motion is measured (`signals.roi_stats`). The signal is the largest of the
+   expression regions (brows, nose, mouth corners, chin), in px of a 128 px crop. With
+   `lag_s` at least as long as a micro-expression (0.5 s), the reference frame of a frame
+   inside an expression is a neutral frame before its onset, so the signal is the
+   expression's own displacement: it rises at the onset, peaks at the apex and falls at
+   the offset.
+2. Echo. `lag_s` later the expression is in the reference frame instead, and the same
+   motion shows again, mirrored. A comparison whose reference falls inside an interval
+   already seen (detected or rejected) is not trusted: no new interval starts on it.
+3. Threshold adapted to each stream: an exponential running mean and mean absolute
+   deviation of the signal while the face is at rest (below mean + `z_quiet` x deviation;
+   time constant `noise_window_s`). An interval starts when the signal rises more than
+   max(`z` x deviation, `min_amplitude`) above the running mean.
+4. The apex is the signal's maximum. It is confirmed once the signal has fallen back below
+   `confirm_fraction` of the way from the mean to the peak; the interval is emitted then,
+   without waiting for the offset, with the number of frames (and ns) that took. The
+   edges are where a smooth (half-cosine) rise and fall through what was seen would
+   start and end: the onset extrapolated back from the last frame before the apex at
+   `edge_fraction` of the way up (read from the short signal history kept), the offset
+   extrapolated forward from the fall seen until confirmation. A choice: SynthME's
+   expressions have exactly that profile, and real ones (CASME II's onset-apex-offset
+   annotations) a similar smooth one; the threshold crossings themselves would make every
+   interval too short, and a short interval fails the IoU test.
+5. Rejected, and marked so that their echo is ignored too: intervals longer than
+   `max_duration_s` (macro-expressions, slow drift), peaks above `max_amplitude`
+   (macro-expressions), and blinks: when the eye regions (outside the signal) moved more
+   than `blink_ratio` times the signal, the eyelids did it. Last, a check that costs one
+   more flow per interval: the motion between the interval's own onset and apex frames
+   must be at least `verify_fraction` of the rise. An echo that slipped through step 2
+   (its original was never seen, or the onset estimate was late) fails it, because its
+   "onset" and "apex" are both neutral frames after the original.
+
+Parameters are in seconds and in px of a 128 px crop (scaled with the crop), never in
+frames, so the same settings work from 30 to 200 fps. Memory per stream is the crops of
+the last `lag_s + max_duration_s` seconds plus a few numbers, whatever the stream's length.
+
+Imports nothing of this project.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import flow as _flow
+from . import signals as _signals
+
+
+@dataclass(frozen=True)
+class SpotterParams:
+    lag_s: float = 0.5  # the reference frame is this far back
+    noise_window_s: float = 2.0  # time constant of the running noise estimate
+    warmup_s: float = 0.5  # signal seen before the first interval can start
+    z: float = 6.0  # start threshold, in deviations above the running mean
+    z_quiet: float = 2.0  # below this the face is at rest (onset search, noise update)
+    min_amplitude: float = 0.05  # px (128 px crop) above the running mean, at least
+    max_amplitude: float = 0.6  # px: above this it is a macro-expression
+    min_duration_s: float = 0.03  # onset to confirmation at least this long
+    max_duration_s: float = 0.5  # onset to confirmation (and offset) at most this long
+    confirm_fraction: float = 0.5  # the apex is confirmed when the signal falls below this
+    edge_fraction: float = 0.2  # onset and offset: this far up from the mean to the peak
+    block_margin_s: float = 0.1  # an echo's reference this close to a seen interval: ignored
+    blink_ratio: float = 1.5  # eyes' motion above this times the signal: a blink
+    verify_fraction: float = 0.3  # onset-to-apex motion at least this part of the rise
+    flow: _flow.FlowParams = field(default_factory=_flow.FlowParams)
+
+
+@dataclass
+class Interval:
+    """One spotted micro-expression. Frame indices are the stream's; times its timestamps."""
+
+    onset: int
+    apex: int
+    offset: int  # estimated at emission (see the module's step 4)
+    onset_ns: int
+    apex_ns: int
+    offset_ns: int
+    score: float  # peak signal / start threshold
+    amplitude: float  # peak signal, px of a 128 px crop
+    region: str  # the region that moved most at the apex
+    emitted: int  # frame index at which the interval was emitted
+    latency_frames: int  # emitted - apex
+    latency_ns: int
+    onset_crop: np.ndarray  # the crops to classify (uint8, as given)
+    apex_crop: np.ndarray
+
+
+@dataclass
+class _Candidate:
+    onset: int
+    onset_ns: int
+    apex: int
+    apex_ns: int
+    peak: float
+    threshold: float
+    region: int
+    eyes_at_peak: float
+
+
+class Spotter:
+    """Feed crops with `push`; it returns the intervals confirmed by that crop (usually
+    none). `rejected` counts what it refused, by reason."""
+
+    def __init__(self, params: SpotterParams | None = None):
+        self.params = params or SpotterParams()
+        self.rejected = {"macro": 0, "long": 0, "blink": 0, "short": 0, "echo": 0}
+        self.frames = 0
+        self.last_signal = float("nan")  # the latest frame's signal (for traces)
+        self._size = None
+        self._version = None
+        self._buffer: deque = deque()  # (index, ns, uint8 crop, float32 crop)
+        self._blocked: deque = deque()  # (start_ns, end_ns) of intervals seen
+        self._mean = None
+        self._dev = 0.0
+        self._seen_ns = 0
+        self._history: deque = deque()  # (index, ns, signal) of recent frames
+        self._prev_ns = 0
+        self._falling_since = 0
+        self._last_ns = None
+        self._candidate: _Candidate | None = None
+        self._falling = False  # after a rejection: wait for rest before starting again
+
+    # -- state ----------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the frames (a new crop geometry, or a gap in the stream); the noise
+        estimate is kept."""
+        self._buffer.clear()
+        self._blocked.clear()
+        self._history.clear()
+        self._candidate = None
+        self._falling = False
+
+    def state_size(self) -> int:
+        """Frames held now (bounded by the stream's rate times lag + max duration)."""
+        return len(self._buffer) + len(self._blocked) + len(self._history)
+
+    def _setup(self, size: int) -> None:
+        self._size = size
+        self._scale = 128.0 / size
+        names = _signals.SIGNAL_ROIS
+        self._signal_boxes = _signals.roi_boxes(size, names)
+        self._signal_names = names
+        self._eye_boxes = _signals.roi_boxes(size, ("eye_left", "eye_right"))
+        self._rigid_boxes = _signals.roi_boxes(size, _signals.RIGID)
+
+    # -- the work -------------------------------------------------------------------------
+    def push(self, crop: np.ndarray, index: int, timestamp_ns: int, version: int = 0):
+        """One aligned grey crop (square uint8 or float), its frame index and capture time.
+        `version` changes when the crop geometry changes (`faces.FaceTracker.version`):
+        crops of different geometry are never compared. Returns a list of `Interval`."""
+        if crop.ndim != 2 or crop.shape[0] != crop.shape[1]:
+            raise ValueError(f"Spotter.push needs a square 2-D grey crop, got {crop.shape}")
+        if self._size != crop.shape[0]:
+            self._setup(crop.shape[0])
+            self.reset()
+        if version != self._version or (
+            self._last_ns is not None and timestamp_ns <= self._last_ns
+        ):
+            self._version = version
+            self.reset()
+        self._last_ns = timestamp_ns
+        self.frames += 1
+        p = self.params
+        lag_ns = int(p.lag_s * 1e9)
+        image = np.ascontiguousarray(crop, dtype=np.float32)
+        self._buffer.append((index, timestamp_ns, crop, image))
+        keep_ns = int((p.lag_s + p.max_duration_s) * 1e9) + lag_ns // 4
+        while self._buffer and self._buffer[0][1] < timestamp_ns - keep_ns:
+            self._buffer.popleft()
+        while self._blocked and self._blocked[0][1] < timestamp_ns - keep_ns:
+            self._blocked.popleft()
+        while self._history and self._history[0][1] < timestamp_ns - keep_ns:
+            self._history.popleft()
+        reference = self._reference(timestamp_ns - lag_ns)
+        if reference is None:
+            self.last_signal = float("nan")
+            return []
+        ref_ns, ref_image = reference[1], reference[3]
+        signal, region, eyes = self._measure(ref_image, image)
+        self.last_signal = signal
+        trusted = not any(a <= ref_ns <= b for a, b in self._blocked)
+        return self._step(index, timestamp_ns, signal, region, eyes, trusted)
+
+    def _reference(self, at_ns: int):
+        """The newest buffered frame at or before `at_ns`, if the buffer reaches back."""
+        best = None
+        for item in self._buffer:
+            if item[1] > at_ns:
+                break
+            best = item
+        return best
+
+    def _measure(self, ref: np.ndarray, cur: np.ndarray):
+        rigid = _signals.rigid_motion(ref, cur, self._rigid_boxes)
+        flow = _flow.dense_flow(ref, _signals.warp_rigid(cur, rigid), self.params.flow)
+        stats = _signals.roi_stats(flow, self._signal_boxes)
+        main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
+        region = int(np.argmax(main))
+        eye_stats = _signals.roi_stats(flow, self._eye_boxes)
+        eyes = float(np.hypot(eye_stats[:, 1], eye_stats[:, 2]).max()) * self._scale
+        return float(main[region]), region, eyes
+
+    def threshold(self) -> float:
+        """The current start threshold (nan before the noise estimate exists)."""
+        return self._thresholds()[0] if self._mean is not None else float("nan")
+
+    def _thresholds(self) -> tuple[float, float]:
+        p = self.params
+        start = self._mean + max(p.z * self._dev, p.min_amplitude)
+        quiet = self._mean + p.z_quiet * self._dev
+        return start, min(quiet, start)
+
+    def _update_noise(self, ns: int, signal: float) -> None:
+        p = self.params
+        if self._mean is None:
+            self._mean, self._dev, self._seen_ns = signal, 0.0, 0
+        else:
+            dt = max(ns - self._prev_ns, 0)
+            # falls fast, rises slowly: a start inside an expression (or a calm face after
+            # a long one) must not hold the threshold high for seconds
+            up = min(1.0, dt * 1e-9 / p.noise_window_s)
+            down = min(1.0, 8 * up)
+            alpha = up if signal > self._mean else down
+            self._mean += alpha * (signal - self._mean)
+            dev = abs(signal - self._mean)
+            self._dev += (up if dev > self._dev else down) * (dev - self._dev)
+            self._seen_ns += dt
+        self._prev_ns = ns
+
+    def _block(self, start_ns: int, end_ns: int) -> None:
+        margin = int(self.params.block_margin_s * 1e9)
+        self._blocked.append((start_ns - margin, end_ns + margin))
+
+    def _step(self, index, ns, signal, region, eyes, trusted):
+        p = self.params
+        self._history.append((index, ns, signal))
+        if self._mean is None or self._seen_ns < p.warmup_s * 1e9:
+            self._update_noise(ns, signal)
+            return []
+        start, quiet = self._thresholds()
+        c = self._candidate
+        if c is None:
+            # the noise estimate follows the signal whenever no interval is open (rising
+            # slowly, so an expression barely moves it); a rejected motion is waited out
+            # until the face is at rest or for at most `max_duration_s`
+            self._update_noise(ns, signal)
+            if signal <= quiet or ns - self._falling_since > p.max_duration_s * 1e9:
+                self._falling = False
+            if self._falling or not trusted or signal <= start:
+                return []
+            self._candidate = _Candidate(index, ns, index, ns, signal, start, region, eyes)
+            return []
+        if signal > c.peak:
+            c.peak, c.apex, c.apex_ns, c.region, c.eyes_at_peak = signal, index, ns, region, eyes
+        rise = c.peak - self._mean
+        edge = self._mean + p.edge_fraction * rise
+        onset = self._onset(c.apex, edge)
+        reason = None
+        if c.peak > p.max_amplitude:
+            reason = "macro"
+        elif onset is None or (ns - onset[1]) * 1e-9 > p.max_duration_s:
+            reason = "long"
+        if reason is None and signal >= self._mean + p.confirm_fraction * rise:
+            return []
+        self._candidate = None
+        self._falling, self._falling_since = True, ns
+        if reason is None and c.eyes_at_peak > p.blink_ratio * c.peak:
+            reason = "blink"
+        if reason is None and (ns - onset[1]) * 1e-9 < p.min_duration_s:
+            reason = "short"
+        if reason is None:
+            # an echo (or a motion that started before the onset) does not hold between
+            # the interval's own onset and apex frames; a micro-expression does
+            moved = self._measure(self._image_at(onset[0]), self._image_at(c.apex))[0]
+            if moved - self._mean < p.verify_fraction * rise:
+                reason = "echo"
+        if reason is not None:
+            self.rejected[reason] += 1
+            self._block(onset[1] if onset else c.onset_ns, ns)
+            return []
+        # onset and offset where a half-cosine rise and fall through the levels seen
+        # would start and end
+        level = min(max((signal - self._mean) / rise, 0.0), 0.99)
+        back = 1 / (1 - _cosine_time(p.edge_fraction))
+        ahead = 1 / (1 - _cosine_time(level))
+        onset = (
+            max(c.apex - round((c.apex - onset[0]) * back), self._history[0][0]),
+            max(c.apex_ns - round((c.apex_ns - onset[1]) * back), self._history[0][1]),
+        )
+        offset = c.apex + round((index - c.apex) * ahead)
+        offset_ns = c.apex_ns + round((ns - c.apex_ns) * ahead)
+        self._block(onset[1], offset_ns)
+        return [
+            Interval(
+                onset=onset[0],
+                apex=c.apex,
+                offset=offset,
+                onset_ns=onset[1],
+                apex_ns=c.apex_ns,
+                offset_ns=offset_ns,
+                score=c.peak / c.threshold,
+                amplitude=c.peak,
+                region=self._signal_names[c.region],
+                emitted=index,
+                latency_frames=index - c.apex,
+                latency_ns=ns - c.apex_ns,
+                onset_crop=self._crop_at(onset[0]),
+                apex_crop=self._crop_at(c.apex),
+            )
+        ]
+
+    def _onset(self, apex: int, edge: float):
+        """(index, ns) of the last frame before `apex` whose signal was at most `edge`, or
+        None when the history holds none (the rise began too long ago)."""
+        for index, ns, signal in reversed(self._history):
+            if index < apex and signal <= edge:
+                return index, ns
+        return None
+
+    def _item_at(self, index: int):
+        for item in self._buffer:
+            if item[0] >= index:
+                return item
+        return self._buffer[-1]
+
+    def _crop_at(self, index: int) -> np.ndarray:
+        return self._item_at(index)[2]
+
+    def _image_at(self, index: int) -> np.ndarray:
+        return self._item_at(index)[3]
+
+
+def _cosine_time(level: float) -> float:
+    """Where, as a fraction of its duration, a half-cosine rise 0 -> 1 reaches `level`."""
+    return math.acos(1 - 2 * level) / math.pi
+
+
+def warm_up() -> None:
+    """Compile every kernel the spotter uses (Numba's cache makes later runs fast)."""
+    _flow.warm_up()
+    _signals.warm_up()
