@@ -127,3 +127,216 @@ def format_model_report(r: dict) -> str:
         ratio = by[("torch eager", batch)] / by[("onnxruntime", batch)]
         lines.append(f"batch {batch}: onnxruntime is {ratio:.2f}x the speed of torch eager (p50)")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- flow
+
+
+def synth_flow_pairs(n: int = 32, size: int = 128, seed: int = 1) -> list:
+    """(onset crop, apex crop, true flow) at the onset and apex of SynthME `standard`
+    clips: grey uint8 face crops (area-resized) and the renderer's exact flow, resized and
+    rescaled with them. Seed 1: the flow's parameters were chosen on seed 0."""
+    import cv2
+
+    from mfvan.model.data import synth
+
+    cfg = synth.CONFIGS["standard"]
+    emotions = synth.EMOTIONS_5
+    out = []
+    for i in range(n):
+        subject = i % cfg.subjects + 1
+        r = synth.SubjectRenderer(subject, seed, cfg)
+        clip, timeline = synth.make_clip(r, subject, i, seed, emotion=emotions[i % len(emotions)])
+        e = clip.expression
+        a, b = timeline.state(e.onset), timeline.state(e.apex)
+        p = r.placement
+        half = int(0.55 * p.h)
+        ys = slice(int(p.cy) - half, int(p.cy) + half)
+        xs = slice(int(p.cx) - half, int(p.cx) + half)
+
+        def crop(img, ys=ys, xs=xs):
+            return cv2.resize(img[ys, xs], (size, size), interpolation=cv2.INTER_AREA)
+
+        grey = [cv2.cvtColor(r.render(s), cv2.COLOR_RGB2GRAY) for s in (a, b)]
+        flow = crop(r.forward_flow(a, b)) * (size / (2 * half))
+        out.append((crop(grey[0]), crop(grey[1]), flow))
+    return out
+
+
+def face_mask(size: int) -> np.ndarray:
+    """The face region of `synth_flow_pairs` crops: an ellipse inside the face outline."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = (size - 1) / 2
+    return ((xx - c) / (0.31 * size)) ** 2 + ((yy - c) / (0.43 * size)) ** 2 < 1
+
+
+def flow_methods() -> dict:
+    """Name -> callable(first uint8, second uint8) -> (H, W, 2) flow, ours and OpenCV's."""
+    import cv2
+
+    from mfvan.kernels.flow import dense_flow
+
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return {
+        "mfvan (Numba)": dense_flow,
+        "OpenCV DIS medium": lambda a, b: dis.calc(a, b, None),
+        "OpenCV Farneback": lambda a, b: cv2.calcOpticalFlowFarneback(
+            a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0
+        ),
+        "zero flow": lambda a, b: np.zeros((*a.shape, 2), np.float32),
+    }
+
+
+def bench_flow(sizes=(64, 128, 256), n: int = 32, rounds: int = 5) -> dict:
+    """EPE on the face against SynthME's exact flow, and time per pair, for each method and
+    size, on one thread, methods interleaved round by round."""
+    import cv2
+
+    from mfvan.kernels.flow import warm_up
+
+    cv2.setNumThreads(1)
+    warm_up()
+    methods = flow_methods()
+    rows = []
+    for size in sizes:
+        pairs = synth_flow_pairs(n, size)
+        mask = face_mask(size)
+        times = {name: [] for name in methods}
+        epe = {}
+        for name, fn in methods.items():
+            epe[name] = float(
+                np.mean([np.linalg.norm(fn(a, b) - g, axis=-1)[mask].mean() for a, b, g in pairs])
+            )
+        for _ in range(rounds):
+            for name, fn in methods.items():
+                start = time.perf_counter()
+                for a, b, _ in pairs:
+                    fn(a, b)
+                times[name].append((time.perf_counter() - start) / len(pairs))
+        for name in methods:
+            rows.append(
+                {"size": size, "method": name, "epe": epe[name], "ms": 1e3 * min(times[name])}
+            )
+    return {"machine": cpu_name(), "pairs": n, "rows": rows}
+
+
+def format_flow_report(r: dict) -> str:
+    lines = [
+        f"dense flow on {r['pairs']} SynthME onset/apex pairs (seed 1), one thread; "
+        f"machine: {r['machine']}",
+        f"{'size':>5}  {'method':<20}{'EPE px':>9}{'ms/pair':>10}",
+    ]
+    for row in r["rows"]:
+        lines.append(f"{row['size']:>5}  {row['method']:<20}{row['epe']:>9.4f}{row['ms']:>10.2f}")
+    by = {(row["size"], row["method"]): row for row in r["rows"]}
+    for size in sorted({row["size"] for row in r["rows"]}):
+        ours = by[(size, "mfvan (Numba)")]
+        for ref in ("OpenCV DIS medium", "OpenCV Farneback"):
+            other = by[(size, ref)]
+            lines.append(
+                f"{size} px: against {ref}: EPE {ours['epe'] / other['epe']:.2f}x, "
+                f"speed {other['ms'] / ours['ms']:.2f}x"
+            )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- spotter
+
+
+def synth_crops(fps: float = 200.0, seconds: float = 10.0, size: int = 128, subject: int = 1):
+    """A SynthME live stream's frames as the spotter stage sees them: tracked, aligned,
+    grey crops (with the tracker's version), and the stream's micro-expressions."""
+    from dataclasses import replace
+
+    from mfvan.kernels.faces import FaceTracker, to_grey
+    from mfvan.model.data import synth
+
+    cfg = replace(synth.CONFIGS["standard"], fps=fps)
+    stream = synth.SynthStream(cfg, subject=subject, seed=1)
+    tracker = FaceTracker(size=size)
+    frames = []
+    for t in range(int(round(seconds * fps))):
+        f = stream.frame(t)
+        grey = to_grey(f.image)
+        crop = tracker.update(grey)
+        frames.append((crop.apply(grey) if crop else None, f.timestamp_ns, tracker.version))
+    micro = [e for e in stream.expressions_until(len(frames)) if e.kind == "micro"]
+    return frames, micro
+
+
+def bench_spotter(fps: float = 200.0, seconds: float = 10.0, size: int = 128) -> dict:
+    """Frames per second of the spotter (flow included) on one core, with our Numba flow
+    and, side by side on the same crops, with OpenCV's DIS and Farneback in its place; and
+    the latency from apex to emitted interval."""
+    import cv2
+
+    from mfvan.kernels.spotter import Spotter, warm_up
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    warm_up()
+    frames, micro = synth_crops(fps, seconds, size)
+    rows = []
+    for name, fn in flow_methods().items():
+        if name == "zero flow":
+            continue
+        flow_fn = None if name.startswith("mfvan") else _uint8_flow(fn)
+        spotter = Spotter(flow_fn=flow_fn)
+        per_frame, intervals = [], []
+        for index, (crop, ns, version) in enumerate(frames):
+            if crop is None:
+                continue
+            start = time.perf_counter()
+            intervals += spotter.push(crop, index, ns, version)
+            per_frame.append(time.perf_counter() - start)
+        p50, p99 = _percentiles(per_frame)
+        rows.append(
+            {
+                "flow": name,
+                "fps": len(per_frame) / sum(per_frame),
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "intervals": len(intervals),
+                "latency_ms": [i.latency_ns / 1e6 for i in intervals],
+            }
+        )
+    return {
+        "machine": cpu_name(),
+        "fps_in": fps,
+        "seconds": seconds,
+        "size": size,
+        "micro": len(micro),
+        "rows": rows,
+    }
+
+
+def _uint8_flow(fn):
+    def flow(first, second):
+        a = np.clip(first, 0, 255).astype(np.uint8)
+        b = np.clip(second, 0, 255).astype(np.uint8)
+        return fn(a, b)
+
+    return flow
+
+
+def format_spotter_report(r: dict) -> str:
+    lines = [
+        f"spotter on {r['seconds']:g} s of a SynthME stream at {r['fps_in']:g} fps, "
+        f"{r['size']} px crops, one core ({r['micro']} micro-expressions in it); "
+        f"machine: {r['machine']}",
+        f"{'flow':<20}{'frames/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'spotted':>9}"
+        f"{'apex->emit ms (mean, max)':>28}",
+    ]
+    for row in r["rows"]:
+        lat = row["latency_ms"]
+        lat_text = f"{np.mean(lat):.0f}, {np.max(lat):.0f}" if lat else "-"
+        lines.append(
+            f"{row['flow']:<20}{row['fps']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+            f"{row['intervals']:>9}{lat_text:>28}"
+        )
+    ours = r["rows"][0]
+    for row in r["rows"][1:]:
+        lines.append(
+            f"mfvan flow is {ours['fps'] / row['fps']:.2f}x the spotter's speed with {row['flow']}"
+        )
+    return "\n".join(lines)

@@ -107,12 +107,70 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--runs", type=int, default=200, help="timed runs per engine and batch")
     model.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
+    flow = what.add_parser(
+        "flow",
+        help="dense flow: EPE against SynthME's exact flow and time per pair, ours beside "
+        "OpenCV's DIS (medium) and Farneback",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    flow.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="crop sizes")
+    flow.add_argument("--pairs", type=int, default=32, help="onset/apex pairs per size")
+    spotter = what.add_parser(
+        "spotter",
+        help="the spotter's frames per second on one core (flow included), with our flow and "
+        "with OpenCV's in its place, and the latency from apex to emitted interval",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    spotter.add_argument("--fps", type=float, default=200.0, help="the stream's frame rate")
+    spotter.add_argument("--seconds", type=float, default=10.0, help="stream length")
+    spotter.add_argument("--size", type=int, default=128, help="crop size")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from mfvan.deploy.bench import bench_model, format_model_report
+    from mfvan.deploy import bench
 
-    print(format_model_report(bench_model(args.config, batches=args.batches, runs=args.runs)))
+    if args.target == "model":
+        report = bench.format_model_report(
+            bench.bench_model(args.config, batches=args.batches, runs=args.runs)
+        )
+    elif args.target == "flow":
+        report = bench.format_flow_report(bench.bench_flow(tuple(args.sizes), args.pairs))
+    else:
+        report = bench.format_spotter_report(bench.bench_spotter(args.fps, args.seconds, args.size))
+    print(report)
+    return 0
+
+
+def _add_spot_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="a SynthME set (or its long/ folder): long videos with ground_truth.csv",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/spotting"), help="report folder (traces, JSON)"
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also regenerate the long videos at 30 and 60 fps, with each nuisance off, and "
+        "with a held-out seed, under OUT/sweep, and evaluate each",
+    )
+
+
+def _run_spot_eval(args: argparse.Namespace) -> int:
+    from mfvan.model import spotting
+
+    try:
+        result = spotting.evaluate(args.data, args.out)
+    except FileNotFoundError as e:
+        print(f"mfvan spot-eval: {e}", file=sys.stderr)
+        return 2
+    print(spotting.format_score(result))
+    print(f"traces and intervals: {args.out}")
+    if args.sweep:
+        spotting.sweep(args.out / "sweep")
     return 0
 
 
@@ -354,6 +412,11 @@ SUBCOMMANDS = {
     ),
     "eval": ("rebuild a LOSO run's report, or evaluate weights on a dataset", _add_eval, _run_eval),
     "synth": ("generate SynthME, the synthetic micro-expression set", _add_synth, _run_synth),
+    "spot-eval": (
+        "spot micro-expressions in long videos and score them (MEGC protocol)",
+        _add_spot_eval,
+        _run_spot_eval,
+    ),
     "bench": ("measure speed, side by side with a reference", _add_bench, _run_bench),
 }
 

@@ -115,8 +115,11 @@ class Spotter:
     """Feed crops with `push`; it returns the intervals confirmed by that crop (usually
     none). `rejected` counts what it refused, by reason."""
 
-    def __init__(self, params: SpotterParams | None = None):
+    def __init__(self, params: SpotterParams | None = None, flow_fn=None):
+        """`flow_fn(first, second) -> (H, W, 2)` replaces our dense flow (benchmarks use it
+        to run the same spotter on OpenCV's flow)."""
         self.params = params or SpotterParams()
+        self._flow_fn = flow_fn or (lambda a, b: _flow.dense_flow(a, b, self.params.flow))
         self.rejected = {"macro": 0, "long": 0, "blink": 0, "short": 0, "echo": 0}
         self.frames = 0
         self.last_signal = float("nan")  # the latest frame's signal (for traces)
@@ -206,7 +209,7 @@ class Spotter:
 
     def _measure(self, ref: np.ndarray, cur: np.ndarray):
         rigid = _signals.rigid_motion(ref, cur, self._rigid_boxes)
-        flow = _flow.dense_flow(ref, _signals.warp_rigid(cur, rigid), self.params.flow)
+        flow = self._flow_fn(ref, _signals.warp_rigid(cur, rigid))
         stats = _signals.roi_stats(flow, self._signal_boxes)
         main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
         region = int(np.argmax(main))
