@@ -155,8 +155,9 @@ def _add_spot_eval(p: argparse.ArgumentParser) -> None:
         "--sweep",
         action="store_true",
         help="also regenerate the long videos at 30 and 60 fps, with each nuisance off, and "
-        "with a held-out seed, under OUT/sweep, and evaluate each",
+        "with a held-out seed, under OUT/sweep, and evaluate each (kept: delete OUT to redo)",
     )
+    p.add_argument("--docs", type=Path, help="also write the results as a Markdown page")
 
 
 def _run_spot_eval(args: argparse.Namespace) -> int:
@@ -169,8 +170,13 @@ def _run_spot_eval(args: argparse.Namespace) -> int:
         return 2
     print(spotting.format_score(result))
     print(f"traces and intervals: {args.out}")
-    if args.sweep:
-        spotting.sweep(args.out / "sweep")
+    swept = spotting.sweep(args.out / "sweep") if args.sweep else None
+    if args.docs:
+        command = "mfvan spot-eval --data DIR" + (" --sweep" if args.sweep else "")
+        from mfvan.deploy.bench import cpu_name
+
+        path = spotting.write_docs(result, swept, args.out, args.docs, command, cpu_name())
+        print(f"results: {path}")
     return 0
 
 

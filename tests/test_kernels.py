@@ -269,10 +269,15 @@ def test_spot_eval_cli_on_the_tiny_set(tiny_set, tmp_path, capsys):
 
     from mfvan.deploy.cli import main
 
-    assert main(["spot-eval", "--data", str(tiny_set), "--out", str(tmp_path)]) == 0
+    docs = tmp_path / "docs" / "spotting.md"
+    out = tmp_path / "run"
+    assert main(["spot-eval", "--data", str(tiny_set), "--out", str(out), "--docs", str(docs)]) == 0
     printed = capsys.readouterr().out
     assert "precision" in printed and "F1" in printed
-    report = json.loads((tmp_path / "spotting.json").read_text())
+    report = json.loads((out / "spotting.json").read_text())
     assert report["score"]["videos"] == 1
-    assert list(tmp_path.glob("*.png")), "a trace per video"
+    assert list(out.glob("*.png")), "a trace per video"
+    page = docs.read_text()
+    assert f"{report['score']['f1']:.3f}" in page and "images/spotting-" in page
+    assert list((docs.parent / "images").glob("spotting-*.png"))
     assert main(["spot-eval", "--data", str(tmp_path)]) == 2, "no videos: a clear error"
