@@ -281,3 +281,38 @@ def test_spot_eval_cli_on_the_tiny_set(tiny_set, tmp_path, capsys):
     assert f"{report['score']['f1']:.3f}" in page and "images/spotting-" in page
     assert list((docs.parent / "images").glob("spotting-*.png"))
     assert main(["spot-eval", "--data", str(tmp_path)]) == 2, "no videos: a clear error"
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def test_the_tracker_holds_one_crop_on_a_face_whose_detections_jitter():
+    """Subject 3's Haar boxes jump between 100 and 200 px wide from one detection to the
+    next; the eye-anchored crop must not follow them."""
+    from mfvan.kernels.faces import FaceTracker, to_grey
+
+    stream = synth.SynthStream(synth.CONFIGS["standard"], subject=3, seed=0, video=2)
+    tracker = FaceTracker(size=128)
+    for t in range(600):
+        assert tracker.update(to_grey(stream.frame(t).image)) is not None
+    assert tracker.version == 1
+    assert tracker.crop.aligned
+
+
+def test_a_crop_of_a_shifted_face_is_a_shifted_crop():
+    """Area-filtered crops: a sub-pixel head shift moves every region of the crop alike
+    (bilinear downscaling aliased, and regions seemed to move by different amounts)."""
+    from mfvan.kernels.faces import FaceDetector, make_crop, to_grey
+
+    renderer = synth.SubjectRenderer(1, 0, synth.CONFIGS["standard"])
+    still = synth.FrameState({})
+    moved = synth.FrameState({}, tx=0.7, ty=0.3)
+    a, b = (to_grey(renderer.render(s, noise=False)) for s in (still, moved))
+    detector = FaceDetector()
+    box = detector.detect(a)
+    crop = make_crop(box, 128, detector.eyes(a, box))
+    flow = dense_flow(crop.apply(a), crop.apply(b))
+    stats = signals.roi_stats(flow, signals.roi_boxes(128))
+    scale = np.sqrt(abs(np.linalg.det(crop.matrix[:, :2])))
+    assert np.abs(stats[:, 1] - 0.7 * scale).max() < 0.06
+    assert np.abs(stats[:, 2] - 0.3 * scale).max() < 0.06
