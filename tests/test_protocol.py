@@ -1,0 +1,135 @@
+"""The wire protocol over real ZeroMQ sockets: round trips without copies, malformed and
+foreign messages refused with a reason, drops instead of unbounded queues."""
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from mfvan.stream import protocol
+
+
+@pytest.fixture
+def pair():
+    """A connected PUSH -> PULL pair over TCP on loopback."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    pull.setsockopt(zmq.RCVTIMEO, 5000)
+    yield push, pull
+    push.close(linger=0)
+    pull.close(linger=0)
+    ctx.term()
+
+
+def test_a_frame_round_trips_without_copies(pair):
+    push, pull = pair
+    image = np.arange(480 * 640, dtype=np.uint8).reshape(480, 640)
+    probs = np.array([0.1, 0.7, 0.2], np.float32)
+    assert protocol.send(
+        push, "frame", "cam1", 7, [image, probs], formats=["grey", ""], t_capture=123, index=9
+    )
+    msg = protocol.recv(pull)
+    assert (msg.kind, msg.stream, msg.seq) == ("frame", "cam1", 7)
+    assert msg.fields == {"t_capture": 123, "index": 9}
+    got, p = msg.arrays
+    assert got.shape == (480, 640) and got.dtype == np.uint8 and np.array_equal(got, image)
+    assert np.array_equal(p, probs)
+    assert not got.flags.owndata and not got.flags.writeable, "a view on the received frame"
+
+
+def test_a_subscriber_can_filter_by_stream():
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub = ctx.socket(zmq.SUB)
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    sub.setsockopt(zmq.SUBSCRIBE, b"cam2")
+    sub.setsockopt(zmq.RCVTIMEO, 200)
+    try:
+        got = []
+        for seq in range(50):  # until the subscription has reached the publisher
+            protocol.send(pub, "event", "cam1", seq)
+            protocol.send(pub, "event", "cam2", seq)
+            try:
+                got.append(protocol.recv(sub))
+            except zmq.Again:
+                pass
+            if len(got) >= 3:
+                break
+        assert got and {m.stream for m in got} == {"cam2"}
+    finally:
+        pub.close(linger=0)
+        sub.close(linger=0)
+        ctx.term()
+
+
+def _header(**changes):
+    header = {"v": 1, "kind": "frame", "stream": "cam1", "seq": 0, "buffers": []}
+    header.update(changes)
+    return msgpack.packb({k: v for k, v in header.items() if v is not None})
+
+
+@pytest.mark.parametrize(
+    "frames, reason, words",
+    [
+        ([b"cam1"], "malformed", "at least topic and header"),
+        ([b"cam1", b"\xc1\xff not msgpack"], "malformed", "not msgpack"),
+        ([b"cam1", msgpack.packb([1, 2])], "malformed", "not a map"),
+        ([b"cam1", _header(v=2)], "version", "version 2"),
+        ([b"cam1", _header(seq=None)], "malformed", "lacks ['seq']"),
+        ([b"cam1", _header(kind="video")], "malformed", "unknown kind"),
+        ([b"cam9", _header()], "malformed", "topic and header stream differ"),
+        ([b"cam1", _header(), b"extra"], "malformed", "buffers"),
+        (
+            [b"cam1", _header(buffers=[{"shape": [4, 4], "dtype": "uint8", "format": ""}]), b"x"],
+            "malformed",
+            "buffer of 1 bytes for shape (4, 4)",
+        ),
+        (
+            [b"cam1", _header(buffers=[{"shape": [1], "dtype": "object", "format": ""}]), b"x"],
+            "malformed",
+            "bad buffer spec",
+        ),
+    ],
+)
+def test_malformed_and_foreign_messages_are_refused_with_a_reason(frames, reason, words):
+    with pytest.raises(protocol.Malformed) as e:
+        protocol.decode(frames)
+    assert e.value.reason == reason
+    assert words in str(e.value)
+
+
+def test_a_malformed_message_over_a_socket_does_not_stop_the_next(pair):
+    push, pull = pair
+    push.send_multipart([b"cam1", b"garbage"])
+    protocol.send(push, "frame", "cam1", 1, [np.zeros(3, np.float32)])
+    with pytest.raises(protocol.Malformed):
+        protocol.recv(pull)
+    assert protocol.recv(pull).seq == 1
+
+
+def test_send_drops_instead_of_queueing_without_bound():
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 4)
+    push.bind("tcp://127.0.0.1:*")  # nobody connected: nowhere to queue
+    try:
+        sent = [
+            protocol.send(push, "frame", "cam1", i, [np.zeros(16, np.uint8)]) for i in range(20)
+        ]
+        assert not any(sent), "with no peer every send is a counted drop, never a block"
+    finally:
+        push.close(linger=0)
+        ctx.term()
+
+
+def test_encode_refuses_what_cannot_be_decoded():
+    with pytest.raises(ValueError, match="kind"):
+        protocol.encode("video", "cam1", 0)
+    with pytest.raises(ValueError, match="reserved"):
+        protocol.encode("frame", "cam1", 0, buffers=[])
+    with pytest.raises(ValueError, match="cannot be sent"):
+        protocol.encode("frame", "cam1", 0, [np.array(["a"], dtype=object)])
