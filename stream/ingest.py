@@ -1,0 +1,159 @@
+"""Sources of frames: one small interface, and PyAV behind it for rtsp://, files and
+cameras. `deploy` registers `synth://` (SynthME's live frames) with `register`, so this
+package never imports `model`.
+
+A source yields `Frame`s: a grey or RGB uint8 image, its index in the source, and its
+capture time in ns (wall clock for live sources; for files, the moment the frame is due
+when played at its native rate, or when it was decoded when played as fast as possible).
+`Reconnecting` wraps any source factory: when the source fails (a camera drops, a
+network times out) it waits with exponential backoff and opens it again, counting each
+reconnect; the frame index keeps counting across reconnects.
+
+Imports nothing of this project but the protocol-free `stream` helpers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    index: int
+    t_capture: int  # ns, time.time_ns() clock
+    image: np.ndarray  # uint8, (H, W) grey or (H, W, 3) RGB
+    fields: dict = field(default_factory=dict)  # anything a source adds (e.g. ground truth)
+
+
+class SourceError(RuntimeError):
+    """The source cannot be opened or stopped delivering frames."""
+
+
+class PyAVSource:
+    """Decodes with PyAV (FFmpeg): `rtsp://` (TCP transport), any file FFmpeg reads,
+    `/dev/videoN` (V4L2). `realtime`: a file plays at its native rate instead of as fast
+    as possible (live sources always run at their own rate)."""
+
+    def __init__(
+        self,
+        url: str,
+        grey: bool = True,
+        realtime: bool = False,
+        timeout_s: float = 5.0,
+    ):
+        self.url = url
+        self.grey = grey
+        self.realtime = realtime
+        self.timeout_s = timeout_s
+        self.live = url.startswith(("rtsp://", "rtsps://", "/dev/video"))
+
+    def _open(self):
+        import av
+
+        options, kwargs = {}, {"timeout": (self.timeout_s, self.timeout_s)}
+        if self.url.startswith(("rtsp://", "rtsps://")):
+            options["rtsp_transport"] = "tcp"
+        if self.url.startswith("/dev/video"):
+            kwargs["format"] = "v4l2"
+        try:
+            return av.open(self.url, options=options, **kwargs)
+        except (av.FFmpegError, OSError) as e:
+            raise SourceError(f"cannot open {self.url}: {e}") from e
+
+    def __iter__(self) -> Iterator[Frame]:
+        import av
+
+        container = self._open()
+        fmt = "gray" if self.grey else "rgb24"
+        start_wall = time.time_ns()
+        start_pts = None
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
+                if self.live or frame.pts is None or frame.time_base is None:
+                    t = time.time_ns()
+                else:
+                    pts_ns = int(frame.pts * frame.time_base * 1_000_000_000)
+                    start_pts = pts_ns if start_pts is None else start_pts
+                    t = start_wall + pts_ns - start_pts
+                    if self.realtime:
+                        wait = t - time.time_ns()
+                        if wait > 0:
+                            time.sleep(wait / 1e9)
+                    else:
+                        t = time.time_ns()
+                yield Frame(index, t, frame.to_ndarray(format=fmt))
+        except av.FFmpegError as e:
+            raise SourceError(f"{self.url} stopped: {e}") from e
+        finally:
+            container.close()
+
+
+Factory = Callable[[str], object]
+_SCHEMES: dict[str, Factory] = {}
+
+
+def register(scheme: str, factory: Factory) -> None:
+    """Make `scheme://...` URLs open with `factory(url)` (an iterable of `Frame`s)."""
+    _SCHEMES[scheme] = factory
+
+
+def open_source(url: str, **kwargs):
+    """The source for a URL: a registered scheme's factory, else PyAV."""
+    scheme = urlparse(url).scheme
+    if scheme in _SCHEMES:
+        return _SCHEMES[scheme](url)
+    return PyAVSource(url, **kwargs)
+
+
+class Reconnecting:
+    """Frames from `open_()` sources, reopened with exponential backoff after each failure
+    (or end, for live sources). `on_reconnect(error)` is called before each reopen."""
+
+    def __init__(
+        self,
+        open_: Callable[[], object],
+        live: bool = True,
+        backoff_s: tuple[float, float] = (0.5, 30.0),
+        on_reconnect: Callable[[Exception | None], None] | None = None,
+        max_attempts: int | None = None,
+    ):
+        self.open_ = open_
+        self.live = live
+        self.backoff_s = backoff_s
+        self.on_reconnect = on_reconnect or (lambda error: None)
+        self.max_attempts = max_attempts
+        self.reconnects = 0
+        self.stopped = False
+
+    def __iter__(self) -> Iterator[Frame]:
+        delay = self.backoff_s[0]
+        index = 0
+        failures = 0
+        while not self.stopped:
+            error = None
+            try:
+                for frame in self.open_():
+                    frame.index = index
+                    index += 1
+                    delay, failures = self.backoff_s[0], 0
+                    yield frame
+                    if self.stopped:
+                        return
+                if not self.live:
+                    return  # a file ended: done
+            except SourceError as e:
+                error = e
+            failures += 1
+            if self.max_attempts is not None and failures > self.max_attempts:
+                raise SourceError(f"gave up after {self.max_attempts} attempts: {error}")
+            self.reconnects += 1
+            self.on_reconnect(error)
+            time.sleep(delay)
+            delay = min(delay * 2, self.backoff_s[1])

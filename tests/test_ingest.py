@@ -1,0 +1,99 @@
+"""Sources: PyAV decoding real files, timestamps, and reconnecting to a dead source."""
+
+import threading
+
+import av
+import numpy as np
+import pytest
+
+from mfvan.stream.ingest import Frame, PyAVSource, Reconnecting, SourceError, open_source, register
+
+
+def _write_video(path, frames=20, fps=100, size=(64, 48)):
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "ultrafast"}
+        for i in range(frames):
+            img = np.full((size[1], size[0], 3), (i * 10) % 250, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_a_file_is_decoded_with_indices_and_capture_times(tmp_path):
+    path = tmp_path / "clip.mp4"
+    _write_video(path)
+    frames = list(PyAVSource(str(path), realtime=True))
+    assert [f.index for f in frames] == list(range(20))
+    assert frames[0].image.shape == (48, 64) and frames[0].image.dtype == np.uint8
+    gaps = np.diff([f.t_capture for f in frames])
+    assert np.all(np.abs(gaps - 10_000_000) < 1_000), "a file played at its rate: pts spacing"
+    rgb = next(iter(PyAVSource(str(path), grey=False)))
+    assert rgb.image.shape == (48, 64, 3)
+
+
+def test_a_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="cannot open"):
+        list(PyAVSource(str(tmp_path / "nothing.mp4")))
+
+
+def test_a_dead_source_is_retried_with_backoff_until_it_comes_back(tmp_path):
+    path = tmp_path / "late.mp4"
+    errors = []
+    source = Reconnecting(
+        lambda: PyAVSource(str(path)),
+        live=False,
+        backoff_s=(0.01, 0.05),
+        on_reconnect=errors.append,
+    )
+
+    def appear():
+        _write_video(tmp_path / "tmp.mp4", frames=5)
+        (tmp_path / "tmp.mp4").rename(path)
+
+    timer = threading.Timer(0.1, appear)
+    timer.start()
+    try:
+        frames = list(source)
+    finally:
+        timer.join()
+    assert len(frames) == 5 and [f.index for f in frames] == list(range(5))
+    assert source.reconnects == len(errors) >= 1
+    assert all(isinstance(e, SourceError) for e in errors)
+
+
+def test_reconnecting_gives_up_when_told_to(tmp_path):
+    source = Reconnecting(
+        lambda: PyAVSource(str(tmp_path / "never.mp4")), backoff_s=(0.001, 0.001), max_attempts=3
+    )
+    with pytest.raises(SourceError, match="gave up after 3"):
+        list(source)
+    assert source.reconnects == 3
+
+
+def test_indices_keep_counting_across_reconnects_of_a_live_source():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        yield Frame(0, 1, np.zeros((2, 2), np.uint8))
+        yield Frame(1, 2, np.zeros((2, 2), np.uint8))
+        raise SourceError("camera dropped")
+
+    source = Reconnecting(flaky, live=True, backoff_s=(0.001, 0.001))
+    got = []
+    for frame in source:
+        got.append(frame.index)
+        if len(got) == 5:
+            source.stopped = True
+    assert got == [0, 1, 2, 3, 4] and source.reconnects == 2
+
+
+def test_registered_schemes_open_with_their_factory():
+    register("fake", lambda url: [Frame(0, 0, np.zeros((1, 1), np.uint8), {"url": url})])
+    (frame,) = list(open_source("fake://x?y=1"))
+    assert frame.fields == {"url": "fake://x?y=1"}
+    assert isinstance(open_source("/tmp/file.mp4"), PyAVSource)
