@@ -1,0 +1,111 @@
+"""Prometheus metrics of every stage, in one registry per process, served on `/metrics`.
+
+Names follow Prometheus conventions: `mfvan_` prefix, `_total` for counters, `_seconds`
+for durations, base units. Labels: `stage` (ingest | spot | recognize), `stream` (the
+camera), `reason` for drops and refusals. Latency histograms: each stage's own time
+(`mfvan_stage_seconds`, from the message's arrival to its departure), the time from the
+previous stage (`mfvan_transit_seconds`), end to end from capture
+(`mfvan_end_to_end_seconds`), and inference (`mfvan_inference_seconds`).
+
+`serve(port, host)` binds to loopback by default: faces are biometric data, and metrics
+name the streams.
+
+Imports nothing of this project.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# from 0.5 ms to 10 s: inference of one pair is ms, end to end includes the apex's wait
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class Metrics:
+    """Every metric a stage may update; unused ones simply stay at zero."""
+
+    def __init__(self, stage: str, registry: CollectorRegistry | None = None):
+        self.stage = stage
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.frames_in = Counter(
+            "mfvan_frames_in", "Messages received by a stage.", ["stage", "stream"], registry=r
+        )
+        self.frames_out = Counter(
+            "mfvan_frames_out", "Messages sent on by a stage.", ["stage", "stream"], registry=r
+        )
+        self.dropped = Counter(
+            "mfvan_frames_dropped",
+            "Messages dropped, by reason (hwm: the consumer was slow; malformed; version).",
+            ["stage", "stream", "reason"],
+            registry=r,
+        )
+        self.decode_errors = Counter(
+            "mfvan_decode_errors", "Frames the decoder failed on.", ["stream"], registry=r
+        )
+        self.reconnects = Counter(
+            "mfvan_reconnects", "Times a source was reopened.", ["stream"], registry=r
+        )
+        self.faces = Gauge(
+            "mfvan_faces_tracked", "1 while a face is tracked in the stream.", ["stream"],
+            registry=r,
+        )  # fmt: skip
+        self.spots = Counter(
+            "mfvan_spots", "Micro-expression intervals emitted.", ["stream"], registry=r
+        )
+        self.spots_rejected = Counter(
+            "mfvan_spots_rejected",
+            "Candidate intervals the spotter refused, by reason.",
+            ["stream", "reason"],
+            registry=r,
+        )
+        self.events = Counter(
+            "mfvan_events", "Recognition events published, by class.", ["stream", "label"],
+            registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "mfvan_batch_size", "Pairs per inference batch.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference = Histogram(
+            "mfvan_inference_seconds",
+            "Time of one inference batch.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "mfvan_stage_seconds",
+            "Time a message spent inside a stage.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.transit = Histogram(
+            "mfvan_transit_seconds",
+            "Time from the previous stage's send to this stage's receipt.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "mfvan_end_to_end_seconds",
+            "Time from a frame's capture to the event (or message) leaving this stage.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "mfvan_queue_depth", "Items waiting inside a stage.", ["stage"], registry=r
+        )
+        self.restarts = Counter(
+            "mfvan_restarts", "Stage processes restarted by the supervisor.", ["stage"],
+            registry=r,
+        )  # fmt: skip
+
+    def serve(self, port: int, host: str = "127.0.0.1"):
+        """Serve /metrics on host:port (0: a free port); returns (server, port)."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        return server, server.server_address[1]

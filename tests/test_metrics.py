@@ -1,0 +1,35 @@
+"""Each stage's /metrics: served on loopback, in Prometheus' text format, conventional names."""
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from mfvan.stream.metrics import Metrics
+
+
+def test_metrics_are_served_on_loopback_with_conventional_names():
+    m = Metrics("spot")
+    m.frames_in.labels("spot", "cam1").inc(3)
+    m.dropped.labels("spot", "cam1", "malformed").inc()
+    m.end_to_end.labels("spot").observe(0.012)
+    server, port = m.serve(0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        server.shutdown()
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    assert all(name.startswith("mfvan_") for name in families)
+    counters = [f for f in families.values() if f.type == "counter"]
+    assert counters and all(
+        s.name.endswith(("_total", "_created")) for f in counters for s in f.samples
+    )
+    assert all(
+        f.name.endswith("_seconds")
+        for f in families.values()
+        if f.type == "histogram" and f.name != "mfvan_batch_size"
+    )
+    (sample,) = [s for s in families["mfvan_frames_in"].samples if s.name.endswith("_total")]
+    assert sample.value == 3 and sample.labels == {"stage": "spot", "stream": "cam1"}
+    drop = [s for s in families["mfvan_frames_dropped"].samples if s.name.endswith("_total")]
+    assert drop[0].labels["reason"] == "malformed"
