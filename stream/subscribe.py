@@ -1,0 +1,129 @@
+"""The client side: recognition events as Python objects, for users' own code.
+
+    from mfvan.stream import subscribe
+
+    for event in subscribe("tcp://127.0.0.1:5560", stream="cam1"):
+        print(event.stream, event.label, event.probs, event.apex_time)
+
+An `Event` carries what the recognizer published: the stream, the interval (onset, apex
+and offset frame indices and capture times in ns), the class and every class's
+probability, the model version, each stage's timestamps (`times`), and the (onset, apex)
+crops only when the recognizer runs with `--with-crops`. Malformed or foreign messages
+on the socket are skipped and counted in `Subscription.dropped`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from . import protocol
+
+
+@dataclass
+class Event:
+    stream: str
+    seq: int
+    label: str
+    probs: dict[str, float]
+    onset: int
+    apex: int
+    offset: int
+    model: str
+    times: dict[str, int]  # ns: t_onset, t_apex, t_offset, t_capture, t_ingest, t_spot, ...
+    fields: dict = field(default_factory=dict)  # everything else (score, region, truth, ...)
+    crops: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def apex_time(self) -> int:
+        return self.times.get("t_apex", 0)
+
+    def as_dict(self) -> dict:
+        return {
+            "stream": self.stream,
+            "seq": self.seq,
+            "label": self.label,
+            "probs": self.probs,
+            "onset": self.onset,
+            "apex": self.apex,
+            "offset": self.offset,
+            "model": self.model,
+            "times": self.times,
+            **self.fields,
+        }
+
+
+def to_event(msg: protocol.Message) -> Event:
+    f = dict(msg.fields)
+    try:
+        classes, probs = f.pop("classes"), f.pop("probs")
+        event = Event(
+            stream=msg.stream,
+            seq=msg.seq,
+            label=f.pop("label"),
+            probs=dict(zip(classes, probs, strict=True)),
+            onset=f.pop("onset"),
+            apex=f.pop("apex"),
+            offset=f.pop("offset"),
+            model=f.pop("model"),
+            times={k: f.pop(k) for k in list(f) if k.startswith("t_")},
+            crops=[np.array(a) for a in msg.arrays],
+        )
+    except (KeyError, ValueError, TypeError) as e:
+        raise protocol.Malformed("malformed", f"not an event: {e}") from None
+    event.fields = f
+    return event
+
+
+class Subscription:
+    """Iterate for events; `close()` (or leaving a `with` block) ends it."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        stream: str | None = None,
+        timeout_s: float | None = None,
+        ctx: zmq.Context | None = None,
+        curve: dict | None = None,
+    ):
+        self.ctx = ctx or zmq.Context.instance()
+        self.socket = self.ctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if curve:  # {"public": ..., "secret": ..., "server": ...} (z85 keys)
+            self.socket.curve_publickey = curve["public"]
+            self.socket.curve_secretkey = curve["secret"]
+            self.socket.curve_serverkey = curve["server"]
+        self.socket.setsockopt(zmq.SUBSCRIBE, stream.encode() if stream else b"")
+        if timeout_s is not None:
+            self.socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+        self.socket.connect(endpoint)
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                msg = protocol.recv(self.socket)
+                if msg.kind != "event":
+                    continue
+                yield to_event(msg)
+            except protocol.Malformed:
+                self.dropped += 1
+            except zmq.Again:
+                return  # timed out: no event within timeout_s
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def subscribe(endpoint: str, stream: str | None = None, timeout_s: float | None = None, **kw):
+    """Events published at `endpoint` (optionally one stream's), as they arrive."""
+    return Subscription(endpoint, stream, timeout_s, **kw)

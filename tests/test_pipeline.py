@@ -1,0 +1,131 @@
+"""The three stages over real ZeroMQ sockets (loopback TCP), in threads of one process:
+SynthME frames in, recognition events out to a subscriber."""
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import zmq
+
+from mfvan.deploy.backends import TorchBackend
+from mfvan.deploy.reproduce import DEMO_WEIGHTS
+from mfvan.model.data import synth
+from mfvan.model.weights import load_weights
+from mfvan.stream import protocol, subscribe
+from mfvan.stream.ingest import Frame
+from mfvan.stream.metrics import Metrics
+from mfvan.stream.stages import Batcher, run_ingest, run_recognize, run_spot
+
+
+def _endpoints(tmp_path, n):
+    """ipc:// endpoints in the test's folder: no port to race for."""
+    return [f"ipc://{tmp_path}/{i}.ipc" for i in range(n)]
+
+
+def synth_frames(seconds: float, fps: float = 200.0, subject: int = 1, seed: int = 3):
+    quiet = replace(synth.Nuisances(), blink_rate_hz=0.0, macro_per_segment=0)
+    cfg = replace(synth.CONFIGS["standard"], fps=fps, nuisances=quiet)
+    stream = synth.SynthStream(cfg, subject=subject, seed=seed)
+    frames = []
+    for t in range(int(seconds * fps)):
+        f = stream.frame(t)
+        grey = (f.image.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])).astype(np.uint8)
+        frames.append(Frame(t, f.timestamp_ns, grey))
+    micro = [e for e in stream.expressions_until(len(frames)) if e.kind == "micro"]
+    return frames, micro
+
+
+@pytest.mark.slow
+def test_frames_become_events_across_three_stages(tmp_path):
+    frames, micro = synth_frames(6.0)
+    ready = 200 * 1.0  # the spotter's lag + warm-up
+    expected = [e for e in micro if e.onset > ready and e.offset < len(frames)]
+    assert expected, "the stream holds micro-expressions to find"
+    model, meta = load_weights(DEMO_WEIGHTS)
+    a, b, c = _endpoints(tmp_path, 3)
+    stop = threading.Event()
+    m_ingest, m_spot, m_rec = Metrics("ingest"), Metrics("spot"), Metrics("recognize")
+    threads = [
+        threading.Thread(
+            target=run_recognize,
+            args=([b], c, TorchBackend(model), meta["classes"], "demo", m_rec, stop),
+        ),
+        threading.Thread(target=run_spot, args=([a], b, m_spot, stop)),
+    ]
+    for t in threads:
+        t.start()
+    events = []
+    with subscribe(c, stream="cam1", timeout_s=30) as sub:
+        # a slow joiner: the ingest thread starts once the subscription is up
+        feeder = threading.Thread(
+            target=run_ingest, args=(frames, "cam1", a, m_ingest, stop), kwargs={"block": True}
+        )
+        feeder.start()
+        for event in sub:
+            events.append(event)
+            if len(events) == len(expected):
+                break
+    stop.set()
+    for t in [*threads, feeder]:
+        t.join(timeout=30)
+    assert len(events) == len(expected)
+    for event, truth in zip(events, expected, strict=True):
+        assert abs(event.apex - truth.apex) <= 8
+        assert set(event.probs) == set(meta["classes"]) and event.label in meta["classes"]
+        assert sum(event.probs.values()) == pytest.approx(1.0, abs=1e-4)
+        t = event.times
+        assert t["t_apex"] <= t["t_capture"] <= t["t_ingest"] <= t["t_spot"] <= t["t_recognize"]
+        assert event.crops == [], "no pixels unless asked"
+    sent = m_ingest.frames_out.labels("ingest", "cam1")._value.get()
+    assert sent == m_ingest.frames_in.labels("ingest", "cam1")._value.get() > 0
+    assert m_ingest.dropped.labels("ingest", "cam1", "hwm")._value.get() == 0, "it waited"
+    assert m_spot.spots.labels("cam1")._value.get() == len(events)
+
+
+def test_batcher_releases_full_batches_at_once_and_partial_ones_after_the_wait():
+    b = Batcher(max_batch=3, max_wait_s=0.5)
+    assert not b.due(0.0)
+    for i in range(4):
+        b.add(i, now=0.0)
+    assert b.due(0.0) and b.take() == [0, 1, 2]
+    assert not b.due(0.1) and b.wait_s(0.1) == pytest.approx(0.4)
+    assert b.due(0.6) and b.take() == [3]
+    with pytest.raises(ValueError):
+        Batcher(0)
+
+
+def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_path):
+    model, meta = load_weights(DEMO_WEIGHTS)
+    a, c = _endpoints(tmp_path, 2)
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.bind(a)
+    stop = threading.Event()
+    m = Metrics("recognize")
+    t = threading.Thread(
+        target=run_recognize,
+        args=([a], c, TorchBackend(model), meta["classes"], "demo", m, stop),
+        kwargs={"max_wait_s": 0.0, "with_crops": True},
+    )
+    t.start()
+    crop = np.full((128, 128), 90, np.uint8)
+    try:
+        with subscribe(c, timeout_s=10) as sub:
+            for _ in range(100):  # until the subscriber is connected
+                push.send_multipart([b"cam1", b"not a header"])
+                protocol.send(
+                    push, "pair", "cam1", 0, [crop, crop], onset=1, apex=5, offset=9,
+                    t_apex=1, t_capture=2,
+                )  # fmt: skip
+                try:
+                    event = next(iter(sub))
+                    break
+                except StopIteration:
+                    continue
+    finally:
+        stop.set()
+        t.join(timeout=10)
+        push.close(linger=0)
+    assert event.onset == 1 and event.apex == 5 and len(event.crops) == 2
+    assert m.dropped.labels("recognize", "", "malformed")._value.get() >= 1
