@@ -405,7 +405,28 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live(name):
+    """Lazy entry points of deploy/live.py (it imports the stream stack)."""
+
+    def add(p):
+        from mfvan.deploy import live
+
+        getattr(live, f"add_{name}")(p)
+
+    def run(args):
+        from mfvan.deploy import live
+
+        return getattr(live, "run_pipeline" if name == "run" else f"run_{name}")(args)
+
+    return add, run
+
+
 SUBCOMMANDS = {
+    "run": ("the live pipeline: ingest, spot and recognize, supervised", *_live("run")),
+    "ingest": ("stage: decode a source, publish frames", *_live("ingest")),
+    "spot": ("stage: track faces, spot micro-expressions, publish pairs", *_live("spot")),
+    "recognize": ("stage: classify pairs in batches, publish events", *_live("recognize")),
+    "subscribe": ("print recognition events as they arrive", *_live("subscribe")),
     "reproduce": (
         "LOSO of MFVAN, its ablations and baselines on SynthME; docs/results.md",
         _add_reproduce,

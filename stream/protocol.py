@@ -70,10 +70,15 @@ def encode(kind: str, stream: str, seq: int, arrays=(), formats=None, **fields) 
     return [stream.encode(), msgpack.packb(header, use_bin_type=True), *buffers]
 
 
-def send(socket: zmq.Socket, kind: str, stream: str, seq: int, arrays=(), **fields) -> bool:
-    """Send without blocking and without copying the arrays; False when the message was
-    dropped because the peers' queues are full (or no peer is connected yet)."""
+def send(
+    socket: zmq.Socket, kind: str, stream: str, seq: int, arrays=(), wait_ms: int = 0, **fields
+) -> bool:
+    """Send without copying the arrays, waiting at most `wait_ms` for room (default: not
+    at all); False when the message was dropped because the peers' queues are full (or no
+    peer is connected yet)."""
     frames = encode(kind, stream, seq, arrays, **fields)
+    if wait_ms and not socket.poll(wait_ms, zmq.POLLOUT):
+        return False
     try:
         socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
     except zmq.Again:

@@ -217,7 +217,8 @@ def run_spot(
             for pair in stage.handle(msg):
                 pair["t_spot"] = time.time_ns()
                 kind, stream, seq = pair.pop("kind"), pair.pop("stream"), pair.pop("seq")
-                if protocol.send(push, kind, stream, seq, **pair):
+                # pairs are rare and precious: wait a little for a slow recognizer
+                if protocol.send(push, kind, stream, seq, wait_ms=1000, **pair):
                     metrics.frames_out.labels("spot", stream).inc()
                 else:
                     metrics.dropped.labels("spot", stream, "hwm").inc()

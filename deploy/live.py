@@ -1,0 +1,355 @@
+"""The live pipeline's commands: `mfvan ingest | spot | recognize | subscribe | run`.
+
+Each stage is one process: it serves its Prometheus `/metrics` (loopback by default),
+stops cleanly on SIGINT / SIGTERM (sends what it holds, closes its sockets), and logs one
+line saying what it runs. `mfvan run` starts one ingest and one spot process per
+`--source`, and one recognizer for all of them, as child processes; it restarts a child
+that dies (exponential backoff, counted in `mfvan_restarts_total`) and, on SIGINT /
+SIGTERM, stops them all.
+
+Default endpoints are `ipc://` files under a runtime folder and metrics bind 127.0.0.1:
+faces are biometric data, and nothing leaves the machine unless the operator says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("mfvan.run")
+
+DEFAULT_PORTS = {"ingest": 9101, "spot": 9102, "recognize": 9103, "run": 9100}
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("MFVAN_LOG", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _metrics(stage: str, port: int):
+    from mfvan.stream.metrics import Metrics
+
+    m = Metrics(stage)
+    if port >= 0:
+        _, bound = m.serve(port, os.environ.get("MFVAN_METRICS_HOST", "127.0.0.1"))
+        log.info("%s: metrics on http://127.0.0.1:%d/metrics", stage, bound)
+    return m
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def add_ingest(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="rtsp://..., a file, /dev/videoN, synth://?")
+    p.add_argument("--out", required=True, help="endpoint to bind for frames")
+    p.add_argument("--stream", help="stream id (default: from the source)")
+    p.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["ingest"])
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="play a file at its native rate (default: as fast as the spotter takes it)",
+    )
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from mfvan.deploy import synth_source
+    from mfvan.stream import ingest, stages
+
+    _setup_logging()
+    synth_source.register()
+    stop = _stop_on_signals()
+    stream_id = args.stream or stream_name(args.source)
+    m = _metrics("ingest", args.metrics_port)
+    live = args.source.startswith(("rtsp://", "rtsps://", "/dev/video", "synth://"))
+
+    def reconnect(error):
+        m.reconnects.labels(stream_id).inc()
+        log.warning("ingest %s: %s; reconnecting", stream_id, error)
+
+    source = ingest.Reconnecting(
+        lambda: (
+            ingest.open_source(args.source, realtime=args.realtime)
+            if not args.source.startswith("synth://")
+            else ingest.open_source(args.source)
+        ),
+        live=live and not args.source.startswith("synth://"),
+        on_reconnect=reconnect,
+    )
+    log.info("ingest %s: %s -> %s", stream_id, args.source, args.out)
+    stages.run_ingest(source, stream_id, args.out, m, stop, block=not live)
+    return 0
+
+
+def add_spot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--in", dest="inputs", action="append", required=True, help="frames endpoint")
+    p.add_argument("--out", required=True, help="endpoint to bind for (onset, apex) pairs")
+    p.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["spot"])
+
+
+def run_spot(args: argparse.Namespace) -> int:
+    from mfvan.kernels.spotter import warm_up
+    from mfvan.stream import stages
+
+    _setup_logging()
+    stop = _stop_on_signals()
+    m = _metrics("spot", args.metrics_port)
+    warm_up()
+    log.info("spot: %s -> %s", ", ".join(args.inputs), args.out)
+    stages.run_spot(args.inputs, args.out, m, stop)
+    return 0
+
+
+def add_recognize(p: argparse.ArgumentParser) -> None:
+    from mfvan.deploy.backends import NAMES
+
+    p.add_argument("--in", dest="inputs", action="append", required=True, help="pairs endpoint")
+    p.add_argument("--out", required=True, help="endpoint to bind (PUB) for events")
+    p.add_argument("--backend", choices=NAMES, default="onnxruntime")
+    p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--with-crops", action="store_true", help="events carry the pair's pixels")
+    p.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["recognize"])
+
+
+def run_recognize(args: argparse.Namespace) -> int:
+    from mfvan.deploy.backends import load_backend
+    from mfvan.deploy.reproduce import DEMO_WEIGHTS
+    from mfvan.model.weights import WeightsError, load_weights
+    from mfvan.stream import stages
+
+    _setup_logging()
+    stop = _stop_on_signals()
+    weights = args.weights or DEMO_WEIGHTS
+    try:
+        model, meta = load_weights(weights)
+    except WeightsError as e:
+        print(f"mfvan recognize: {e}", file=sys.stderr)
+        return 2
+    backend = load_backend(args.backend, model, device=args.device)
+    m = _metrics("recognize", args.metrics_port)  # served once ready: `run` waits for it
+    version = f"{Path(weights).stem}@{meta['sha256'][:12]}"
+    if "synthme" in str(meta.get("training_data", "")).lower():
+        log.warning("recognize: %s is trained on SynthME (synthetic faces), not for real faces",
+                    Path(weights).name)  # fmt: skip
+    log.info("recognize: %s -> %s with %s, model %s", ", ".join(args.inputs), args.out,
+             backend.name, version)  # fmt: skip
+    stages.run_recognize(
+        args.inputs,
+        args.out,
+        backend,
+        list(meta["classes"]),
+        version,
+        m,
+        stop,
+        max_batch=args.max_batch,
+        max_wait_s=args.max_wait_ms / 1000,
+        with_crops=args.with_crops,
+    )
+    return 0
+
+
+def add_subscribe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("endpoint", help="the recognizer's event endpoint")
+    p.add_argument("--stream", help="only this stream's events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds without one")
+
+
+def run_subscribe(args: argparse.Namespace) -> int:
+    import json
+
+    from mfvan.stream import subscribe
+
+    n = 0
+    try:
+        with subscribe(args.endpoint, args.stream, args.timeout) as sub:
+            for event in sub:
+                if args.json:
+                    print(json.dumps(event.as_dict()), flush=True)
+                else:
+                    print(format_event(event), flush=True)
+                n += 1
+                if args.count and n >= args.count:
+                    break
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def format_event(event) -> str:
+    probs = " ".join(f"{k} {v:.2f}" for k, v in event.probs.items())
+    t = event.times
+    latency = (t.get("t_recognize", 0) - t.get("t_apex", 0)) / 1e6
+    return (
+        f"[{event.stream}] {event.label:<9} apex frame {event.apex} "
+        f"(onset {event.onset}, offset {event.offset})  {probs}  "
+        f"apex->event {latency:.0f} ms  model {event.model}"
+    )
+
+
+def stream_name(source: str) -> str:
+    """A stream id from a source URL: short, and safe as a topic."""
+    if source.startswith("synth://"):
+        from mfvan.deploy.synth_source import parse
+
+        o = parse(source)
+        return f"synth-{o['seed']}-{o['subject']}"
+    name = Path(source.split("?")[0].rstrip("/")).name or "stream"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def add_run(p: argparse.ArgumentParser) -> None:
+    from mfvan.deploy.backends import NAMES
+
+    p.add_argument("--source", action="append", required=True, help="one per stream")
+    p.add_argument("--events", help="event endpoint (default: ipc:// in the runtime folder)")
+    p.add_argument("--backend", choices=NAMES, default="onnxruntime")
+    p.add_argument("--weights", type=Path)
+    p.add_argument("--runtime-dir", type=Path, help="where ipc:// endpoints live")
+    p.add_argument("--metrics-base-port", type=int, default=9101, help="ports from here up")
+    p.add_argument("--seconds", type=float, help="stop after this long")
+    p.add_argument("--with-crops", action="store_true")
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str]):
+        self.name, self.argv = name, argv
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.next_start = 0.0
+        self.backoff = 0.5
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "mfvan.deploy.cli", *self.argv])
+        self.started = time.monotonic()
+
+
+def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
+    """The child processes of `mfvan run` and the event endpoint."""
+    port = args.metrics_base_port
+    children, pair_endpoints = [], []
+    for i, source in enumerate(args.source):
+        stream = stream_name(source)
+        if sum(stream_name(s) == stream for s in args.source) > 1:
+            stream = f"{stream}-{i}"
+        frames = f"ipc://{runtime}/frames-{i}.ipc"
+        pairs = f"ipc://{runtime}/pairs-{i}.ipc"
+        pair_endpoints.append(pairs)
+        children.append(
+            Child(f"ingest-{stream}", ["ingest", "--source", source, "--out", frames,
+                                       "--stream", stream, "--metrics-port", str(port)])
+        )  # fmt: skip
+        children.append(
+            Child(f"spot-{stream}", ["spot", "--in", frames, "--out", pairs,
+                                     "--metrics-port", str(port + 1)])
+        )  # fmt: skip
+        port += 2
+    events = args.events or f"ipc://{runtime}/events.ipc"
+    rec = ["recognize", "--out", events, "--backend", args.backend, "--metrics-port", str(port)]
+    for p in pair_endpoints:
+        rec += ["--in", p]
+    if args.weights:
+        rec += ["--weights", str(args.weights)]
+    if args.with_crops:
+        rec += ["--with-crops"]
+    children.append(Child("recognize", rec))
+    return children, events
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    _setup_logging()
+    stop = _stop_on_signals()
+    runtime = args.runtime_dir or Path(tempfile.mkdtemp(prefix="mfvan-"))
+    runtime.mkdir(parents=True, exist_ok=True)
+    children, events = plan(args, runtime)
+    recognizer = children[-1]
+    recognizer.start()  # first, and waited for: loading a backend can take a while
+    if not _wait_ready(recognizer, timeout_s=180):
+        log.error("run: the recognizer did not come up; stopping")
+        shutdown(children)
+        return 1
+    for child in children[:-1]:
+        child.start()
+    log.info("run: %d stage processes; events on %s", len(children), events)
+    log.info("run: subscribe with `mfvan subscribe %s`", events)
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    try:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.2)
+            for child in children:
+                code = child.proc.poll() if child.proc else None
+                if child.proc is not None and code is not None:
+                    if time.monotonic() - child.started > 30:
+                        child.backoff = 0.5  # it had run a while: start the backoff over
+                    log.warning("run: %s exited with %s; restarting in %.1f s",
+                                child.name, code, child.backoff)  # fmt: skip
+                    child.proc = None
+                    child.next_start = time.monotonic() + child.backoff
+                    child.backoff = min(child.backoff * 2, 30.0)
+                    child.restarts += 1
+                if child.proc is None and time.monotonic() >= child.next_start:
+                    child.start()
+    finally:
+        shutdown(children)
+    return 0
+
+
+def _wait_ready(child: Child, timeout_s: float) -> bool:
+    """Until the child's /metrics answers (it serves them once ready), or it dies."""
+    import urllib.request
+
+    port = child.argv[child.argv.index("--metrics-port") + 1]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and child.proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def shutdown(children: list, timeout_s: float = 10.0) -> None:
+    """SIGTERM every child (sources first, so the rest can flush), then wait; SIGKILL
+    whatever is still running after `timeout_s`."""
+    for child in children:
+        if child.proc and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        if child.proc is None:
+            continue
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("run: %s did not stop; killing it", child.name)
+            child.proc.kill()
+            child.proc.wait()

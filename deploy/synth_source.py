@@ -1,0 +1,136 @@
+"""`synth://`: SynthME's live frames as a camera, for the demo and for tests.
+
+    synth://?fps=200&seed=7&subject=1&size=640x480&realtime=1&seconds=60
+
+A SynthME stream (`model.data.synth.SynthStream`, `standard` config at `fps`) is pasted
+into a camera-sized frame (default 640 x 480) on a dark, slightly noisy background. The
+face wanders slowly (a few px over tens of seconds, so detection and tracking do real
+work) and leaves the frame now and then (`leave_every_s`, for `leave_s`), so the tracker
+loses it and finds it again. Each frame carries its ground truth in `fields["truth"]`
+while an expression (or a blink) is under way, so a consumer can score itself:
+`{"kind", "onset", "apex", "offset", "label"}` (frame indices, 3-class label or "").
+
+`realtime=1` paces frames at `fps` with wall-clock capture times; `realtime=0` yields
+them as fast as they render, with capture times on the stream's own clock.
+`seconds` ends the stream (default: endless).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from mfvan.stream.ingest import Frame
+
+
+def parse(url: str) -> dict:
+    q = {k: v[-1] for k, v in parse_qs(urlparse(url).query).items()}
+    try:
+        w, h = (int(n) for n in q.get("size", "640x480").split("x"))
+        return {
+            "fps": float(q.get("fps", 200)),
+            "seed": int(q.get("seed", 0)),
+            "subject": int(q.get("subject", 1)),
+            "size": (w, h),
+            "realtime": q.get("realtime", "1") not in ("0", "false", "no"),
+            "seconds": float(q["seconds"]) if "seconds" in q else None,
+            "leave_every_s": float(q.get("leave_every_s", 45)),
+            "leave_s": float(q.get("leave_s", 1.5)),
+        }
+    except ValueError as e:
+        raise ValueError(f"bad synth:// URL {url!r}: {e}") from None
+
+
+class SynthSource:
+    def __init__(self, url: str):
+        from mfvan.model.data import synth
+
+        self.url = url
+        self.opts = parse(url)
+        o = self.opts
+        cfg = replace(synth.CONFIGS["standard"], fps=o["fps"])
+        self.stream = synth.SynthStream(cfg, subject=o["subject"], seed=o["seed"])
+        self.config = cfg
+        fh, fw = cfg.frame_size
+        w, h = o["size"]
+        if w < fw or h < fh:
+            raise ValueError(f"synth:// size must be at least {fw}x{fh}, got {w}x{h}")
+        self.rng = np.random.default_rng(o["seed"])
+        self.background = (28 + 6 * self.rng.standard_normal((h, w))).clip(0, 255).astype(np.uint8)
+
+    def position(self, t: float) -> tuple[int, int] | None:
+        """Top-left corner of the SynthME frame at time t, or None while the face is away."""
+        o = self.opts
+        if o["leave_every_s"] > 0 and (t % o["leave_every_s"]) > o["leave_every_s"] - o["leave_s"]:
+            return None
+        fh, fw = self.config.frame_size
+        w, h = o["size"]
+        x = (w - fw) / 2 + 6 * math.sin(2 * math.pi * t / 23.0)
+        y = (h - fh) / 2 + 4 * math.sin(2 * math.pi * t / 31.0 + 1.0)
+        return int(round(x)), int(round(y))
+
+    def truth(self, t: int) -> dict | None:
+        """What is under way at frame t (scanning back only as far as an expression can
+        last, so the cost does not grow with the stream's length)."""
+        horizon = t - int(4 * self.opts["fps"])
+        for e in reversed(self.stream.timeline.expressions):
+            if e.onset < horizon:
+                break
+            if e.onset <= t <= e.offset:
+                return {
+                    "kind": e.kind,
+                    "onset": e.onset,
+                    "apex": e.apex,
+                    "offset": e.offset,
+                    "label": e.label3 or "",
+                }
+        for b in reversed(self.stream.timeline.blinks):
+            if b.start < horizon:
+                break
+            if b.start <= t <= b.end:
+                return {"kind": "blink", "onset": b.start, "apex": b.start, "offset": b.end,
+                        "label": ""}  # fmt: skip
+        return None
+
+    def __iter__(self):
+        o = self.opts
+        fps = o["fps"]
+        n = None if o["seconds"] is None else int(o["seconds"] * fps)
+        start = time.time_ns()
+        t = 0
+        while n is None or t < n:
+            frame = self.stream.frame(t)
+            grey = (frame.image.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])).astype(
+                np.uint8
+            )
+            canvas = self.background.copy()
+            at = self.position(t / fps)
+            if at is not None:
+                x, y = at
+                fh, fw = grey.shape
+                canvas[y : y + fh, x : x + fw] = grey
+            if o["realtime"]:
+                due = start + frame.timestamp_ns
+                wait = due - time.time_ns()
+                if wait > 0:
+                    time.sleep(wait / 1e9)
+                capture = due
+            else:
+                capture = frame.timestamp_ns
+            fields = {}
+            truth = self.truth(t)
+            if truth is not None and at is not None:
+                fields["truth"] = truth
+            yield Frame(t, capture, canvas, fields)
+            t += 1
+
+
+def register() -> None:
+    """Make `synth://` URLs open as SynthSource (the CLI calls this)."""
+    from mfvan.stream import ingest
+
+    ingest.register("synth", SynthSource)
