@@ -427,6 +427,7 @@ SUBCOMMANDS = {
     "spot": ("stage: track faces, spot micro-expressions, publish pairs", *_live("spot")),
     "recognize": ("stage: classify pairs in batches, publish events", *_live("recognize")),
     "subscribe": ("print recognition events as they arrive", *_live("subscribe")),
+    "keys": ("make CURVE key pairs for endpoints off this machine", *_live("keys")),
     "reproduce": (
         "LOSO of MFVAN, its ablations and baselines on SynthME; docs/results.md",
         _add_reproduce,

@@ -64,6 +64,7 @@ def _metrics(stage: str, port: int):
 def add_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="rtsp://..., a file, /dev/videoN, synth://?")
     p.add_argument("--out", required=True, help="endpoint to bind for frames")
+    p.add_argument("--insecure", action="store_true", help="allow a non-local tcp:// endpoint")
     p.add_argument("--stream", help="stream id (default: from the source)")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["ingest"])
     p.add_argument(
@@ -78,6 +79,10 @@ def run_ingest(args: argparse.Namespace) -> int:
     from mfvan.stream import ingest, stages
 
     _setup_logging()
+    refused = _check_endpoints(args, args.out)
+    if refused:
+        print(f"mfvan ingest: {refused}", file=sys.stderr)
+        return 2
     synth_source.register()
     stop = _stop_on_signals()
     stream_id = args.stream or stream_name(args.source)
@@ -105,6 +110,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 def add_spot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="inputs", action="append", required=True, help="frames endpoint")
     p.add_argument("--out", required=True, help="endpoint to bind for (onset, apex) pairs")
+    p.add_argument("--insecure", action="store_true", help="allow a non-local tcp:// endpoint")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["spot"])
 
 
@@ -113,6 +119,10 @@ def run_spot(args: argparse.Namespace) -> int:
     from mfvan.stream import stages
 
     _setup_logging()
+    refused = _check_endpoints(args, args.out)
+    if refused:
+        print(f"mfvan spot: {refused}", file=sys.stderr)
+        return 2
     stop = _stop_on_signals()
     m = _metrics("spot", args.metrics_port)
     warm_up()
@@ -133,6 +143,29 @@ def add_recognize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--with-crops", action="store_true", help="events carry the pair's pixels")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["recognize"])
+    _add_security(p)
+
+
+def _add_security(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keys", type=Path, help="CURVE keys folder (`mfvan keys DIR`) for non-local endpoints"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a tcp:// endpoint off loopback without CURVE (faces are biometric data)",
+    )
+
+
+def _check_endpoints(args: argparse.Namespace, *endpoints: str) -> str | None:
+    from mfvan.stream.security import InsecureEndpoint, check
+
+    try:
+        for endpoint in endpoints:
+            check(endpoint, getattr(args, "keys", None), getattr(args, "insecure", False))
+    except InsecureEndpoint as e:
+        return str(e)
+    return None
 
 
 def run_recognize(args: argparse.Namespace) -> int:
@@ -142,6 +175,10 @@ def run_recognize(args: argparse.Namespace) -> int:
     from mfvan.stream import stages
 
     _setup_logging()
+    refused = _check_endpoints(args, args.out)
+    if refused:
+        print(f"mfvan recognize: {refused}", file=sys.stderr)
+        return 2
     stop = _stop_on_signals()
     weights = args.weights or DEMO_WEIGHTS
     try:
@@ -168,6 +205,7 @@ def run_recognize(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_s=args.max_wait_ms / 1000,
         with_crops=args.with_crops,
+        keys=args.keys,
     )
     return 0
 
@@ -178,16 +216,19 @@ def add_subscribe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, help="stop after this many events")
     p.add_argument("--timeout", type=float, help="stop after this many seconds without one")
+    p.add_argument("--keys", type=Path, help="CURVE keys folder holding client.key_secret")
 
 
 def run_subscribe(args: argparse.Namespace) -> int:
     import json
 
     from mfvan.stream import subscribe
+    from mfvan.stream.security import client_curve
 
     n = 0
+    curve = client_curve(args.keys) if args.keys else None
     try:
-        with subscribe(args.endpoint, args.stream, args.timeout) as sub:
+        with subscribe(args.endpoint, args.stream, args.timeout, curve=curve) as sub:
             for event in sub:
                 if args.json:
                     print(json.dumps(event.as_dict()), flush=True)
@@ -221,6 +262,21 @@ def stream_name(source: str) -> str:
         return f"synth-{o['seed']}-{o['subject']}"
     name = Path(source.split("?")[0].rstrip("/")).name or "stream"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def add_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=Path, help="where to write the key pairs")
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from mfvan.stream.security import make_keys
+
+    folder = make_keys(args.folder)
+    print(
+        f"CURVE keys in {folder}: server.key(_secret) for the recognizer (--keys), "
+        "client.key(_secret) for subscribers (--keys), authorized/ for allowed clients"
+    )
+    return 0
 
 
 # ----------------------------------------------------------------------------- run

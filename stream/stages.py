@@ -276,13 +276,18 @@ def run_recognize(
     max_batch: int = 8,
     max_wait_s: float = 0.01,
     with_crops: bool = False,
+    keys=None,
 ) -> None:
-    """Pairs from `inputs` (connected) -> events published on `out` (bound PUB)."""
+    """Pairs from `inputs` (connected) -> events published on `out` (bound PUB); with
+    `keys` (a `mfvan keys` folder) only CURVE-authorized subscribers get them."""
+    from .security import Guard
+
     ctx = ctx or zmq.Context.instance()
     pull = _socket(ctx, zmq.PULL)
     for endpoint in inputs:
         pull.connect(endpoint)
     pub = _socket(ctx, zmq.PUB, hwm=1000)
+    guard = Guard(ctx, pub, keys) if keys else None
     pub.bind(out)
     batcher = Batcher(max_batch, max_wait_s)
     poller = zmq.Poller()
@@ -318,6 +323,9 @@ def run_recognize(
         while batcher.items:
             _infer(batcher.take(), backend, classes, model_version, metrics, pub, seq,
                    with_crops)  # fmt: skip
+        if guard is not None:
+            metrics.dropped.labels("recognize", "", "unauthorized").inc(guard.refused)
+            guard.stop()
         pull.close()
         pub.close()
 
