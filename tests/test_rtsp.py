@@ -1,0 +1,119 @@
+"""Ingest from a real RTSP server (Debian's GStreamer RTSP server, in Debian's Python):
+frames arrive over TCP, and a server that dies is reconnected to when it comes back."""
+
+import shutil
+import socket
+import subprocess
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import pytest
+
+from mfvan.model.data import synth
+from mfvan.stream.ingest import PyAVSource, Reconnecting
+
+SERVER = Path(__file__).parent / "servers" / "rtsp_server.py"
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def _gst_rtsp_available() -> bool:
+    if not shutil.which(DEBIAN_PYTHON):
+        return False
+    probe = (
+        "import gi; gi.require_version('GstRtspServer', '1.0'); "
+        "from gi.repository import GstRtspServer"
+    )
+    return subprocess.run([DEBIAN_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+pytestmark = [
+    pytest.mark.rtsp,
+    pytest.mark.skipif(
+        not _gst_rtsp_available(),
+        reason="GStreamer's RTSP server is not installed (apt: gir1.2-gst-rtsp-server-1.0 "
+        "python3-gst-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; .ci/run does it)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """3 s of SynthME frames as H.264 in MP4, what the server streams."""
+    path = tmp_path_factory.mktemp("rtsp") / "synth.mp4"
+    stream = synth.SynthStream(replace(synth.CONFIGS["tiny"], fps=30.0), subject=1, seed=0)
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=30)
+        st.width, st.height, st.pix_fmt = 160, 192, "yuv420p"
+        st.options = {"preset": "ultrafast", "g": "15"}
+        for t in range(90):
+            frame = av.VideoFrame.from_ndarray(stream.frame(t).image, format="rgb24")
+            for packet in st.encode(frame):
+                out.mux(packet)
+        for packet in st.encode():
+            out.mux(packet)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(port: int, video: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [DEBIAN_PYTHON, str(SERVER), str(port), str(video)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_frames_arrive_from_an_rtsp_server(video):
+    port = _free_port()
+    server = _serve(port, video)
+    try:
+        frames = []
+        for frame in PyAVSource(f"rtsp://127.0.0.1:{port}/test", timeout_s=5):
+            frames.append(frame)
+            if len(frames) == 45:
+                break
+    finally:
+        server.kill()
+        server.wait()
+    assert len(frames) == 45
+    assert frames[0].image.shape == (192, 160)
+    assert all(b.t_capture >= a.t_capture for a, b in zip(frames, frames[1:], strict=False))
+
+
+def test_a_dead_camera_is_reconnected_and_counted(video):
+    port = _free_port()
+    url = f"rtsp://127.0.0.1:{port}/test"
+    servers = [_serve(port, video)]
+    errors = []
+    source = Reconnecting(
+        lambda: PyAVSource(url, timeout_s=2),
+        live=True,
+        backoff_s=(0.2, 1.0),
+        on_reconnect=errors.append,
+        max_attempts=30,
+    )
+    got = 0
+    restarted = threading.Event()
+    try:
+        for _frame in source:
+            got += 1
+            if got == 20 and not restarted.is_set():
+                servers[0].kill()  # the camera drops mid-stream ...
+                servers[0].wait()
+                restarted.set()
+                threading.Timer(1.0, lambda: servers.append(_serve(port, video))).start()
+            if got >= 140:  # ... and frames flow again after it comes back
+                break
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
+    assert source.reconnects >= 1 and len(errors) == source.reconnects
+    assert got >= 140
