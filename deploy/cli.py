@@ -421,6 +421,20 @@ def _live(name):
     return add, run
 
 
+def _demo():
+    def add(p):
+        from mfvan.deploy.demo import add_demo
+
+        add_demo(p)
+
+    def run(args):
+        from mfvan.deploy.demo import run_demo
+
+        return run_demo(args)
+
+    return add, run
+
+
 SUBCOMMANDS = {
     "run": ("the live pipeline: ingest, spot and recognize, supervised", *_live("run")),
     "ingest": ("stage: decode a source, publish frames", *_live("ingest")),
@@ -428,6 +442,7 @@ SUBCOMMANDS = {
     "recognize": ("stage: classify pairs in batches, publish events", *_live("recognize")),
     "subscribe": ("print recognition events as they arrive", *_live("subscribe")),
     "keys": ("make CURVE key pairs for endpoints off this machine", *_live("keys")),
+    "demo": ("the live pipeline on SynthME's camera for a minute, scored", *_demo()),
     "reproduce": (
         "LOSO of MFVAN, its ablations and baselines on SynthME; docs/results.md",
         _add_reproduce,

@@ -104,7 +104,15 @@ def run_ingest(args: argparse.Namespace) -> int:
     )
     log.info("ingest %s: %s -> %s", stream_id, args.source, args.out)
     stages.run_ingest(source, stream_id, args.out, m, stop, block=not live)
+    _close_context()
     return 0
+
+
+def _close_context() -> None:
+    """Flush and end ZeroMQ before exit (sends in flight hold references to arrays)."""
+    import zmq
+
+    zmq.Context.instance().term()
 
 
 def add_spot(p: argparse.ArgumentParser) -> None:
@@ -128,6 +136,7 @@ def run_spot(args: argparse.Namespace) -> int:
     warm_up()
     log.info("spot: %s -> %s", ", ".join(args.inputs), args.out)
     stages.run_spot(args.inputs, args.out, m, stop)
+    _close_context()
     return 0
 
 
@@ -207,6 +216,7 @@ def run_recognize(args: argparse.Namespace) -> int:
         with_crops=args.with_crops,
         keys=args.keys,
     )
+    _close_context()
     return 0
 
 
@@ -302,6 +312,7 @@ class Child:
         self.restarts = 0
         self.next_start = 0.0
         self.backoff = 0.5
+        self.finished = False
 
     def start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "mfvan.deploy.cli", *self.argv])
@@ -346,6 +357,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     runtime = args.runtime_dir or Path(tempfile.mkdtemp(prefix="mfvan-"))
     runtime.mkdir(parents=True, exist_ok=True)
     children, events = plan(args, runtime)
+    restarts = _metrics("run", args.metrics_base_port - 1).restarts
     recognizer = children[-1]
     recognizer.start()  # first, and waited for: loading a backend can take a while
     if not _wait_ready(recognizer, timeout_s=180):
@@ -357,12 +369,17 @@ def run_pipeline(args: argparse.Namespace) -> int:
     log.info("run: %d stage processes; events on %s", len(children), events)
     log.info("run: subscribe with `mfvan subscribe %s`", events)
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    drained = None  # when every source has ended: give the rest a moment, then stop
     try:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.2)
             for child in children:
                 code = child.proc.poll() if child.proc else None
                 if child.proc is not None and code is not None:
+                    if code == 0 and child.name.startswith("ingest"):
+                        child.finished = True  # a finite source ended: not a crash
+                        child.proc = None
+                        continue
                     if time.monotonic() - child.started > 30:
                         child.backoff = 0.5  # it had run a while: start the backoff over
                     log.warning("run: %s exited with %s; restarting in %.1f s",
@@ -371,8 +388,16 @@ def run_pipeline(args: argparse.Namespace) -> int:
                     child.next_start = time.monotonic() + child.backoff
                     child.backoff = min(child.backoff * 2, 30.0)
                     child.restarts += 1
-                if child.proc is None and time.monotonic() >= child.next_start:
-                    child.start()
+                    restarts.labels(child.name).inc()
+                if child.proc is None and not child.finished:
+                    if time.monotonic() >= child.next_start:
+                        child.start()
+            sources = [c for c in children if c.name.startswith("ingest")]
+            if all(c.finished for c in sources):
+                drained = drained or time.monotonic() + 3.0
+                if time.monotonic() >= drained:
+                    log.info("run: every source has ended; stopping")
+                    break
     finally:
         shutdown(children)
     return 0

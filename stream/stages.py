@@ -104,7 +104,9 @@ def run_ingest(
                 metrics.dropped.labels("ingest", stream_id, "hwm").inc()
         protocol.send(sock, "eos", stream_id, seq)
     finally:
-        sock.close()
+        # zero-copy frames must go out before their arrays do: wait for them here,
+        # not in the interpreter's teardown
+        sock.close(linger=2000)
 
 
 # ----------------------------------------------------------------------------- spot
