@@ -21,9 +21,7 @@ $(STAMP): pyproject.toml
 WEIGHTS := deploy/weights/mfvan-demo-synthme.safetensors
 
 demo: $(STAMP)
-	$(BIN)/mfvan synth --config tiny --out $(DEMO_DIR)/synthme --preview --seed 7
-	$(BIN)/mfvan eval --weights $(WEIGHTS) --dataset synthme --data $(DEMO_DIR)/synthme --cache $(DEMO_DIR)/cache
-	@echo "Previews (onset | apex | magnified difference, one per emotion): $(DEMO_DIR)/synthme/preview/"
+	$(BIN)/mfvan demo --seconds 60
 	@echo "The weights are SynthME-trained (synthetic faces): not for real faces."
 
 test: $(STAMP) lint
