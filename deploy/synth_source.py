@@ -12,7 +12,8 @@ while an expression (or a blink) is under way, so a consumer can score itself:
 
 `realtime=1` paces frames at `fps` with wall-clock capture times; `realtime=0` yields
 them as fast as they render, with capture times on the stream's own clock.
-`seconds` ends the stream (default: endless).
+`seconds` ends the stream (default: endless; memory stays bounded, past events are
+forgotten).
 """
 
 from __future__ import annotations
@@ -127,6 +128,15 @@ class SynthSource:
                 fields["truth"] = truth
             yield Frame(t, capture, canvas, fields)
             t += 1
+            if t % int(fps) == 0:
+                self._forget(t - int(5 * fps))
+
+    def _forget(self, before: int) -> None:
+        """Drop expressions and blinks over before frame `before`: the timeline scans them
+        all for every frame, so an endless stream must not keep them."""
+        timeline = self.stream.timeline
+        timeline.expressions[:] = [e for e in timeline.expressions if e.offset >= before]
+        timeline.blinks[:] = [b for b in timeline.blinks if b.end >= before]
 
 
 def register() -> None:

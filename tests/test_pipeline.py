@@ -129,3 +129,22 @@ def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_
         push.close(linger=0)
     assert event.onset == 1 and event.apex == 5 and len(event.crops) == 2
     assert m.dropped.labels("recognize", "", "malformed")._value.get() >= 1
+
+
+def test_synth_camera_frames_truth_and_bounded_memory():
+    from mfvan.deploy.synth_source import SynthSource, parse
+
+    assert parse("synth://?fps=50&seed=2&size=800x600")["size"] == (800, 600)
+    with pytest.raises(ValueError, match="bad synth:// URL"):
+        parse("synth://?fps=fast")
+    source = SynthSource("synth://?fps=25&seed=3&realtime=0&seconds=30&leave_every_s=10")
+    frames = list(source)
+    assert len(frames) == 750 and frames[0].image.shape == (480, 640)
+    assert [f.t_capture for f in frames[:3]] == [0, 40_000_000, 80_000_000]
+    kinds = {f.fields["truth"]["kind"] for f in frames if "truth" in f.fields}
+    assert "micro" in kinds
+    away = [f for f in frames if source.position(f.index / 25) is None]
+    assert away and all("truth" not in f.fields for f in away), "no face, no truth"
+    assert np.std(away[0].image) < 10, "the face has left the frame"
+    timeline = source.stream.timeline
+    assert all(e.offset >= 750 - 6 * 25 for e in timeline.expressions), "past events forgotten"
