@@ -262,6 +262,10 @@ def write_results(
         "![attention](images/results-attention.png)",
         "",
         "Per-fold tables: `runs/reproduce/<model>-<ablation>/report.md`.",
+        "",
+        "Spotting (the online spotter on SynthME's long videos, MEGC protocol): "
+        "[spotting.md](spotting.md), written by `mfvan spot-eval --data DIR --sweep --docs "
+        "docs/spotting.md`.",
     ]
     docs.write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(
