@@ -170,8 +170,15 @@ def findings(pooled: dict, folds: int) -> list[str]:
             "docs/synthme.md). For such motion the onset-to-apex optical flow is close to a "
             "sufficient statistic, and Farneback hands it to OFF-ApexNet for free; MFVAN must "
             f"learn sub-pixel motion from intensity differences with about {train_clips} training "
-            "clips per fold. The attention branches, each another ViT on the same few clips, add "
-            "parameters faster than they add signal. Changes we tried on held-out splits (global "
+            "clips per fold. "
+            + (
+                "The attention branches help it (Global+RI against full), but a network that "
+                "must find the motion cannot catch one that is given it. "
+                if full > ri
+                else "The attention branches, each another ViT on the same few clips, add "
+                "parameters faster than they add signal. "
+            )
+            + "Changes we tried on held-out splits (global "
             "spatial pooling instead of global averaging, identity-removed inputs to the ViT "
             "branches, contrast normalisation of R, onset and apex stacked as channels, 96 px "
             "crops) did not close the gap, so none was kept. What this predicts for real faces, "
