@@ -68,7 +68,7 @@ class SpotterParams:
     z: float = 6.0  # start threshold, in deviations above the running mean
     z_quiet: float = 2.0  # below this the face is at rest (onset search, noise update)
     min_amplitude: float = 0.05  # px (128 px crop) above the running mean, at least
-    max_amplitude: float = 0.6  # px: above this it is a macro-expression
+    max_amplitude: float = 0.8  # px: above this it is a macro-expression
     min_duration_s: float = 0.03  # onset to confirmation at least this long
     max_duration_s: float = 0.5  # onset to confirmation (and offset) at most this long
     confirm_fraction: float = 0.5  # the apex is confirmed when the signal falls below this
@@ -257,10 +257,13 @@ class Spotter:
         start, quiet = self._thresholds()
         c = self._candidate
         if c is None:
-            # the noise estimate follows the signal whenever no interval is open (rising
-            # slowly, so an expression barely moves it); a rejected motion is waited out
-            # until the face is at rest or for at most `max_duration_s`
-            self._update_noise(ns, signal)
+            # the noise estimate follows the signal whenever no interval is open, clipped a
+            # little above the resting level (a Huber-like update: a macro-expression or a
+            # long head turn barely moves it, while a baseline that really rises is
+            # followed, slowly); a rejected motion is waited out until the face is at rest
+            # or for at most `max_duration_s`
+            clip = self._mean + max(p.z_quiet * self._dev, 0.5 * p.min_amplitude)
+            self._update_noise(ns, min(signal, clip))
             if signal <= quiet or ns - self._falling_since > p.max_duration_s * 1e9:
                 self._falling = False
             if self._falling or not trusted or signal <= start:
