@@ -2,6 +2,7 @@
 SynthME frames in, recognition events out to a subscriber."""
 
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -148,3 +149,68 @@ def test_synth_camera_frames_truth_and_bounded_memory():
     assert np.std(away[0].image) < 10, "the face has left the frame"
     timeline = source.stream.timeline
     assert all(e.offset >= 750 - 6 * 25 for e in timeline.expressions), "past events forgotten"
+
+
+def _fuzz_messages(rng, n=60):
+    """Random and truncated multipart messages, some built from real headers."""
+    good = protocol.encode("frame", "cam1", 0, [np.zeros((8, 8), np.uint8)], t_capture=1)
+    out = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            out.append(
+                [rng.bytes(int(rng.integers(0, 40))) for _ in range(int(rng.integers(1, 4)))]
+            )
+        elif kind == 1:
+            out.append([bytes(f) for f in good[: int(rng.integers(1, 2))]])
+        elif kind == 2:
+            header = bytearray(good[1])
+            cut = int(rng.integers(1, len(header)))
+            out.append([good[0], bytes(header[:cut]), bytes(good[2])])
+        else:
+            out.append([good[0], good[1], bytes(good[2])[: int(rng.integers(0, 63))]])
+    return out
+
+
+@pytest.mark.parametrize("stage", ["spot", "recognize"])
+def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(stage, tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = _endpoints(tmp_path, 2)
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.bind(a)
+    stop = threading.Event()
+    m = Metrics(stage)
+    if stage == "spot":
+        target, args = run_spot, ([a], b, m, stop)
+        valid = ("frame", [np.full((64, 64), 100, np.uint8)])
+    else:
+        model, meta = load_weights(DEMO_WEIGHTS)
+        target = run_recognize
+        args = ([a], b, TorchBackend(model), meta["classes"], "demo", m, stop)
+        crop = np.full((128, 128), 90, np.uint8)
+        valid = ("pair", [crop, crop])
+    thread = threading.Thread(target=target, args=args)
+    thread.start()
+    fuzz = _fuzz_messages(rng)
+    try:
+        for i, frames in enumerate(fuzz):
+            push.send_multipart(frames)
+            if i % 10 == 0:
+                protocol.send(
+                    push, valid[0], "cam1", i, valid[1], wait_ms=5000, onset=0, apex=1,
+                    offset=2, t_apex=1, t_capture=1,
+                )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and m.frames_in.labels(stage, "cam1")._value.get() < 6:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+        push.close(linger=0)
+    assert not thread.is_alive(), "the stage stopped cleanly"
+    dropped = sum(
+        m.dropped.labels(stage, "", reason)._value.get() for reason in ("malformed", "version")
+    )
+    assert dropped == len(fuzz), "every fuzzed message dropped and counted"
+    assert m.frames_in.labels(stage, "cam1")._value.get() == 6, "the valid ones got through"
