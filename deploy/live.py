@@ -85,7 +85,11 @@ def run_ingest(args: argparse.Namespace) -> int:
         return 2
     synth_source.register()
     stop = _stop_on_signals()
-    stream_id = args.stream or stream_name(args.source)
+    try:
+        stream_id = args.stream or stream_name(args.source)
+    except ValueError as e:
+        print(f"mfvan ingest: {e}", file=sys.stderr)
+        return 2
     m = _metrics("ingest", args.metrics_port)
     live = args.source.startswith(("rtsp://", "rtsps://", "/dev/video", "synth://"))
 
@@ -101,10 +105,16 @@ def run_ingest(args: argparse.Namespace) -> int:
         ),
         live=live and not args.source.startswith("synth://"),
         on_reconnect=reconnect,
+        max_attempts=None if live else 0,  # a camera is retried; a missing file is an error
     )
     log.info("ingest %s: %s -> %s", stream_id, args.source, args.out)
-    stages.run_ingest(source, stream_id, args.out, m, stop, block=not live)
-    _close_context()
+    try:
+        stages.run_ingest(source, stream_id, args.out, m, stop, block=not live)
+    except (ingest.SourceError, ValueError) as e:
+        print(f"mfvan ingest: {e}", file=sys.stderr)
+        return 2
+    finally:
+        _close_context()
     return 0
 
 

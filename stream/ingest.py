@@ -152,6 +152,8 @@ class Reconnecting:
                 error = e
             failures += 1
             if self.max_attempts is not None and failures > self.max_attempts:
+                if self.max_attempts == 0:
+                    raise error
                 raise SourceError(f"gave up after {self.max_attempts} attempts: {error}")
             self.reconnects += 1
             self.on_reconnect(error)
