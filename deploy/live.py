@@ -79,9 +79,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     from mfvan.stream import ingest, stages
 
     _setup_logging()
-    refused = _check_endpoints(args, args.out)
-    if refused:
-        print(f"mfvan ingest: {refused}", file=sys.stderr)
+    if _refused("ingest", args, args.out):
         return 2
     synth_source.register()
     stop = _stop_on_signals()
@@ -137,9 +135,7 @@ def run_spot(args: argparse.Namespace) -> int:
     from mfvan.stream import stages
 
     _setup_logging()
-    refused = _check_endpoints(args, args.out)
-    if refused:
-        print(f"mfvan spot: {refused}", file=sys.stderr)
+    if _refused("spot", args, args.out):
         return 2
     stop = _stop_on_signals()
     m = _metrics("spot", args.metrics_port)
@@ -176,15 +172,17 @@ def _add_security(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_endpoints(args: argparse.Namespace, *endpoints: str) -> str | None:
+def _refused(command: str, args: argparse.Namespace, *endpoints: str) -> bool:
+    """True (after one line on stderr) when an endpoint would expose faces unprotected."""
     from mfvan.stream.security import InsecureEndpoint, check
 
     try:
         for endpoint in endpoints:
             check(endpoint, getattr(args, "keys", None), getattr(args, "insecure", False))
     except InsecureEndpoint as e:
-        return str(e)
-    return None
+        print(f"mfvan {command}: {e}", file=sys.stderr)
+        return True
+    return False
 
 
 def run_recognize(args: argparse.Namespace) -> int:
@@ -194,9 +192,7 @@ def run_recognize(args: argparse.Namespace) -> int:
     from mfvan.stream import stages
 
     _setup_logging()
-    refused = _check_endpoints(args, args.out)
-    if refused:
-        print(f"mfvan recognize: {refused}", file=sys.stderr)
+    if _refused("recognize", args, args.out):
         return 2
     stop = _stop_on_signals()
     weights = args.weights or DEMO_WEIGHTS

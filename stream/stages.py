@@ -44,6 +44,16 @@ def _socket(ctx: zmq.Context, kind: int, hwm: int = HWM) -> zmq.Socket:
     return s
 
 
+def _decode(frames, stage: str, metrics: Metrics) -> protocol.Message | None:
+    """The message, or None after counting and logging why it was dropped."""
+    try:
+        return protocol.decode(frames)
+    except protocol.Malformed as e:
+        metrics.dropped.labels(stage, "", e.reason).inc()
+        log.warning("%s: dropped a message: %s", stage, e)
+        return None
+
+
 def _poll_loop(socket: zmq.Socket, stop: threading.Event, timeout_ms: int = 100):
     """Yield each received multipart message (raw frames) until `stop` is set."""
     poller = zmq.Poller()
@@ -208,11 +218,8 @@ def run_spot(
     try:
         for frames in _poll_loop(pull, stop):
             started = time.time_ns()
-            try:
-                msg = protocol.decode(frames)
-            except protocol.Malformed as e:
-                metrics.dropped.labels("spot", "", e.reason).inc()
-                log.warning("spot: dropped a message: %s", e)
+            msg = _decode(frames, "spot", metrics)
+            if msg is None:
                 continue
             if "t_ingest" in msg.fields:
                 metrics.transit.labels("spot").observe((started - msg.fields["t_ingest"]) / 1e9)
@@ -301,11 +308,8 @@ def run_recognize(
             if poller.poll(max(int(timeout), 0)):
                 frames = pull.recv_multipart(copy=False)
                 received = time.time_ns()
-                try:
-                    msg = protocol.decode(frames)
-                except protocol.Malformed as e:
-                    metrics.dropped.labels("recognize", "", e.reason).inc()
-                    log.warning("recognize: dropped a message: %s", e)
+                msg = _decode(frames, "recognize", metrics)
+                if msg is None:
                     continue
                 metrics.frames_in.labels("recognize", msg.stream).inc()
                 if msg.kind != "pair" or len(msg.arrays) != 2:
