@@ -405,34 +405,22 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lazy(module: str, add_name: str, run_name: str):
+    """Entry points imported on use: the live pipeline and the demo pull in the stream
+    stack, which `mfvan synth` or `mfvan train` need not load."""
+    import importlib
+
+    def add(p):
+        getattr(importlib.import_module(f"mfvan.deploy.{module}"), add_name)(p)
+
+    def run(args):
+        return getattr(importlib.import_module(f"mfvan.deploy.{module}"), run_name)(args)
+
+    return add, run
+
+
 def _live(name):
-    """Lazy entry points of deploy/live.py (it imports the stream stack)."""
-
-    def add(p):
-        from mfvan.deploy import live
-
-        getattr(live, f"add_{name}")(p)
-
-    def run(args):
-        from mfvan.deploy import live
-
-        return getattr(live, "run_pipeline" if name == "run" else f"run_{name}")(args)
-
-    return add, run
-
-
-def _demo():
-    def add(p):
-        from mfvan.deploy.demo import add_demo
-
-        add_demo(p)
-
-    def run(args):
-        from mfvan.deploy.demo import run_demo
-
-        return run_demo(args)
-
-    return add, run
+    return _lazy("live", f"add_{name}", "run_pipeline" if name == "run" else f"run_{name}")
 
 
 SUBCOMMANDS = {
@@ -442,7 +430,10 @@ SUBCOMMANDS = {
     "recognize": ("stage: classify pairs in batches, publish events", *_live("recognize")),
     "subscribe": ("print recognition events as they arrive", *_live("subscribe")),
     "keys": ("make CURVE key pairs for endpoints off this machine", *_live("keys")),
-    "demo": ("the live pipeline on SynthME's camera for a minute, scored", *_demo()),
+    "demo": (
+        "the live pipeline on SynthME's camera for a minute, scored",
+        *_lazy("demo", "add_demo", "run_demo"),
+    ),
     "reproduce": (
         "LOSO of MFVAN, its ablations and baselines on SynthME; docs/results.md",
         _add_reproduce,

@@ -96,11 +96,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         log.warning("ingest %s: %s; reconnecting", stream_id, error)
 
     source = ingest.Reconnecting(
-        lambda: (
-            ingest.open_source(args.source, realtime=args.realtime)
-            if not args.source.startswith("synth://")
-            else ingest.open_source(args.source)
-        ),
+        lambda: ingest.open_source(args.source, realtime=args.realtime),
         live=live and not args.source.startswith("synth://"),
         on_reconnect=reconnect,
         max_attempts=None if live else 0,  # a camera is retried; a missing file is an error

@@ -302,6 +302,10 @@ def run_recognize(
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
     seq: dict[str, int] = {}
+
+    def infer(batch):
+        _infer(batch, backend, classes, model_version, metrics, pub, seq, with_crops)
+
     try:
         while not stop.is_set():
             timeout = 100 if not batcher.items else batcher.wait_s(time.monotonic()) * 1000
@@ -323,12 +327,10 @@ def run_recognize(
                 batcher.add((msg, received), time.monotonic())
             metrics.queue_depth.labels("recognize").set(len(batcher.items))
             while batcher.due(time.monotonic()):
-                _infer(batcher.take(), backend, classes, model_version, metrics, pub, seq,
-                       with_crops)  # fmt: skip
+                infer(batcher.take())
     finally:
         while batcher.items:
-            _infer(batcher.take(), backend, classes, model_version, metrics, pub, seq,
-                   with_crops)  # fmt: skip
+            infer(batcher.take())
         if guard is not None:
             metrics.dropped.labels("recognize", "", "unauthorized").inc(guard.refused)
             guard.stop()
