@@ -124,6 +124,19 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     spotter.add_argument("--fps", type=float, default=200.0, help="the stream's frame rate")
     spotter.add_argument("--seconds", type=float, default=10.0, help="stream length")
     spotter.add_argument("--size", type=int, default=128, help="crop size")
+    pipeline = what.add_parser(
+        "pipeline",
+        help="transport (640x480 frames, mfvan's protocol beside bare pyzmq, ipc and tcp) and "
+        "end-to-end latency of `mfvan run` at 200 fps, adding streams until one fails",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pipeline.add_argument("--max-streams", type=int, default=4, help="most streams to try")
+    pipeline.add_argument("--fps", type=float, default=200.0, help="each camera's frame rate")
+    pipeline.add_argument("--warmup", type=float, default=10.0, help="seconds before timing")
+    pipeline.add_argument("--window", type=float, default=30.0, help="seconds measured")
+    pipeline.add_argument("--frames", type=int, default=3000, help="transport frames per round")
+    pipeline.add_argument("--rounds", type=int, default=3, help="transport rounds per way")
+    pipeline.add_argument("--backend", default="onnxruntime", help="the recognizer's backend")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -135,8 +148,17 @@ def _run_bench(args: argparse.Namespace) -> int:
         )
     elif args.target == "flow":
         report = bench.format_flow_report(bench.bench_flow(tuple(args.sizes), args.pairs))
-    else:
+    elif args.target == "spotter":
         report = bench.format_spotter_report(bench.bench_spotter(args.fps, args.seconds, args.size))
+    else:
+        from mfvan.deploy import bench_pipeline as bp
+
+        report = bp.format_pipeline_report(
+            bp.bench_pipeline(
+                args.max_streams, args.fps, args.warmup, args.window, args.frames, args.rounds,
+                args.backend,
+            )
+        )  # fmt: skip
     print(report)
     return 0
 

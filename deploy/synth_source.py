@@ -1,6 +1,6 @@
 """`synth://`: SynthME's live frames as a camera, for the demo and for tests.
 
-    synth://?fps=200&seed=7&subject=1&size=640x480&realtime=1&seconds=60
+    synth://?fps=200&seed=7&subject=1&size=640x480&realtime=1&seconds=60&micro=3
 
 A SynthME stream (`model.data.synth.SynthStream`, `standard` config at `fps`) is pasted
 into a camera-sized frame (default 640 x 480) on a dark, slightly noisy background. The
@@ -13,7 +13,8 @@ while an expression (or a blink) is under way, so a consumer can score itself:
 `realtime=1` paces frames at `fps` with wall-clock capture times; `realtime=0` yields
 them as fast as they render, with capture times on the stream's own clock.
 `seconds` ends the stream (default: endless; memory stays bounded, past events are
-forgotten).
+forgotten). `micro`: micro-expressions per 10 s (default 3, as SynthME's `standard`; the
+pipeline benchmark raises it to gather latency samples sooner).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from mfvan.kernels.faces import to_grey
 from mfvan.stream.ingest import Frame
 
 
@@ -41,6 +43,7 @@ def parse(url: str) -> dict:
             "seconds": float(q["seconds"]) if "seconds" in q else None,
             "leave_every_s": float(q.get("leave_every_s", 45)),
             "leave_s": float(q.get("leave_s", 1.5)),
+            "micro": int(q["micro"]) if "micro" in q else None,
         }
     except ValueError as e:
         raise ValueError(f"bad synth:// URL {url!r}: {e}") from None
@@ -54,6 +57,8 @@ class SynthSource:
         self.opts = parse(url)
         o = self.opts
         cfg = replace(synth.CONFIGS["standard"], fps=o["fps"])
+        if o["micro"] is not None:
+            cfg = replace(cfg, micro_per_segment=o["micro"])
         self.stream = synth.SynthStream(cfg, subject=o["subject"], seed=o["seed"])
         self.config = cfg
         fh, fw = cfg.frame_size
@@ -105,9 +110,7 @@ class SynthSource:
         t = 0
         while n is None or t < n:
             frame = self.stream.frame(t)
-            grey = (frame.image.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])).astype(
-                np.uint8
-            )
+            grey = to_grey(frame.image)  # OpenCV: NumPy's matmul would wake BLAS threads
             canvas = self.background.copy()
             at = self.position(t / fps)
             if at is not None:

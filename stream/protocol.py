@@ -21,6 +21,7 @@ Imports nothing of this project.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import msgpack
@@ -31,6 +32,7 @@ VERSION = 1
 KINDS = ("frame", "pair", "event", "eos")
 DTYPES = ("uint8", "uint16", "float16", "float32", "float64", "int32", "int64")
 RESERVED = ("v", "kind", "stream", "seq", "buffers")
+_DTYPES = {name: np.dtype(name) for name in DTYPES}
 
 
 class Malformed(ValueError):
@@ -77,7 +79,12 @@ def send(
     at all); False when the message was dropped because the peers' queues are full (or no
     peer is connected yet)."""
     frames = encode(kind, stream, seq, arrays, **fields)
-    if wait_ms and not socket.poll(wait_ms, zmq.POLLOUT):
+    try:
+        socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        return True
+    except zmq.Again:
+        pass  # the queue is full: wait for room only now (a poll costs ~10 us)
+    if not wait_ms or not socket.poll(wait_ms, zmq.POLLOUT):
         return False
     try:
         socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
@@ -128,16 +135,16 @@ def _bytes(frame) -> bytes:
 def _array(frame, spec) -> np.ndarray:
     try:
         shape = tuple(int(n) for n in spec["shape"])
-        dtype = np.dtype(spec["dtype"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise Malformed("malformed", f"bad buffer spec {spec!r} ({e})") from None
-    if dtype.name not in DTYPES or any(n < 0 for n in shape):
+        dtype = _DTYPES[spec["dtype"]]
+    except (KeyError, TypeError, ValueError):
+        raise Malformed("malformed", f"bad buffer spec {spec!r}") from None
+    if any(n < 0 for n in shape):
         raise Malformed("malformed", f"bad buffer spec {spec!r}")
     buffer = frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if buffer.nbytes != expected:
         raise Malformed(
-            "malformed", f"buffer of {buffer.nbytes} bytes for shape {shape} {dtype.name}"
+            "malformed", f"buffer of {buffer.nbytes} bytes for shape {shape} {spec['dtype']}"
         )
     array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
     array.flags.writeable = False

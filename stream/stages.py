@@ -142,7 +142,8 @@ class SpotStage:
 
     def _track(self, stream: str) -> _Track:
         if stream not in self.tracks:
-            self.tracks[stream] = _Track(FaceTracker(size=self.size), Spotter(self.params))
+            tracker = FaceTracker(size=self.size, background=True)
+            self.tracks[stream] = _Track(tracker, Spotter(self.params))
         return self.tracks[stream]
 
     def handle(self, msg: protocol.Message) -> list[dict]:
@@ -283,12 +284,17 @@ def run_recognize(
     stop: threading.Event,
     ctx: zmq.Context | None = None,
     max_batch: int = 8,
-    max_wait_s: float = 0.01,
+    max_wait_s: float = 0.0,
     with_crops: bool = False,
     keys=None,
 ) -> None:
     """Pairs from `inputs` (connected) -> events published on `out` (bound PUB); with
-    `keys` (a `mfvan keys` folder) only CURVE-authorized subscribers get them."""
+    `keys` (a `mfvan keys` folder) only CURVE-authorized subscribers get them.
+
+    Batching: a batch is whatever pairs are queued when the recognizer looks (at most
+    `max_batch`), so under load batches fill while the previous one runs; `max_wait_s`
+    (default 0: pairs are rare, each one's latency counts) makes a partial batch wait
+    that long for company."""
     from .security import Guard
 
     ctx = ctx or zmq.Context.instance()
@@ -310,21 +316,14 @@ def run_recognize(
         while not stop.is_set():
             timeout = 100 if not batcher.items else batcher.wait_s(time.monotonic()) * 1000
             if poller.poll(max(int(timeout), 0)):
-                frames = pull.recv_multipart(copy=False)
-                received = time.time_ns()
-                msg = _decode(frames, "recognize", metrics)
-                if msg is None:
-                    continue
-                metrics.frames_in.labels("recognize", msg.stream).inc()
-                if msg.kind != "pair" or len(msg.arrays) != 2:
-                    metrics.dropped.labels("recognize", msg.stream, "unexpected").inc()
-                    continue
-                if "t_spot" in msg.fields:
-                    metrics.transit.labels("recognize").observe(
-                        (received - msg.fields["t_spot"]) / 1e9
-                    )
-                # copy out of the receive buffers: they are released when the batch runs
-                batcher.add((msg, received), time.monotonic())
+                # take everything already queued (up to a batch): under load, batches form
+                # while the previous one runs, without waiting
+                while len(batcher.items) < batcher.max_batch:
+                    try:
+                        frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    _take(frames, batcher, metrics)
             metrics.queue_depth.labels("recognize").set(len(batcher.items))
             while batcher.due(time.monotonic()):
                 infer(batcher.take())
@@ -336,6 +335,21 @@ def run_recognize(
             guard.stop()
         pull.close()
         pub.close()
+
+
+def _take(frames, batcher: Batcher, metrics: Metrics) -> None:
+    """One received message into the batch, or dropped and counted."""
+    received = time.time_ns()
+    msg = _decode(frames, "recognize", metrics)
+    if msg is None:
+        return
+    metrics.frames_in.labels("recognize", msg.stream).inc()
+    if msg.kind != "pair" or len(msg.arrays) != 2:
+        metrics.dropped.labels("recognize", msg.stream, "unexpected").inc()
+        return
+    if "t_spot" in msg.fields:
+        metrics.transit.labels("recognize").observe((received - msg.fields["t_spot"]) / 1e9)
+    batcher.add((msg, received), time.monotonic())
 
 
 def _infer(batch, backend, classes, model_version, metrics, pub, seq, with_crops) -> None:

@@ -132,9 +132,9 @@ def test_the_tracker_detects_every_n_frames_and_keeps_a_steady_crop_between():
     class CountingDetector(FaceDetector):
         calls = 0
 
-        def detect(self, image):
+        def detect(self, image, near=None):
             CountingDetector.calls += 1
-            return super().detect(image)
+            return super().detect(image, near)
 
     tracker = FaceTracker(CountingDetector(), size=64, redetect_every=10)
     stream = synth.SynthStream(synth.CONFIGS["tiny"], subject=1, seed=2)

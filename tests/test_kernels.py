@@ -316,3 +316,36 @@ def test_a_crop_of_a_shifted_face_is_a_shifted_crop():
     scale = np.sqrt(abs(np.linalg.det(crop.matrix[:, :2])))
     assert np.abs(stats[:, 1] - 0.7 * scale).max() < 0.06
     assert np.abs(stats[:, 2] - 0.3 * scale).max() < 0.06
+
+
+def test_a_camera_frame_is_filtered_and_searched_only_around_the_face():
+    """Live frames are camera-sized: the crop filters only its own footprint, and a
+    tracker re-detects only around the face it holds; both give what the whole frame
+    gives."""
+    from mfvan.deploy.synth_source import SynthSource
+    from mfvan.kernels.faces import Crop, FaceDetector, FaceTracker, make_crop
+
+    frame = next(iter(SynthSource("synth://?fps=50&seed=3&realtime=0"))).image
+    detector = FaceDetector()
+    box = detector.detect(frame)
+    crop = make_crop(box, 128, detector.eyes(frame, box))
+    whole = frame.shape[1], frame.shape[0], 0, 0
+    assert crop._footprint(frame.shape) != whole and crop._footprint(frame.shape)[0] > 0
+
+    class WholeFrame(Crop):
+        def _footprint(self, shape):
+            return 0, 0, shape[1], shape[0]
+
+    reference = WholeFrame(crop.matrix, crop.size, crop.aligned).apply(frame)
+    diff = np.abs(crop.apply(frame).astype(int) - reference.astype(int))
+    # the same crop up to where the area filter's boxes fall (sharp edges differ a little)
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 10
+    near = detector.detect(frame, near=box)
+    assert max(abs(a - b) for a, b in zip(near.centre, box.centre, strict=True)) < 0.1 * box.w
+    tracker = FaceTracker(size=128)
+    tracker.update(frame)
+    away = np.full_like(frame, 30)
+    away[:, 360:] = frame[:, 180:460]  # the face jumped far right: found all the same
+    tracker._since = tracker.redetect_every
+    tracker.update(away)
+    assert tracker._misses == 0 and tracker._geometry[0] > frame.shape[1] / 2

@@ -24,7 +24,7 @@ import numpy as np
 from mfvan.kernels.faces import FaceDetector, centre_crop, make_crop
 from mfvan.model.data.datasets import Dataset
 
-CACHE_VERSION = 3  # 2: area-filtered crops; 3: crops anchored on the eyes
+CACHE_VERSION = 4  # 2: area-filtered crops; 3: anchored on the eyes; 4: filter the face only
 
 
 @dataclass
