@@ -254,18 +254,26 @@ def run_subscribe(args: argparse.Namespace) -> int:
 
     n = 0
     curve = client_curve(args.keys) if args.keys else None
+    sub = subscribe(args.endpoint, args.stream, args.timeout, curve=curve)
     try:
-        with subscribe(args.endpoint, args.stream, args.timeout, curve=curve) as sub:
-            for event in sub:
-                if args.json:
-                    print(json.dumps(event.as_dict()), flush=True)
-                else:
-                    print(format_event(event), flush=True)
-                n += 1
-                if args.count and n >= args.count:
-                    break
+        for event in sub:
+            if args.json:
+                print(json.dumps(event.as_dict()), flush=True)
+            else:
+                print(format_event(event), flush=True)
+            n += 1
+            if args.count and n >= args.count:
+                break
     except KeyboardInterrupt:
         pass
+    finally:
+        sub.close()
+        if sub.missed or sub.dropped:
+            print(
+                f"mfvan subscribe: {n} events; {sub.missed} missed (this subscriber was too "
+                f"slow), {sub.dropped} malformed messages dropped",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -287,6 +287,7 @@ def run_recognize(
     max_wait_s: float = 0.0,
     with_crops: bool = False,
     keys=None,
+    event_hwm: int = 1000,
 ) -> None:
     """Pairs from `inputs` (connected) -> events published on `out` (bound PUB); with
     `keys` (a `mfvan keys` folder) only CURVE-authorized subscribers get them.
@@ -294,14 +295,17 @@ def run_recognize(
     Batching: a batch is whatever pairs are queued when the recognizer looks (at most
     `max_batch`), so under load batches fill while the previous one runs; `max_wait_s`
     (default 0: pairs are rare, each one's latency counts) makes a partial batch wait
-    that long for company."""
+    that long for company.
+
+    Events go out on PUB, which never waits for a subscriber: one that falls `event_hwm`
+    events behind loses the next ones (it sees the gaps in their numbering)."""
     from .security import Guard
 
     ctx = ctx or zmq.Context.instance()
     pull = _socket(ctx, zmq.PULL)
     for endpoint in inputs:
         pull.connect(endpoint)
-    pub = _socket(ctx, zmq.PUB, hwm=1000)
+    pub = _socket(ctx, zmq.PUB, hwm=event_hwm)
     guard = Guard(ctx, pub, keys) if keys else None
     pub.bind(out)
     batcher = Batcher(max_batch, max_wait_s)

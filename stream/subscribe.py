@@ -1,8 +1,8 @@
 """The client side: recognition events as Python objects, for users' own code.
 
-    from mfvan.stream import subscribe
+    import mfvan
 
-    for event in subscribe("tcp://127.0.0.1:5560", stream="cam1"):
+    for event in mfvan.subscribe("tcp://127.0.0.1:5560", stream="cam1"):
         print(event.stream, event.label, event.probs, event.apex_time)
 
 An `Event` carries what the recognizer published: the stream, the interval (onset, apex
@@ -10,6 +10,12 @@ and offset frame indices and capture times in ns), the class and every class's
 probability, the model version, each stage's timestamps (`times`), and the (onset, apex)
 crops only when the recognizer runs with `--with-crops`. Malformed or foreign messages
 on the socket are skipped and counted in `Subscription.dropped`.
+
+A subscriber that reads slower than events come loses some: the recognizer never waits
+for a subscriber (ZeroMQ's PUB drops for a full queue, and memory stays bounded by the
+high-water marks, `hwm` here). Events are numbered per stream, so the subscriber counts
+what it lost from the gaps: `Subscription.missed`. (A gap at the very end shows once the
+next event arrives; numbering restarts from 0 when the recognizer restarts.)
 """
 
 from __future__ import annotations
@@ -88,10 +94,12 @@ class Subscription:
         timeout_s: float | None = None,
         ctx: zmq.Context | None = None,
         curve: dict | None = None,
+        hwm: int = 1000,
     ):
         self.ctx = ctx or zmq.Context.instance()
         self.socket = self.ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, hwm)
         if curve:  # {"public": ..., "secret": ..., "server": ...} (z85 keys)
             self.socket.curve_publickey = curve["public"]
             self.socket.curve_secretkey = curve["secret"]
@@ -100,7 +108,9 @@ class Subscription:
         if timeout_s is not None:
             self.socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
         self.socket.connect(endpoint)
-        self.dropped = 0
+        self.dropped = 0  # messages that were not events of ours
+        self.missed = 0  # events published but lost on the way (seen as gaps in `seq`)
+        self._last: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[Event]:
         while True:
@@ -108,7 +118,12 @@ class Subscription:
                 msg = protocol.recv(self.socket)
                 if msg.kind != "event":
                     continue
-                yield to_event(msg)
+                event = to_event(msg)
+                last = self._last.get(msg.stream)
+                if last is not None and msg.seq > last + 1:
+                    self.missed += msg.seq - last - 1
+                self._last[msg.stream] = msg.seq
+                yield event
             except protocol.Malformed:
                 self.dropped += 1
             except zmq.Again:

@@ -44,9 +44,11 @@ def test_a_built_wheel_installs_and_imports_all_four_subpackages(tmp_path):
         ],
         check=True,
     )
+    assert "mfvan/__init__.py" in names and not any("namespace" in n for n in names)
     code = "import importlib\n" + "".join(
         f"print(importlib.import_module('{m}').__file__)\n" for m in SUBPACKAGES
     )
+    code += "import mfvan\nassert mfvan.subscribe.__module__ == 'mfvan.stream.subscribe'\n"
     # Run from elsewhere with the wheel's folder first on the path: the repo's folders and
     # the editable install must not be what gets imported.
     out = subprocess.run(
@@ -64,9 +66,13 @@ def test_a_built_wheel_installs_and_imports_all_four_subpackages(tmp_path):
 def test_every_source_folder_is_a_listed_package():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
+    root = config["package-dir"]["mfvan"]  # the namespace's own __init__ (the client API)
+    assert "mfvan" in listed and (REPO / root / "__init__.py").exists()
     for top in ("model", "kernels", "stream", "deploy"):
         assert config["package-dir"][f"mfvan.{top}"] == top
         for init in (REPO / top).rglob("__init__.py"):
+            if init.parent == REPO / root:
+                continue
             dotted = ".".join(("mfvan", *init.parent.relative_to(REPO).parts))
             assert dotted in listed, f"{dotted} is missing from [tool.setuptools] packages"
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
+import mfvan
 from mfvan.deploy.backends import TorchBackend
 from mfvan.deploy.reproduce import DEMO_WEIGHTS
 from mfvan.model.data import synth
@@ -57,7 +58,7 @@ def test_frames_become_events_across_three_stages(tmp_path):
     for t in threads:
         t.start()
     events = []
-    with subscribe(c, stream="cam1", timeout_s=30) as sub:
+    with mfvan.subscribe(c, stream="cam1", timeout_s=30) as sub:  # the users' API
         # a slow joiner: the ingest thread starts once the subscription is up
         feeder = threading.Thread(
             target=run_ingest, args=(frames, "cam1", a, m_ingest, stop), kwargs={"block": True}

@@ -117,3 +117,72 @@ def test_a_dead_camera_is_reconnected_and_counted(video):
             s.wait()
     assert source.reconnects >= 1 and len(errors) == source.reconnects
     assert got >= 140
+
+
+@pytest.fixture(scope="module")
+def camera_video(tmp_path_factory):
+    """20 s of SynthME's camera (640 x 480, 50 fps, a micro-expression every 1.25 s) as
+    H.264: what an IP camera would send."""
+    from mfvan.deploy.synth_source import SynthSource
+
+    path = tmp_path_factory.mktemp("rtsp") / "camera.mp4"
+    source = SynthSource("synth://?fps=50&seed=5&micro=8&realtime=0&seconds=20&leave_every_s=0")
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=50)
+        st.width, st.height, st.pix_fmt = 640, 480, "yuv420p"
+        st.options = {"preset": "ultrafast", "crf": "18", "g": "25"}
+        for frame in source:
+            for packet in st.encode(av.VideoFrame.from_ndarray(frame.image, format="gray")):
+                out.mux(packet)
+        for packet in st.encode():
+            out.mux(packet)
+    return path
+
+
+def _metric(port: int, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+@pytest.mark.slow
+def test_the_pipeline_recognizes_an_rtsp_camera_and_resumes_after_it_dies(camera_video, tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    from mfvan.stream import subscribe
+
+    port = _free_port()
+    servers = [_serve(port, camera_video)]
+    runtime, base = tmp_path / "rt", 19900 + os.getpid() % 300
+    cmd = [
+        sys.executable, "-m", "mfvan.deploy.cli", "run", "--source",
+        f"rtsp://127.0.0.1:{port}/test", "--backend", "onnxruntime",
+        "--runtime-dir", str(runtime), "--metrics-base-port", str(base),
+    ]  # fmt: skip
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=90) as sub:
+            before = next(iter(sub), None)
+            assert before is not None, "an event from the camera"
+            servers[0].kill()  # the camera dies mid-stream ...
+            servers[0].wait()
+            time.sleep(2)
+            servers.append(_serve(port, camera_video))  # ... and comes back
+            back = time.time_ns()
+            after = next((e for e in sub if e.times["t_capture"] > back), None)
+        assert after is not None, "events resume after the camera comes back"
+        assert _metric(base, "mfvan_reconnects_total") >= 1, "the reconnect was counted"
+        assert _metric(base - 1, "mfvan_restarts_total") == 0, "no stage died"
+        assert before.label in before.probs and after.stream == before.stream == "test"
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for s in servers:
+            s.kill()
+            s.wait()

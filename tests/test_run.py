@@ -1,5 +1,5 @@
-"""`mfvan run` as a user runs it: child processes, events to a subscriber, a crashed
-stage restarted, SIGTERM stopping everything cleanly."""
+"""`mfvan run` as a user runs it: two cameras' child processes, events of both to a
+subscriber, a crashed stage restarted, SIGTERM stopping everything cleanly."""
 
 import os
 import signal
@@ -19,21 +19,29 @@ def _metric(port: int, name: str) -> float:
 
 
 @pytest.mark.slow
-def test_run_publishes_events_restarts_a_crashed_stage_and_stops_on_sigterm(tmp_path):
+def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigterm(tmp_path):
     runtime = tmp_path / "rt"
     base = 19300 + os.getpid() % 500
     cmd = [
         sys.executable, "-m", "mfvan.deploy.cli", "run",
-        "--source", "synth://?fps=50&seed=3&seconds=40",
+        "--source", "synth://?fps=50&seed=3&seconds=60",
+        "--source", "synth://?fps=50&seed=4&seconds=60",
         "--backend", "torch", "--runtime-dir", str(runtime),
         "--metrics-base-port", str(base),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        streams = {}  # two cameras, one recognizer: events of both
         with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=60) as sub:
-            event = next(iter(sub), None)
-        assert event is not None, "an event within a minute"
-        assert event.stream == "synth-3-1" and event.label in event.probs
+            for event in sub:
+                streams.setdefault(event.stream, event)
+                if len(streams) == 2:
+                    break
+        assert set(streams) == {"synth-3-1", "synth-4-1"}, "events of both within a minute"
+        assert all(e.label in e.probs for e in streams.values())
+        # each camera's stages count its own frames
+        assert _metric(base, "mfvan_frames_out_total") > 0
+        assert _metric(base + 2, "mfvan_frames_out_total") > 0
         # kill the spot stage: the supervisor restarts it and counts it
         spot_pid = int(
             subprocess.run(

@@ -1,0 +1,142 @@
+"""Flow control with real sockets: a slow subscriber and a slow recognizer cost drops,
+counted, never unbounded memory or latency; the producer never waits for them."""
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from mfvan.deploy.backends import TorchBackend
+from mfvan.deploy.reproduce import DEMO_WEIGHTS
+from mfvan.model.weights import load_weights
+from mfvan.stream import protocol, subscribe
+from mfvan.stream.metrics import Metrics
+from mfvan.stream.stages import HWM, run_recognize
+
+
+def _rss_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * 4096 / 1e6
+
+
+def _pair(i: int):
+    """A fresh pair each time: queued zero-copy messages keep their own arrays alive, so
+    an unbounded queue would show in memory."""
+    return [np.full((128, 128), i % 251, np.uint8), np.full((128, 128), (i + 1) % 251, np.uint8)]
+
+
+def _send(push, i: int, wait_ms: int = 0) -> bool:
+    return protocol.send(
+        push, "pair", "cam1", i, _pair(i), wait_ms=wait_ms, onset=i, apex=i + 1, offset=i + 2,
+        t_apex=time.time_ns(), t_capture=time.time_ns(), t_spot=time.time_ns(),
+    )  # fmt: skip
+
+
+class SlowBackend:
+    """The real network, `delay_s` slower per batch (an overloaded recognizer)."""
+
+    def __init__(self, backend, delay_s: float):
+        self.backend, self.delay_s, self.name = backend, delay_s, backend.name
+
+    def __call__(self, onset, apex):
+        time.sleep(self.delay_s)
+        return self.backend(onset, apex)
+
+
+def _first_event(push, sub, i: int):
+    assert _send(push, i, wait_ms=5000)
+    return next(iter(sub), None)
+
+
+def _recognizer(tmp_path, backend, metrics, **kw):
+    model, meta = load_weights(DEMO_WEIGHTS)
+    pairs, events = f"ipc://{tmp_path}/pairs.ipc", f"ipc://{tmp_path}/events.ipc"
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_recognize,
+        args=([pairs], events, backend(TorchBackend(model)), meta["classes"], "demo", metrics,
+              stop),
+        kwargs=kw,
+    )  # fmt: skip
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, HWM)
+    push.bind(pairs)
+    thread.start()
+    return push, events, stop, thread
+
+
+def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(tmp_path):
+    m = Metrics("recognize")
+    push, events, stop, thread = _recognizer(tmp_path, lambda b: b, m, event_hwm=20)
+    n = 400
+    received, delays = [], []
+    try:
+        with subscribe(events, timeout_s=2, hwm=20) as sub:
+            k = 0
+            while (first := _first_event(push, sub, k)) is None:
+                k += 1  # until the subscription is up (a PUB forgets what came before)
+            for i in range(k + 1, n):
+                assert _send(push, i, wait_ms=5000)
+            for event in sub:  # 20 ms per event: far slower than events come
+                received.append(event)
+                delays.append((time.time_ns() - event.times["t_recognize"]) / 1e9)
+                time.sleep(0.02)
+                if len(received) > 30:
+                    break
+            while m.frames_in.labels("recognize", "cam1")._value.get() < n:
+                time.sleep(0.05)  # the recognizer has taken every pair ...
+            time.sleep(0.5)
+            received += list(sub)  # ... drain what is queued for us
+            assert _send(push, n, wait_ms=5000)  # the last event shows the last gap
+            received += [next(iter(sub))]
+            missed = sub.missed
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+        push.close(linger=0)
+    published = sum(s._value.get() for s in m.events._metrics.values())
+    assert published == n + 1, "the recognizer published every event, without waiting"
+    assert missed > 0, "the slow subscriber lost some"
+    assert received[-1].seq == n
+    assert 1 + len(received) + missed == n + 1 - first.seq, "and knows exactly how many"
+    # what got through waited at most the two queues' worth (40 events x 20 ms), not the
+    # whole backlog (400 x 20 ms)
+    assert max(delays) < 3.0
+
+
+def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_path):
+    m = Metrics("recognize")
+    push, events, stop, thread = _recognizer(
+        tmp_path, lambda b: SlowBackend(b, 0.05), m, max_batch=8
+    )
+    n, sent, dropped = 3000, 0, 0
+    try:
+        with subscribe(events, timeout_s=5) as sub:
+            k = 0
+            while _first_event(push, sub, k) is None:
+                k += 1
+            rss = _rss_mb()
+            for i in range(k + 1, n):  # 96 MB of pairs, as fast as a spot stage can send
+                if _send(push, i):
+                    sent += 1
+                else:
+                    dropped += 1
+            grown = _rss_mb() - rss
+            latencies = []
+            for event in sub:
+                latencies.append((event.times["t_recognize"] - event.times["t_spot"]) / 1e9)
+                if event.seq == sent + k:  # the last pair that went through
+                    break
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        push.close(linger=0)
+    assert dropped > n / 2, "the sender was refused, not blocked"
+    assert sent + dropped == n - 1 - k
+    assert grown < 40, f"memory bounded by the queues (grew {grown:.0f} MB, not ~96)"
+    assert m.frames_in.labels("recognize", "cam1")._value.get() == sent + k + 1
+    assert len(latencies) == sent
+    # queues hold at most ~2 x 64 + 8 pairs: at 8 per 50 ms, under a second of wait
+    assert max(latencies) < 3.0
