@@ -107,7 +107,11 @@ def run_ingest(args: argparse.Namespace) -> int:
         log.warning("ingest %s: %s; reconnecting", stream_id, error)
 
     source = ingest.Reconnecting(
-        lambda: ingest.open_source(args.source, realtime=args.realtime),
+        lambda: ingest.open_source(
+            args.source,
+            realtime=args.realtime,
+            on_decode_error=lambda e: m.decode_errors.labels(stream_id).inc(),
+        ),
         live=live and not args.source.startswith("synth://"),
         on_reconnect=reconnect,
         max_attempts=None if live else 0,  # a camera is retried; a missing file is an error
@@ -328,6 +332,7 @@ def add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-base-port", type=int, default=9101, help="ports from here up")
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--with-crops", action="store_true")
+    p.add_argument("--realtime", action="store_true", help="play files at their native rate")
 
 
 class Child:
@@ -361,10 +366,11 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
         frames = f"ipc://{runtime}/frames-{i}.ipc"
         pairs = f"ipc://{runtime}/pairs-{i}.ipc"
         pair_endpoints.append(pairs)
-        children.append(
-            Child(f"ingest-{stream}", ["ingest", "--source", source, "--out", frames,
-                                       "--stream", stream, "--metrics-port", str(port)])
-        )  # fmt: skip
+        ingest = ["ingest", "--source", source, "--out", frames, "--stream", stream,
+                  "--metrics-port", str(port)]  # fmt: skip
+        if args.realtime:
+            ingest.append("--realtime")
+        children.append(Child(f"ingest-{stream}", ingest))
         children.append(
             Child(f"spot-{stream}", ["spot", "--in", frames, "--out", pairs,
                                      "--metrics-port", str(port + 1)])

@@ -37,7 +37,8 @@ class SourceError(RuntimeError):
 class PyAVSource:
     """Decodes with PyAV (FFmpeg): `rtsp://` (TCP transport), any file FFmpeg reads,
     `/dev/videoN` (V4L2). `realtime`: a file plays at its native rate instead of as fast
-    as possible (live sources always run at their own rate)."""
+    as possible (live sources always run at their own rate). A packet the decoder refuses
+    is skipped and counted (`decode_errors`, `on_decode_error(error)`)."""
 
     def __init__(
         self,
@@ -45,8 +46,11 @@ class PyAVSource:
         grey: bool = True,
         realtime: bool = False,
         timeout_s: float = 5.0,
+        on_decode_error: Callable[[Exception], None] | None = None,
     ):
         self.url = url
+        self.on_decode_error = on_decode_error or (lambda error: None)
+        self.decode_errors = 0
         self.grey = grey
         self.realtime = realtime
         self.timeout_s = timeout_s
@@ -75,7 +79,7 @@ class PyAVSource:
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in enumerate(self._decode(container, stream)):
                 if self.live or frame.pts is None or frame.time_base is None:
                     t = time.time_ns()
                 else:
@@ -93,6 +97,25 @@ class PyAVSource:
             raise SourceError(f"{self.url} stopped: {e}") from e
         finally:
             container.close()
+
+    def _decode(self, container, stream) -> Iterator:
+        """Decoded frames, packet by packet: a corrupt packet is skipped and counted
+        (`on_decode_error`) and decoding goes on; 100 in a row end the source."""
+        import av
+
+        bad = 0
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError as e:
+                self.decode_errors += 1
+                self.on_decode_error(e)
+                bad += 1
+                if bad >= 100:
+                    raise SourceError(f"{self.url}: 100 undecodable packets in a row") from e
+                continue
+            bad = 0
+            yield from frames
 
 
 Factory = Callable[[str], object]

@@ -35,6 +35,32 @@ def test_a_file_is_decoded_with_indices_and_capture_times(tmp_path):
     assert rgb.image.shape == (48, 64, 3)
 
 
+def test_corrupt_packets_are_skipped_and_counted_and_decoding_goes_on(tmp_path):
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width = stream.height = 128
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": "10"}
+        rng = np.random.default_rng(0)
+        for _ in range(100):  # noise: large packets, easy to hit
+            img = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = bytearray(path.read_bytes())
+    for k in range(5):  # garbage over five stretches of the coded pictures
+        at = len(data) // 3 + k * len(data) // 15
+        data[at : at + 3000] = np.random.default_rng(k).integers(0, 255, 3000, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    errors = []
+    source = PyAVSource(str(path), on_decode_error=errors.append)
+    frames = list(source)
+    assert source.decode_errors == len(errors) > 0
+    assert len(frames) >= 90, "the frames around the corrupt packets still arrive"
+
+
 def test_a_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="cannot open"):
         list(PyAVSource(str(tmp_path / "nothing.mp4")))

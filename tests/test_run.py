@@ -24,8 +24,8 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
     base = 19300 + os.getpid() % 500
     cmd = [
         sys.executable, "-m", "mfvan.deploy.cli", "run",
-        "--source", "synth://?fps=50&seed=3&seconds=60",
-        "--source", "synth://?fps=50&seed=4&seconds=60",
+        "--source", "synth://?fps=50&seed=3&seconds=120",
+        "--source", "synth://?fps=50&seed=4&seconds=120",
         "--backend", "torch", "--runtime-dir", str(runtime),
         "--metrics-base-port", str(base),
     ]  # fmt: skip
@@ -50,11 +50,16 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
                 text=True,
             ).stdout.split()[0]
         )
+        killed = time.time_ns()
         os.kill(spot_pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _metric(base - 1, "mfvan_restarts_total") < 1:
             time.sleep(0.5)
         assert _metric(base - 1, "mfvan_restarts_total") == 1
+        # ... and that camera's events come again
+        with subscribe(f"ipc://{runtime}/events.ipc", stream="synth-3-1", timeout_s=60) as sub:
+            again = next((e for e in sub if e.times["t_capture"] > killed), None)
+        assert again is not None, "the pipeline recovered"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
