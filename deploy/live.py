@@ -395,6 +395,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     runtime.mkdir(parents=True, exist_ok=True)
     children, events = plan(args, runtime)
     restarts = _metrics("run", args.metrics_base_port - 1).restarts
+    for child in children:
+        restarts.labels(child.name)  # at zero until one restarts
     recognizer = children[-1]
     recognizer.start()  # first, and waited for: loading a backend can take a while
     if not _wait_ready(recognizer, timeout_s=180):

@@ -105,6 +105,32 @@ class Metrics:
             registry=r,
         )  # fmt: skip
 
+        if stage in ("ingest", "spot", "recognize"):
+            for reason in ("malformed", "version"):
+                self.dropped.labels(stage, "", reason)
+            self.stage_seconds.labels(stage)
+            self.transit.labels(stage)
+            self.end_to_end.labels(stage)
+            self.queue_depth.labels(stage)
+
+    def init_stream(self, stream: str, classes=()) -> None:
+        """Create a new stream's series at zero, so that dashboards and alerts see 0, not
+        "no data", until something happens (Prometheus' advice on missing series)."""
+        stage = self.stage
+        self.frames_in.labels(stage, stream)
+        self.frames_out.labels(stage, stream)
+        self.dropped.labels(stage, stream, "hwm")
+        if stage == "ingest":
+            self.reconnects.labels(stream)
+            self.decode_errors.labels(stream)
+        elif stage == "spot":
+            self.spots.labels(stream)
+            self.faces.labels(stream)
+            for reason in ("macro", "long", "blink", "short", "echo"):
+                self.spots_rejected.labels(stream, reason)
+        for label in classes:
+            self.events.labels(stream, label)
+
     def serve(self, port: int, host: str = "127.0.0.1"):
         """Serve /metrics on host:port (0: a free port); returns (server, port)."""
         server, thread = start_http_server(port, addr=host, registry=self.registry)

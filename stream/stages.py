@@ -86,6 +86,7 @@ def run_ingest(
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLOUT)
     seq = 0
+    metrics.init_stream(stream_id)
     try:
         for frame in source:
             if stop.is_set():
@@ -142,6 +143,7 @@ class SpotStage:
 
     def _track(self, stream: str) -> _Track:
         if stream not in self.tracks:
+            self.metrics.init_stream(stream)
             tracker = FaceTracker(size=self.size, background=True)
             self.tracks[stream] = _Track(tracker, Spotter(self.params))
         return self.tracks[stream]
@@ -309,6 +311,7 @@ def run_recognize(
     guard = Guard(ctx, pub, keys) if keys else None
     pub.bind(out)
     batcher = Batcher(max_batch, max_wait_s)
+    seen: set[str] = set()  # streams whose series exist
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
     seq: dict[str, int] = {}
@@ -327,7 +330,7 @@ def run_recognize(
                         frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    _take(frames, batcher, metrics)
+                    _take(frames, batcher, metrics, seen, classes)
             metrics.queue_depth.labels("recognize").set(len(batcher.items))
             while batcher.due(time.monotonic()):
                 infer(batcher.take())
@@ -341,12 +344,15 @@ def run_recognize(
         pub.close()
 
 
-def _take(frames, batcher: Batcher, metrics: Metrics) -> None:
+def _take(frames, batcher: Batcher, metrics: Metrics, seen: set, classes) -> None:
     """One received message into the batch, or dropped and counted."""
     received = time.time_ns()
     msg = _decode(frames, "recognize", metrics)
     if msg is None:
         return
+    if msg.stream not in seen:
+        seen.add(msg.stream)
+        metrics.init_stream(msg.stream, classes)
     metrics.frames_in.labels("recognize", msg.stream).inc()
     if msg.kind != "pair" or len(msg.arrays) != 2:
         metrics.dropped.labels("recognize", msg.stream, "unexpected").inc()
