@@ -478,25 +478,49 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mfvan.deploy.config import COMMANDS
+
     parser = argparse.ArgumentParser(
         prog="mfvan",
         description="Real-time micro-expression recognition: spot, classify, publish.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, add_flags, _) in SUBCOMMANDS.items():
-        add_flags(
-            sub.add_parser(
-                name,
-                help=help_text,
-                description=help_text,
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-            )
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
+        add_flags(p)
+        if name in COMMANDS:
+            p.add_argument(
+                "--config",
+                type=Path,
+                help="a TOML file of flags (keys: the flags without dashes); the environment "
+                "(MFVAN_<FLAG>) and the command line override it",
+            )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from mfvan.deploy import config
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    lists = {}
+    if command in config.COMMANDS:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", type=Path)
+        known, _ = pre.parse_known_args(argv)
+        try:
+            lists = config.apply(config.subparser(parser, command), known.config)
+        except config.ConfigError as e:
+            print(f"mfvan {command}: {e}", file=sys.stderr)
+            return 2
+    args = parser.parse_args(argv)
+    config.fill(args, lists)
     return SUBCOMMANDS[args.command][2](args)
 
 

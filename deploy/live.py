@@ -333,6 +333,10 @@ def add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--with-crops", action="store_true")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
+    p.add_argument("--device", default="cpu", help="the recognizer's device (cpu, cuda)")
+    p.add_argument("--max-batch", type=int, default=8, help="most pairs per inference")
+    p.add_argument("--max-wait-ms", type=float, default=0.0, help="partial batches wait")
+    _add_security(p)
 
 
 class Child:
@@ -377,13 +381,17 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
         )  # fmt: skip
         port += 2
     events = args.events or f"ipc://{runtime}/events.ipc"
-    rec = ["recognize", "--out", events, "--backend", args.backend, "--metrics-port", str(port)]
+    rec = ["recognize", "--out", events, "--backend", args.backend, "--metrics-port", str(port),
+           "--device", args.device, "--max-batch", str(args.max_batch),
+           "--max-wait-ms", str(args.max_wait_ms)]  # fmt: skip
     for p in pair_endpoints:
         rec += ["--in", p]
-    if args.weights:
-        rec += ["--weights", str(args.weights)]
-    if args.with_crops:
-        rec += ["--with-crops"]
+    for flag, value in (("--weights", args.weights), ("--keys", args.keys)):
+        if value:
+            rec += [flag, str(value)]
+    for flag, on in (("--with-crops", args.with_crops), ("--insecure", args.insecure)):
+        if on:
+            rec.append(flag)
     children.append(Child("recognize", rec))
     return children, events
 
