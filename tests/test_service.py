@@ -1,0 +1,36 @@
+"""The systemd unit and its environment file: systemd's own checker accepts the unit,
+and every variable the environment file names is one mfvan reads."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from mfvan.deploy import cli, config
+
+SYSTEMD = REPO / "deploy" / "systemd"
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+def test_systemd_accepts_the_unit(tmp_path):
+    mfvan = Path(sys.executable).parent / "mfvan"  # the unit's ExecStart must exist
+    unit = tmp_path / "mfvan.service"
+    unit.write_text((SYSTEMD / "mfvan.service").read_text().replace("/opt/mfvan/bin/mfvan",
+                                                                   str(mfvan)))  # fmt: skip
+    run = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stderr.strip() == "", run.stderr
+
+
+def test_the_environment_file_names_only_variables_mfvan_reads():
+    names = set(re.findall(r"^#?\s*(MFVAN_[A-Z_]+)=", (SYSTEMD / "mfvan.env").read_text(), re.M))
+    flags = {
+        "MFVAN_" + dest.upper()
+        for dest in config._actions(config.subparser(cli.build_parser(), "run"))
+    }
+    assert names and names <= flags | {"MFVAN_LOG", "MFVAN_METRICS_HOST"}, names - flags
