@@ -7,7 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 import pytest
+import yaml
 from conftest import REPO
 
 from mfvan.deploy import cli, config
@@ -34,3 +40,22 @@ def test_the_environment_file_names_only_variables_mfvan_reads():
         for dest in config._actions(config.subparser(cli.build_parser(), "run"))
     }
     assert names and names <= flags | {"MFVAN_LOG", "MFVAN_METRICS_HOST"}, names - flags
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_each_dockerfile_copies_what_the_package_is_built_from(dockerfile):
+    """Docker cannot run here (no daemon): the files are checked for consistency only."""
+    copied = set(re.findall(r"^COPY (\S+)", (REPO / dockerfile).read_text(), re.M))
+    copied = {p for c in copied for p in c.split()}
+    package_dirs = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]
+                       ["setuptools"]["package-dir"].values())  # fmt: skip
+    assert {d.split("/")[0] for d in package_dirs} <= copied
+    assert "pyproject.toml" in copied and all((REPO / c).exists() for c in copied)
+
+
+def test_compose_mounts_files_that_exist():
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    assert set(compose["services"]) == {"mfvan", "prometheus", "grafana"}
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            assert (REPO / volume.split(":")[0]).exists(), volume

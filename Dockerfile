@@ -1,0 +1,27 @@
+# mfvan on CPU: `mfvan run` and its stages, ONNX Runtime for the network.
+# UNVERIFIED: no Docker daemon on the machines this was written on (see docs/deploy.md).
+#   docker build -t mfvan .
+#   docker run --rm -v $PWD/deploy/mfvan.toml:/etc/mfvan/mfvan.toml:ro -p 127.0.0.1:9100-9103:9100-9103 mfvan
+FROM python:3.11-slim
+
+# The CPU build of torch (the default one on PyPI is the multi-GB CUDA build)
+RUN pip install --no-cache-dir torch --index-url https://download.pytorch.org/whl/cpu
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY model model
+COPY kernels kernels
+COPY stream stream
+COPY deploy deploy
+RUN pip install --no-cache-dir . && rm -rf /src
+
+RUN useradd --system --create-home mfvan && mkdir -p /run/mfvan && chown mfvan /run/mfvan
+USER mfvan
+WORKDIR /home/mfvan
+# metrics: supervisor 9100, ingest 9101, spot 9102, recognizer 9103 (one stream)
+EXPOSE 9100-9103
+# inside a container, /metrics must listen beyond its loopback for Prometheus to reach it;
+# publish the ports on the host's loopback only (-p 127.0.0.1:...), faces are biometric data
+ENV MFVAN_METRICS_HOST=0.0.0.0
+ENTRYPOINT ["mfvan"]
+CMD ["run", "--config", "/etc/mfvan/mfvan.toml", "--runtime-dir", "/run/mfvan"]
