@@ -4,14 +4,17 @@ A backend takes a batch of (onset, apex) uint8 face crops, (B, H, W) grey or (B,
 RGB, as the spotter emits them, and returns class probabilities (B, classes) as float32.
 Each does the network's own preprocessing (`mfvan.model.mfvan.preprocess`) first.
 
-- `torch`: eager PyTorch on CPU or CUDA; `compile=True` wraps the model in `torch.compile`.
+- `torch`: eager PyTorch on CPU or CUDA; FP16 autocast on CUDA, `torch.compile`, CUDA
+  graphs for fixed batch sizes.
 - `onnxruntime`: the model exported to ONNX (`mfvan.deploy.export`), run by ONNX Runtime
   on the CPU (or CUDA when its provider is installed). The export is cached next to the
   weights' hash, in `~/.cache/mfvan/onnx` unless `cache_dir` says otherwise.
-- `tensorrt`: the next issue; asking for it now falls back to `torch`.
+- `tensorrt`: torch-tensorrt engines, FP16, cached on disk (unverified: see the class).
+- `triton`: a Triton Inference Server serving the exported model, via `tritonclient`.
 
-`load_backend("onnxruntime", ...)` falls back to `torch` when ONNX Runtime is missing;
-every fallback is logged with its reason, so an operator sees what runs.
+`load_backend` falls back when a backend cannot run here (a library, a GPU or a server
+missing): tensorrt and triton to onnxruntime, onnxruntime to torch; every fallback is
+logged with its reason, so an operator sees what runs.
 """
 
 from __future__ import annotations
@@ -26,24 +29,79 @@ import torch
 from mfvan.model.mfvan import preprocess
 
 log = logging.getLogger("mfvan.backends")
-NAMES = ("torch", "onnxruntime", "tensorrt")
+NAMES = ("torch", "onnxruntime", "tensorrt", "triton")
+PRECISIONS = ("fp32", "fp16")
+# Batch sizes engines are built and CUDA graphs captured for; a batch is padded up to the
+# next one (pairs are few: a padded batch costs less than a graph or engine per size).
+BATCH_SIZES = (1, 8, 32)
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (library, device or server missing)."""
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _padded(n: int) -> int:
+    """The batch size to run `n` pairs at: the next of BATCH_SIZES (or n past the last)."""
+    return next((b for b in BATCH_SIZES if b >= n), n)
 
 
 class TorchBackend:
+    """Eager PyTorch on CPU or CUDA. `precision="fp16"` runs under CUDA autocast (CUDA
+    only: half-precision matmuls on CPU are slow or missing); `compile` wraps the model
+    in `torch.compile`; `cuda_graphs` compiles with `mode="reduce-overhead"`, which
+    captures a CUDA graph per input shape, and pads every batch to one of BATCH_SIZES so
+    that at most three graphs exist."""
+
     name = "torch"
 
-    def __init__(self, model, device: str = "cpu", compile: bool = False):
+    def __init__(
+        self,
+        model,
+        device: str = "cpu",
+        compile: bool = False,
+        precision: str = "fp32",
+        cuda_graphs: bool = False,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        cuda = str(device).startswith("cuda")
+        if (precision == "fp16" or cuda_graphs) and not cuda:
+            raise ValueError("fp16 and CUDA graphs need a CUDA device (--device cuda)")
+        if cuda and not torch.cuda.is_available():
+            raise BackendUnavailable("no CUDA device is visible to PyTorch")
         self.model = model.to(device).eval()
         self.cfg = model.cfg
         self.device = device
-        self.forward = torch.compile(self.model) if compile else self.model
-        self.name = "torch" + (" (compiled)" if compile else "") + f" on {device}"
+        self.precision = precision
+        self.cuda_graphs = cuda_graphs
+        if cuda_graphs:
+            self.forward = torch.compile(self.model, mode="reduce-overhead")
+        elif compile:
+            self.forward = torch.compile(self.model)
+        else:
+            self.forward = self.model
+        extras = [precision] + (["compiled"] if compile else []) + (["CUDA graphs"] * cuda_graphs)
+        self.name = f"torch on {device} ({', '.join(extras)})"
 
     def __call__(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+        n = len(onset)
         a = preprocess(onset, self.cfg).to(self.device)
         b = preprocess(apex, self.cfg).to(self.device)
-        with torch.inference_mode():
-            return torch.softmax(self.forward(a, b), dim=1).float().cpu().numpy()
+        if self.cuda_graphs and _padded(n) != n:
+            pad = _padded(n) - n
+            a = torch.cat([a, a[-1:].expand(pad, -1, -1, -1)])
+            b = torch.cat([b, b[-1:].expand(pad, -1, -1, -1)])
+        with (
+            torch.inference_mode(),
+            torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16"),
+        ):
+            logits = self.forward(a, b)
+        return torch.softmax(logits[:n].float(), dim=1).cpu().numpy()
 
 
 class OnnxRuntimeBackend:
@@ -73,9 +131,120 @@ class OnnxRuntimeBackend:
             "onset": preprocess(onset, self.cfg).numpy(),
             "apex": preprocess(apex, self.cfg).numpy(),
         }
-        logits = self.session.run(["logits"], feed)[0]
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return _softmax(self.session.run(["logits"], feed)[0])
+
+
+class TensorRTBackend:
+    """MFVAN compiled by torch-tensorrt (dynamo frontend, ahead of time) into TensorRT
+    engines for batches from 1 to the last of BATCH_SIZES (optimised for 8), FP16 by
+    default. The compiled program is cached on disk (`torch_tensorrt.save`, an
+    ExportedProgram), keyed by the model's hash, the GPU, the TensorRT and torch-tensorrt
+    versions, the precision and the batch profile; later starts load it in seconds
+    instead of building for minutes.
+
+    UNVERIFIED: torch-tensorrt and TensorRT cannot be installed where this was written
+    (NVIDIA's package index is out of reach). Written against torch-tensorrt 2.x's
+    documented API (`torch_tensorrt.compile(..., ir="dynamo", arg_inputs=[Input(min_shape,
+    opt_shape, max_shape)], enabled_precisions=...)`, `torch_tensorrt.save`,
+    `torch.export.load(...).module()`); its tests skip without the library."""
+
+    name = "tensorrt"
+
+    def __init__(self, model, precision: str = "fp16", cache_dir: Path | None = None):
+        try:
+            import tensorrt
+            import torch_tensorrt
+        except ImportError as e:
+            raise BackendUnavailable(f"torch-tensorrt is not installed ({e})") from None
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("TensorRT needs a CUDA device; none is visible")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        cfg = self.cfg = model.cfg
+        self.precision = precision
+        gpu = torch.cuda.get_device_name().replace(" ", "-")
+        key = "-".join([model_digest(model), gpu, f"trt{tensorrt.__version__}",
+                        f"tt{torch_tensorrt.__version__}", precision,
+                        "x".join(map(str, BATCH_SIZES))])  # fmt: skip
+        cache = Path(cache_dir or Path.home() / ".cache" / "mfvan" / "tensorrt")
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / f"mfvan-{key}.ep"
+        shape = (cfg.in_chans, cfg.image_size, cfg.image_size)
+        if path.exists():
+            log.info("tensorrt: loading the cached engine %s", path.name)
+            self.module = torch.export.load(str(path)).module()
+        else:
+            log.info("tensorrt: building engines (%s, batch %d-%d); minutes, once", precision,
+                     BATCH_SIZES[0], BATCH_SIZES[-1])  # fmt: skip
+            spec = torch_tensorrt.Input(
+                min_shape=(BATCH_SIZES[0], *shape),
+                opt_shape=(BATCH_SIZES[1], *shape),
+                max_shape=(BATCH_SIZES[-1], *shape),
+                dtype=torch.float32,
+            )
+            precisions = {torch.float16, torch.float32} if precision == "fp16" else {torch.float32}
+            self.module = torch_tensorrt.compile(
+                model.cuda().eval(), ir="dynamo", arg_inputs=[spec, spec],
+                enabled_precisions=precisions,
+            )  # fmt: skip
+            example = torch.zeros(BATCH_SIZES[1], *shape, device="cuda")
+            tmp = path.with_suffix(".tmp")
+            torch_tensorrt.save(self.module, str(tmp), arg_inputs=[example, example.clone()])
+            tmp.rename(path)
+        self.name = f"tensorrt ({precision}, {torch.cuda.get_device_name()})"
+
+    def __call__(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+        out = []
+        step = BATCH_SIZES[-1]  # the engines' largest batch
+        for i in range(0, len(onset), step):
+            a = preprocess(onset[i : i + step], self.cfg).cuda()
+            b = preprocess(apex[i : i + step], self.cfg).cuda()
+            with torch.inference_mode():
+                out.append(torch.softmax(self.module(a, b).float(), dim=1).cpu().numpy())
+        return np.concatenate(out)
+
+
+class TritonBackend:
+    """A Triton Inference Server that serves the model (`mfvan export --format triton`
+    writes its repository), over HTTP with `tritonclient`. Preprocessing runs here; the
+    server runs the network on its GPUs and batches requests from every recognizer
+    (dynamic batching). The server's model must take this model's input size: checked
+    at start from the server's model config."""
+
+    name = "triton"
+
+    def __init__(self, model, url: str = "127.0.0.1:8000", model_name: str = "mfvan"):
+        try:
+            import tritonclient.http as http
+        except ImportError as e:
+            raise BackendUnavailable(f"tritonclient is not installed ({e})") from None
+        self.http = http
+        self.cfg = model.cfg
+        self.model_name = model_name
+        self.client = http.InferenceServerClient(url=url.removeprefix("http://"))
+        try:
+            ready = self.client.is_model_ready(model_name)
+        except Exception as e:  # connection refused, DNS, timeouts: tritonclient wraps them
+            raise BackendUnavailable(f"no Triton server answers at {url} ({e})") from None
+        if not ready:
+            raise BackendUnavailable(f"the Triton server at {url} has no ready {model_name!r}")
+        config = self.client.get_model_config(model_name)
+        dims = [int(d) for d in config["input"][0]["dims"]]
+        want = [model.cfg.in_chans, model.cfg.image_size, model.cfg.image_size]
+        if dims != want:
+            raise BackendUnavailable(f"{model_name!r} on {url} takes {dims}, this model {want}")
+        self.name = f"triton ({url}, {model_name})"
+
+    def __call__(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+        inputs = []
+        for name, crops in (("onset", onset), ("apex", apex)):
+            x = preprocess(crops, self.cfg).numpy()
+            tensor = self.http.InferInput(name, list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            inputs.append(tensor)
+        outputs = [self.http.InferRequestedOutput("logits")]
+        result = self.client.infer(self.model_name, inputs, outputs=outputs)
+        return _softmax(result.as_numpy("logits"))
 
 
 def model_digest(model) -> str:
@@ -94,21 +263,35 @@ def load_backend(
     compile: bool = False,
     cache_dir: Path | None = None,
     threads: int | None = None,
+    precision: str | None = None,
+    cuda_graphs: bool = False,
+    url: str = "127.0.0.1:8000",
 ):
-    """The backend `name` for `model`, or the best available one, logged."""
+    """The backend `name` for `model`; when it cannot run here, the next that can
+    (tensorrt -> onnxruntime -> torch, triton -> onnxruntime -> torch), each step logged
+    with its reason, so the operator sees what runs. `precision` None: each backend's
+    default (FP16 for TensorRT, FP32 for the others)."""
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose from {NAMES}")
-    if name == "tensorrt":
-        log.warning("backend tensorrt: not available in this build; falling back to torch")
-        name = "torch"
-    if name == "onnxruntime":
+    attempts = {
+        "tensorrt": lambda: TensorRTBackend(
+            model, precision=precision or "fp16", cache_dir=cache_dir
+        ),
+        "triton": lambda: TritonBackend(model, url=url),
+        "onnxruntime": lambda: OnnxRuntimeBackend(model, cache_dir=cache_dir, threads=threads),
+        "torch": lambda: TorchBackend(
+            model, device, compile, precision=precision or "fp32", cuda_graphs=cuda_graphs
+        ),
+    }
+    order = [name] + [n for n in ("onnxruntime", "torch") if n != name]
+    reasons = []
+    for candidate in order:
         try:
-            backend = OnnxRuntimeBackend(model, cache_dir=cache_dir, threads=threads)
-        except ImportError as e:
-            log.warning("backend onnxruntime unavailable (%s); falling back to torch", e)
-        else:
-            log.info("backend: %s", backend.name)
-            return backend
-    backend = TorchBackend(model, device=device, compile=compile)
-    log.info("backend: %s", backend.name)
-    return backend
+            backend = attempts[candidate]()
+        except (BackendUnavailable, ImportError) as e:
+            reasons.append(f"{candidate}: {e}")
+            log.warning("backend %s unavailable (%s)", candidate, e)
+            continue
+        log.info("backend: %s", backend.name)
+        return backend
+    raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))

@@ -165,7 +165,8 @@ def add_recognize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="endpoint to bind (PUB) for events")
     p.add_argument("--backend", choices=NAMES, default="onnxruntime")
     p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    _add_backend_options(p)
     p.add_argument("--max-batch", type=int, default=8, help="most pairs per inference")
     p.add_argument(
         "--max-wait-ms", type=float, default=0.0,
@@ -174,6 +175,20 @@ def add_recognize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--with-crops", action="store_true", help="events carry the pair's pixels")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["recognize"])
     _add_security(p)
+
+
+def _add_backend_options(p: argparse.ArgumentParser) -> None:
+    from mfvan.deploy.backends import PRECISIONS
+
+    p.add_argument(
+        "--precision", choices=PRECISIONS,
+        help="compute precision (default: fp16 for tensorrt, fp32 for the others)",
+    )  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="torch: wrap in torch.compile")
+    p.add_argument(
+        "--cuda-graphs", action="store_true", help="torch on CUDA: CUDA graphs per batch size"
+    )
+    p.add_argument("--url", default="127.0.0.1:8000", help="triton: the server's HTTP address")
 
 
 def _add_security(p: argparse.ArgumentParser) -> None:
@@ -201,7 +216,7 @@ def _refused(command: str, args: argparse.Namespace, *endpoints: str) -> bool:
 
 
 def run_recognize(args: argparse.Namespace) -> int:
-    from mfvan.deploy.backends import load_backend
+    from mfvan.deploy.backends import BackendUnavailable, load_backend
     from mfvan.deploy.reproduce import DEMO_WEIGHTS
     from mfvan.model.weights import WeightsError, load_weights
     from mfvan.stream import stages
@@ -216,7 +231,14 @@ def run_recognize(args: argparse.Namespace) -> int:
     except WeightsError as e:
         print(f"mfvan recognize: {e}", file=sys.stderr)
         return 2
-    backend = load_backend(args.backend, model, device=args.device)
+    try:
+        backend = load_backend(
+            args.backend, model, device=args.device, compile=args.compile,
+            precision=args.precision, cuda_graphs=args.cuda_graphs, url=args.url,
+        )  # fmt: skip
+    except (BackendUnavailable, ValueError) as e:
+        print(f"mfvan recognize: {e}", file=sys.stderr)
+        return 2
     m = _metrics("recognize", args.metrics_port)  # served once ready: `run` waits for it
     version = f"{Path(weights).stem}@{meta['sha256'][:12]}"
     if "synthme" in str(meta.get("training_data", "")).lower():
@@ -334,6 +356,7 @@ def add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--with-crops", action="store_true")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
     p.add_argument("--device", default="cpu", help="the recognizer's device (cpu, cuda)")
+    _add_backend_options(p)
     p.add_argument("--max-batch", type=int, default=8, help="most pairs per inference")
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="partial batches wait")
     _add_security(p)
@@ -386,10 +409,16 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
            "--max-wait-ms", str(args.max_wait_ms)]  # fmt: skip
     for p in pair_endpoints:
         rec += ["--in", p]
-    for flag, value in (("--weights", args.weights), ("--keys", args.keys)):
+    rec += ["--url", args.url]
+    for flag, value in (
+        ("--weights", args.weights), ("--keys", args.keys), ("--precision", args.precision)
+    ):  # fmt: skip
         if value:
             rec += [flag, str(value)]
-    for flag, on in (("--with-crops", args.with_crops), ("--insecure", args.insecure)):
+    for flag, on in (
+        ("--with-crops", args.with_crops), ("--insecure", args.insecure),
+        ("--compile", args.compile), ("--cuda-graphs", args.cuda_graphs),
+    ):  # fmt: skip
         if on:
             rec.append(flag)
     children.append(Child("recognize", rec))

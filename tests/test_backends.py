@@ -1,5 +1,6 @@
 """Inference backends hold to the eager FP32 model: same probabilities, same interface."""
 
+import importlib.util
 import logging
 
 import numpy as np
@@ -55,7 +56,66 @@ def test_onnxruntime_backend_matches_eager_within_1e4(model, crops, cache):
 def test_load_backend_names_what_runs_and_falls_back(model, cache, caplog):
     with caplog.at_level(logging.INFO, logger="mfvan.backends"):
         assert load_backend("onnxruntime", model, cache_dir=cache).name.startswith("onnx")
-        assert load_backend("tensorrt", model).name == "torch on cpu"
-    assert "falling back to torch" in caplog.text
+        # no TensorRT, no Triton server here: the next backend that runs, said why
+        assert load_backend("tensorrt", model, cache_dir=cache).name.startswith("onnxruntime")
+        assert load_backend("triton", model, cache_dir=cache, url="127.0.0.1:9").name.startswith(
+            "onnxruntime"
+        )
+    assert "backend tensorrt unavailable" in caplog.text
+    assert "backend triton unavailable" in caplog.text
     with pytest.raises(ValueError, match="unknown backend"):
         load_backend("tpu", model)
+
+
+def test_half_precision_and_cuda_graphs_are_refused_on_cpu(model):
+    with pytest.raises(ValueError, match="need a CUDA device"):
+        TorchBackend(model, precision="fp16")
+    with pytest.raises(ValueError, match="need a CUDA device"):
+        TorchBackend(model, cuda_graphs=True)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_on_cpu(model, crops):
+    backend = TorchBackend(model, compile=True)
+    np.testing.assert_allclose(backend(*crops), _eager(model, *crops), atol=1e-5)
+    assert "compiled" in backend.name
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(
+    "kw, atol",
+    [
+        ({}, 1e-4),  # FP32 on the GPU: TF32 is off by default for matmuls in PyTorch
+        ({"precision": "fp16"}, 2e-2),  # half precision: probabilities within 0.02
+        ({"compile": True}, 1e-4),
+        ({"cuda_graphs": True}, 1e-4),
+        ({"cuda_graphs": True, "precision": "fp16"}, 2e-2),
+    ],
+)
+def test_cuda_backends_hold_to_eager_fp32(model, crops, kw, atol):
+    backend = TorchBackend(model, device="cuda", **kw)
+    expected = _eager(model.cpu(), *crops)
+    for n in (1, 5):  # 5 pads to a graph of 8 with CUDA graphs
+        np.testing.assert_allclose(backend(crops[0][:n], crops[1][:n]), expected[:n], atol=atol)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch_tensorrt") is None,
+    reason="torch-tensorrt is not installed (NVIDIA's index is out of reach here; "
+    "pip install .[tensorrt] on a GPU box)",
+)
+def test_tensorrt_holds_to_eager_fp32_and_caches_its_engine(model, crops, tmp_path):
+    from mfvan.deploy.backends import TensorRTBackend
+
+    expected = _eager(model.cpu(), *crops)
+    backend = TensorRTBackend(model, precision="fp16", cache_dir=tmp_path)
+    np.testing.assert_allclose(backend(*crops), expected, atol=2e-2)
+    assert len(list(tmp_path.glob("*.ep"))) == 1
+    again = TensorRTBackend(model, precision="fp16", cache_dir=tmp_path)
+    np.testing.assert_allclose(again(*crops), expected, atol=2e-2)
