@@ -1,13 +1,20 @@
-"""Export MFVAN for inference engines: ONNX (for ONNX Runtime, and TensorRT's parser).
+"""Export MFVAN for inference engines (`mfvan export --format ...`):
 
-The graph takes `onset` and `apex`, (batch, C, S, S) float32, preprocessed as
-`mfvan.model.mfvan.preprocess` does, and returns `logits` (batch, num_classes). The batch
-axis is dynamic. Uses torch.onnx's torch.export-based exporter (the default since
-PyTorch 2.9; it needs onnxscript).
+- `onnx`: for ONNX Runtime (and TensorRT's own ONNX parser). torch.onnx's
+  torch.export-based exporter (the default since PyTorch 2.9; it needs onnxscript).
+- `torchscript`: `torch.jit.trace`, for LibTorch (C++) and older serving stacks.
+- `tensorrt`: torch-tensorrt engines saved as an ExportedProgram (unverified here).
+- `triton`: a Triton Inference Server model repository: `NAME/1/model.onnx`,
+  `NAME/config.pbtxt` (ONNX Runtime platform, dynamic batching) and `NAME/labels.txt`.
+
+Every graph takes `onset` and `apex`, (batch, C, S, S) float32, preprocessed as
+`mfvan.model.mfvan.preprocess` does, and returns `logits` (batch, num_classes), the batch
+axis dynamic.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -26,18 +33,24 @@ def export_onnx(model: MFVAN, path: Path, batch: int = 2) -> Path:
     batch_dim = torch.export.Dim("batch", min=1, max=1024)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
-        program = torch.onnx.export(
-            model,
-            (example, example.clone()),
-            input_names=["onset", "apex"],
-            output_names=["logits"],
-            dynamic_shapes={"onset": {0: batch_dim}, "apex": {0: batch_dim}},
-            opset_version=ONNX_OPSET,
-            dynamo=True,
-            verbose=False,
-        )
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..." and the like
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+            program = torch.onnx.export(
+                model,
+                (example, example.clone()),
+                input_names=["onset", "apex"],
+                output_names=["logits"],
+                dynamic_shapes={"onset": {0: batch_dim}, "apex": {0: batch_dim}},
+                opset_version=ONNX_OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        quiet.setLevel(level)
     program.save(str(path))
     return path
 
@@ -51,3 +64,79 @@ def onnx_session(path: Path, threads: int | None = None):
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_torchscript(model: MFVAN, path: Path, batch: int = 2) -> Path:
+    """`model` traced with TorchScript (the batch axis stays free: the network has no
+    shape-dependent Python control flow)."""
+    cfg = model.cfg
+    example = torch.zeros(batch, cfg.in_chans, cfg.image_size, cfg.image_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        traced = torch.jit.trace(model.eval(), (example, example.clone()))
+    traced.save(str(path))
+    return path
+
+
+def export_tensorrt(model: MFVAN, path: Path, precision: str = "fp16") -> Path:
+    """torch-tensorrt engines for batches 1-32 (unverified: see `TensorRTBackend`)."""
+    import shutil
+    import tempfile
+
+    from mfvan.deploy.backends import TensorRTBackend
+
+    with tempfile.TemporaryDirectory() as cache:
+        TensorRTBackend(model, precision=precision, cache_dir=Path(cache))
+        (built,) = Path(cache).glob("*.ep")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(built, path)
+    return path
+
+
+TRITON_CONFIG = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch}
+input [
+  {{ name: "onset" data_type: TYPE_FP32 dims: [ {dims} ] }},
+  {{ name: "apex" data_type: TYPE_FP32 dims: [ {dims} ] }}
+]
+output [
+  {{ name: "logits" data_type: TYPE_FP32 dims: [ {classes} ] label_filename: "labels.txt" }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {preferred} ]
+  max_queue_delay_microseconds: {delay_us}
+}}
+instance_group [ {{ count: 1 kind: {kind} }} ]
+"""
+
+
+def export_triton(
+    model: MFVAN, folder: Path, classes: list[str], name: str = "mfvan", max_batch: int = 32,
+    preferred=(8, 32), delay_us: int = 1000, kind: str = "KIND_GPU",
+) -> Path:  # fmt: skip
+    """A Triton model repository at `folder` serving `model` as `name`; returns the
+    model's folder. Requests from every recognizer are batched by the server (up to
+    `max_batch`, waiting at most `delay_us` for the preferred sizes). `kind`: KIND_GPU,
+    or KIND_CPU for a server without GPUs."""
+    if len(classes) != model.cfg.num_classes:
+        raise ValueError(f"{len(classes)} class names for {model.cfg.num_classes} classes")
+    cfg = model.cfg
+    root = Path(folder) / name
+    export_onnx(model, root / "1" / "model.onnx")
+    (root / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
+    (root / "config.pbtxt").write_text(
+        TRITON_CONFIG.format(
+            name=name,
+            max_batch=max_batch,
+            dims=", ".join(str(d) for d in (cfg.in_chans, cfg.image_size, cfg.image_size)),
+            classes=cfg.num_classes,
+            preferred=", ".join(str(b) for b in preferred),
+            delay_us=delay_us,
+            kind=kind,
+        )
+    )
+    return root

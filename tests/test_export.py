@@ -1,0 +1,76 @@
+"""`mfvan export`: every format a serving stack takes, each holding to the eager model."""
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mfvan.deploy import export
+from mfvan.deploy.reproduce import DEMO_WEIGHTS
+from mfvan.model.mfvan import preprocess
+from mfvan.model.weights import load_weights
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_weights(DEMO_WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def inputs(shipped):
+    model, _ = shipped
+    rng = np.random.default_rng(1)
+    onset = rng.integers(0, 256, (5, 128, 128), dtype=np.uint8)
+    apex = np.clip(onset.astype(int) + rng.integers(-8, 9, onset.shape), 0, 255).astype(np.uint8)
+    a, b = preprocess(onset, model.cfg), preprocess(apex, model.cfg)
+    with torch.no_grad():
+        return a, b, model(a, b).numpy()
+
+
+def test_torchscript_export_matches_eager(shipped, inputs, tmp_path):
+    a, b, expected = inputs
+    path = export.export_torchscript(shipped[0], tmp_path / "mfvan.ts")
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(a, b).numpy(), expected, atol=1e-4)
+        np.testing.assert_allclose(loaded(a[:1], b[:1]).numpy(), expected[:1], atol=1e-4)
+
+
+def test_triton_repository_is_valid_and_its_model_matches_eager(shipped, inputs, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    model, meta = shipped
+    a, b, expected = inputs
+    root = export.export_triton(model, tmp_path, list(meta["classes"]), max_batch=16)
+    config = text_format.Parse((root / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "mfvan" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 16
+    assert [(i.name, list(i.dims)) for i in config.input] == [
+        ("onset", [1, 64, 64]), ("apex", [1, 64, 64]),
+    ]  # fmt: skip
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+    assert list(config.output[0].dims) == [3] and config.output[0].name == "logits"
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 32]
+    labels = (root / config.output[0].label_filename).read_text().split()
+    assert labels == list(meta["classes"])
+    session = export.onnx_session(root / "1" / "model.onnx")
+    (logits,) = session.run(["logits"], {"onset": a.numpy(), "apex": b.numpy()})
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch_tensorrt") is not None,
+    reason="torch-tensorrt is installed: tests/test_backends.py covers the engine",
+)
+def test_tensorrt_export_without_tensorrt_is_one_clear_line(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "mfvan.deploy.cli", "export", "--format", "tensorrt",
+         "--out", str(tmp_path / "m.ep")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and "torch-tensorrt is not installed" in run.stderr
+    assert "Traceback" not in run.stderr
