@@ -105,7 +105,7 @@ def _consume(endpoint: str, way: str, frames: int) -> float:
     return elapsed
 
 
-def bench_transport(frames: int = 3000, rounds: int = 3) -> dict:
+def bench_transport(frames: int = 2000, rounds: int = 7) -> dict:
     """Frames/s of bare pyzmq and of mfvan's protocol over ipc:// and loopback tcp://."""
     ctx = mp.get_context("spawn")
     folder = tempfile.mkdtemp(prefix="mfvan-bench-")
@@ -268,7 +268,7 @@ def run_end_to_end(
 
 def bench_pipeline(
     max_streams: int = 4, fps: float = 200.0, warmup_s: float = 10.0, window_s: float = 30.0,
-    frames: int = 3000, rounds: int = 3, backend: str = "onnxruntime",
+    frames: int = 2000, rounds: int = 7, backend: str = "onnxruntime",
 ) -> dict:  # fmt: skip
     from mfvan.deploy.bench import cpu_name
 
@@ -293,15 +293,20 @@ def format_pipeline_report(r: dict) -> str:
         f"machine: {r['machine']}, {r['cores']} cores",
         f"transport: {t['frames']} frames of 640x480 RGB per round, median of {t['rounds']} "
         "rounds, producer and consumer in two processes",
-        f"{'endpoint':<10}{'way':<26}{'frames/s':>10}{'GB/s':>8}",
+        f"{'endpoint':<10}{'way':<26}{'frames/s':>10}{'GB/s':>8}   rounds (min - max)",
     ]
     by = {(row["transport"], row["way"]): row for row in t["rows"]}
     for row in t["rows"]:
         way = "bare pyzmq (copy=False)" if row["way"] == "bare" else "mfvan protocol + counters"
-        lines.append(f"{row['transport']:<10}{way:<26}{row['fps']:>10.0f}{row['gbps']:>8.2f}")
+        spread = f"{min(row['rounds_fps']):.0f} - {max(row['rounds_fps']):.0f}"
+        lines.append(
+            f"{row['transport']:<10}{way:<26}{row['fps']:>10.0f}{row['gbps']:>8.2f}   {spread}"
+        )
     for transport in ("ipc", "tcp"):
         ratio = by[(transport, "mfvan")]["fps"] / by[(transport, "bare")]["fps"]
         lines.append(f"{transport}: mfvan's protocol carries {ratio:.0%} of bare pyzmq's frames/s")
+    if not r["runs"]:
+        return "\n".join(lines)
     lines += [
         "",
         f"end to end: `mfvan run` with N synth:// cameras at {r['runs'][0]['fps']:g} fps, "

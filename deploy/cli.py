@@ -130,12 +130,14 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
         "end-to-end latency of `mfvan run` at 200 fps, adding streams until one fails",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    pipeline.add_argument("--max-streams", type=int, default=4, help="most streams to try")
+    pipeline.add_argument(
+        "--max-streams", type=int, default=4, help="most streams to try (0: transport only)"
+    )
     pipeline.add_argument("--fps", type=float, default=200.0, help="each camera's frame rate")
     pipeline.add_argument("--warmup", type=float, default=10.0, help="seconds before timing")
     pipeline.add_argument("--window", type=float, default=30.0, help="seconds measured")
-    pipeline.add_argument("--frames", type=int, default=3000, help="transport frames per round")
-    pipeline.add_argument("--rounds", type=int, default=3, help="transport rounds per way")
+    pipeline.add_argument("--frames", type=int, default=2000, help="transport frames per round")
+    pipeline.add_argument("--rounds", type=int, default=7, help="transport rounds per way")
     pipeline.add_argument("--backend", default="onnxruntime", help="the recognizer's backend")
 
 
