@@ -74,7 +74,7 @@ def _metrics(stage: str, port: int):
 def add_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="rtsp://..., a file, /dev/videoN, synth://?")
     p.add_argument("--out", required=True, help="endpoint to bind for frames")
-    p.add_argument("--insecure", action="store_true", help="allow a non-local tcp:// endpoint")
+    _add_security(p)
     p.add_argument("--stream", help="stream id (default: from the source)")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["ingest"])
     p.add_argument(
@@ -118,7 +118,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     )
     log.info("ingest %s: %s -> %s", stream_id, args.source, args.out)
     try:
-        stages.run_ingest(source, stream_id, args.out, m, stop, block=not live)
+        stages.run_ingest(source, stream_id, args.out, m, stop, block=not live, keys=args.keys)
     except (ingest.SourceError, ValueError) as e:
         print(f"mfvan ingest: {e}", file=sys.stderr)
         return 2
@@ -137,23 +137,28 @@ def _close_context() -> None:
 def add_spot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="inputs", action="append", required=True, help="frames endpoint")
     p.add_argument("--out", required=True, help="endpoint to bind for (onset, apex) pairs")
-    p.add_argument("--insecure", action="store_true", help="allow a non-local tcp:// endpoint")
+    _add_security(p)
     p.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["spot"])
 
 
 def run_spot(args: argparse.Namespace) -> int:
     from mfvan.kernels.spotter import warm_up
     from mfvan.stream import stages
+    from mfvan.stream.security import InsecureEndpoint
 
     _setup_logging()
-    if _refused("spot", args, args.out):
+    if _refused("spot", args, args.out, *args.inputs):
         return 2
     _one_thread()
     stop = _stop_on_signals()
     m = _metrics("spot", args.metrics_port)
     warm_up()
     log.info("spot: %s -> %s", ", ".join(args.inputs), args.out)
-    stages.run_spot(args.inputs, args.out, m, stop)
+    try:
+        stages.run_spot(args.inputs, args.out, m, stop, keys=args.keys)
+    except InsecureEndpoint as e:
+        print(f"mfvan spot: {e}", file=sys.stderr)
+        return 2
     _close_context()
     return 0
 
@@ -193,7 +198,10 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
 
 def _add_security(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--keys", type=Path, help="CURVE keys folder (`mfvan keys DIR`) for non-local endpoints"
+        "--keys",
+        type=Path,
+        help="CURVE keys folder (`mfvan keys DIR`): every tcp:// endpoint of this stage is "
+        "encrypted and authenticated (bound as the server, connected as a client)",
     )
     p.add_argument(
         "--insecure",
@@ -220,9 +228,10 @@ def run_recognize(args: argparse.Namespace) -> int:
     from mfvan.deploy.reproduce import DEMO_WEIGHTS
     from mfvan.model.weights import WeightsError, load_weights
     from mfvan.stream import stages
+    from mfvan.stream.security import InsecureEndpoint
 
     _setup_logging()
-    if _refused("recognize", args, args.out):
+    if _refused("recognize", args, args.out, *args.inputs):
         return 2
     stop = _stop_on_signals()
     weights = args.weights or DEMO_WEIGHTS
@@ -246,19 +255,23 @@ def run_recognize(args: argparse.Namespace) -> int:
                     Path(weights).name)  # fmt: skip
     log.info("recognize: %s -> %s with %s, model %s", ", ".join(args.inputs), args.out,
              backend.name, version)  # fmt: skip
-    stages.run_recognize(
-        args.inputs,
-        args.out,
-        backend,
-        list(meta["classes"]),
-        version,
-        m,
-        stop,
-        max_batch=args.max_batch,
-        max_wait_s=args.max_wait_ms / 1000,
-        with_crops=args.with_crops,
-        keys=args.keys,
-    )
+    try:
+        stages.run_recognize(
+            args.inputs,
+            args.out,
+            backend,
+            list(meta["classes"]),
+            version,
+            m,
+            stop,
+            max_batch=args.max_batch,
+            max_wait_s=args.max_wait_ms / 1000,
+            with_crops=args.with_crops,
+            keys=args.keys,
+        )
+    except InsecureEndpoint as e:
+        print(f"mfvan recognize: {e}", file=sys.stderr)
+        return 2
     _close_context()
     return 0
 
@@ -334,8 +347,9 @@ def run_keys(args: argparse.Namespace) -> int:
 
     folder = make_keys(args.folder)
     print(
-        f"CURVE keys in {folder}: server.key(_secret) for the recognizer (--keys), "
-        "client.key(_secret) for subscribers (--keys), authorized/ for allowed clients"
+        f"CURVE keys in {folder}: server.key(_secret) for a stage's bound tcp:// endpoint, "
+        "client.key(_secret) for what connects to it (stages and subscribers), authorized/ "
+        "for the clients let in; copy the folder to every host and pass --keys"
     )
     return 0
 

@@ -7,6 +7,11 @@ for the binding side, `DIR/client.key(_secret)` for a connecting side, and
 `DIR/authorized/*.key`, the public keys the server lets in. A client whose key is not
 there is refused by the ZAP handshake and counted (`Guard.refused`).
 
+A stage given keys uses CURVE on each of its `tcp://` endpoints: `bind` as the server
+(`guard`), `connect` as a client (`secure_client`); `ipc://` endpoints stay plain (they
+never leave the machine, and file permissions guard them). So one keys folder, copied to
+every host, secures a pipeline split across machines.
+
 Imports nothing of this project.
 """
 
@@ -65,7 +70,8 @@ def make_keys(folder: Path) -> Path:
 
 class Guard:
     """CURVE on a binding socket: the ZAP authenticator allowing `authorized/*.key`, and a
-    monitor counting refused handshakes."""
+    monitor counting refused handshakes. One per ZeroMQ context (ZAP's endpoint is the
+    context's): a stage process has one bound socket."""
 
     def __init__(self, ctx: zmq.Context, socket: zmq.Socket, keys: Path):
         keys = Path(keys)
@@ -78,7 +84,10 @@ class Guard:
         socket.curve_server = True
         self.refused = 0
         self._socket = socket
-        self._monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        # refused: a client key not authorized (AUTH), or a client that does not even hold
+        # this server's public key, so the handshake cannot be read (PROTOCOL)
+        self._refusals = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        self._monitor = socket.get_monitor_socket(self._refusals)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -89,7 +98,7 @@ class Guard:
             while not self._stopping.is_set():
                 if self._monitor.poll(100):
                     event = recv_monitor_message(self._monitor)
-                    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    if event["event"] & self._refusals:
                         self.refused += 1
         finally:
             self._monitor.close(linger=0)
@@ -109,3 +118,26 @@ def client_curve(keys: Path) -> dict:
     public, secret = zmq.auth.load_certificate(str(keys / "client.key_secret"))
     server, _ = zmq.auth.load_certificate(str(keys / "server.key"))
     return {"public": public, "secret": secret, "server": server}
+
+
+def guard(ctx: zmq.Context, socket: zmq.Socket, endpoint: str, keys: Path | None):
+    """A Guard for a socket about to bind `endpoint` when it is tcp:// and keys are given
+    (else None)."""
+    if keys is None or not endpoint.startswith("tcp://"):
+        return None
+    return Guard(ctx, socket, keys)
+
+
+def secure_client(socket: zmq.Socket, endpoints: list[str], keys: Path | None) -> None:
+    """CURVE client keys on a socket about to connect to tcp:// `endpoints`."""
+    tcp = [e for e in endpoints if e.startswith("tcp://")]
+    if keys is None or not tcp:
+        return
+    if len(tcp) != len(endpoints):
+        raise InsecureEndpoint(
+            f"mixing tcp:// and local inputs under --keys is not supported: {endpoints}"
+        )
+    curve = client_curve(keys)
+    socket.curve_publickey = curve["public"]
+    socket.curve_secretkey = curve["secret"]
+    socket.curve_serverkey = curve["server"]

@@ -29,7 +29,7 @@ import zmq
 from mfvan.kernels.faces import FaceTracker
 from mfvan.kernels.spotter import Spotter, SpotterParams
 
-from . import protocol
+from . import protocol, security
 from .metrics import Metrics
 
 log = logging.getLogger("mfvan.stream")
@@ -54,6 +54,13 @@ def _decode(frames, stage: str, metrics: Metrics) -> protocol.Message | None:
         return None
 
 
+def _unguard(guard, metrics: Metrics, stage: str) -> None:
+    """Stop a bound socket's CURVE guard, counting the clients it refused."""
+    if guard is not None:
+        metrics.dropped.labels(stage, "", "unauthorized").inc(guard.refused)
+        guard.stop()
+
+
 def _poll_loop(socket: zmq.Socket, stop: threading.Event, timeout_ms: int = 100):
     """Yield each received multipart message (raw frames) until `stop` is set."""
     poller = zmq.Poller()
@@ -74,6 +81,7 @@ def run_ingest(
     stop: threading.Event,
     ctx: zmq.Context | None = None,
     block: bool = False,
+    keys=None,
 ) -> None:
     """Send every frame of `source` (an iterable of `ingest.Frame`) to `out`.
 
@@ -82,6 +90,7 @@ def run_ingest(
     waits for the consumer instead, so no frame is lost."""
     ctx = ctx or zmq.Context.instance()
     sock = _socket(ctx, zmq.PUSH)
+    guard = security.guard(ctx, sock, out, keys)
     sock.bind(out)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLOUT)
@@ -115,6 +124,7 @@ def run_ingest(
                 metrics.dropped.labels("ingest", stream_id, "hwm").inc()
         protocol.send(sock, "eos", stream_id, seq)
     finally:
+        _unguard(guard, metrics, "ingest")
         # zero-copy frames must go out before their arrays do: wait for them here,
         # not in the interpreter's teardown
         sock.close(linger=2000)
@@ -209,13 +219,16 @@ def run_spot(
     stop: threading.Event,
     ctx: zmq.Context | None = None,
     params: SpotterParams | None = None,
+    keys=None,
 ) -> None:
     """Frames from `inputs` (connected) -> pairs to `out` (bound)."""
     ctx = ctx or zmq.Context.instance()
     pull = _socket(ctx, zmq.PULL)
+    security.secure_client(pull, inputs, keys)
     for endpoint in inputs:
         pull.connect(endpoint)
     push = _socket(ctx, zmq.PUSH)
+    guard = security.guard(ctx, push, out, keys)
     push.bind(out)
     stage = SpotStage(metrics, params=params)
     try:
@@ -236,6 +249,7 @@ def run_spot(
                     metrics.dropped.labels("spot", stream, "hwm").inc()
             metrics.stage_seconds.labels("spot").observe((time.time_ns() - started) / 1e9)
     finally:
+        _unguard(guard, metrics, "spot")
         pull.close()
         push.close()
 
@@ -301,14 +315,13 @@ def run_recognize(
 
     Events go out on PUB, which never waits for a subscriber: one that falls `event_hwm`
     events behind loses the next ones (it sees the gaps in their numbering)."""
-    from .security import Guard
-
     ctx = ctx or zmq.Context.instance()
     pull = _socket(ctx, zmq.PULL)
+    security.secure_client(pull, inputs, keys)
     for endpoint in inputs:
         pull.connect(endpoint)
     pub = _socket(ctx, zmq.PUB, hwm=event_hwm)
-    guard = Guard(ctx, pub, keys) if keys else None
+    guard = security.guard(ctx, pub, out, keys)
     pub.bind(out)
     batcher = Batcher(max_batch, max_wait_s)
     seen: set[str] = set()  # streams whose series exist
@@ -337,9 +350,7 @@ def run_recognize(
     finally:
         while batcher.items:
             infer(batcher.take())
-        if guard is not None:
-            metrics.dropped.labels("recognize", "", "unauthorized").inc(guard.refused)
-            guard.stop()
+        _unguard(guard, metrics, "recognize")
         pull.close()
         pub.close()
 

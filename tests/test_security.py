@@ -74,3 +74,68 @@ def test_only_an_authorized_key_receives_events(tmp_path):
         guard.stop()
         pub.close(linger=0)
         ctx.term()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(tmp_path):
+    """Every stage with the same keys folder: ingest -> spot -> recognize over tcp://
+    with CURVE, events to an authorized subscriber; a spot stage holding other keys
+    receives no frame, and ingest counts the refusal."""
+    import threading
+
+    from test_pipeline import synth_frames
+
+    from mfvan.deploy.backends import TorchBackend
+    from mfvan.deploy.reproduce import DEMO_WEIGHTS
+    from mfvan.model.weights import load_weights
+    from mfvan.stream import subscribe
+    from mfvan.stream.metrics import Metrics
+    from mfvan.stream.stages import run_ingest, run_recognize, run_spot
+
+    keys, stranger = make_keys(tmp_path / "keys"), make_keys(tmp_path / "stranger")
+    frames_ep, pairs_ep, events_ep = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(3))
+    model, meta = load_weights(DEMO_WEIGHTS)
+    stop = threading.Event()
+    m_in, m_spot, m_rec, m_bad = (Metrics(s) for s in ("ingest", "spot", "recognize", "spot"))
+    frames, _ = synth_frames(6.0)
+    # one context per stage, as in their own processes (a context has one ZAP handler)
+    threads = [
+        threading.Thread(target=run_recognize, args=([pairs_ep], events_ep, TorchBackend(model),
+                         meta["classes"], "demo", m_rec, stop),
+                         kwargs={"keys": keys, "ctx": zmq.Context()}),
+        threading.Thread(target=run_spot, args=([frames_ep], pairs_ep, m_spot, stop),
+                         kwargs={"keys": keys, "ctx": zmq.Context()}),
+        # a stranger's spot stage on the same frames: refused at the handshake
+        threading.Thread(target=run_spot, args=([frames_ep], f"tcp://127.0.0.1:{_free_port()}",
+                         m_bad, stop), kwargs={"keys": stranger, "ctx": zmq.Context()}),
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    with subscribe(events_ep, timeout_s=60, curve=client_curve(keys)) as sub:
+        feeder = threading.Thread(
+            target=run_ingest, args=(frames, "cam1", frames_ep, m_in, stop),
+            kwargs={"block": True, "keys": keys, "ctx": zmq.Context()},
+        )  # fmt: skip
+        feeder.start()
+        event = next(iter(sub), None)
+    feeder.join(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and m_spot.frames_in.labels(
+        "spot", "cam1"
+    )._value.get() <= len(frames):
+        time.sleep(0.1)  # until the spot stage has taken every frame
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert m_spot.frames_in.labels("spot", "cam1")._value.get() == len(frames) + 1  # + eos
+    assert m_spot.spots.labels("cam1")._value.get() >= 1
+    assert event is not None and event.label in event.probs, "events through three CURVE hops"
+    assert m_bad.frames_in.labels("spot", "cam1")._value.get() == 0, "the stranger got nothing"
+    assert m_in.dropped.labels("ingest", "", "unauthorized")._value.get() >= 1
