@@ -305,10 +305,43 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         default=Path(".cache/pairs"),
         help="where aligned face crops are cached",
     )
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="micro-batches per batch, gradients averaged (in one process, what torchrun "
+        "--nproc-per-node N does with N)",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    """`mfvan train`, in one process or under `torchrun --nproc-per-node N` (then
+    DistributedDataParallel: gloo on CPU, NCCL on CUDA; rank 0 writes the outputs)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _train(args, 0)
+    import torch.distributed as dist
+
+    if args.loso:
+        print("mfvan train: --loso under torchrun is not supported; run folds as separate "
+              "processes (one `mfvan train --loso` per machine)", file=sys.stderr)  # fmt: skip
+        return 2
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        return _train(args, dist.get_rank())
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, rank: int) -> int:
     from dataclasses import replace
+
+    import torch
 
     from mfvan.model.data.datasets import DatasetError, load_dataset
     from mfvan.model.data.pairs import build_pairs
@@ -316,6 +349,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from mfvan.model.mfvan import CONFIGS
     from mfvan.model.train import TRAIN_PRESETS, build_model, run_loso, train
 
+    if args.accumulate < 1:
+        print("mfvan train: --accumulate must be at least 1", file=sys.stderr)
+        return 2
     try:
         data = load_dataset(args.dataset, args.data, args.labels)
     except (DatasetError, FileNotFoundError) as err:
@@ -327,10 +363,16 @@ def _run_train(args: argparse.Namespace) -> int:
         f"{data.name}: {len(data.samples)} samples, {len(data.subjects)} subjects, {data.counts()}"
     )
     cfg = replace(CONFIGS[args.config], num_classes=len(data.classes))
-    tcfg = replace(TRAIN_PRESETS[args.config], seed=args.seed, device=args.device)
+    tcfg = replace(
+        TRAIN_PRESETS[args.config], seed=args.seed, device=args.device, accumulate=args.accumulate
+    )
     if args.epochs is not None:
         tcfg = replace(tcfg, epochs=args.epochs)
-    pairs = build_pairs(data, cfg.image_size, cfg.in_chans, args.cache, progress=True)
+    if rank > 0:
+        torch.distributed.barrier()  # rank 0 crops and caches the pairs first
+    pairs = build_pairs(data, cfg.image_size, cfg.in_chans, args.cache, progress=rank == 0)
+    if rank == 0 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
     print(f"faces found on {pairs.found.mean():.1%} of onset frames (others centre-cropped)")
     if args.loso:
         run_loso(args.model, cfg, pairs, tcfg, args.out, args.ablation)
@@ -345,13 +387,13 @@ def _run_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    import torch
-
     from mfvan.model.weights import save_weights
 
     torch.manual_seed(args.seed)  # the initial weights, as `mfvan reproduce` draws them
     model = build_model(args.model, cfg, args.ablation)
     train(model, pairs, tcfg, args.out / "checkpoint.pt", progress=True)
+    if rank > 0:
+        return 0
     weights = args.out / f"mfvan-{args.config}-{args.dataset}.safetensors"
     save_weights(
         model,

@@ -53,6 +53,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     flip: bool = True  # horizontal flip: faces and our classes are left/right symmetric
+    # micro-batches per batch, gradients averaged: what `torchrun --nproc-per-node N` does
+    # with N processes (each takes one micro-batch), done in one process
+    accumulate: int = 1
 
 
 TRAIN_PRESETS = {
@@ -124,6 +127,27 @@ def _loss(model, phase: str, batch: dict, target, class_weights):
     return losses.focal_loss(logits, target, model.cfg.focal_gamma, class_weights)
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed (torchrun), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _PhaseLoss(torch.nn.Module):
+    """The training loss of one phase as a module's forward, so DistributedDataParallel
+    sees the forward it must synchronise (MFVAN's phases call submodules directly)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, phase, batch, target, class_weights):
+        return _loss(self.model, phase, batch, target, class_weights)
+
+
 def train(
     model,
     pairs: Pairs,
@@ -135,6 +159,13 @@ def train(
     """Train `model` on all of `pairs`; resumable from `checkpoint`. Returns the model."""
     from tqdm import tqdm
 
+    rank, world = _world()
+    # Each batch is cut into `shards` micro-batches: one per process under torchrun, or
+    # `accumulate` of them in one process; every micro-batch's loss is a mean over its
+    # samples and the gradients are averaged over micro-batches, so N processes and one
+    # process accumulating N train the same model (float summation order aside; BatchNorm
+    # running statistics are rank 0's). With one shard the loop is unchanged.
+    shards = world if world > 1 else tcfg.accumulate
     device = tcfg.device
     model.to(device)
     torch.manual_seed(tcfg.seed)
@@ -150,7 +181,10 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         rng.bit_generator.state = state["numpy_rng"]
     optimiser, current = None, None
-    bar = tqdm(total=len(schedule), initial=start, desc="epochs", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(schedule), initial=start, desc="epochs", disable=not progress or rank > 0,
+        leave=False,
+    )  # fmt: skip
     for epoch in range(start, len(schedule)):
         phase = schedule[epoch][0]
         if phase != current:
@@ -160,22 +194,35 @@ def train(
             )
             if state is not None and state["phase"] == phase:
                 optimiser.load_state_dict(state["optimiser"])
+            loss_fn = _PhaseLoss(model)
+            if world > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                # a phase trains part of the model: the rest has no gradient to reduce
+                loss_fn = DistributedDataParallel(loss_fn, find_unused_parameters=True)
         model.train()
         order = rng.permutation(len(pairs))
         total = 0.0
-        for i in range(0, len(order), tcfg.batch_size):
+        for step, i in enumerate(range(0, len(order), tcfg.batch_size)):
             index = np.sort(order[i : i + tcfg.batch_size])
-            if len(index) < 2:
+            parts = np.array_split(np.arange(len(index)), shards)
+            if min(len(part) for part in parts) < 2:
                 continue  # BatchNorm needs two samples
-            flip = rng.random(len(index)) < 0.5 if tcfg.flip else None
-            batch = make_batch(pairs, index, device, flip)
-            target = torch.from_numpy(pairs.labels[index]).to(device)
-            loss = _loss(model, phase, batch, target, class_weights)
+            flip = rng.random(len(index)) < 0.5 if tcfg.flip else np.zeros(len(index), bool)
             optimiser.zero_grad()
-            loss.backward()
+            mine = [parts[rank]] if world > 1 else parts
+            for k, part in zip([rank] if world > 1 else range(shards), mine, strict=True):
+                if shards > 1:  # dropout draws the same in a process as on rank k
+                    torch.manual_seed(hash((tcfg.seed, epoch, step, k)) % 2**31)
+                sub = index[part]
+                batch = make_batch(pairs, sub, device, flip[part] if tcfg.flip else None)
+                target = torch.from_numpy(pairs.labels[sub]).to(device)
+                loss = loss_fn(phase, batch, target, class_weights)
+                # DDP averages gradients over processes; in one process, scale to average
+                (loss / (1 if world > 1 else shards)).backward()
+                total += float(loss.detach()) * len(sub)
             optimiser.step()
-            total += float(loss.detach()) * len(index)
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = checkpoint.with_suffix(".tmp")
             torch.save(
