@@ -206,7 +206,7 @@ def run_end_to_end(
     ports = [base_port - 1, *range(base_port, base_port + 2 * streams + 1)]
     env = {**os.environ, "MFVAN_LOG": "WARNING"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latency, apex_latency = [], []
+    latency, apex_latency, arrivals = [], [], []
     try:
         with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=0.5) as sub:
             # the run is up once the cameras' frames flow
@@ -225,6 +225,7 @@ def run_end_to_end(
                     now = time.time_ns()
                     latency.append((now - event.times["t_capture"]) / 1e6)
                     apex_latency.append((now - event.times["t_apex"]) / 1e6)
+                    arrivals.append(time.monotonic() - start)
                     break
             after, elapsed, cpu1 = _scrape(ports), time.monotonic() - start, _stage_cpu(proc.pid)
     finally:
@@ -261,6 +262,8 @@ def run_end_to_end(
         "dropped": dropped,
         "restarts": restarts,
         "sustained": sustained,
+        "latency_ms": latency,  # each event's, in arrival order (for the plots)
+        "arrival_s": arrivals,
         # cores busy per stage over the window (ingest and spot: all streams together)
         "cores": {k: (cpu1[k] - cpu0.get(k, 0.0)) / elapsed for k in cpu1},
     }
@@ -334,3 +337,52 @@ def format_pipeline_report(r: dict) -> str:
         f"streams at {r['runs'][0]['fps']:g} fps this box sustains: {max(ok) if ok else 0}"
     )
     return "\n".join(lines)
+
+
+def plot_pipeline(r: dict, folder: Path) -> list[Path]:
+    """PNG plots of a `bench_pipeline` result, for a look without Grafana: the latency
+    histogram of each run, and each run's latency over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = [run for run in r["runs"] if run["latency_ms"]]
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in runs:
+        ax.hist(run["latency_ms"], bins=30, alpha=0.6, label=f"{run['streams']} stream(s)")
+    ax.axvline(GOAL_P99_MS, color="k", linestyle="--", label=f"goal p99 {GOAL_P99_MS:g} ms")
+    ax.set(xlabel="confirming frame's capture -> event at a subscriber (ms)", ylabel="events",
+           title=f"mfvan run, {r['backend']}, {r['machine']}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.legend()
+    fig.tight_layout()
+    written.append(folder / "pipeline-latency-histogram.png")
+    fig.savefig(written[-1], dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in runs:
+        ax.plot(
+            run["arrival_s"], run["latency_ms"], "o-", ms=3, label=f"{run['streams']} stream(s)"
+        )
+    ax.axhline(GOAL_P99_MS, color="k", linestyle="--", label=f"goal p99 {GOAL_P99_MS:g} ms")
+    ax.set(xlabel="seconds into the measured window", ylabel="latency (ms)", yscale="log",
+           title="each event's latency over time")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    written.append(folder / "pipeline-latency-series.png")
+    fig.savefig(written[-1], dpi=100)
+    t = r["transport"]["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = [f"{row['transport']} {row['way']}" for row in t]
+    ax.boxplot([row["rounds_fps"] for row in t], tick_labels=labels)
+    ax.set(
+        ylabel="640x480 frames/s", title="transport: each round (mfvan's protocol vs bare pyzmq)"
+    )
+    fig.tight_layout()
+    written.append(folder / "pipeline-transport.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close("all")
+    return written

@@ -124,6 +124,17 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     spotter.add_argument("--fps", type=float, default=200.0, help="the stream's frame rate")
     spotter.add_argument("--seconds", type=float, default=10.0, help="stream length")
     spotter.add_argument("--size", type=int, default=128, help="crop size")
+    backends = what.add_parser(
+        "backends",
+        help="every backend that runs here, as the recognizer calls it, at batch 1/8/32: "
+        "per-pair p50/p99 and pairs/s, against eager torch",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    backends.add_argument(
+        "--config", choices=("tiny", "demo", "paper"), default="demo", help="network config"
+    )
+    backends.add_argument("--runs", type=int, default=100, help="timed runs per backend, batch")
+    backends.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     pipeline = what.add_parser(
         "pipeline",
         help="transport (640x480 frames, mfvan's protocol beside bare pyzmq, ipc and tcp) and "
@@ -139,6 +150,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     pipeline.add_argument("--frames", type=int, default=2000, help="transport frames per round")
     pipeline.add_argument("--rounds", type=int, default=7, help="transport rounds per way")
     pipeline.add_argument("--backend", default="onnxruntime", help="the recognizer's backend")
+    pipeline.add_argument("--plot", type=Path, help="also write PNG plots into this folder")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -150,17 +162,23 @@ def _run_bench(args: argparse.Namespace) -> int:
         )
     elif args.target == "flow":
         report = bench.format_flow_report(bench.bench_flow(tuple(args.sizes), args.pairs))
+    elif args.target == "backends":
+        report = bench.format_backends_report(
+            bench.bench_backends(args.config, tuple(args.batches), args.runs)
+        )
     elif args.target == "spotter":
         report = bench.format_spotter_report(bench.bench_spotter(args.fps, args.seconds, args.size))
     else:
         from mfvan.deploy import bench_pipeline as bp
 
-        report = bp.format_pipeline_report(
-            bp.bench_pipeline(
-                args.max_streams, args.fps, args.warmup, args.window, args.frames, args.rounds,
-                args.backend,
-            )
+        result = bp.bench_pipeline(
+            args.max_streams, args.fps, args.warmup, args.window, args.frames, args.rounds,
+            args.backend,
         )  # fmt: skip
+        report = bp.format_pipeline_report(result)
+        if args.plot:
+            plots = bp.plot_pipeline(result, args.plot)
+            report += "\nplots: " + ", ".join(str(p) for p in plots)
     print(report)
     return 0
 
