@@ -140,3 +140,44 @@ def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_
     assert len(latencies) == sent
     # queues hold at most ~2 x 64 + 8 pairs: at 8 per 50 ms, under a second of wait
     assert max(latencies) < 3.0
+
+
+def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path):
+    """Scaling out: recognizers connected to the same pairs endpoint take turns (PUSH deals
+    round-robin); a subscriber connected to both sees every event once."""
+    model, meta = load_weights(DEMO_WEIGHTS)
+    pairs = f"ipc://{tmp_path}/pairs.ipc"
+    outs = [f"ipc://{tmp_path}/events-{i}.ipc" for i in range(2)]
+    stop = threading.Event()
+    metrics = [Metrics("recognize"), Metrics("recognize")]
+    threads = [
+        threading.Thread(target=run_recognize, args=([pairs], out, TorchBackend(model),
+                         meta["classes"], "demo", m, stop), kwargs={"ctx": zmq.Context()})
+        for out, m in zip(outs, metrics, strict=True)
+    ]  # fmt: skip
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, HWM)
+    push.bind(pairs)
+    for t in threads:
+        t.start()
+    sub = subscribe(outs[0], timeout_s=5)
+    sub.socket.connect(outs[1])  # one SUB socket, both recognizers
+    n = 40
+    try:
+        time.sleep(1.0)  # both recognizers connected before the first pair is dealt
+        for i in range(n):
+            assert _send(push, i, wait_ms=5000)
+        events = []
+        for event in sub:
+            events.append(event)
+            if len(events) == n:
+                break
+    finally:
+        sub.close()
+        stop.set()
+        for t in threads:
+            t.join(timeout=20)
+        push.close(linger=0)
+    taken = [m.frames_in.labels("recognize", "cam1")._value.get() for m in metrics]
+    assert sum(taken) == n and min(taken) >= n // 4, f"both took pairs: {taken}"
+    assert sorted(e.onset for e in events) == list(range(n)), "every pair's event, once"
