@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 import yaml
 from conftest import REPO
+from test_prometheus import _free_port, _query
 
 PROM = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "mfvan.json"
@@ -50,14 +51,6 @@ def test_the_shipped_scrape_targets_are_mfvan_runs_default_ports():
     assert targets == {("supervisor" if k == "run" else k): v for k, v in DEFAULT_PORTS.items()}
 
 
-def _query(port: int, promql: str) -> list:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(url, timeout=5) as r:
-        body = json.load(r)
-    assert body["status"] == "success", body
-    return body["data"]["result"]
-
-
 def _dashboard_queries() -> list[tuple[str, str]]:
     panels = json.loads(DASHBOARD.read_text())["panels"]
     return [(p["title"], t["expr"]) for p in panels for t in p["targets"]]
@@ -74,7 +67,6 @@ def _finite(result: list) -> bool:
     reason="the prometheus server is not installed (apt: prometheus; .ci/run does it)",
 )
 def test_every_dashboard_query_returns_data_from_a_running_pipeline(tmp_path):
-    from test_prometheus import _free_port
 
     base = 19600 + os.getpid() % 300
     run = subprocess.Popen(
