@@ -306,7 +306,8 @@ def run_recognize(
     event_hwm: int = 1000,
 ) -> None:
     """Pairs from `inputs` (connected) -> events published on `out` (bound PUB); with
-    `keys` (a `mfvan keys` folder) only CURVE-authorized subscribers get them.
+    `keys` (a `mfvan keys` folder) its tcp:// endpoints use CURVE: only authorized
+    subscribers get events, and it connects to CURVE-guarded spot stages.
 
     Batching: a batch is whatever pairs are queued when the recognizer looks (at most
     `max_batch`), so under load batches fill while the previous one runs; `max_wait_s`
