@@ -148,7 +148,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     pipeline.add_argument("--warmup", type=float, default=10.0, help="seconds before timing")
     pipeline.add_argument("--window", type=float, default=30.0, help="seconds measured")
     pipeline.add_argument("--frames", type=int, default=2000, help="transport frames per round")
-    pipeline.add_argument("--rounds", type=int, default=7, help="transport rounds per way")
+    pipeline.add_argument("--rounds", type=int, default=15, help="transport rounds per way")
     pipeline.add_argument("--backend", default="onnxruntime", help="the recognizer's backend")
     pipeline.add_argument("--plot", type=Path, help="also write PNG plots into this folder")
 

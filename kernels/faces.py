@@ -245,6 +245,18 @@ def centre_crop(shape: tuple[int, int], size: int) -> Crop:
     return make_crop(Box((w - side) / 2, (h - side) / 2, side, side), size, scale=1.0)
 
 
+def _lower_priority() -> None:
+    """Run this thread at a lower CPU priority (nice +10, Linux): a face search may wait,
+    the frames of the same process and the camera's own process should not."""
+    import os
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: the search runs at the process's priority
+
+
 class FaceTracker:
     """Detects every `redetect_every` frames (or when the face was lost) and keeps the crop
     still in between.
@@ -291,7 +303,11 @@ class FaceTracker:
         self._misses = 0
         # detection in a worker thread (OpenCV releases the GIL): frames go on with the
         # current crop meanwhile, and a new one takes effect when the search ends
-        self._pool = ThreadPoolExecutor(1, "mfvan-detect") if background else None
+        self._pool = (
+            ThreadPoolExecutor(1, "mfvan-detect", initializer=_lower_priority)
+            if background
+            else None
+        )
         self._pending = None
 
     def _propose(self, box: Box, eyes):

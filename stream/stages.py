@@ -67,7 +67,7 @@ def _poll_loop(socket: zmq.Socket, stop: threading.Event, timeout_ms: int = 100)
     poller.register(socket, zmq.POLLIN)
     while not stop.is_set():
         if poller.poll(timeout_ms):
-            yield socket.recv_multipart(copy=False)
+            yield protocol.recv_parts(socket)
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -341,7 +341,7 @@ def run_recognize(
                 # while the previous one runs, without waiting
                 while len(batcher.items) < batcher.max_batch:
                     try:
-                        frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = protocol.recv_parts(pull, zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     _take(frames, batcher, metrics, seen, classes)
