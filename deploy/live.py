@@ -117,10 +117,21 @@ def run_ingest(args: argparse.Namespace) -> int:
         max_attempts=None if live else 0,  # a camera is retried; a missing file is an error
     )
     log.info("ingest %s: %s -> %s", stream_id, args.source, args.out)
+    return _run_stage(
+        "ingest", stages.run_ingest, source, stream_id, args.out, m, stop, block=not live,
+        keys=args.keys, errors=(ingest.SourceError, ValueError),
+    )  # fmt: skip
+
+
+def _run_stage(command: str, loop, *args, errors=(), **kwargs) -> int:
+    """Run a stage's loop until it ends; a refused endpoint (or one of `errors`) is one
+    line on stderr and exit status 2. ZeroMQ is flushed and ended either way."""
+    from mfvan.stream.security import InsecureEndpoint
+
     try:
-        stages.run_ingest(source, stream_id, args.out, m, stop, block=not live, keys=args.keys)
-    except (ingest.SourceError, ValueError) as e:
-        print(f"mfvan ingest: {e}", file=sys.stderr)
+        loop(*args, **kwargs)
+    except (InsecureEndpoint, *errors) as e:
+        print(f"mfvan {command}: {e}", file=sys.stderr)
         return 2
     finally:
         _close_context()
@@ -144,7 +155,6 @@ def add_spot(p: argparse.ArgumentParser) -> None:
 def run_spot(args: argparse.Namespace) -> int:
     from mfvan.kernels.spotter import warm_up
     from mfvan.stream import stages
-    from mfvan.stream.security import InsecureEndpoint
 
     _setup_logging()
     if _refused("spot", args, args.out, *args.inputs):
@@ -154,13 +164,7 @@ def run_spot(args: argparse.Namespace) -> int:
     m = _metrics("spot", args.metrics_port)
     warm_up()
     log.info("spot: %s -> %s", ", ".join(args.inputs), args.out)
-    try:
-        stages.run_spot(args.inputs, args.out, m, stop, keys=args.keys)
-    except InsecureEndpoint as e:
-        print(f"mfvan spot: {e}", file=sys.stderr)
-        return 2
-    _close_context()
-    return 0
+    return _run_stage("spot", stages.run_spot, args.inputs, args.out, m, stop, keys=args.keys)
 
 
 def add_recognize(p: argparse.ArgumentParser) -> None:
@@ -228,7 +232,6 @@ def run_recognize(args: argparse.Namespace) -> int:
     from mfvan.deploy.reproduce import DEMO_WEIGHTS
     from mfvan.model.weights import WeightsError, load_weights
     from mfvan.stream import stages
-    from mfvan.stream.security import InsecureEndpoint
 
     _setup_logging()
     if _refused("recognize", args, args.out, *args.inputs):
@@ -255,25 +258,11 @@ def run_recognize(args: argparse.Namespace) -> int:
                     Path(weights).name)  # fmt: skip
     log.info("recognize: %s -> %s with %s, model %s", ", ".join(args.inputs), args.out,
              backend.name, version)  # fmt: skip
-    try:
-        stages.run_recognize(
-            args.inputs,
-            args.out,
-            backend,
-            list(meta["classes"]),
-            version,
-            m,
-            stop,
-            max_batch=args.max_batch,
-            max_wait_s=args.max_wait_ms / 1000,
-            with_crops=args.with_crops,
-            keys=args.keys,
-        )
-    except InsecureEndpoint as e:
-        print(f"mfvan recognize: {e}", file=sys.stderr)
-        return 2
-    _close_context()
-    return 0
+    return _run_stage(
+        "recognize", stages.run_recognize, args.inputs, args.out, backend,
+        list(meta["classes"]), version, m, stop, max_batch=args.max_batch,
+        max_wait_s=args.max_wait_ms / 1000, with_crops=args.with_crops, keys=args.keys,
+    )  # fmt: skip
 
 
 def add_subscribe(p: argparse.ArgumentParser) -> None:
