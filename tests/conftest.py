@@ -1,4 +1,6 @@
 import hashlib
+import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,19 @@ def tree_digest(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int, name: str) -> float:
+    """The sum of a metric's series on a stage's /metrics (`name` without labels)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
 @pytest.fixture(scope="session")

@@ -5,20 +5,14 @@ after 2 epochs. (Not the same as one process with whole batches: BatchNorm norma
 each half by its own statistics either way.)"""
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(prefix: list[str], tiny_set, out, cache, *extra) -> dict:
@@ -40,7 +34,7 @@ def test_two_gloo_processes_train_what_one_process_accumulating_two_does(tiny_se
                  "--accumulate", "2")  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
                 "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                "--master-port", str(_free_port()), "-m", "mfvan.deploy.cli"]  # fmt: skip
+                "--master-port", str(free_port()), "-m", "mfvan.deploy.cli"]  # fmt: skip
     two = _train(torchrun, tiny_set, tmp_path / "two", cache)
     assert one.keys() == two.keys()
     # BatchNorm's running statistics are rank 0's under DDP (its buffers are broadcast):

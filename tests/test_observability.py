@@ -14,8 +14,8 @@ import urllib.request
 
 import pytest
 import yaml
-from conftest import REPO
-from test_prometheus import _free_port, _query
+from conftest import REPO, free_port
+from test_prometheus import _query
 
 PROM = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "mfvan.json"
@@ -82,7 +82,7 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(tmp_path):
                            strict=True):  # fmt: skip
         group["targets"] = [f"127.0.0.1:{port}"]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     prom = subprocess.Popen(
         ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
          f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],

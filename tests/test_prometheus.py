@@ -2,13 +2,13 @@
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
+from conftest import free_port
 
 from mfvan.stream.metrics import Metrics
 
@@ -19,12 +19,6 @@ pytestmark = [
         reason="the prometheus server is not installed (apt: prometheus; .ci/run does it)",
     ),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _query(port: int, promql: str) -> list:
@@ -40,7 +34,7 @@ def test_prometheus_scrapes_a_stage(tmp_path):
     m.frames_in.labels("spot", "cam1").inc(42)
     m.stage_seconds.labels("spot").observe(0.003)
     server, target = m.serve(0)
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n"

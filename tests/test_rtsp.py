@@ -2,7 +2,6 @@
 frames arrive over TCP, and a server that dies is reconnected to when it comes back."""
 
 import shutil
-import socket
 import subprocess
 import threading
 from dataclasses import replace
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import av
 import pytest
+from conftest import free_port, scrape
 
 from mfvan.model.data import synth
 from mfvan.stream.ingest import PyAVSource, Reconnecting
@@ -56,12 +56,6 @@ def video(tmp_path_factory):
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(port: int, video: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [DEBIAN_PYTHON, str(SERVER), str(port), str(video)], stdout=subprocess.PIPE, text=True
@@ -71,7 +65,7 @@ def _serve(port: int, video: Path) -> subprocess.Popen:
 
 
 def test_frames_arrive_from_an_rtsp_server(video):
-    port = _free_port()
+    port = free_port()
     server = _serve(port, video)
     try:
         frames = []
@@ -88,7 +82,7 @@ def test_frames_arrive_from_an_rtsp_server(video):
 
 
 def test_a_dead_camera_is_reconnected_and_counted(video):
-    port = _free_port()
+    port = free_port()
     url = f"rtsp://127.0.0.1:{port}/test"
     servers = [_serve(port, video)]
     errors = []
@@ -139,13 +133,6 @@ def camera_video(tmp_path_factory):
     return path
 
 
-def _metric(port: int, name: str) -> float:
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
-
-
 @pytest.mark.slow
 def test_the_pipeline_recognizes_an_rtsp_camera_and_resumes_after_it_dies(camera_video, tmp_path):
     import os
@@ -155,7 +142,7 @@ def test_the_pipeline_recognizes_an_rtsp_camera_and_resumes_after_it_dies(camera
 
     from mfvan.stream import subscribe
 
-    port = _free_port()
+    port = free_port()
     servers = [_serve(port, camera_video)]
     runtime, base = tmp_path / "rt", 19900 + os.getpid() % 300
     cmd = [
@@ -175,8 +162,8 @@ def test_the_pipeline_recognizes_an_rtsp_camera_and_resumes_after_it_dies(camera
             back = time.time_ns()
             after = next((e for e in sub if e.times["t_capture"] > back), None)
         assert after is not None, "events resume after the camera comes back"
-        assert _metric(base, "mfvan_reconnects_total") >= 1, "the reconnect was counted"
-        assert _metric(base - 1, "mfvan_restarts_total") == 0, "no stage died"
+        assert scrape(base, "mfvan_reconnects_total") >= 1, "the reconnect was counted"
+        assert scrape(base - 1, "mfvan_restarts_total") == 0, "no stage died"
         assert before.label in before.probs and after.stream == before.stream == "test"
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=30) == 0

@@ -6,16 +6,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
+from conftest import scrape
 
 from mfvan.stream import subscribe
-
-
-def _metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
 @pytest.mark.slow
@@ -40,8 +35,8 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         assert set(streams) == {"synth-3-1", "synth-4-1"}, "events of both within a minute"
         assert all(e.label in e.probs for e in streams.values())
         # each camera's stages count its own frames
-        assert _metric(base, "mfvan_frames_out_total") > 0
-        assert _metric(base + 2, "mfvan_frames_out_total") > 0
+        assert scrape(base, "mfvan_frames_out_total") > 0
+        assert scrape(base + 2, "mfvan_frames_out_total") > 0
         # kill the spot stage: the supervisor restarts it and counts it
         spot_pid = int(
             subprocess.run(
@@ -53,9 +48,9 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         killed = time.time_ns()
         os.kill(spot_pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _metric(base - 1, "mfvan_restarts_total") < 1:
+        while time.monotonic() < deadline and scrape(base - 1, "mfvan_restarts_total") < 1:
             time.sleep(0.5)
-        assert _metric(base - 1, "mfvan_restarts_total") == 1
+        assert scrape(base - 1, "mfvan_restarts_total") == 1
         # ... and that camera's events come again
         with subscribe(f"ipc://{runtime}/events.ipc", stream="synth-3-1", timeout_s=60) as sub:
             again = next((e for e in sub if e.times["t_capture"] > killed), None)

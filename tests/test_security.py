@@ -6,6 +6,7 @@ import time
 import pytest
 import zmq
 import zmq.auth
+from conftest import free_port
 
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.security import (
@@ -76,14 +77,6 @@ def test_only_an_authorized_key_receives_events(tmp_path):
         ctx.term()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(tmp_path):
     """Every stage with the same keys folder: ingest -> spot -> recognize over tcp://
     with CURVE, events to an authorized subscriber; a spot stage holding other keys
@@ -100,7 +93,7 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     from mfvan.stream.stages import run_ingest, run_recognize, run_spot
 
     keys, stranger = make_keys(tmp_path / "keys"), make_keys(tmp_path / "stranger")
-    frames_ep, pairs_ep, events_ep = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(3))
+    frames_ep, pairs_ep, events_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     model, meta = load_weights(DEMO_WEIGHTS)
     stop = threading.Event()
     m_in, m_spot, m_rec, m_bad = (Metrics(s) for s in ("ingest", "spot", "recognize", "spot"))
@@ -113,7 +106,7 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
         threading.Thread(target=run_spot, args=([frames_ep], pairs_ep, m_spot, stop),
                          kwargs={"keys": keys, "ctx": zmq.Context()}),
         # a stranger's spot stage on the same frames: refused at the handshake
-        threading.Thread(target=run_spot, args=([frames_ep], f"tcp://127.0.0.1:{_free_port()}",
+        threading.Thread(target=run_spot, args=([frames_ep], f"tcp://127.0.0.1:{free_port()}",
                          m_bad, stop), kwargs={"keys": stranger, "ctx": zmq.Context()}),
     ]  # fmt: skip
     for t in threads:

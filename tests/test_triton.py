@@ -6,7 +6,6 @@ same ONNX graph (tests/servers/triton_model.py)."""
 import ctypes.util
 import shutil
 import site
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from mfvan.deploy import export
 from mfvan.deploy.backends import BackendUnavailable, TorchBackend, TritonBackend
@@ -55,12 +55,6 @@ def _tritonserver() -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if sys.platform != "linux":
@@ -74,7 +68,7 @@ def server(tmp_path_factory):
                                                  'backend: "python"'))  # fmt: skip
     shutil.copy(MODEL_PY, folder / "1" / "model.py")
     (folder / "1" / "site-packages.txt").write_text("\n".join(site.getsitepackages()))
-    port = _free_port()
+    port = free_port()
     # the stub embeds libpython of this Python version: the system's if it has one (with
     # its standard library), else this interpreter's
     libs = [str(CACHE / "nvidia_pytriton.libs")]
