@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCAL_TORCH := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 DEMO_DIR ?= .demo
 
-.PHONY: demo test lint bench reproduce clean
+.PHONY: demo test test-fast lint bench reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# the inner loop: everything but the slow tests and those that start real servers
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not rtsp and not prometheus and not gpu" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

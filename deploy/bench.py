@@ -243,52 +243,48 @@ def format_flow_report(r: dict) -> str:
 # ----------------------------------------------------------------------------- spotter
 
 
-def synth_crops(fps: float = 200.0, seconds: float = 10.0, size: int = 128, subject: int = 1):
-    """A SynthME live stream's frames as the spotter stage sees them: tracked, aligned,
-    grey crops (with the tracker's version), and the stream's micro-expressions."""
+def synth_frames(fps: float = 200.0, seconds: float = 10.0, subject: int = 1):
+    """A SynthME live stream's grey frames with their media times, and its
+    micro-expressions."""
     from dataclasses import replace
 
-    from mfvan.kernels.faces import FaceTracker, to_grey
+    from mfvan.kernels.faces import to_grey
     from mfvan.model.data import synth
 
     cfg = replace(synth.CONFIGS["standard"], fps=fps)
     stream = synth.SynthStream(cfg, subject=subject, seed=1)
-    tracker = FaceTracker(size=size)
-    frames = []
-    for t in range(int(round(seconds * fps))):
-        f = stream.frame(t)
-        grey = to_grey(f.image)
-        crop = tracker.update(grey)
-        frames.append((crop.apply(grey) if crop else None, f.timestamp_ns, tracker.version))
+    frames = [stream.frame(t) for t in range(int(round(seconds * fps)))]
+    frames = [(to_grey(f.image), f.timestamp_ns) for f in frames]
     micro = [e for e in stream.expressions_until(len(frames)) if e.kind == "micro"]
     return frames, micro
 
 
 def bench_spotter(fps: float = 200.0, seconds: float = 10.0, size: int = 128) -> dict:
     """Frames per second of the spotter (flow included) on one core, with our Numba flow
-    and, side by side on the same crops, with OpenCV's DIS and Farneback in its place; and
-    the latency from apex to emitted interval."""
+    and, side by side on the same frames, with OpenCV's DIS and Farneback in its place; and
+    the latency from apex to emitted interval. Frames go through `FaceSpotter`, the same
+    building block as the live stage; the time per frame is the spotter's part of each
+    push (`FaceSpotter.spot_seconds`), tracking and cropping being the same for all."""
     import cv2
 
-    from mfvan.kernels.spotter import Spotter, warm_up
+    from mfvan.kernels.facespot import FaceSpotter
+    from mfvan.kernels.spotter import warm_up
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     warm_up()
-    frames, micro = synth_crops(fps, seconds, size)
+    frames, micro = synth_frames(fps, seconds)
     rows = []
     for name, fn in flow_methods().items():
         if name == "zero flow":
             continue
         flow_fn = None if name.startswith("mfvan") else _uint8_flow(fn)
-        spotter = Spotter(flow_fn=flow_fn)
+        spots = FaceSpotter(size=size, flow_fn=flow_fn)
         per_frame, intervals = [], []
-        for index, (crop, ns, version) in enumerate(frames):
-            if crop is None:
-                continue
-            start = time.perf_counter()
-            intervals += spotter.push(crop, index, ns, version)
-            per_frame.append(time.perf_counter() - start)
+        for index, (grey, ns) in enumerate(frames):
+            intervals += spots.push(grey, index, ns)
+            if spots.has_face:
+                per_frame.append(spots.spot_seconds)
         p50, p99 = _percentiles(per_frame)
         rows.append(
             {

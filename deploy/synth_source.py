@@ -11,7 +11,8 @@ while an expression (or a blink) is under way, so a consumer can score itself:
 `{"kind", "onset", "apex", "offset", "label"}` (frame indices, 3-class label or "").
 
 `realtime=1` paces frames at `fps` with wall-clock capture times; `realtime=0` yields
-them as fast as they render, with capture times on the stream's own clock.
+them as fast as they render, with capture times on the stream's own clock. Media time is
+always the stream's own clock (frame t at t / fps s).
 `seconds` ends the stream (default: endless; memory stays bounded, past events are
 forgotten). `micro`: micro-expressions per 10 s (default 3, as SynthME's `standard`; the
 pipeline benchmark raises it to gather latency samples sooner).
@@ -129,7 +130,7 @@ class SynthSource:
             truth = self.truth(t)
             if truth is not None and at is not None:
                 fields["truth"] = truth
-            yield Frame(t, capture, canvas, fields)
+            yield Frame(t, capture, canvas, fields, t_media=frame.timestamp_ns)
             t += 1
             if t % int(fps) == 0:
                 self._forget(t - int(5 * fps))

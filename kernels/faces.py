@@ -258,8 +258,8 @@ def _lower_priority() -> None:
 
 
 class FaceTracker:
-    """Detects every `redetect_every` frames (or when the face was lost) and keeps the crop
-    still in between.
+    """Detects every `redetect_s` seconds of media time (or when the face was lost) and
+    keeps the crop still in between.
 
     Detecting every frame at 200 fps is waste, and a crop that follows the detector's
     jitter would look like motion to the spotter, larger than a micro-expression. Haar face
@@ -273,42 +273,52 @@ class FaceTracker:
     subtracts. `version` counts crop changes, so a consumer can tell when crops stop being
     comparable. A face is lost after `max_misses` detections in a row find nothing.
 
+    Time is the frames' media time (`update(image, t_ns)`), never the wall clock, so a
+    file gives the same crops at any CPU load and replay speed. Without times, frames are
+    taken to be `frame_ns` apart.
+
     `background`: detect in a worker thread, so that the frames in between do not wait for
     it (face and eye search of a 640 x 480 frame take 15 ms, three frames at 200 fps). A
-    detection then takes effect a few frames after the frame it searched; the live spot
-    stage uses this, offline evaluation and training do not (they stay deterministic).
+    detection takes effect at the first frame `detect_delay_s` of media time after the
+    frame it searched, waiting for the search there if it has not ended: later frames never
+    depend on how fast the thread ran, so live and offline crops are the same.
     """
 
     def __init__(
         self,
         detector: FaceDetector | None = None,
         size: int = 128,
-        redetect_every: int = 20,
+        redetect_s: float = 0.1,
         hold: float = 0.06,
         max_misses: int = 3,
         scale: float = 1.2,
         background: bool = False,
+        detect_delay_s: float = 0.025,
+        frame_ns: int = 5_000_000,
     ):
         self.detector = detector or FaceDetector()
         self.size = size
-        self.redetect_every = redetect_every
+        self.redetect_ns = int(redetect_s * 1e9)
         self.hold = hold
         self.max_misses = max_misses
         self.scale = scale
+        self.detect_delay_ns = int(detect_delay_s * 1e9) if background else 0
+        self.frame_ns = frame_ns
         self.crop: Crop | None = None
         self.version = 0
         self._geometry = None  # (cx, cy, side, angle) of the current crop
         self._eyes: deque = deque(maxlen=5)  # eye geometries of the last detections
-        self._since = 0
+        self._searched_ns: int | None = None  # media time of the last search's frame
+        self._frames = 0
         self._misses = 0
         # detection in a worker thread (OpenCV releases the GIL): frames go on with the
-        # current crop meanwhile, and a new one takes effect when the search ends
+        # current crop meanwhile, and a new one takes effect when the search is due
         self._pool = (
             ThreadPoolExecutor(1, "mfvan-detect", initializer=_lower_priority)
             if background
             else None
         )
-        self._pending = None
+        self._pending = None  # (future, media time at which it takes effect)
 
     def _propose(self, box: Box, eyes):
         """The crop geometry this detection suggests, or None to keep the current one."""
@@ -343,18 +353,22 @@ class FaceTracker:
         cx, cy, side, _ = self._geometry
         return Box(cx - side / 2, cy - side / 2, side, side)
 
-    def update(self, image: np.ndarray) -> Crop | None:
-        """The crop for this frame, or None while no face has been found."""
-        if self._pending is not None and self._pending.done():
-            self._settle(self._pending.result())
+    def update(self, image: np.ndarray, t_ns: int | None = None) -> Crop | None:
+        """The crop for this frame (media time `t_ns`), or None while no face is found."""
+        if t_ns is None:
+            t_ns = self._frames * self.frame_ns
+        self._frames += 1
+        if self._pending is not None and t_ns >= self._pending[1]:
+            self._settle(self._pending[0].result())
             self._pending = None
-        if (self.crop is None or self._since >= self.redetect_every) and self._pending is None:
-            self._since = 0
+        due = self._searched_ns is None or t_ns - self._searched_ns >= self.redetect_ns
+        if (self.crop is None or due) and self._pending is None:
+            self._searched_ns = t_ns
             if self._pool is not None:
-                self._pending = self._pool.submit(self._search, np.array(image), self._near())
+                future = self._pool.submit(self._search, np.array(image), self._near())
+                self._pending = (future, t_ns + self.detect_delay_ns)
             else:
                 self._settle(self._search(image, self._near()))
-        self._since += 1
         return self.crop
 
     def _search(self, image: np.ndarray, near: Box | None):

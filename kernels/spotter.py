@@ -161,10 +161,18 @@ class Spotter:
         self._rigid_boxes = _signals.roi_boxes(size, _signals.RIGID)
 
     # -- the work -------------------------------------------------------------------------
-    def push(self, crop: np.ndarray, index: int, timestamp_ns: int, version: int = 0):
-        """One aligned grey crop (square uint8 or float), its frame index and capture time.
+    def push(
+        self,
+        crop: np.ndarray,
+        index: int,
+        timestamp_ns: int,
+        version: int = 0,
+        key_frame: bool = False,
+    ):
+        """One aligned grey crop (square uint8 or float), its frame index and media time.
         `version` changes when the crop geometry changes (`faces.FaceTracker.version`):
-        crops of different geometry are never compared. Returns a list of `Interval`."""
+        crops of different geometry are never compared. `key_frame`: the decoder marked the
+        frame as intra-coded (a GOP boundary). Returns a list of `Interval`."""
         if crop.ndim != 2 or crop.shape[0] != crop.shape[1]:
             raise ValueError(f"Spotter.push needs a square 2-D grey crop, got {crop.shape}")
         if self._size != crop.shape[0]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mfvan.kernels.faces import FaceTracker
-from mfvan.kernels.spotter import Spotter, SpotterParams, warm_up
+from mfvan.kernels.facespot import FaceSpotter, media_time_ns
+from mfvan.kernels.spotter import SpotterParams, warm_up
 
 
 @dataclass(frozen=True)
@@ -96,34 +96,39 @@ class VideoRun:
     threshold: np.ndarray
     rejected: dict
     seconds: float  # wall time of decode + track + spot
+    key_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    versions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # crop geometry
+    brightness: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # crop mean
 
 
 def spot_video(path: Path, params: SpotterParams | None = None, size: int = 128) -> VideoRun:
-    """The spotter over one video file, frame by frame, as the live pipeline runs it."""
+    """The spotter over one video file, frame by frame, through the same `FaceSpotter` as
+    the live spot stage, on the same clock (media time: PTS x time base) and the same grey
+    (the decoder's luma plane, as ingest sends it)."""
     import av
 
-    spotter = Spotter(params)
-    tracker = FaceTracker(size=size)
-    intervals, signal, threshold = [], [], []
+    spots = FaceSpotter(params, size)
+    intervals, signal, threshold, keys, versions, brightness = [], [], [], [], [], []
     started = time.perf_counter()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        fps = float(stream.average_rate)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate)
+        start_pts = media = None
         for index, frame in enumerate(container.decode(stream)):
+            if start_pts is None and frame.pts is not None:
+                start_pts = frame.pts
+            media = media_time_ns(frame, start_pts, media, rate)
             grey = frame.to_ndarray(format="gray")
-            crop = tracker.update(grey)
-            if crop is None:
-                spotter.reset()
-                signal.append(np.nan)
-                threshold.append(np.nan)
-                continue
-            ns = round(index * 1e9 / fps)
-            for it in spotter.push(crop.apply(grey), index, ns, tracker.version):
+            for it in spots.push(grey, index, media, frame.key_frame):
                 d = asdict(it)
                 del d["onset_crop"], d["apex_crop"]
                 intervals.append(d)
-            signal.append(spotter.last_signal)
-            threshold.append(spotter.threshold())
+            signal.append(spots.last_signal)
+            threshold.append(spots.threshold())
+            keys.append(frame.key_frame)
+            versions.append(spots.tracker.version)
+            brightness.append(spots.crop.mean() if spots.crop is not None else np.nan)
     return VideoRun(
         Path(path).name,
         fps,
@@ -131,8 +136,11 @@ def spot_video(path: Path, params: SpotterParams | None = None, size: int = 128)
         intervals,
         np.asarray(signal, np.float32),
         np.asarray(threshold, np.float32),
-        dict(spotter.rejected),
+        dict(spots.rejected),
         time.perf_counter() - started,
+        np.asarray(keys, bool),
+        np.asarray(versions, np.int32),
+        np.asarray(brightness, np.float32),
     )
 
 

@@ -2,14 +2,22 @@
 cameras. `deploy` registers `synth://` (SynthME's live frames) with `register`, so this
 package never imports `model`.
 
-A source yields `Frame`s: a grey or RGB uint8 image, its index in the source, and its
-capture time in ns (wall clock for live sources; for files, the moment the frame is due
-when played at its native rate, or when it was decoded when played as fast as possible).
+A source yields `Frame`s: a grey or RGB uint8 image, its index in the source, its media
+time and its capture time, both in ns.
+- Media time (`t_media`) is the frame's presentation time from the stream's first frame:
+  PTS x time base from a file, the RTP clock (which FFmpeg turns into PTS) from RTSP, the
+  source's own clock for `synth://`. The spotter works in it, so a file gives the same
+  intervals at any CPU load and replay speed. Across a reconnect it goes on from where it
+  stopped plus the wall time the source was away, so it never runs backwards.
+- Capture time (`t_capture`) is on the wall clock (`time.time_ns()`), for latency only:
+  when a live frame arrived; for a file, the moment the frame is due when played at its
+  native rate, or when it was decoded when played as fast as possible.
+- `key_frame`: the decoder marked the frame intra-coded (a GOP boundary).
 `Reconnecting` wraps any source factory: when the source fails (a camera drops, a
 network times out) it waits with exponential backoff and opens it again, counting each
 reconnect; the frame index keeps counting across reconnects.
 
-Imports nothing of this project but the protocol-free `stream` helpers.
+Imports nothing of this project but `mfvan.kernels` (media time of a decoded frame).
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from mfvan.kernels.facespot import media_time_ns
+
 
 @dataclass
 class Frame:
@@ -28,6 +38,8 @@ class Frame:
     t_capture: int  # ns, time.time_ns() clock
     image: np.ndarray  # uint8, (H, W) grey or (H, W, 3) RGB
     fields: dict = field(default_factory=dict)  # anything a source adds (e.g. ground truth)
+    t_media: int | None = None  # ns of media time (None: the source has none; use t_capture)
+    key_frame: bool = False
 
 
 class SourceError(RuntimeError):
@@ -75,24 +87,27 @@ class PyAVSource:
         container = self._open()
         fmt = "gray" if self.grey else "rgb24"
         start_wall = time.time_ns()
-        start_pts = None
+        start_pts = previous = None
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            rate = stream.average_rate or stream.guessed_rate
             for index, frame in enumerate(self._decode(container, stream)):
-                if self.live or frame.pts is None or frame.time_base is None:
+                if start_pts is None and frame.pts is not None:
+                    start_pts = frame.pts
+                media = previous = media_time_ns(frame, start_pts, previous, rate)
+                if self.live:
                     t = time.time_ns()
+                elif self.realtime:
+                    t = start_wall + media
+                    wait = t - time.time_ns()
+                    if wait > 0:
+                        time.sleep(wait / 1e9)
                 else:
-                    pts_ns = int(frame.pts * frame.time_base * 1_000_000_000)
-                    start_pts = pts_ns if start_pts is None else start_pts
-                    t = start_wall + pts_ns - start_pts
-                    if self.realtime:
-                        wait = t - time.time_ns()
-                        if wait > 0:
-                            time.sleep(wait / 1e9)
-                    else:
-                        t = time.time_ns()
-                yield Frame(index, t, frame.to_ndarray(format=fmt))
+                    t = time.time_ns()
+                yield Frame(
+                    index, t, frame.to_ndarray(format=fmt), t_media=media, key_frame=frame.key_frame
+                )
         except av.FFmpegError as e:
             raise SourceError(f"{self.url} stopped: {e}") from e
         finally:
@@ -159,12 +174,19 @@ class Reconnecting:
         delay = self.backoff_s[0]
         index = 0
         failures = 0
+        base_ns = 0  # media time at which the current opening starts
+        last_ns = last_wall = None
         while not self.stopped:
             error = None
+            if last_ns is not None:  # reopened: media time goes on, plus the time away
+                base_ns = last_ns + max(time.time_ns() - last_wall, 1)
             try:
                 for frame in self.open_():
                     frame.index = index
                     index += 1
+                    if frame.t_media is not None:
+                        frame.t_media += base_ns
+                        last_ns, last_wall = frame.t_media, time.time_ns()
                     delay, failures = self.backoff_s[0], 0
                     yield frame
                     if self.stopped:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from mfvan.kernels.faces import FaceTracker
-from mfvan.kernels.spotter import Spotter, SpotterParams
+from mfvan.kernels.facespot import FaceSpotter
+from mfvan.kernels.spotter import SpotterParams
 
 from . import protocol, security
 from .metrics import Metrics
@@ -114,6 +114,8 @@ def run_ingest(
                 formats=["grey" if frame.image.ndim == 2 else "rgb24"],
                 index=frame.index,
                 t_capture=frame.t_capture,
+                t_media=frame.t_capture if frame.t_media is None else frame.t_media,
+                key_frame=frame.key_frame,
                 t_ingest=time.time_ns(),
                 **frame.fields,
             )
@@ -135,8 +137,7 @@ def run_ingest(
 
 @dataclass
 class _Track:
-    tracker: FaceTracker
-    spotter: Spotter
+    spots: FaceSpotter
     rejected: dict = field(default_factory=dict)
 
 
@@ -154,8 +155,7 @@ class SpotStage:
     def _track(self, stream: str) -> _Track:
         if stream not in self.tracks:
             self.metrics.init_stream(stream)
-            tracker = FaceTracker(size=self.size, background=True)
-            self.tracks[stream] = _Track(tracker, Spotter(self.params))
+            self.tracks[stream] = _Track(FaceSpotter(self.params, self.size, background=True))
         return self.tracks[stream]
 
     def handle(self, msg: protocol.Message) -> list[dict]:
@@ -167,18 +167,16 @@ class SpotStage:
         if msg.kind != "frame" or len(msg.arrays) != 1:
             m.dropped.labels("spot", stream, "unexpected").inc()
             return []
-        image = msg.arrays[0]
-        grey = image if image.ndim == 2 else image.mean(axis=2).astype(np.uint8)
         track = self._track(stream)
-        crop = track.tracker.update(grey)
-        m.faces.labels(stream).set(0 if crop is None else 1)
-        if crop is None:
-            track.spotter.reset()
-            return []
-        t_capture = msg.fields.get("t_capture", 0)
-        index = msg.fields.get("index", msg.seq)
+        f = msg.fields
+        t_capture = f.get("t_capture", 0)
+        # the spotter works in media time; a producer without it gets capture time
+        t_media = f.get("t_media", t_capture)
+        index = f.get("index", msg.seq)
+        intervals = track.spots.push(msg.arrays[0], index, t_media, bool(f.get("key_frame")))
+        m.faces.labels(stream).set(1 if track.spots.has_face else 0)
         out = []
-        for it in track.spotter.push(crop.apply(grey), index, t_capture, track.tracker.version):
+        for it in intervals:
             seq = self.seq.get(stream, 0)
             self.seq[stream] = seq + 1
             m.spots.labels(stream).inc()
@@ -192,9 +190,13 @@ class SpotStage:
                     "onset": it.onset,
                     "apex": it.apex,
                     "offset": it.offset,
-                    "t_onset": it.onset_ns,
-                    "t_apex": it.apex_ns,
-                    "t_offset": it.offset_ns,
+                    # media times, and the same moments on the capture clock (latency)
+                    "media_onset": it.onset_ns,
+                    "media_apex": it.apex_ns,
+                    "media_offset": it.offset_ns,
+                    "t_onset": t_capture - (t_media - it.onset_ns),
+                    "t_apex": t_capture - (t_media - it.apex_ns),
+                    "t_offset": t_capture - (t_media - it.offset_ns),
                     "t_capture": t_capture,
                     "t_ingest": msg.fields.get("t_ingest", 0),
                     "score": float(it.score),
@@ -204,7 +206,7 @@ class SpotStage:
                     **({"truth": msg.fields["truth"]} if "truth" in msg.fields else {}),
                 }
             )
-        for reason, n in track.spotter.rejected.items():
+        for reason, n in track.spots.rejected.items():
             seen = track.rejected.get(reason, 0)
             if n > seen:
                 m.spots_rejected.labels(stream, reason).inc(n - seen)
@@ -386,8 +388,9 @@ def _infer(batch, backend, classes, model_version, metrics, pub, seq, with_crops
         now = time.time_ns()
         fields = {
             k: msg.fields[k]
-            for k in ("onset", "apex", "offset", "t_onset", "t_apex", "t_offset", "t_capture",
-                      "t_ingest", "t_spot", "score", "region", "truth")
+            for k in ("onset", "apex", "offset", "media_onset", "media_apex", "media_offset",
+                      "t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot",
+                      "score", "region", "truth")
             if k in msg.fields
         }  # fmt: skip
         fields.update(

@@ -126,7 +126,7 @@ def test_faces_are_found_aligned_and_cropped_on_synthme_frames():
     assert crop.apply(frame).shape == (64, 64, 3)
 
 
-def test_the_tracker_detects_every_n_frames_and_keeps_a_steady_crop_between():
+def test_the_tracker_detects_on_a_media_time_schedule_and_keeps_a_steady_crop_between():
     from mfvan.kernels.faces import FaceTracker
 
     class CountingDetector(FaceDetector):
@@ -136,10 +136,11 @@ def test_the_tracker_detects_every_n_frames_and_keeps_a_steady_crop_between():
             CountingDetector.calls += 1
             return super().detect(image, near)
 
-    tracker = FaceTracker(CountingDetector(), size=64, redetect_every=10)
-    stream = synth.SynthStream(synth.CONFIGS["tiny"], subject=1, seed=2)
-    crops = [tracker.update(stream.frame(t).image) for t in range(25)]
-    assert CountingDetector.calls == 3  # frames 0, 10 and 20
+    tracker = FaceTracker(CountingDetector(), size=64, redetect_s=0.05)
+    stream = synth.SynthStream(synth.CONFIGS["tiny"], subject=1, seed=2)  # 200 fps
+    frames = [stream.frame(t) for t in range(25)]
+    crops = [tracker.update(f.image, f.timestamp_ns) for f in frames]
+    assert CountingDetector.calls == 3  # frames 0, 10 and 20 (0, 50 and 100 ms)
     assert all(c is not None and c.apply(stream.frame(0).image).shape == (64, 64, 3) for c in crops)
     assert crops[1] is crops[9], "no new crop between detections"
 

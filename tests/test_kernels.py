@@ -148,7 +148,7 @@ def _stream_crops(config, seconds, subject=1, seed=3):
     for t in range(int(seconds * config.fps)):
         f = stream.frame(t)
         grey = to_grey(f.image)
-        crop = tracker.update(grey)
+        crop = tracker.update(grey, f.timestamp_ns)
         frames.append((crop.apply(grey), f.timestamp_ns, tracker.version))
     return frames, stream.expressions_until(len(frames))
 
@@ -294,7 +294,8 @@ def test_the_tracker_holds_one_crop_on_a_face_whose_detections_jitter():
     stream = synth.SynthStream(synth.CONFIGS["standard"], subject=3, seed=0, video=2)
     tracker = FaceTracker(size=128)
     for t in range(600):
-        assert tracker.update(to_grey(stream.frame(t).image)) is not None
+        frame = stream.frame(t)
+        assert tracker.update(to_grey(frame.image), frame.timestamp_ns) is not None
     assert tracker.version == 1
     assert tracker.crop.aligned
 
@@ -343,9 +344,8 @@ def test_a_camera_frame_is_filtered_and_searched_only_around_the_face():
     near = detector.detect(frame, near=box)
     assert max(abs(a - b) for a, b in zip(near.centre, box.centre, strict=True)) < 0.1 * box.w
     tracker = FaceTracker(size=128)
-    tracker.update(frame)
+    tracker.update(frame, 0)
     away = np.full_like(frame, 30)
     away[:, 360:] = frame[:, 180:460]  # the face jumped far right: found all the same
-    tracker._since = tracker.redetect_every
-    tracker.update(away)
+    tracker.update(away, tracker.redetect_ns)
     assert tracker._misses == 0 and tracker._geometry[0] > frame.shape[1] / 2
