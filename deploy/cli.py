@@ -233,11 +233,15 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_spot_eval(p: argparse.ArgumentParser) -> None:
+    from mfvan.model.spotting import LAYOUT
+
+    p.epilog = LAYOUT
     p.add_argument(
         "--data",
         type=Path,
         required=True,
-        help="a SynthME set (or its long/ folder): long videos with ground_truth.csv",
+        metavar="DIR",
+        help="a folder of long videos with ground_truth.csv (layout below)",
     )
     p.add_argument(
         "--out", type=Path, default=Path("runs/spotting"), help="report folder (traces, JSON)"
@@ -256,7 +260,7 @@ def _run_spot_eval(args: argparse.Namespace) -> int:
 
     try:
         result = spotting.evaluate(args.data, args.out)
-    except FileNotFoundError as e:
+    except spotting.LayoutError as e:
         print(f"mfvan spot-eval: {e}", file=sys.stderr)
         return 2
     print(spotting.format_score(result))
@@ -593,6 +597,10 @@ SUBCOMMANDS = {
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown; descriptions and epilogs (folder layouts) printed as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mfvan.deploy.config import COMMANDS
 
@@ -606,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_text,
             description=help_text,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
         add_flags(p)
         if name in COMMANDS:

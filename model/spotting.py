@@ -25,8 +25,61 @@ from pathlib import Path
 
 import numpy as np
 
-from mfvan.kernels.facespot import FaceSpotter, media_time_ns
-from mfvan.kernels.spotter import SpotterParams, warm_up
+LAYOUT = """\
+DIR holds the long videos and their ground truth (a SynthME set's long/ folder, or the
+set's root with long/ inside; `mfvan synth` writes it):
+  DIR/ground_truth.csv  one row per expression: video, kind (micro | macro), onset, apex,
+                        offset (0-based frame indices in the video, inclusive)
+  DIR/nuisances.csv     optional: video, kind (blink), start, end
+  DIR/<video>           every video named in ground_truth.csv (.mkv or .mp4, any codec
+                        FFmpeg decodes)"""
+
+TRUTH_COLUMNS = ("video", "kind", "onset", "apex", "offset")
+NUISANCE_COLUMNS = ("video", "kind", "start", "end")
+
+
+class LayoutError(ValueError):
+    """A folder that is not in spot-eval's layout (`LAYOUT`); the message is one line."""
+
+
+def check_layout(data: Path) -> Path:
+    """The folder holding the videos and `ground_truth.csv`, or `LayoutError` naming the
+    first thing missing."""
+    data = Path(data)
+    if not data.exists():
+        raise LayoutError(f"{data} does not exist")
+    if not data.is_dir():
+        raise LayoutError(f"{data} is not a folder (spot-eval wants a folder of long videos)")
+    if (data / "long").is_dir() and not (data / "ground_truth.csv").exists():
+        data = data / "long"
+    truth = data / "ground_truth.csv"
+    if not truth.is_file():
+        raise LayoutError(f"{data} has no ground_truth.csv (see `mfvan spot-eval --help`)")
+    for name, columns in (("ground_truth.csv", TRUTH_COLUMNS), ("nuisances.csv", NUISANCE_COLUMNS)):
+        if not (data / name).exists():
+            continue
+        with open(data / name, newline="") as f:
+            header = next(csv.reader(f), [])
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise LayoutError(f"{data / name} lacks the column(s) {', '.join(missing)}")
+    with open(truth, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for n, row in enumerate(rows, start=2):
+        try:
+            int(row["onset"]), int(row["apex"]), int(row["offset"])
+        except (TypeError, ValueError):
+            raise LayoutError(
+                f"{truth} line {n}: onset, apex, offset must be frame numbers"
+            ) from None
+    named = sorted({r["video"] for r in rows})
+    absent = [v for v in named if not (data / v).is_file()]
+    if absent:
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise LayoutError(f"{data} lacks the video {absent[0]}{more} named in ground_truth.csv")
+    if not named and not any(p.suffix in (".mkv", ".mp4") for p in data.iterdir()):
+        raise LayoutError(f"{data} has no long videos (.mkv, .mp4)")
+    return data
 
 
 @dataclass(frozen=True)
@@ -101,11 +154,13 @@ class VideoRun:
     brightness: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # crop mean
 
 
-def spot_video(path: Path, params: SpotterParams | None = None, size: int = 128) -> VideoRun:
+def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
     """The spotter over one video file, frame by frame, through the same `FaceSpotter` as
     the live spot stage, on the same clock (media time: PTS x time base) and the same grey
     (the decoder's luma plane, as ingest sends it)."""
     import av
+
+    from mfvan.kernels.facespot import FaceSpotter, media_time_ns
 
     spots = FaceSpotter(params, size)
     intervals, signal, threshold, keys, versions, brightness = [], [], [], [], [], []
@@ -223,16 +278,14 @@ def plot_trace(run: VideoRun, truth: list[Truth], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate(long_dir: Path, out: Path | None = None, params: SpotterParams | None = None) -> dict:
+def evaluate(long_dir: Path, out: Path | None = None, params=None) -> dict:
     """Spot every video of a SynthME `long/` folder (or a set's root); score; write
     `spotting.json` and a trace PNG per video under `out` when given."""
-    long_dir = Path(long_dir)
-    if (long_dir / "long").is_dir():
-        long_dir = long_dir / "long"
+    from mfvan.kernels.spotter import warm_up
+
+    long_dir = check_layout(long_dir)
     truth = load_truth(long_dir)
     videos = sorted(p for p in long_dir.iterdir() if p.suffix in (".mkv", ".mp4"))
-    if not videos:
-        raise FileNotFoundError(f"no long videos (.mkv, .mp4) in {long_dir}")
     warm_up()
     runs = [spot_video(v, params) for v in videos]
     result = score(runs, truth)
