@@ -1,18 +1,19 @@
-"""Spotting evaluation: runs the online spotter (`mfvan.kernels.spotter`) over long videos
-exactly as the live pipeline feeds it (decode with PyAV, track the face, crop, push one
-frame at a time) and scores it by the MEGC protocol.
+"""Spotting evaluation: runs the online spotter over long videos exactly as the live
+pipeline does (PyAV decodes; `mfvan.kernels.facespot.FaceSpotter`, the live spot stage's
+own building block, tracks, crops and spots one frame at a time, in media time) and
+scores it by the MEGC protocol.
 
 Protocol (docs: ../shared/DATASETS.md, "Spotting"; MEGC 2020, Li et al. 2020): a predicted
 interval is a true positive when its IoU with a ground-truth micro-expression interval
 (frame sets, onset and offset inclusive) is at least 0.5; each ground truth matches at most
 once (greedily, highest IoU first); unmatched predictions are false positives. Precision,
 recall and F1 are pooled over all videos. Also: the mean absolute apex error of true
-positives in ms, false positives per minute by what they overlap (a blink, a
-macro-expression, or nothing: drift, flicker, light and noise are everywhere), and a
-trace per video (signal, threshold, ground truth, detections) as a PNG.
+positives in ms, the apex-to-emission latency, false spots per minute by cause
+(`false_spot_cause`), and a trace per video (signal, threshold, ground truth, detections)
+as a PNG. The folder layout it reads is `LAYOUT`; anything else is refused in one line.
 
-`sweep` regenerates SynthME long videos at 30 and 60 fps and with each nuisance switched
-off in turn, and evaluates each.
+The matrix of realistic sets (identities x encodings x frame rates) is
+`mfvan.model.spotting_matrix`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -199,37 +200,85 @@ def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
     )
 
 
-def score(runs: list[VideoRun], truth: dict[str, list[Truth]]) -> dict:
-    """MEGC precision / recall / F1 pooled over videos, apex error, false positives."""
-    tp = fp = n_truth = 0
-    apex_ms = []
-    fp_kinds = {"blink": 0, "macro": 0, "none": 0}
-    minutes = 0.0
-    for run in runs:
-        gts = truth.get(run.video, [])
-        micro = [t for t in gts if t.kind == "micro"]
-        others = [t for t in gts if t.kind != "micro"]
-        pred = [(i["onset"], i["offset"]) for i in run.intervals]
-        pairs = match(pred, [(t.onset, t.offset) for t in micro])
-        tp += len(pairs)
-        n_truth += len(micro)
-        minutes += run.frames / run.fps / 60
-        for i, j in pairs:
-            apex_ms.append(abs(run.intervals[i]["apex"] - micro[j].apex) * 1000 / run.fps)
-        matched = {i for i, _ in pairs}
-        for i, p in enumerate(pred):
-            if i in matched:
-                continue
-            fp += 1
-            hit = [t.kind for t in others if min(p[1], t.offset) >= max(p[0], t.onset)]
-            fp_kinds["blink" if "blink" in hit else "macro" if "macro" in hit else "none"] += 1
+CAUSES = ("blink", "macro", "tracker", "keyframe", "light", "other")
+
+
+def false_spot_cause(run: VideoRun, p: tuple[int, int, int], others: list[Truth]) -> str:
+    """Why a false spot (onset, apex, offset) fired, as far as the data tell: it overlaps a
+    blink or a macro-expression; the crop geometry changed between its reference frame
+    and its offset (tracker); a key frame (GOP boundary) fell near its onset or near its
+    reference frame's, in a video that is not all key frames (keyframe); the crop's mean
+    brightness changed by more than 1% from onset to apex (light); else other (codec
+    block noise, texture shimmer, sensor noise)."""
+    onset, apex, offset = p
+    hit = [t.kind for t in others if min(offset, t.offset) >= max(onset, t.onset)]
+    if "blink" in hit:
+        return "blink"
+    if "macro" in hit:
+        return "macro"
+    lag = int(round(0.5 * run.fps))
+    near = max(1, int(round(0.1 * run.fps)))
+    first = max(onset - lag, 0)
+    if len(run.versions) > offset and run.versions[first] != run.versions[offset]:
+        return "tracker"
+    keys = run.key_frames
+    if len(keys) > apex and not keys.all():
+        for a, b in ((onset - near, apex), (onset - lag - near, apex - lag)):
+            if keys[max(a, 0) : max(b + 1, 0)].any():
+                return "keyframe"
+    light = run.brightness
+    if len(light) > apex and np.isfinite(light[[onset, apex]]).all():
+        if abs(light[apex] - light[onset]) > 0.01 * max(light[onset], 1.0):
+            return "light"
+    return "other"
+
+
+def score_video(run: VideoRun, truth: list[Truth]) -> dict:
+    """One video's counts: true and false spots (false ones by cause), apex errors and
+    apex-to-emission latencies (ms)."""
+    micro = [t for t in truth if t.kind == "micro"]
+    others = [t for t in truth if t.kind != "micro"]
+    pred = [(i["onset"], i["offset"]) for i in run.intervals]
+    pairs = match(pred, [(t.onset, t.offset) for t in micro])
+    matched = {i for i, _ in pairs}
+    causes = dict.fromkeys(CAUSES, 0)
+    for i, it in enumerate(run.intervals):
+        if i not in matched:
+            causes[false_spot_cause(run, (it["onset"], it["apex"], it["offset"]), others)] += 1
+    return {
+        "video": run.video,
+        "fps": run.fps,
+        "frames": run.frames,
+        "minutes": run.frames / run.fps / 60,
+        "micro": len(micro),
+        "tp": len(pairs),
+        "fp": len(pred) - len(pairs),
+        "fp_causes": causes,
+        "apex_error_ms": [
+            abs(run.intervals[i]["apex"] - micro[j].apex) * 1000 / run.fps for i, j in pairs
+        ],  # fmt: skip
+        "latency_ms": [i["latency_ns"] / 1e6 for i in run.intervals],
+        "rejected": run.rejected,
+        "seconds": run.seconds,
+    }
+
+
+def pool_scores(per_video: list[dict]) -> dict:
+    """MEGC precision / recall / F1 pooled over videos; apex error (mean), apex-to-emission
+    latency (p50, media time), false spots per minute by cause."""
+    tp = sum(v["tp"] for v in per_video)
+    fp = sum(v["fp"] for v in per_video)
+    n_truth = sum(v["micro"] for v in per_video)
+    minutes = sum(v["minutes"] for v in per_video)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / n_truth if n_truth else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    frames = sum(r.frames for r in runs)
-    seconds = sum(r.seconds for r in runs)
+    apex = [e for v in per_video for e in v["apex_error_ms"]]
+    latency = [e for v in per_video for e in v["latency_ms"]]
+    seconds = sum(v["seconds"] for v in per_video)
+    causes = {c: sum(v["fp_causes"][c] for v in per_video) for c in CAUSES}
     return {
-        "videos": len(runs),
+        "videos": len(per_video),
         "micro": n_truth,
         "predicted": tp + fp,
         "tp": tp,
@@ -237,15 +286,21 @@ def score(runs: list[VideoRun], truth: dict[str, list[Truth]]) -> dict:
         "precision": precision,
         "recall": recall,
         "f1": f1,
-        "apex_error_ms": float(np.mean(apex_ms)) if apex_ms else float("nan"),
-        "fp_per_minute": {k: v / minutes for k, v in fp_kinds.items()} if minutes else {},
-        "latency_ms": float(
-            np.mean([i["latency_ns"] / 1e6 for r in runs for i in r.intervals])
-            if any(r.intervals for r in runs)
-            else float("nan")
-        ),
-        "fps_wall": frames / seconds if seconds else float("nan"),
+        "apex_error_ms": float(np.mean(apex)) if apex else float("nan"),
+        "latency_ms": float(np.median(latency)) if latency else float("nan"),
+        "fp_per_minute": fp / minutes if minutes else float("nan"),
+        "fp_causes_per_minute": {c: n / minutes for c, n in causes.items()} if minutes else {},
+        "fps_wall": sum(v["frames"] for v in per_video) / seconds if seconds else float("nan"),
+        "rejected": {
+            k: sum(v["rejected"].get(k, 0) for v in per_video)
+            for k in (per_video[0]["rejected"] if per_video else {})
+        },
     }
+
+
+def score(runs: list[VideoRun], truth: dict[str, list[Truth]]) -> dict:
+    """Pooled scores of several videos' runs (see `pool_scores`)."""
+    return pool_scores([score_video(r, truth.get(r.video, [])) for r in runs])
 
 
 def plot_trace(run: VideoRun, truth: list[Truth], path: Path) -> None:
@@ -278,26 +333,48 @@ def plot_trace(run: VideoRun, truth: list[Truth], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate(long_dir: Path, out: Path | None = None, params=None) -> dict:
-    """Spot every video of a SynthME `long/` folder (or a set's root); score; write
-    `spotting.json` and a trace PNG per video under `out` when given."""
+def _spot_one(path: str, params) -> VideoRun:
+    import cv2
+
     from mfvan.kernels.spotter import warm_up
 
+    cv2.setNumThreads(1)
+    warm_up()
+    return spot_video(Path(path), params)
+
+
+def evaluate(
+    long_dir: Path,
+    out: Path | None = None,
+    params=None,
+    workers: int | None = 1,
+    traces: bool = True,
+) -> dict:
+    """Spot every video of a folder in `LAYOUT`; score; write `spotting.json` (scores,
+    per-video counts, intervals) and, with `traces`, a trace PNG per video under `out`.
+    `workers`: videos spotted in that many processes at once (None: one per core)."""
     long_dir = check_layout(long_dir)
     truth = load_truth(long_dir)
     videos = sorted(p for p in long_dir.iterdir() if p.suffix in (".mkv", ".mp4"))
-    warm_up()
-    runs = [spot_video(v, params) for v in videos]
-    result = score(runs, truth)
-    result["rejected"] = {k: sum(r.rejected[k] for r in runs) for k in runs[0].rejected}
+    from mfvan.model.data.synth import _pool
+
+    with _pool(workers) as pool:
+        runs = list(pool.map(_spot_one, [str(v) for v in videos], [params] * len(videos)))
+    per_video = [score_video(r, truth.get(r.video, [])) for r in runs]
+    result = pool_scores(per_video)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        for run in runs:
-            plot_trace(run, truth.get(run.video, []), out / f"{Path(run.video).stem}.png")
+        if traces:
+            for run in runs:
+                plot_trace(run, truth.get(run.video, []), out / f"{Path(run.video).stem}.png")
         (out / "spotting.json").write_text(
             json.dumps(
-                {"score": result, "intervals": {r.video: r.intervals for r in runs}},
+                {
+                    "score": result,
+                    "per_video": per_video,
+                    "intervals": {r.video: r.intervals for r in runs},
+                },
                 indent=2,
             )
             + "\n"
@@ -305,128 +382,23 @@ def evaluate(long_dir: Path, out: Path | None = None, params=None) -> dict:
     return result
 
 
+def one_line(r: dict) -> str:
+    ci = r.get("f1_ci")
+    ci_text = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    return (
+        f"F1 {r['f1']:.3f}{ci_text}  P {r['precision']:.2f} R {r['recall']:.2f}  "
+        f"false/min {r['fp_per_minute']:.2f}  apex err {r['apex_error_ms']:.0f} ms  "
+        f"apex->emit p50 {r['latency_ms']:.0f} ms  ({r['micro']} micro)"
+    )
+
+
 def format_score(r: dict) -> str:
-    fp = ", ".join(f"{k} {v:.2f}" for k, v in r["fp_per_minute"].items())
+    fp = ", ".join(f"{k} {v:.2f}" for k, v in r["fp_causes_per_minute"].items())
     return (
         f"{r['micro']} micro-expressions in {r['videos']} videos; {r['predicted']} spotted, "
         f"{r['tp']} right (IoU >= 0.5)\n"
         f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  F1 {r['f1']:.3f}  "
-        f"apex error {r['apex_error_ms']:.1f} ms  apex->emit {r['latency_ms']:.0f} ms\n"
-        f"false positives per minute by what they overlap: {fp}\n"
+        f"apex error {r['apex_error_ms']:.1f} ms  apex->emit p50 {r['latency_ms']:.0f} ms\n"
+        f"false spots per minute {r['fp_per_minute']:.2f}, by cause: {fp}\n"
         f"rejected by the spotter: {r['rejected']}"
     )
-
-
-def sweep_variants(base) -> dict:
-    """Name -> SynthConfig: the base at 30 and 60 fps, and with each nuisance off."""
-    variants = {"fps 200 (standard)": base, "held-out seed": base}
-    for fps in (60.0, 30.0):
-        variants[f"fps {fps:g}"] = replace(base, fps=fps)
-    for name in (
-        "blink_rate_hz",
-        "drift_px",
-        "drift_deg",
-        "flicker",
-        "light_change",
-        "noise_std",
-        "macro_per_segment",
-    ):
-        variants[f"no {name}"] = replace(
-            base,
-            nuisances=replace(base.nuisances, **{name: type(getattr(base.nuisances, name))(0)}),
-        )
-    return variants
-
-
-def sweep(out: Path, config: str = "standard", seed: int = 0, workers: int | None = None) -> dict:
-    """Generate each variant's long videos under out/<variant>/ (kept for reruns) and
-    evaluate them. Returns variant -> score."""
-    from mfvan.model.data import synth
-
-    out = Path(out)
-    results = {}
-    for name, cfg in sweep_variants(synth.CONFIGS[config]).items():
-        folder = out / name.replace(" ", "-").replace("(", "").replace(")", "")
-        if not (folder / "ground_truth.csv").exists():
-            held_out = name == "held-out seed"
-            synth.write_long_videos(
-                cfg, folder, seed=seed + 1 if held_out else seed, workers=workers, progress=False
-            )
-        cached = folder / "report" / "spotting.json"
-        if cached.exists():  # evaluated before: delete OUT to start over
-            results[name] = json.loads(cached.read_text())["score"]
-        else:
-            results[name] = evaluate(folder, folder / "report")
-        print(
-            f"{name:<24} F1 {results[name]['f1']:.3f}  apex error "
-            f"{results[name]['apex_error_ms']:.1f} ms",
-            flush=True,
-        )
-    (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
-
-
-def write_docs(
-    result: dict, sweep_results: dict | None, out: Path, docs: Path, command: str, machine: str
-):
-    """A Markdown page of the results: the main table, the sweep, and the traces (copied
-    next to the page)."""
-    import shutil
-
-    docs = Path(docs)
-    images = docs.parent / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    traces = sorted(Path(out).glob("*.png"))
-    for t in traces:
-        shutil.copy(t, images / f"spotting-{t.name}")
-
-    def row(name, r):
-        fp = r["fp_per_minute"]
-        return (
-            f"| {name} | {r['micro']} | {r['predicted']} | {r['precision']:.3f} | "
-            f"{r['recall']:.3f} | {r['f1']:.3f} | {r['apex_error_ms']:.1f} | "
-            f"{r['latency_ms']:.0f} | {fp['none']:.2f} / {fp['blink']:.2f} / {fp['macro']:.2f} |"
-        )
-
-    header = [
-        "| videos | micro-expressions | spotted | precision | recall | F1 | apex error ms | "
-        "apex to emission ms | false positives / min (none / blink / macro) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    lines = [
-        "# Spotting results on SynthME",
-        "",
-        f"Produced by `{command}` on {machine}.",
-        "",
-        "The online spotter (`mfvan.kernels.spotter`) runs over each long video exactly as "
-        "the live pipeline feeds it: PyAV decodes, the face tracker crops (128 px, eyes "
-        "anchored), and the spotter takes one frame at a time. Scored by the MEGC protocol: "
-        "a spotted interval is right when its IoU with a ground-truth micro-expression is at "
-        "least 0.5, each ground truth matched once; precision, recall and F1 pooled over the "
-        "videos. Apex error: mean over right intervals. Apex to emission: how long after the "
-        "apex the spotter emitted the interval. A false positive is counted under what it "
-        "overlaps: a blink, a macro-expression, or none (drift, flicker, light and noise are "
-        "everywhere). The spotter's parameters were chosen on the seed-0 `standard` videos "
-        "(the first row); the held-out row is seed 1.",
-        "",
-        "## SynthME `standard` long videos (200 fps)",
-        "",
-        *header,
-        row("standard, seed 0", result),
-        "",
-    ]
-    if sweep_results:
-        lines += [
-            "## Frame rate, held-out seed, and each nuisance switched off",
-            "",
-            "`--sweep` regenerates the 4 long videos of each variant (same seed unless held "
-            "out) and spots them with the same parameters (they are in seconds, not frames).",
-            "",
-            *header,
-            *[row(name, r) for name, r in sweep_results.items()],
-            "",
-        ]
-    lines += ["## Traces", ""]
-    lines += [f"![{t.stem}](images/spotting-{t.name})" for t in traces]
-    docs.write_text("\n".join(lines) + "\n")
-    return docs

@@ -54,7 +54,13 @@ from pathlib import Path
 import numpy as np
 
 from mfvan.model.data import casme2
-from mfvan.model.data.synth_face import Identity, Placement, au_field, render_texture
+from mfvan.model.data.synth_face import (
+    Identity,
+    Placement,
+    au_field,
+    photo_identity,
+    render_texture,
+)
 
 EMOTIONS_5 = casme2.EMOTIONS
 CLASSES_3 = ("negative", "positive", "surprise")
@@ -137,14 +143,23 @@ class SynthConfig:
     clip_nuisances: Nuisances = field(
         default_factory=lambda: replace(Nuisances(), blink_rate_hz=1.0, macro_per_segment=0)
     )
-    codec: str = "ffv1"  # long videos: "ffv1" (lossless, .mkv) or "h264" (.mp4)
+    codec: str = "ffv1"  # long videos: a key of ENCODINGS
+    gop_s: float = 1.0  # camera encodings: one key frame every gop_s seconds
     jpeg_quality: int = 95
+    # realistic mode (the `camera` and `photo` presets)
+    identities: str = "parametric"  # "parametric" faces, or "photo": the photograph's
+    skin_detail: float = 0.0  # photographic skin detail (synth_face.skin_detail), 0 = off
+    noise_model: str = "white"  # "white", or "camera": spatially correlated, signal-dependent
 
     def __post_init__(self):
         if self.fps < 25:
             raise ValueError(f"fps must be at least 25, got {self.fps}")
-        if self.codec not in ("ffv1", "h264"):
-            raise ValueError(f"codec must be 'ffv1' or 'h264', got {self.codec!r}")
+        if self.codec not in ENCODINGS:
+            raise ValueError(f"codec must be one of {', '.join(ENCODINGS)}, got {self.codec!r}")
+        if self.identities not in ("parametric", "photo"):
+            raise ValueError(f"identities must be 'parametric' or 'photo', not {self.identities!r}")
+        if self.noise_model not in ("white", "camera"):
+            raise ValueError(f"noise_model must be 'white' or 'camera', not {self.noise_model!r}")
         if self.subjects < 1:
             raise ValueError(f"subjects must be at least 1, got {self.subjects}")
 
@@ -162,6 +177,33 @@ class SynthConfig:
         return max(1, round(ms * self.fps / 1000.0))
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How long videos are encoded. Camera encodings are what IP cameras send: a key frame
+    every `gop_s` (SynthConfig), no B-frames, no scene-cut key frames; quality by CRF, or a
+    constant bitrate of `bits_per_pixel` per frame (IP cameras: 4 Mbit/s at 1080p30 is
+    0.064, 2 Mbit/s at 720p30 0.072)."""
+
+    codec: str  # FFmpeg encoder
+    ext: str
+    crf: int | None = None
+    bits_per_pixel: float | None = None
+    camera: bool = True
+    label: str = ""
+
+
+ENCODINGS: dict[str, Encoding] = {
+    "ffv1": Encoding("ffv1", "mkv", camera=False, label="FFV1 (lossless)"),
+    # the first H.264 option: near lossless, encoder defaults (B-frames, scene cuts)
+    "h264": Encoding("libx264", "mp4", crf=12, camera=False, label="H.264 CRF 12"),
+    "h264-crf18": Encoding("libx264", "mp4", crf=18, label="H.264 CRF 18"),
+    "h264-crf23": Encoding("libx264", "mp4", crf=23, label="H.264 CRF 23"),
+    "h264-crf28": Encoding("libx264", "mp4", crf=28, label="H.264 CRF 28"),
+    "h265-crf23": Encoding("libx265", "mp4", crf=23, label="H.265 CRF 23"),
+    "h264-cbr": Encoding("libx264", "mp4", bits_per_pixel=0.07, label="H.264 camera CBR"),
+}
+
+
 CONFIGS: dict[str, SynthConfig] = {
     # The benchmark's set: 16 subjects, 304 clips, 4 long videos of 20 s.
     "standard": SynthConfig(),
@@ -176,6 +218,19 @@ CONFIGS: dict[str, SynthConfig] = {
         long_seconds=4.0,
     ),
 }
+# Realistic mode, the default of spotting evaluation: photographic skin detail, camera
+# noise, H.264 CRF 23 with a 1 s GOP; 4 micro-expressions per 10 s so that a sweep gathers
+# enough of them in an hour on two cores.
+CONFIGS["camera"] = replace(
+    CONFIGS["standard"],
+    name="camera",
+    skin_detail=1.0,
+    noise_model="camera",
+    nuisances=replace(Nuisances(), noise_std=2.0),
+    codec="h264-crf23",
+    micro_per_segment=4,
+)
+CONFIGS["photo"] = replace(CONFIGS["camera"], name="photo", identities="photo", skin_detail=0.5)
 
 
 @dataclass(frozen=True)
@@ -246,7 +301,11 @@ class SubjectRenderer:
 
     def __init__(self, subject: int, seed: int, config: SynthConfig):
         self.config = config
-        self.identity = Identity.sample(subject, seed)
+        self.identity = (
+            photo_identity(subject, seed, config.skin_detail)
+            if config.identities == "photo"
+            else Identity.sample(subject, seed).with_detail(config.skin_detail)
+        )
         self.placement = config.placement()
         shape = config.frame_size
         self.texture = render_texture(self.identity, shape, self.placement)
@@ -299,7 +358,13 @@ class SubjectRenderer:
         """The frame for `state`: uint8 RGB, (H, W, 3)."""
         img = self.render_exact(state)
         if noise and state.noise_std > 0:
-            img += self._noise(state.noise_seed) * np.float32(state.noise_std)
+            unit = self._noise(state.noise_seed)
+            if self.config.noise_model == "camera":
+                # shot noise grows with the signal: std = noise_std at mid grey
+                std = np.sqrt(np.float32(0.3) + np.float32(1.4 / 255) * img)
+                img += unit * std * np.float32(state.noise_std)
+            else:
+                img += unit * np.float32(state.noise_std)
         return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
     def render_exact(self, state: FrameState) -> np.ndarray:
@@ -325,14 +390,26 @@ class SubjectRenderer:
         Drawing 3HW normals per frame costs more than rendering it, so frames take random
         windows of a small bank of larger noise images: a window is chosen by the frame's
         own seed, so consecutive frames' noise is unrelated and every frame's is reproducible.
+
+        The `camera` noise model correlates it as a sensor's pipeline does: demosaicing and
+        denoising blur it over about a pixel (Gaussian, sigma 0.8 px), and the colour
+        channels share half of it (what is left after demosaicing is mostly luma noise).
         """
         if not hasattr(self, "_bank"):
+            import cv2
+
             h, w = self.config.frame_size
             rng = np.random.default_rng([self.identity.texture_seed, 0xB4])
             pad = self._NOISE_PAD
             self._bank = rng.standard_normal(
                 (self._NOISE_BANK, h + pad, w + pad, 3), dtype=np.float32
             )
+            if self.config.noise_model == "camera":
+                for k in range(self._NOISE_BANK):
+                    shared = self._bank[k].mean(axis=2, keepdims=True) * np.float32(np.sqrt(3))
+                    mixed = 0.7 * shared + 0.71 * self._bank[k]
+                    blurred = cv2.GaussianBlur(mixed, (0, 0), 0.8)
+                    self._bank[k] = blurred / blurred.std()
         h, w = self.config.frame_size
         k, dy, dx = np.random.default_rng(seed).integers(
             (0, 0, 0), (self._NOISE_BANK, self._NOISE_PAD, self._NOISE_PAD)
@@ -701,44 +778,84 @@ NUISANCE_CSV_COLUMNS = ("video", "kind", "start", "end")
 
 
 def long_video_name(config: SynthConfig, video: int, subject: int) -> str:
-    ext = "mkv" if config.codec == "ffv1" else "mp4"
-    return f"sub{subject:02d}_long{video + 1:02d}.{ext}"
+    return f"sub{subject:02d}_long{video + 1:02d}.{ENCODINGS[config.codec].ext}"
 
 
-def encode_video(path: Path, frames, fps: float, codec: str, size: tuple[int, int]) -> None:
-    """Encode RGB frames with PyAV: FFV1 (lossless) or H.264 (crf 12), both in yuv420p.
+def encode_video(
+    path: Path, frames, fps: float, codec: str, size: tuple[int, int], gop_s: float = 1.0
+) -> None:
+    """Encode frames with PyAV as `ENCODINGS[codec]` says, in yuv420p. Frames are RGB
+    uint8 arrays, or yuv420p `av.VideoFrame`s (transcoding: the same pixels re-encoded).
 
     yuv420p is what cameras and RTSP streams deliver; FFV1 codes it losslessly, so the
     only loss is the RGB to 4:2:0 conversion itself (lossless RGB FFV1 costs three times
-    the disk: 120 KB against 42 KB a frame of the standard config). Bit-exact flags keep
-    the container free of encoder versions and random ids, so the same frames give the
-    same bytes.
+    the disk: 120 KB against 42 KB a frame of the standard config). Camera encodings: a
+    key frame every `gop_s` seconds exactly (no scene-cut key frames), no B-frames, the
+    `veryfast` preset a camera's encoder resembles; CRF, or CBR at the encoding's bits
+    per pixel (rate control with a one-second buffer). Bit-exact flags keep the container
+    free of encoder versions and random ids, so the same frames give the same bytes.
     """
     from fractions import Fraction
 
     import av
 
+    enc = ENCODINGS[codec]
     h, w = size
     rate = Fraction(fps).limit_denominator(1000)
-    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
-        if codec == "ffv1":
-            stream = container.add_stream(
-                "ffv1", rate=rate, options={"level": "3", "slicecrc": "1"}
-            )
-            stream.pix_fmt = "yuv420p"
+    gop = max(1, round(gop_s * fps))
+    options: dict[str, str] = {}
+    if enc.codec == "ffv1":
+        options = {"level": "3", "slicecrc": "1"}
+    elif not enc.camera:
+        options = {"crf": str(enc.crf), "preset": "fast"}
+    else:
+        rc = f"crf={enc.crf}" if enc.crf is not None else ""
+        bitrate = None
+        if enc.bits_per_pixel is not None:
+            bitrate = round(enc.bits_per_pixel * w * h * fps)
+            kbps = bitrate // 1000
+            rc = f"bitrate={kbps}:vbv-maxrate={kbps}:vbv-bufsize={kbps}"
+            rc += ":nal-hrd=cbr" if enc.codec == "libx264" else ":strict-cbr=1"
+        gop_opts = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"
+        if enc.codec == "libx264":
+            options = {"preset": "veryfast", "x264-params": f"{rc}:{gop_opts}".strip(":")}
         else:
-            stream = container.add_stream(
-                "libx264", rate=rate, options={"crf": "12", "preset": "fast"}
-            )
-            stream.pix_fmt = "yuv420p"
+            options = {
+                "preset": "veryfast",
+                "x265-params": f"{rc}:{gop_opts}:log-level=error".strip(":"),
+            }
+    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream(enc.codec, rate=rate, options=options)
+        stream.pix_fmt = "yuv420p"
         stream.width, stream.height = w, h
+        if enc.camera:
+            stream.codec_context.gop_size = gop
+            stream.codec_context.max_b_frames = 0
+            if enc.bits_per_pixel is not None:
+                stream.codec_context.bit_rate = bitrate
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         stream.codec_context.thread_count = 1
         for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            if isinstance(image, np.ndarray):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            else:
+                frame = av.VideoFrame.from_ndarray(image.to_ndarray(), format="yuv420p")
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def transcode(src: Path, dst: Path, codec: str, gop_s: float = 1.0) -> None:
+    """Re-encode a (lossless) video's frames with another encoding: codecs compared on
+    identical content."""
+    import av
+
+    with av.open(str(src)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        size = (stream.codec_context.height, stream.codec_context.width)
+        encode_video(dst, container.decode(stream), fps, codec, size, gop_s)
 
 
 def _long_video(config: SynthConfig, seed: int, video: int, out: str):
@@ -756,6 +873,7 @@ def _long_video(config: SynthConfig, seed: int, video: int, out: str):
         config.fps,
         config.codec,
         config.frame_size,
+        config.gop_s,
     )
     truth = [
         {

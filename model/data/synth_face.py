@@ -21,7 +21,9 @@ Imports nothing of this project.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -72,6 +74,10 @@ class Identity:
     ambient: float
     texture_amp: float
     texture_seed: int
+    # realistic mode: photographic skin detail (pores, fine hair, fabric), 0 = none
+    detail: float = 0.0
+    # a photographic identity: the variant of the shipped photograph (see `PhotoVariant`)
+    photo: PhotoVariant | None = None
 
     @classmethod
     def sample(cls, subject: int, seed: int) -> Identity:
@@ -120,6 +126,9 @@ class Identity:
             texture_seed=int(rng.integers(2**31)),
         )
 
+    def with_detail(self, detail: float) -> Identity:
+        return replace(self, detail=detail)
+
     def landmarks(self) -> dict[str, tuple[float, float]]:
         """Named points (x, y) in face-height units, origin at the face centre, y down.
 
@@ -142,6 +151,174 @@ class Identity:
             marks[f"nose_wing_{side}"] = (s * self.nose_w, self.nose_y - 0.01)
             marks[f"mouth_corner_{side}"] = (s * self.mouth_w, self.mouth_y)
         return marks
+
+
+# ----------------------------------------------------------------------------- photographs
+
+# The photograph of photographic identities: matplotlib's public-domain portrait of Grace
+# Hopper (US Navy, 1984), shipped in matplotlib's sample data (a dependency already), 512 x
+# 600. Measured on it once, by eye on a 3x enlargement: the face centre and height in the
+# same convention as `Identity.landmarks` (eyes at -0.08, chin at 0.44 face heights from
+# the centre), and the landmark-defining fields. She wears glasses: the eyes are behind
+# lenses, as many a real subject's are.
+PHOTO_FILE = "grace_hopper.jpg"
+PHOTO_CENTRE = (262.5, 208.0)  # px in the photograph
+PHOTO_FACE_HEIGHT = 265.0  # px, chin to the top of the forehead
+PHOTO_LANDMARKS = {
+    "half_width": 0.40,
+    "eye_y": -0.08,
+    "eye_dx": 0.160,
+    "eye_w": 0.057,
+    "eye_h": 0.026,
+    "brow_gap": 0.068,
+    "brow_len": 0.083,
+    "nose_y": 0.140,
+    "nose_w": 0.094,
+    "mouth_y": 0.253,
+    "mouth_w": 0.132,
+    "lip_thick": 0.022,
+    "hairline": -0.31,
+}
+_X_FIELDS = ("half_width", "eye_dx", "eye_w", "brow_len", "nose_w", "mouth_w")
+
+
+@dataclass(frozen=True)
+class PhotoVariant:
+    """One identity made from the photograph: mirrored or not, stretched (face width and
+    height), re-toned (per-channel gain, gamma), with its own skin detail on top. With one
+    photograph to hand these are what can differ between identities; held-out identities
+    are the mirrored ones (odd seeds), so no held-out face is a tuning face re-toned."""
+
+    mirror: bool
+    scale_x: float
+    scale_y: float
+    gains: tuple[float, float, float]
+    gamma: float
+
+
+def photo_path() -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / PHOTO_FILE
+
+
+@lru_cache(maxsize=1)
+def _photo() -> np.ndarray:
+    """The photograph as float32 RGB in [0, 1]."""
+    import cv2
+
+    path = photo_path()
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"photographic identities need {path} (matplotlib's sample data)")
+    return (bgr[..., ::-1] / np.float32(255)).astype(np.float32)
+
+
+def photo_identity(subject: int, seed: int, detail: float = 1.0) -> Identity:
+    """Subject `subject`'s photographic identity for `seed`: a `PhotoVariant` of the
+    photograph, with the landmark fields measured on it, stretched as the variant is."""
+    rng = np.random.default_rng([seed, subject, 0x9D])
+    base = Identity.sample(subject, seed)  # the non-landmark fields (texture seed, ...)
+    variant = PhotoVariant(
+        mirror=seed % 2 == 1,
+        scale_x=float(rng.uniform(0.9, 1.1)),
+        scale_y=float(rng.uniform(0.94, 1.06)),
+        gains=tuple(float(g) for g in rng.uniform(0.82, 1.12, 3)),
+        gamma=float(rng.uniform(0.8, 1.25)),
+    )
+    fields = {
+        k: v * (variant.scale_x if k in _X_FIELDS else variant.scale_y)
+        for k, v in PHOTO_LANDMARKS.items()
+    }
+    return replace(base, **fields, detail=detail, photo=variant)
+
+
+def _render_photo(ident: Identity, shape: tuple[int, int], place: Placement) -> np.ndarray:
+    """The photograph mapped so that its face lands on `place`, as the variant says."""
+    import cv2
+
+    v = ident.photo
+    k = PHOTO_FACE_HEIGHT / place.h  # photo px per frame px
+    sx = -k / v.scale_x if v.mirror else k / v.scale_x
+    sy = k / v.scale_y
+    # frame (x, y) -> photo (sx (x - cx) + px, sy (y - cy) + py)
+    px, py = PHOTO_CENTRE
+    matrix = np.array([[sx, 0, px - sx * place.cx], [0, sy, py - sy * place.cy]], np.float64)
+    img = cv2.warpAffine(
+        _photo(),
+        matrix,
+        (shape[1], shape[0]),
+        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REFLECT,
+    )
+    img = np.clip(img, 0, 1) ** np.float32(v.gamma) * np.asarray(v.gains, np.float32)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- skin detail
+
+
+def skin_detail(
+    ident: Identity, shape: tuple[int, int], place: Placement, skin_alpha: np.ndarray
+) -> np.ndarray:
+    """Multiplicative photographic detail, (H, W) float32 around 1: pores (sparse dark
+    dots a fraction of a pixel to a pixel across), fine skin grain, fine hairs (short dark
+    strokes) at the hairline and the brows, and woven fabric below the chin. Amplitude
+    `ident.detail` (1 = as a 256 px face on a decent camera shows them). This is what a
+    codec smears differently in every frame; smooth parametric skin gives it nothing to
+    smear."""
+    import cv2
+
+    if ident.detail <= 0:
+        return np.ones(shape, np.float32)
+    rng = np.random.default_rng([ident.texture_seed, 0xDE7])
+    h, w = shape
+    x, y = _grid(shape, place)
+    scale = place.h / 256.0
+    # pores: Poisson dots on the skin, each a small dark Gaussian
+    dots = (rng.random(shape) < 0.02).astype(np.float32) * rng.uniform(0.5, 1.0, shape).astype(
+        np.float32
+    )
+    pores = cv2.GaussianBlur(dots, (0, 0), 0.7 * scale)
+    pores /= pores.max() + 1e-6
+    grain = _smooth_noise(shape, rng, 0.6 * scale)
+    out = 1.0 - 0.10 * pores * skin_alpha + 0.025 * grain * skin_alpha
+    # fine hairs: thin dark strokes, oriented along the hair's flow, near the hairline and
+    # on the brows
+    hairs = np.zeros(shape, np.float32)
+    marks = ident.landmarks()
+    centres = [(0.0, ident.hairline + 0.02, 0.30, 0.05, 1.4)]
+    for side in ("l", "r"):
+        bx, by = marks[f"brow_inner_{side}"]
+        ox, oy = marks[f"brow_outer_{side}"]
+        centres.append(((bx + ox) / 2, (by + oy) / 2, abs(ox - bx) / 2 + 0.02, 0.025, 0.15))
+    for cx, cy, ax, ay, angle in centres:
+        n = int(900 * ax * ay / 0.015 * scale)
+        for _ in range(n):
+            u, v = rng.uniform(-1, 1, 2)
+            x0 = (cx + u * ax) * place.h + place.cx
+            y0 = (cy + v * ay) * place.h + place.cy
+            spread = rng.normal(0, 0.3)
+            a = angle + spread if cx == 0.0 else np.sign(cx) * angle + spread
+            length = rng.uniform(3, 8) * scale
+            x1, y1 = x0 + length * np.cos(a), y0 - length * np.sin(a)
+            cv2.line(
+                hairs,
+                (int(x0 * 16), int(y0 * 16)),
+                (int(x1 * 16), int(y1 * 16)),
+                float(rng.uniform(0.5, 1.0)),
+                1,
+                cv2.LINE_AA,
+                4,
+            )
+    out *= 1.0 - 0.35 * np.clip(hairs, 0, 1)
+    # fabric: a fine woven pattern (two crossing thread sets) below the chin and neck
+    period = 3.2 * scale
+    xs, ys = np.mgrid[0:h, 0:w].astype(np.float32)[::-1]
+    weave = np.sin(2 * np.pi * (xs + ys) / period) * np.sin(2 * np.pi * (xs - ys) / period)
+    cloth = np.clip((y - 0.62) / 0.03, 0, 1) * (1 - skin_alpha)
+    out *= 1.0 + 0.08 * weave * cloth + 0.03 * _smooth_noise(shape, rng, 0.8) * cloth
+    return (out * ident.detail + (1 - ident.detail)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -187,8 +364,16 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
     Layers, back to front: background, hair mass, face oval with Lambertian shading of an
     ellipsoid lit from the identity's light direction, skin texture, eye sockets, eyes,
     brows, nose shading, lips, hair fringe. Every edge is soft (about 1 px) so the texture
-    resamples smoothly under sub-pixel motion.
+    resamples smoothly under sub-pixel motion. Then `skin_detail` when `ident.detail` > 0.
+
+    A photographic identity (`ident.photo`) is the photograph instead, placed and re-toned
+    as its variant says, with its own skin detail on top.
     """
+    if ident.photo is not None:
+        img = _render_photo(ident, shape, place)
+        x, y = _grid(shape, place)
+        face = _ellipse_alpha(x, y, 0.0, 0.02, ident.half_width, 0.5, 0.05)
+        return np.clip(img * skin_detail(ident, shape, place, face)[..., None], 0, 1)
     x, y = _grid(shape, place)
     soft = 1.2 / place.h
     rng = np.random.default_rng(ident.texture_seed)
@@ -309,6 +494,7 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
     fringe *= _ellipse_alpha(x, y, 0.0, -0.05, ident.half_width * 1.13, 0.58, soft)
     hair_tex = 1.0 + 0.06 * _smooth_noise(shape, rng, 1.0)
     _blend_img(img, fringe, np.asarray(ident.hair, np.float32) * hair_tex[..., None])
+    img *= skin_detail(ident, shape, place, skin_alpha)[..., None]
     return np.clip(img, 0.0, 1.0)
 
 
