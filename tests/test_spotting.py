@@ -1,0 +1,320 @@
+"""Spotting on camera-like video: the realistic generator, camera encodings read back from
+the files, spot-eval's folder layout, and one path from frame to spots, live and offline,
+in media time."""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from av.video.frame import PictureType
+
+from mfvan.model.data import synth
+
+
+def _quiet(config: synth.SynthConfig, **changes) -> synth.SynthConfig:
+    """`config` with no expression and no blink (noise, drift and light are kept)."""
+    nuisances = replace(config.nuisances, blink_rate_hz=0.0, macro_per_segment=0)
+    return replace(config, nuisances=nuisances, micro_per_segment=0, **changes)
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+@pytest.mark.parametrize("preset", ["camera", "photo"])
+def test_the_realistic_generator_is_deterministic_per_seed(preset):
+    cfg = synth.CONFIGS[preset]
+    frames = [synth.SynthStream(cfg, subject=2, seed=5).frame(37).image for _ in range(2)]
+    other = synth.SynthStream(cfg, subject=2, seed=6).frame(37).image
+    assert np.array_equal(frames[0], frames[1])
+    assert np.abs(frames[0].astype(int) - other.astype(int)).mean() > 2
+
+
+def test_photographic_identities_differ_and_held_out_ones_are_mirrored():
+    from mfvan.model.data.synth_face import photo_identity
+
+    tuning = [photo_identity(s, 0) for s in range(1, 9)]
+    held_out = [photo_identity(s, 1) for s in range(1, 9)]
+    assert not any(i.photo.mirror for i in tuning) and all(i.photo.mirror for i in held_out)
+    assert len({(i.photo.scale_x, i.photo.gains) for i in tuning + held_out}) == 16
+
+
+def test_camera_noise_is_spatially_correlated_and_grows_with_the_signal():
+    cfg = replace(synth.CONFIGS["camera"], frame_size=(192, 160), face_height=128.0)
+    renderer = synth.SubjectRenderer(1, 0, cfg)
+    state = synth.FrameState({}, noise_std=2.0, noise_seed=(1,))
+    noise = renderer.render(state).astype(np.float32) - renderer.render_exact(state)
+    grey = noise.mean(axis=2)
+    neighbour = np.corrcoef(grey[:, :-1].ravel(), grey[:, 1:].ravel())[0, 1]
+    assert neighbour > 0.3, "demosaiced noise: neighbours correlate"
+    exact = renderer.render_exact(state).mean(axis=2)
+    dark, bright = noise.std(axis=2)[exact < 60], noise.std(axis=2)[exact > 160]
+    assert grey[exact > 160].std() > 1.3 * grey[(exact < 60) & (exact > 5)].std()
+    assert dark.size and bright.size
+
+
+def test_a_photographic_identitys_action_unit_moves_the_region_it_should():
+    """AU12 (lip-corner puller) on the photograph moves the photograph's own mouth corners
+    up and out, and leaves the eyes and brows still."""
+    from mfvan.model.data.synth_face import PHOTO_CENTRE, PHOTO_FACE_HEIGHT
+
+    cfg = synth.CONFIGS["photo"]
+    renderer = synth.SubjectRenderer(1, 0, cfg)  # seed 0: not mirrored
+    field = renderer.fields[12]
+    place, v = renderer.placement, renderer.identity.photo
+    k = PHOTO_FACE_HEIGHT / place.h
+
+    def frame_xy(photo_x, photo_y):  # a point of the photograph, in frame pixels
+        return (
+            place.cx + (photo_x - PHOTO_CENTRE[0]) * v.scale_x / k,
+            place.cy + (photo_y - PHOTO_CENTRE[1]) * v.scale_y / k,
+        )
+
+    # measured on the photograph: mouth corners at (228, 275) and (298, 273), eyes at y 187
+    for (px, py), outward in (((228, 275), -1), ((298, 273), 1)):
+        x, y = (int(round(c)) for c in frame_xy(px, py))
+        window = field[y - 6 : y + 7, x - 6 : x + 7]
+        dx, dy = window[..., 0].mean(), window[..., 1].mean()
+        assert np.hypot(dx, dy) > 0.6, "the corner moves with nearly the AU's full strength"
+        assert dy < 0 and dx * outward > 0, "up and outwards"
+    _, eye_y = frame_xy(262, 187)
+    assert np.abs(field[: int(eye_y) + 5]).max() < 0.01, "nothing moves at or above the eyes"
+    still = renderer.render(synth.FrameState({}), noise=False).astype(float)
+    smile = renderer.render(synth.FrameState({12: 3.0}), noise=False).astype(float)
+    diff = np.abs(smile - still).mean(axis=2)
+    ys, _ = np.nonzero(diff > 4)
+    assert ys.size and ys.min() > eye_y, "the image changes only below the eyes"
+
+
+# ----------------------------------------------------------------------------- encodings
+
+
+def _probe(path: Path) -> dict:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = [p for p in container.demux(stream) if p.size]
+        keys = [i for i, p in enumerate(packets) if p.is_keyframe]
+        seconds = len(packets) / float(stream.average_rate)
+        codec = stream.codec_context.name
+    with av.open(str(path)) as container:
+        types = {PictureType(f.pict_type).name for f in container.decode(video=0)}
+    return {
+        "codec": codec,
+        "keys": keys,
+        "kbps": sum(p.size for p in packets) * 8 / seconds / 1000,
+        "types": types,
+    }
+
+
+@pytest.mark.slow
+def test_each_camera_encoding_is_applied_as_asked(tmp_path):
+    """Codec, key frame every second exactly, no B-frames, quality falling with the CRF,
+    and the constant bitrate near its target, all read back from the files."""
+    cfg = replace(synth.CONFIGS["camera"], fps=50.0, frame_size=(192, 160), face_height=128.0)
+    stream = synth.SynthStream(cfg, subject=1, seed=0)
+    frames = [stream.frame(t).image for t in range(150)]  # 3 s
+    sizes = {}
+    for name in ("h264-crf18", "h264-crf23", "h264-crf28", "h265-crf23", "h264-cbr", "ffv1"):
+        path = tmp_path / f"{name}.{synth.ENCODINGS[name].ext}"
+        synth.encode_video(path, frames, 50.0, name, cfg.frame_size, gop_s=1.0)
+        info = _probe(path)
+        sizes[name] = info["kbps"]
+        assert (
+            info["codec"]
+            == {"libx264": "h264", "libx265": "hevc", "ffv1": "ffv1"}[synth.ENCODINGS[name].codec]
+        )
+        if name == "ffv1":
+            continue
+        assert info["keys"] == [0, 50, 100], f"{name}: a key frame every 50 frames (1 s)"
+        assert "B" not in info["types"], f"{name}: no B-frames, as cameras"
+    assert sizes["h264-crf18"] > sizes["h264-crf23"] > sizes["h264-crf28"]
+    target = 0.07 * 192 * 160 * 50 / 1000
+    assert 0.6 * target < sizes["h264-cbr"] < 1.25 * target, (sizes["h264-cbr"], target)
+
+
+def test_transcoding_keeps_the_masters_pixels(tmp_path):
+    cfg = replace(synth.CONFIGS["tiny"], skin_detail=1.0, noise_model="camera")
+    stream = synth.SynthStream(cfg, subject=1, seed=0)
+    frames = [stream.frame(t).image for t in range(10)]
+    synth.encode_video(tmp_path / "m.mkv", frames, cfg.fps, "ffv1", cfg.frame_size)
+    synth.transcode(tmp_path / "m.mkv", tmp_path / "copy.mkv", "ffv1")
+
+    def planes(path):
+        with av.open(str(path)) as c:
+            return [f.to_ndarray() for f in c.decode(video=0)]
+
+    master, copy = planes(tmp_path / "m.mkv"), planes(tmp_path / "copy.mkv")
+    assert len(master) == 10 and all(
+        np.array_equal(a, b) for a, b in zip(master, copy, strict=True)
+    )
+
+
+# ----------------------------------------------------------------------------- spot-eval
+
+
+def _layout(tmp_path, truth="video,kind,onset,apex,offset\nv.mp4,micro,1,2,3\n", video=True):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    if truth is not None:
+        (folder / "ground_truth.csv").write_text(truth)
+    if video:
+        (folder / "v.mp4").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "does not exist"),
+        ("file", "is not a folder"),
+        ("no csv", "has no ground_truth.csv"),
+        ("columns", "lacks the column(s) apex, offset"),
+        ("numbers", "line 2: onset, apex, offset must be frame numbers"),
+        ("video", "lacks the video v.mp4 named in ground_truth.csv"),
+    ],
+)
+def test_spot_eval_refuses_another_layout_in_one_line_naming_what_is_missing(
+    tmp_path, capsys, case, expected
+):
+    from mfvan.deploy.cli import main
+
+    if case == "missing":
+        data = tmp_path / "nowhere"
+    elif case == "file":
+        data = tmp_path / "a.txt"
+        data.write_text("x")
+    elif case == "no csv":
+        data = _layout(tmp_path, truth=None)
+    elif case == "columns":
+        data = _layout(tmp_path, truth="video,kind,onset\nv.mp4,micro,1\n")
+    elif case == "numbers":
+        data = _layout(tmp_path, truth="video,kind,onset,apex,offset\nv.mp4,micro,a,b,c\n")
+    else:
+        data = _layout(tmp_path, video=False)
+    assert main(["spot-eval", "--data", str(data), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err
+
+
+def test_spot_eval_help_documents_the_folder_layout(capsys):
+    from mfvan.deploy.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["spot-eval", "--help"])
+    text = capsys.readouterr().out
+    assert "ground_truth.csv" in text and "nuisances.csv" in text and "onset, apex" in text
+
+
+def test_the_bootstrap_interval_brackets_the_pooled_f1():
+    from mfvan.model.spotting import pool_scores
+    from mfvan.model.spotting_matrix import bootstrap_f1
+
+    rng = np.random.default_rng(0)
+    videos = []
+    for i in range(20):
+        tp = int(rng.integers(4, 9))
+        videos.append({"video": str(i), "fps": 200.0, "frames": 4000, "minutes": 1 / 3,
+                       "micro": 8, "tp": tp, "fp": int(rng.integers(0, 3)),
+                       "fp_causes": {}, "apex_error_ms": [], "latency_ms": [],
+                       "rejected": {}, "seconds": 1.0})  # fmt: skip
+    low, high = bootstrap_f1(videos)
+    f1 = pool_scores([dict(v, fp_causes=dict.fromkeys(("blink", "macro", "tracker",
+                     "keyframe", "light", "other"), 0)) for v in videos])["f1"]  # fmt: skip
+    assert low < f1 < high and high - low < 0.3
+    assert bootstrap_f1(videos) == (low, high), "a fixed seed: the same interval"
+
+
+# ----------------------------------------------------------------------------- spotting
+
+
+def _write_set(folder: Path, cfg: synth.SynthConfig, seed: int = 1) -> Path:
+    synth.write_long_videos(cfg, folder, seed=seed, workers=1, progress=False)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_face_without_any_expression_in_h264_crf28_gives_no_spot(tmp_path):
+    """Camera noise, head drift, light change and the heaviest camera encoding, on a
+    photographic face, 12 s at 100 fps: the spotter must stay silent."""
+    from mfvan.model.spotting import evaluate
+
+    cfg = _quiet(synth.CONFIGS["photo"], fps=100.0, codec="h264-crf28", long_seconds=12.0,
+                 long_videos=1)  # fmt: skip
+    folder = _write_set(tmp_path / "quiet", cfg)
+    assert not list(csv.DictReader(open(folder / "ground_truth.csv"))), "nothing to find"
+    result = evaluate(folder, tmp_path / "report")
+    assert result["predicted"] == 0, result
+
+
+def _burn(seconds: float) -> None:
+    end = time.time() + seconds
+    while time.time() < end:
+        pass
+
+
+@pytest.mark.slow
+def test_spot_eval_and_the_live_spot_stage_find_the_same_intervals_even_under_load(tmp_path):
+    """The same H.264 file through `mfvan spot-eval`'s path, and through ingest and the live
+    spot stage over ZeroMQ (face detection in its worker thread) while both cores are
+    busy: the same intervals, frame for frame, because both run in media time."""
+    import json
+
+    import zmq
+
+    from mfvan.model.spotting import evaluate
+    from mfvan.stream import protocol
+    from mfvan.stream.ingest import PyAVSource
+    from mfvan.stream.metrics import Metrics
+    from mfvan.stream.stages import run_ingest, run_spot
+
+    cfg = replace(synth.CONFIGS["photo"], fps=100.0, long_seconds=10.0, long_videos=1)
+    folder = _write_set(tmp_path / "set", cfg)
+    evaluate(folder, tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "spotting.json").read_text())
+    (video,) = report["intervals"]
+    offline = [(i["onset"], i["apex"], i["offset"]) for i in report["intervals"][video]]
+    assert offline, "the video's micro-expressions give intervals to compare"
+
+    ctx = zmq.Context()
+    frames_at, pairs_at = f"ipc://{tmp_path}/frames", f"ipc://{tmp_path}/pairs"
+    stop = threading.Event()
+    metrics = Metrics("spot")
+    pull = ctx.socket(zmq.PULL)
+    pull.connect(pairs_at)
+    burners = [multiprocessing.get_context("spawn").Process(target=_burn, args=(120,))
+               for _ in range(2)]  # fmt: skip
+    for b in burners:
+        b.start()
+    spot = threading.Thread(target=run_spot, args=([frames_at], pairs_at, metrics, stop, ctx))
+    spot.start()
+    source = PyAVSource(str(folder / video))
+    ingest = threading.Thread(
+        target=run_ingest,
+        args=(source, "cam", frames_at, metrics, stop, ctx),
+        kwargs={"block": True},
+    )
+    live = []
+    try:
+        time.sleep(0.3)
+        ingest.start()
+        ingest.join(timeout=300)
+        deadline = time.time() + 20
+        while time.time() < deadline and len(live) < len(offline):
+            if pull.poll(500):
+                msg = protocol.decode(protocol.recv_parts(pull))
+                live.append((msg.fields["onset"], msg.fields["apex"], msg.fields["offset"]))
+    finally:
+        stop.set()
+        spot.join(timeout=10)
+        for b in burners:
+            b.terminate()
+        pull.close(linger=0)
+        ctx.term()
+    assert live == offline
