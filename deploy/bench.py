@@ -132,15 +132,23 @@ def format_model_report(r: dict) -> str:
 # ----------------------------------------------------------------------------- flow
 
 
-def synth_flow_pairs(n: int = 32, size: int = 128, seed: int = 1) -> list:
-    """(onset crop, apex crop, true flow) at the onset and apex of SynthME `standard`
-    clips: grey uint8 face crops (area-resized) and the renderer's exact flow, resized and
-    rescaled with them. Seed 1: the flow's parameters were chosen on seed 0."""
+def synth_flow_pairs(
+    n: int = 32, size: int = 128, seed: int = 1, config: str = "standard", codec: str | None = None
+) -> list:
+    """(onset crop, apex crop, true flow) at the onset and apex of SynthME clips of preset
+    `config` (`photo`: photographic identities): grey uint8 face crops (area-resized) and
+    the renderer's exact flow, resized and rescaled with them. With `codec` (a key of
+    `synth.ENCODINGS`), the clip's frames from onset to apex are encoded as a camera would
+    and the pair is taken from the decoded video. Seed 1: the flow's parameters were chosen
+    on seed 0."""
+    import tempfile
+
+    import av
     import cv2
 
     from mfvan.model.data import synth
 
-    cfg = synth.CONFIGS["standard"]
+    cfg = synth.CONFIGS[config]
     emotions = synth.EMOTIONS_5
     out = []
     for i in range(n):
@@ -157,7 +165,16 @@ def synth_flow_pairs(n: int = 32, size: int = 128, seed: int = 1) -> list:
         def crop(img, ys=ys, xs=xs):
             return cv2.resize(img[ys, xs], (size, size), interpolation=cv2.INTER_AREA)
 
-        grey = [cv2.cvtColor(r.render(s), cv2.COLOR_RGB2GRAY) for s in (a, b)]
+        if codec is None:
+            grey = [cv2.cvtColor(r.render(s), cv2.COLOR_RGB2GRAY) for s in (a, b)]
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = f"{tmp}/clip.{synth.ENCODINGS[codec].ext}"
+                frames = (r.render(timeline.state(t)) for t in range(e.onset, e.apex + 1))
+                synth.encode_video(path, frames, cfg.fps, codec, cfg.frame_size)
+                with av.open(path) as container:
+                    decoded = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+            grey = [decoded[0], decoded[-1]]
         flow = crop(r.forward_flow(a, b)) * (size / (2 * half))
         out.append((crop(grey[0]), crop(grey[1]), flow))
     return out
@@ -187,9 +204,18 @@ def flow_methods() -> dict:
     }
 
 
-def bench_flow(sizes=(64, 128, 256), n: int = 32, rounds: int = 5) -> dict:
-    """EPE on the face against SynthME's exact flow, and time per pair, for each method and
-    size, on one thread, methods interleaved round by round."""
+# what `bench flow` measures on: SynthME's parametric faces (lossless), photographic
+# identities (lossless), and photographic identities through H.264 CRF 23 as a camera codes
+FLOW_SETS = {
+    "SynthME": ("standard", None),
+    "photo": ("photo", None),
+    "photo H.264 CRF 23": ("photo", "h264-crf23"),
+}
+
+
+def bench_flow(sizes=(64, 128, 256), n: int = 32, rounds: int = 5, sets=tuple(FLOW_SETS)) -> dict:
+    """EPE on the face against SynthME's exact flow, and time per pair, for each set, size
+    and method, on one thread, methods interleaved round by round."""
     import cv2
 
     from mfvan.kernels.flow import warm_up
@@ -198,43 +224,57 @@ def bench_flow(sizes=(64, 128, 256), n: int = 32, rounds: int = 5) -> dict:
     warm_up()
     methods = flow_methods()
     rows = []
-    for size in sizes:
-        pairs = synth_flow_pairs(n, size)
-        mask = face_mask(size)
-        times = {name: [] for name in methods}
-        epe = {}
-        for name, fn in methods.items():
-            epe[name] = float(
-                np.mean([np.linalg.norm(fn(a, b) - g, axis=-1)[mask].mean() for a, b, g in pairs])
-            )
-        for _ in range(rounds):
-            for name, fn in methods.items():
-                start = time.perf_counter()
-                for a, b, _ in pairs:
-                    fn(a, b)
-                times[name].append((time.perf_counter() - start) / len(pairs))
-        for name in methods:
-            rows.append(
-                {"size": size, "method": name, "epe": epe[name], "ms": 1e3 * min(times[name])}
-            )
+    for set_name in sets:
+        config, codec = FLOW_SETS[set_name]
+        for size in sizes:
+            pairs = synth_flow_pairs(n, size, config=config, codec=codec)
+            mask = face_mask(size)
+            times = {name: [] for name in methods}
+            epe = {
+                name: float(
+                    np.mean(
+                        [np.linalg.norm(fn(a, b) - g, axis=-1)[mask].mean() for a, b, g in pairs]
+                    )
+                )
+                for name, fn in methods.items()
+            }
+            for _ in range(rounds):
+                for name, fn in methods.items():
+                    start = time.perf_counter()
+                    for a, b, _ in pairs:
+                        fn(a, b)
+                    times[name].append((time.perf_counter() - start) / len(pairs))
+            for name in methods:
+                rows.append(
+                    {
+                        "set": set_name,
+                        "size": size,
+                        "method": name,
+                        "epe": epe[name],
+                        "ms": 1e3 * min(times[name]),
+                    }
+                )
     return {"machine": cpu_name(), "pairs": n, "rows": rows}
 
 
 def format_flow_report(r: dict) -> str:
     lines = [
-        f"dense flow on {r['pairs']} SynthME onset/apex pairs (seed 1), one thread; "
-        f"machine: {r['machine']}",
-        f"{'size':>5}  {'method':<20}{'EPE px':>9}{'ms/pair':>10}",
+        f"dense flow on {r['pairs']} onset/apex pairs per set and size (seed 1, held out), "
+        f"one thread; machine: {r['machine']}",
+        f"{'set':<20}{'size':>5}  {'method':<20}{'EPE px':>9}{'ms/pair':>10}",
     ]
     for row in r["rows"]:
-        lines.append(f"{row['size']:>5}  {row['method']:<20}{row['epe']:>9.4f}{row['ms']:>10.2f}")
-    by = {(row["size"], row["method"]): row for row in r["rows"]}
-    for size in sorted({row["size"] for row in r["rows"]}):
-        ours = by[(size, "mfvan (Numba)")]
+        lines.append(
+            f"{row['set']:<20}{row['size']:>5}  {row['method']:<20}{row['epe']:>9.4f}"
+            f"{row['ms']:>10.2f}"
+        )
+    by = {(row["set"], row["size"], row["method"]): row for row in r["rows"]}
+    for set_name, size in dict.fromkeys((row["set"], row["size"]) for row in r["rows"]):
+        ours = by[(set_name, size, "mfvan (Numba)")]
         for ref in ("OpenCV DIS medium", "OpenCV Farneback"):
-            other = by[(size, ref)]
+            other = by[(set_name, size, ref)]
             lines.append(
-                f"{size} px: against {ref}: EPE {ours['epe'] / other['epe']:.2f}x, "
+                f"{set_name}, {size} px: against {ref}: EPE {ours['epe'] / other['epe']:.2f}x, "
                 f"speed {other['ms'] / ours['ms']:.2f}x"
             )
     return "\n".join(lines)

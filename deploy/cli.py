@@ -115,6 +115,13 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     )
     flow.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="crop sizes")
     flow.add_argument("--pairs", type=int, default=32, help="onset/apex pairs per size")
+    flow.add_argument(
+        "--sets",
+        nargs="+",
+        default=["SynthME", "photo", "photo H.264 CRF 23"],
+        help="SynthME (parametric faces), photo (photographic identities), "
+        "'photo H.264 CRF 23' (the same through a camera's codec)",
+    )
     spotter = what.add_parser(
         "spotter",
         help="the spotter's frames per second on one core (flow included), with our flow and "
@@ -161,7 +168,9 @@ def _run_bench(args: argparse.Namespace) -> int:
             bench.bench_model(args.config, batches=args.batches, runs=args.runs)
         )
     elif args.target == "flow":
-        report = bench.format_flow_report(bench.bench_flow(tuple(args.sizes), args.pairs))
+        report = bench.format_flow_report(
+            bench.bench_flow(tuple(args.sizes), args.pairs, sets=tuple(args.sets))
+        )
     elif args.target == "backends":
         report = bench.format_backends_report(
             bench.bench_backends(args.config, tuple(args.batches), args.runs)

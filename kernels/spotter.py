@@ -15,6 +15,19 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
    inside an expression is a neutral frame before its onset, so the signal is the
    expression's own displacement: it rises at the onset, peaks at the apex and falls at
    the offset.
+   a. Denoising (for camera video): the crops are first averaged over the last
+      `denoise_s` of media time (20 ms: four frames at 200 fps, one at 60 fps and below).
+      Sensor noise is new in every frame and a codec re-quantises texture differently in
+      every frame; a micro-expression takes 40 ms or more to its apex and barely blurs.
+   b. Each region against its own floor: every region keeps its own resting mean and
+      deviation, one pair for comparisons within one GOP and one for comparisons across a
+      key frame (the decoder's key-frame flag; a stream that is all key frames, or has no
+      flags, has one state). The signal is each region's motion above its floor, scaled
+      down to a typical region's noise when it is noisier (textured skin, the glasses'
+      rims, a collar: where codecs shimmer), never up (a flat region's codec blocks would
+      be amplified), plus the typical floor. Measured on the tuning seed: the false spots
+      on a photographic face in H.264 that had no expression came from one noisy region
+      (the chin), and a key frame raised the floor of comparisons across it by 20%.
 2. Echo. `lag_s` later the expression is in the reference frame instead, and the same
    motion shows again, mirrored. A comparison whose reference falls inside an interval
    already seen (detected or rejected) is not trusted: no new interval starts on it.
@@ -32,7 +45,11 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
    expressions have exactly that profile, and real ones (CASME II's onset-apex-offset
    annotations) a similar smooth one; the threshold crossings themselves would make every
    interval too short, and a short interval fails the IoU test.
-5. Rejected, and marked so that their echo is ignored too: intervals longer than
+5. Rejected: blips, whose signal stayed above the start threshold for less than
+   `min_duration_s` (temporal consistency: sensor noise, a key frame, block flicker flash
+   for a frame or two; a micro-expression holds for tens of ms); their echo is a blip too,
+   so nothing is blocked after them. Rejected, and marked so that their echo is ignored
+   too: intervals longer than
    `max_duration_s` (macro-expressions, slow drift), peaks above `max_amplitude`
    (macro-expressions), and blinks: when the eye regions (outside the signal) moved more
    than `blink_ratio` times the signal, the eyelids did it. Last, a check that costs one
@@ -69,13 +86,15 @@ class SpotterParams:
     z_quiet: float = 2.0  # below this the face is at rest (onset search, noise update)
     min_amplitude: float = 0.05  # px (128 px crop) above the running mean, at least
     max_amplitude: float = 0.8  # px: above this it is a macro-expression
-    min_duration_s: float = 0.03  # onset to confirmation at least this long
+    min_duration_s: float = 0.04  # above the start threshold to confirmation, at least
     max_duration_s: float = 0.5  # onset to confirmation (and offset) at most this long
     confirm_fraction: float = 0.5  # the apex is confirmed when the signal falls below this
     edge_fraction: float = 0.2  # onset and offset: this far up from the mean to the peak
     block_margin_s: float = 0.1  # an echo's reference this close to a seen interval: ignored
     blink_ratio: float = 1.5  # eyes' motion above this times the signal: a blink
     verify_fraction: float = 0.3  # onset-to-apex motion at least this part of the rise
+    region_floors: bool = True  # each region measured against its own noise floor
+    denoise_s: float = 0.02  # crops averaged over this much media time before the flow
     flow: _flow.FlowParams = field(default_factory=_flow.FlowParams)
 
 
@@ -109,6 +128,8 @@ class _Candidate:
     threshold: float
     region: int
     eyes_at_peak: float
+    peak_px: float  # the region's own motion at the peak, px
+    floor_px: float  # the region's resting level when the interval started
 
 
 class Spotter:
@@ -136,12 +157,18 @@ class Spotter:
         self._last_ns = None
         self._candidate: _Candidate | None = None
         self._falling = False  # after a rejection: wait for rest before starting again
+        self._floors: list = [None, None]  # per GOP state: (mean, dev) per region
+        self._recent: deque = deque()  # (ns, float crop) of the denoising window
+        self._recent_sum = None
+        self._floor_ns = [0, 0]
 
     # -- state ----------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the frames (a new crop geometry, or a gap in the stream); the noise
         estimate is kept."""
         self._buffer.clear()
+        self._recent.clear()
+        self._recent_sum = None
         self._blocked.clear()
         self._history.clear()
         self._candidate = None
@@ -153,6 +180,7 @@ class Spotter:
 
     def _setup(self, size: int) -> None:
         self._size = size
+        self._floors, self._floor_ns = [None, None], [0, 0]
         self._scale = 128.0 / size
         names = _signals.SIGNAL_ROIS
         self._signal_boxes = _signals.roi_boxes(size, names)
@@ -187,8 +215,8 @@ class Spotter:
         self.frames += 1
         p = self.params
         lag_ns = int(p.lag_s * 1e9)
-        image = np.ascontiguousarray(crop, dtype=np.float32)
-        self._buffer.append((index, timestamp_ns, crop, image))
+        image = self._denoised(np.asarray(crop, dtype=np.float32), timestamp_ns)
+        self._buffer.append((index, timestamp_ns, crop, image, key_frame))
         keep_ns = int((p.lag_s + p.max_duration_s) * 1e9) + lag_ns // 4
         while self._buffer and self._buffer[0][1] < timestamp_ns - keep_ns:
             self._buffer.popleft()
@@ -201,10 +229,26 @@ class Spotter:
             self.last_signal = float("nan")
             return []
         ref_ns, ref_image = reference[1], reference[3]
-        signal, region, eyes = self._measure(ref_image, image)
+        main, eyes = self._measure(ref_image, image)
+        gop = self._gop_state(ref_ns, timestamp_ns)
+        signal, region = self._normalise(main, gop)
         self.last_signal = signal
         trusted = not any(a <= ref_ns <= b for a, b in self._blocked)
-        return self._step(index, timestamp_ns, signal, region, eyes, trusted)
+        found = self._step(index, timestamp_ns, signal, region, eyes, trusted, main)
+        if self._candidate is None and signal <= self._thresholds()[0]:
+            self._update_floors(main, gop, timestamp_ns)
+        return found
+
+    def _denoised(self, image: np.ndarray, ns: int) -> np.ndarray:
+        """The mean of the crops of the last `denoise_s` of media time (step 1a): sensor
+        and codec noise that changes from frame to frame averages out, a micro-expression
+        (40 ms or more to its apex) barely blurs. At 60 fps and below it is the crop."""
+        window = self._recent
+        window.append((ns, image))
+        self._recent_sum = image.copy() if self._recent_sum is None else self._recent_sum + image
+        while window[0][0] <= ns - self.params.denoise_s * 1e9:
+            self._recent_sum -= window.popleft()[1]
+        return np.ascontiguousarray(self._recent_sum / np.float32(len(window)))
 
     def _reference(self, at_ns: int):
         """The newest buffered frame at or before `at_ns`, if the buffer reaches back."""
@@ -216,14 +260,57 @@ class Spotter:
         return best
 
     def _measure(self, ref: np.ndarray, cur: np.ndarray):
+        """Each signal region's main-direction motion (px of a 128 px crop) from `ref` to
+        `cur`, head motion undone, and the eyes' largest."""
         rigid = _signals.rigid_motion(ref, cur, self._rigid_boxes)
         flow = self._flow_fn(ref, _signals.warp_rigid(cur, rigid))
         stats = _signals.roi_stats(flow, self._signal_boxes)
         main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
-        region = int(np.argmax(main))
         eye_stats = _signals.roi_stats(flow, self._eye_boxes)
         eyes = float(np.hypot(eye_stats[:, 1], eye_stats[:, 2]).max()) * self._scale
-        return float(main[region]), region, eyes
+        return main, eyes
+
+    def _gop_state(self, ref_ns: int, ns: int) -> int:
+        """1 when a key frame lies between the reference and this frame (they were coded in
+        different GOPs, whose codec noise differs), else 0; always 0 for an intra-only
+        stream (FFV1, MJPEG: every frame a key frame) or one without key-frame flags."""
+        keys = [item[4] for item in self._buffer]
+        if not any(keys) or sum(keys) > len(keys) // 2:
+            return 0
+        return int(any(item[4] for item in self._buffer if ref_ns < item[1] <= ns))
+
+    def _normalise(self, main: np.ndarray, gop: int) -> tuple[float, int]:
+        """The spotting signal: each region's motion above its own resting floor, scaled
+        down by the ratio of its noise to a typical region's when it is noisier, then the
+        largest region (step 1b of the module's method). Until the floors exist, the raw
+        largest motion."""
+        if not self.params.region_floors or self._floors[gop] is None:
+            region = int(np.argmax(main))
+            return float(main[region]), region
+        mean, dev = self._floors[gop]
+        typical = float(np.median(dev))
+        # noisier regions are scaled down to a typical one; quiet ones are never scaled up
+        # (a flat region's codec blocks would be amplified)
+        scaled = (main - mean) * np.minimum(1.0, typical / np.maximum(dev, 1e-6))
+        region = int(np.argmax(scaled))
+        return float(scaled[region] + np.median(mean)), region
+
+    def _update_floors(self, main: np.ndarray, gop: int, ns: int) -> None:
+        """Each region's resting mean and mean absolute deviation, one pair per GOP state:
+        exponential means over `noise_window_s`, of samples clipped at mean + 3 deviations
+        (an expression that slipped under the threshold barely moves them)."""
+        floors = self._floors[gop]
+        if floors is None:
+            self._floors[gop] = (main.copy(), np.full_like(main, 0.2 * float(main.mean())))
+            self._floor_ns[gop] = ns
+            return
+        mean, dev = floors
+        dt = max(ns - self._floor_ns[gop], 0) * 1e-9
+        self._floor_ns[gop] = ns
+        rate = min(1.0, dt / self.params.noise_window_s)
+        x = np.minimum(main, mean + 3 * dev)
+        mean += rate * (x - mean)
+        dev += rate * (np.abs(x - mean) - dev)
 
     def threshold(self) -> float:
         """The current start threshold (nan before the noise estimate exists)."""
@@ -256,7 +343,7 @@ class Spotter:
         margin = int(self.params.block_margin_s * 1e9)
         self._blocked.append((start_ns - margin, end_ns + margin))
 
-    def _step(self, index, ns, signal, region, eyes, trusted):
+    def _step(self, index, ns, signal, region, eyes, trusted, main):
         p = self.params
         self._history.append((index, ns, signal))
         if self._mean is None or self._seen_ns < p.warmup_s * 1e9:
@@ -276,10 +363,14 @@ class Spotter:
                 self._falling = False
             if self._falling or not trusted or signal <= start:
                 return []
-            self._candidate = _Candidate(index, ns, index, ns, signal, start, region, eyes)
+            self._candidate = _Candidate(
+                index, ns, index, ns, signal, start, region, eyes, float(main[region]),
+                self._floor_of(region),
+            )  # fmt: skip
             return []
         if signal > c.peak:
             c.peak, c.apex, c.apex_ns, c.region, c.eyes_at_peak = signal, index, ns, region, eyes
+            c.peak_px, c.floor_px = float(main[region]), self._floor_of(region)
         rise = c.peak - self._mean
         edge = self._mean + p.edge_fraction * rise
         onset = self._onset(c.apex, edge)
@@ -294,17 +385,21 @@ class Spotter:
         self._falling, self._falling_since = True, ns
         if reason is None and c.eyes_at_peak > p.blink_ratio * c.peak:
             reason = "blink"
-        if reason is None and (ns - onset[1]) * 1e-9 < p.min_duration_s:
+        # temporal consistency: a micro-expression holds its region's motion for tens of
+        # ms; sensor noise, a codec's key frame or block flicker flash for a frame or two
+        if reason is None and (ns - c.onset_ns) * 1e-9 < p.min_duration_s:
             reason = "short"
         if reason is None:
             # an echo (or a motion that started before the onset) does not hold between
             # the interval's own onset and apex frames; a micro-expression does
+            # in the region's own px, above its own floor
             moved = self._measure(self._image_at(onset[0]), self._image_at(c.apex))[0]
-            if moved - self._mean < p.verify_fraction * rise:
+            if moved[c.region] - c.floor_px < p.verify_fraction * (c.peak_px - c.floor_px):
                 reason = "echo"
         if reason is not None:
             self.rejected[reason] += 1
-            self._block(onset[1] if onset else c.onset_ns, ns)
+            if reason != "short":  # a blip's echo is a blip, rejected again: no need
+                self._block(onset[1] if onset else c.onset_ns, ns)
             return []
         # onset and offset where a half-cosine rise and fall through the levels seen
         # would start and end
@@ -336,6 +431,10 @@ class Spotter:
                 apex_crop=self._crop_at(c.apex),
             )
         ]
+
+    def _floor_of(self, region: int) -> float:
+        floors = self._floors[0] if self._floors[0] is not None else self._floors[1]
+        return 0.0 if floors is None else float(floors[0][region])
 
     def _onset(self, apex: int, edge: float):
         """(index, ns) of the last frame before `apex` whose signal was at most `edge`, or

@@ -90,6 +90,25 @@ def test_flow_matches_opencv_and_the_true_flow_on_synthme():
     assert np.mean(gap_to_dis) < 0.1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", [None, "h264-crf23"])
+def test_flow_is_as_accurate_as_opencv_dis_on_photographic_faces(codec):
+    """Real skin texture (the photograph), lossless and through a camera's H.264: our flow's
+    error on the face is at most DIS medium's on the same pairs."""
+    from mfvan.deploy.bench import face_mask, flow_methods, synth_flow_pairs
+
+    pairs = synth_flow_pairs(10, 128, config="photo", codec=codec)
+    mask = face_mask(128)
+    methods = flow_methods()
+    epe = {
+        name: np.mean([np.linalg.norm(methods[name](a, b) - t, axis=-1)[mask].mean()
+                       for a, b, t in pairs])
+        for name in ("mfvan (Numba)", "OpenCV DIS medium", "zero flow")
+    }  # fmt: skip
+    assert epe["mfvan (Numba)"] <= epe["OpenCV DIS medium"], epe
+    assert epe["mfvan (Numba)"] < 0.5 * epe["zero flow"], epe
+
+
 def test_flow_checks_its_inputs():
     with pytest.raises(ValueError, match="one shape"):
         dense_flow(np.zeros((32, 32)), np.zeros((32, 30)))
