@@ -18,12 +18,15 @@ DATASETS = ("casme2", "samm", "smic", "composite", "casme3", "synthme")
 
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
+    from mfvan.model.data.synth import CONFIGS, ENCODINGS
+
     p.add_argument(
         "--config",
-        choices=("standard", "tiny"),
+        choices=tuple(CONFIGS),
         default="standard",
-        help="preset: 'standard' is the benchmark's fixed set, 'tiny' is for tests "
-        "(default: %(default)s)",
+        help="preset: 'standard' is the benchmark's fixed set, 'tiny' is for tests, "
+        "'camera' and 'photo' are realistic mode (skin detail, camera noise, H.264; 'photo': "
+        "photographic identities)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -41,9 +44,11 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--codec",
-        choices=("ffv1", "h264"),
+        choices=tuple(ENCODINGS),
         default=None,
-        help="long videos: lossless FFV1 in .mkv or H.264 in .mp4 (default: ffv1)",
+        help="long videos: lossless FFV1 in .mkv, or H.264 / H.265 in .mp4 (h264: CRF 12; "
+        "h264-crfN, h265-crf23, h264-cbr: as a camera encodes, 1 s GOP, no B-frames) "
+        "(default: the preset's)",
     )
     p.add_argument(
         "--preview",

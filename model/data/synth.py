@@ -974,6 +974,60 @@ def write_previews(config: SynthConfig, out: Path, seed: int = 0, gain: float = 
     return [*paths, out / "subjects.png"]
 
 
+def write_realistic_previews(out: Path, seed: int = 0) -> list[Path]:
+    """`identities.png`: a frame of each identity kind of realistic mode (a parametric face
+    with photographic skin detail and camera noise; photographic identities, a tuning one
+    and a held-out, mirrored one); `encodings.png`: the same 96 px patch of a photographic
+    face (mouth and chin) in each encoding of `ENCODINGS`, enlarged 3 times."""
+    import tempfile
+
+    import av
+    import cv2
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    faces = []
+    for preset, subject, s, label in (
+        ("standard", 1, seed, "parametric (standard)"),
+        ("camera", 1, seed, "parametric + skin detail"),
+        ("photo", 1, seed, "photo, tuning"),
+        ("photo", 2, seed + 1, "photo, held out"),
+    ):
+        rgb = SynthStream(CONFIGS[preset], subject=subject, seed=s).frame(0).image[..., ::-1]
+        tile = np.ascontiguousarray(rgb)
+        cv2.putText(tile, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        faces.append(tile)
+    paths = [out / "identities.png"]
+    cv2.imwrite(str(paths[0]), np.hstack(faces))
+    cfg = CONFIGS["photo"]
+    stream = SynthStream(cfg, subject=1, seed=seed)
+    frames = [stream.frame(t).image for t in range(60)]
+    tiles = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, enc in ENCODINGS.items():
+            path = Path(tmp) / f"{name}.{enc.ext}"
+            encode_video(path, frames, cfg.fps, name, cfg.frame_size, gop_s=0.25)
+            with av.open(str(path)) as container:
+                decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            h, w = cfg.frame_size
+            y0, x0 = int(0.62 * h), w // 2 - 48
+            patch = decoded[-1][y0 : y0 + 96, x0 : x0 + 96, ::-1]  # a P-frame, mid-GOP
+            patch = cv2.resize(patch, None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST)
+            cv2.putText(patch, enc.label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1)
+            tiles.append(patch)
+    paths.append(out / "encodings.png")
+    cv2.imwrite(
+        str(paths[1]),
+        np.vstack(
+            [
+                np.hstack(tiles[:4]),
+                np.hstack(tiles[4:] + [np.zeros_like(tiles[0])] * (8 - len(tiles))),
+            ]
+        ),
+    )
+    return paths
+
+
 # ----------------------------------------------------------------------------- a whole set
 
 
@@ -993,6 +1047,7 @@ def generate(
     truth = write_long_videos(config, out / "long", seed, workers, progress)
     if preview:
         write_previews(config, out / "preview", seed)
+        write_realistic_previews(out / "preview", seed)
     manifest = {
         "generator": "SynthME",
         "config": asdict(config),
