@@ -258,8 +258,9 @@ def write_docs(results: dict, legacy_results: dict | None, docs: Path, command: 
         f"({TUNING_VIDEOS} videos per headline cell), shown beside it.",
         f"- **Counts**: headline cells {HEADLINE_VIDEOS} videos (16 subjects, "
         f"{HEADLINE_VIDEOS * 8} micro-expressions); other cells their first "
-        f"{CELL_VIDEOS} ({CELL_VIDEOS * 8}). The F1 on the first {CELL_VIDEOS} videos is "
-        "given for every cell, and its difference from FFV1 on those same videos.",
+        f"{CELL_VIDEOS} in name order ({CELL_VIDEOS * 8} micro-expressions; subjects 1-3, "
+        f"two videos each). The F1 on those first {CELL_VIDEOS} videos is given for every "
+        "cell, and its difference from FFV1 on the same videos.",
         "- **Score** (MEGC): a spotted interval is right when its IoU with a ground-truth "
         "micro-expression is at least 0.5, each ground truth matched once; precision, "
         "recall, F1 pooled over videos. 95% interval: bootstrap over videos "
