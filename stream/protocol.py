@@ -5,8 +5,8 @@
 - header: a msgpack map, versioned: `v` (VERSION), `kind` (frame | pair | event | eos),
   `stream` (equal to the topic), `seq` (per stream and kind, from 0), `buffers` (for each
   buffer its `shape`, `dtype` and pixel `format`), and any other fields a stage adds:
-  timestamps in ns (`t_capture`, `t_ingest`, and each stage's own), frame indices,
-  event fields.
+  timestamps in ns (`t_capture` and `t_ingest` on the wall clock, `t_media` the frame's
+  media time, and each stage's own), frame indices, `key_frame`, event fields.
 - buffers: raw array memory, sent without copying (`copy=False`); the receiver wraps each
   in a read-only NumPy array over the received frame, without copying either.
 

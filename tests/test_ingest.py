@@ -118,6 +118,33 @@ def test_indices_keep_counting_across_reconnects_of_a_live_source():
     assert got == [0, 1, 2, 3, 4] and source.reconnects == 2
 
 
+def test_a_files_frames_carry_media_time_from_their_pts_whatever_the_decoding_speed(tmp_path):
+    path = tmp_path / "clip.mp4"
+    _write_video(path, frames=30, fps=100)
+    fast = list(PyAVSource(str(path)))
+    paced = list(PyAVSource(str(path), realtime=True))
+    assert [f.t_media for f in fast] == [i * 10_000_000 for i in range(30)]
+    assert [f.t_media for f in paced] == [f.t_media for f in fast]
+    assert fast[0].key_frame and not all(f.key_frame for f in fast)
+
+
+def test_media_time_never_runs_backwards_across_a_reconnect():
+    def camera():
+        for i in range(3):
+            yield Frame(i, 0, np.zeros((2, 2), np.uint8), t_media=i * 10_000_000)
+        raise SourceError("camera dropped")
+
+    source = Reconnecting(camera, live=True, backoff_s=(0.001, 0.001))
+    times = []
+    for frame in source:
+        times.append(frame.t_media)
+        if len(times) == 6:
+            source.stopped = True
+    assert times[:3] == [0, 10_000_000, 20_000_000]
+    assert all(b > a for a, b in zip(times, times[1:], strict=False)), times
+    assert times[4] - times[3] == 10_000_000, "after a reopen, the source's own spacing"
+
+
 def test_registered_schemes_open_with_their_factory():
     register("fake", lambda url: [Frame(0, 0, np.zeros((1, 1), np.uint8), {"url": url})])
     (frame,) = list(open_source("fake://x?y=1"))
