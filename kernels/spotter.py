@@ -16,7 +16,7 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
    expression's own displacement: it rises at the onset, peaks at the apex and falls at
    the offset.
    a. Denoising (for camera video): the crops are first averaged over the last
-      `denoise_s` of media time (20 ms: four frames at 200 fps, one at 60 fps and below).
+      `denoise_s` of media time (20 ms: four frames at 200 fps, two at 60, one at 30).
       Sensor noise is new in every frame and a codec re-quantises texture differently in
       every frame; a micro-expression takes 40 ms or more to its apex and barely blurs.
    b. Each region against its own floor: every region keeps its own resting mean and
@@ -242,7 +242,7 @@ class Spotter:
     def _denoised(self, image: np.ndarray, ns: int) -> np.ndarray:
         """The mean of the crops of the last `denoise_s` of media time (step 1a): sensor
         and codec noise that changes from frame to frame averages out, a micro-expression
-        (40 ms or more to its apex) barely blurs. At 60 fps and below it is the crop."""
+        (40 ms or more to its apex) barely blurs. At 30 fps it is the crop itself."""
         window = self._recent
         window.append((ns, image))
         self._recent_sum = image.copy() if self._recent_sum is None else self._recent_sum + image
