@@ -88,8 +88,9 @@ def build(out: Path, seed: int, quick: bool = False, workers: int | None = None)
             count = _videos(kind, codec, fps, seed)
             if not (folder / "ground_truth.csv").exists():
                 jobs.append((str(master), str(folder), codec, count))
-        with synth._pool(workers) as pool:
-            list(pool.map(_make_cell, *zip(*jobs, strict=True))) if jobs else None
+        if jobs:  # no worker processes are started for a group that is complete
+            with synth._pool(workers) as pool:
+                list(pool.map(_make_cell, *zip(*jobs, strict=True)))
 
 
 def _complete(master: Path, n: int) -> bool:
