@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,7 +281,9 @@ class FaceTracker:
     it (face and eye search of a 640 x 480 frame take 15 ms, three frames at 200 fps). A
     detection takes effect at the first frame `detect_delay_s` of media time after the
     frame it searched, waiting for the search there if it has not ended: later frames never
-    depend on how fast the thread ran, so live and offline crops are the same.
+    depend on how fast the thread ran. `scheduled` (always true with `background`) gives a
+    tracker without a thread the same schedule: it searches at once, and the result takes
+    effect `detect_delay_s` later, so offline crops are the live ones frame for frame.
     """
 
     def __init__(
@@ -295,6 +297,7 @@ class FaceTracker:
         background: bool = False,
         detect_delay_s: float = 0.025,
         frame_ns: int = 5_000_000,
+        scheduled: bool = False,
     ):
         self.detector = detector or FaceDetector()
         self.size = size
@@ -302,7 +305,8 @@ class FaceTracker:
         self.hold = hold
         self.max_misses = max_misses
         self.scale = scale
-        self.detect_delay_ns = int(detect_delay_s * 1e9) if background else 0
+        scheduled = scheduled or background
+        self.detect_delay_ns = int(detect_delay_s * 1e9) if scheduled else 0
         self.frame_ns = frame_ns
         self.crop: Crop | None = None
         self.version = 0
@@ -366,6 +370,10 @@ class FaceTracker:
             self._searched_ns = t_ns
             if self._pool is not None:
                 future = self._pool.submit(self._search, np.array(image), self._near())
+                self._pending = (future, t_ns + self.detect_delay_ns)
+            elif self.detect_delay_ns:
+                future: Future = Future()
+                future.set_result(self._search(image, self._near()))
                 self._pending = (future, t_ns + self.detect_delay_ns)
             else:
                 self._settle(self._search(image, self._near()))

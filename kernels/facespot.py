@@ -48,7 +48,8 @@ class FaceSpotter:
         detector: FaceDetector | None = None,
         flow_fn=None,
     ):
-        self.tracker = FaceTracker(detector, size=size, background=background)
+        # the same detection schedule with or without the worker thread: offline = live
+        self.tracker = FaceTracker(detector, size=size, background=background, scheduled=True)
         self.spotter = Spotter(params, flow_fn=flow_fn)
         self.has_face = False
         self.crop = None  # the latest aligned grey crop (uint8), or None without a face

@@ -43,6 +43,8 @@ RIGID = ("nose_bridge", "temple_left", "temple_right", "forehead")
 REFERENCE = "nose_bridge"
 EXCLUDED = ("eye_left", "eye_right", *RIGID)  # not in the spotting signal
 SIGNAL_ROIS = tuple(name for name in ROIS if name not in EXCLUDED)
+# a blink's motion reaches these (the dense flow's smoothing, the lids' skin, glasses' rims)
+NEAR_EYES = ("brow_left", "brow_right", "nose")
 
 
 def roi_boxes(size: int, names=tuple(ROIS)) -> np.ndarray:

@@ -28,9 +28,32 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       be amplified), plus the typical floor. Measured on the tuning seed: the false spots
       on a photographic face in H.264 that had no expression came from one noisy region
       (the chin), and a key frame raised the floor of comparisons across it by 20%.
+   c. Smoothing: each region's motion is averaged over the last `smooth_s` of media time
+      (25 ms: five frames at 200 fps, one at 30), so the apex is where the motion peaks,
+      not where one frame's noise topped it, and the fall after it is the expression's.
+      The averages of 1a and 1c make the signal late by half their spans; an interval is
+      moved back by that much when it is emitted.
+   d. Blinks: while the eyes (outside the signal) move more than `blink_ratio` times a
+      region next to them (brows, nose), or more than `blink_far_ratio` times a region
+      far from them (mouth corners, chin), that region is left out of the signal. A blink
+      reaches the regions next to the eyes through the lids' skin and the glasses' rims,
+      and the far ones through the dense flow itself: in textureless skin the flow is
+      what the coarse pyramid levels said, and there the eyes' 2 px reach the mouth as
+      0.2-0.3 px. A micro-expression of the mouth or chin larger than that is still seen
+      during a blink. Measured on the tuning seed: a blink overlapped one micro-expression
+      in six, and rejecting every candidate during a blink (as before) lost them all.
+   e. Symmetric compensation: the head's rigid motion from the reference to the frame is
+      undone by moving each of them half the way, so both are resampled (and blurred by
+      the interpolation) alike. Measured on photographic faces in H.264 CRF 23 at 200 fps
+      (tuning seed): without any expression, head drift was the main source of false
+      spots (11 per minute with drift and light change, 2 without drift, 0 without
+      either), because the residual after compensation is texture resampled differently;
+      moving both halfway lowered the noise's 99th percentile from 0.145 to 0.139 px and
+      raised the micro-expressions' signal at their apex from 0.107 to 0.126 px (median).
 2. Echo. `lag_s` later the expression is in the reference frame instead, and the same
    motion shows again, mirrored. A comparison whose reference falls inside an interval
-   already seen (detected or rejected) is not trusted: no new interval starts on it.
+   already seen (detected, or refused as too long or too large: real motion) is not
+   trusted: no new interval starts on it.
 3. Threshold adapted to each stream: an exponential running mean and mean absolute
    deviation of the signal while the face is at rest (below mean + `z_quiet` x deviation;
    time constant `noise_window_s`). An interval starts when the signal rises more than
@@ -45,18 +68,25 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
    expressions have exactly that profile, and real ones (CASME II's onset-apex-offset
    annotations) a similar smooth one; the threshold crossings themselves would make every
    interval too short, and a short interval fails the IoU test.
-5. Rejected: blips, whose signal stayed above the start threshold for less than
-   `min_duration_s` (temporal consistency: sensor noise, a key frame, block flicker flash
-   for a frame or two; a micro-expression holds for tens of ms); their echo is a blip too,
-   so nothing is blocked after them. Rejected, and marked so that their echo is ignored
-   too: intervals longer than
-   `max_duration_s` (macro-expressions, slow drift), peaks above `max_amplitude`
-   (macro-expressions), and blinks: when the eye regions (outside the signal) moved more
-   than `blink_ratio` times the signal, the eyelids did it. Last, a check that costs one
-   more flow per interval: the motion between the interval's own onset and apex frames
-   must be at least `verify_fraction` of the rise. An echo that slipped through step 2
-   (its original was never seen, or the onset estimate was late) fails it, because its
-   "onset" and "apex" are both neutral frames after the original.
+5. Refused, and marked so that their echo is ignored too (they were real motion), then
+   waited out until the face is at rest: intervals longer than `max_duration_s` from the
+   onset to confirmation, or whose estimated extent (onset to offset) is over 1.1 times
+   it (macro-expressions, slow drift; the 10% allows for the edge estimates), and peaks
+   above `max_amplitude` (macro-expressions). Refused, with nothing blocked after them
+   (they leave no motion in the reference frames), and a new interval may start as soon
+   as the signal is below the start threshold again:
+   a. blips, whose signal stayed above the start threshold for less than
+      `min_duration_s` (temporal consistency: sensor noise, a key frame, block flicker
+      flash for a frame or two; a micro-expression holds for tens of ms);
+   b. blinks that reached the signal despite 1d: at the apex the eyes moved more than
+      the region's ratio times it;
+   c. echoes, by a check that costs one more flow per interval: the motion from a frame
+      before the onset (the estimated onset, or `verify_s` before the apex if that is
+      earlier: a faint expression's noisy signal puts the estimate late, inside the rise)
+      to the apex must be at least `verify_fraction` of the rise. An echo that slipped
+      through step 2 (its original was never seen) fails it, because both frames are
+      neutral frames after the original. Measured on the tuning seed: blocking after
+      refused echoes and blips (as before) hid one micro-expression in ten.
 
 Parameters are in seconds and in px of a 128 px crop (scaled with the crop), never in
 frames, so the same settings work from 30 to 200 fps. Memory per stream is the crops of
@@ -91,10 +121,13 @@ class SpotterParams:
     confirm_fraction: float = 0.5  # the apex is confirmed when the signal falls below this
     edge_fraction: float = 0.2  # onset and offset: this far up from the mean to the peak
     block_margin_s: float = 0.1  # an echo's reference this close to a seen interval: ignored
-    blink_ratio: float = 1.5  # eyes' motion above this times the signal: a blink
+    blink_ratio: float = 1.5  # eyes' motion above this times a region next to them: a blink
+    blink_far_ratio: float = 5.0  # ... times a region far from them (mouth, chin)
     verify_fraction: float = 0.3  # onset-to-apex motion at least this part of the rise
+    verify_s: float = 0.2  # ... measured from the onset or this long before the apex
     region_floors: bool = True  # each region measured against its own noise floor
     denoise_s: float = 0.02  # crops averaged over this much media time before the flow
+    smooth_s: float = 0.025  # regions' motion averaged over this much media time
     flow: _flow.FlowParams = field(default_factory=_flow.FlowParams)
 
 
@@ -130,6 +163,7 @@ class _Candidate:
     eyes_at_peak: float
     peak_px: float  # the region's own motion at the peak, px
     floor_px: float  # the region's resting level when the interval started
+    delay_ns: int = 0  # how late the averaged signal was at the peak (step 1c)
 
 
 class Spotter:
@@ -156,9 +190,13 @@ class Spotter:
         self._falling_since = 0
         self._last_ns = None
         self._candidate: _Candidate | None = None
-        self._falling = False  # after a rejection: wait for rest before starting again
+        # after an interval or a refused motion: the level the signal must fall to before
+        # another interval can start (rest, or below the start threshold), else None
+        self._falling: str | None = None
         self._floors: list = [None, None]  # per GOP state: (mean, dev) per region
         self._recent: deque = deque()  # (ns, float crop) of the denoising window
+        self._motions: deque = deque()  # (ns, regions' motion, eyes') of the smoothing window
+        self._delay_ns = 0
         self._recent_sum = None
         self._floor_ns = [0, 0]
 
@@ -169,10 +207,11 @@ class Spotter:
         self._buffer.clear()
         self._recent.clear()
         self._recent_sum = None
+        self._motions.clear()
         self._blocked.clear()
         self._history.clear()
         self._candidate = None
-        self._falling = False
+        self._falling = None
 
     def state_size(self) -> int:
         """Frames held now (bounded by the stream's rate times lag + max duration)."""
@@ -185,6 +224,11 @@ class Spotter:
         names = _signals.SIGNAL_ROIS
         self._signal_boxes = _signals.roi_boxes(size, names)
         self._signal_names = names
+        p = self.params
+        self._blink_ratios = np.array(
+            [p.blink_ratio if n in _signals.NEAR_EYES else p.blink_far_ratio for n in names],
+            np.float32,
+        )
         self._eye_boxes = _signals.roi_boxes(size, ("eye_left", "eye_right"))
         self._rigid_boxes = _signals.roi_boxes(size, _signals.RIGID)
 
@@ -229,9 +273,12 @@ class Spotter:
             self.last_signal = float("nan")
             return []
         ref_ns, ref_image = reference[1], reference[3]
-        main, eyes = self._measure(ref_image, image)
+        main, eyes = self._smoothed(*self._measure(ref_image, image), timestamp_ns)
+        self._delay_ns = (
+            timestamp_ns - self._recent[0][0] + timestamp_ns - self._motions[0][0]
+        ) // 2
         gop = self._gop_state(ref_ns, timestamp_ns)
-        signal, region = self._normalise(main, gop)
+        signal, region = self._normalise(main, gop, eyes)
         self.last_signal = signal
         trusted = not any(a <= ref_ns <= b for a, b in self._blocked)
         found = self._step(index, timestamp_ns, signal, region, eyes, trusted, main)
@@ -246,9 +293,24 @@ class Spotter:
         window = self._recent
         window.append((ns, image))
         self._recent_sum = image.copy() if self._recent_sum is None else self._recent_sum + image
-        while window[0][0] <= ns - self.params.denoise_s * 1e9:
+        while len(window) > 1 and window[0][0] <= ns - self.params.denoise_s * 1e9:
             self._recent_sum -= window.popleft()[1]
         return np.ascontiguousarray(self._recent_sum / np.float32(len(window)))
+
+    def _smoothed(self, main: np.ndarray, eyes: float, ns: int):
+        """Each region's motion and the eyes', averaged over the last `smooth_s` of media
+        time (step 1c): a peak is where the motion is, not where one frame's noise topped
+        it, and the fall after it is the expression's, not the noise's."""
+        window = self._motions
+        window.append((ns, main, eyes))
+        while len(window) > 1 and window[0][0] <= ns - self.params.smooth_s * 1e9:
+            window.popleft()
+        if len(window) == 1:
+            return main, eyes
+        return (
+            np.mean([m for _, m, _ in window], axis=0),
+            float(np.mean([e for _, _, e in window])),
+        )
 
     def _reference(self, at_ns: int):
         """The newest buffered frame at or before `at_ns`, if the buffer reaches back."""
@@ -263,7 +325,9 @@ class Spotter:
         """Each signal region's main-direction motion (px of a 128 px crop) from `ref` to
         `cur`, head motion undone, and the eyes' largest."""
         rigid = _signals.rigid_motion(ref, cur, self._rigid_boxes)
-        flow = self._flow_fn(ref, _signals.warp_rigid(cur, rigid))
+        # each image is moved half the way, so both are resampled alike (step 1e)
+        half = 0.5 * rigid
+        flow = self._flow_fn(_signals.warp_rigid(ref, -half), _signals.warp_rigid(cur, half))
         stats = _signals.roi_stats(flow, self._signal_boxes)
         main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
         eye_stats = _signals.roi_stats(flow, self._eye_boxes)
@@ -279,20 +343,24 @@ class Spotter:
             return 0
         return int(any(item[4] for item in self._buffer if ref_ns < item[1] <= ns))
 
-    def _normalise(self, main: np.ndarray, gop: int) -> tuple[float, int]:
+    def _normalise(self, main: np.ndarray, gop: int, eyes: float) -> tuple[float, int]:
         """The spotting signal: each region's motion above its own resting floor, scaled
         down by the ratio of its noise to a typical region's when it is noisier, then the
-        largest region (step 1b of the module's method). Until the floors exist, the raw
-        largest motion."""
+        largest region (step 1b of the module's method), leaving out the regions next to
+        the eyes while a blink moves the eyes more than them (step 5). Until the floors
+        exist, the raw largest motion."""
+        blinking = eyes > self._blink_ratios * main
+        if blinking.all():
+            blinking[:] = False
         if not self.params.region_floors or self._floors[gop] is None:
-            region = int(np.argmax(main))
+            region = int(np.argmax(np.where(blinking, -np.inf, main)))
             return float(main[region]), region
         mean, dev = self._floors[gop]
         typical = float(np.median(dev))
         # noisier regions are scaled down to a typical one; quiet ones are never scaled up
         # (a flat region's codec blocks would be amplified)
         scaled = (main - mean) * np.minimum(1.0, typical / np.maximum(dev, 1e-6))
-        region = int(np.argmax(scaled))
+        region = int(np.argmax(np.where(blinking, -np.inf, scaled)))
         return float(scaled[region] + np.median(mean)), region
 
     def _update_floors(self, main: np.ndarray, gop: int, ns: int) -> None:
@@ -359,18 +427,20 @@ class Spotter:
             # or for at most `max_duration_s`
             clip = self._mean + max(p.z_quiet * self._dev, 0.5 * p.min_amplitude)
             self._update_noise(ns, min(signal, clip))
-            if signal <= quiet or ns - self._falling_since > p.max_duration_s * 1e9:
-                self._falling = False
+            level = quiet if self._falling == "rest" else start
+            if signal <= level or ns - self._falling_since > p.max_duration_s * 1e9:
+                self._falling = None
             if self._falling or not trusted or signal <= start:
                 return []
             self._candidate = _Candidate(
                 index, ns, index, ns, signal, start, region, eyes, float(main[region]),
-                self._floor_of(region),
+                self._floor_of(region), self._delay_ns,
             )  # fmt: skip
             return []
         if signal > c.peak:
             c.peak, c.apex, c.apex_ns, c.region, c.eyes_at_peak = signal, index, ns, region, eyes
             c.peak_px, c.floor_px = float(main[region]), self._floor_of(region)
+            c.delay_ns = self._delay_ns
         rise = c.peak - self._mean
         edge = self._mean + p.edge_fraction * rise
         onset = self._onset(c.apex, edge)
@@ -382,55 +452,77 @@ class Spotter:
         if reason is None and signal >= self._mean + p.confirm_fraction * rise:
             return []
         self._candidate = None
-        self._falling, self._falling_since = True, ns
-        if reason is None and c.eyes_at_peak > p.blink_ratio * c.peak:
+        self._falling, self._falling_since = "rest", ns
+        if reason is None and c.eyes_at_peak > self._blink_ratios[c.region] * c.peak_px:
             reason = "blink"
         # temporal consistency: a micro-expression holds its region's motion for tens of
         # ms; sensor noise, a codec's key frame or block flicker flash for a frame or two
         if reason is None and (ns - c.onset_ns) * 1e-9 < p.min_duration_s:
             reason = "short"
         if reason is None:
-            # an echo (or a motion that started before the onset) does not hold between
-            # the interval's own onset and apex frames; a micro-expression does
-            # in the region's own px, above its own floor
-            moved = self._measure(self._image_at(onset[0]), self._image_at(c.apex))[0]
+            # an echo (or a motion that started before the onset) does not hold between a
+            # frame before the interval's onset and its apex, in the region's own px above
+            # its own floor; a micro-expression does. The frame: the onset as estimated, or
+            # `verify_s` before the apex if that is earlier (a faint expression's noisy
+            # signal puts the estimated onset late, inside the rise)
+            before = self._image_before(min(onset[1], c.apex_ns - int(p.verify_s * 1e9)))
+            moved = self._measure(before, self._image_at(c.apex))[0]
             if moved[c.region] - c.floor_px < p.verify_fraction * (c.peak_px - c.floor_px):
                 reason = "echo"
+        if reason is None:
+            # onset and offset where a half-cosine rise and fall through the levels seen
+            # would start and end
+            level = min(max((signal - self._mean) / rise, 0.0), 0.99)
+            back = 1 / (1 - _cosine_time(p.edge_fraction))
+            ahead = 1 / (1 - _cosine_time(level))
+            onset = (
+                max(c.apex - round((c.apex - onset[0]) * back), self._history[0][0]),
+                max(c.apex_ns - round((c.apex_ns - onset[1]) * back), self._history[0][1]),
+            )
+            offset = c.apex + round((index - c.apex) * ahead)
+            offset_ns = c.apex_ns + round((ns - c.apex_ns) * ahead)
+            # a motion whose whole extent, as estimated, is longer than a micro-expression
+            # (a macro-expression's part, a slow drift), with 10% allowed for the estimate
+            if (offset_ns - onset[1]) * 1e-9 > 1.1 * p.max_duration_s:
+                reason = "long"
         if reason is not None:
             self.rejected[reason] += 1
-            if reason != "short":  # a blip's echo is a blip, rejected again: no need
+            # only a real motion that was refused leaves an echo to ignore, and is waited
+            # out; a blip, a blink (its echo is a blink again) or an echo leave nothing in
+            # the reference frames that could fire later
+            if reason in ("macro", "long"):
                 self._block(onset[1] if onset else c.onset_ns, ns)
+            else:
+                self._falling = "start"
             return []
-        # onset and offset where a half-cosine rise and fall through the levels seen
-        # would start and end
-        level = min(max((signal - self._mean) / rise, 0.0), 0.99)
-        back = 1 / (1 - _cosine_time(p.edge_fraction))
-        ahead = 1 / (1 - _cosine_time(level))
-        onset = (
-            max(c.apex - round((c.apex - onset[0]) * back), self._history[0][0]),
-            max(c.apex_ns - round((c.apex_ns - onset[1]) * back), self._history[0][1]),
-        )
-        offset = c.apex + round((index - c.apex) * ahead)
-        offset_ns = c.apex_ns + round((ns - c.apex_ns) * ahead)
         self._block(onset[1], offset_ns)
+        # the averaging windows (steps 1a, 1c) make the signal late by half their span:
+        # the interval is moved back by that much, to the frame nearest
+        apex, apex_ns = self._frame_near(c.apex_ns - c.delay_ns)
+        shift, shift_ns = c.apex - apex, c.apex_ns - apex_ns
         return [
             Interval(
-                onset=onset[0],
-                apex=c.apex,
-                offset=offset,
-                onset_ns=onset[1],
-                apex_ns=c.apex_ns,
-                offset_ns=offset_ns,
+                onset=onset[0] - shift,
+                apex=apex,
+                offset=offset - shift,
+                onset_ns=onset[1] - shift_ns,
+                apex_ns=apex_ns,
+                offset_ns=offset_ns - shift_ns,
                 score=c.peak / c.threshold,
                 amplitude=c.peak,
                 region=self._signal_names[c.region],
                 emitted=index,
-                latency_frames=index - c.apex,
-                latency_ns=ns - c.apex_ns,
-                onset_crop=self._crop_at(onset[0]),
-                apex_crop=self._crop_at(c.apex),
+                latency_frames=index - apex,
+                latency_ns=ns - apex_ns,
+                onset_crop=self._crop_at(onset[0] - shift),
+                apex_crop=self._crop_at(apex),
             )
         ]
+
+    def _frame_near(self, ns: int) -> tuple[int, int]:
+        """(index, ns) of the kept frame whose time is nearest `ns`."""
+        index, at = min(((i, t) for i, t, *_ in self._buffer), key=lambda it: abs(it[1] - ns))
+        return index, at
 
     def _floor_of(self, region: int) -> float:
         floors = self._floors[0] if self._floors[0] is not None else self._floors[1]
@@ -455,6 +547,11 @@ class Spotter:
 
     def _image_at(self, index: int) -> np.ndarray:
         return self._item_at(index)[3]
+
+    def _image_before(self, ns: int) -> np.ndarray:
+        """The denoised crop of the newest frame at or before `ns` (the oldest kept if none)."""
+        item = self._reference(ns)
+        return (item or self._buffer[0])[3]
 
 
 def _cosine_time(level: float) -> float:
