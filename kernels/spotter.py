@@ -40,8 +40,10 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       and the far ones through the dense flow itself: in textureless skin the flow is
       what the coarse pyramid levels said, and there the eyes' 2 px reach the mouth as
       0.2-0.3 px. A micro-expression of the mouth or chin larger than that is still seen
-      during a blink. Measured on the tuning seed: a blink overlapped one micro-expression
-      in six, and rejecting every candidate during a blink (as before) lost them all.
+      during a blink. Measured on the tuning seed (64 micro-expressions per cell): a blink
+      overlapped 10 to 12 of them; rejecting every candidate during a blink (as before)
+      found 1 to 3 of those, leaving out only the regions next to the eyes found 7 to 10
+      but let a blink fire on smooth skin (`test_kernels`), and with the far ratio 3 or 4.
    e. Symmetric compensation: the head's rigid motion from the reference to the frame is
       undone by moving each of them half the way, so both are resampled (and blurred by
       the interpolation) alike. Measured on photographic faces in H.264 CRF 23 at 200 fps
@@ -86,7 +88,7 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       to the apex must be at least `verify_fraction` of the rise. An echo that slipped
       through step 2 (its original was never seen) fails it, because both frames are
       neutral frames after the original. Measured on the tuning seed: blocking after
-      refused echoes and blips (as before) hid one micro-expression in ten.
+      refused echoes and blinks (as before) hid 3 to 5 micro-expressions of 64 per cell.
 
 Parameters are in seconds and in px of a 128 px crop (scaled with the crop), never in
 frames, so the same settings work from 30 to 200 fps. Memory per stream is the crops of
@@ -346,9 +348,9 @@ class Spotter:
     def _normalise(self, main: np.ndarray, gop: int, eyes: float) -> tuple[float, int]:
         """The spotting signal: each region's motion above its own resting floor, scaled
         down by the ratio of its noise to a typical region's when it is noisier, then the
-        largest region (step 1b of the module's method), leaving out the regions next to
-        the eyes while a blink moves the eyes more than them (step 5). Until the floors
-        exist, the raw largest motion."""
+        largest region (step 1b of the module's method), leaving out the regions a blink
+        reaches while the eyes move more than their ratio times them (step 1d). Until the
+        floors exist, the raw largest motion."""
         blinking = eyes > self._blink_ratios * main
         if blinking.all():
             blinking[:] = False
