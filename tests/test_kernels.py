@@ -316,6 +316,29 @@ def test_the_tracker_holds_one_crop_on_a_face_whose_detections_jitter():
     assert tracker.crop.aligned
 
 
+def test_a_tracker_without_a_thread_on_the_live_schedule_gives_the_live_crops():
+    """`scheduled`: detections take effect `detect_delay_s` after the frame searched, as
+    with the worker thread, so offline crops are the live stage's frame for frame (a
+    tracker that settles at once starts its crops earlier)."""
+    from mfvan.kernels.faces import FaceTracker, to_grey
+
+    stream = synth.SynthStream(synth.CONFIGS["standard"], subject=1, seed=0)
+    frames = [stream.frame(t) for t in range(60)]
+    live = FaceTracker(size=128, background=True)
+    offline = FaceTracker(size=128, scheduled=True)
+    at_once = FaceTracker(size=128)
+    crops = {"live": [], "offline": [], "at once": []}
+    for f in frames:
+        grey = to_grey(f.image)
+        for name, tracker in (("live", live), ("offline", offline), ("at once", at_once)):
+            crop = tracker.update(grey, f.timestamp_ns)
+            crops[name].append(None if crop is None else crop.apply(grey))
+    first = [next(i for i, c in enumerate(crops[n]) if c is not None) for n in crops]
+    assert first[0] == first[1] == round(0.025 * 200) and first[2] == 0
+    for a, b in zip(crops["live"], crops["offline"], strict=True):
+        assert (a is None and b is None) or np.array_equal(a, b)
+
+
 def test_a_crop_of_a_shifted_face_is_a_shifted_crop():
     """Area-filtered crops: a sub-pixel head shift moves every region of the crop alike
     (bilinear downscaling aliased, and regions seemed to move by different amounts)."""
