@@ -100,6 +100,16 @@ def test_reconnecting_gives_up_when_told_to(tmp_path):
     assert source.reconnects == 3
 
 
+def _first_frames(source: Reconnecting, n: int) -> list[Frame]:
+    """The frames a live source yields until it is told to stop, after its `n`-th."""
+    frames = []
+    for frame in source:
+        frames.append(frame)
+        if len(frames) == n:
+            source.stopped = True
+    return frames
+
+
 def test_indices_keep_counting_across_reconnects_of_a_live_source():
     calls = []
 
@@ -110,11 +120,7 @@ def test_indices_keep_counting_across_reconnects_of_a_live_source():
         raise SourceError("camera dropped")
 
     source = Reconnecting(flaky, live=True, backoff_s=(0.001, 0.001))
-    got = []
-    for frame in source:
-        got.append(frame.index)
-        if len(got) == 5:
-            source.stopped = True
+    got = [frame.index for frame in _first_frames(source, 5)]
     assert got == [0, 1, 2, 3, 4] and source.reconnects == 2
 
 
@@ -135,11 +141,7 @@ def test_media_time_never_runs_backwards_across_a_reconnect():
         raise SourceError("camera dropped")
 
     source = Reconnecting(camera, live=True, backoff_s=(0.001, 0.001))
-    times = []
-    for frame in source:
-        times.append(frame.t_media)
-        if len(times) == 6:
-            source.stopped = True
+    times = [frame.t_media for frame in _first_frames(source, 6)]
     assert times[:3] == [0, 10_000_000, 20_000_000]
     assert all(b > a for a, b in zip(times, times[1:], strict=False)), times
     assert times[4] - times[3] == 10_000_000, "after a reopen, the source's own spacing"
