@@ -125,6 +125,8 @@ class SpotterParams:
     block_margin_s: float = 0.1  # an echo's reference this close to a seen interval: ignored
     blink_ratio: float = 1.5  # eyes' motion above this times a region next to them: a blink
     blink_far_ratio: float = 5.0  # ... times a region far from them (mouth, chin)
+    blink_px: float = 0.35  # eyes' motion above this (px, 128 px crop): a blink, step 2a
+    blink_margin_s: float = 0.1  # a reference this close to a blink is not used
     verify_fraction: float = 0.3  # onset-to-apex motion at least this part of the rise
     verify_s: float = 0.2  # ... measured from the onset or this long before the apex
     region_floors: bool = True  # each region measured against its own noise floor
@@ -184,6 +186,7 @@ class Spotter:
         self._version = None
         self._buffer: deque = deque()  # (index, ns, uint8 crop, float32 crop)
         self._blocked: deque = deque()  # (start_ns, end_ns) of intervals seen
+        self._blinks: deque = deque()  # ns of the frames whose eyes blinked (step 2a)
         self._mean = None
         self._dev = 0.0
         self._seen_ns = 0
@@ -211,6 +214,7 @@ class Spotter:
         self._recent_sum = None
         self._motions.clear()
         self._blocked.clear()
+        self._blinks.clear()
         self._history.clear()
         self._candidate = None
         self._falling = None
@@ -270,12 +274,16 @@ class Spotter:
             self._blocked.popleft()
         while self._history and self._history[0][1] < timestamp_ns - keep_ns:
             self._history.popleft()
-        reference = self._reference(timestamp_ns - lag_ns)
+        while self._blinks and self._blinks[0] < timestamp_ns - keep_ns:
+            self._blinks.popleft()
+        reference, clear = self._reference_open(timestamp_ns - lag_ns)
         if reference is None:
             self.last_signal = float("nan")
             return []
         ref_ns, ref_image = reference[1], reference[3]
         main, eyes = self._smoothed(*self._measure(ref_image, image), timestamp_ns)
+        if clear and eyes > p.blink_px:
+            self._blinks.append(timestamp_ns)
         self._delay_ns = (
             timestamp_ns - self._recent[0][0] + timestamp_ns - self._motions[0][0]
         ) // 2
@@ -313,6 +321,22 @@ class Spotter:
             np.mean([m for _, m, _ in window], axis=0),
             float(np.mean([e for _, _, e in window])),
         )
+
+    def _reference_open(self, at_ns: int):
+        """The reference frame for a frame `lag_s` after `at_ns` (step 2a): the newest frame
+        at or before `at_ns` not within `blink_margin_s` of a blink, going back at most
+        `max_duration_s`. Returns (the buffered frame or None, whether it is clear of
+        blinks; when no frame is, the one at `at_ns`)."""
+        p = self.params
+        margin = int(p.blink_margin_s * 1e9)
+        earliest = at_ns - int(p.max_duration_s * 1e9)
+        at = at_ns
+        while at >= earliest:
+            near = [b for b in self._blinks if b - margin <= at <= b + margin]
+            if not near:
+                return self._reference(at), True
+            at = min(near) - margin - 1
+        return self._reference(at_ns), False
 
     def _reference(self, at_ns: int):
         """The newest buffered frame at or before `at_ns`, if the buffer reaches back."""
