@@ -158,10 +158,14 @@ def test_translation_compensation_and_derived_signals_on_known_fields():
 # ----------------------------------------------------------------------------- the spotter
 
 
-def _stream_crops(config, seconds, subject=1, seed=3):
+def _stream_crops(config, seconds, subject=1, seed=3, edit=None):
+    """Tracked crops of a SynthME stream; `edit(stream, n_frames)` may change its timeline
+    (plant blinks) before any frame is rendered."""
     from mfvan.kernels.faces import FaceTracker, to_grey
 
     stream = synth.SynthStream(config, subject=subject, seed=seed)
+    if edit is not None:
+        edit(stream, int(seconds * config.fps))
     tracker = FaceTracker(size=128)
     frames = []
     for t in range(int(seconds * config.fps)):
@@ -200,6 +204,31 @@ def test_the_spotter_finds_planted_micro_expressions_at_their_frames(fps):
         assert abs(got.apex - e.apex) / fps <= 0.04, "apex within 40 ms"
         assert got.emitted >= got.apex and got.latency_frames == got.emitted - got.apex
         assert got.onset_crop.shape == got.apex_crop.shape == (128, 128)
+
+
+@pytest.mark.slow
+def test_a_blink_leaves_no_echo_that_hides_a_micro_expression_after_it():
+    """Half a second after a blink the blink is in the reference frame; a micro-expression
+    then used to be refused as a blink. The reference is now taken before the blink."""
+    fps = 100.0
+    quiet = replace(synth.Nuisances(), blink_rate_hz=0.0, macro_per_segment=0)
+    cfg = replace(synth.CONFIGS["standard"], fps=fps, nuisances=quiet)
+    params = SpotterParams()
+    lag, ready = int(params.lag_s * fps), 1.5 * (params.lag_s + params.warmup_s) * fps
+
+    def blink_before_each_apex(stream, n):
+        for e in stream.expressions_until(n):
+            if e.kind == "micro" and e.onset > ready:  # a 130 ms blink, its echo at the apex
+                stream.timeline.blinks.append(synth.Blink(e.apex - lag - 8, e.apex - lag + 5))
+
+    frames, truth = _stream_crops(cfg, 10.0, subject=2, edit=blink_before_each_apex)
+    micro = [e for e in truth if e.kind == "micro" and e.onset > ready]
+    assert len(micro) == 2
+    _, found = _spot(frames)
+    assert [round(i.apex / fps, 1) for i in found] == [round(e.apex / fps, 1) for e in micro]
+    # the same stream with blinks never marked: the echoes hide both
+    _, blind = _spot(frames, SpotterParams(blink_px=float("inf")))
+    assert blind == [], "the echo was what hid them"
 
 
 @pytest.mark.slow
