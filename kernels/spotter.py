@@ -227,7 +227,6 @@ class Spotter:
         self._floors: list = [None, None]  # per GOP state: (mean, dev) per region
         self._recent: deque = deque()  # (ns, float crop) of the denoising window
         self._motions: deque = deque()  # (ns, regions' motion, eyes') of the smoothing window
-        self._delay_ns = 0
         self._recent_sum = None
         self._floor_ns = [0, 0]
 
@@ -310,9 +309,6 @@ class Spotter:
         main, eyes = self._smoothed(*self._measure(ref_image, image), timestamp_ns)
         if clear and eyes > p.blink_px:
             self._blinks.append(timestamp_ns)
-        self._delay_ns = (
-            timestamp_ns - self._recent[0][0] + timestamp_ns - self._motions[0][0]
-        ) // 2
         gop = self._gop_state(ref_ns, timestamp_ns)
         signal, region = self._normalise(main, gop, eyes)
         self.last_signal = signal
@@ -348,6 +344,11 @@ class Spotter:
             float(np.mean([e for _, _, e in window])),
         )
 
+    def _delay_ns(self, ns: int) -> int:
+        """How late the averaged signal of the frame at `ns` (the newest) is: half the
+        spans of the denoising and smoothing windows (steps 1a, 1c)."""
+        return (ns - self._recent[0][0] + ns - self._motions[0][0]) // 2
+
     def _reference_open(self, at_ns: int):
         """The reference frame for a frame `lag_s` after `at_ns` (step 2a): the newest frame
         at or before `at_ns` not within `blink_margin_s` of a blink, going back at most
@@ -372,7 +373,10 @@ class Spotter:
             if item[1] > ns:
                 break
             if item[1] > ns - self.params.reference_s * 1e9 or item[1] == ns:
-                total = item[3].copy() if total is None else total + item[3]
+                if total is None:
+                    total = item[3].copy()
+                else:
+                    total += item[3]
                 count += 1
         return total / np.float32(count)
 
@@ -498,13 +502,13 @@ class Spotter:
                 return []
             self._candidate = _Candidate(
                 index, ns, index, ns, signal, start, region, eyes, float(main[region]),
-                self._floor_of(region), self._delay_ns,
+                self._floor_of(region), self._delay_ns(ns),
             )  # fmt: skip
             return []
         if signal > c.peak:
             c.peak, c.apex, c.apex_ns, c.region, c.eyes_at_peak = signal, index, ns, region, eyes
             c.peak_px, c.floor_px = float(main[region]), self._floor_of(region)
-            c.delay_ns = self._delay_ns
+            c.delay_ns = self._delay_ns(ns)
         rise = c.peak - self._mean
         edge = self._mean + p.edge_fraction * rise
         onset = self._onset(c.apex, edge)
