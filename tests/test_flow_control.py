@@ -67,11 +67,20 @@ def _recognizer(tmp_path, backend, metrics, **kw):
     return push, events, stop, thread
 
 
+def _published(m: Metrics) -> int:
+    return sum(s._value.get() for s in m.events._metrics.values())
+
+
 def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(tmp_path):
+    """The subscriber reads 31 events slowly, then none until the recognizer has published
+    all of them: the queues between (two high-water marks of 20 and the kernel's socket
+    buffer, ~220 events here) cannot hold 600, so some are lost whatever the machine's
+    speed. (Waiting only until the recognizer had *taken* every pair let a slow machine
+    drain while it was still publishing, and lose none.)"""
     m = Metrics("recognize")
     push, events, stop, thread = _recognizer(tmp_path, lambda b: b, m, event_hwm=20)
-    n = 400
-    received, delays = [], []
+    n = 600
+    received = []
     try:
         with subscribe(events, timeout_s=2, hwm=20) as sub:
             k = 0
@@ -81,13 +90,11 @@ def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(
                 assert _send(push, i, wait_ms=5000)
             for event in sub:  # 20 ms per event: far slower than events come
                 received.append(event)
-                delays.append((time.time_ns() - event.times["t_recognize"]) / 1e9)
                 time.sleep(0.02)
                 if len(received) > 30:
                     break
-            while m.frames_in.labels("recognize", "cam1")._value.get() < n:
-                time.sleep(0.05)  # the recognizer has taken every pair ...
-            time.sleep(0.5)
+            while _published(m) < n:
+                time.sleep(0.05)  # the recognizer has published every event ...
             received += list(sub)  # ... drain what is queued for us
             assert _send(push, n, wait_ms=5000)  # the last event shows the last gap
             received += [next(iter(sub))]
@@ -96,14 +103,13 @@ def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(
         stop.set()
         thread.join(timeout=20)
         push.close(linger=0)
-    published = sum(s._value.get() for s in m.events._metrics.values())
-    assert published == n + 1, "the recognizer published every event, without waiting"
+    assert _published(m) == n + 1, "the recognizer published every event, without waiting"
     assert missed > 0, "the slow subscriber lost some"
     assert received[-1].seq == n
     assert 1 + len(received) + missed == n + 1 - first.seq, "and knows exactly how many"
-    # what got through waited at most the two queues' worth (40 events x 20 ms), not the
-    # whole backlog (400 x 20 ms)
-    assert max(delays) < 3.0
+    # what was queued for the subscriber was bounded by the queues, not the backlog (a
+    # count, not a time: how long that queue takes to drain depends on the machine)
+    assert len(received) < n // 2
 
 
 def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_path):
@@ -124,9 +130,9 @@ def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_
                 else:
                     dropped += 1
             grown = _rss_mb() - rss
-            latencies = []
+            got = []
             for event in sub:
-                latencies.append((event.times["t_recognize"] - event.times["t_spot"]) / 1e9)
+                got.append(event.times)
                 if event.seq == sent + k:  # the last pair that went through
                     break
     finally:
@@ -137,9 +143,17 @@ def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_
     assert sent + dropped == n - 1 - k
     assert grown < 40, f"memory bounded by the queues (grew {grown:.0f} MB, not ~96)"
     assert m.frames_in.labels("recognize", "cam1")._value.get() == sent + k + 1
-    assert len(latencies) == sent
-    # queues hold at most ~2 x 64 + 8 pairs: at 8 per 50 ms, under a second of wait
-    assert max(latencies) < 3.0
+    assert len(got) == sent
+    # Bounded latency, counted in pairs (in seconds it depends on the machine): between a
+    # pair's sending and its taking, the recognizer took at most what the queues hold
+    # (two high-water marks of 64, the kernel's socket buffer, one batch), never the
+    # backlog of thousands.
+    taken = np.sort([t["t_received"] for t in got])
+    ahead = [
+        np.searchsorted(taken, t["t_received"]) - np.searchsorted(taken, t["t_spot"], "right")
+        for t in got
+    ]
+    assert max(ahead) < 2 * HWM + 60, max(ahead)
 
 
 def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path):
