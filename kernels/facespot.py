@@ -23,6 +23,25 @@ from .faces import FaceDetector, FaceTracker, to_grey
 from .spotter import Interval, Spotter, SpotterParams
 
 
+class GopBoundaries:
+    """Which decoded frames start a GOP: call it on each PyAV frame in order. A key frame
+    starts one only in a stream of predicted pictures (H.264, H.265 from a camera), where
+    the pictures up to the next key frame are coded from it and share its codec noise. In an
+    intra-only codec every picture stands alone, and the key-frame flag marks something
+    else: FFV1 sets it every 12 frames by default, where its range coder's contexts reset.
+    So a key frame counts once the stream has shown a P or B picture."""
+
+    _INTRA = (0, 1)  # PyAV's pict_type: AV_PICTURE_TYPE_NONE, AV_PICTURE_TYPE_I
+
+    def __init__(self):
+        self.predicted = False  # a P or B picture was seen
+
+    def __call__(self, frame) -> bool:
+        if frame.pict_type not in self._INTRA:
+            self.predicted = True
+        return bool(frame.key_frame) and self.predicted
+
+
 def media_time_ns(frame, start_pts: int | None, previous_ns: int | None, rate) -> int:
     """A decoded PyAV frame's presentation time in ns after `start_pts` (the first frame's
     pts); a frame without a pts is one frame period (1 / `rate`) after the previous one."""
@@ -57,7 +76,7 @@ class FaceSpotter:
 
     def push(self, image, index: int, t_media_ns: int, key_frame: bool = False) -> list[Interval]:
         """One decoded frame (grey or RGB uint8), its index and media time in ns.
-        `key_frame`: the decoder said it was an intra (key) frame."""
+        `key_frame`: the frame starts a GOP (`GopBoundaries`)."""
         grey = to_grey(image)
         crop = self.tracker.update(grey, t_media_ns)
         self.has_face = crop is not None

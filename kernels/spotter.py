@@ -134,6 +134,9 @@ from . import flow as _flow
 from . import signals as _signals
 
 
+REJECTIONS = ("macro", "long", "blink", "short", "echo")  # `Spotter.rejected`'s reasons
+
+
 @dataclass(frozen=True)
 class SpotterParams:
     lag_s: float = 0.5  # the reference frame is this far back
@@ -205,7 +208,7 @@ class Spotter:
         to run the same spotter on OpenCV's flow)."""
         self.params = params or SpotterParams()
         self._flow_fn = flow_fn or (lambda a, b: _flow.dense_flow(a, b, self.params.flow))
-        self.rejected = {"macro": 0, "long": 0, "blink": 0, "short": 0, "echo": 0}
+        self.rejected = dict.fromkeys(REJECTIONS, 0)
         self.frames = 0
         self.last_signal = float("nan")  # the latest frame's signal (for traces)
         self._size = None

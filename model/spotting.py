@@ -161,7 +161,7 @@ def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
     (the decoder's luma plane, as ingest sends it)."""
     import av
 
-    from mfvan.kernels.facespot import FaceSpotter, media_time_ns
+    from mfvan.kernels.facespot import FaceSpotter, GopBoundaries, media_time_ns
 
     spots = FaceSpotter(params, size)
     intervals, signal, threshold, keys, versions, brightness = [], [], [], [], [], []
@@ -171,18 +171,20 @@ def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate)
         start_pts = media = None
+        gop = GopBoundaries()
         for index, frame in enumerate(container.decode(stream)):
             if start_pts is None and frame.pts is not None:
                 start_pts = frame.pts
             media = media_time_ns(frame, start_pts, media, rate)
             grey = frame.to_ndarray(format="gray")
-            for it in spots.push(grey, index, media, frame.key_frame):
+            key = gop(frame)
+            for it in spots.push(grey, index, media, key):
                 d = asdict(it)
                 del d["onset_crop"], d["apex_crop"]
                 intervals.append(d)
             signal.append(spots.last_signal)
             threshold.append(spots.threshold())
-            keys.append(frame.key_frame)
+            keys.append(key)
             versions.append(spots.tracker.version)
             brightness.append(spots.crop.mean() if spots.crop is not None else np.nan)
     return VideoRun(
@@ -206,8 +208,8 @@ CAUSES = ("blink", "macro", "tracker", "keyframe", "light", "other")
 def false_spot_cause(run: VideoRun, p: tuple[int, int, int], others: list[Truth]) -> str:
     """Why a false spot (onset, apex, offset) fired, as far as the data tell: it overlaps a
     blink or a macro-expression; the crop geometry changed between its reference frame
-    and its offset (tracker); a key frame (GOP boundary) fell near its onset or near its
-    reference frame's, in a video that is not all key frames (keyframe); the crop's mean
+    and its offset (tracker); a GOP boundary (a key frame among predicted pictures,
+    `GopBoundaries`) fell near its onset or near its reference frame's (keyframe); the crop's mean
     brightness changed by more than 1% from onset to apex (light); else other (codec
     block noise, texture shimmer, sensor noise)."""
     onset, apex, offset = p

@@ -12,12 +12,14 @@ time and its capture time, both in ns.
 - Capture time (`t_capture`) is on the wall clock (`time.time_ns()`), for latency only:
   when a live frame arrived; for a file, the moment the frame is due when played at its
   native rate, or when it was decoded when played as fast as possible.
-- `key_frame`: the decoder marked the frame intra-coded (a GOP boundary).
+- `key_frame`: the frame starts a GOP (a key frame among predicted pictures; never in an
+  intra-only codec such as FFV1, `mfvan.kernels.facespot.GopBoundaries`).
 `Reconnecting` wraps any source factory: when the source fails (a camera drops, a
 network times out) it waits with exponential backoff and opens it again, counting each
 reconnect; the frame index keeps counting across reconnects.
 
-Imports nothing of this project but `mfvan.kernels` (media time of a decoded frame).
+Imports nothing of this project but `mfvan.kernels` (media time and GOP boundaries of a
+decoded frame).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from mfvan.kernels.facespot import media_time_ns
+from mfvan.kernels.facespot import GopBoundaries, media_time_ns
 
 
 @dataclass
@@ -88,6 +90,7 @@ class PyAVSource:
         fmt = "gray" if self.grey else "rgb24"
         start_wall = time.time_ns()
         start_pts = previous = None
+        gop = GopBoundaries()
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -106,7 +109,7 @@ class PyAVSource:
                 else:
                     t = time.time_ns()
                 yield Frame(
-                    index, t, frame.to_ndarray(format=fmt), t_media=media, key_frame=frame.key_frame
+                    index, t, frame.to_ndarray(format=fmt), t_media=media, key_frame=gop(frame)
                 )
         except av.FFmpegError as e:
             raise SourceError(f"{self.url} stopped: {e}") from e

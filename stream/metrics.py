@@ -113,9 +113,10 @@ class Metrics:
             self.end_to_end.labels(stage)
             self.queue_depth.labels(stage)
 
-    def init_stream(self, stream: str, classes=()) -> None:
+    def init_stream(self, stream: str, classes=(), rejections=()) -> None:
         """Create a new stream's series at zero, so that dashboards and alerts see 0, not
-        "no data", until something happens (Prometheus' advice on missing series)."""
+        "no data", until something happens (Prometheus' advice on missing series):
+        `classes` the recognizer's, `rejections` the spotter's reasons to refuse a spot."""
         stage = self.stage
         self.frames_in.labels(stage, stream)
         self.frames_out.labels(stage, stream)
@@ -126,7 +127,7 @@ class Metrics:
         elif stage == "spot":
             self.spots.labels(stream)
             self.faces.labels(stream)
-            for reason in ("macro", "long", "blink", "short", "echo"):
+            for reason in rejections:
                 self.spots_rejected.labels(stream, reason)
         for label in classes:
             self.events.labels(stream, label)

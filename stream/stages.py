@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from mfvan.kernels.facespot import FaceSpotter
-from mfvan.kernels.spotter import SpotterParams
+from mfvan.kernels.spotter import REJECTIONS, SpotterParams
 
 from . import protocol, security
 from .metrics import Metrics
@@ -154,7 +154,7 @@ class SpotStage:
 
     def _track(self, stream: str) -> _Track:
         if stream not in self.tracks:
-            self.metrics.init_stream(stream)
+            self.metrics.init_stream(stream, rejections=REJECTIONS)
             self.tracks[stream] = _Track(FaceSpotter(self.params, self.size, background=True))
         return self.tracks[stream]
 

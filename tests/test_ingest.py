@@ -9,12 +9,15 @@ import pytest
 from mfvan.stream.ingest import Frame, PyAVSource, Reconnecting, SourceError, open_source, register
 
 
-def _write_video(path, frames=20, fps=100, size=(64, 48)):
+def _write_video(path, frames=20, fps=100, size=(64, 48), codec="libx264", gop=None):
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
+        stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "ultrafast"}
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "ultrafast", "bf": "0"}
+        if gop:
+            stream.codec_context.gop_size = gop
         for i in range(frames):
             img = np.full((size[1], size[0], 3), (i * 10) % 250, np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
@@ -131,7 +134,19 @@ def test_a_files_frames_carry_media_time_from_their_pts_whatever_the_decoding_sp
     paced = list(PyAVSource(str(path), realtime=True))
     assert [f.t_media for f in fast] == [i * 10_000_000 for i in range(30)]
     assert [f.t_media for f in paced] == [f.t_media for f in fast]
-    assert fast[0].key_frame and not all(f.key_frame for f in fast)
+
+
+def test_key_frames_mark_gop_boundaries_only_among_predicted_pictures(tmp_path):
+    """H.264 with a key frame every 10 frames: frames 10 and 20 start a GOP (the first frame
+    starts the stream, not a change of codec noise). FFV1 flags a key frame every 12 frames
+    (its coder's reset) but every picture is intra-coded: no GOP boundary at all."""
+    _write_video(tmp_path / "gop.mp4", frames=30, gop=10)
+    _write_video(tmp_path / "ffv1.mkv", frames=30, codec="ffv1")
+    with av.open(str(tmp_path / "ffv1.mkv")) as c:
+        assert sum(f.key_frame for f in c.decode(video=0)) > 1, "FFV1 does flag key frames"
+    h264 = [f.index for f in PyAVSource(str(tmp_path / "gop.mp4")) if f.key_frame]
+    assert h264 == [10, 20]
+    assert not any(f.key_frame for f in PyAVSource(str(tmp_path / "ffv1.mkv")))
 
 
 def test_media_time_never_runs_backwards_across_a_reconnect():
