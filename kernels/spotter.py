@@ -133,7 +133,6 @@ import numpy as np
 from . import flow as _flow
 from . import signals as _signals
 
-
 REJECTIONS = ("macro", "long", "blink", "short", "echo")  # `Spotter.rejected`'s reasons
 
 
