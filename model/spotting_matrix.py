@@ -267,8 +267,10 @@ def write_docs(results: dict, legacy_results: dict | None, docs: Path, command: 
         "recall, F1 pooled over videos. 95% interval: bootstrap over videos "
         f"({BOOTSTRAP} resamples).",
         "- **False spots by cause**: overlaps a blink or a macro-expression; the tracker "
-        "changed the crop between the spot's reference frame and its end; a key frame fell "
-        "within 0.1 s before its onset (or its reference frame's); the crop's brightness "
+        "changed the crop between the spot's reference frame and its end; a GOP boundary "
+        "(a key frame among predicted pictures: never in FFV1, whose pictures are all "
+        "intra-coded) fell within 0.1 s before its onset (or its reference frame's); the "
+        "crop's brightness "
         "changed by over 1% from onset to apex (light); other (codec and sensor noise, "
         "texture shimmer).",
         "- **Apex to emission**: media time from the apex frame to the frame that confirmed "
