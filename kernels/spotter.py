@@ -11,10 +11,19 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
    what is left is computed (`flow.dense_flow`), and each facial region's main-direction
    motion is measured (`signals.roi_stats`). The signal is the largest of the
    expression regions (brows, nose, mouth corners, chin), in px of a 128 px crop. With
-   `lag_s` at least as long as a micro-expression (0.5 s), the reference frame of a frame
-   inside an expression is a neutral frame before its onset, so the signal is the
-   expression's own displacement: it rises at the onset, peaks at the apex and falls at
-   the offset.
+   `lag_s` longer than a micro-expression's rise (onset to apex: 40-250 ms in SynthME,
+   as in CASME II), the reference frame of every frame up to the apex is a neutral frame
+   before the onset, so the signal is the expression's own displacement: it rises at the
+   onset and peaks at the apex; after it, it falls as the face returns and as the
+   reference frame moves into the rise. A choice: 0.4 s, not the whole length of a
+   micro-expression (0.5 s, as before). Measured on the tuning seed (64
+   micro-expressions per cell; F1 with `lag_s` 0.5, 0.4, 0.35, 0.3): photographic H.264
+   CRF 23 at 200 fps 0.622, 0.655, 0.655, 0.672 (false spots 18, 12, 12, 15); at 30 fps
+   0.693, 0.741, 0.782, 0.703; parametric FFV1 0.741, 0.774, 0.774, 0.779 (false spots
+   4, 1, 1, 5). Less time between the two frames leaves less head drift and codec
+   texture change between them, and the faster fall confirms the apex sooner (p50 from
+   apex to emission 80-100 ms at 200 fps). 0.4 s keeps a margin over the longest rises;
+   an expression rising for longer than `lag_s` (some of SAMM's) peaks before its apex.
    a. Denoising (for camera video): the crops are first averaged over the last
       `denoise_s` of media time (20 ms: four frames at 200 fps, two at 60, one at 30).
       Sensor noise is new in every frame and a codec re-quantises texture differently in
@@ -68,7 +77,7 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       reference that was itself clear of blinks is marked as blinking, and a reference
       within `blink_margin_s` of a marked frame is not used: the newest frame before the
       blink is, up to `max_duration_s` further back. Measured on the tuning seed: half of
-      the candidates refused as blinks were a blink's echo 0.5 s after it, and a
+      the candidates refused as blinks were a blink's echo `lag_s` after it, and a
       micro-expression during an echo was refused with it (7 of 64 in the parametric
       cell). Taking the reference before the blink raised F1 from 0.700 to 0.778
       (parametric FFV1, 200 fps), 0.620 to 0.673 (photographic H.264 CRF 23, 30 fps) and
@@ -99,7 +108,9 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       `min_duration_s` (temporal consistency: sensor noise, a key frame, block flicker
       flash for a frame or two; a micro-expression holds for tens of ms);
    b. blinks that reached the signal despite 1d: at the apex the eyes moved more than
-      the region's ratio times it;
+      the region's ratio times it, however large the peak (a blink refused as a
+      macro-expression, as before, blocked the 0.4 s after it: a micro-expression 0.1 s
+      after a blink was lost, `test_kernels`);
    c. echoes, by a check that costs one more flow per interval: the motion from a frame
       before the onset (the estimated onset, or `verify_s` before the apex if that is
       earlier: a faint expression's noisy signal puts the estimate late, inside the rise)
@@ -117,7 +128,12 @@ frame (fewer frames averaged after it: more false spots, 1 to 6 on parametric FF
 to 21 on photographic H.264 at 200 fps); refusing an interval unless the mean of its rise
 and of the echo check's measurement clears the start threshold (photographic H.264 at
 200 fps: false spots 18 to 14, F1 0.622 to 0.632; parametric FFV1 and 30 fps lost 1-2
-micro-expressions each).
+micro-expressions each); measuring the echo check from the apex's own GOP when a key
+frame lies between (photographic H.264 at 200 fps: 6 of 37 micro-expressions lost, one
+false spot less); each region's plain mean flow vector instead of its main direction
+(photographic H.264 CRF 23 at 200 fps 0.622 to 0.602, at 30 fps 0.693 to 0.732,
+parametric H.264 CRF 23 0.318 to 0.336: codec noise is coherent over a region, and an
+expression that moves part of a region is diluted).
 
 Imports nothing of this project.
 """
@@ -138,7 +154,7 @@ REJECTIONS = ("macro", "long", "blink", "short", "echo")  # `Spotter.rejected`'s
 
 @dataclass(frozen=True)
 class SpotterParams:
-    lag_s: float = 0.5  # the reference frame is this far back
+    lag_s: float = 0.4  # the reference frame is this far back
     noise_window_s: float = 2.0  # time constant of the running noise estimate
     warmup_s: float = 0.5  # signal seen before the first interval can start
     z: float = 6.0  # start threshold, in deviations above the running mean
@@ -355,7 +371,8 @@ class Spotter:
         """The reference frame for a frame `lag_s` after `at_ns` (step 2a): the newest frame
         at or before `at_ns` not within `blink_margin_s` of a blink, going back at most
         `max_duration_s`. Returns (the buffered frame or None, whether it is clear of
-        blinks; when no frame is, the one at `at_ns`)."""
+        blinks; when no frame is, or the buffer does not reach back to one, the one at
+        `at_ns`)."""
         p = self.params
         margin = int(p.blink_margin_s * 1e9)
         earliest = at_ns - int(p.max_duration_s * 1e9)
@@ -363,7 +380,10 @@ class Spotter:
         while at >= earliest:
             near = [b for b in self._blinks if b - margin <= at <= b + margin]
             if not near:
-                return self._reference(at), True
+                found = self._reference(at)
+                if found is None:
+                    break  # the buffer does not reach back that far (a stream's first second)
+                return found, True
             at = min(near) - margin - 1
         return self._reference(at_ns), False
 
@@ -515,15 +535,18 @@ class Spotter:
         edge = self._mean + p.edge_fraction * rise
         onset = self._onset(c.apex, edge)
         reason = None
+        blink = c.eyes_at_peak > self._blink_ratios[c.region] * c.peak_px
         if c.peak > p.max_amplitude:
-            reason = "macro"
+            # a blink that reached the signal is a blink, however large: it leaves no
+            # motion to wait out or echo to ignore (a macro-expression does)
+            reason = "blink" if blink else "macro"
         elif onset is None or (ns - onset[1]) * 1e-9 > p.max_duration_s:
             reason = "long"
         if reason is None and signal >= self._mean + p.confirm_fraction * rise:
             return []
         self._candidate = None
         self._falling, self._falling_since = "rest", ns
-        if reason is None and c.eyes_at_peak > self._blink_ratios[c.region] * c.peak_px:
+        if reason is None and blink:
             reason = "blink"
         # temporal consistency: a micro-expression holds its region's motion for tens of
         # ms; sensor noise, a codec's key frame or block flicker flash for a frame or two

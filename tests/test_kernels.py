@@ -208,7 +208,7 @@ def test_the_spotter_finds_planted_micro_expressions_at_their_frames(fps):
 
 @pytest.mark.slow
 def test_a_blink_leaves_no_echo_that_hides_a_micro_expression_after_it():
-    """Half a second after a blink the blink is in the reference frame; a micro-expression
+    """`lag_s` after a blink the blink is in the reference frame; a micro-expression
     then used to be refused as a blink. The reference is now taken before the blink."""
     fps = 100.0
     quiet = replace(synth.Nuisances(), blink_rate_hz=0.0, macro_per_segment=0)
