@@ -35,7 +35,7 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       H.264 CRF 23 at 200 fps 0.571, 0.622, 0.581; at 30 fps 0.673, 0.693, 0.717;
       parametric FFV1 0.778, 0.741, 0.745. 50 ms was kept for the camera-like cells. Its
       cost: on a quiet photographic face in H.264 CRF 28 at 100 fps with head drift
-      (`test_spotting`), 6 false spots in 12 s against 3 without it.
+      (`test_spotting`), 7 false spots in 12 s against 4 without it.
    b. Each region against its own floor: every region keeps its own resting mean and
       deviation, one pair for comparisons within one GOP and one for comparisons across a
       key frame (the decoder's key-frame flag; a stream that is all key frames, or has no

@@ -25,6 +25,7 @@ Imports nothing of mfvan.stream or mfvan.deploy.
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import json
@@ -124,13 +125,31 @@ def _make_cell(master: str, folder: str, codec: str, count: int) -> None:
 
 
 def _fingerprint(params) -> str:
-    """What the cached results depend on: the spotter's source and its parameters."""
+    """What the cached results depend on: the spotter's code and its parameters. The code
+    is each module's syntax tree without its docstrings, so that documenting a measurement
+    (or reformatting) does not throw an hour of results away."""
     import mfvan.kernels as k
 
     h = hashlib.sha256(repr(params).encode())
     for name in ("faces.py", "facespot.py", "flow.py", "signals.py", "spotter.py"):
-        h.update((Path(k.__file__).parent / name).read_bytes())
+        h.update(_code_of((Path(k.__file__).parent / name).read_text()).encode())
     return h.hexdigest()[:12]
+
+
+def _code_of(source: str) -> str:
+    """The syntax tree of a module's source, docstrings and comments left out."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def evaluate_cell(folder: Path, params=None, workers: int | None = None) -> dict:
