@@ -37,7 +37,7 @@ class GopBoundaries:
         self.predicted = False  # a P or B picture was seen
 
     def __call__(self, frame) -> bool:
-        if frame.pict_type not in self._INTRA:
+        if int(frame.pict_type) not in self._INTRA:  # an int or an enum, by PyAV version
             self.predicted = True
         return bool(frame.key_frame) and self.predicted
 

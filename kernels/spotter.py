@@ -24,6 +24,10 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
    texture change between them, and the faster fall confirms the apex sooner (p50 from
    apex to emission 80-100 ms at 200 fps). 0.4 s keeps a margin over the longest rises;
    an expression rising for longer than `lag_s` (some of SAMM's) peaks before its apex.
+   On the held-out seed (docs/spotting.md) the parametric cells rose with it, but both
+   photographic H.264 CRF 23 cells fell (F1 0.681 to 0.651 at 200 fps, 0.707 to 0.687
+   at 30 fps; inside their intervals), with more false spots: the tuning cells are too
+   small to settle it.
    a. Denoising (for camera video): the crops are first averaged over the last
       `denoise_s` of media time (20 ms: four frames at 200 fps, two at 60, one at 30).
       Sensor noise is new in every frame and a codec re-quantises texture differently in

@@ -209,8 +209,8 @@ def false_spot_cause(run: VideoRun, p: tuple[int, int, int], others: list[Truth]
     """Why a false spot (onset, apex, offset) fired, as far as the data tell: it overlaps a
     blink or a macro-expression; the crop geometry changed between its reference frame
     and its offset (tracker); a GOP boundary (a key frame among predicted pictures,
-    `GopBoundaries`) fell near its onset or near its reference frame's (keyframe); the crop's mean
-    brightness changed by more than 1% from onset to apex (light); else other (codec
+    `GopBoundaries`) fell near its onset or near its reference frame's (keyframe); the
+    crop's mean brightness changed by more than 1% from onset to apex (light); else other (codec
     block noise, texture shimmer, sensor noise)."""
     onset, apex, offset = p
     hit = [t.kind for t in others if min(offset, t.offset) >= max(onset, t.onset)]
