@@ -104,10 +104,14 @@ class Guard:
             self._monitor.close(linger=0)
 
     def stop(self) -> None:
-        """Before the guarded socket is closed."""
+        """Before the guarded socket is closed. The monitor is turned off while the watcher
+        still reads it: libzmq's I/O thread sends each event under the monitor's lock, and
+        to a peer that is gone it waits forever, so turning it off after the watcher had
+        closed its end (as before) deadlocked when a refused client's event came in
+        between (pyzmq holds the GIL while it waits for that lock)."""
+        self._socket.disable_monitor()
         self._stopping.set()
         self._thread.join(timeout=5)
-        self._socket.disable_monitor()
         self.auth.stop()
 
 
