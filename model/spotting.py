@@ -224,7 +224,7 @@ def false_spot_cause(run: VideoRun, p: tuple[int, int, int], others: list[Truth]
     if len(run.versions) > offset and run.versions[first] != run.versions[offset]:
         return "tracker"
     keys = run.key_frames
-    if len(keys) > apex and not keys.all():
+    if len(keys) > apex:  # GOP boundaries only (`GopBoundaries`): never in FFV1
         for a, b in ((onset - near, apex), (onset - lag - near, apex - lag)):
             if keys[max(a, 0) : max(b + 1, 0)].any():
                 return "keyframe"
