@@ -187,6 +187,7 @@ class SpotterParams:
     denoise_s: float = 0.02  # crops averaged over this much media time before the flow
     reference_s: float = 0.05  # the reference: denoised crops averaged over this much time
     smooth_s: float = 0.025  # regions' motion averaged over this much media time
+    still_eyes_px: float = 0.35  # eyes moving more than this: regions measured eyes held still
     flow: _flow.FlowParams = field(default_factory=_flow.FlowParams)
 
 
@@ -291,6 +292,10 @@ class Spotter:
         )
         self._eye_boxes = _signals.roi_boxes(size, ("eye_left", "eye_right"))
         self._rigid_boxes = _signals.roi_boxes(size, _signals.RIGID)
+        self._eye_weight = _eye_weight(size, self._eye_boxes)
+        # the head's brightness gain is measured without the eyes (a blink changes theirs)
+        self._gain_weight = 1 - _eye_weight(size, self._eye_boxes, 0.03, 0.04)
+        self._still = False
 
     # -- the work -------------------------------------------------------------------------
     def push(
@@ -339,10 +344,12 @@ class Spotter:
         if clear and eyes > p.blink_px:
             self._blinks.append(timestamp_ns)
         gop = self._gop_state(ref_ns, timestamp_ns)
-        signal, region = self._normalise(main, gop, eyes)
+        # regions measured with the eyes held still (step 1d) have no blink in them
+        seen = 0.0 if self._still else eyes
+        signal, region = self._normalise(main, gop, seen)
         self.last_signal = signal
         trusted = not any(a <= ref_ns <= b for a, b in self._blocked)
-        found = self._step(index, timestamp_ns, signal, region, eyes, trusted, main)
+        found = self._step(index, timestamp_ns, signal, region, seen, trusted, main)
         if self._candidate is None and signal <= self._thresholds()[0]:
             self._update_floors(main, gop, timestamp_ns)
         return found
@@ -425,14 +432,22 @@ class Spotter:
     def _measure(self, ref: np.ndarray, cur: np.ndarray):
         """Each signal region's main-direction motion (px of a 128 px crop) from `ref` to
         `cur`, head motion undone, and the eyes' largest."""
-        rigid = _signals.rigid_motion(ref, cur, self._rigid_boxes)
+        rigid = _signals.rigid_motion(ref, cur, self._rigid_boxes, weight=self._gain_weight)
         # each image is moved half the way, so both are resampled alike (step 1e)
         half = 0.5 * rigid
-        flow = self._flow_fn(_signals.warp_rigid(ref, -half), _signals.warp_rigid(cur, half))
-        stats = _signals.roi_stats(flow, self._signal_boxes)
-        main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
+        a, b = _signals.warp_rigid(ref, -half), _signals.warp_rigid(cur, half)
+        flow = self._flow_fn(a, b)
         eye_stats = _signals.roi_stats(flow, self._eye_boxes)
         eyes = float(np.hypot(eye_stats[:, 1], eye_stats[:, 2]).max()) * self._scale
+        self._still = eyes > self.params.still_eyes_px
+        if self._still:
+            # the eyes moved (a blink): the regions are measured again with the eyes
+            # held still, the reference's eyes in the frame, so that no motion of theirs
+            # reaches the regions through the flow's coarse levels
+            w = self._eye_weight
+            flow = self._flow_fn(a, np.ascontiguousarray(b * (1 - w) + a * w))
+        stats = _signals.roi_stats(flow, self._signal_boxes)
+        main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
         return main, eyes
 
     def _gop_state(self, ref_ns: int, ns: int) -> int:
@@ -656,6 +671,19 @@ class Spotter:
         """The denoised crop of the newest frame at or before `ns` (the oldest kept if none)."""
         item = self._reference(ns)
         return (item or self._buffer[0])[3]
+
+
+def _eye_weight(size: int, boxes: np.ndarray, margin: float = 0.0, ramp: float = 0.02):
+    """A (size, size) float32 weight: 1 over the eye boxes grown by `margin`, falling to 0
+    over `ramp` (fractions of the crop) around them."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    weight = np.zeros((size, size), np.float32)
+    for x0, y0, x1, y1 in boxes:
+        dx = np.maximum(np.maximum(x0 - xs, xs - x1), 0) / size - margin
+        dy = np.maximum(np.maximum(y0 - ys, ys - y1), 0) / size - margin
+        d = np.hypot(np.maximum(dx, 0), np.maximum(dy, 0))
+        weight = np.maximum(weight, np.clip(1 - d / ramp, 0, 1))
+    return weight
 
 
 def _cosine_time(level: float) -> float:
