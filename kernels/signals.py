@@ -209,7 +209,9 @@ def rigid_motion(first, second, boxes, iterations=6, weight=None):
     a pixel at (X, Y) from the crop centre being (tx + s X - r Y, ty + r X + s Y). Direct
     (Gauss-Newton on brightness, Bergen et al. 1992) rather than fitted to the dense flow,
     whose smoothness prior shrinks motion in textureless regions. The second image is first
-    scaled to the first's mean brightness, as in `flow.dense_flow`."""
+    scaled to the first's mean brightness, as in `flow.dense_flow`; `weight` (an image of
+    0-1 weights) measures that mean over part of the image only (the spotter leaves the
+    eyes out: a blink changes their brightness, and the fit would read it as head motion)."""
     a = _blur3(first)
     if weight is None:
         gain = first.mean() / max(second.mean(), 1e-3)
