@@ -203,21 +203,15 @@ def _blur3(img):
 
 
 @njit(cache=True, fastmath=True)
-def rigid_motion(first, second, boxes, iterations=6, weight=None):
+def rigid_motion(first, second, boxes, iterations=6):
     """Head motion from `first` to `second` (float32 grey), fitted to the image pixels of
     `boxes` (the rigid regions) as a similarity: (tx, ty, s, r), the displacement of
     a pixel at (X, Y) from the crop centre being (tx + s X - r Y, ty + r X + s Y). Direct
     (Gauss-Newton on brightness, Bergen et al. 1992) rather than fitted to the dense flow,
     whose smoothness prior shrinks motion in textureless regions. The second image is first
-    scaled to the first's mean brightness, as in `flow.dense_flow`; `weight` (an image of
-    0-1 weights) measures that mean over part of the image only (the spotter leaves the
-    eyes out: a blink changes their brightness, and the fit would read it as head motion)."""
+    scaled to the first's mean brightness, as in `flow.dense_flow`."""
     a = _blur3(first)
-    if weight is None:
-        gain = first.mean() / max(second.mean(), 1e-3)
-    else:
-        gain = float((first * weight).sum()) / max(float((second * weight).sum()), 1e-3)
-    b = _blur3(second) * gain
+    b = _blur3(second) * (first.mean() / max(second.mean(), 1e-3))
     p = np.zeros(4, np.float64)
     for _ in range(iterations):
         step = _similarity_step(a, b, boxes, p)
