@@ -156,8 +156,10 @@ refused as blinks): F1 0.774 to 0.829 (parametric FFV1, 200 fps), 0.655 to 0.717
 headline cells barely moved (0.799 to 0.801, 0.651 to 0.673, 0.687 to 0.691) while the
 held-out photographic identities' blinks fired where the tuning ones' had not (FFV1 at
 200 fps: 0.5 to 4.0 false spots per minute, all blinks; F1 0.847 to 0.796; H.264 CRF 18
-0.886 to 0.817, H.265 0.864 to 0.791): a blink of theirs reaches past the fixed eye boxes
-into the brows, where the masking of step 1d had caught it.
+0.886 to 0.817, H.265 0.864 to 0.791): their blinks still reached the chin (7 of the 8
+false spots at FFV1, 200 fps), where the masking of step 1d had caught them. Not yet
+found how; the chin, farthest from the crop's centre, is where an error of the rigid fit
+shows most.
 
 Imports nothing of this project.
 """
