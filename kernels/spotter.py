@@ -154,7 +154,8 @@ during blinks (9 of the 27 missed in photographic H.264 CRF 23 at 200 fps had be
 refused as blinks): F1 0.774 to 0.829 (parametric FFV1, 200 fps), 0.655 to 0.717 and
 0.741 to 0.748 (photographic H.264 CRF 23 at 200 and 30 fps). On the held-out seed the
 headline cells barely moved (0.799 to 0.801, 0.651 to 0.673, 0.687 to 0.691) while the
-held-out photographic identities' blinks fired where the tuning ones' had not (FFV1 at
+held-out photographic identities' blinks fired (the tuning seed has no photographic
+FFV1 cell, and its photographic H.264 cell at 200 fps had no false spot at a blink; FFV1 at
 200 fps: 0.5 to 4.0 false spots per minute, all blinks; F1 0.847 to 0.796; H.264 CRF 18
 0.886 to 0.817, H.265 0.864 to 0.791): their blinks still reached the chin (7 of the 8
 false spots at FFV1, 200 fps), where the masking of step 1d had caught them. Not yet
