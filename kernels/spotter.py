@@ -158,9 +158,14 @@ held-out photographic identities' blinks fired (the tuning seed has no photograp
 FFV1 cell, and its photographic H.264 cell at 200 fps had no false spot at a blink; FFV1 at
 200 fps: 0.5 to 4.0 false spots per minute, all blinks; F1 0.847 to 0.796; H.264 CRF 18
 0.886 to 0.817, H.265 0.864 to 0.791): their blinks still reached the chin (7 of the 8
-false spots at FFV1, 200 fps), where the masking of step 1d had caught them. Not yet
-found how; the chin, farthest from the crop's centre, is where an error of the rigid fit
-shows most.
+false spots at FFV1, 200 fps), where the masking of step 1d had caught them. Through the
+rigid fit: in one of them (held-out `sub01_long01`, FFV1 at 200 fps, frames 478-496) the
+fitted scale went from -0.1e-3 to +2.3e-3 and the rotation from 6.2e-3 to 11.2e-3 rad
+while the eyes moved 1.3 px, and back after: about 0.1 px at the chin and the mouth
+corners, 20-45 px from the centre, where the chin's motion reached 0.35 px (so the fit is
+one path there, not shown to be the only one). The lids of that face reach the rigid
+regions (temples, nose bridge); a fit that leaves out the pixels a blink moves is the
+next thing to try.
 Counting a comparison as across a key frame when the key frame lies up to the
 reference's averaging spans before the reference frame (steps 1a-1c: 95 ms), not only
 after it: photographic H.264 CRF 23 at 200 fps 0.655 to 0.614 (false spots 12 to 15), at
