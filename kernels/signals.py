@@ -156,13 +156,14 @@ def _similarity_step(a, b, boxes, p):
                 gx = 0.5 * (gx + 0.5 * (a[y, x + 1] - a[y, x - 1]))
                 gy = 0.5 * (gy + 0.5 * (a[y + 1, x] - a[y - 1, x]))
                 r = bw - a[y, x]
+                wr = 1.0 if abs(r) <= 4.0 else 4.0 / abs(r)
                 jac[0], jac[1] = gx, gy
                 jac[2] = gx * xr + gy * yr
                 jac[3] = -gx * yr + gy * xr
                 for j in range(4):
-                    atb[j] += jac[j] * r
+                    atb[j] += wr * jac[j] * r
                     for k in range(4):
-                        ata[j, k] += jac[j] * jac[k]
+                        ata[j, k] += wr * jac[j] * jac[k]
     for j in range(4):
         ata[j, j] += 1e-3
     return -np.linalg.solve(ata, atb)
@@ -203,15 +204,21 @@ def _blur3(img):
 
 
 @njit(cache=True, fastmath=True)
-def rigid_motion(first, second, boxes, iterations=6):
+def rigid_motion(first, second, boxes, iterations=6, weight=None):
     """Head motion from `first` to `second` (float32 grey), fitted to the image pixels of
     `boxes` (the rigid regions) as a similarity: (tx, ty, s, r), the displacement of
     a pixel at (X, Y) from the crop centre being (tx + s X - r Y, ty + r X + s Y). Direct
     (Gauss-Newton on brightness, Bergen et al. 1992) rather than fitted to the dense flow,
     whose smoothness prior shrinks motion in textureless regions. The second image is first
-    scaled to the first's mean brightness, as in `flow.dense_flow`."""
+    scaled to the first's mean brightness, as in `flow.dense_flow`; `weight` (an image of
+    0-1 weights) measures that mean over part of the image only (the spotter leaves the
+    eyes out: a blink changes their brightness, and the fit would read it as head motion)."""
     a = _blur3(first)
-    b = _blur3(second) * (first.mean() / max(second.mean(), 1e-3))
+    if weight is None:
+        gain = first.mean() / max(second.mean(), 1e-3)
+    else:
+        gain = float((first * weight).sum()) / max(float((second * weight).sum()), 1e-3)
+    b = _blur3(second) * gain
     p = np.zeros(4, np.float64)
     for _ in range(iterations):
         step = _similarity_step(a, b, boxes, p)
