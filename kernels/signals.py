@@ -156,6 +156,7 @@ def _similarity_step(a, b, boxes, p):
                 gx = 0.5 * (gx + 0.5 * (a[y, x + 1] - a[y, x - 1]))
                 gy = 0.5 * (gy + 0.5 * (a[y + 1, x] - a[y - 1, x]))
                 r = bw - a[y, x]
+                # Huber's weight (4 grey levels): see `rigid_motion`
                 wr = 1.0 if abs(r) <= 4.0 else 4.0 / abs(r)
                 jac[0], jac[1] = gx, gy
                 jac[2] = gx * xr + gy * yr
@@ -212,7 +213,13 @@ def rigid_motion(first, second, boxes, iterations=6, weight=None):
     whose smoothness prior shrinks motion in textureless regions. The second image is first
     scaled to the first's mean brightness, as in `flow.dense_flow`; `weight` (an image of
     0-1 weights) measures that mean over part of the image only (the spotter leaves the
-    eyes out: a blink changes their brightness, and the fit would read it as head motion)."""
+    eyes out: a blink changes their brightness, and the fit would read it as head motion).
+    Each pixel's residual is weighted as in Huber's M-estimator: fully up to 4 grey levels,
+    by 4 / |residual| beyond. A blink's lids reach the rigid regions of some faces (the
+    temples, the nose bridge), and with every pixel weighted alike the fit followed them:
+    on one held-out photographic face in FFV1 at 200 fps the fitted scale went from -0.1e-3
+    to +2.3e-3 and the rotation from 6.2e-3 to 11.2e-3 rad while the eyes moved 1.3 px,
+    about 0.1 px at the chin and the mouth corners; with the weights it stays flat."""
     a = _blur3(first)
     if weight is None:
         gain = first.mean() / max(second.mean(), 1e-3)
