@@ -139,6 +139,74 @@ def roi_stats(flow, boxes):
 
 
 @njit(cache=True, fastmath=True)
+def texture_weight(img):
+    """Per pixel, how well the image's texture pins the flow down: the smaller eigenvalue
+    of the structure tensor summed over 5 x 5 pixels, as c / (c + the image's median c),
+    0-1 (0 on flat skin, where the flow is what the coarse levels and the smoothness
+    said)."""
+    h, w = img.shape
+    gxx = np.zeros((h, w), np.float32)
+    gyy = np.zeros((h, w), np.float32)
+    gxy = np.zeros((h, w), np.float32)
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            gx = 0.5 * (img[y, x + 1] - img[y, x - 1])
+            gy = 0.5 * (img[y + 1, x] - img[y - 1, x])
+            gxx[y, x] = gx * gx
+            gyy[y, x] = gy * gy
+            gxy[y, x] = gx * gy
+    c = np.zeros((h, w), np.float32)
+    for y in range(2, h - 2):
+        for x in range(2, w - 2):
+            a = 0.0
+            b = 0.0
+            d = 0.0
+            for j in range(-2, 3):
+                for i in range(-2, 3):
+                    a += gxx[y + j, x + i]
+                    b += gxy[y + j, x + i]
+                    d += gyy[y + j, x + i]
+            tr = 0.5 * (a + d)
+            c[y, x] = tr - np.sqrt(max(tr * tr - (a * d - b * b), 0.0))
+    med = max(float(np.median(c)), 1e-6)
+    return c / (c + np.float32(med))
+
+
+@njit(cache=True, fastmath=True)
+def roi_stats_weighted(flow, boxes, weight):
+    """`roi_stats` with each pixel weighted by `weight`."""
+    out = np.zeros((boxes.shape[0], 3), np.float32)
+    votes = np.empty(8, np.float64)
+    sums = np.empty((8, 2), np.float64)
+    counts = np.empty(8, np.float64)
+    for i in range(boxes.shape[0]):
+        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        votes[:] = 0.0
+        sums[:] = 0.0
+        counts[:] = 0.0
+        total = 0.0
+        n = 0.0
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                u, v = flow[y, x, 0], flow[y, x, 1]
+                wt = weight[y, x]
+                m = np.sqrt(u * u + v * v)
+                total += wt * m
+                n += wt
+                b = int(np.floor((np.arctan2(v, u) + np.pi) / (2 * np.pi) * 8.0)) % 8
+                votes[b] += wt * m
+                sums[b, 0] += wt * u
+                sums[b, 1] += wt * v
+                counts[b] += wt
+        best = np.argmax(votes)
+        out[i, 0] = total / max(n, 1e-6)
+        if counts[best] > 0:
+            out[i, 1] = sums[best, 0] / counts[best]
+            out[i, 2] = sums[best, 1] / counts[best]
+    return out
+
+
+@njit(cache=True, fastmath=True)
 def _similarity_step(a, b, boxes, p):
     """One Gauss-Newton step of the similarity fit: the increment to p = (tx, ty, s, r)."""
     h, w = a.shape

@@ -155,6 +155,47 @@ def test_translation_compensation_and_derived_signals_on_known_fields():
     assert stats[1].tolist() == [0.0, 0.0, 0.0]
 
 
+def test_texture_weight_is_low_on_flat_skin_and_high_on_texture_and_steers_the_region_stats(face):
+    flat = np.full((128, 128), 120.0, np.float32)
+    img = face.copy()
+    img[:, :64] = flat[:, :64]  # the left half made flat
+    weight = signals.texture_weight(img)
+    assert weight.shape == img.shape and weight.min() >= 0.0 and weight.max() <= 1.0
+    assert weight[10:118, 10:60].max() < 1e-3, "no texture, no confidence"
+    assert weight[10:118, 70:118].mean() > 0.4
+    boxes = np.array([[32, 32, 96, 96]], np.int64)  # half flat, half textured
+    flow = np.zeros((128, 128, 2), np.float32)
+    flow[:, 64:, 0] = 0.3  # the textured half moves right
+    flow[:, :64, 1] = 0.6  # the flat half: a larger motion, down (spread there, not seen)
+    plain = signals.roi_stats(flow, boxes)[0]
+    assert plain[2] == pytest.approx(0.6), "unweighted, the flat half's motion wins"
+    weighted = signals.roi_stats_weighted(flow, boxes, weight)[0]
+    assert weighted[1] == pytest.approx(0.3) and abs(weighted[2]) < 1e-3
+    ones = np.ones((128, 128), np.float32)
+    assert np.allclose(
+        signals.roi_stats_weighted(flow, boxes, ones), signals.roi_stats(flow, boxes)
+    )
+
+
+def test_a_floor_state_away_for_a_while_moves_by_one_frames_weight():
+    """A GOP state's floors move at each frame at rest by that frame's time over the noise
+    window, not by the time since the state was last in use."""
+    spotter = Spotter()
+    spotter._setup(128)
+    n = len(spotter._signal_names)
+    spotter._buffer.append((0, 0, None, None, False))
+    spotter._update_floors(np.full(n, 0.1, np.float32), 1, 0)
+    start = spotter._floors[1][0].copy()
+    second = 1_000_000_000
+    spotter._buffer.extend(
+        [(200, second, None, None, True), (201, second + 5_000_000, None, None, False)]
+    )
+    spotter._update_floors(np.full(n, 0.5, np.float32), 1, second + 5_000_000)
+    moved = spotter._floors[1][0] - start
+    # one frame (5 ms) of a 2 s window, of a sample clipped at mean + 3 deviations
+    assert 0 < moved.max() <= 0.005 / 2.0 * 0.5, moved
+
+
 # ----------------------------------------------------------------------------- the spotter
 
 
