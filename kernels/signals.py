@@ -105,40 +105,6 @@ def compensate(flow, box):
 
 
 @njit(cache=True, fastmath=True)
-def roi_stats(flow, boxes):
-    """Per box: mean magnitude, and the main direction's mean vector (dx, dy).
-    Returns (len(boxes), 3) float32: magnitude, main dx, main dy."""
-    out = np.zeros((boxes.shape[0], 3), np.float32)
-    votes = np.empty(8, np.float64)
-    sums = np.empty((8, 2), np.float64)
-    counts = np.empty(8, np.int64)
-    for i in range(boxes.shape[0]):
-        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        votes[:] = 0.0
-        sums[:] = 0.0
-        counts[:] = 0
-        total = 0.0
-        n = 0
-        for y in range(y0, y1):
-            for x in range(x0, x1):
-                u, v = flow[y, x, 0], flow[y, x, 1]
-                m = np.sqrt(u * u + v * v)
-                total += m
-                n += 1
-                b = int(np.floor((np.arctan2(v, u) + np.pi) / (2 * np.pi) * 8.0)) % 8
-                votes[b] += m
-                sums[b, 0] += u
-                sums[b, 1] += v
-                counts[b] += 1
-        best = np.argmax(votes)
-        out[i, 0] = total / max(n, 1)
-        if counts[best] > 0:
-            out[i, 1] = sums[best, 0] / counts[best]
-            out[i, 2] = sums[best, 1] / counts[best]
-    return out
-
-
-@njit(cache=True, fastmath=True)
 def texture_weight(img):
     """Per pixel, how well the image's texture pins the flow down: the smaller eigenvalue
     of the structure tensor summed over 5 x 5 pixels, as c / (c + the image's median c),
@@ -173,8 +139,12 @@ def texture_weight(img):
 
 
 @njit(cache=True, fastmath=True)
-def roi_stats_weighted(flow, boxes, weight):
-    """`roi_stats` with each pixel weighted by `weight`."""
+def roi_stats(flow, boxes, weight=None):
+    """Per box: mean magnitude, and the main direction's mean vector (dx, dy), each pixel
+    counted by `weight` (an image of weights, e.g. `texture_weight`; all 1 when None).
+    Returns (len(boxes), 3) float32: magnitude, main dx, main dy."""
+    if weight is None:
+        weight = np.ones(flow.shape[:2], np.float32)
     out = np.zeros((boxes.shape[0], 3), np.float32)
     votes = np.empty(8, np.float64)
     sums = np.empty((8, 2), np.float64)

@@ -548,7 +548,7 @@ class Spotter:
             w = self._eye_weight
             flow = self._flow_fn(a, np.ascontiguousarray(b * (1 - w) + a * w))
         if self.params.confidence:
-            stats = _signals.roi_stats_weighted(flow, self._signal_boxes, self._texture(a))
+            stats = _signals.roi_stats(flow, self._signal_boxes, self._texture(a))
         else:
             stats = _signals.roi_stats(flow, self._signal_boxes)
         main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
