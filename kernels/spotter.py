@@ -286,7 +286,7 @@ class SpotterParams:
     reference_s: float = 0.05  # the reference: denoised crops averaged over this much time
     smooth_s: float = 0.025  # regions' motion averaged over this much media time
     still_eyes_px: float = 0.35  # eyes moving more than this: regions measured eyes held still
-    confidence: bool = True  # each pixel's flow weighted by the reference's texture
+    confidence: bool = True  # each pixel's flow weighted by the reference's texture (1f)
     flow: _flow.FlowParams = field(default_factory=_flow.FlowParams)
 
 
@@ -547,10 +547,8 @@ class Spotter:
             # reaches the regions through the flow's coarse levels
             w = self._eye_weight
             flow = self._flow_fn(a, np.ascontiguousarray(b * (1 - w) + a * w))
-        if self.params.confidence:
-            stats = _signals.roi_stats(flow, self._signal_boxes, self._texture(a))
-        else:
-            stats = _signals.roi_stats(flow, self._signal_boxes)
+        texture = self._texture(a) if self.params.confidence else None  # step 1f
+        stats = _signals.roi_stats(flow, self._signal_boxes, texture)
         main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
         return main, eyes
 
