@@ -354,10 +354,10 @@ class Spotter:
         # another interval can start (rest, or below the start threshold), else None
         self._falling: str | None = None
         self._floors: list = [None, None]  # per GOP state: (mean, dev) per region
+        self._tex = None  # (ns, the reference's texture weight), step 1f
         self._recent: deque = deque()  # (ns, float crop) of the denoising window
         self._motions: deque = deque()  # (ns, regions' motion, eyes') of the smoothing window
         self._recent_sum = None
-        self._floor_ns = [0, 0]
 
     # -- state ----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -380,7 +380,7 @@ class Spotter:
 
     def _setup(self, size: int) -> None:
         self._size = size
-        self._floors, self._floor_ns = [None, None], [0, 0]
+        self._floors = [None, None]
         self._scale = 128.0 / size
         names = _signals.SIGNAL_ROIS
         self._signal_boxes = _signals.roi_boxes(size, names)
@@ -395,8 +395,6 @@ class Spotter:
         self._eye_weight = _eye_weight(size, self._eye_boxes)
         # the head's brightness gain is measured without the eyes (a blink changes theirs)
         self._gain_weight = 1 - _eye_weight(size, self._eye_boxes, 0.03, 0.04)
-        self._still = False
-        self._tex = None
 
     # -- the work -------------------------------------------------------------------------
     def push(
@@ -441,12 +439,13 @@ class Spotter:
             self.last_signal = float("nan")
             return []
         ref_ns, ref_image = reference[1], self._reference_image(reference[1])
-        main, eyes = self._smoothed(*self._measure(ref_image, image), timestamp_ns)
+        main, eyes, still = self._measure(ref_image, image)
+        main, eyes = self._smoothed(main, eyes, timestamp_ns)
         if clear and eyes > p.blink_px:
             self._blinks.append(timestamp_ns)
         gop = self._gop_state(ref_ns, timestamp_ns)
         # regions measured with the eyes held still (step 1d) have no blink in them
-        seen = 0.0 if self._still else eyes
+        seen = 0.0 if still else eyes
         signal, region = self._normalise(main, gop, seen)
         self.last_signal = signal
         trusted = not any(a <= ref_ns <= b for a, b in self._blocked)
@@ -532,7 +531,8 @@ class Spotter:
 
     def _measure(self, ref: np.ndarray, cur: np.ndarray):
         """Each signal region's main-direction motion (px of a 128 px crop) from `ref` to
-        `cur`, head motion undone, and the eyes' largest."""
+        `cur`, head motion undone; the eyes' largest; and whether the regions were measured
+        with the eyes held still (step 1d)."""
         rigid = _signals.rigid_motion(ref, cur, self._rigid_boxes, weight=self._gain_weight)
         # each image is moved half the way, so both are resampled alike (step 1e)
         half = 0.5 * rigid
@@ -540,8 +540,8 @@ class Spotter:
         flow = self._flow_fn(a, b)
         eye_stats = _signals.roi_stats(flow, self._eye_boxes)
         eyes = float(np.hypot(eye_stats[:, 1], eye_stats[:, 2]).max()) * self._scale
-        self._still = eyes > self.params.still_eyes_px
-        if self._still:
+        still = eyes > self.params.still_eyes_px
+        if still:
             # the eyes moved (a blink): the regions are measured again with the eyes
             # held still, the reference's eyes in the frame, so that no motion of theirs
             # reaches the regions through the flow's coarse levels
@@ -550,7 +550,7 @@ class Spotter:
         texture = self._texture(a) if self.params.confidence else None  # step 1f
         stats = _signals.roi_stats(flow, self._signal_boxes, texture)
         main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
-        return main, eyes
+        return main, eyes, still
 
     def _texture(self, image: np.ndarray) -> np.ndarray:
         """The texture weight of the reference (`signals.texture_weight`), measured again
@@ -596,12 +596,11 @@ class Spotter:
         floors = self._floors[gop]
         if floors is None:
             self._floors[gop] = (main.copy(), np.full_like(main, 0.2 * float(main.mean())))
-            self._floor_ns[gop] = ns
             return
         mean, dev = floors
-        since = ns - self._buffer[-2][1] if len(self._buffer) > 1 else 0
-        dt = max(min(ns - self._floor_ns[gop], since), 0) * 1e-9
-        self._floor_ns[gop] = ns
+        # one frame's weight: the time since the frame before, however long this state
+        # was out of use (the other GOP state's frames, an open interval)
+        dt = (ns - self._buffer[-2][1]) * 1e-9 if len(self._buffer) > 1 else 0.0
         rate = min(1.0, dt / self.params.noise_window_s)
         x = np.minimum(main, mean + 3 * dev)
         mean += rate * (x - mean)
