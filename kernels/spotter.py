@@ -265,9 +265,11 @@ Imports nothing of this project.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -357,7 +359,9 @@ class Spotter:
         self.last_signal = float("nan")  # the latest frame's signal (for traces)
         self._size = None
         self._version = None
-        self._buffer: deque = deque()  # (index, ns, uint8 crop, float32 crop)
+        self._buffer: deque = deque()  # (index, ns, uint8 crop, float32 crop, key frame)
+        self._keys = 0  # key frames in the buffer
+        self._last_key_ns = 0  # the newest one's time
         self._blocked: deque = deque()  # (start_ns, end_ns) of intervals seen
         self._blinks: deque = deque()  # ns of the frames whose eyes blinked (step 2a)
         self._mean = None
@@ -383,6 +387,7 @@ class Spotter:
         """Forget the frames (a new crop geometry, or a gap in the stream); the noise
         estimate is kept."""
         self._buffer.clear()
+        self._keys = 0
         self._recent.clear()
         self._recent_sum = None
         self._motions.clear()
@@ -444,9 +449,12 @@ class Spotter:
         lag_ns = int(p.lag_s * 1e9)
         image = self._denoised(np.asarray(crop, dtype=np.float32), timestamp_ns)
         self._buffer.append((index, timestamp_ns, crop, image, key_frame))
+        if key_frame:
+            self._keys += 1
+            self._last_key_ns = timestamp_ns
         keep_ns = int((p.lag_s + p.max_duration_s) * 1e9) + lag_ns // 4
         while self._buffer and self._buffer[0][1] < timestamp_ns - keep_ns:
-            self._buffer.popleft()
+            self._keys -= self._buffer.popleft()[4]
         while self._blocked and self._blocked[0][1] < timestamp_ns - keep_ns:
             self._blocked.popleft()
         while self._history and self._history[0][1] < timestamp_ns - keep_ns:
@@ -497,10 +505,9 @@ class Spotter:
             window.popleft()
         if len(window) == 1:
             return main, eyes
-        return (
-            np.mean([m for _, m, _ in window], axis=0),
-            float(np.mean([e for _, _, e in window])),
-        )
+        # summed in order, as np.mean would (the same bits, without its overhead)
+        n = len(window)
+        return sum(m for _, m, _ in window) / np.float32(n), sum(e for _, _, e in window) / n
 
     def _delay_ns(self, ns: int) -> int:
         """How late the averaged signal of the frame at `ns` (the newest) is: half the
@@ -529,27 +536,21 @@ class Spotter:
 
     def _reference_image(self, ns: int) -> np.ndarray:
         """The mean of the denoised crops of the `reference_s` up to `ns`, the one at `ns`
-        always included (step 1a)."""
-        total, count = None, 0
-        for item in self._buffer:
-            if item[1] > ns:
-                break
-            if item[1] > ns - self.params.reference_s * 1e9 or item[1] == ns:
-                if total is None:
-                    total = item[3].copy()
-                else:
-                    total += item[3]
-                count += 1
-        return total / np.float32(count)
+        (a buffered frame's time) always included (step 1a)."""
+        buffer = self._buffer
+        end = bisect.bisect_right(buffer, ns, key=_ns_of)
+        start = min(
+            bisect.bisect_right(buffer, ns - self.params.reference_s * 1e9, key=_ns_of), end - 1
+        )
+        total = buffer[start][3].copy()
+        for k in range(start + 1, end):
+            total += buffer[k][3]
+        return total / np.float32(end - start)
 
     def _reference(self, at_ns: int):
         """The newest buffered frame at or before `at_ns`, if the buffer reaches back."""
-        best = None
-        for item in self._buffer:
-            if item[1] > at_ns:
-                break
-            best = item
-        return best
+        k = bisect.bisect_right(self._buffer, at_ns, key=_ns_of)
+        return self._buffer[k - 1] if k else None
 
     def _measure(self, ref: np.ndarray, cur: np.ndarray):
         """Each signal region's main-direction motion (px of a 128 px crop) from `ref` to
@@ -586,10 +587,9 @@ class Spotter:
         """1 when a key frame lies between the reference and this frame (they were coded in
         different GOPs, whose codec noise differs), else 0; always 0 for an intra-only
         stream (FFV1, MJPEG: every frame a key frame) or one without key-frame flags."""
-        keys = [item[4] for item in self._buffer]
-        if not any(keys) or sum(keys) > len(keys) // 2:
+        if not self._keys or self._keys > len(self._buffer) // 2:
             return 0
-        return int(any(item[4] for item in self._buffer if ref_ns < item[1] <= ns))
+        return int(self._last_key_ns > ref_ns)  # every buffered frame is at or before `ns`
 
     def _normalise(self, main: np.ndarray, gop: int, eyes: float) -> tuple[float, int]:
         """The spotting signal: each region's motion above its own resting floor, scaled
@@ -604,12 +604,12 @@ class Spotter:
             region = int(np.argmax(np.where(blinking, -np.inf, main)))
             return float(main[region]), region
         mean, dev, _ = self._floors[gop]
-        typical = float(np.median(dev))
+        typical = float(_median(dev))
         # noisier regions are scaled down to a typical one; quiet ones are never scaled up
         # (a flat region's codec blocks would be amplified)
         scaled = (main - mean) * np.minimum(1.0, typical / np.maximum(dev, 1e-6))
         region = int(np.argmax(np.where(blinking, -np.inf, scaled)))
-        return float(scaled[region] + np.median(mean)), region
+        return float(scaled[region] + _median(mean)), region
 
     def _update_floors(self, main: np.ndarray, gop: int, ns: int) -> None:
         """Each region's resting mean and mean absolute deviation, one pair per GOP state:
@@ -823,6 +823,16 @@ def _eye_weight(size: int, boxes: np.ndarray, margin: float = 0.0, ramp: float =
         d = np.hypot(np.maximum(dx, 0), np.maximum(dy, 0))
         weight = np.maximum(weight, np.clip(1 - d / ramp, 0, 1))
     return weight
+
+
+_ns_of = itemgetter(1)  # a buffered frame's time
+
+
+def _median(x: np.ndarray):
+    """np.median of a short float32 vector, the same value without its overhead."""
+    s = np.sort(x)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / np.float32(2)
 
 
 def _cosine_time(level: float) -> float:
