@@ -361,6 +361,7 @@ class Spotter:
         self._version = None
         self._buffer: deque = deque()  # (index, ns, uint8 crop, float32 crop, key frame)
         self._keys = 0  # key frames in the buffer
+        self._ref_sum = None  # the reference's running sum (`_reference_image`)
         self._last_key_ns = 0  # the newest one's time
         self._blocked: deque = deque()  # (start_ns, end_ns) of intervals seen
         self._blinks: deque = deque()  # ns of the frames whose eyes blinked (step 2a)
@@ -388,6 +389,7 @@ class Spotter:
         estimate is kept."""
         self._buffer.clear()
         self._keys = 0
+        self._ref_sum = None
         self._recent.clear()
         self._recent_sum = None
         self._motions.clear()
@@ -542,10 +544,22 @@ class Spotter:
         start = min(
             bisect.bisect_right(buffer, ns - self.params.reference_s * 1e9, key=_ns_of), end - 1
         )
-        total = buffer[start][3].copy()
-        for k in range(start + 1, end):
-            total += buffer[k][3]
-        return total / np.float32(end - start)
+        first, last = buffer[start][1], buffer[end - 1][1]
+        cached = self._ref_sum  # (first ns, last ns, float64 sum) of the previous frame's
+        if cached is not None and buffer[0][1] <= cached[0] <= first <= cached[1] <= last:
+            # the window slid forward: the frames that left it out, the new ones in (in
+            # float64 the sums of float32 crops are exact, so nothing accumulates)
+            total = cached[2]
+            for k in range(bisect.bisect_left(buffer, cached[0], key=_ns_of), start):
+                total -= buffer[k][3]
+            for k in range(bisect.bisect_right(buffer, cached[1], key=_ns_of), end):
+                total += buffer[k][3]
+        else:
+            total = np.zeros(buffer[start][3].shape, np.float64)
+            for k in range(start, end):
+                total += buffer[k][3]
+        self._ref_sum = (first, last, total)
+        return (total / (end - start)).astype(np.float32)
 
     def _reference(self, at_ns: int):
         """The newest buffered frame at or before `at_ns`, if the buffer reaches back."""
@@ -558,8 +572,7 @@ class Spotter:
         with the eyes held still (step 1d)."""
         rigid = _signals.rigid_motion(ref, cur, self._rigid_boxes, weight=self._gain_weight)
         # each image is moved half the way, so both are resampled alike (step 1e)
-        half = 0.5 * rigid
-        a, b = _signals.warp_rigid(ref, -half), _signals.warp_rigid(cur, half)
+        a, b = _signals.warp_halves(ref, cur, rigid)
         flow = self._flow_fn(a, b)
         eye_stats = _signals.roi_stats(flow, self._eye_boxes)
         eyes = float(np.hypot(eye_stats[:, 1], eye_stats[:, 2]).max()) * self._scale
