@@ -234,7 +234,19 @@ def dense_flow(
         p.flow_smooth,
         p.gain,
     )
-    return np.dstack([u, v])
+    return _stack(u, v)
+
+
+@njit(cache=True)
+def _stack(u, v):
+    """(H, W, 2) from u and v (np.dstack's result, without its overhead per call)."""
+    h, w = u.shape
+    out = np.empty((h, w, 2), np.float32)
+    for y in range(h):
+        for x in range(w):
+            out[y, x, 0] = u[y, x]
+            out[y, x, 1] = v[y, x]
+    return out
 
 
 def warm_up() -> None:
