@@ -238,7 +238,27 @@ after it: photographic H.264 CRF 23 at 200 fps 0.655 to 0.614 (false spots 12 to
 30 fps 0.741 to 0.717. Confirming at 0.6 of the way down instead of 0.5 (sooner emission:
 apex to emission p50 100 to 90 ms on parametric FFV1, 80 to 70 on photographic H.264 at
 200 fps): F1 0.774 to 0.781, 0.655 to 0.632, 0.741 to 0.771; not settled on 64
-micro-expressions per cell.
+micro-expressions per cell. Again with step 1g (photographic H.264 CRF 23 at 200 and 30
+fps, parametric FFV1 and photographic FFV1 at 200 fps): 0.705 to 0.661 (false spots 15 to
+19), 0.821 to 0.817, 0.862 to 0.864 and 0.911 to 0.911, apex to emission p50 100 to 88
+and 90 ms on the two FFV1 cells: the FFV1 cells' latency would meet 100 ms, the
+photographic H.264 cell at 200 fps would lose 4 false spots' worth of precision.
+The start threshold at 5.5 deviations instead of 6 (with step 1g): 0.705 to 0.715, the
+30 fps and parametric cells unchanged, photographic FFV1 0.911 to 0.902: on these cells
+the threshold is mostly `min_amplitude` above the mean, not `z` deviations.
+And `min_amplitude` 0.04 px instead of 0.05: 0.705 to 0.657 (false spots 15 to 26), 0.821
+to 0.787 (5 to 13), 0.862 to 0.872, 0.911 to 0.913: codec noise's excursions reach just
+above 0.05 px over the floor, the lossless cells' do not.
+Correcting each comparison for its reference frame's own codec displacement, estimated
+by chaining the earlier comparisons `lag_s` apart (v(t) + the mean of the partial sums
+of v(t - k lag_s), k = 1..K, which telescopes to the displacement from the mean of K
+older frames): measured offline on the regions' main-direction vectors of the tuning
+photographic H.264 CRF 23 cell at 200 fps, the micro-expressions above the quiet frames'
+99.5th percentile fell from 51 of 60 (K = 0) to 40, 31, 25, 20 (K = 1..4); not built.
+A floor per position of the reference in its GOP: on the same cell the regions' resting
+motion is 0.063-0.069 px (largest region, mean) whatever the reference's position within
+a GOP and 0.072-0.076 across a key frame, which the two GOP states of step 1b already
+tell apart; not built.
 Taking a key frame's own flow out of the comparisons across it (the flow domain's
 version of carrying its texture step: the flow from the reference image of the frame
 before the key frame to the first frame whose denoising window lies wholly after it,
