@@ -382,7 +382,7 @@ class Spotter:
         self._buffer: deque = deque()  # (index, ns, uint8 crop, float32 crop, key frame)
         self._keys = 0  # key frames in the buffer
         self._ref_sum = None  # the reference's running sum (`_reference_image`)
-        self._last_key_ns = 0  # the newest one's time
+        self._last_key_ns = 0  # the newest key frame's time
         self._blocked: deque = deque()  # (start_ns, end_ns) of intervals seen
         self._blinks: deque = deque()  # ns of the frames whose eyes blinked (step 2a)
         self._mean = None
