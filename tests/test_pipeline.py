@@ -12,6 +12,7 @@ import zmq
 import mfvan
 from mfvan.deploy.backends import TorchBackend
 from mfvan.deploy.reproduce import DEMO_WEIGHTS
+from mfvan.kernels.spotter import SpotterParams
 from mfvan.model.data import synth
 from mfvan.model.weights import load_weights
 from mfvan.stream import protocol, subscribe
@@ -41,7 +42,8 @@ def synth_frames(seconds: float, fps: float = 200.0, subject: int = 1, seed: int
 @pytest.mark.slow
 def test_frames_become_events_across_three_stages(tmp_path):
     frames, micro = synth_frames(6.0)
-    ready = 200 * 1.0  # the spotter's lag + warm-up
+    params = SpotterParams()  # the spotter starts after its first reference and warm-up
+    ready = 200 * (params.min_lag_s + params.warmup_s)
     expected = [e for e in micro if e.onset > ready and e.offset < len(frames)]
     assert expected, "the stream holds micro-expressions to find"
     model, meta = load_weights(DEMO_WEIGHTS)
