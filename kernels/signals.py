@@ -143,8 +143,6 @@ def roi_stats(flow, boxes, weight=None):
     """Per box: mean magnitude, and the main direction's mean vector (dx, dy), each pixel
     counted by `weight` (an image of weights, e.g. `texture_weight`; all 1 when None).
     Returns (len(boxes), 3) float32: magnitude, main dx, main dy."""
-    if weight is None:
-        weight = np.ones(flow.shape[:2], np.float32)
     out = np.zeros((boxes.shape[0], 3), np.float32)
     votes = np.empty(8, np.float64)
     sums = np.empty((8, 2), np.float64)
@@ -159,7 +157,8 @@ def roi_stats(flow, boxes, weight=None):
         for y in range(y0, y1):
             for x in range(x0, x1):
                 u, v = flow[y, x, 0], flow[y, x, 1]
-                wt = weight[y, x]
+                # no image of ones allocated per call: Numba compiles the None case apart
+                wt = np.float32(1.0) if weight is None else weight[y, x]
                 m = np.sqrt(u * u + v * v)
                 total += wt * m
                 n += wt

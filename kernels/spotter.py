@@ -495,7 +495,7 @@ class Spotter:
         main, eyes = self._smoothed(main, eyes, timestamp_ns)
         if clear and eyes > p.blink_px:
             self._blinks.append(timestamp_ns)
-        gop = self._gop_state(ref_ns, timestamp_ns)
+        gop = self._gop_state(ref_ns)
         # regions measured with the eyes held still (step 1d) have no blink in them
         seen = 0.0 if still else eyes
         signal, region = self._normalise(main, gop, seen)
@@ -616,13 +616,13 @@ class Spotter:
             self._tex = (ns, _signals.texture_weight(image))
         return self._tex[1]
 
-    def _gop_state(self, ref_ns: int, ns: int) -> int:
-        """1 when a key frame lies between the reference and this frame (they were coded in
+    def _gop_state(self, ref_ns: int) -> int:
+        """1 when a key frame lies between the reference and the newest frame (coded in
         different GOPs, whose codec noise differs), else 0; always 0 for an intra-only
         stream (FFV1, MJPEG: every frame a key frame) or one without key-frame flags."""
         if not self._keys or self._keys > len(self._buffer) // 2:
             return 0
-        return int(self._last_key_ns > ref_ns)  # every buffered frame is at or before `ns`
+        return int(self._last_key_ns > ref_ns)
 
     def _normalise(self, main: np.ndarray, gop: int, eyes: float) -> tuple[float, int]:
         """The spotting signal: each region's motion above its own resting floor, scaled
