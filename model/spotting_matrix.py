@@ -47,7 +47,7 @@ HEADLINE = (("photo", "h264-crf23", 200.0), ("photo", "h264-crf23", 30.0),
             ("parametric", "ffv1", 200.0))  # fmt: skip
 HEADLINE_VIDEOS = 19  # 152 micro-expressions
 CELL_VIDEOS = 6  # 48 micro-expressions
-TUNING_VIDEOS = 8
+TUNING_VIDEOS = 19  # 152 micro-expressions
 BOOTSTRAP = 1000
 
 

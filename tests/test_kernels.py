@@ -218,6 +218,47 @@ def test_a_floor_state_away_for_a_while_moves_by_one_frames_weight():
     assert 0 < moved.max() <= 0.005 / 2.0 * 0.5, moved
 
 
+def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
+    """Step 1h: a codec re-codes a face's texture at each key frame (here each GOP has its
+    own texture step). From `min_lag_s` after a key frame's first averaged frames, the
+    frames compare with those, not with a frame of the GOP before: the comparisons of a
+    GOP's first `lag_s` are as quiet as those later in it. An all-key-frame stream, or a
+    blink near the key frame, keeps the plain reference."""
+    rng = np.random.default_rng(0)
+    gop = 100  # 1 s at 100 fps
+    steps = [cv2.GaussianBlur(rng.normal(0, 2, face.shape).astype(np.float32), (0, 0), 1.5)
+             for _ in range(4)]  # fmt: skip
+    frames = [
+        np.clip(face + steps[i // gop] + rng.normal(0, 0.5, face.shape), 0, 255).astype(np.uint8)
+        for i in range(4 * gop)
+    ]
+    quietness = {}
+    for own in (False, True):
+        spotter = Spotter(SpotterParams(gop_reference=own))
+        signal = []
+        for i, crop in enumerate(frames):
+            assert not spotter.push(crop, i, i * 10_000_000, key_frame=i % gop == 0)
+            signal.append(spotter.last_signal)
+        signal = np.array(signal)
+        early = np.concatenate([signal[k * gop + 20 : k * gop + 40] for k in (1, 2, 3)])
+        later = np.concatenate([signal[k * gop + 50 : k * gop + 90] for k in (1, 2, 3)])
+        quietness[own] = early.mean() / later.mean()
+    assert quietness[False] > 3, quietness  # across a key frame: its texture step
+    assert quietness[True] < 1.5, quietness
+
+    ms = 1_000_000
+    spotter = Spotter()
+    spotter._buffer.extend((i, 10 * ms * i, None, None, i == 100) for i in range(100, 130))
+    spotter._keys, spotter._last_key_ns = 1, 1000 * ms
+    assert spotter._gop_reference(1160 * ms) is None, "the first frames not min_lag_s old yet"
+    assert spotter._gop_reference(1170 * ms)[0] == 107, "the first whose average is after it"
+    spotter._blinks.append(1090 * ms)
+    assert spotter._gop_reference(1170 * ms) is None, "a blink near it"
+    spotter._blinks.clear()
+    spotter._keys = len(spotter._buffer)
+    assert spotter._gop_reference(1170 * ms) is None, "every frame a key frame (FFV1)"
+
+
 # ----------------------------------------------------------------------------- the spotter
 
 
