@@ -139,23 +139,24 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       0.862; and the warm-up 0.3 s instead of 0.5 (kept) 0.705, 0.821, 0.862. Most of the
       early micro-expressions still missed at 200 fps are below the threshold, as the
       faint ones later in a video are.
-   h. Off by default (`gop_reference`) until the held-out matrix is measured with it
-      (its sweep did not fit in the session that built it). A GOP's start, as a
-      stream's: a key frame re-codes the face's texture, so a
-      comparison of a frame after it with a reference before it carries that texture
-      step for as long as the reference stays behind it (`lag_s`: 0.4 s of every GOP of
-      1-2 s). From `min_lag_s` after the first frames whose averages (1a) lie wholly
-      after the key frame (`denoise_s` + `reference_s` after it), the frames of a GOP
-      are compared with those until the plain reference is in the GOP too: a shorter
-      lag (0.1-0.4 s), the same codec state on both sides. Not while an interval is
-      open (its rise is measured against one reference to its end), nor when a blink is
-      near the key frame, nor in a stream of key frames only. Measured on the tuning
-      seed (19 videos, 152 micro-expressions per cell; F1, true and false spots):
-      photographic H.264 CRF 23 at 200 fps 0.703 (102, 36) to 0.746 (110, 33), at 30
-      fps 0.826 (114, 10) to 0.840 (118, 11); the parametric FFV1 cell has no GOPs. An
-      expression that began shortly before a key frame is compared with its own rise
-      and is found smaller or missed; more were found than lost (`test_kernels`: the
-      first 0.2-0.4 s of a GOP are as quiet as the rest of it).
+   h. A GOP's start, as a stream's (`gop_reference`; off by default until the held-out
+      matrix is measured with it: its sweep did not fit in the session that built it). A
+      key frame re-codes the face's texture, so a comparison of a frame after it with a
+      reference before it carries that texture step for as long as the reference stays
+      behind it (`lag_s`: 0.4 s of every GOP of 1-2 s). From `min_lag_s` after the first
+      frames whose averages (1a) lie wholly after the key frame (`denoise_s` +
+      `reference_s` after it), the frames of a GOP are compared with those until the
+      plain reference is in the GOP too: a shorter lag (0.1-0.4 s), the same codec state
+      on both sides. Not while an interval is open (its rise is measured against one
+      reference to its end), nor when a blink is near the key frame, nor in a stream of
+      key frames only. Measured on the tuning seed (19 videos, 152 micro-expressions per
+      cell; F1, true and false spots): photographic H.264 CRF 23 at 200 fps 0.703 (102,
+      36) to 0.746 (110, 33), at 30 fps 0.826 (114, 10) to 0.840 (118, 11); the
+      parametric FFV1 cell has no GOPs. An expression that began shortly before a key
+      frame is compared with its own rise and is found smaller or missed; more were
+      found than lost (`test_kernels`: the first 0.2-0.4 s of a GOP are as quiet as the
+      rest of it). On the face without expression of `test_spotting` (photographic,
+      H.264 CRF 28, 100 fps, 12 s), 6 false spots became 3.
 2. Echo. `lag_s` later the expression is in the reference frame instead, and the same
    motion shows again, mirrored. A comparison whose reference falls inside an interval
    already seen (detected, or refused as too long or too large: real motion) is not
@@ -589,7 +590,7 @@ class Spotter:
         wholly after its key frame, once it is `min_lag_s` old (step 1h); None for a
         stream without GOPs or when a blink is near it."""
         p = self.params
-        if not self._keys or self._keys > len(self._buffer) // 2:
+        if not self._has_gops():
             return None
         at = self._last_key_ns + int((p.denoise_s + p.reference_s) * 1e9)
         if ns - at < p.min_lag_s * 1e9:
@@ -663,9 +664,12 @@ class Spotter:
         """1 when a key frame lies between the reference and the newest frame (coded in
         different GOPs, whose codec noise differs), else 0; always 0 for an intra-only
         stream (FFV1, MJPEG: every frame a key frame) or one without key-frame flags."""
-        if not self._keys or self._keys > len(self._buffer) // 2:
-            return 0
-        return int(self._last_key_ns > ref_ns)
+        return int(self._has_gops() and self._last_key_ns > ref_ns)
+
+    def _has_gops(self) -> bool:
+        """Whether the frames kept have key frames among predicted pictures (not an
+        intra-only stream, nor one without key-frame flags)."""
+        return 0 < self._keys <= len(self._buffer) // 2
 
     def _normalise(self, main: np.ndarray, gop: int, eyes: float) -> tuple[float, int]:
         """The spotting signal: each region's motion above its own resting floor, scaled
