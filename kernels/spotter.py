@@ -581,7 +581,7 @@ class Spotter:
         earliest = at_ns - int(p.max_duration_s * 1e9)
         at = at_ns
         while at >= earliest:
-            near = [b for b in self._blinks if b - margin <= at <= b + margin]
+            near = self._blinks_near(at)
             if not near:
                 found = self._reference(at)
                 if found is None:
@@ -600,10 +600,14 @@ class Spotter:
         at = self._last_key_ns + int((p.denoise_s + p.reference_s) * 1e9)
         if ns - at < p.min_lag_s * 1e9:
             return None
-        margin = int(p.blink_margin_s * 1e9)
-        if any(b - margin <= at <= b + margin for b in self._blinks):
+        if self._blinks_near(at):
             return None
         return self._reference(at)
+
+    def _blinks_near(self, at: int) -> list:
+        """The marked blinks (step 2a) within `blink_margin_s` of `at`."""
+        margin = int(self.params.blink_margin_s * 1e9)
+        return [b for b in self._blinks if b - margin <= at <= b + margin]
 
     def _reference_image(self, ns: int) -> np.ndarray:
         """The mean of the denoised crops of the `reference_s` up to `ns`, the one at `ns`
