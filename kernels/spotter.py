@@ -139,29 +139,28 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       0.862; and the warm-up 0.3 s instead of 0.5 (kept) 0.705, 0.821, 0.862. Most of the
       early micro-expressions still missed at 200 fps are below the threshold, as the
       faint ones later in a video are.
-   h. A GOP's start, as a stream's (`gop_reference`; off by default until the held-out
-      matrix is measured with it: its sweep did not fit in the session that built it). A
-      key frame re-codes the face's texture, so a comparison of a frame after it with a
-      reference before it carries that texture step for as long as the reference stays
-      behind it (`lag_s`: 0.4 s of every GOP of 1-2 s). From `min_lag_s` after the first
-      frames whose averages (1a) lie wholly after the key frame (`denoise_s` +
-      `reference_s` after it), the frames of a GOP are compared with those until the
-      plain reference is in the GOP too: a shorter lag (0.1-0.4 s), the same codec state
-      on both sides. Not while an interval is open (its rise is measured against one
-      reference to its end), nor when a blink is near the key frame, nor in a stream of
-      key frames only. Measured on the tuning seed (19 videos, 152 micro-expressions per
-      cell; F1, true and false spots): photographic H.264 CRF 23 at 200 fps 0.703 (102,
-      36) to 0.746 (110, 33), at 30 fps 0.826 (114, 10) to 0.840 (118, 11); the
-      parametric FFV1 cell has no GOPs. An expression that began shortly before a key
-      frame is compared with its own rise and is found smaller or missed; more were
-      found than lost (`test_kernels`: the first 0.2-0.4 s of a GOP are as quiet as the
-      rest of it). On the face without expression of `test_spotting` (photographic,
-      H.264 CRF 28, 100 fps, 12 s), 6 false spots became 3. On the held-out seed, with
-      `min_duration_s` 0.06 as well (step 5a), measured on the cells that could be
-      rebuilt in that session (not yet the matrix of docs/spotting.md): photographic
-      H.264 CRF 23 at 200 fps, its first 6 videos (48 micro-expressions), F1 0.750 to
-      0.854 (41 true, 7 false spots: 3.5 per minute); at 30 fps, all 19 videos, 0.790 to
-      0.815 (false spots 3.32 to 2.84 per minute).
+   h. A GOP's start, as a stream's (`gop_reference`, on by default; `False` restores the
+      spotter before it). A key frame re-codes the face's texture, so a comparison of a
+      frame after it with a reference before it carries that texture step for as long as
+      the reference stays behind it (`lag_s`: 0.4 s of every GOP of 1-2 s). From
+      `min_lag_s` after the first frames whose averages (1a) lie wholly after the key
+      frame (`denoise_s` + `reference_s` after it), the frames of a GOP are compared
+      with those until the plain reference is in the GOP too: a shorter lag (0.1-0.4 s),
+      the same codec state on both sides. Not while an interval is open (its rise is
+      measured against one reference to its end), nor when a blink is near the key
+      frame, nor in a stream of key frames only. Measured on the tuning seed (19 videos,
+      152 micro-expressions per cell; F1, true and false spots): photographic H.264 CRF
+      23 at 200 fps 0.703 (102, 36) to 0.746 (110, 33), at 30 fps 0.826 (114, 10) to
+      0.840 (118, 11); the parametric FFV1 cell has no GOPs. An expression that began
+      shortly before a key frame is compared with its own rise and is found smaller or
+      missed; more were found than lost (`test_kernels`: the first 0.2-0.4 s of a GOP
+      are as quiet as the rest of it). On the face without expression of `test_spotting`
+      (photographic, H.264 CRF 28, 100 fps, 12 s), 6 false spots became 3. On the
+      held-out seed, with `min_duration_s` 0.06 as well (step 5a), measured on the cells
+      that could be rebuilt in that session (not yet the matrix of docs/spotting.md):
+      photographic H.264 CRF 23 at 200 fps, its first 6 videos (48 micro-expressions),
+      F1 0.750 to 0.854 (41 true, 7 false spots: 3.5 per minute); at 30 fps, all 19
+      videos, 0.790 to 0.815 (false spots 3.32 to 2.84 per minute).
 2. Echo. `lag_s` later the expression is in the reference frame instead, and the same
    motion shows again, mirrored. A comparison whose reference falls inside an interval
    already seen (detected, or refused as too long or too large: real motion) is not
@@ -199,9 +198,8 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
    as the signal is below the start threshold again:
    a. blips, whose signal stayed above the start threshold for less than
       `min_duration_s` (temporal consistency: sensor noise, a key frame, block flicker
-      flash for a frame or two; a micro-expression holds for tens of ms). Measured, not
-      yet the default (the held-out matrix is to be run with it and step 1h): 60 ms
-      instead of 40. On the tuning seed (with step 1h, 19 videos), the time from the start
+      flash for a frame or two; a micro-expression holds for tens of ms): 60 ms, was 40
+      before step 1h. On the tuning seed (with step 1h, 19 videos), the time from the start
       crossing to confirmation was under 60 ms for 12 of the 33 false spots of
       photographic H.264 CRF 23 at 200 fps and for 3 of its 110 true ones, and F1 went
       from 0.746 (110 true, 33 false) to 0.774 (108, 19); at 30 fps nothing changes (a
@@ -339,7 +337,7 @@ class SpotterParams:
     z_quiet: float = 2.0  # below this the face is at rest (onset search, noise update)
     min_amplitude: float = 0.05  # px (128 px crop) above the running mean, at least
     max_amplitude: float = 0.8  # px: above this it is a macro-expression
-    min_duration_s: float = 0.04  # above the start threshold to confirmation, at least
+    min_duration_s: float = 0.06  # above the start threshold to confirmation, at least
     max_duration_s: float = 0.5  # onset to confirmation (and offset) at most this long
     confirm_fraction: float = 0.5  # the apex is confirmed when the signal falls below this
     edge_fraction: float = 0.2  # onset and offset: this far up from the mean to the peak
@@ -356,7 +354,7 @@ class SpotterParams:
     smooth_s: float = 0.025  # regions' motion averaged over this much media time
     still_eyes_px: float = 0.35  # eyes moving more than this: regions measured eyes held still
     confidence: bool = True  # each pixel's flow weighted by the reference's texture (1f)
-    gop_reference: bool = False  # a key frame restarts the reference, as a stream's start (1h)
+    gop_reference: bool = True  # a key frame restarts the reference, as a stream's start (1h)
     flow: _flow.FlowParams = field(default_factory=_flow.FlowParams)
 
 

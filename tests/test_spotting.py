@@ -242,9 +242,9 @@ def _write_set(folder: Path, cfg: synth.SynthConfig, seed: int = 1) -> Path:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="not met yet: on this held-out face the spotter emits 6 false spots in 12 s "
-    "(mouth corners, nose, brows; 0.15-0.21 px, 1.05-1.42x the start threshold; 3 of them "
-    "start within 0.1 s of a key frame); see docs/spotting.md",
+    reason="not met yet: on this held-out face the spotter emits 3 false spots in 12 s "
+    "(a mouth corner, both brows; 0.16-0.18 px, 1.04-1.22x the start threshold; one "
+    "peaks at a key frame); see docs/spotting.md",
 )
 def test_a_face_without_any_expression_in_h264_crf28_gives_no_spot(tmp_path):
     """Camera noise, head drift, light change and the heaviest camera encoding, on a
