@@ -156,11 +156,10 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       missed; more were found than lost (`test_kernels`: the first 0.2-0.4 s of a GOP
       are as quiet as the rest of it). On the face without expression of `test_spotting`
       (photographic, H.264 CRF 28, 100 fps, 12 s), 6 false spots became 3. On the
-      held-out seed, with `min_duration_s` 0.06 as well (step 5a), measured on the cells
-      that could be rebuilt in that session (not yet the matrix of docs/spotting.md):
-      photographic H.264 CRF 23 at 200 fps, its first 6 videos (48 micro-expressions),
-      F1 0.750 to 0.854 (41 true, 7 false spots: 3.5 per minute); at 30 fps, all 19
-      videos, 0.790 to 0.815 (false spots 3.32 to 2.84 per minute).
+      held-out matrix (docs/spotting.md), with `min_duration_s` 0.06 as well (step 5a):
+      photographic H.264 CRF 23 at 200 fps F1 0.725 to 0.774 (false spots 6.79 to 4.26
+      per minute), at 30 fps 0.790 to 0.815 (3.32 to 2.84); parametric FFV1 at 200 fps
+      0.888 to 0.876 (the longer `min_duration_s`).
 2. Echo. `lag_s` later the expression is in the reference frame instead, and the same
    motion shows again, mirrored. A comparison whose reference falls inside an interval
    already seen (detected, or refused as too long or too large: real motion) is not
