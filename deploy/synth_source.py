@@ -147,4 +147,4 @@ def register() -> None:
     """Make `synth://` URLs open as SynthSource (the CLI calls this)."""
     from mfvan.stream import ingest
 
-    ingest.register("synth", SynthSource)
+    ingest.register("synth", SynthSource, ingest.Kind(live=True, reopen_at_end=False))

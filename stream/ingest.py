@@ -68,7 +68,7 @@ class PyAVSource:
         self.grey = grey
         self.realtime = realtime
         self.timeout_s = timeout_s
-        self.live = url.startswith(("rtsp://", "rtsps://", "/dev/video"))
+        self.live = kind_of(url).live
 
     def _open(self):
         import av
@@ -137,19 +137,46 @@ class PyAVSource:
 
 
 Factory = Callable[[str], object]
-_SCHEMES: dict[str, Factory] = {}
 
 
-def register(scheme: str, factory: Factory) -> None:
-    """Make `scheme://...` URLs open with `factory(url)` (an iterable of `Frame`s)."""
-    _SCHEMES[scheme] = factory
+@dataclass(frozen=True)
+class Kind:
+    """How a kind of source behaves, which the ingest stage acts on.
+
+    live: frames come at the source's own pace: never waited for (a slow consumer loses
+    frames, counted), and a failure is retried for as long as the stage runs.
+    reopen_at_end: an end of stream is a failure too (a camera that stopped sending), not
+    the end of the source (a file, a finite `synth://` stream)."""
+
+    live: bool
+    reopen_at_end: bool
+
+
+CAMERA = Kind(live=True, reopen_at_end=True)  # rtsp://, rtsps://, /dev/videoN
+FILE = Kind(live=False, reopen_at_end=False)  # anything else FFmpeg reads
+_PYAV_PREFIXES = {"rtsp://": CAMERA, "rtsps://": CAMERA, "/dev/video": CAMERA}
+_SCHEMES: dict[str, tuple[Factory, Kind]] = {}
+
+
+def register(scheme: str, factory: Factory, kind: Kind) -> None:
+    """Make `scheme://...` URLs open with `factory(url)` (an iterable of `Frame`s) and
+    behave as `kind`."""
+    _SCHEMES[scheme] = (factory, kind)
+
+
+def kind_of(url: str) -> Kind:
+    """What a URL's source is: a registered scheme's kind, a camera, else a file."""
+    scheme = urlparse(url).scheme
+    if scheme in _SCHEMES:
+        return _SCHEMES[scheme][1]
+    return next((k for prefix, k in _PYAV_PREFIXES.items() if url.startswith(prefix)), FILE)
 
 
 def open_source(url: str, **kwargs):
     """The source for a URL: a registered scheme's factory, else PyAV."""
     scheme = urlparse(url).scheme
     if scheme in _SCHEMES:
-        return _SCHEMES[scheme](url)
+        return _SCHEMES[scheme][0](url)
     return PyAVSource(url, **kwargs)
 
 

@@ -101,9 +101,12 @@ class Metrics:
             "mfvan_queue_depth", "Items waiting inside a stage.", ["stage"], registry=r
         )
         self.restarts = Counter(
-            "mfvan_restarts", "Stage processes restarted by the supervisor.", ["stage"],
+            "mfvan_restarts",
+            "Stage processes restarted by the supervisor: the stage, and the stream it serves "
+            "('all' for the recognizer).",
+            ["stage", "stream"],
             registry=r,
-        )  # fmt: skip
+        )
 
         if stage in ("ingest", "spot", "recognize"):
             for reason in ("malformed", "version"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mfvan.deploy import export
-from mfvan.deploy.reproduce import DEMO_WEIGHTS
+from mfvan.deploy.shipped import DEMO_WEIGHTS
 from mfvan.model.mfvan import preprocess
 from mfvan.model.weights import load_weights
 

@@ -9,7 +9,7 @@ import numpy as np
 import zmq
 
 from mfvan.deploy.backends import TorchBackend
-from mfvan.deploy.reproduce import DEMO_WEIGHTS
+from mfvan.deploy.shipped import DEMO_WEIGHTS
 from mfvan.model.weights import load_weights
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.metrics import Metrics

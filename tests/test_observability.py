@@ -41,7 +41,7 @@ def test_promtool_accepts_the_shipped_files(argv):
 
 
 def test_the_shipped_scrape_targets_are_mfvan_runs_default_ports():
-    from mfvan.deploy.live import DEFAULT_PORTS
+    from mfvan.deploy.stage import DEFAULT_PORTS
 
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     targets = {

@@ -11,7 +11,7 @@ import zmq
 
 import mfvan
 from mfvan.deploy.backends import TorchBackend
-from mfvan.deploy.reproduce import DEMO_WEIGHTS
+from mfvan.deploy.shipped import DEMO_WEIGHTS
 from mfvan.kernels.spotter import SpotterParams
 from mfvan.model.data import synth
 from mfvan.model.weights import load_weights

@@ -86,7 +86,7 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     from test_pipeline import synth_frames
 
     from mfvan.deploy.backends import TorchBackend
-    from mfvan.deploy.reproduce import DEMO_WEIGHTS
+    from mfvan.deploy.shipped import DEMO_WEIGHTS
     from mfvan.model.weights import load_weights
     from mfvan.stream import subscribe
     from mfvan.stream.metrics import Metrics

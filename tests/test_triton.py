@@ -20,7 +20,7 @@ from conftest import free_port
 
 from mfvan.deploy import export
 from mfvan.deploy.backends import BackendUnavailable, TorchBackend, TritonBackend
-from mfvan.deploy.reproduce import DEMO_WEIGHTS
+from mfvan.deploy.shipped import DEMO_WEIGHTS
 from mfvan.model.mfvan import CONFIGS, MFVAN
 from mfvan.model.weights import load_weights
 

@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mfvan.deploy.stage import STAGES
 
-def add_demo(p: argparse.ArgumentParser) -> None:
+HELP = "the live pipeline on SynthME's camera for a minute, scored"
+
+
+def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="how long the camera runs")
     p.add_argument("--fps", type=float, default=100.0, help="the camera's frame rate")
     p.add_argument("--seed", type=int, default=7, help="SynthME seed (the weights saw seed 0)")
@@ -28,8 +32,8 @@ def add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-base-port", type=int, default=9101)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from mfvan.deploy.live import format_event
+def run(args: argparse.Namespace) -> int:
+    from mfvan.deploy.commands.subscribe import format_event
     from mfvan.stream import subscribe
 
     runtime = Path(tempfile.mkdtemp(prefix="mfvan-demo-"))
@@ -45,7 +49,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "metrics: "
         + ", ".join(
             f"{name} http://127.0.0.1:{port}/metrics"
-            for name, port in zip(("ingest", "spot", "recognize"), ports, strict=True)
+            for name, port in zip(STAGES, ports, strict=True)
         )
     )
     print("events (as `mfvan subscribe` prints them; weights trained on SynthME, not real faces):")
