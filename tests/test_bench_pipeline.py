@@ -3,7 +3,7 @@ reports them side by side, and draws its plots."""
 
 import pytest
 
-from mfvan.deploy import bench_pipeline as bp
+from mfvan.deploy.bench import pipeline as bp
 
 
 @pytest.mark.slow

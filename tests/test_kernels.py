@@ -16,7 +16,7 @@ from mfvan.model.data import synth
 @pytest.fixture(scope="module")
 def face():
     """A 128 px grey face crop from SynthME (textured like the crops the spotter sees)."""
-    from mfvan.deploy.bench import synth_flow_pairs
+    from mfvan.deploy.bench.flow import synth_flow_pairs
 
     return synth_flow_pairs(1, 128)[0][0].astype(np.float32)
 
@@ -69,7 +69,7 @@ def test_flow_recovers_rotations(face, degrees):
 
 
 def test_flow_matches_opencv_and_the_true_flow_on_synthme():
-    from mfvan.deploy.bench import face_mask, flow_methods, synth_flow_pairs
+    from mfvan.deploy.bench.flow import face_mask, flow_methods, synth_flow_pairs
 
     pairs = synth_flow_pairs(8, 128)
     mask = face_mask(128)
@@ -95,7 +95,7 @@ def test_flow_matches_opencv_and_the_true_flow_on_synthme():
 def test_flow_is_as_accurate_as_opencv_dis_on_photographic_faces(codec):
     """Real skin texture (the photograph), lossless and through a camera's H.264: our flow's
     error on the face is at most DIS medium's on the same pairs."""
-    from mfvan.deploy.bench import face_mask, flow_methods, synth_flow_pairs
+    from mfvan.deploy.bench.flow import face_mask, flow_methods, synth_flow_pairs
 
     pairs = synth_flow_pairs(10, 128, config="photo", codec=codec)
     mask = face_mask(128)

@@ -75,32 +75,40 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy import bench
-
     if args.target == "model":
-        report = bench.format_model_report(
-            bench.bench_model(args.config, batches=args.batches, runs=args.runs)
+        from mfvan.deploy.bench import model
+
+        report = model.format_model_report(
+            model.bench_model(args.config, batches=args.batches, runs=args.runs)
         )
     elif args.target == "flow":
-        report = bench.format_flow_report(
-            bench.bench_flow(tuple(args.sizes), args.pairs, sets=tuple(args.sets))
+        from mfvan.deploy.bench import flow
+
+        report = flow.format_flow_report(
+            flow.bench_flow(tuple(args.sizes), args.pairs, sets=tuple(args.sets))
         )
     elif args.target == "backends":
-        report = bench.format_backends_report(
-            bench.bench_backends(args.config, tuple(args.batches), args.runs)
+        from mfvan.deploy.bench import backends
+
+        report = backends.format_backends_report(
+            backends.bench_backends(args.config, tuple(args.batches), args.runs)
         )
     elif args.target == "spotter":
-        report = bench.format_spotter_report(bench.bench_spotter(args.fps, args.seconds, args.size))
-    else:
-        from mfvan.deploy import bench_pipeline as bp
+        from mfvan.deploy.bench import spotter
 
-        result = bp.bench_pipeline(
+        report = spotter.format_spotter_report(
+            spotter.bench_spotter(args.fps, args.seconds, args.size)
+        )
+    else:
+        from mfvan.deploy.bench import pipeline
+
+        result = pipeline.bench_pipeline(
             args.max_streams, args.fps, args.warmup, args.window, args.frames, args.rounds,
             args.backend,
         )  # fmt: skip
-        report = bp.format_pipeline_report(result)
+        report = pipeline.format_pipeline_report(result)
         if args.plot:
-            plots = bp.plot_pipeline(result, args.plot)
+            plots = pipeline.plot_pipeline(result, args.plot)
             report += "\nplots: " + ", ".join(str(p) for p in plots)
     print(report)
     return 0
