@@ -16,9 +16,10 @@ import sys
 import threading
 from pathlib import Path
 
+from mfvan.stream.metrics import STAGES  # noqa: F401  (the stage names, for the commands)
+
 log = logging.getLogger("mfvan.run")
 
-STAGES = ("ingest", "spot", "recognize")  # the stage processes, in the frames' order
 DEFAULT_PORTS = {"ingest": 9101, "spot": 9102, "recognize": 9103, "run": 9100}
 
 

@@ -22,6 +22,7 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+STAGES = ("ingest", "spot", "recognize")  # the stage processes, in the frames' order
 
 
 class Metrics:
@@ -108,7 +109,7 @@ class Metrics:
             registry=r,
         )
 
-        if stage in ("ingest", "spot", "recognize"):
+        if stage in STAGES:
             for reason in ("malformed", "version"):
                 self.dropped.labels(stage, "", reason)
             self.stage_seconds.labels(stage)

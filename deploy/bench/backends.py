@@ -11,30 +11,43 @@ import torch
 from mfvan.deploy.bench import cpu_name, percentiles
 
 
-def backend_candidates() -> dict:
-    """Name -> factory(model) of every backend that can run on this machine."""
-    import importlib.util
+def variants() -> list[tuple[str, str, object]]:
+    """(row name, registry name, options): every backend of `mfvan.deploy.backends.REGISTRY`
+    at least once, and the torch settings worth comparing (compile; on CUDA: FP16 and CUDA
+    graphs)."""
+    from mfvan.deploy.backends import REGISTRY, Options
 
-    from mfvan.deploy import backends as b
-
-    out = {
-        "torch eager (cpu)": lambda m: b.TorchBackend(m),
-        "torch.compile (cpu)": lambda m: b.TorchBackend(m, compile=True),
-        "onnxruntime": lambda m: b.OnnxRuntimeBackend(m),
-    }
+    rows = [
+        ("torch eager (cpu)", "torch", Options()),
+        ("torch.compile (cpu)", "torch", Options(compile=True)),
+    ]
     if torch.cuda.is_available():
-        out.update(
-            {
-                "torch cuda fp32": lambda m: b.TorchBackend(m, device="cuda"),
-                "torch cuda fp16": lambda m: b.TorchBackend(m, device="cuda", precision="fp16"),
-                "torch cuda fp16 + CUDA graphs": lambda m: b.TorchBackend(
-                    m, device="cuda", precision="fp16", cuda_graphs=True
-                ),
-            }
-        )
-        if importlib.util.find_spec("torch_tensorrt"):
-            out["tensorrt fp16"] = lambda m: b.TensorRTBackend(m, precision="fp16")
-    return out
+        rows += [
+            ("torch cuda fp32", "torch", Options(device="cuda")),
+            ("torch cuda fp16", "torch", Options(device="cuda", precision="fp16")),
+            (
+                "torch cuda fp16 + CUDA graphs",
+                "torch",
+                Options(device="cuda", precision="fp16", cuda_graphs=True),
+            ),
+        ]
+    named = {name for _, name, _ in rows}
+    rows += [(name, name, Options()) for name in REGISTRY if name not in named]
+    return rows
+
+
+def backend_candidates(model) -> tuple[dict, dict]:
+    """(row name -> backend, row name -> why it cannot run here) for every variant; no
+    fallback: a row runs what it names or is left out, with its reason."""
+    from mfvan.deploy.backends import REGISTRY, BackendUnavailable
+
+    made, missing = {}, {}
+    for row, name, options in variants():
+        try:
+            made[row] = REGISTRY[name].make(model, options)
+        except (BackendUnavailable, ImportError) as e:
+            missing[row] = str(e)
+    return made, missing
 
 
 def bench_backends(
@@ -47,7 +60,7 @@ def bench_backends(
 
     torch.manual_seed(0)
     model = MFVAN(CONFIGS[config_name]).eval()
-    made = {name: make(model) for name, make in backend_candidates().items()}
+    made, missing = backend_candidates(model)
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
@@ -78,6 +91,7 @@ def bench_backends(
         "config": config_name,
         "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads; {device}",
         "rows": rows,
+        "not_run": missing,
     }
 
 
@@ -96,4 +110,6 @@ def format_backends_report(r: dict) -> str:
             f"{row['per_pair_p99_ms']:>13.2f}{row['pairs_per_s']:>10.0f}"
             f"{eager[row['batch']] / row['per_pair_p50_ms']:>9.2f}"
         )
+    for name, why in r.get("not_run", {}).items():
+        lines.append(f"not run here: {name} ({why})")
     return "\n".join(lines)
