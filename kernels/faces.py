@@ -3,12 +3,11 @@
 The same code prepares dataset pairs for training (`mfvan.model.data.pairs`) and crops
 live frames in the spotter, so the recogniser sees in the field the crop it was trained on.
 
-Default detector: OpenCV's frontal-face Haar cascades (`default`, then `alt2` when the
-first finds nothing), which ship inside the
-opencv-python(-headless) 4.x wheels (`cv2.data.haarcascades`; gone from 5.0's, hence the
-pin). Grey frames are histogram-equalised first, which finds darker and low-contrast faces
-the cascade otherwise misses. A better detector, OpenCV's YuNet (`cv2.FaceDetectorYN`),
-is used when the user passes its model file; nothing is ever downloaded.
+Detector: OpenCV's frontal-face Haar cascades (`default`, then `alt2` when the first finds
+nothing), which ship inside the opencv-python(-headless) 4.x wheels
+(`cv2.data.haarcascades`; gone from 5.0's, hence the pin); nothing is ever downloaded.
+Grey frames are histogram-equalised first, which finds darker and low-contrast faces the
+cascade otherwise misses.
 
 Alignment: the two eyes are found with the Haar eye cascade inside the upper half of the
 face box, and the crop is anchored on them: eyes level, at fixed places in the crop
@@ -62,21 +61,15 @@ class Box:
 
 
 class FaceDetector:
-    """Finds the largest face in a frame. `yunet_model`: path to a YuNet .onnx file."""
+    """Finds the largest face in a frame."""
 
-    def __init__(self, min_size_fraction: float = 0.2, yunet_model: str | Path | None = None):
+    def __init__(self, min_size_fraction: float = 0.2):
         self.min_size_fraction = min_size_fraction
-        self._yunet_path = yunet_model
-        self._yunet = None
         # The default cascade first, then alt2, which finds some faces the default misses.
-        self._faces = (
-            []
-            if yunet_model
-            else [
-                _cascade("haarcascade_frontalface_default.xml"),
-                _cascade("haarcascade_frontalface_alt2.xml"),
-            ]
-        )
+        self._faces = [
+            _cascade("haarcascade_frontalface_default.xml"),
+            _cascade("haarcascade_frontalface_alt2.xml"),
+        ]
         self._eyes = _cascade("haarcascade_eye.xml")
 
     def detect(self, image: np.ndarray, near: Box | None = None) -> Box | None:
@@ -97,8 +90,6 @@ class FaceDetector:
         return None if box is None else Box(box.x + x0, box.y + y0, box.w, box.h)
 
     def _detect(self, image: np.ndarray, side: int) -> Box | None:
-        if self._yunet_path:
-            return self._detect_yunet(image)
         grey = cv2.equalizeHist(to_grey(image))
         side = min(side, *grey.shape)
         for cascade in self._faces:
@@ -107,18 +98,6 @@ class FaceDetector:
                 x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
                 return Box(float(x), float(y), float(w), float(h))
         return None
-
-    def _detect_yunet(self, image: np.ndarray) -> Box | None:
-        h, w = image.shape[:2]
-        if self._yunet is None:
-            self._yunet = cv2.FaceDetectorYN.create(str(self._yunet_path), "", (w, h))
-        self._yunet.setInputSize((w, h))
-        bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)
-        _, faces = self._yunet.detect(bgr)
-        if faces is None or len(faces) == 0:
-            return None
-        x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])[:4]
-        return Box(float(x), float(y), float(fw), float(fh))
 
     def eyes(
         self, image: np.ndarray, box: Box

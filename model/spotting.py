@@ -3,7 +3,7 @@ pipeline does (PyAV decodes; `mfvan.kernels.facespot.FaceSpotter`, the live spot
 own building block, tracks, crops and spots one frame at a time, in media time) and
 scores it by the MEGC protocol.
 
-Protocol (docs: ../shared/DATASETS.md, "Spotting"; MEGC 2020, Li et al. 2020): a predicted
+Protocol (docs/datasets.md, "Spotting"; MEGC 2020, Li et al. 2020): a predicted
 interval is a true positive when its IoU with a ground-truth micro-expression interval
 (frame sets, onset and offset inclusive) is at least 0.5; each ground truth matches at most
 once (greedily, highest IoU first); unmatched predictions are false positives. Precision,
