@@ -191,9 +191,16 @@ class TensorRTBackend:
         cfg = self.cfg = model.cfg
         self.precision = precision
         gpu = torch.cuda.get_device_name().replace(" ", "-")
-        key = "-".join([model_digest(model), gpu, f"trt{tensorrt.__version__}",
-                        f"tt{torch_tensorrt.__version__}", precision,
-                        "x".join(map(str, BATCH_SIZES))])  # fmt: skip
+        key = "-".join(
+            [
+                model_digest(model),
+                gpu,
+                f"trt{tensorrt.__version__}",
+                f"tt{torch_tensorrt.__version__}",
+                precision,
+                "x".join(map(str, BATCH_SIZES)),
+            ]
+        )
         cache = Path(cache_dir or Path.home() / ".cache" / "mfvan" / "tensorrt")
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / f"mfvan-{key}.ep"
@@ -202,8 +209,12 @@ class TensorRTBackend:
             log.info("tensorrt: loading the cached engine %s", path.name)
             self.module = torch.export.load(str(path)).module()
         else:
-            log.info("tensorrt: building engines (%s, batch %d-%d); minutes, once", precision,
-                     BATCH_SIZES[0], BATCH_SIZES[-1])  # fmt: skip
+            log.info(
+                "tensorrt: building engines (%s, batch %d-%d); minutes, once",
+                precision,
+                BATCH_SIZES[0],
+                BATCH_SIZES[-1],
+            )
             spec = torch_tensorrt.Input(
                 min_shape=(BATCH_SIZES[0], *shape),
                 opt_shape=(BATCH_SIZES[1], *shape),
@@ -212,9 +223,11 @@ class TensorRTBackend:
             )
             precisions = {torch.float16, torch.float32} if precision == "fp16" else {torch.float32}
             self.module = torch_tensorrt.compile(
-                model.cuda().eval(), ir="dynamo", arg_inputs=[spec, spec],
+                model.cuda().eval(),
+                ir="dynamo",
+                arg_inputs=[spec, spec],
                 enabled_precisions=precisions,
-            )  # fmt: skip
+            )
             example = torch.zeros(BATCH_SIZES[1], *shape, device="cuda")
             tmp = path.with_suffix(".tmp")
             torch_tensorrt.save(self.module, str(tmp), arg_inputs=[example, example.clone()])

@@ -133,8 +133,9 @@ class Supervisor:
                     continue
                 if now - child.started > self.policy.reset_after_s:
                     child.backoff = self.policy.first_s  # it had run a while: start over
-                log.warning("run: %s exited with %s; restarting in %.1f s",
-                            child.name, code, child.backoff)  # fmt: skip
+                log.warning(
+                    "run: %s exited with %s; restarting in %.1f s", child.name, code, child.backoff
+                )
                 child.next_start = now + child.backoff
                 child.backoff = min(child.backoff * 2, self.policy.most_s)
                 child.restarts += 1

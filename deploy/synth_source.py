@@ -99,8 +99,13 @@ class SynthSource:
             if b.start < horizon:
                 break
             if b.start <= t <= b.end:
-                return {"kind": "blink", "onset": b.start, "apex": b.start, "offset": b.end,
-                        "label": ""}  # fmt: skip
+                return {
+                    "kind": "blink",
+                    "onset": b.start,
+                    "apex": b.start,
+                    "offset": b.end,
+                    "label": "",
+                }
         return None
 
     def __iter__(self):

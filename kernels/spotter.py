@@ -775,9 +775,18 @@ class Spotter:
             if self._falling or not trusted or signal <= start:
                 return []
             self._candidate = _Candidate(
-                index, ns, index, ns, signal, start, region, eyes, float(main[region]),
-                self._floor_of(region), self._delay_ns(ns),
-            )  # fmt: skip
+                index,
+                ns,
+                index,
+                ns,
+                signal,
+                start,
+                region,
+                eyes,
+                float(main[region]),
+                self._floor_of(region),
+                self._delay_ns(ns),
+            )
             return []
         if signal > c.peak:
             c.peak, c.apex, c.apex_ns, c.region, c.eyes_at_peak = signal, index, ns, region, eyes

@@ -258,7 +258,7 @@ def score_video(run: VideoRun, truth: list[Truth]) -> dict:
         "fp_causes": causes,
         "apex_error_ms": [
             abs(run.intervals[i]["apex"] - micro[j].apex) * 1000 / run.fps for i, j in pairs
-        ],  # fmt: skip
+        ],
         "latency_ms": [i["latency_ns"] / 1e6 for i in run.intervals],
         "rejected": run.rejected,
         "seconds": run.seconds,

@@ -51,9 +51,11 @@ class Metrics:
             "mfvan_reconnects", "Times a source was reopened.", ["stream"], registry=r
         )
         self.faces = Gauge(
-            "mfvan_faces_tracked", "1 while a face is tracked in the stream.", ["stream"],
+            "mfvan_faces_tracked",
+            "1 while a face is tracked in the stream.",
+            ["stream"],
             registry=r,
-        )  # fmt: skip
+        )
         self.spots = Counter(
             "mfvan_spots", "Micro-expression intervals emitted.", ["stream"], registry=r
         )
@@ -64,9 +66,11 @@ class Metrics:
             registry=r,
         )
         self.events = Counter(
-            "mfvan_events", "Recognition events published, by class.", ["stream", "label"],
+            "mfvan_events",
+            "Recognition events published, by class.",
+            ["stream", "label"],
             registry=r,
-        )  # fmt: skip
+        )
         self.batch_size = Histogram(
             "mfvan_batch_size", "Pairs per inference batch.", buckets=BATCH_BUCKETS, registry=r
         )

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -292,12 +293,20 @@ class Batcher:
         return max(0.0, self.max_wait_s - (now - self._oldest))
 
 
+class Classifier(NamedTuple):
+    """What the recognizer classifies with: a backend (`mfvan.deploy.backends.Backend`:
+    uint8 onset and apex crops in, class probabilities out), its class names, and the model
+    version each event names."""
+
+    backend: object
+    classes: list[str]
+    version: str
+
+
 def run_recognize(
     inputs: list[str],
     out: str,
-    backend,
-    classes: list[str],
-    model_version: str,
+    classifier: Classifier,
     metrics: Metrics,
     stop: threading.Event,
     ctx: zmq.Context | None = None,
@@ -333,7 +342,7 @@ def run_recognize(
     seq: dict[str, int] = {}
 
     def infer(batch):
-        _infer(batch, backend, classes, model_version, metrics, pub, seq, with_crops)
+        _infer(batch, classifier, metrics, pub, seq, with_crops)
 
     try:
         while not stop.is_set():
@@ -346,7 +355,7 @@ def run_recognize(
                         frames = protocol.recv_parts(pull, zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    _take(frames, batcher, metrics, seen, classes)
+                    _take(frames, batcher, metrics, seen, classifier.classes)
             metrics.queue_depth.labels("recognize").set(len(batcher.items))
             while batcher.due(time.monotonic()):
                 infer(batcher.take())
@@ -376,7 +385,18 @@ def _take(frames, batcher: Batcher, metrics: Metrics, seen: set, classes) -> Non
     batcher.add((msg, received), time.monotonic())
 
 
-def _infer(batch, backend, classes, model_version, metrics, pub, seq, with_crops) -> None:
+# what an event carries over from its pair (the rest of the pair's header is the spot
+# stage's own bookkeeping)
+PAIR_FIELDS_KEPT = (
+    "onset", "apex", "offset", "media_onset", "media_apex", "media_offset",
+    "t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot",
+    "score", "region", "truth",
+)  # fmt: skip
+
+
+def _infer(batch, classifier: Classifier, metrics, pub, seq: dict, with_crops: bool) -> None:
+    """Classify one batch and publish an event per pair."""
+    backend, classes = classifier.backend, classifier.classes
     onset = np.stack([m.arrays[0] for m, _ in batch])
     apex = np.stack([m.arrays[1] for m, _ in batch])
     started = time.perf_counter()
@@ -386,18 +406,12 @@ def _infer(batch, backend, classes, model_version, metrics, pub, seq, with_crops
     for (msg, received), p in zip(batch, probs, strict=True):
         label = classes[int(np.argmax(p))]
         now = time.time_ns()
-        fields = {
-            k: msg.fields[k]
-            for k in ("onset", "apex", "offset", "media_onset", "media_apex", "media_offset",
-                      "t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot",
-                      "score", "region", "truth")
-            if k in msg.fields
-        }  # fmt: skip
+        fields = {k: msg.fields[k] for k in PAIR_FIELDS_KEPT if k in msg.fields}
         fields.update(
             label=label,
             probs=[float(x) for x in p],
             classes=list(classes),
-            model=model_version,
+            model=classifier.version,
             batch=len(batch),
             t_received=received,
             t_recognize=now,

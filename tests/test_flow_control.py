@@ -13,7 +13,7 @@ from mfvan.deploy.shipped import DEMO_WEIGHTS
 from mfvan.model.weights import load_weights
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.metrics import Metrics
-from mfvan.stream.stages import HWM, run_recognize
+from mfvan.stream.stages import HWM, Classifier, run_recognize
 
 
 def _rss_mb() -> float:
@@ -29,9 +29,19 @@ def _pair(i: int):
 
 def _send(push, i: int, wait_ms: int = 0) -> bool:
     return protocol.send(
-        push, "pair", "cam1", i, _pair(i), wait_ms=wait_ms, onset=i, apex=i + 1, offset=i + 2,
-        t_apex=time.time_ns(), t_capture=time.time_ns(), t_spot=time.time_ns(),
-    )  # fmt: skip
+        push,
+        "pair",
+        "cam1",
+        i,
+        _pair(i),
+        wait_ms=wait_ms,
+        onset=i,
+        apex=i + 1,
+        offset=i + 2,
+        t_apex=time.time_ns(),
+        t_capture=time.time_ns(),
+        t_spot=time.time_ns(),
+    )
 
 
 class SlowBackend:
@@ -56,10 +66,15 @@ def _recognizer(tmp_path, backend, metrics, **kw):
     stop = threading.Event()
     thread = threading.Thread(
         target=run_recognize,
-        args=([pairs], events, backend(TorchBackend(model)), meta["classes"], "demo", metrics,
-              stop),
+        args=(
+            [pairs],
+            events,
+            Classifier(backend(TorchBackend(model)), meta["classes"], "demo"),
+            metrics,
+            stop,
+        ),
         kwargs=kw,
-    )  # fmt: skip
+    )
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, HWM)
     push.bind(pairs)
@@ -165,10 +180,13 @@ def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path):
     stop = threading.Event()
     metrics = [Metrics("recognize"), Metrics("recognize")]
     threads = [
-        threading.Thread(target=run_recognize, args=([pairs], out, TorchBackend(model),
-                         meta["classes"], "demo", m, stop), kwargs={"ctx": zmq.Context()})
+        threading.Thread(
+            target=run_recognize,
+            args=([pairs], out, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop),
+            kwargs={"ctx": zmq.Context()},
+        )
         for out, m in zip(outs, metrics, strict=True)
-    ]  # fmt: skip
+    ]
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, HWM)
     push.bind(pairs)

@@ -101,10 +101,11 @@ def test_flow_is_as_accurate_as_opencv_dis_on_photographic_faces(codec):
     mask = face_mask(128)
     methods = flow_methods()
     epe = {
-        name: np.mean([np.linalg.norm(methods[name](a, b) - t, axis=-1)[mask].mean()
-                       for a, b, t in pairs])
+        name: np.mean(
+            [np.linalg.norm(methods[name](a, b) - t, axis=-1)[mask].mean() for a, b, t in pairs]
+        )
         for name in ("mfvan (Numba)", "OpenCV DIS medium", "zero flow")
-    }  # fmt: skip
+    }
     assert epe["mfvan (Numba)"] <= epe["OpenCV DIS medium"], epe
     assert epe["mfvan (Numba)"] < 0.5 * epe["zero flow"], epe
 
@@ -224,8 +225,10 @@ def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
     blink near the key frame, keeps the plain reference."""
     rng = np.random.default_rng(0)
     gop = 100  # 1 s at 100 fps
-    steps = [cv2.GaussianBlur(rng.normal(0, 2, face.shape).astype(np.float32), (0, 0), 1.5)
-             for _ in range(4)]  # fmt: skip
+    steps = [
+        cv2.GaussianBlur(rng.normal(0, 2, face.shape).astype(np.float32), (0, 0), 1.5)
+        for _ in range(4)
+    ]
     frames = [
         np.clip(face + steps[i // gop] + rng.normal(0, 0.5, face.shape), 0, 255).astype(np.uint8)
         for i in range(4 * gop)

@@ -18,7 +18,7 @@ from mfvan.model.weights import load_weights
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.ingest import Frame
 from mfvan.stream.metrics import Metrics
-from mfvan.stream.stages import Batcher, run_ingest, run_recognize, run_spot
+from mfvan.stream.stages import Batcher, Classifier, run_ingest, run_recognize, run_spot
 
 
 def _endpoints(tmp_path, n):
@@ -53,7 +53,7 @@ def test_frames_become_events_across_three_stages(tmp_path):
     threads = [
         threading.Thread(
             target=run_recognize,
-            args=([b], c, TorchBackend(model), meta["classes"], "demo", m_rec, stop),
+            args=([b], c, Classifier(TorchBackend(model), meta["classes"], "demo"), m_rec, stop),
         ),
         threading.Thread(target=run_spot, args=([a], b, m_spot, stop)),
     ]
@@ -109,7 +109,7 @@ def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_
     m = Metrics("recognize")
     t = threading.Thread(
         target=run_recognize,
-        args=([a], c, TorchBackend(model), meta["classes"], "demo", m, stop),
+        args=([a], c, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop),
         kwargs={"max_wait_s": 0.0, "with_crops": True},
     )
     t.start()
@@ -119,9 +119,17 @@ def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_
             for _ in range(100):  # until the subscriber is connected
                 push.send_multipart([b"cam1", b"not a header"])
                 protocol.send(
-                    push, "pair", "cam1", 0, [crop, crop], onset=1, apex=5, offset=9,
-                    t_apex=1, t_capture=2,
-                )  # fmt: skip
+                    push,
+                    "pair",
+                    "cam1",
+                    0,
+                    [crop, crop],
+                    onset=1,
+                    apex=5,
+                    offset=9,
+                    t_apex=1,
+                    t_capture=2,
+                )
                 try:
                     event = next(iter(sub))
                     break
@@ -194,7 +202,7 @@ def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(sta
     else:
         model, meta = load_weights(DEMO_WEIGHTS)
         target = run_recognize
-        args = ([a], b, TorchBackend(model), meta["classes"], "demo", m, stop)
+        args = ([a], b, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop)
         crop = np.full((128, 128), 90, np.uint8)
         valid = ("pair", [crop, crop])
     thread = threading.Thread(target=target, args=args)
@@ -205,9 +213,18 @@ def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(sta
             push.send_multipart(frames)
             if i % 10 == 0:
                 protocol.send(
-                    push, valid[0], "cam1", i, valid[1], wait_ms=5000, onset=0, apex=1,
-                    offset=2, t_apex=1, t_capture=1,
-                )  # fmt: skip
+                    push,
+                    valid[0],
+                    "cam1",
+                    i,
+                    valid[1],
+                    wait_ms=5000,
+                    onset=0,
+                    apex=1,
+                    offset=2,
+                    t_apex=1,
+                    t_capture=1,
+                )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (
             m.frames_in.labels(stage, "cam1")._value.get() < 6 or _dropped(m, stage) < len(fuzz)

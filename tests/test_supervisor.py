@@ -97,14 +97,39 @@ def test_a_child_that_ran_a_while_starts_its_backoff_over():
 
 def test_run_plans_one_ingest_and_spot_per_source_and_forwards_the_recognizers_flags():
     args = build_parser().parse_args(
-        ["run", "--source", "synth://?seed=3", "--source", "cam.mp4", "--source", "cam.mp4",
-         "--backend", "torch", "--compile", "--max-batch", "4", "--max-wait-ms", "2.5",
-         "--weights", "w.safetensors", "--with-crops", "--metrics-base-port", "9301"]
-    )  # fmt: skip
+        [
+            "run",
+            "--source",
+            "synth://?seed=3",
+            "--source",
+            "cam.mp4",
+            "--source",
+            "cam.mp4",
+            "--backend",
+            "torch",
+            "--compile",
+            "--max-batch",
+            "4",
+            "--max-wait-ms",
+            "2.5",
+            "--weights",
+            "w.safetensors",
+            "--with-crops",
+            "--metrics-base-port",
+            "9301",
+        ]
+    )
     children, events = plan(args, Path("/run/x"))
     names = [c.name for c in children]
-    assert names == ["ingest-synth-3-1", "spot-synth-3-1", "ingest-cam.mp4-1", "spot-cam.mp4-1",
-                     "ingest-cam.mp4-2", "spot-cam.mp4-2", "recognize"]  # fmt: skip
+    assert names == [
+        "ingest-synth-3-1",
+        "spot-synth-3-1",
+        "ingest-cam.mp4-1",
+        "spot-cam.mp4-1",
+        "ingest-cam.mp4-2",
+        "spot-cam.mp4-2",
+        "recognize",
+    ]
     assert events == "ipc:///run/x/events.ipc"
     rec = children[-1].argv
     given = dict(zip(rec[1::1], rec[2::1], strict=False))

@@ -102,8 +102,11 @@ def format_backends_report(r: dict) -> str:
         f"{'backend':<32}{'batch':>6}{'p50 ms/pair':>13}{'p99 ms/pair':>13}{'pairs/s':>10}"
         f"{'x eager':>9}",
     ]
-    eager = {row["batch"]: row["per_pair_p50_ms"] for row in r["rows"]
-             if row["backend"].startswith("torch eager")}  # fmt: skip
+    eager = {
+        row["batch"]: row["per_pair_p50_ms"]
+        for row in r["rows"]
+        if row["backend"].startswith("torch eager")
+    }
     for row in r["rows"]:
         lines.append(
             f"{row['backend']:<32}{row['batch']:>6}{row['per_pair_p50_ms']:>13.2f}"

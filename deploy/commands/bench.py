@@ -103,9 +103,14 @@ def run(args: argparse.Namespace) -> int:
         from mfvan.deploy.bench import pipeline
 
         result = pipeline.bench_pipeline(
-            args.max_streams, args.fps, args.warmup, args.window, args.frames, args.rounds,
+            args.max_streams,
+            args.fps,
+            args.warmup,
+            args.window,
+            args.frames,
+            args.rounds,
             args.backend,
-        )  # fmt: skip
+        )
         report = pipeline.format_pipeline_report(result)
         if args.plot:
             plots = pipeline.plot_pipeline(result, args.plot)

@@ -39,10 +39,21 @@ def run(args: argparse.Namespace) -> int:
     runtime = Path(tempfile.mkdtemp(prefix="mfvan-demo-"))
     source = f"synth://?fps={args.fps:g}&seed={args.seed}&seconds={args.seconds:g}"
     cmd = [
-        sys.executable, "-m", "mfvan.deploy.cli", "run", "--source", source,
-        "--backend", args.backend, "--runtime-dir", str(runtime),
-        "--metrics-base-port", str(args.metrics_base_port), "--seconds", str(args.seconds + 60),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mfvan.deploy.cli",
+        "run",
+        "--source",
+        source,
+        "--backend",
+        args.backend,
+        "--runtime-dir",
+        str(runtime),
+        "--metrics-base-port",
+        str(args.metrics_base_port),
+        "--seconds",
+        str(args.seconds + 60),
+    ]
     print(f"mfvan demo: {' '.join(cmd[3:])}")
     ports = range(args.metrics_base_port, args.metrics_base_port + 3)
     print(

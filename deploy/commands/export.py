@@ -13,17 +13,27 @@ EXPORT_FORMATS = ("onnx", "torchscript", "tensorrt", "triton")
 def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     p.add_argument(
-        "--out", type=Path, required=True,
+        "--out",
+        type=Path,
+        required=True,
         help="a file (onnx, torchscript, tensorrt) or a repository folder (triton)",
-    )  # fmt: skip
+    )
     p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="tensorrt")
     p.add_argument("--name", default="mfvan", help="triton: the model's name")
     p.add_argument("--max-batch", type=int, default=32, help="triton: the largest batch")
-    p.add_argument("--max-queue-delay-us", type=int, default=1000,
-                   help="triton: how long the server waits to fill a batch")  # fmt: skip
-    p.add_argument("--kind", choices=("KIND_GPU", "KIND_CPU"), default="KIND_GPU",
-                   help="triton: where the server runs the model")  # fmt: skip
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=1000,
+        help="triton: how long the server waits to fill a batch",
+    )
+    p.add_argument(
+        "--kind",
+        choices=("KIND_GPU", "KIND_CPU"),
+        default="KIND_GPU",
+        help="triton: where the server runs the model",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,9 +56,14 @@ def run(args: argparse.Namespace) -> int:
             out = export.export_tensorrt(model, args.out, args.precision)
         else:
             out = export.export_triton(
-                model, args.out, list(meta["classes"]), args.name, args.max_batch,
-                delay_us=args.max_queue_delay_us, kind=args.kind,
-            )  # fmt: skip
+                model,
+                args.out,
+                list(meta["classes"]),
+                args.name,
+                args.max_batch,
+                delay_us=args.max_queue_delay_us,
+                kind=args.kind,
+            )
     except BackendUnavailable as e:
         print(f"mfvan export: {e}", file=sys.stderr)
         return 2

@@ -58,6 +58,14 @@ def run(args: argparse.Namespace) -> int:
     )
     stage.log.info("ingest %s: %s -> %s", stream_id, args.source, args.out)
     return stage.run_stage(
-        "ingest", stages.run_ingest, source, stream_id, args.out, m, stop, block=not kind.live,
-        keys=args.keys, errors=(ingest.SourceError, ValueError),
-    )  # fmt: skip
+        "ingest",
+        stages.run_ingest,
+        source,
+        stream_id,
+        args.out,
+        m,
+        stop,
+        block=not kind.live,
+        keys=args.keys,
+        errors=(ingest.SourceError, ValueError),
+    )

@@ -92,7 +92,17 @@ def run(args: argparse.Namespace) -> int:
         version,
     )
     return stage.run_stage(
-        "recognize", stages.run_recognize, args.inputs, args.out, backend,
-        list(meta["classes"]), version, m, stop, max_batch=args.max_batch,
-        max_wait_s=args.max_wait_ms / 1000, with_crops=args.with_crops, keys=args.keys,
-    )  # fmt: skip
+        "recognize",
+        stages.run_recognize,
+        args.inputs,
+        args.out,
+        backend,
+        list(meta["classes"]),
+        version,
+        m,
+        stop,
+        max_batch=args.max_batch,
+        max_wait_s=args.max_wait_ms / 1000,
+        with_crops=args.with_crops,
+        keys=args.keys,
+    )

@@ -82,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.model.pipeline import distributed
 
     if args.loso and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        print("mfvan train: --loso under torchrun is not supported; run folds as separate "
-              "processes (one `mfvan train --loso` per machine)", file=sys.stderr)  # fmt: skip
+        print(
+            "mfvan train: --loso under torchrun is not supported; run folds as separate "
+            "processes (one `mfvan train --loso` per machine)",
+            file=sys.stderr,
+        )
         return 2
     with distributed(args.device) as device:
         args.device = device
