@@ -9,7 +9,7 @@ import pytest
 
 from mfvan.kernels import signals
 from mfvan.kernels.flow import FlowParams, dense_flow
-from mfvan.kernels.spotter import Spotter, SpotterParams
+from mfvan.kernels.spotter import Spotter, SpotterParams, _Frame
 from mfvan.model.data import synth
 
 
@@ -188,11 +188,11 @@ def test_a_new_streams_noise_estimates_are_plain_means_until_their_window_fills(
     spotter._setup(128)
     n = len(spotter._signal_names)
     for k, x in enumerate((0.10, 0.12, 0.14, 0.12)):
-        spotter._buffer.append((k, 5 * ms * k, None, None, False))
+        spotter._buffer.append(_Frame(k, 5 * ms * k, None, None, False))
         spotter._update_floors(np.full(n, x, np.float32), 0, 5 * ms * k)
     assert spotter._floors[0][0] == pytest.approx(np.full(n, 0.12), abs=1e-6)
     spotter._floors[0] = (*spotter._floors[0][:2], 400)  # a full window (2 s at 200 fps) since
-    spotter._buffer.append((4, 20 * ms, None, None, False))
+    spotter._buffer.append(_Frame(4, 20 * ms, None, None, False))
     spotter._update_floors(np.full(n, 0.13, np.float32), 0, 20 * ms)
     assert spotter._floors[0][0] == pytest.approx(np.full(n, 0.12 + 0.01 * 0.0025), abs=1e-6)
 
@@ -204,12 +204,12 @@ def test_a_floor_state_away_for_a_while_moves_by_one_frames_weight():
     spotter = Spotter(SpotterParams(fast_start=False))
     spotter._setup(128)
     n = len(spotter._signal_names)
-    spotter._buffer.append((0, 0, None, None, False))
+    spotter._buffer.append(_Frame(0, 0, None, None, False))
     spotter._update_floors(np.full(n, 0.1, np.float32), 1, 0)
     start = spotter._floors[1][0].copy()
     second = 1_000_000_000
     spotter._buffer.extend(
-        [(200, second, None, None, True), (201, second + 5_000_000, None, None, False)]
+        [_Frame(200, second, None, None, True), _Frame(201, second + 5_000_000, None, None, False)]
     )
     spotter._update_floors(np.full(n, 0.5, np.float32), 1, second + 5_000_000)
     moved = spotter._floors[1][0] - start
@@ -249,7 +249,7 @@ def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
 
     ms = 1_000_000
     spotter = Spotter()
-    spotter._buffer.extend((i, 10 * ms * i, None, None, i == 100) for i in range(100, 130))
+    spotter._buffer.extend(_Frame(i, 10 * ms * i, None, None, i == 100) for i in range(100, 130))
     spotter._keys, spotter._last_key_ns = 1, 1000 * ms
     assert spotter._gop_reference(1160 * ms) is None, "the first frames not min_lag_s old yet"
     assert spotter._gop_reference(1170 * ms)[0] == 107, "the first whose average is after it"
