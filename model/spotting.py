@@ -161,7 +161,7 @@ def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
     (the decoder's luma plane, as ingest sends it)."""
     import av
 
-    from mfvan.kernels.facespot import FaceSpotter, GopBoundaries, media_time_ns
+    from mfvan.kernels.facespot import FaceSpotter, GopBoundaries, decoded_grey, media_time_ns
 
     spots = FaceSpotter(params, size)
     intervals, signal, threshold, keys, versions, brightness = [], [], [], [], [], []
@@ -176,7 +176,7 @@ def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
             if start_pts is None and frame.pts is not None:
                 start_pts = frame.pts
             media = media_time_ns(frame, start_pts, media, rate)
-            grey = frame.to_ndarray(format="gray")
+            grey = decoded_grey(frame)
             key = gop(frame)
             for it in spots.push(grey, index, media, key):
                 d = asdict(it)

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from mfvan.kernels.facespot import GopBoundaries, media_time_ns
+from mfvan.kernels.facespot import GopBoundaries, decoded_grey, media_time_ns
 
 
 @dataclass
@@ -87,7 +87,7 @@ class PyAVSource:
         import av
 
         container = self._open()
-        fmt = "gray" if self.grey else "rgb24"
+        image = decoded_grey if self.grey else (lambda f: f.to_ndarray(format="rgb24"))
         start_wall = time.time_ns()
         start_pts = previous = None
         gop = GopBoundaries()
@@ -108,9 +108,7 @@ class PyAVSource:
                         time.sleep(wait / 1e9)
                 else:
                     t = time.time_ns()
-                yield Frame(
-                    index, t, frame.to_ndarray(format=fmt), t_media=media, key_frame=gop(frame)
-                )
+                yield Frame(index, t, image(frame), t_media=media, key_frame=gop(frame))
         except av.FFmpegError as e:
             raise SourceError(f"{self.url} stopped: {e}") from e
         finally:

@@ -12,6 +12,7 @@ import zmq
 import mfvan
 from mfvan.deploy.backends import TorchBackend
 from mfvan.deploy.shipped import DEMO_WEIGHTS
+from mfvan.kernels.faces import to_grey
 from mfvan.kernels.spotter import SpotterParams
 from mfvan.model.data import synth
 from mfvan.model.weights import load_weights
@@ -33,8 +34,7 @@ def synth_frames(seconds: float, fps: float = 200.0, subject: int = 1, seed: int
     frames = []
     for t in range(int(seconds * fps)):
         f = stream.frame(t)
-        grey = (f.image.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])).astype(np.uint8)
-        frames.append(Frame(t, f.timestamp_ns, grey))
+        frames.append(Frame(t, f.timestamp_ns, to_grey(f.image)))
     micro = [e for e in stream.expressions_until(len(frames)) if e.kind == "micro"]
     return frames, micro
 

@@ -24,6 +24,8 @@ def synth_flow_pairs(
     import av
     import cv2
 
+    from mfvan.kernels.faces import to_grey
+    from mfvan.kernels.facespot import decoded_grey
     from mfvan.model.data import synth
 
     cfg = synth.CONFIGS[config]
@@ -44,14 +46,14 @@ def synth_flow_pairs(
             return cv2.resize(img[ys, xs], (size, size), interpolation=cv2.INTER_AREA)
 
         if codec is None:
-            grey = [cv2.cvtColor(r.render(s), cv2.COLOR_RGB2GRAY) for s in (a, b)]
+            grey = [to_grey(r.render(s)) for s in (a, b)]
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 path = f"{tmp}/clip.{synth.ENCODINGS[codec].ext}"
                 frames = (r.render(timeline.state(t)) for t in range(e.onset, e.apex + 1))
                 synth.encode_video(path, frames, cfg.fps, codec, cfg.frame_size)
                 with av.open(path) as container:
-                    decoded = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+                    decoded = [decoded_grey(f) for f in container.decode(video=0)]
             grey = [decoded[0], decoded[-1]]
         flow = crop(r.forward_flow(a, b)) * (size / (2 * half))
         out.append((crop(grey[0]), crop(grey[1]), flow))
