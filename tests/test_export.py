@@ -9,14 +9,12 @@ import pytest
 import torch
 
 from mfvan.deploy import export
-from mfvan.deploy.shipped import DEMO_WEIGHTS
 from mfvan.model.mfvan import preprocess
-from mfvan.model.weights import load_weights
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    return load_weights(DEMO_WEIGHTS)
+def shipped(demo_weights):
+    return demo_weights
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +37,7 @@ def test_torchscript_export_matches_eager(shipped, inputs, tmp_path):
         np.testing.assert_allclose(loaded(a[:1], b[:1]).numpy(), expected[:1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_triton_repository_is_valid_and_its_model_matches_eager(shipped, inputs, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2

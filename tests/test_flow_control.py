@@ -9,8 +9,6 @@ import numpy as np
 import zmq
 
 from mfvan.deploy.backends import TorchBackend
-from mfvan.deploy.shipped import DEMO_WEIGHTS
-from mfvan.model.weights import load_weights
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.metrics import Metrics
 from mfvan.stream.stages import HWM, Classifier, run_recognize
@@ -60,8 +58,8 @@ def _first_event(push, sub, i: int):
     return next(iter(sub), None)
 
 
-def _recognizer(tmp_path, backend, metrics, **kw):
-    model, meta = load_weights(DEMO_WEIGHTS)
+def _recognizer(tmp_path, weights, backend, metrics, **kw):
+    model, meta = weights
     pairs, events = f"ipc://{tmp_path}/pairs.ipc", f"ipc://{tmp_path}/events.ipc"
     stop = threading.Event()
     thread = threading.Thread(
@@ -86,14 +84,16 @@ def _published(m: Metrics) -> int:
     return sum(s._value.get() for s in m.events._metrics.values())
 
 
-def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(tmp_path):
+def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(
+    tmp_path, demo_weights
+):
     """The subscriber reads 31 events slowly, then none until the recognizer has published
     all of them: the queues between (two high-water marks of 20 and the kernel's socket
     buffer, ~220 events here) cannot hold 600, so some are lost whatever the machine's
     speed. (Waiting only until the recognizer had *taken* every pair let a slow machine
     drain while it was still publishing, and lose none.)"""
     m = Metrics("recognize")
-    push, events, stop, thread = _recognizer(tmp_path, lambda b: b, m, event_hwm=20)
+    push, events, stop, thread = _recognizer(tmp_path, demo_weights, lambda b: b, m, event_hwm=20)
     n = 600
     received = []
     try:
@@ -127,10 +127,10 @@ def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(
     assert len(received) < n // 2
 
 
-def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_path):
+def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_path, demo_weights):
     m = Metrics("recognize")
     push, events, stop, thread = _recognizer(
-        tmp_path, lambda b: SlowBackend(b, 0.05), m, max_batch=8
+        tmp_path, demo_weights, lambda b: SlowBackend(b, 0.05), m, max_batch=8
     )
     n, sent, dropped = 3000, 0, 0
     try:
@@ -171,10 +171,10 @@ def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_
     assert max(ahead) < 2 * HWM + 60, max(ahead)
 
 
-def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path):
+def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path, demo_weights):
     """Scaling out: recognizers connected to the same pairs endpoint take turns (PUSH deals
     round-robin); a subscriber connected to both sees every event once."""
-    model, meta = load_weights(DEMO_WEIGHTS)
+    model, meta = demo_weights
     pairs = f"ipc://{tmp_path}/pairs.ipc"
     outs = [f"ipc://{tmp_path}/events-{i}.ipc" for i in range(2)]
     stop = threading.Event()

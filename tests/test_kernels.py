@@ -425,6 +425,7 @@ def test_score_pools_videos_and_sorts_false_positives_by_cause():
     assert (causes["blink"], causes["macro"], causes["other"]) == (0.5, 0.5, 0.5)
 
 
+@pytest.mark.slow
 def test_spot_eval_cli_on_the_tiny_set(tiny_set, tmp_path, capsys):
     import json
 

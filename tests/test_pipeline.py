@@ -11,11 +11,9 @@ import zmq
 
 import mfvan
 from mfvan.deploy.backends import TorchBackend
-from mfvan.deploy.shipped import DEMO_WEIGHTS
 from mfvan.kernels.faces import to_grey
 from mfvan.kernels.spotter import SpotterParams
 from mfvan.model.data import synth
-from mfvan.model.weights import load_weights
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.ingest import Frame
 from mfvan.stream.metrics import Metrics
@@ -40,13 +38,13 @@ def synth_frames(seconds: float, fps: float = 200.0, subject: int = 1, seed: int
 
 
 @pytest.mark.slow
-def test_frames_become_events_across_three_stages(tmp_path):
+def test_frames_become_events_across_three_stages(tmp_path, demo_weights):
     frames, micro = synth_frames(6.0)
     params = SpotterParams()  # the spotter starts after its first reference and warm-up
     ready = 200 * (params.min_lag_s + params.warmup_s)
     expected = [e for e in micro if e.onset > ready and e.offset < len(frames)]
     assert expected, "the stream holds micro-expressions to find"
-    model, meta = load_weights(DEMO_WEIGHTS)
+    model, meta = demo_weights
     a, b, c = _endpoints(tmp_path, 3)
     stop = threading.Event()
     m_ingest, m_spot, m_rec = Metrics("ingest"), Metrics("spot"), Metrics("recognize")
@@ -99,8 +97,8 @@ def test_batcher_releases_full_batches_at_once_and_partial_ones_after_the_wait()
         Batcher(0)
 
 
-def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_path):
-    model, meta = load_weights(DEMO_WEIGHTS)
+def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_path, demo_weights):
+    model, meta = demo_weights
     a, c = _endpoints(tmp_path, 2)
     ctx = zmq.Context.instance()
     push = ctx.socket(zmq.PUSH)
@@ -188,7 +186,9 @@ def _dropped(m, stage):
 
 
 @pytest.mark.parametrize("stage", ["spot", "recognize"])
-def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(stage, tmp_path):
+def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(
+    stage, tmp_path, demo_weights
+):
     rng = np.random.default_rng(0)
     a, b = _endpoints(tmp_path, 2)
     ctx = zmq.Context.instance()
@@ -200,7 +200,7 @@ def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(sta
         target, args = run_spot, ([a], b, m, stop)
         valid = ("frame", [np.full((64, 64), 100, np.uint8)])
     else:
-        model, meta = load_weights(DEMO_WEIGHTS)
+        model, meta = demo_weights
         target = run_recognize
         args = ([a], b, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop)
         crop = np.full((128, 128), 90, np.uint8)

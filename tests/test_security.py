@@ -86,7 +86,10 @@ def test_only_an_authorized_key_receives_events(tmp_path):
         ctx.term()
 
 
-def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(tmp_path):
+@pytest.mark.slow
+def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
+    tmp_path, demo_weights
+):
     """Every stage with the same keys folder: ingest -> spot -> recognize over tcp://
     with CURVE, events to an authorized subscriber; a spot stage holding other keys
     receives no frame, and ingest counts the refusal."""
@@ -95,15 +98,13 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     from test_pipeline import synth_frames
 
     from mfvan.deploy.backends import TorchBackend
-    from mfvan.deploy.shipped import DEMO_WEIGHTS
-    from mfvan.model.weights import load_weights
     from mfvan.stream import subscribe
     from mfvan.stream.metrics import Metrics
     from mfvan.stream.stages import Classifier, run_ingest, run_recognize, run_spot
 
     keys, stranger = make_keys(tmp_path / "keys"), make_keys(tmp_path / "stranger")
     frames_ep, pairs_ep, events_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
-    model, meta = load_weights(DEMO_WEIGHTS)
+    model, meta = demo_weights
     stop = threading.Event()
     m_in, m_spot, m_rec, m_bad = (Metrics(s) for s in ("ingest", "spot", "recognize", "spot"))
     frames, _ = synth_frames(6.0)

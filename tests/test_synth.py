@@ -400,6 +400,7 @@ def _haar():
     return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [STANDARD, TINY], ids=["standard", "tiny"])
 def test_opencvs_haar_cascade_finds_the_face_in_95_percent_of_frames(config):
     cascade = _haar()

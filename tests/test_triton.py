@@ -20,9 +20,7 @@ from conftest import free_port
 
 from mfvan.deploy import export
 from mfvan.deploy.backends import BackendUnavailable, TorchBackend, TritonBackend
-from mfvan.deploy.shipped import DEMO_WEIGHTS
 from mfvan.model.mfvan import CONFIGS, MFVAN
-from mfvan.model.weights import load_weights
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 CACHE = Path.home() / ".cache" / "mfvan" / "pytriton"
@@ -67,11 +65,11 @@ def _tritonserver() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, demo_weights):
     if sys.platform != "linux":
         pytest.skip("the pytriton wheel's tritonserver is a Linux binary")
     root = _tritonserver()
-    model, meta = load_weights(DEMO_WEIGHTS)
+    model, meta = demo_weights
     repo = tmp_path_factory.mktemp("triton")
     folder = export.export_triton(model, repo, list(meta["classes"]), kind="KIND_CPU")
     config = folder / "config.pbtxt"
