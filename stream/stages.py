@@ -31,6 +31,7 @@ from mfvan.kernels.facespot import FaceSpotter
 from mfvan.kernels.spotter import REJECTIONS, SpotterParams
 
 from . import protocol, security
+from .messages import Pair, event_header
 from .metrics import Metrics
 
 log = logging.getLogger("mfvan.stream")
@@ -143,8 +144,8 @@ class _Track:
 
 
 class SpotStage:
-    """Per stream: track the face, crop, spot. `handle(message)` returns the pair
-    messages (as `encode` arguments) that frame completed."""
+    """Per stream: track the face, crop, spot. `handle(message)` returns the pairs that
+    frame completed."""
 
     def __init__(self, metrics: Metrics, size: int = 128, params: SpotterParams | None = None):
         self.metrics = metrics
@@ -159,7 +160,7 @@ class SpotStage:
             self.tracks[stream] = _Track(FaceSpotter(self.params, self.size, background=True))
         return self.tracks[stream]
 
-    def handle(self, msg: protocol.Message) -> list[dict]:
+    def handle(self, msg: protocol.Message) -> list[Pair]:
         m, stream = self.metrics, msg.stream
         m.frames_in.labels("spot", stream).inc()
         if msg.kind == "eos":
@@ -182,30 +183,29 @@ class SpotStage:
             self.seq[stream] = seq + 1
             m.spots.labels(stream).inc()
             out.append(
-                {
-                    "kind": "pair",
-                    "stream": stream,
-                    "seq": seq,
-                    "arrays": [it.onset_crop, it.apex_crop],
-                    "formats": ["grey", "grey"],
-                    "onset": it.onset,
-                    "apex": it.apex,
-                    "offset": it.offset,
+                Pair(
+                    stream,
+                    seq,
+                    it.onset_crop,
+                    it.apex_crop,
+                    it.onset,
+                    it.apex,
+                    it.offset,
                     # media times, and the same moments on the capture clock (latency)
-                    "media_onset": it.onset_ns,
-                    "media_apex": it.apex_ns,
-                    "media_offset": it.offset_ns,
-                    "t_onset": t_capture - (t_media - it.onset_ns),
-                    "t_apex": t_capture - (t_media - it.apex_ns),
-                    "t_offset": t_capture - (t_media - it.offset_ns),
-                    "t_capture": t_capture,
-                    "t_ingest": msg.fields.get("t_ingest", 0),
-                    "score": float(it.score),
-                    "amplitude": float(it.amplitude),
-                    "region": it.region,
-                    "spot_latency_ns": int(it.latency_ns),
-                    **({"truth": msg.fields["truth"]} if "truth" in msg.fields else {}),
-                }
+                    media_onset=it.onset_ns,
+                    media_apex=it.apex_ns,
+                    media_offset=it.offset_ns,
+                    t_onset=t_capture - (t_media - it.onset_ns),
+                    t_apex=t_capture - (t_media - it.apex_ns),
+                    t_offset=t_capture - (t_media - it.offset_ns),
+                    t_capture=t_capture,
+                    t_ingest=msg.fields.get("t_ingest", 0),
+                    score=float(it.score),
+                    amplitude=float(it.amplitude),
+                    region=it.region,
+                    spot_latency_ns=int(it.latency_ns),
+                    truth=msg.fields.get("truth"),
+                )
             )
         for reason, n in track.spots.rejected.items():
             seen = track.rejected.get(reason, 0)
@@ -243,13 +243,12 @@ def run_spot(
             if "t_ingest" in msg.fields:
                 metrics.transit.labels("spot").observe((started - msg.fields["t_ingest"]) / 1e9)
             for pair in stage.handle(msg):
-                pair["t_spot"] = time.time_ns()
-                kind, stream, seq = pair.pop("kind"), pair.pop("stream"), pair.pop("seq")
+                pair.t_spot = time.time_ns()
                 # pairs are rare and precious: wait a little for a slow recognizer
-                if protocol.send(push, kind, stream, seq, wait_ms=1000, **pair):
-                    metrics.frames_out.labels("spot", stream).inc()
+                if pair.send(push, wait_ms=1000):
+                    metrics.frames_out.labels("spot", pair.stream).inc()
                 else:
-                    metrics.dropped.labels("spot", stream, "hwm").inc()
+                    metrics.dropped.labels("spot", pair.stream, "hwm").inc()
             metrics.stage_seconds.labels("spot").observe((time.time_ns() - started) / 1e9)
     finally:
         _unguard(guard, metrics, "spot")
@@ -385,15 +384,6 @@ def _take(frames, batcher: Batcher, metrics: Metrics, seen: set, classes) -> Non
     batcher.add((msg, received), time.monotonic())
 
 
-# what an event carries over from its pair (the rest of the pair's header is the spot
-# stage's own bookkeeping)
-PAIR_FIELDS_KEPT = (
-    "onset", "apex", "offset", "media_onset", "media_apex", "media_offset",
-    "t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot",
-    "score", "region", "truth",
-)  # fmt: skip
-
-
 def _infer(batch, classifier: Classifier, metrics, pub, seq: dict, with_crops: bool) -> None:
     """Classify one batch and publish an event per pair."""
     backend, classes = classifier.backend, classifier.classes
@@ -406,8 +396,8 @@ def _infer(batch, classifier: Classifier, metrics, pub, seq: dict, with_crops: b
     for (msg, received), p in zip(batch, probs, strict=True):
         label = classes[int(np.argmax(p))]
         now = time.time_ns()
-        fields = {k: msg.fields[k] for k in PAIR_FIELDS_KEPT if k in msg.fields}
-        fields.update(
+        fields = event_header(
+            msg.fields,
             label=label,
             probs=[float(x) for x in p],
             classes=list(classes),
