@@ -263,30 +263,29 @@ def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
 # ----------------------------------------------------------------------------- the spotter
 
 
-def _stream_crops(config, seconds, subject=1, seed=3, edit=None):
-    """Tracked crops of a SynthME stream; `edit(stream, n_frames)` may change its timeline
-    (plant blinks) before any frame is rendered."""
-    from mfvan.kernels.faces import FaceTracker, to_grey
+def _stream_frames(config, seconds, subject=1, seed=3, edit=None):
+    """Grey frames (image, ns) of a SynthME stream and its expressions; `edit(stream,
+    n_frames)` may change its timeline (plant blinks) before any frame is rendered."""
+    from mfvan.kernels.faces import to_grey
 
     stream = synth.SynthStream(config, subject=subject, seed=seed)
+    n = int(seconds * config.fps)
     if edit is not None:
-        edit(stream, int(seconds * config.fps))
-    tracker = FaceTracker(size=128)
-    frames = []
-    for t in range(int(seconds * config.fps)):
-        f = stream.frame(t)
-        grey = to_grey(f.image)
-        crop = tracker.update(grey, f.timestamp_ns)
-        frames.append((crop.apply(grey), f.timestamp_ns, tracker.version))
-    return frames, stream.expressions_until(len(frames))
+        edit(stream, n)
+    frames = [(to_grey(f.image), f.timestamp_ns) for f in map(stream.frame, range(n))]
+    return frames, stream.expressions_until(n)
 
 
 def _spot(frames, params=None):
-    spotter = Spotter(params)
+    """The frames through `FaceSpotter`, the live stage's own path: (its spotter, the
+    intervals)."""
+    from mfvan.kernels.facespot import FaceSpotter
+
+    spots = FaceSpotter(params, 128)
     found = []
-    for index, (crop, ns, version) in enumerate(frames):
-        found += spotter.push(crop, index, ns, version)
-    return spotter, found
+    for index, (grey, ns) in enumerate(frames):
+        found += spots.push(grey, index, ns)
+    return spots.spotter, found
 
 
 @pytest.mark.slow
@@ -296,7 +295,7 @@ def test_the_spotter_finds_planted_micro_expressions_at_their_frames(fps):
 
     quiet = replace(synth.Nuisances(), blink_rate_hz=0.0, macro_per_segment=0)
     cfg = replace(synth.CONFIGS["standard"], fps=fps, nuisances=quiet)
-    frames, truth = _stream_crops(cfg, 10.0)
+    frames, truth = _stream_frames(cfg, 10.0)
     # the spotter needs min_lag_s of frames, then warmup_s of signal, before it can start
     # one (the first, at 0.45 s, was out of reach before the fast start of step 1g)
     params = SpotterParams()
@@ -330,7 +329,7 @@ def test_a_blink_leaves_no_echo_that_hides_a_micro_expression_after_it():
             if e.kind == "micro" and e.onset > ready:  # a 130 ms blink, its echo at the apex
                 stream.timeline.blinks.append(synth.Blink(e.apex - lag - 8, e.apex - lag + 5))
 
-    frames, truth = _stream_crops(cfg, 10.0, subject=2, edit=blink_before_each_apex)
+    frames, truth = _stream_frames(cfg, 10.0, subject=2, edit=blink_before_each_apex)
     micro = [e for e in truth if e.kind == "micro" and e.onset > ready]
     assert len(micro) == 2
     _, found = _spot(frames)
@@ -350,7 +349,7 @@ def test_the_spotter_stays_silent_on_nuisances_alone():
         micro_per_segment=0,
         nuisances=replace(synth.Nuisances(), blink_rate_hz=0.6, macro_per_segment=1),
     )
-    frames, truth = _stream_crops(cfg, 10.0, subject=2)
+    frames, truth = _stream_frames(cfg, 10.0, subject=2)
     assert {e.kind for e in truth} == {"macro"}, "the stream has macro-expressions"
     spotter, found = _spot(frames)
     assert found == [], [(i.onset, i.apex, i.offset, i.amplitude) for i in found]
