@@ -3,4 +3,4 @@
 Imports mfvan.kernels; reaches the network only through backends handed in by mfvan.deploy.
 """
 
-from .subscribe import Event, subscribe  # noqa: E402,F401  (the client API)
+from .client import Event, Subscription, subscribe  # noqa: F401  (the client API)

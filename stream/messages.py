@@ -1,5 +1,5 @@
 """The messages after the frame, typed: a `Pair` (spot stage -> recognizer) and the header of
-an event (recognizer -> subscribers; users read it as `mfvan.stream.subscribe.Event`).
+an event (recognizer -> subscribers; users read it as `mfvan.stream.client.Event`).
 
 `protocol` frames any message (kind, stream, seq, header fields, arrays); this module says
 what the fields of a pair and an event are, so that the stage that writes one and the stage
