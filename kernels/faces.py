@@ -27,6 +27,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -197,15 +198,26 @@ def make_crop(box: Box, size: int, eyes=None, scale: float = 1.2) -> Crop:
     return crop_at(*eye_geometry(eyes), size, True)
 
 
-def eye_geometry(eyes) -> tuple[float, float, float, float]:
-    """(centre x, centre y, side, angle in degrees) of the canonical crop for two eyes."""
+class Geometry(NamedTuple):
+    """A crop's square in the frame: its centre, side and rotation (degrees)."""
+
+    cx: float
+    cy: float
+    side: float
+    angle: float
+
+
+def eye_geometry(eyes) -> Geometry:
+    """The canonical crop's square for two eyes."""
     (lx, ly), (rx, ry) = eyes
     dist = math.hypot(rx - lx, ry - ly)
     angle = math.atan2(ry - ly, rx - lx)
     side = dist / EYE_GAP
     down = (0.5 - EYE_Y) * side  # from the eyes' midpoint to the crop's centre, face-down
     mx, my = (lx + rx) / 2, (ly + ry) / 2
-    return mx - down * math.sin(angle), my + down * math.cos(angle), side, math.degrees(angle)
+    return Geometry(
+        mx - down * math.sin(angle), my + down * math.cos(angle), side, math.degrees(angle)
+    )
 
 
 def crop_at(cx: float, cy: float, side: float, angle: float, size: int, aligned: bool) -> Crop:
@@ -234,6 +246,13 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
         pass  # not Linux, or not allowed: the search runs at the process's priority
+
+
+class _Pending(NamedTuple):
+    """A face detection under way, and the media time at which its result takes effect."""
+
+    future: Future
+    due_ns: int
 
 
 class FaceTracker:
@@ -289,7 +308,7 @@ class FaceTracker:
         self.frame_ns = frame_ns
         self.crop: Crop | None = None
         self.version = 0
-        self._geometry = None  # (cx, cy, side, angle) of the current crop
+        self._geometry: Geometry | None = None  # the current crop's square
         self._eyes: deque = deque(maxlen=5)  # eye geometries of the last detections
         self._searched_ns: int | None = None  # media time of the last search's frame
         self._frames = 0
@@ -301,32 +320,32 @@ class FaceTracker:
             if background
             else None
         )
-        self._pending = None  # (future, media time at which it takes effect)
+        self._pending: _Pending | None = None  # a detection under way
 
     def _propose(self, box: Box, eyes):
         """The crop geometry this detection suggests, or None to keep the current one."""
         if eyes is None:
             cx, cy = box.centre
-            fallback = (cx, cy, self.scale * max(box.w, box.h), 0.0)
+            fallback = Geometry(cx, cy, self.scale * max(box.w, box.h), 0.0)
             if self._geometry is None:
                 return fallback, False
             g = self._geometry
-            far = max(abs(cx - g[0]), abs(cy - g[1])) > 0.25 * g[2]
+            far = max(abs(cx - g.cx), abs(cy - g.cy)) > 0.25 * g.side
             return (fallback, False) if far else None
         geometry = eye_geometry(eyes)
-        if self._eyes and abs(geometry[2] / np.median([e[2] for e in self._eyes]) - 1) > 0.15:
+        if self._eyes and abs(geometry.side / np.median([e.side for e in self._eyes]) - 1) > 0.15:
             return None  # an implausible pair for this face (a brow or a nostril)
         self._eyes.append(geometry)
-        return tuple(np.median(np.asarray(self._eyes), axis=0)), True
+        return Geometry(*np.median(np.asarray(self._eyes), axis=0)), True
 
     def _moved(self, proposal) -> bool:
         cx, cy, side, angle = self._geometry
         tol = self.hold * side
         return (
-            abs(proposal[0] - cx) > tol
-            or abs(proposal[1] - cy) > tol
-            or abs(proposal[2] - side) > tol
-            or abs(proposal[3] - angle) > 2.0
+            abs(proposal.cx - cx) > tol
+            or abs(proposal.cy - cy) > tol
+            or abs(proposal.side - side) > tol
+            or abs(proposal.angle - angle) > 2.0
         )
 
     def _near(self) -> Box | None:
@@ -341,19 +360,19 @@ class FaceTracker:
         if t_ns is None:
             t_ns = self._frames * self.frame_ns
         self._frames += 1
-        if self._pending is not None and t_ns >= self._pending[1]:
-            self._settle(self._pending[0].result())
+        if self._pending is not None and t_ns >= self._pending.due_ns:
+            self._settle(self._pending.future.result())
             self._pending = None
         due = self._searched_ns is None or t_ns - self._searched_ns >= self.redetect_ns
         if (self.crop is None or due) and self._pending is None:
             self._searched_ns = t_ns
             if self._pool is not None:
                 future = self._pool.submit(self._search, np.array(image), self._near())
-                self._pending = (future, t_ns + self.detect_delay_ns)
+                self._pending = _Pending(future, t_ns + self.detect_delay_ns)
             elif self.detect_delay_ns:
                 future: Future = Future()
                 future.set_result(self._search(image, self._near()))
-                self._pending = (future, t_ns + self.detect_delay_ns)
+                self._pending = _Pending(future, t_ns + self.detect_delay_ns)
             else:
                 self._settle(self._search(image, self._near()))
         return self.crop
