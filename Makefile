@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCAL_TORCH := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 DEMO_DIR ?= .demo
 
-.PHONY: demo test test-fast lint bench reproduce clean
+.PHONY: demo test test-fast lint bench bench-data reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# the benchmarks of docs/benchmarks.md that run on a CPU (each names its machine and
+# compares with a reference run side by side; speed is measured here, never asserted)
 bench: $(STAMP)
+	$(BIN)/mfvan bench spotter
+	$(BIN)/mfvan bench flow
+	$(BIN)/mfvan bench model --config demo
+	$(BIN)/mfvan bench backends
+	$(BIN)/mfvan bench pipeline
+
+# SynthME standard, timed (the README's generation row)
+bench-data: $(STAMP)
 	$(BIN)/mfvan synth --config standard --out $(DEMO_DIR)/synthme-standard
 
 # LOSO of MFVAN, its ablations and the baselines on SynthME standard; writes

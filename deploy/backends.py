@@ -12,16 +12,23 @@ Each does the network's own preprocessing (`mfvan.model.mfvan.preprocess`) first
 - `tensorrt`: torch-tensorrt engines, FP16, cached on disk (unverified: see the class).
 - `triton`: a Triton Inference Server serving the exported model, via `tritonclient`.
 
-`load_backend` falls back when a backend cannot run here (a library, a GPU or a server
-missing): tensorrt and triton to onnxruntime, onnxruntime to torch; every fallback is
-logged with its reason, so an operator sees what runs.
+Every backend satisfies `Backend` and has one entry in `REGISTRY`: its constructor from a
+model and `Options`, and the backends to fall back to, in order. The recognizer's
+`--backend` choices, `load_backend` and `mfvan bench backends` all read it, so a new
+backend is one class and one entry. `load_backend` falls back when a backend cannot run
+here (a library, a GPU or a server missing): tensorrt and triton to onnxruntime,
+onnxruntime to torch; every fallback is logged with its reason, so an operator sees what
+runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,7 +36,6 @@ import torch
 from mfvan.model.mfvan import preprocess
 
 log = logging.getLogger("mfvan.backends")
-NAMES = ("torch", "onnxruntime", "tensorrt", "triton")
 PRECISIONS = ("fp32", "fp16")
 # Batch sizes engines are built and CUDA graphs captured for; a batch is padded up to the
 # next one (pairs are few: a padded batch costs less than a graph or engine per size).
@@ -38,6 +44,28 @@ BATCH_SIZES = (1, 8, 32)
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here (library, device or server missing)."""
+
+
+class Backend(Protocol):
+    """What the recognizer calls: uint8 (onset, apex) crops, (B, H, W) or (B, H, W, 3), in;
+    class probabilities, (B, classes) float32, out."""
+
+    name: str  # what runs, as logged and labelled ("onnxruntime (CPUExecutionProvider)")
+
+    def __call__(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to build a backend; each reads the options that apply to it."""
+
+    device: str = "cpu"  # torch
+    compile: bool = False  # torch: torch.compile
+    cache_dir: Path | None = None  # onnxruntime, tensorrt: where exports are cached
+    threads: int | None = None  # onnxruntime: intra-op threads
+    precision: str | None = None  # torch, tensorrt (None: fp32 for torch, fp16 for tensorrt)
+    cuda_graphs: bool = False  # torch on CUDA
+    url: str = "127.0.0.1:8000"  # triton: the server's HTTP address
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -163,9 +191,16 @@ class TensorRTBackend:
         cfg = self.cfg = model.cfg
         self.precision = precision
         gpu = torch.cuda.get_device_name().replace(" ", "-")
-        key = "-".join([model_digest(model), gpu, f"trt{tensorrt.__version__}",
-                        f"tt{torch_tensorrt.__version__}", precision,
-                        "x".join(map(str, BATCH_SIZES))])  # fmt: skip
+        key = "-".join(
+            [
+                model_digest(model),
+                gpu,
+                f"trt{tensorrt.__version__}",
+                f"tt{torch_tensorrt.__version__}",
+                precision,
+                "x".join(map(str, BATCH_SIZES)),
+            ]
+        )
         cache = Path(cache_dir or Path.home() / ".cache" / "mfvan" / "tensorrt")
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / f"mfvan-{key}.ep"
@@ -174,8 +209,12 @@ class TensorRTBackend:
             log.info("tensorrt: loading the cached engine %s", path.name)
             self.module = torch.export.load(str(path)).module()
         else:
-            log.info("tensorrt: building engines (%s, batch %d-%d); minutes, once", precision,
-                     BATCH_SIZES[0], BATCH_SIZES[-1])  # fmt: skip
+            log.info(
+                "tensorrt: building engines (%s, batch %d-%d); minutes, once",
+                precision,
+                BATCH_SIZES[0],
+                BATCH_SIZES[-1],
+            )
             spec = torch_tensorrt.Input(
                 min_shape=(BATCH_SIZES[0], *shape),
                 opt_shape=(BATCH_SIZES[1], *shape),
@@ -184,9 +223,11 @@ class TensorRTBackend:
             )
             precisions = {torch.float16, torch.float32} if precision == "fp16" else {torch.float32}
             self.module = torch_tensorrt.compile(
-                model.cuda().eval(), ir="dynamo", arg_inputs=[spec, spec],
+                model.cuda().eval(),
+                ir="dynamo",
+                arg_inputs=[spec, spec],
                 enabled_precisions=precisions,
-            )  # fmt: skip
+            )
             example = torch.zeros(BATCH_SIZES[1], *shape, device="cuda")
             tmp = path.with_suffix(".tmp")
             torch_tensorrt.save(self.module, str(tmp), arg_inputs=[example, example.clone()])
@@ -256,38 +297,48 @@ def model_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def load_backend(
-    name: str,
-    model,
-    device: str = "cpu",
-    compile: bool = False,
-    cache_dir: Path | None = None,
-    threads: int | None = None,
-    precision: str | None = None,
-    cuda_graphs: bool = False,
-    url: str = "127.0.0.1:8000",
-):
-    """The backend `name` for `model`; when it cannot run here, the next that can
-    (tensorrt -> onnxruntime -> torch, triton -> onnxruntime -> torch), each step logged
-    with its reason, so the operator sees what runs. `precision` None: each backend's
-    default (FP16 for TensorRT, FP32 for the others)."""
-    if name not in NAMES:
+@dataclass(frozen=True)
+class Entry:
+    """A backend in the registry: how to build it, and what to try when it cannot run."""
+
+    make: Callable[[object, Options], Backend]
+    fallbacks: tuple[str, ...] = ()
+
+
+REGISTRY: dict[str, Entry] = {
+    "torch": Entry(
+        lambda m, o: TorchBackend(
+            m, o.device, o.compile, precision=o.precision or "fp32", cuda_graphs=o.cuda_graphs
+        ),
+        ("onnxruntime",),
+    ),
+    "onnxruntime": Entry(
+        lambda m, o: OnnxRuntimeBackend(m, cache_dir=o.cache_dir, threads=o.threads), ("torch",)
+    ),
+    "tensorrt": Entry(
+        lambda m, o: TensorRTBackend(m, precision=o.precision or "fp16", cache_dir=o.cache_dir),
+        ("onnxruntime", "torch"),
+    ),
+    "triton": Entry(lambda m, o: TritonBackend(m, url=o.url), ("onnxruntime", "torch")),
+}
+NAMES = tuple(REGISTRY)
+_OPTIONS = {f.name for f in fields(Options)}
+
+
+def load_backend(name: str, model, options: Options | None = None, **kwargs) -> Backend:
+    """The backend `name` for `model`, built with `options` (or the same as keywords:
+    `device=`, `compile=`, ...); when it cannot run here, the next of its fallbacks that
+    can, each step logged with its reason, so the operator sees what runs."""
+    if name not in REGISTRY:
         raise ValueError(f"unknown backend {name!r}; choose from {NAMES}")
-    attempts = {
-        "tensorrt": lambda: TensorRTBackend(
-            model, precision=precision or "fp16", cache_dir=cache_dir
-        ),
-        "triton": lambda: TritonBackend(model, url=url),
-        "onnxruntime": lambda: OnnxRuntimeBackend(model, cache_dir=cache_dir, threads=threads),
-        "torch": lambda: TorchBackend(
-            model, device, compile, precision=precision or "fp32", cuda_graphs=cuda_graphs
-        ),
-    }
-    order = [name] + [n for n in ("onnxruntime", "torch") if n != name]
+    unknown = set(kwargs) - _OPTIONS
+    if unknown:
+        raise TypeError(f"unknown backend options {sorted(unknown)}")
+    options = Options(**kwargs) if options is None else options
     reasons = []
-    for candidate in order:
+    for candidate in (name, *REGISTRY[name].fallbacks):
         try:
-            backend = attempts[candidate]()
+            backend = REGISTRY[candidate].make(model, options)
         except (BackendUnavailable, ImportError) as e:
             reasons.append(f"{candidate}: {e}")
             log.warning("backend %s unavailable (%s)", candidate, e)

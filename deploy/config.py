@@ -27,7 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-COMMANDS = ("run", "ingest", "spot", "recognize", "subscribe")
+CONFIGURABLE = ("run", "ingest", "spot", "recognize", "subscribe")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

@@ -115,9 +115,15 @@ instance_group [ {{ count: 1 kind: {kind} }} ]
 
 
 def export_triton(
-    model: MFVAN, folder: Path, classes: list[str], name: str = "mfvan", max_batch: int = 32,
-    preferred=(8, 32), delay_us: int = 1000, kind: str = "KIND_GPU",
-) -> Path:  # fmt: skip
+    model: MFVAN,
+    folder: Path,
+    classes: list[str],
+    name: str = "mfvan",
+    max_batch: int = 32,
+    preferred=(8, 32),
+    delay_us: int = 1000,
+    kind: str = "KIND_GPU",
+) -> Path:
     """A Triton model repository at `folder` serving `model` as `name`; returns the
     model's folder. Requests from every recognizer are batched by the server (up to
     `max_batch`, waiting at most `delay_us` for the preferred sizes). `kind`: KIND_GPU,

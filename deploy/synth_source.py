@@ -99,8 +99,13 @@ class SynthSource:
             if b.start < horizon:
                 break
             if b.start <= t <= b.end:
-                return {"kind": "blink", "onset": b.start, "apex": b.start, "offset": b.end,
-                        "label": ""}  # fmt: skip
+                return {
+                    "kind": "blink",
+                    "onset": b.start,
+                    "apex": b.start,
+                    "offset": b.end,
+                    "label": "",
+                }
         return None
 
     def __iter__(self):
@@ -147,4 +152,4 @@ def register() -> None:
     """Make `synth://` URLs open as SynthSource (the CLI calls this)."""
     from mfvan.stream import ingest
 
-    ingest.register("synth", SynthSource)
+    ingest.register("synth", SynthSource, ingest.Kind(live=True, reopen_at_end=False))

@@ -3,12 +3,11 @@
 The same code prepares dataset pairs for training (`mfvan.model.data.pairs`) and crops
 live frames in the spotter, so the recogniser sees in the field the crop it was trained on.
 
-Default detector: OpenCV's frontal-face Haar cascades (`default`, then `alt2` when the
-first finds nothing), which ship inside the
-opencv-python(-headless) 4.x wheels (`cv2.data.haarcascades`; gone from 5.0's, hence the
-pin). Grey frames are histogram-equalised first, which finds darker and low-contrast faces
-the cascade otherwise misses. A better detector, OpenCV's YuNet (`cv2.FaceDetectorYN`),
-is used when the user passes its model file; nothing is ever downloaded.
+Detector: OpenCV's frontal-face Haar cascades (`default`, then `alt2` when the first finds
+nothing), which ship inside the opencv-python(-headless) 4.x wheels
+(`cv2.data.haarcascades`; gone from 5.0's, hence the pin); nothing is ever downloaded.
+Grey frames are histogram-equalised first, which finds darker and low-contrast faces the
+cascade otherwise misses.
 
 Alignment: the two eyes are found with the Haar eye cascade inside the upper half of the
 face box, and the crop is anchored on them: eyes level, at fixed places in the crop
@@ -28,6 +27,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -62,21 +62,15 @@ class Box:
 
 
 class FaceDetector:
-    """Finds the largest face in a frame. `yunet_model`: path to a YuNet .onnx file."""
+    """Finds the largest face in a frame."""
 
-    def __init__(self, min_size_fraction: float = 0.2, yunet_model: str | Path | None = None):
+    def __init__(self, min_size_fraction: float = 0.2):
         self.min_size_fraction = min_size_fraction
-        self._yunet_path = yunet_model
-        self._yunet = None
         # The default cascade first, then alt2, which finds some faces the default misses.
-        self._faces = (
-            []
-            if yunet_model
-            else [
-                _cascade("haarcascade_frontalface_default.xml"),
-                _cascade("haarcascade_frontalface_alt2.xml"),
-            ]
-        )
+        self._faces = [
+            _cascade("haarcascade_frontalface_default.xml"),
+            _cascade("haarcascade_frontalface_alt2.xml"),
+        ]
         self._eyes = _cascade("haarcascade_eye.xml")
 
     def detect(self, image: np.ndarray, near: Box | None = None) -> Box | None:
@@ -97,8 +91,6 @@ class FaceDetector:
         return None if box is None else Box(box.x + x0, box.y + y0, box.w, box.h)
 
     def _detect(self, image: np.ndarray, side: int) -> Box | None:
-        if self._yunet_path:
-            return self._detect_yunet(image)
         grey = cv2.equalizeHist(to_grey(image))
         side = min(side, *grey.shape)
         for cascade in self._faces:
@@ -107,18 +99,6 @@ class FaceDetector:
                 x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
                 return Box(float(x), float(y), float(w), float(h))
         return None
-
-    def _detect_yunet(self, image: np.ndarray) -> Box | None:
-        h, w = image.shape[:2]
-        if self._yunet is None:
-            self._yunet = cv2.FaceDetectorYN.create(str(self._yunet_path), "", (w, h))
-        self._yunet.setInputSize((w, h))
-        bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)
-        _, faces = self._yunet.detect(bgr)
-        if faces is None or len(faces) == 0:
-            return None
-        x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])[:4]
-        return Box(float(x), float(y), float(fw), float(fh))
 
     def eyes(
         self, image: np.ndarray, box: Box
@@ -218,15 +198,26 @@ def make_crop(box: Box, size: int, eyes=None, scale: float = 1.2) -> Crop:
     return crop_at(*eye_geometry(eyes), size, True)
 
 
-def eye_geometry(eyes) -> tuple[float, float, float, float]:
-    """(centre x, centre y, side, angle in degrees) of the canonical crop for two eyes."""
+class Geometry(NamedTuple):
+    """A crop's square in the frame: its centre, side and rotation (degrees)."""
+
+    cx: float
+    cy: float
+    side: float
+    angle: float
+
+
+def eye_geometry(eyes) -> Geometry:
+    """The canonical crop's square for two eyes."""
     (lx, ly), (rx, ry) = eyes
     dist = math.hypot(rx - lx, ry - ly)
     angle = math.atan2(ry - ly, rx - lx)
     side = dist / EYE_GAP
     down = (0.5 - EYE_Y) * side  # from the eyes' midpoint to the crop's centre, face-down
     mx, my = (lx + rx) / 2, (ly + ry) / 2
-    return mx - down * math.sin(angle), my + down * math.cos(angle), side, math.degrees(angle)
+    return Geometry(
+        mx - down * math.sin(angle), my + down * math.cos(angle), side, math.degrees(angle)
+    )
 
 
 def crop_at(cx: float, cy: float, side: float, angle: float, size: int, aligned: bool) -> Crop:
@@ -255,6 +246,13 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
         pass  # not Linux, or not allowed: the search runs at the process's priority
+
+
+class _Pending(NamedTuple):
+    """A face detection under way, and the media time at which its result takes effect."""
+
+    future: Future
+    due_ns: int
 
 
 class FaceTracker:
@@ -310,7 +308,7 @@ class FaceTracker:
         self.frame_ns = frame_ns
         self.crop: Crop | None = None
         self.version = 0
-        self._geometry = None  # (cx, cy, side, angle) of the current crop
+        self._geometry: Geometry | None = None  # the current crop's square
         self._eyes: deque = deque(maxlen=5)  # eye geometries of the last detections
         self._searched_ns: int | None = None  # media time of the last search's frame
         self._frames = 0
@@ -322,32 +320,32 @@ class FaceTracker:
             if background
             else None
         )
-        self._pending = None  # (future, media time at which it takes effect)
+        self._pending: _Pending | None = None  # a detection under way
 
     def _propose(self, box: Box, eyes):
         """The crop geometry this detection suggests, or None to keep the current one."""
         if eyes is None:
             cx, cy = box.centre
-            fallback = (cx, cy, self.scale * max(box.w, box.h), 0.0)
+            fallback = Geometry(cx, cy, self.scale * max(box.w, box.h), 0.0)
             if self._geometry is None:
                 return fallback, False
             g = self._geometry
-            far = max(abs(cx - g[0]), abs(cy - g[1])) > 0.25 * g[2]
+            far = max(abs(cx - g.cx), abs(cy - g.cy)) > 0.25 * g.side
             return (fallback, False) if far else None
         geometry = eye_geometry(eyes)
-        if self._eyes and abs(geometry[2] / np.median([e[2] for e in self._eyes]) - 1) > 0.15:
+        if self._eyes and abs(geometry.side / np.median([e.side for e in self._eyes]) - 1) > 0.15:
             return None  # an implausible pair for this face (a brow or a nostril)
         self._eyes.append(geometry)
-        return tuple(np.median(np.asarray(self._eyes), axis=0)), True
+        return Geometry(*np.median(np.asarray(self._eyes), axis=0)), True
 
     def _moved(self, proposal) -> bool:
         cx, cy, side, angle = self._geometry
         tol = self.hold * side
         return (
-            abs(proposal[0] - cx) > tol
-            or abs(proposal[1] - cy) > tol
-            or abs(proposal[2] - side) > tol
-            or abs(proposal[3] - angle) > 2.0
+            abs(proposal.cx - cx) > tol
+            or abs(proposal.cy - cy) > tol
+            or abs(proposal.side - side) > tol
+            or abs(proposal.angle - angle) > 2.0
         )
 
     def _near(self) -> Box | None:
@@ -362,19 +360,19 @@ class FaceTracker:
         if t_ns is None:
             t_ns = self._frames * self.frame_ns
         self._frames += 1
-        if self._pending is not None and t_ns >= self._pending[1]:
-            self._settle(self._pending[0].result())
+        if self._pending is not None and t_ns >= self._pending.due_ns:
+            self._settle(self._pending.future.result())
             self._pending = None
         due = self._searched_ns is None or t_ns - self._searched_ns >= self.redetect_ns
         if (self.crop is None or due) and self._pending is None:
             self._searched_ns = t_ns
             if self._pool is not None:
                 future = self._pool.submit(self._search, np.array(image), self._near())
-                self._pending = (future, t_ns + self.detect_delay_ns)
+                self._pending = _Pending(future, t_ns + self.detect_delay_ns)
             elif self.detect_delay_ns:
                 future: Future = Future()
                 future.set_result(self._search(image, self._near()))
-                self._pending = (future, t_ns + self.detect_delay_ns)
+                self._pending = _Pending(future, t_ns + self.detect_delay_ns)
             else:
                 self._settle(self._search(image, self._near()))
         return self.crop

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from .faces import FaceDetector, FaceTracker, to_grey
 from .spotter import Interval, Spotter, SpotterParams
 
@@ -40,6 +42,13 @@ class GopBoundaries:
         if int(frame.pict_type) not in self._INTRA:  # an int or an enum, by PyAV version
             self.predicted = True
         return bool(frame.key_frame) and self.predicted
+
+
+def decoded_grey(frame) -> np.ndarray:
+    """A decoded PyAV video frame as uint8 grey: its luma plane, as the decoder gives it
+    (no colour math on the frame path). With `faces.to_grey` (for RGB arrays), the one
+    grey conversion of the live stage, `mfvan spot-eval` and the benchmarks."""
+    return frame.to_ndarray(format="gray")
 
 
 def media_time_ns(frame, start_pts: int | None, previous_ns: int | None, rate) -> int:

@@ -1,14 +1,16 @@
-"""What the spotter reads from a flow field: optical strain, head-motion compensation, and
-per-region mean magnitude and main direction over the face. Numba kernels; each takes the
-(H, W, 2) float32 flow of `flow.dense_flow`.
+"""What the spotter reads from a face and its flow field: the head's rigid motion (to take
+out before the flow), each region's texture weight, and per-region mean magnitude and main
+direction; and optical strain, OFF-ApexNet's third input (`mfvan.model.data.pairs`).
+Numba kernels; those on flow take the (H, W, 2) float32 flow of `flow.dense_flow`.
 
 Regions (`ROIS`) are boxes in fractions of an aligned face crop as `faces.make_crop` makes
 it (eyes level at (0.35, 0.40) and (0.65, 0.40) of the side): brows, eyes, nose bridge, nose
 wings, mouth corners and chin, after the facial regions of interest of the MEGC spotting
 baselines (Li et al. 2019 and later), which follow the action units micro-expressions use.
-The nose bridge moves with the head and barely with any expression: its mean flow is the
-rigid motion `compensate` subtracts. The eyes are measured but not part of the spotting
-signal, because blinks are not micro-expressions.
+The nose bridge, temples and forehead (`RIGID`) move with the head and barely with any
+expression: `rigid_motion` fits a similarity transform to them, which the spotter takes
+out of both frames before their flow (`warp_halves`). The eyes are measured but not part
+of the spotting signal, because blinks are not micro-expressions.
 
 Main direction (after Liu et al.'s MDMD, 2016): a region's flow vectors are voted into 8
 direction bins weighted by magnitude; the main direction is the mean vector of the winning
@@ -78,29 +80,6 @@ def optical_strain(flow):
             vx = (flow[y, xp, 1] - flow[y, xm, 1]) / (xp - xm)
             vy = (flow[yp, x, 1] - flow[ym, x, 1]) / (yp - ym)
             out[y, x] = np.sqrt(ux * ux + vy * vy + 0.5 * (uy + vx) * (uy + vx))
-    return out
-
-
-@njit(cache=True, fastmath=True)
-def region_mean(flow, box):
-    """Mean flow vector (dx, dy) inside one box (x0, y0, x1, y1)."""
-    sx = 0.0
-    sy = 0.0
-    for y in range(box[1], box[3]):
-        for x in range(box[0], box[2]):
-            sx += flow[y, x, 0]
-            sy += flow[y, x, 1]
-    n = max((box[3] - box[1]) * (box[2] - box[0]), 1)
-    return sx / n, sy / n
-
-
-@njit(cache=True, fastmath=True)
-def compensate(flow, box):
-    """The flow minus the mean flow of `box` (the rigid head motion), as a new array."""
-    dx, dy = region_mean(flow, box)
-    out = flow.copy()
-    out[..., 0] -= dx
-    out[..., 1] -= dy
     return out
 
 
@@ -337,8 +316,7 @@ def warm_up() -> None:
     """Compile (or load from Numba's cache) every kernel here, outside any timing."""
     flow = np.zeros((32, 32, 2), np.float32)
     boxes = roi_boxes(32)
-    optical_strain(flow)
-    roi_stats(compensate(flow, boxes[0]), boxes)
+    roi_stats(flow, boxes)
     img = np.random.default_rng(0).random((32, 32), dtype=np.float32) * 255
     p = rigid_motion(img, img, boxes)
     warp_rigid(img, p)

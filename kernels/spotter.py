@@ -315,7 +315,8 @@ import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter
+from typing import NamedTuple
 
 import numpy as np
 
@@ -323,6 +324,39 @@ from . import flow as _flow
 from . import signals as _signals
 
 REJECTIONS = ("macro", "long", "blink", "short", "echo")  # `Spotter.rejected`'s reasons
+
+
+class _Frame(NamedTuple):
+    """A buffered frame."""
+
+    index: int
+    ns: int  # media time
+    crop: np.ndarray  # uint8, as tracked (what a pair carries)
+    image: np.ndarray  # float32, denoised (step 1a)
+    key_frame: bool
+
+
+class _Sample(NamedTuple):
+    """A frame's spotting signal, kept for the onset search."""
+
+    index: int
+    ns: int
+    signal: float
+
+
+class _Span(NamedTuple):
+    """Media time of an interval seen, its margins included (step 2)."""
+
+    start_ns: int
+    end_ns: int
+
+
+class _Sum(NamedTuple):
+    """The running sum of the reference's window of denoised crops (step 1a)."""
+
+    first_ns: int
+    last_ns: int
+    total: np.ndarray  # float64
 
 
 @dataclass(frozen=True)
@@ -406,17 +440,17 @@ class Spotter:
         self.last_signal = float("nan")  # the latest frame's signal (for traces)
         self._size = None
         self._version = None
-        self._buffer: deque = deque()  # (index, ns, uint8 crop, float32 crop, key frame)
+        self._buffer: deque[_Frame] = deque()  # the recent frames
         self._keys = 0  # key frames in the buffer
-        self._ref_sum = None  # the reference's running sum (`_reference_image`)
+        self._ref_sum: _Sum | None = None  # the reference's running sum (`_reference_image`)
         self._last_key_ns = 0  # the newest key frame's time
-        self._blocked: deque = deque()  # (start_ns, end_ns) of intervals seen
+        self._blocked: deque[_Span] = deque()  # intervals seen (with their margins)
         self._blinks: deque = deque()  # ns of the frames whose eyes blinked (step 2a)
         self._mean = None
         self._dev = 0.0
         self._seen_ns = 0
         self._count = 0  # samples in the noise estimate (step 1g)
-        self._history: deque = deque()  # (index, ns, signal) of recent frames
+        self._history: deque[_Sample] = deque()  # the recent frames' signal
         self._prev_ns = 0
         self._falling_since = 0
         self._last_ns = None
@@ -497,31 +531,31 @@ class Spotter:
         p = self.params
         lag_ns = int(p.lag_s * 1e9)
         image = self._denoised(np.asarray(crop, dtype=np.float32), timestamp_ns)
-        self._buffer.append((index, timestamp_ns, crop, image, key_frame))
+        self._buffer.append(_Frame(index, timestamp_ns, crop, image, key_frame))
         if key_frame:
             self._keys += 1
             self._last_key_ns = timestamp_ns
         keep_ns = int((p.lag_s + p.max_duration_s) * 1e9) + lag_ns // 4
-        while self._buffer and self._buffer[0][1] < timestamp_ns - keep_ns:
-            self._keys -= self._buffer.popleft()[4]
-        while self._blocked and self._blocked[0][1] < timestamp_ns - keep_ns:
+        while self._buffer and self._buffer[0].ns < timestamp_ns - keep_ns:
+            self._keys -= self._buffer.popleft().key_frame
+        while self._blocked and self._blocked[0].end_ns < timestamp_ns - keep_ns:
             self._blocked.popleft()
-        while self._history and self._history[0][1] < timestamp_ns - keep_ns:
+        while self._history and self._history[0].ns < timestamp_ns - keep_ns:
             self._history.popleft()
         while self._blinks and self._blinks[0] < timestamp_ns - keep_ns:
             self._blinks.popleft()
         reference, clear = self._reference_open(timestamp_ns - lag_ns)
-        if reference is None and timestamp_ns - self._buffer[0][1] >= p.min_lag_s * 1e9:
+        if reference is None and timestamp_ns - self._buffer[0].ns >= p.min_lag_s * 1e9:
             # the stream's (or the segment's) first lag_s: its first frame (step 1g)
             reference, clear = self._buffer[0], True
         if p.gop_reference and self._candidate is None:
             own = self._gop_reference(timestamp_ns)
-            if own is not None and (reference is None or own[1] > reference[1]):
+            if own is not None and (reference is None or own.ns > reference.ns):
                 reference, clear = own, True
         if reference is None:
             self.last_signal = float("nan")
             return []
-        ref_ns, ref_image = reference[1], self._reference_image(reference[1])
+        ref_ns, ref_image = reference.ns, self._reference_image(reference.ns)
         main, eyes, still = self._measure(ref_image, image)
         main, eyes = self._smoothed(main, eyes, timestamp_ns)
         if clear and eyes > p.blink_px:
@@ -614,21 +648,24 @@ class Spotter:
         start = min(
             bisect.bisect_right(buffer, ns - self.params.reference_s * 1e9, key=_ns_of), end - 1
         )
-        first, last = buffer[start][1], buffer[end - 1][1]
-        cached = self._ref_sum  # (first ns, last ns, float64 sum) of the previous frame's
-        if cached is not None and buffer[0][1] <= cached[0] <= first <= cached[1] <= last:
+        first, last = buffer[start].ns, buffer[end - 1].ns
+        cached = self._ref_sum  # the previous frame's
+        if (
+            cached is not None
+            and buffer[0].ns <= cached.first_ns <= first <= cached.last_ns <= last
+        ):
             # the window slid forward: the frames that left it out, the new ones in (in
             # float64 the sums of float32 crops are exact, so nothing accumulates)
-            total = cached[2]
-            for k in range(bisect.bisect_left(buffer, cached[0], key=_ns_of), start):
-                total -= buffer[k][3]
-            for k in range(bisect.bisect_right(buffer, cached[1], key=_ns_of), end):
-                total += buffer[k][3]
+            total = cached.total
+            for k in range(bisect.bisect_left(buffer, cached.first_ns, key=_ns_of), start):
+                total -= buffer[k].image
+            for k in range(bisect.bisect_right(buffer, cached.last_ns, key=_ns_of), end):
+                total += buffer[k].image
         else:
-            total = np.zeros(buffer[start][3].shape, np.float64)
+            total = np.zeros(buffer[start].image.shape, np.float64)
             for k in range(start, end):
-                total += buffer[k][3]
-        self._ref_sum = (first, last, total)
+                total += buffer[k].image
+        self._ref_sum = _Sum(first, last, total)
         return (total / (end - start)).astype(np.float32)
 
     def _reference(self, at_ns: int):
@@ -704,7 +741,7 @@ class Spotter:
         floors = self._floors[gop]
         # one frame's weight: the time since the frame before, however long this state
         # was out of use (the other GOP state's frames, an open interval)
-        dt = (ns - self._buffer[-2][1]) * 1e-9 if len(self._buffer) > 1 else 0.0
+        dt = (ns - self._buffer[-2].ns) * 1e-9 if len(self._buffer) > 1 else 0.0
         if floors is None:
             self._floors[gop] = (main.copy(), np.full_like(main, 0.2 * float(main.mean())), 1)
             return
@@ -750,11 +787,11 @@ class Spotter:
 
     def _block(self, start_ns: int, end_ns: int) -> None:
         margin = int(self.params.block_margin_s * 1e9)
-        self._blocked.append((start_ns - margin, end_ns + margin))
+        self._blocked.append(_Span(start_ns - margin, end_ns + margin))
 
     def _step(self, index, ns, signal, region, eyes, trusted, main):
         p = self.params
-        self._history.append((index, ns, signal))
+        self._history.append(_Sample(index, ns, signal))
         if self._mean is None or self._seen_ns < p.warmup_s * 1e9:
             self._update_noise(ns, signal)
             return []
@@ -774,9 +811,18 @@ class Spotter:
             if self._falling or not trusted or signal <= start:
                 return []
             self._candidate = _Candidate(
-                index, ns, index, ns, signal, start, region, eyes, float(main[region]),
-                self._floor_of(region), self._delay_ns(ns),
-            )  # fmt: skip
+                index,
+                ns,
+                index,
+                ns,
+                signal,
+                start,
+                region,
+                eyes,
+                float(main[region]),
+                self._floor_of(region),
+                self._delay_ns(ns),
+            )
             return []
         if signal > c.peak:
             c.peak, c.apex, c.apex_ns, c.region, c.eyes_at_peak = signal, index, ns, region, eyes
@@ -820,8 +866,8 @@ class Spotter:
             back = 1 / (1 - _cosine_time(p.edge_fraction))
             ahead = 1 / (1 - _cosine_time(level))
             onset = (
-                max(c.apex - round((c.apex - onset[0]) * back), self._history[0][0]),
-                max(c.apex_ns - round((c.apex_ns - onset[1]) * back), self._history[0][1]),
+                max(c.apex - round((c.apex - onset[0]) * back), self._history[0].index),
+                max(c.apex_ns - round((c.apex_ns - onset[1]) * back), self._history[0].ns),
             )
             offset = c.apex + round((index - c.apex) * ahead)
             offset_ns = c.apex_ns + round((ns - c.apex_ns) * ahead)
@@ -882,20 +928,20 @@ class Spotter:
 
     def _item_at(self, index: int):
         for item in self._buffer:
-            if item[0] >= index:
+            if item.index >= index:
                 return item
         return self._buffer[-1]
 
     def _crop_at(self, index: int) -> np.ndarray:
-        return self._item_at(index)[2]
+        return self._item_at(index).crop
 
     def _image_at(self, index: int) -> np.ndarray:
-        return self._item_at(index)[3]
+        return self._item_at(index).image
 
     def _image_before(self, ns: int) -> np.ndarray:
         """The denoised crop of the newest frame at or before `ns` (the oldest kept if none)."""
         item = self._reference(ns)
-        return (item or self._buffer[0])[3]
+        return (item or self._buffer[0]).image
 
 
 def _eye_weight(size: int, boxes: np.ndarray, margin: float = 0.0, ramp: float = 0.02):
@@ -911,7 +957,7 @@ def _eye_weight(size: int, boxes: np.ndarray, margin: float = 0.0, ramp: float =
     return weight
 
 
-_ns_of = itemgetter(1)  # a buffered frame's time
+_ns_of = attrgetter("ns")  # a buffered frame's time
 
 
 def _median(x: np.ndarray):

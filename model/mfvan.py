@@ -423,6 +423,8 @@ def preprocess(images: np.ndarray, cfg: MFVANConfig) -> torch.Tensor:
     """
     import cv2
 
+    from mfvan.kernels.faces import to_grey
+
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise ValueError(f"preprocess expects uint8 images, got {images.dtype}")
@@ -432,7 +434,7 @@ def preprocess(images: np.ndarray, cfg: MFVANConfig) -> torch.Tensor:
     for img in images:
         img = cv2.resize(img, (cfg.image_size, cfg.image_size), interpolation=cv2.INTER_AREA)
         if cfg.in_chans == 1 and img.ndim == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            img = to_grey(img)
         elif cfg.in_chans == 3 and img.ndim == 2:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
         out.append(img.reshape(cfg.image_size, cfg.image_size, cfg.in_chans))

@@ -3,7 +3,7 @@ pipeline does (PyAV decodes; `mfvan.kernels.facespot.FaceSpotter`, the live spot
 own building block, tracks, crops and spots one frame at a time, in media time) and
 scores it by the MEGC protocol.
 
-Protocol (docs: ../shared/DATASETS.md, "Spotting"; MEGC 2020, Li et al. 2020): a predicted
+Protocol (docs/datasets.md, "Spotting"; MEGC 2020, Li et al. 2020): a predicted
 interval is a true positive when its IoU with a ground-truth micro-expression interval
 (frame sets, onset and offset inclusive) is at least 0.5; each ground truth matches at most
 once (greedily, highest IoU first); unmatched predictions are false positives. Precision,
@@ -161,7 +161,7 @@ def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
     (the decoder's luma plane, as ingest sends it)."""
     import av
 
-    from mfvan.kernels.facespot import FaceSpotter, GopBoundaries, media_time_ns
+    from mfvan.kernels.facespot import FaceSpotter, GopBoundaries, decoded_grey, media_time_ns
 
     spots = FaceSpotter(params, size)
     intervals, signal, threshold, keys, versions, brightness = [], [], [], [], [], []
@@ -176,7 +176,7 @@ def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
             if start_pts is None and frame.pts is not None:
                 start_pts = frame.pts
             media = media_time_ns(frame, start_pts, media, rate)
-            grey = frame.to_ndarray(format="gray")
+            grey = decoded_grey(frame)
             key = gop(frame)
             for it in spots.push(grey, index, media, key):
                 d = asdict(it)
@@ -258,7 +258,7 @@ def score_video(run: VideoRun, truth: list[Truth]) -> dict:
         "fp_causes": causes,
         "apex_error_ms": [
             abs(run.intervals[i]["apex"] - micro[j].apex) * 1000 / run.fps for i, j in pairs
-        ],  # fmt: skip
+        ],
         "latency_ms": [i["latency_ns"] / 1e6 for i in run.intervals],
         "rejected": run.rejected,
         "seconds": run.seconds,

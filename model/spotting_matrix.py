@@ -43,8 +43,11 @@ HELD_OUT_SEED = 1
 IDENTITIES = {"parametric": "camera", "photo": "photo"}  # kind -> SynthME preset
 ENCODINGS = ("ffv1", "h264-crf18", "h264-crf23", "h264-crf28", "h265-crf23", "h264-cbr")
 RATES = (200.0, 60.0, 30.0)
-HEADLINE = (("photo", "h264-crf23", 200.0), ("photo", "h264-crf23", 30.0),
-            ("parametric", "ffv1", 200.0))  # fmt: skip
+HEADLINE = (
+    ("photo", "h264-crf23", 200.0),
+    ("photo", "h264-crf23", 30.0),
+    ("parametric", "ffv1", 200.0),
+)
 HEADLINE_VIDEOS = 19  # 152 micro-expressions
 CELL_VIDEOS = 6  # 48 micro-expressions
 TUNING_VIDEOS = 19  # 152 micro-expressions
@@ -239,8 +242,9 @@ def _row(name: str, r: dict, ffv1: dict | None = None) -> str:
     )
 
 
-def write_docs(results: dict, legacy_results: dict | None, docs: Path, command: str,
-               machine: str) -> Path:  # fmt: skip
+def write_docs(
+    results: dict, legacy_results: dict | None, docs: Path, command: str, machine: str
+) -> Path:
     """docs/spotting.md: the headline rows (held-out beside tuning), the whole matrix, the
     earlier sets, and how each number was made."""
     header = [

@@ -182,9 +182,12 @@ def train(
         rng.bit_generator.state = state["numpy_rng"]
     optimiser, current = None, None
     bar = tqdm(
-        total=len(schedule), initial=start, desc="epochs", disable=not progress or rank > 0,
+        total=len(schedule),
+        initial=start,
+        desc="epochs",
+        disable=not progress or rank > 0,
         leave=False,
-    )  # fmt: skip
+    )
     for epoch in range(start, len(schedule)):
         phase = schedule[epoch][0]
         if phase != current:

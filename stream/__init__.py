@@ -1,6 +1,8 @@
-"""mfvan.stream: the live pipeline (ingest, wire protocol, spotter, recognizer, metrics).
+"""mfvan.stream: the live pipeline: sources (ingest), the wire protocol and its typed
+messages, the three stages' loops, metrics, security, and the client API (`client`).
 
-Imports mfvan.kernels; reaches the network only through backends handed in by mfvan.deploy.
+Imports only mfvan.kernels of this project (tests/test_layout.py checks it); reaches the
+network only through a backend handed in by mfvan.deploy.
 """
 
-from .subscribe import Event, subscribe  # noqa: E402,F401  (the client API)
+from .client import Event, Subscription, subscribe  # noqa: F401  (the client API)

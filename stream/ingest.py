@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from mfvan.kernels.facespot import GopBoundaries, media_time_ns
+from mfvan.kernels.facespot import GopBoundaries, decoded_grey, media_time_ns
 
 
 @dataclass
@@ -68,7 +68,7 @@ class PyAVSource:
         self.grey = grey
         self.realtime = realtime
         self.timeout_s = timeout_s
-        self.live = url.startswith(("rtsp://", "rtsps://", "/dev/video"))
+        self.live = kind_of(url).live
 
     def _open(self):
         import av
@@ -87,7 +87,7 @@ class PyAVSource:
         import av
 
         container = self._open()
-        fmt = "gray" if self.grey else "rgb24"
+        image = decoded_grey if self.grey else (lambda f: f.to_ndarray(format="rgb24"))
         start_wall = time.time_ns()
         start_pts = previous = None
         gop = GopBoundaries()
@@ -108,9 +108,7 @@ class PyAVSource:
                         time.sleep(wait / 1e9)
                 else:
                     t = time.time_ns()
-                yield Frame(
-                    index, t, frame.to_ndarray(format=fmt), t_media=media, key_frame=gop(frame)
-                )
+                yield Frame(index, t, image(frame), t_media=media, key_frame=gop(frame))
         except av.FFmpegError as e:
             raise SourceError(f"{self.url} stopped: {e}") from e
         finally:
@@ -137,19 +135,46 @@ class PyAVSource:
 
 
 Factory = Callable[[str], object]
-_SCHEMES: dict[str, Factory] = {}
 
 
-def register(scheme: str, factory: Factory) -> None:
-    """Make `scheme://...` URLs open with `factory(url)` (an iterable of `Frame`s)."""
-    _SCHEMES[scheme] = factory
+@dataclass(frozen=True)
+class Kind:
+    """How a kind of source behaves, which the ingest stage acts on.
+
+    live: frames come at the source's own pace: never waited for (a slow consumer loses
+    frames, counted), and a failure is retried for as long as the stage runs.
+    reopen_at_end: an end of stream is a failure too (a camera that stopped sending), not
+    the end of the source (a file, a finite `synth://` stream)."""
+
+    live: bool
+    reopen_at_end: bool
+
+
+CAMERA = Kind(live=True, reopen_at_end=True)  # rtsp://, rtsps://, /dev/videoN
+FILE = Kind(live=False, reopen_at_end=False)  # anything else FFmpeg reads
+_PYAV_PREFIXES = {"rtsp://": CAMERA, "rtsps://": CAMERA, "/dev/video": CAMERA}
+_SCHEMES: dict[str, tuple[Factory, Kind]] = {}
+
+
+def register(scheme: str, factory: Factory, kind: Kind) -> None:
+    """Make `scheme://...` URLs open with `factory(url)` (an iterable of `Frame`s) and
+    behave as `kind`."""
+    _SCHEMES[scheme] = (factory, kind)
+
+
+def kind_of(url: str) -> Kind:
+    """What a URL's source is: a registered scheme's kind, a camera, else a file."""
+    scheme = urlparse(url).scheme
+    if scheme in _SCHEMES:
+        return _SCHEMES[scheme][1]
+    return next((k for prefix, k in _PYAV_PREFIXES.items() if url.startswith(prefix)), FILE)
 
 
 def open_source(url: str, **kwargs):
     """The source for a URL: a registered scheme's factory, else PyAV."""
     scheme = urlparse(url).scheme
     if scheme in _SCHEMES:
-        return _SCHEMES[scheme](url)
+        return _SCHEMES[scheme][0](url)
     return PyAVSource(url, **kwargs)
 
 

@@ -22,6 +22,7 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+STAGES = ("ingest", "spot", "recognize")  # the stage processes, in the frames' order
 
 
 class Metrics:
@@ -50,9 +51,11 @@ class Metrics:
             "mfvan_reconnects", "Times a source was reopened.", ["stream"], registry=r
         )
         self.faces = Gauge(
-            "mfvan_faces_tracked", "1 while a face is tracked in the stream.", ["stream"],
+            "mfvan_faces_tracked",
+            "1 while a face is tracked in the stream.",
+            ["stream"],
             registry=r,
-        )  # fmt: skip
+        )
         self.spots = Counter(
             "mfvan_spots", "Micro-expression intervals emitted.", ["stream"], registry=r
         )
@@ -63,9 +66,11 @@ class Metrics:
             registry=r,
         )
         self.events = Counter(
-            "mfvan_events", "Recognition events published, by class.", ["stream", "label"],
+            "mfvan_events",
+            "Recognition events published, by class.",
+            ["stream", "label"],
             registry=r,
-        )  # fmt: skip
+        )
         self.batch_size = Histogram(
             "mfvan_batch_size", "Pairs per inference batch.", buckets=BATCH_BUCKETS, registry=r
         )
@@ -101,11 +106,14 @@ class Metrics:
             "mfvan_queue_depth", "Items waiting inside a stage.", ["stage"], registry=r
         )
         self.restarts = Counter(
-            "mfvan_restarts", "Stage processes restarted by the supervisor.", ["stage"],
+            "mfvan_restarts",
+            "Stage processes restarted by the supervisor: the stage, and the stream it serves "
+            "('all' for the recognizer).",
+            ["stage", "stream"],
             registry=r,
-        )  # fmt: skip
+        )
 
-        if stage in ("ingest", "spot", "recognize"):
+        if stage in STAGES:
             for reason in ("malformed", "version"):
                 self.dropped.labels(stage, "", reason)
             self.stage_seconds.labels(stage)

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -30,6 +31,7 @@ from mfvan.kernels.facespot import FaceSpotter
 from mfvan.kernels.spotter import REJECTIONS, SpotterParams
 
 from . import protocol, security
+from .messages import Pair, event_header
 from .metrics import Metrics
 
 log = logging.getLogger("mfvan.stream")
@@ -142,8 +144,8 @@ class _Track:
 
 
 class SpotStage:
-    """Per stream: track the face, crop, spot. `handle(message)` returns the pair
-    messages (as `encode` arguments) that frame completed."""
+    """Per stream: track the face, crop, spot. `handle(message)` returns the pairs that
+    frame completed."""
 
     def __init__(self, metrics: Metrics, size: int = 128, params: SpotterParams | None = None):
         self.metrics = metrics
@@ -158,7 +160,7 @@ class SpotStage:
             self.tracks[stream] = _Track(FaceSpotter(self.params, self.size, background=True))
         return self.tracks[stream]
 
-    def handle(self, msg: protocol.Message) -> list[dict]:
+    def handle(self, msg: protocol.Message) -> list[Pair]:
         m, stream = self.metrics, msg.stream
         m.frames_in.labels("spot", stream).inc()
         if msg.kind == "eos":
@@ -181,30 +183,29 @@ class SpotStage:
             self.seq[stream] = seq + 1
             m.spots.labels(stream).inc()
             out.append(
-                {
-                    "kind": "pair",
-                    "stream": stream,
-                    "seq": seq,
-                    "arrays": [it.onset_crop, it.apex_crop],
-                    "formats": ["grey", "grey"],
-                    "onset": it.onset,
-                    "apex": it.apex,
-                    "offset": it.offset,
+                Pair(
+                    stream,
+                    seq,
+                    it.onset_crop,
+                    it.apex_crop,
+                    it.onset,
+                    it.apex,
+                    it.offset,
                     # media times, and the same moments on the capture clock (latency)
-                    "media_onset": it.onset_ns,
-                    "media_apex": it.apex_ns,
-                    "media_offset": it.offset_ns,
-                    "t_onset": t_capture - (t_media - it.onset_ns),
-                    "t_apex": t_capture - (t_media - it.apex_ns),
-                    "t_offset": t_capture - (t_media - it.offset_ns),
-                    "t_capture": t_capture,
-                    "t_ingest": msg.fields.get("t_ingest", 0),
-                    "score": float(it.score),
-                    "amplitude": float(it.amplitude),
-                    "region": it.region,
-                    "spot_latency_ns": int(it.latency_ns),
-                    **({"truth": msg.fields["truth"]} if "truth" in msg.fields else {}),
-                }
+                    media_onset=it.onset_ns,
+                    media_apex=it.apex_ns,
+                    media_offset=it.offset_ns,
+                    t_onset=t_capture - (t_media - it.onset_ns),
+                    t_apex=t_capture - (t_media - it.apex_ns),
+                    t_offset=t_capture - (t_media - it.offset_ns),
+                    t_capture=t_capture,
+                    t_ingest=msg.fields.get("t_ingest", 0),
+                    score=float(it.score),
+                    amplitude=float(it.amplitude),
+                    region=it.region,
+                    spot_latency_ns=int(it.latency_ns),
+                    truth=msg.fields.get("truth"),
+                )
             )
         for reason, n in track.spots.rejected.items():
             seen = track.rejected.get(reason, 0)
@@ -242,13 +243,12 @@ def run_spot(
             if "t_ingest" in msg.fields:
                 metrics.transit.labels("spot").observe((started - msg.fields["t_ingest"]) / 1e9)
             for pair in stage.handle(msg):
-                pair["t_spot"] = time.time_ns()
-                kind, stream, seq = pair.pop("kind"), pair.pop("stream"), pair.pop("seq")
+                pair.t_spot = time.time_ns()
                 # pairs are rare and precious: wait a little for a slow recognizer
-                if protocol.send(push, kind, stream, seq, wait_ms=1000, **pair):
-                    metrics.frames_out.labels("spot", stream).inc()
+                if pair.send(push, wait_ms=1000):
+                    metrics.frames_out.labels("spot", pair.stream).inc()
                 else:
-                    metrics.dropped.labels("spot", stream, "hwm").inc()
+                    metrics.dropped.labels("spot", pair.stream, "hwm").inc()
             metrics.stage_seconds.labels("spot").observe((time.time_ns() - started) / 1e9)
     finally:
         _unguard(guard, metrics, "spot")
@@ -292,12 +292,20 @@ class Batcher:
         return max(0.0, self.max_wait_s - (now - self._oldest))
 
 
+class Classifier(NamedTuple):
+    """What the recognizer classifies with: a backend (`mfvan.deploy.backends.Backend`:
+    uint8 onset and apex crops in, class probabilities out), its class names, and the model
+    version each event names."""
+
+    backend: object
+    classes: list[str]
+    version: str
+
+
 def run_recognize(
     inputs: list[str],
     out: str,
-    backend,
-    classes: list[str],
-    model_version: str,
+    classifier: Classifier,
     metrics: Metrics,
     stop: threading.Event,
     ctx: zmq.Context | None = None,
@@ -333,7 +341,7 @@ def run_recognize(
     seq: dict[str, int] = {}
 
     def infer(batch):
-        _infer(batch, backend, classes, model_version, metrics, pub, seq, with_crops)
+        _infer(batch, classifier, metrics, pub, seq, with_crops)
 
     try:
         while not stop.is_set():
@@ -346,7 +354,7 @@ def run_recognize(
                         frames = protocol.recv_parts(pull, zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    _take(frames, batcher, metrics, seen, classes)
+                    _take(frames, batcher, metrics, seen, classifier.classes)
             metrics.queue_depth.labels("recognize").set(len(batcher.items))
             while batcher.due(time.monotonic()):
                 infer(batcher.take())
@@ -376,7 +384,9 @@ def _take(frames, batcher: Batcher, metrics: Metrics, seen: set, classes) -> Non
     batcher.add((msg, received), time.monotonic())
 
 
-def _infer(batch, backend, classes, model_version, metrics, pub, seq, with_crops) -> None:
+def _infer(batch, classifier: Classifier, metrics, pub, seq: dict, with_crops: bool) -> None:
+    """Classify one batch and publish an event per pair."""
+    backend, classes = classifier.backend, classifier.classes
     onset = np.stack([m.arrays[0] for m, _ in batch])
     apex = np.stack([m.arrays[1] for m, _ in batch])
     started = time.perf_counter()
@@ -386,18 +396,12 @@ def _infer(batch, backend, classes, model_version, metrics, pub, seq, with_crops
     for (msg, received), p in zip(batch, probs, strict=True):
         label = classes[int(np.argmax(p))]
         now = time.time_ns()
-        fields = {
-            k: msg.fields[k]
-            for k in ("onset", "apex", "offset", "media_onset", "media_apex", "media_offset",
-                      "t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot",
-                      "score", "region", "truth")
-            if k in msg.fields
-        }  # fmt: skip
-        fields.update(
+        fields = event_header(
+            msg.fields,
             label=label,
             probs=[float(x) for x in p],
             classes=list(classes),
-            model=model_version,
+            model=classifier.version,
             batch=len(batch),
             t_received=received,
             t_recognize=now,

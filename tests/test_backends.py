@@ -44,6 +44,7 @@ def test_torch_backend_is_the_eager_model(model, crops):
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend_matches_eager_within_1e4(model, crops, cache):
     backend = OnnxRuntimeBackend(model, cache_dir=cache)
     np.testing.assert_allclose(backend(*crops), _eager(model, *crops), atol=1e-4)

@@ -28,8 +28,12 @@ def test_file_then_environment_then_command_line(tmp_path):
     args = _parse(["run"], toml, {"MFVAN_MAX_BATCH": "16"}, tmp_path)
     assert args.source == ["rtsp://cam1/s", "rtsp://cam2/s"], "required flag given by the file"
     assert args.backend == "torch" and args.max_batch == 16, "the environment beats the file"
-    args = _parse(["run", "--source", "/dev/video0", "--max-batch", "2"], toml,
-                  {"MFVAN_MAX_BATCH": "16", "MFVAN_INSECURE": "yes"}, tmp_path)  # fmt: skip
+    args = _parse(
+        ["run", "--source", "/dev/video0", "--max-batch", "2"],
+        toml,
+        {"MFVAN_MAX_BATCH": "16", "MFVAN_INSECURE": "yes"},
+        tmp_path,
+    )
     assert args.source == ["/dev/video0"], "the command line replaces the file's list"
     assert args.max_batch == 2 and args.insecure is True
     args = _parse(["spot", "--in", "ipc:///tmp/f"], None, {"MFVAN_OUT": "ipc:///tmp/p"}, tmp_path)
@@ -57,8 +61,11 @@ def test_mistakes_are_one_clear_line(toml, env, words, tmp_path):
     path.write_text(toml)
     run = subprocess.run(
         [sys.executable, "-m", "mfvan.deploy.cli", "run", "--config", str(path)],
-        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env}, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+        timeout=60,
+    )
     assert run.returncode == 2
     assert words in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1

@@ -189,6 +189,7 @@ def test_uf1_and_uar_match_hand_computed_values():
     assert s["uar"] == pytest.approx(1 / 3)
 
 
+@pytest.mark.slow
 def test_an_interrupted_training_resumes_and_ends_exactly_as_an_uninterrupted_one(
     tiny_set, tmp_path
 ):

@@ -16,9 +16,23 @@ pytestmark = pytest.mark.slow
 
 
 def _train(prefix: list[str], tiny_set, out, cache, *extra) -> dict:
-    argv = [*prefix, "train", "--dataset", "synthme", "--data", str(tiny_set),
-            "--config", "tiny", "--epochs", "2", "--out", str(out), "--cache", str(cache),
-            *extra]  # fmt: skip
+    argv = [
+        *prefix,
+        "train",
+        "--dataset",
+        "synthme",
+        "--data",
+        str(tiny_set),
+        "--config",
+        "tiny",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        *extra,
+    ]
     # torchrun gives each process one thread; the one-process runs get the same, so that
     # every run sums its floats in the same order
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -30,11 +44,29 @@ def _train(prefix: list[str], tiny_set, out, cache, *extra) -> dict:
 
 def test_two_gloo_processes_train_what_one_process_accumulating_two_does(tiny_set, tmp_path):
     cache = tmp_path / "pairs"
-    one = _train([sys.executable, "-m", "mfvan.deploy.cli"], tiny_set, tmp_path / "one", cache,
-                 "--accumulate", "2")  # fmt: skip
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-                "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                "--master-port", str(free_port()), "-m", "mfvan.deploy.cli"]  # fmt: skip
+    one = _train(
+        [sys.executable, "-m", "mfvan.deploy.cli"],
+        tiny_set,
+        tmp_path / "one",
+        cache,
+        "--accumulate",
+        "2",
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "mfvan.deploy.cli",
+    ]
     two = _train(torchrun, tiny_set, tmp_path / "two", cache)
     assert one.keys() == two.keys()
     # BatchNorm's running statistics are rank 0's under DDP (its buffers are broadcast):
@@ -44,7 +76,8 @@ def test_two_gloo_processes_train_what_one_process_accumulating_two_does(tiny_se
     ]
     worst = max(float((one[k] - two[k]).abs().max()) for k in params)
     assert worst < 1e-4, f"largest parameter difference {worst:.2e}"
-    baseline = _train([sys.executable, "-m", "mfvan.deploy.cli"], tiny_set, tmp_path / "whole",
-                      cache)  # fmt: skip
+    baseline = _train(
+        [sys.executable, "-m", "mfvan.deploy.cli"], tiny_set, tmp_path / "whole", cache
+    )
     differs = max(float((one[k] - baseline[k]).abs().max()) for k in params)
     assert differs > 10 * worst, "the comparison can tell different trainings apart"

@@ -9,14 +9,12 @@ import pytest
 import torch
 
 from mfvan.deploy import export
-from mfvan.deploy.reproduce import DEMO_WEIGHTS
 from mfvan.model.mfvan import preprocess
-from mfvan.model.weights import load_weights
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    return load_weights(DEMO_WEIGHTS)
+def shipped(demo_weights):
+    return demo_weights
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +37,7 @@ def test_torchscript_export_matches_eager(shipped, inputs, tmp_path):
         np.testing.assert_allclose(loaded(a[:1], b[:1]).numpy(), expected[:1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_triton_repository_is_valid_and_its_model_matches_eager(shipped, inputs, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -50,8 +49,9 @@ def test_triton_repository_is_valid_and_its_model_matches_eager(shipped, inputs,
     assert config.name == "mfvan" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 16
     assert [(i.name, list(i.dims)) for i in config.input] == [
-        ("onset", [1, 64, 64]), ("apex", [1, 64, 64]),
-    ]  # fmt: skip
+        ("onset", [1, 64, 64]),
+        ("apex", [1, 64, 64]),
+    ]
     assert config.input[0].data_type == model_config_pb2.TYPE_FP32
     assert list(config.output[0].dims) == [3] and config.output[0].name == "logits"
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 32]
@@ -68,9 +68,19 @@ def test_triton_repository_is_valid_and_its_model_matches_eager(shipped, inputs,
 )
 def test_tensorrt_export_without_tensorrt_is_one_clear_line(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "mfvan.deploy.cli", "export", "--format", "tensorrt",
-         "--out", str(tmp_path / "m.ep")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mfvan.deploy.cli",
+            "export",
+            "--format",
+            "tensorrt",
+            "--out",
+            str(tmp_path / "m.ep"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "torch-tensorrt is not installed" in run.stderr
     assert "Traceback" not in run.stderr

@@ -9,11 +9,9 @@ import numpy as np
 import zmq
 
 from mfvan.deploy.backends import TorchBackend
-from mfvan.deploy.reproduce import DEMO_WEIGHTS
-from mfvan.model.weights import load_weights
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.metrics import Metrics
-from mfvan.stream.stages import HWM, run_recognize
+from mfvan.stream.stages import HWM, Classifier, run_recognize
 
 
 def _rss_mb() -> float:
@@ -29,9 +27,19 @@ def _pair(i: int):
 
 def _send(push, i: int, wait_ms: int = 0) -> bool:
     return protocol.send(
-        push, "pair", "cam1", i, _pair(i), wait_ms=wait_ms, onset=i, apex=i + 1, offset=i + 2,
-        t_apex=time.time_ns(), t_capture=time.time_ns(), t_spot=time.time_ns(),
-    )  # fmt: skip
+        push,
+        "pair",
+        "cam1",
+        i,
+        _pair(i),
+        wait_ms=wait_ms,
+        onset=i,
+        apex=i + 1,
+        offset=i + 2,
+        t_apex=time.time_ns(),
+        t_capture=time.time_ns(),
+        t_spot=time.time_ns(),
+    )
 
 
 class SlowBackend:
@@ -50,16 +58,21 @@ def _first_event(push, sub, i: int):
     return next(iter(sub), None)
 
 
-def _recognizer(tmp_path, backend, metrics, **kw):
-    model, meta = load_weights(DEMO_WEIGHTS)
+def _recognizer(tmp_path, weights, backend, metrics, **kw):
+    model, meta = weights
     pairs, events = f"ipc://{tmp_path}/pairs.ipc", f"ipc://{tmp_path}/events.ipc"
     stop = threading.Event()
     thread = threading.Thread(
         target=run_recognize,
-        args=([pairs], events, backend(TorchBackend(model)), meta["classes"], "demo", metrics,
-              stop),
+        args=(
+            [pairs],
+            events,
+            Classifier(backend(TorchBackend(model)), meta["classes"], "demo"),
+            metrics,
+            stop,
+        ),
         kwargs=kw,
-    )  # fmt: skip
+    )
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, HWM)
     push.bind(pairs)
@@ -71,14 +84,16 @@ def _published(m: Metrics) -> int:
     return sum(s._value.get() for s in m.events._metrics.values())
 
 
-def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(tmp_path):
+def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(
+    tmp_path, demo_weights
+):
     """The subscriber reads 31 events slowly, then none until the recognizer has published
     all of them: the queues between (two high-water marks of 20 and the kernel's socket
     buffer, ~220 events here) cannot hold 600, so some are lost whatever the machine's
     speed. (Waiting only until the recognizer had *taken* every pair let a slow machine
     drain while it was still publishing, and lose none.)"""
     m = Metrics("recognize")
-    push, events, stop, thread = _recognizer(tmp_path, lambda b: b, m, event_hwm=20)
+    push, events, stop, thread = _recognizer(tmp_path, demo_weights, lambda b: b, m, event_hwm=20)
     n = 600
     received = []
     try:
@@ -112,10 +127,10 @@ def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(
     assert len(received) < n // 2
 
 
-def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_path):
+def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_path, demo_weights):
     m = Metrics("recognize")
     push, events, stop, thread = _recognizer(
-        tmp_path, lambda b: SlowBackend(b, 0.05), m, max_batch=8
+        tmp_path, demo_weights, lambda b: SlowBackend(b, 0.05), m, max_batch=8
     )
     n, sent, dropped = 3000, 0, 0
     try:
@@ -156,19 +171,22 @@ def test_a_slow_recognizer_costs_drops_not_memory_and_latency_stays_bounded(tmp_
     assert max(ahead) < 2 * HWM + 60, max(ahead)
 
 
-def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path):
+def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path, demo_weights):
     """Scaling out: recognizers connected to the same pairs endpoint take turns (PUSH deals
     round-robin); a subscriber connected to both sees every event once."""
-    model, meta = load_weights(DEMO_WEIGHTS)
+    model, meta = demo_weights
     pairs = f"ipc://{tmp_path}/pairs.ipc"
     outs = [f"ipc://{tmp_path}/events-{i}.ipc" for i in range(2)]
     stop = threading.Event()
     metrics = [Metrics("recognize"), Metrics("recognize")]
     threads = [
-        threading.Thread(target=run_recognize, args=([pairs], out, TorchBackend(model),
-                         meta["classes"], "demo", m, stop), kwargs={"ctx": zmq.Context()})
+        threading.Thread(
+            target=run_recognize,
+            args=([pairs], out, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop),
+            kwargs={"ctx": zmq.Context()},
+        )
         for out, m in zip(outs, metrics, strict=True)
-    ]  # fmt: skip
+    ]
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, HWM)
     push.bind(pairs)

@@ -6,7 +6,16 @@ import av
 import numpy as np
 import pytest
 
-from mfvan.stream.ingest import Frame, PyAVSource, Reconnecting, SourceError, open_source, register
+from mfvan.stream.ingest import (
+    Frame,
+    Kind,
+    PyAVSource,
+    Reconnecting,
+    SourceError,
+    kind_of,
+    open_source,
+    register,
+)
 
 
 def _write_video(path, frames=20, fps=100, size=(64, 48), codec="libx264", gop=None):
@@ -162,8 +171,13 @@ def test_media_time_never_runs_backwards_across_a_reconnect():
     assert times[4] - times[3] == 10_000_000, "after a reopen, the source's own spacing"
 
 
-def test_registered_schemes_open_with_their_factory():
-    register("fake", lambda url: [Frame(0, 0, np.zeros((1, 1), np.uint8), {"url": url})])
+def test_registered_schemes_open_with_their_factory_and_declare_their_kind():
+    fake = Kind(live=True, reopen_at_end=False)
+    register("fake", lambda url: [Frame(0, 0, np.zeros((1, 1), np.uint8), {"url": url})], fake)
     (frame,) = list(open_source("fake://x?y=1"))
     assert frame.fields == {"url": "fake://x?y=1"}
+    assert kind_of("fake://x?y=1") == fake
     assert isinstance(open_source("/tmp/file.mp4"), PyAVSource)
+    assert kind_of("/tmp/file.mp4") == Kind(live=False, reopen_at_end=False)
+    for camera in ("rtsp://127.0.0.1:8554/cam", "rtsps://127.0.0.1/cam", "/dev/video0"):
+        assert kind_of(camera) == Kind(live=True, reopen_at_end=True), camera

@@ -46,6 +46,7 @@ def test_services_point_at_the_ports_their_pods_bind():
         selector = svc["spec"]["selector"]
         matched = [p for p in pods.values() if selector.items() <= p["metadata"]["labels"].items()]
         assert matched, f"service {svc['metadata']['name']} selects no pod"
-        ports = {port["name"] for p in matched for c in p["spec"]["containers"]
-                 for port in c["ports"]}  # fmt: skip
+        ports = {
+            port["name"] for p in matched for c in p["spec"]["containers"] for port in c["ports"]
+        }
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= ports

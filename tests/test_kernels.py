@@ -9,14 +9,14 @@ import pytest
 
 from mfvan.kernels import signals
 from mfvan.kernels.flow import FlowParams, dense_flow
-from mfvan.kernels.spotter import Spotter, SpotterParams
+from mfvan.kernels.spotter import Spotter, SpotterParams, _Frame
 from mfvan.model.data import synth
 
 
 @pytest.fixture(scope="module")
 def face():
     """A 128 px grey face crop from SynthME (textured like the crops the spotter sees)."""
-    from mfvan.deploy.bench import synth_flow_pairs
+    from mfvan.deploy.bench.flow import synth_flow_pairs
 
     return synth_flow_pairs(1, 128)[0][0].astype(np.float32)
 
@@ -69,7 +69,7 @@ def test_flow_recovers_rotations(face, degrees):
 
 
 def test_flow_matches_opencv_and_the_true_flow_on_synthme():
-    from mfvan.deploy.bench import face_mask, flow_methods, synth_flow_pairs
+    from mfvan.deploy.bench.flow import face_mask, flow_methods, synth_flow_pairs
 
     pairs = synth_flow_pairs(8, 128)
     mask = face_mask(128)
@@ -95,16 +95,17 @@ def test_flow_matches_opencv_and_the_true_flow_on_synthme():
 def test_flow_is_as_accurate_as_opencv_dis_on_photographic_faces(codec):
     """Real skin texture (the photograph), lossless and through a camera's H.264: our flow's
     error on the face is at most DIS medium's on the same pairs."""
-    from mfvan.deploy.bench import face_mask, flow_methods, synth_flow_pairs
+    from mfvan.deploy.bench.flow import face_mask, flow_methods, synth_flow_pairs
 
     pairs = synth_flow_pairs(10, 128, config="photo", codec=codec)
     mask = face_mask(128)
     methods = flow_methods()
     epe = {
-        name: np.mean([np.linalg.norm(methods[name](a, b) - t, axis=-1)[mask].mean()
-                       for a, b, t in pairs])
+        name: np.mean(
+            [np.linalg.norm(methods[name](a, b) - t, axis=-1)[mask].mean() for a, b, t in pairs]
+        )
         for name in ("mfvan (Numba)", "OpenCV DIS medium", "zero flow")
-    }  # fmt: skip
+    }
     assert epe["mfvan (Numba)"] <= epe["OpenCV DIS medium"], epe
     assert epe["mfvan (Numba)"] < 0.5 * epe["zero flow"], epe
 
@@ -133,12 +134,10 @@ def test_rigid_compensation_cancels_pure_head_motion(face):
     assert stats[:, 0].max() < min(0.1, 0.15 * before[:, 0].min()), "and then almost gone"
 
 
-def test_translation_compensation_and_derived_signals_on_known_fields():
+def test_strain_and_region_signals_on_known_fields():
     size = 64
     flow = np.zeros((size, size, 2), np.float32)
     flow[..., 0], flow[..., 1] = 0.7, -0.2
-    box = signals.roi_boxes(size, ["nose_bridge"])[0]
-    assert np.abs(signals.compensate(flow, box)).max() < 1e-6
     assert np.abs(signals.optical_strain(flow)).max() < 1e-6, "translation has no strain"
     # a uniform stretch u = e x has strain e everywhere
     flow[..., 0] = 0.01 * np.arange(size)[None, :]
@@ -189,11 +188,11 @@ def test_a_new_streams_noise_estimates_are_plain_means_until_their_window_fills(
     spotter._setup(128)
     n = len(spotter._signal_names)
     for k, x in enumerate((0.10, 0.12, 0.14, 0.12)):
-        spotter._buffer.append((k, 5 * ms * k, None, None, False))
+        spotter._buffer.append(_Frame(k, 5 * ms * k, None, None, False))
         spotter._update_floors(np.full(n, x, np.float32), 0, 5 * ms * k)
     assert spotter._floors[0][0] == pytest.approx(np.full(n, 0.12), abs=1e-6)
     spotter._floors[0] = (*spotter._floors[0][:2], 400)  # a full window (2 s at 200 fps) since
-    spotter._buffer.append((4, 20 * ms, None, None, False))
+    spotter._buffer.append(_Frame(4, 20 * ms, None, None, False))
     spotter._update_floors(np.full(n, 0.13, np.float32), 0, 20 * ms)
     assert spotter._floors[0][0] == pytest.approx(np.full(n, 0.12 + 0.01 * 0.0025), abs=1e-6)
 
@@ -205,12 +204,12 @@ def test_a_floor_state_away_for_a_while_moves_by_one_frames_weight():
     spotter = Spotter(SpotterParams(fast_start=False))
     spotter._setup(128)
     n = len(spotter._signal_names)
-    spotter._buffer.append((0, 0, None, None, False))
+    spotter._buffer.append(_Frame(0, 0, None, None, False))
     spotter._update_floors(np.full(n, 0.1, np.float32), 1, 0)
     start = spotter._floors[1][0].copy()
     second = 1_000_000_000
     spotter._buffer.extend(
-        [(200, second, None, None, True), (201, second + 5_000_000, None, None, False)]
+        [_Frame(200, second, None, None, True), _Frame(201, second + 5_000_000, None, None, False)]
     )
     spotter._update_floors(np.full(n, 0.5, np.float32), 1, second + 5_000_000)
     moved = spotter._floors[1][0] - start
@@ -226,8 +225,10 @@ def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
     blink near the key frame, keeps the plain reference."""
     rng = np.random.default_rng(0)
     gop = 100  # 1 s at 100 fps
-    steps = [cv2.GaussianBlur(rng.normal(0, 2, face.shape).astype(np.float32), (0, 0), 1.5)
-             for _ in range(4)]  # fmt: skip
+    steps = [
+        cv2.GaussianBlur(rng.normal(0, 2, face.shape).astype(np.float32), (0, 0), 1.5)
+        for _ in range(4)
+    ]
     frames = [
         np.clip(face + steps[i // gop] + rng.normal(0, 0.5, face.shape), 0, 255).astype(np.uint8)
         for i in range(4 * gop)
@@ -248,7 +249,7 @@ def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
 
     ms = 1_000_000
     spotter = Spotter()
-    spotter._buffer.extend((i, 10 * ms * i, None, None, i == 100) for i in range(100, 130))
+    spotter._buffer.extend(_Frame(i, 10 * ms * i, None, None, i == 100) for i in range(100, 130))
     spotter._keys, spotter._last_key_ns = 1, 1000 * ms
     assert spotter._gop_reference(1160 * ms) is None, "the first frames not min_lag_s old yet"
     assert spotter._gop_reference(1170 * ms)[0] == 107, "the first whose average is after it"
@@ -262,30 +263,29 @@ def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
 # ----------------------------------------------------------------------------- the spotter
 
 
-def _stream_crops(config, seconds, subject=1, seed=3, edit=None):
-    """Tracked crops of a SynthME stream; `edit(stream, n_frames)` may change its timeline
-    (plant blinks) before any frame is rendered."""
-    from mfvan.kernels.faces import FaceTracker, to_grey
+def _stream_frames(config, seconds, subject=1, seed=3, edit=None):
+    """Grey frames (image, ns) of a SynthME stream and its expressions; `edit(stream,
+    n_frames)` may change its timeline (plant blinks) before any frame is rendered."""
+    from mfvan.kernels.faces import to_grey
 
     stream = synth.SynthStream(config, subject=subject, seed=seed)
+    n = int(seconds * config.fps)
     if edit is not None:
-        edit(stream, int(seconds * config.fps))
-    tracker = FaceTracker(size=128)
-    frames = []
-    for t in range(int(seconds * config.fps)):
-        f = stream.frame(t)
-        grey = to_grey(f.image)
-        crop = tracker.update(grey, f.timestamp_ns)
-        frames.append((crop.apply(grey), f.timestamp_ns, tracker.version))
-    return frames, stream.expressions_until(len(frames))
+        edit(stream, n)
+    frames = [(to_grey(f.image), f.timestamp_ns) for f in map(stream.frame, range(n))]
+    return frames, stream.expressions_until(n)
 
 
 def _spot(frames, params=None):
-    spotter = Spotter(params)
+    """The frames through `FaceSpotter`, the live stage's own path: (its spotter, the
+    intervals)."""
+    from mfvan.kernels.facespot import FaceSpotter
+
+    spots = FaceSpotter(params, 128)
     found = []
-    for index, (crop, ns, version) in enumerate(frames):
-        found += spotter.push(crop, index, ns, version)
-    return spotter, found
+    for index, (grey, ns) in enumerate(frames):
+        found += spots.push(grey, index, ns)
+    return spots.spotter, found
 
 
 @pytest.mark.slow
@@ -295,7 +295,7 @@ def test_the_spotter_finds_planted_micro_expressions_at_their_frames(fps):
 
     quiet = replace(synth.Nuisances(), blink_rate_hz=0.0, macro_per_segment=0)
     cfg = replace(synth.CONFIGS["standard"], fps=fps, nuisances=quiet)
-    frames, truth = _stream_crops(cfg, 10.0)
+    frames, truth = _stream_frames(cfg, 10.0)
     # the spotter needs min_lag_s of frames, then warmup_s of signal, before it can start
     # one (the first, at 0.45 s, was out of reach before the fast start of step 1g)
     params = SpotterParams()
@@ -329,7 +329,7 @@ def test_a_blink_leaves_no_echo_that_hides_a_micro_expression_after_it():
             if e.kind == "micro" and e.onset > ready:  # a 130 ms blink, its echo at the apex
                 stream.timeline.blinks.append(synth.Blink(e.apex - lag - 8, e.apex - lag + 5))
 
-    frames, truth = _stream_crops(cfg, 10.0, subject=2, edit=blink_before_each_apex)
+    frames, truth = _stream_frames(cfg, 10.0, subject=2, edit=blink_before_each_apex)
     micro = [e for e in truth if e.kind == "micro" and e.onset > ready]
     assert len(micro) == 2
     _, found = _spot(frames)
@@ -349,7 +349,7 @@ def test_the_spotter_stays_silent_on_nuisances_alone():
         micro_per_segment=0,
         nuisances=replace(synth.Nuisances(), blink_rate_hz=0.6, macro_per_segment=1),
     )
-    frames, truth = _stream_crops(cfg, 10.0, subject=2)
+    frames, truth = _stream_frames(cfg, 10.0, subject=2)
     assert {e.kind for e in truth} == {"macro"}, "the stream has macro-expressions"
     spotter, found = _spot(frames)
     assert found == [], [(i.onset, i.apex, i.offset, i.amplitude) for i in found]
@@ -424,6 +424,7 @@ def test_score_pools_videos_and_sorts_false_positives_by_cause():
     assert (causes["blink"], causes["macro"], causes["other"]) == (0.5, 0.5, 0.5)
 
 
+@pytest.mark.slow
 def test_spot_eval_cli_on_the_tiny_set(tiny_set, tmp_path, capsys):
     import json
 
@@ -526,4 +527,4 @@ def test_a_camera_frame_is_filtered_and_searched_only_around_the_face():
     away = np.full_like(frame, 30)
     away[:, 360:] = frame[:, 180:460]  # the face jumped far right: found all the same
     tracker.update(away, tracker.redetect_ns)
-    assert tracker._misses == 0 and tracker._geometry[0] > frame.shape[1] / 2
+    assert tracker._misses == 0 and tracker._geometry.cx > frame.shape[1] / 2

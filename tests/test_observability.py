@@ -41,7 +41,7 @@ def test_promtool_accepts_the_shipped_files(argv):
 
 
 def test_the_shipped_scrape_targets_are_mfvan_runs_default_ports():
-    from mfvan.deploy.live import DEFAULT_PORTS
+    from mfvan.deploy.stage import DEFAULT_PORTS
 
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     targets = {
@@ -70,24 +70,40 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(tmp_path):
 
     base = 19600 + os.getpid() % 300
     run = subprocess.Popen(
-        [sys.executable, "-m", "mfvan.deploy.cli", "run", "--source",
-         "synth://?fps=50&seed=3&micro=8", "--runtime-dir", str(tmp_path / "rt"),
-         "--metrics-base-port", str(base)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mfvan.deploy.cli",
+            "run",
+            "--source",
+            "synth://?fps=50&seed=3&micro=8",
+            "--runtime-dir",
+            str(tmp_path / "rt"),
+            "--metrics-base-port",
+            str(base),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(PROM / "alerts.yml")]
-    for group, port in zip(config["scrape_configs"][0]["static_configs"], range(base - 1, base + 3),
-                           strict=True):  # fmt: skip
+    for group, port in zip(
+        config["scrape_configs"][0]["static_configs"], range(base - 1, base + 3), strict=True
+    ):
         group["targets"] = [f"127.0.0.1:{port}"]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     prom = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     queries = [
         (title, expr.replace("$__rate_interval", "30s").replace("$stream", ".*"))
         for title, expr in _dashboard_queries()
@@ -108,8 +124,11 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(tmp_path):
         assert len(rules) == 5 and all(rule["health"] == "ok" for rule in rules)
         up = _query(port, 'up{job="mfvan"}')
         assert sorted(r["metric"]["role"] for r in up if r["value"][1] == "1") == [
-            "ingest", "recognize", "spot", "supervisor",
-        ]  # fmt: skip
+            "ingest",
+            "recognize",
+            "spot",
+            "supervisor",
+        ]
     finally:
         prom.terminate()
         run.send_signal(signal.SIGTERM)

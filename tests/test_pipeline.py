@@ -11,14 +11,13 @@ import zmq
 
 import mfvan
 from mfvan.deploy.backends import TorchBackend
-from mfvan.deploy.reproduce import DEMO_WEIGHTS
+from mfvan.kernels.faces import to_grey
 from mfvan.kernels.spotter import SpotterParams
 from mfvan.model.data import synth
-from mfvan.model.weights import load_weights
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.ingest import Frame
 from mfvan.stream.metrics import Metrics
-from mfvan.stream.stages import Batcher, run_ingest, run_recognize, run_spot
+from mfvan.stream.stages import Batcher, Classifier, run_ingest, run_recognize, run_spot
 
 
 def _endpoints(tmp_path, n):
@@ -33,27 +32,26 @@ def synth_frames(seconds: float, fps: float = 200.0, subject: int = 1, seed: int
     frames = []
     for t in range(int(seconds * fps)):
         f = stream.frame(t)
-        grey = (f.image.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])).astype(np.uint8)
-        frames.append(Frame(t, f.timestamp_ns, grey))
+        frames.append(Frame(t, f.timestamp_ns, to_grey(f.image)))
     micro = [e for e in stream.expressions_until(len(frames)) if e.kind == "micro"]
     return frames, micro
 
 
 @pytest.mark.slow
-def test_frames_become_events_across_three_stages(tmp_path):
+def test_frames_become_events_across_three_stages(tmp_path, demo_weights):
     frames, micro = synth_frames(6.0)
     params = SpotterParams()  # the spotter starts after its first reference and warm-up
     ready = 200 * (params.min_lag_s + params.warmup_s)
     expected = [e for e in micro if e.onset > ready and e.offset < len(frames)]
     assert expected, "the stream holds micro-expressions to find"
-    model, meta = load_weights(DEMO_WEIGHTS)
+    model, meta = demo_weights
     a, b, c = _endpoints(tmp_path, 3)
     stop = threading.Event()
     m_ingest, m_spot, m_rec = Metrics("ingest"), Metrics("spot"), Metrics("recognize")
     threads = [
         threading.Thread(
             target=run_recognize,
-            args=([b], c, TorchBackend(model), meta["classes"], "demo", m_rec, stop),
+            args=([b], c, Classifier(TorchBackend(model), meta["classes"], "demo"), m_rec, stop),
         ),
         threading.Thread(target=run_spot, args=([a], b, m_spot, stop)),
     ]
@@ -99,8 +97,8 @@ def test_batcher_releases_full_batches_at_once_and_partial_ones_after_the_wait()
         Batcher(0)
 
 
-def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_path):
-    model, meta = load_weights(DEMO_WEIGHTS)
+def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_path, demo_weights):
+    model, meta = demo_weights
     a, c = _endpoints(tmp_path, 2)
     ctx = zmq.Context.instance()
     push = ctx.socket(zmq.PUSH)
@@ -109,7 +107,7 @@ def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_
     m = Metrics("recognize")
     t = threading.Thread(
         target=run_recognize,
-        args=([a], c, TorchBackend(model), meta["classes"], "demo", m, stop),
+        args=([a], c, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop),
         kwargs={"max_wait_s": 0.0, "with_crops": True},
     )
     t.start()
@@ -119,9 +117,17 @@ def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_
             for _ in range(100):  # until the subscriber is connected
                 push.send_multipart([b"cam1", b"not a header"])
                 protocol.send(
-                    push, "pair", "cam1", 0, [crop, crop], onset=1, apex=5, offset=9,
-                    t_apex=1, t_capture=2,
-                )  # fmt: skip
+                    push,
+                    "pair",
+                    "cam1",
+                    0,
+                    [crop, crop],
+                    onset=1,
+                    apex=5,
+                    offset=9,
+                    t_apex=1,
+                    t_capture=2,
+                )
                 try:
                     event = next(iter(sub))
                     break
@@ -180,7 +186,9 @@ def _dropped(m, stage):
 
 
 @pytest.mark.parametrize("stage", ["spot", "recognize"])
-def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(stage, tmp_path):
+def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(
+    stage, tmp_path, demo_weights
+):
     rng = np.random.default_rng(0)
     a, b = _endpoints(tmp_path, 2)
     ctx = zmq.Context.instance()
@@ -192,9 +200,9 @@ def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(sta
         target, args = run_spot, ([a], b, m, stop)
         valid = ("frame", [np.full((64, 64), 100, np.uint8)])
     else:
-        model, meta = load_weights(DEMO_WEIGHTS)
+        model, meta = demo_weights
         target = run_recognize
-        args = ([a], b, TorchBackend(model), meta["classes"], "demo", m, stop)
+        args = ([a], b, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop)
         crop = np.full((128, 128), 90, np.uint8)
         valid = ("pair", [crop, crop])
     thread = threading.Thread(target=target, args=args)
@@ -205,9 +213,18 @@ def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(sta
             push.send_multipart(frames)
             if i % 10 == 0:
                 protocol.send(
-                    push, valid[0], "cam1", i, valid[1], wait_ms=5000, onset=0, apex=1,
-                    offset=2, t_apex=1, t_capture=1,
-                )  # fmt: skip
+                    push,
+                    valid[0],
+                    "cam1",
+                    i,
+                    valid[1],
+                    wait_ms=5000,
+                    onset=0,
+                    apex=1,
+                    offset=2,
+                    t_apex=1,
+                    t_capture=1,
+                )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (
             m.frames_in.labels(stage, "cam1")._value.get() < 6 or _dropped(m, stage) < len(fuzz)

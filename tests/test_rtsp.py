@@ -146,10 +146,19 @@ def test_the_pipeline_recognizes_an_rtsp_camera_and_resumes_after_it_dies(camera
     servers = [_serve(port, camera_video)]
     runtime, base = tmp_path / "rt", 19900 + os.getpid() % 300
     cmd = [
-        sys.executable, "-m", "mfvan.deploy.cli", "run", "--source",
-        f"rtsp://127.0.0.1:{port}/test", "--backend", "onnxruntime",
-        "--runtime-dir", str(runtime), "--metrics-base-port", str(base),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mfvan.deploy.cli",
+        "run",
+        "--source",
+        f"rtsp://127.0.0.1:{port}/test",
+        "--backend",
+        "onnxruntime",
+        "--runtime-dir",
+        str(runtime),
+        "--metrics-base-port",
+        str(base),
+    ]
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=90) as sub:

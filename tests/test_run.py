@@ -18,12 +18,21 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
     runtime = tmp_path / "rt"
     base = 19300 + os.getpid() % 500
     cmd = [
-        sys.executable, "-m", "mfvan.deploy.cli", "run",
-        "--source", "synth://?fps=50&seed=3&seconds=120",
-        "--source", "synth://?fps=50&seed=4&seconds=120",
-        "--backend", "torch", "--runtime-dir", str(runtime),
-        "--metrics-base-port", str(base),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mfvan.deploy.cli",
+        "run",
+        "--source",
+        "synth://?fps=50&seed=3&seconds=120",
+        "--source",
+        "synth://?fps=50&seed=4&seconds=120",
+        "--backend",
+        "torch",
+        "--runtime-dir",
+        str(runtime),
+        "--metrics-base-port",
+        str(base),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         streams = {}  # two cameras, one recognizer: events of both
@@ -74,24 +83,68 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["ingest", "--source", "/nonexistent/clip.mp4", "--out", "ipc:///tmp/mfvan-t1.ipc",
-          "--metrics-port", "-1"], "cannot open /nonexistent/clip.mp4"),
-        (["ingest", "--source", "synth://?fps=fast", "--out", "ipc:///tmp/mfvan-t2.ipc",
-          "--metrics-port", "-1"], "bad synth:// URL"),
-        (["recognize", "--in", "ipc:///tmp/mfvan-t3.ipc", "--out", "ipc:///tmp/mfvan-t4.ipc",
-          "--weights", "CORRUPT", "--metrics-port", "-1"], "mfvan recognize:"),
-        (["recognize", "--in", "ipc:///tmp/mfvan-t3.ipc", "--out", "tcp://0.0.0.0:5999",
-          "--metrics-port", "-1"], "--insecure"),
+        (
+            [
+                "ingest",
+                "--source",
+                "/nonexistent/clip.mp4",
+                "--out",
+                "ipc:///tmp/mfvan-t1.ipc",
+                "--metrics-port",
+                "-1",
+            ],
+            "cannot open /nonexistent/clip.mp4",
+        ),
+        (
+            [
+                "ingest",
+                "--source",
+                "synth://?fps=fast",
+                "--out",
+                "ipc:///tmp/mfvan-t2.ipc",
+                "--metrics-port",
+                "-1",
+            ],
+            "bad synth:// URL",
+        ),
+        (
+            [
+                "recognize",
+                "--in",
+                "ipc:///tmp/mfvan-t3.ipc",
+                "--out",
+                "ipc:///tmp/mfvan-t4.ipc",
+                "--weights",
+                "CORRUPT",
+                "--metrics-port",
+                "-1",
+            ],
+            "mfvan recognize:",
+        ),
+        (
+            [
+                "recognize",
+                "--in",
+                "ipc:///tmp/mfvan-t3.ipc",
+                "--out",
+                "tcp://0.0.0.0:5999",
+                "--metrics-port",
+                "-1",
+            ],
+            "--insecure",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_clear_line_not_a_traceback(argv, words, tmp_path):
     if "CORRUPT" in argv:
         bad = tmp_path / "w.safetensors"
         bad.write_bytes(b"not weights")
         argv = [str(bad) if a == "CORRUPT" else a for a in argv]
     r = subprocess.run(
-        [sys.executable, "-m", "mfvan.deploy.cli", *argv], capture_output=True, text=True,
+        [sys.executable, "-m", "mfvan.deploy.cli", *argv],
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert r.returncode == 2
     assert words in r.stderr and "Traceback" not in r.stderr

@@ -34,10 +34,19 @@ def test_endpoints_off_loopback_need_keys_or_an_explicit_insecure(tmp_path):
 def _publish_until(pub, sub, stop_after=40):
     for seq in range(stop_after):
         protocol.send(
-            pub, "event", "cam1", seq, label="positive", probs=[0.2, 0.7, 0.1],
-            classes=["negative", "positive", "surprise"], onset=1, apex=2, offset=3,
-            model="test", t_apex=1,
-        )  # fmt: skip
+            pub,
+            "event",
+            "cam1",
+            seq,
+            label="positive",
+            probs=[0.2, 0.7, 0.1],
+            classes=["negative", "positive", "surprise"],
+            onset=1,
+            apex=2,
+            offset=3,
+            model="test",
+            t_apex=1,
+        )
         try:
             return next(iter(sub))
         except StopIteration:
@@ -77,7 +86,10 @@ def test_only_an_authorized_key_receives_events(tmp_path):
         ctx.term()
 
 
-def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(tmp_path):
+@pytest.mark.slow
+def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
+    tmp_path, demo_weights
+):
     """Every stage with the same keys folder: ingest -> spot -> recognize over tcp://
     with CURVE, events to an authorized subscriber; a spot stage holding other keys
     receives no frame, and ingest counts the refusal."""
@@ -86,36 +98,49 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     from test_pipeline import synth_frames
 
     from mfvan.deploy.backends import TorchBackend
-    from mfvan.deploy.reproduce import DEMO_WEIGHTS
-    from mfvan.model.weights import load_weights
     from mfvan.stream import subscribe
     from mfvan.stream.metrics import Metrics
-    from mfvan.stream.stages import run_ingest, run_recognize, run_spot
+    from mfvan.stream.stages import Classifier, run_ingest, run_recognize, run_spot
 
     keys, stranger = make_keys(tmp_path / "keys"), make_keys(tmp_path / "stranger")
     frames_ep, pairs_ep, events_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
-    model, meta = load_weights(DEMO_WEIGHTS)
+    model, meta = demo_weights
     stop = threading.Event()
     m_in, m_spot, m_rec, m_bad = (Metrics(s) for s in ("ingest", "spot", "recognize", "spot"))
     frames, _ = synth_frames(6.0)
     # one context per stage, as in their own processes (a context has one ZAP handler)
     threads = [
-        threading.Thread(target=run_recognize, args=([pairs_ep], events_ep, TorchBackend(model),
-                         meta["classes"], "demo", m_rec, stop),
-                         kwargs={"keys": keys, "ctx": zmq.Context()}),
-        threading.Thread(target=run_spot, args=([frames_ep], pairs_ep, m_spot, stop),
-                         kwargs={"keys": keys, "ctx": zmq.Context()}),
+        threading.Thread(
+            target=run_recognize,
+            args=(
+                [pairs_ep],
+                events_ep,
+                Classifier(TorchBackend(model), meta["classes"], "demo"),
+                m_rec,
+                stop,
+            ),
+            kwargs={"keys": keys, "ctx": zmq.Context()},
+        ),
+        threading.Thread(
+            target=run_spot,
+            args=([frames_ep], pairs_ep, m_spot, stop),
+            kwargs={"keys": keys, "ctx": zmq.Context()},
+        ),
         # a stranger's spot stage on the same frames: refused at the handshake
-        threading.Thread(target=run_spot, args=([frames_ep], f"tcp://127.0.0.1:{free_port()}",
-                         m_bad, stop), kwargs={"keys": stranger, "ctx": zmq.Context()}),
-    ]  # fmt: skip
+        threading.Thread(
+            target=run_spot,
+            args=([frames_ep], f"tcp://127.0.0.1:{free_port()}", m_bad, stop),
+            kwargs={"keys": stranger, "ctx": zmq.Context()},
+        ),
+    ]
     for t in threads:
         t.start()
     with subscribe(events_ep, timeout_s=60, curve=client_curve(keys)) as sub:
         feeder = threading.Thread(
-            target=run_ingest, args=(frames, "cam1", frames_ep, m_in, stop),
+            target=run_ingest,
+            args=(frames, "cam1", frames_ep, m_in, stop),
             kwargs={"block": True, "keys": keys, "ctx": zmq.Context()},
-        )  # fmt: skip
+        )
         feeder.start()
         event = next(iter(sub), None)
     feeder.join(timeout=60)

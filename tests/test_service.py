@@ -27,8 +27,9 @@ SYSTEMD = REPO / "deploy" / "systemd"
 def test_systemd_accepts_the_unit(tmp_path):
     mfvan = Path(sys.executable).parent / "mfvan"  # the unit's ExecStart must exist
     unit = tmp_path / "mfvan.service"
-    unit.write_text((SYSTEMD / "mfvan.service").read_text().replace("/opt/mfvan/bin/mfvan",
-                                                                   str(mfvan)))  # fmt: skip
+    unit.write_text(
+        (SYSTEMD / "mfvan.service").read_text().replace("/opt/mfvan/bin/mfvan", str(mfvan))
+    )
     run = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert run.returncode == 0 and run.stderr.strip() == "", run.stderr
 
@@ -47,8 +48,11 @@ def test_each_dockerfile_copies_what_the_package_is_built_from(dockerfile):
     """Docker cannot run here (no daemon): the files are checked for consistency only."""
     copied = set(re.findall(r"^COPY (\S+)", (REPO / dockerfile).read_text(), re.M))
     copied = {p for c in copied for p in c.split()}
-    package_dirs = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]
-                       ["setuptools"]["package-dir"].values())  # fmt: skip
+    package_dirs = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "package-dir"
+        ].values()
+    )
     assert {d.split("/")[0] for d in package_dirs} <= copied
     assert "pyproject.toml" in copied and all((REPO / c).exists() for c in copied)
 

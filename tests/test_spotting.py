@@ -220,13 +220,34 @@ def test_the_bootstrap_interval_brackets_the_pooled_f1():
     videos = []
     for i in range(20):
         tp = int(rng.integers(4, 9))
-        videos.append({"video": str(i), "fps": 200.0, "frames": 4000, "minutes": 1 / 3,
-                       "micro": 8, "tp": tp, "fp": int(rng.integers(0, 3)),
-                       "fp_causes": {}, "apex_error_ms": [], "latency_ms": [],
-                       "rejected": {}, "seconds": 1.0})  # fmt: skip
+        videos.append(
+            {
+                "video": str(i),
+                "fps": 200.0,
+                "frames": 4000,
+                "minutes": 1 / 3,
+                "micro": 8,
+                "tp": tp,
+                "fp": int(rng.integers(0, 3)),
+                "fp_causes": {},
+                "apex_error_ms": [],
+                "latency_ms": [],
+                "rejected": {},
+                "seconds": 1.0,
+            }
+        )
     low, high = bootstrap_f1(videos)
-    f1 = pool_scores([dict(v, fp_causes=dict.fromkeys(("blink", "macro", "tracker",
-                     "keyframe", "light", "other"), 0)) for v in videos])["f1"]  # fmt: skip
+    f1 = pool_scores(
+        [
+            dict(
+                v,
+                fp_causes=dict.fromkeys(
+                    ("blink", "macro", "tracker", "keyframe", "light", "other"), 0
+                ),
+            )
+            for v in videos
+        ]
+    )["f1"]
     assert low < f1 < high and high - low < 0.3
     assert bootstrap_f1(videos) == (low, high), "a fixed seed: the same interval"
 
@@ -251,8 +272,9 @@ def test_a_face_without_any_expression_in_h264_crf28_gives_no_spot(tmp_path):
     photographic face, 12 s at 100 fps: the spotter must stay silent."""
     from mfvan.model.spotting import evaluate
 
-    cfg = _quiet(synth.CONFIGS["photo"], fps=100.0, codec="h264-crf28", long_seconds=12.0,
-                 long_videos=1)  # fmt: skip
+    cfg = _quiet(
+        synth.CONFIGS["photo"], fps=100.0, codec="h264-crf28", long_seconds=12.0, long_videos=1
+    )
     folder = _write_set(tmp_path / "quiet", cfg)
     assert not list(csv.DictReader(open(folder / "ground_truth.csv"))), "nothing to find"
     result = evaluate(folder, tmp_path / "report")
@@ -294,8 +316,9 @@ def test_spot_eval_and_the_live_spot_stage_find_the_same_intervals_even_under_lo
     metrics = Metrics("spot")
     pull = ctx.socket(zmq.PULL)
     pull.connect(pairs_at)
-    burners = [multiprocessing.get_context("spawn").Process(target=_burn, args=(120,))
-               for _ in range(2)]  # fmt: skip
+    burners = [
+        multiprocessing.get_context("spawn").Process(target=_burn, args=(120,)) for _ in range(2)
+    ]
     for b in burners:
         b.start()
     spot = threading.Thread(target=run_spot, args=([frames_at], pairs_at, metrics, stop, ctx))

@@ -20,9 +20,7 @@ from conftest import free_port
 
 from mfvan.deploy import export
 from mfvan.deploy.backends import BackendUnavailable, TorchBackend, TritonBackend
-from mfvan.deploy.reproduce import DEMO_WEIGHTS
 from mfvan.model.mfvan import CONFIGS, MFVAN
-from mfvan.model.weights import load_weights
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 CACHE = Path.home() / ".cache" / "mfvan" / "pytriton"
@@ -37,10 +35,21 @@ def _tritonserver() -> Path:
     if not (root / "bin" / "tritonserver").exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         got = subprocess.run(
-            [sys.executable, "-m", "pip", "download", PYTRITON, "--no-deps", "-q", "-d",
-             str(CACHE)],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                PYTRITON,
+                "--no-deps",
+                "-q",
+                "-d",
+                str(CACHE),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         wheels = list(CACHE.glob("nvidia_pytriton-*.whl"))
         if got.returncode or not wheels:
             pytest.skip(f"cannot fetch {PYTRITON} for its tritonserver: {got.stderr[-300:]}")
@@ -56,16 +65,17 @@ def _tritonserver() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, demo_weights):
     if sys.platform != "linux":
         pytest.skip("the pytriton wheel's tritonserver is a Linux binary")
     root = _tritonserver()
-    model, meta = load_weights(DEMO_WEIGHTS)
+    model, meta = demo_weights
     repo = tmp_path_factory.mktemp("triton")
     folder = export.export_triton(model, repo, list(meta["classes"]), kind="KIND_CPU")
     config = folder / "config.pbtxt"
-    config.write_text(config.read_text().replace('platform: "onnxruntime_onnx"',
-                                                 'backend: "python"'))  # fmt: skip
+    config.write_text(
+        config.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"')
+    )
     shutil.copy(MODEL_PY, folder / "1" / "model.py")
     (folder / "1" / "site-packages.txt").write_text("\n".join(site.getsitepackages()))
     port = free_port()
@@ -75,12 +85,20 @@ def server(tmp_path_factory):
     if not ctypes.util.find_library(f"python{sys.version_info.major}.{sys.version_info.minor}"):
         libs.append(sysconfig.get_config_var("LIBDIR"))
     proc = subprocess.Popen(
-        [str(root / "bin" / "tritonserver"), f"--model-repository={repo}",
-         f"--backend-directory={root / 'backends'}", "--http-address=127.0.0.1",
-         f"--http-port={port}", "--allow-grpc=false", "--allow-metrics=false"],
+        [
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={repo}",
+            f"--backend-directory={root / 'backends'}",
+            "--http-address=127.0.0.1",
+            f"--http-port={port}",
+            "--allow-grpc=false",
+            "--allow-metrics=false",
+        ],
         env={"LD_LIBRARY_PATH": ":".join(libs), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -92,8 +110,10 @@ def server(tmp_path_factory):
         proc.kill()
         errors = "\n".join(line for line in proc.stdout.read().splitlines() if line[:1] == "E")
         if "ImportError" in errors or "ModuleNotFoundError" in errors:
-            pytest.skip("the Python backend stub's embedded interpreter cannot import this "
-                        f"environment's numpy/onnxruntime: {errors[-300:]}")  # fmt: skip
+            pytest.skip(
+                "the Python backend stub's embedded interpreter cannot import this "
+                f"environment's numpy/onnxruntime: {errors[-300:]}"
+            )
         pytest.fail("tritonserver did not serve the model: " + errors[-3000:])
     yield f"127.0.0.1:{port}", model
     proc.terminate()

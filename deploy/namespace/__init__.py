@@ -23,5 +23,5 @@ def __getattr__(name: str):
     if name in __all__:
         import importlib
 
-        return getattr(importlib.import_module("mfvan.stream.subscribe"), name)
+        return getattr(importlib.import_module("mfvan.stream.client"), name)
     raise AttributeError(f"module 'mfvan' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """CASME II on disk: the coding spreadsheet and the frame folders, read and written.
 
-Relies on these facts of the distribution (DATASETS.md): frames live in
+Relies on these facts of the distribution (docs/datasets.md): frames live in
 `CASME2_RAW_selected/sub01/EP02_01f/img46.jpg` (or `Cropped/.../reg_img46.jpg`), the frame
 numbers in the sheet are the numbers in the file names, and the sheet
 `CASME2-coding-20140508.xlsx` has the columns `Subject, Filename, (blank), OnsetFrame,

@@ -4,8 +4,8 @@ Every loader returns a `Dataset`: its class names and one `Sample` per usable (o
 apex) pair, with paths to the two frames. Rows that cannot be used are dropped and rows
 that needed fixing are fixed, and both are reported in `Dataset.notes`, never silently.
 
-Sources: the formats below are those collected in DATASETS.md (from the public loader
-code of tvaranka/meb and others) and the datasets' papers: CASME II (Yan et al. 2014),
+Sources: the formats below are those collected in docs/datasets.md (from the public
+loader code of tvaranka/meb and others) and the datasets' papers: CASME II (Yan et al. 2014),
 SAMM (Davison et al. 2016), SMIC (Li et al. 2013), MEGC 2019 (See et al. 2019), CAS(ME)^3
 (Li et al. 2022). None of the datasets can be fetched here; the tests build small fixtures
 in these layouts from SynthME frames (tests/fixtures.py).
@@ -20,7 +20,7 @@ in these layouts from SynthME frames (tests/fixtures.py).
             fear and sadness (a handful each) are dropped, as the common 5-class split does.
 - `smic`    ROOT/HS/s1/micro/{negative,positive,surprise}/s1_ne_01/*.bmp; no annotation
             file: onset = first frame, offset = last. No apex is annotated: by default the
-            middle frame (onset + offset) // 2, the common practice; `smic_apex="motion"`
+            middle frame (onset + offset) // 2, the common practice; `apex="motion"`
             takes the frame of largest optical-flow magnitude from the onset instead.
 - `composite` MEGC 2019's 3DB-Combined: ROOT/combined_3class_gt.csv (no header: Dataset,
             Subject, Filename, Class; Class a name or 0/1/2 = negative/positive/surprise)

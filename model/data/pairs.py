@@ -6,9 +6,9 @@ between them survives cropping. A frame where no face is found is centre-cropped
 counted. Pairs are cached as one `.npz` per (dataset, samples, preprocessing settings):
 the key is a hash of all of them, so changing any setting never reuses a stale cache.
 
-Optical flow for the flow baseline (OFF-ApexNet style) is computed on the grey crops with
-OpenCV's Farneback, also cached. (The Numba flow kernel of mfvan.kernels arrives with the
-spotter; the baseline only needs a standard flow.)
+The flow baseline's input (OFF-ApexNet style) is OpenCV's Farneback flow on the grey crops
+(a standard flow, as the baseline's authors used; not the spotter's) and its optical
+strain (`mfvan.kernels.signals.optical_strain`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mfvan.kernels.faces import FaceDetector, centre_crop, make_crop
+from mfvan.kernels.faces import FaceDetector, centre_crop, make_crop, to_grey
+from mfvan.kernels.signals import optical_strain
 from mfvan.model.data.datasets import Dataset
 
 CACHE_VERSION = 4  # 2: area-filtered crops; 3: anchored on the eyes; 4: filter the face only
@@ -142,12 +143,7 @@ def flow_features(onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
     (N, 3, S, S) float32, from uint8 crops (N, S, S, C)."""
     out = []
     for a, b in zip(onset, apex, strict=True):
-        a = a[..., 0] if a.shape[-1] == 1 else cv2.cvtColor(a, cv2.COLOR_RGB2GRAY)
-        b = b[..., 0] if b.shape[-1] == 1 else cv2.cvtColor(b, cv2.COLOR_RGB2GRAY)
+        a, b = (to_grey(x[..., 0] if x.shape[-1] == 1 else x) for x in (a, b))
         flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 9, 3, 5, 1.1, 0)
-        u, v = flow[..., 0], flow[..., 1]
-        ux, uy = np.gradient(u, axis=1), np.gradient(u, axis=0)
-        vx, vy = np.gradient(v, axis=1), np.gradient(v, axis=0)
-        strain = np.sqrt(ux**2 + vy**2 + 0.5 * (uy + vx) ** 2)
-        out.append(np.stack([u, v, strain]))
+        out.append(np.stack([flow[..., 0], flow[..., 1], optical_strain(flow)]))
     return np.asarray(out, np.float32)

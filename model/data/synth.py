@@ -72,7 +72,7 @@ EMOTION_TO_3: dict[str, str | None] = {
     "others": None,
 }
 # The action-unit combinations that express each emotion, after CASME II's coding
-# (Yan et al. 2014, Table 2) and the AUs named in DESIGN.md.
+# (Yan et al. 2014, Table 2); docs/datasets.md lists them.
 AU_COMBOS: dict[str, tuple[tuple[int, ...], ...]] = {
     "happiness": ((12,), (6, 12)),
     "disgust": ((9,), (4, 9)),

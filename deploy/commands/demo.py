@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mfvan.deploy.stage import STAGES
 
-def add_demo(p: argparse.ArgumentParser) -> None:
+HELP = "the live pipeline on SynthME's camera for a minute, scored"
+
+
+def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="how long the camera runs")
     p.add_argument("--fps", type=float, default=100.0, help="the camera's frame rate")
     p.add_argument("--seed", type=int, default=7, help="SynthME seed (the weights saw seed 0)")
@@ -28,24 +32,35 @@ def add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-base-port", type=int, default=9101)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from mfvan.deploy.live import format_event
+def run(args: argparse.Namespace) -> int:
+    from mfvan.deploy.commands.subscribe import format_event
     from mfvan.stream import subscribe
 
     runtime = Path(tempfile.mkdtemp(prefix="mfvan-demo-"))
     source = f"synth://?fps={args.fps:g}&seed={args.seed}&seconds={args.seconds:g}"
     cmd = [
-        sys.executable, "-m", "mfvan.deploy.cli", "run", "--source", source,
-        "--backend", args.backend, "--runtime-dir", str(runtime),
-        "--metrics-base-port", str(args.metrics_base_port), "--seconds", str(args.seconds + 60),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mfvan.deploy.cli",
+        "run",
+        "--source",
+        source,
+        "--backend",
+        args.backend,
+        "--runtime-dir",
+        str(runtime),
+        "--metrics-base-port",
+        str(args.metrics_base_port),
+        "--seconds",
+        str(args.seconds + 60),
+    ]
     print(f"mfvan demo: {' '.join(cmd[3:])}")
     ports = range(args.metrics_base_port, args.metrics_base_port + 3)
     print(
         "metrics: "
         + ", ".join(
             f"{name} http://127.0.0.1:{port}/metrics"
-            for name, port in zip(("ingest", "spot", "recognize"), ports, strict=True)
+            for name, port in zip(STAGES, ports, strict=True)
         )
     )
     print("events (as `mfvan subscribe` prints them; weights trained on SynthME, not real faces):")

@@ -72,9 +72,17 @@ def _produce(endpoint: str, way: str, frames: int, ready) -> None:
             continue
         metrics.frames_in.labels("ingest", "cam").inc()
         while not protocol.send(
-            sock, "frame", "cam", i, [image], formats=["rgb24"], wait_ms=1000, index=i,
-            t_capture=time.time_ns(), t_ingest=time.time_ns(),
-        ):  # fmt: skip
+            sock,
+            "frame",
+            "cam",
+            i,
+            [image],
+            formats=["rgb24"],
+            wait_ms=1000,
+            index=i,
+            t_capture=time.time_ns(),
+            t_ingest=time.time_ns(),
+        ):
             metrics.dropped.labels("ingest", "cam", "hwm").inc()
         metrics.frames_out.labels("ingest", "cam").inc()
     sock.close(linger=-1)
@@ -201,15 +209,29 @@ def _stage_cpu(pid: int) -> dict[str, float]:
 
 
 def run_end_to_end(
-    streams: int, fps: float = 200.0, warmup_s: float = 10.0, window_s: float = 30.0,
-    base_port: int = 9301, backend: str = "onnxruntime",
-) -> dict:  # fmt: skip
+    streams: int,
+    fps: float = 200.0,
+    warmup_s: float = 10.0,
+    window_s: float = 30.0,
+    base_port: int = 9301,
+    backend: str = "onnxruntime",
+) -> dict:
     """One `mfvan run` of `streams` synth cameras; latency and drops over the window."""
     from mfvan.stream import subscribe
 
     runtime = Path(tempfile.mkdtemp(prefix="mfvan-bench-"))
-    cmd = [sys.executable, "-m", "mfvan.deploy.cli", "run", "--backend", backend,
-           "--runtime-dir", str(runtime), "--metrics-base-port", str(base_port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mfvan.deploy.cli",
+        "run",
+        "--backend",
+        backend,
+        "--runtime-dir",
+        str(runtime),
+        "--metrics-base-port",
+        str(base_port),
+    ]
     for i in range(streams):
         cmd += ["--source", f"synth://?fps={fps:g}&seed={11 + i}&micro={MICRO}"]
     ports = [base_port - 1, *range(base_port, base_port + 2 * streams + 1)]
@@ -244,9 +266,7 @@ def run_end_to_end(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    rates = [
-        (after["captured"].get(s, 0) - n) / elapsed for s, n in before["captured"].items()
-    ]  # fmt: skip
+    rates = [(after["captured"].get(s, 0) - n) / elapsed for s, n in before["captured"].items()]
     p50, p99 = np.percentile(latency, [50, 99]) if latency else (float("nan"),) * 2
     dropped = after["dropped"] - before["dropped"]
     restarts = after["restarts"] - before["restarts"]
@@ -279,9 +299,14 @@ def run_end_to_end(
 
 
 def bench_pipeline(
-    max_streams: int = 4, fps: float = 200.0, warmup_s: float = 10.0, window_s: float = 30.0,
-    frames: int = 2000, rounds: int = 15, backend: str = "onnxruntime",
-) -> dict:  # fmt: skip
+    max_streams: int = 4,
+    fps: float = 200.0,
+    warmup_s: float = 10.0,
+    window_s: float = 30.0,
+    frames: int = 2000,
+    rounds: int = 15,
+    backend: str = "onnxruntime",
+) -> dict:
     from mfvan.deploy.bench import cpu_name
 
     transport = bench_transport(frames, rounds)
@@ -367,8 +392,11 @@ def plot_pipeline(r: dict, folder: Path) -> list[Path]:
     for run in runs:
         ax.hist(run["latency_ms"], bins=30, alpha=0.6, label=f"{run['streams']} stream(s)")
     ax.axvline(GOAL_P99_MS, color="k", linestyle="--", label=f"goal p99 {GOAL_P99_MS:g} ms")
-    ax.set(xlabel="confirming frame's capture -> event at a subscriber (ms)", ylabel="events",
-           title=f"mfvan run, {r['backend']}, {r['machine']}")  # fmt: skip
+    ax.set(
+        xlabel="confirming frame's capture -> event at a subscriber (ms)",
+        ylabel="events",
+        title=f"mfvan run, {r['backend']}, {r['machine']}",
+    )
     ax.set_xscale("log")
     ax.legend()
     fig.tight_layout()
@@ -380,8 +408,12 @@ def plot_pipeline(r: dict, folder: Path) -> list[Path]:
             run["arrival_s"], run["latency_ms"], "o-", ms=3, label=f"{run['streams']} stream(s)"
         )
     ax.axhline(GOAL_P99_MS, color="k", linestyle="--", label=f"goal p99 {GOAL_P99_MS:g} ms")
-    ax.set(xlabel="seconds into the measured window", ylabel="latency (ms)", yscale="log",
-           title="each event's latency over time")  # fmt: skip
+    ax.set(
+        xlabel="seconds into the measured window",
+        ylabel="latency (ms)",
+        yscale="log",
+        title="each event's latency over time",
+    )
     ax.legend()
     fig.tight_layout()
     written.append(folder / "pipeline-latency-series.png")

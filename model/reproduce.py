@@ -6,7 +6,9 @@
    the MEGC 2019 composite's; SynthME's "others" is dropped as the composite drops it).
    Variants run in parallel worker processes, one torch thread each; every run folder is
    resumable, so an interrupted reproduce continues where it stopped.
-3. Trains the shipped `demo` weights on all of SynthME `standard` (`deploy/weights/`).
+3. Trains the `demo` weights on all of SynthME `standard` through the same pipeline as
+   `mfvan train` (`mfvan.model.pipeline`), written where it is told (`mfvan reproduce`
+   passes the shipped weights' path, `mfvan.deploy.shipped`)
 4. Writes docs/results.md: the tables, the confusion matrices, an attention figure, and the
    wall time it all took.
 """
@@ -30,18 +32,13 @@ VARIANTS = [  # (name in the tables, model, ablation), longest first
     ("OFF-ApexNet (flow baseline)", "off-apexnet", "full"),
     ("Apex CNN (apex-only baseline)", "apex-cnn", "full"),
 ]
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEMO_WEIGHTS = WEIGHTS_DIR / "mfvan-demo-synthme.safetensors"
 
 
-def _pairs(data: Path, cache: Path):
-    from mfvan.model.data.datasets import load_dataset
-    from mfvan.model.data.pairs import build_pairs
-    from mfvan.model.mfvan import CONFIGS
+def _prepared(data: Path, cache: Path):
+    """SynthME standard's pairs, 3 classes, at the `demo` config's size."""
+    from mfvan.model.pipeline import prepare
 
-    cfg = replace(CONFIGS["demo"], num_classes=3)
-    dataset = load_dataset("synthme", data, "3class")
-    return cfg, dataset, build_pairs(dataset, cfg.image_size, cfg.in_chans, cache)
+    return prepare("synthme", data, "3class", "demo", cache)
 
 
 def _run_variant(
@@ -54,53 +51,45 @@ def _run_variant(
     from mfvan.model.train import TRAIN_PRESETS, run_loso
 
     torch.set_num_threads(1)
-    cfg, _, pairs = _pairs(Path(data), Path(cache))
+    prepared = _prepared(Path(data), Path(cache))
     tcfg = (
         TRAIN_PRESETS["demo"] if epochs is None else replace(TRAIN_PRESETS["demo"], epochs=epochs)
     )
     start = time.perf_counter()
-    run_loso(kind, cfg, pairs, tcfg, Path(out), ablation, progress=False)
+    run_loso(kind, prepared.cfg, prepared.pairs, tcfg, Path(out), ablation, progress=False)
     summary = write_report(Path(out))
     summary["seconds"] = time.perf_counter() - start
     return summary
 
 
-def train_demo_weights(
-    data: Path, cache: Path, out: Path = DEMO_WEIGHTS, epochs: int | None = None
-) -> Path:
+def train_demo_weights(data: Path, cache: Path, out: Path, epochs: int | None = None) -> Path:
     """The shipped weights: MFVAN `demo` on all of SynthME standard (3 classes), seed 0."""
-    import torch
+    from mfvan.model.pipeline import train_weights
+    from mfvan.model.train import TRAIN_PRESETS
 
-    from mfvan.model.train import TRAIN_PRESETS, build_model, train
-    from mfvan.model.weights import save_weights
-
-    cfg, dataset, pairs = _pairs(data, cache)
+    prepared = _prepared(data, cache)
     tcfg = (
         TRAIN_PRESETS["demo"] if epochs is None else replace(TRAIN_PRESETS["demo"], epochs=epochs)
     )
-    torch.manual_seed(0)
-    model = train(build_model("mfvan", cfg), pairs, tcfg)
-    save_weights(
-        model,
-        out,
-        list(dataset.classes),
-        training_data=(
-            f"SynthME standard (seed 0), 3 classes, all {len(pairs)} clips of "
-            f"{len(dataset.subjects)} synthetic subjects: SYNTHETIC faces, not for real faces"
-        ),
+    training_data = (
+        f"SynthME standard (seed 0), 3 classes, all {len(prepared.pairs)} clips of "
+        f"{len(prepared.dataset.subjects)} synthetic subjects: SYNTHETIC faces, not for real "
+        "faces"
     )
-    return out
+    return train_weights(prepared, tcfg, out, training_data, seed=0)
 
 
 def reproduce(
     data: Path,
     out: Path,
     docs: Path,
+    weights: Path,
+    machine: str,
     workers: int = 2,
     epochs: int | None = None,
-    weights: Path = DEMO_WEIGHTS,
 ) -> Path:
-    """Everything above; `epochs` overrides the main phase's (for a quick smoke run)."""
+    """Everything above, the weights written to `weights`; `machine` names the computer in
+    the page; `epochs` overrides the main phase's (for a quick smoke run)."""
     import multiprocessing
 
     from mfvan.model.data import synth
@@ -110,7 +99,7 @@ def reproduce(
     if not (data / "synthme.json").exists():
         print(f"generating SynthME standard into {data}")
         synth.generate(synth.CONFIGS["standard"], data, seed=0)
-    _pairs(data, cache)  # crop once, before the workers share the cache
+    _prepared(data, cache)  # crop once, before the workers share the cache
     runs = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -135,7 +124,8 @@ def reproduce(
                 flush=True,
             )
     weights = train_demo_weights(data, cache, weights, epochs)
-    path = write_results(runs, out, docs, weights, data, cache, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    path = write_results(runs, out, docs, weights, data, cache, seconds, machine)
     print(f"results: {path}")
     return path
 
@@ -189,9 +179,15 @@ def findings(pooled: dict, folds: int) -> list[str]:
 
 
 def write_results(
-    runs: dict, out: Path, docs: Path, weights: Path, data: Path, cache: Path, seconds: float
+    runs: dict,
+    out: Path,
+    docs: Path,
+    weights: Path,
+    data: Path,
+    cache: Path,
+    seconds: float,
+    machine: str,
 ) -> Path:
-    from mfvan.deploy.bench import cpu_name
     from mfvan.model.evaluate import plot_attention
     from mfvan.model.train import make_batch
     from mfvan.model.weights import load_weights
@@ -206,7 +202,7 @@ def write_results(
                 images / f"results-confusion-{kind}.png",
             )
     model, _ = load_weights(weights)
-    _, _, pairs = _pairs(data, cache)
+    pairs = _prepared(data, cache).pairs
     picks = [int(next(i for i, y in enumerate(pairs.labels) if y == k)) for k in range(3)]
     plot_attention(
         model,
@@ -225,7 +221,7 @@ def write_results(
         "",
         "Produced by `make reproduce` (`mfvan reproduce --data data/synthme-standard "
         "--out runs/reproduce --docs docs/results.md`) on the 2-core development VM "
-        f"({cpu_name()}, no GPU) in {seconds / 60:.0f} minutes of wall time.",
+        f"({machine}, no GPU) in {seconds / 60:.0f} minutes of wall time.",
         "",
         f"Protocol: leave-one-subject-out over the {len(runs['MFVAN (full)']['folds'])} "
         "subjects of SynthME `standard` (seed 0), "
@@ -271,7 +267,7 @@ def write_results(
         "Per-fold tables: `runs/reproduce/<model>-<ablation>/report.md`.",
         "",
         "Spotting (the online spotter on SynthME's long videos, MEGC protocol): "
-        "[spotting.md](spotting.md), written by `mfvan spot-eval --data DIR --sweep --docs "
+        "[spotting.md](spotting.md), written by `mfvan spot-eval --sweep --docs "
         "docs/spotting.md`.",
     ]
     docs.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,119 @@
+"""`mfvan bench`: measure speed, side by side with a reference (the benchmarks live in
+`mfvan.deploy.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "measure speed, side by side with a reference"
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    what = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    model = what.add_parser(
+        "model",
+        help="MFVAN's parameters, FLOPs and latency: eager torch and ONNX Runtime side by side",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model.add_argument(
+        "--config", choices=("tiny", "demo", "paper"), default="demo", help="network config"
+    )
+    model.add_argument("--runs", type=int, default=200, help="timed runs per engine and batch")
+    model.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
+    flow = what.add_parser(
+        "flow",
+        help="dense flow: EPE against SynthME's exact flow and time per pair, ours beside "
+        "OpenCV's DIS (medium) and Farneback",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    flow.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="crop sizes")
+    flow.add_argument("--pairs", type=int, default=32, help="onset/apex pairs per size")
+    flow.add_argument(
+        "--sets",
+        nargs="+",
+        default=["SynthME", "photo", "photo H.264 CRF 23"],
+        help="SynthME (parametric faces), photo (photographic identities), "
+        "'photo H.264 CRF 23' (the same through a camera's codec)",
+    )
+    spotter = what.add_parser(
+        "spotter",
+        help="the spotter's frames per second on one core (flow included), with our flow and "
+        "with OpenCV's in its place, and the latency from apex to emitted interval",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    spotter.add_argument("--fps", type=float, default=200.0, help="the stream's frame rate")
+    spotter.add_argument("--seconds", type=float, default=10.0, help="stream length")
+    spotter.add_argument("--size", type=int, default=128, help="crop size")
+    backends = what.add_parser(
+        "backends",
+        help="every backend that runs here, as the recognizer calls it, at batch 1/8/32: "
+        "per-pair p50/p99 and pairs/s, against eager torch",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    backends.add_argument(
+        "--config", choices=("tiny", "demo", "paper"), default="demo", help="network config"
+    )
+    backends.add_argument("--runs", type=int, default=100, help="timed runs per backend, batch")
+    backends.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    pipeline = what.add_parser(
+        "pipeline",
+        help="transport (640x480 frames, mfvan's protocol beside bare pyzmq, ipc and tcp) and "
+        "end-to-end latency of `mfvan run` at 200 fps, adding streams until one fails",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pipeline.add_argument(
+        "--max-streams", type=int, default=4, help="most streams to try (0: transport only)"
+    )
+    pipeline.add_argument("--fps", type=float, default=200.0, help="each camera's frame rate")
+    pipeline.add_argument("--warmup", type=float, default=10.0, help="seconds before timing")
+    pipeline.add_argument("--window", type=float, default=30.0, help="seconds measured")
+    pipeline.add_argument("--frames", type=int, default=2000, help="transport frames per round")
+    pipeline.add_argument("--rounds", type=int, default=15, help="transport rounds per way")
+    pipeline.add_argument("--backend", default="onnxruntime", help="the recognizer's backend")
+    pipeline.add_argument("--plot", type=Path, help="also write PNG plots into this folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.target == "model":
+        from mfvan.deploy.bench import model
+
+        report = model.format_model_report(
+            model.bench_model(args.config, batches=args.batches, runs=args.runs)
+        )
+    elif args.target == "flow":
+        from mfvan.deploy.bench import flow
+
+        report = flow.format_flow_report(
+            flow.bench_flow(tuple(args.sizes), args.pairs, sets=tuple(args.sets))
+        )
+    elif args.target == "backends":
+        from mfvan.deploy.bench import backends
+
+        report = backends.format_backends_report(
+            backends.bench_backends(args.config, tuple(args.batches), args.runs)
+        )
+    elif args.target == "spotter":
+        from mfvan.deploy.bench import spotter
+
+        report = spotter.format_spotter_report(
+            spotter.bench_spotter(args.fps, args.seconds, args.size)
+        )
+    else:
+        from mfvan.deploy.bench import pipeline
+
+        result = pipeline.bench_pipeline(
+            args.max_streams,
+            args.fps,
+            args.warmup,
+            args.window,
+            args.frames,
+            args.rounds,
+            args.backend,
+        )
+        report = pipeline.format_pipeline_report(result)
+        if args.plot:
+            plots = pipeline.plot_pipeline(result, args.plot)
+            report += "\nplots: " + ", ".join(str(p) for p in plots)
+    print(report)
+    return 0

@@ -1,0 +1,71 @@
+"""`mfvan export`: MFVAN as ONNX, TorchScript, a TensorRT engine or a Triton repository."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "export MFVAN: ONNX, TorchScript, TensorRT, a Triton repository"
+EXPORT_FORMATS = ("onnx", "torchscript", "tensorrt", "triton")
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="a file (onnx, torchscript, tensorrt) or a repository folder (triton)",
+    )
+    p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="tensorrt")
+    p.add_argument("--name", default="mfvan", help="triton: the model's name")
+    p.add_argument("--max-batch", type=int, default=32, help="triton: the largest batch")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=1000,
+        help="triton: how long the server waits to fill a batch",
+    )
+    p.add_argument(
+        "--kind",
+        choices=("KIND_GPU", "KIND_CPU"),
+        default="KIND_GPU",
+        help="triton: where the server runs the model",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mfvan.deploy import export
+    from mfvan.deploy.backends import BackendUnavailable
+    from mfvan.deploy.shipped import DEMO_WEIGHTS
+    from mfvan.model.weights import WeightsError, load_weights
+
+    try:
+        model, meta = load_weights(args.weights or DEMO_WEIGHTS)
+    except WeightsError as e:
+        print(f"mfvan export: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.format == "onnx":
+            out = export.export_onnx(model, args.out)
+        elif args.format == "torchscript":
+            out = export.export_torchscript(model, args.out)
+        elif args.format == "tensorrt":
+            out = export.export_tensorrt(model, args.out, args.precision)
+        else:
+            out = export.export_triton(
+                model,
+                args.out,
+                list(meta["classes"]),
+                args.name,
+                args.max_batch,
+                delay_us=args.max_queue_delay_us,
+                kind=args.kind,
+            )
+    except BackendUnavailable as e:
+        print(f"mfvan export: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.format}: {out}")
+    return 0

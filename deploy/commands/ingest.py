@@ -1,0 +1,71 @@
+"""`mfvan ingest`: the ingest stage. Decodes one source (a camera, an RTSP feed, a file,
+`synth://`) and publishes its frames; a camera that fails is reopened, with backoff."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mfvan.deploy import stage
+
+HELP = "stage: decode a source, publish frames"
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="rtsp://..., a file, /dev/videoN, synth://?")
+    p.add_argument("--out", required=True, help="endpoint to bind for frames")
+    stage.add_security(p)
+    p.add_argument("--stream", help="stream id (default: from the source)")
+    p.add_argument("--metrics-port", type=int, default=stage.DEFAULT_PORTS["ingest"])
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="play a file at its native rate (default: as fast as the spotter takes it)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mfvan.deploy import synth_source
+    from mfvan.stream import ingest, stages
+
+    stage.setup_logging()
+    if stage.refused("ingest", args, args.out):
+        return 2
+    stage.one_thread()
+    synth_source.register()
+    stop = stage.stop_on_signals()
+    try:
+        stream_id = args.stream or stage.stream_name(args.source)
+    except ValueError as e:
+        print(f"mfvan ingest: {e}", file=sys.stderr)
+        return 2
+    m = stage.metrics("ingest", args.metrics_port)
+    kind = ingest.kind_of(args.source)
+
+    def reconnect(error):
+        m.reconnects.labels(stream_id).inc()
+        stage.log.warning("ingest %s: %s; reconnecting", stream_id, error)
+
+    source = ingest.Reconnecting(
+        lambda: ingest.open_source(
+            args.source,
+            realtime=args.realtime,
+            on_decode_error=lambda e: m.decode_errors.labels(stream_id).inc(),
+        ),
+        live=kind.reopen_at_end,
+        on_reconnect=reconnect,
+        max_attempts=None if kind.live else 0,  # a camera is retried; a missing file is an error
+    )
+    stage.log.info("ingest %s: %s -> %s", stream_id, args.source, args.out)
+    return stage.run_stage(
+        "ingest",
+        stages.run_ingest,
+        source,
+        stream_id,
+        args.out,
+        m,
+        stop,
+        block=not kind.live,
+        keys=args.keys,
+        errors=(ingest.SourceError, ValueError),
+    )

@@ -1,0 +1,106 @@
+"""`mfvan recognize`: the recognizer stage. Pulls (onset, apex) pairs from spot stages,
+classifies them in batches with an inference backend, publishes events (PUB)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mfvan.deploy import stage
+
+HELP = "stage: classify pairs in batches, publish events"
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The recognizer's own flags: `mfvan run` offers them too and forwards them as given
+    (`mfvan.deploy.supervisor.forwarded`)."""
+    from mfvan.deploy.backends import NAMES, PRECISIONS
+
+    p.add_argument("--backend", choices=NAMES, default="onnxruntime")
+    p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="compute precision (default: fp16 for tensorrt, fp32 for the others)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch: wrap in torch.compile")
+    p.add_argument(
+        "--cuda-graphs", action="store_true", help="torch on CUDA: CUDA graphs per batch size"
+    )
+    p.add_argument("--url", default="127.0.0.1:8000", help="triton: the server's HTTP address")
+    p.add_argument("--max-batch", type=int, default=8, help="most pairs per inference")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a partial batch waits for more pairs (0: run what is queued now)",
+    )
+    p.add_argument("--with-crops", action="store_true", help="events carry the pair's pixels")
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--in", dest="inputs", action="append", required=True, help="pairs endpoint")
+    p.add_argument("--out", required=True, help="endpoint to bind (PUB) for events")
+    add_model_options(p)
+    p.add_argument("--metrics-port", type=int, default=stage.DEFAULT_PORTS["recognize"])
+    stage.add_security(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mfvan.deploy.backends import BackendUnavailable, load_backend
+    from mfvan.deploy.shipped import DEMO_WEIGHTS
+    from mfvan.model.weights import WeightsError, load_weights
+    from mfvan.stream import stages
+
+    stage.setup_logging()
+    if stage.refused("recognize", args, args.out, *args.inputs):
+        return 2
+    stop = stage.stop_on_signals()
+    weights = args.weights or DEMO_WEIGHTS
+    try:
+        model, meta = load_weights(weights)
+    except WeightsError as e:
+        print(f"mfvan recognize: {e}", file=sys.stderr)
+        return 2
+    try:
+        backend = load_backend(
+            args.backend,
+            model,
+            device=args.device,
+            compile=args.compile,
+            precision=args.precision,
+            cuda_graphs=args.cuda_graphs,
+            url=args.url,
+        )
+    except (BackendUnavailable, ValueError) as e:
+        print(f"mfvan recognize: {e}", file=sys.stderr)
+        return 2
+    m = stage.metrics("recognize", args.metrics_port)  # served once ready: `run` waits for it
+    version = f"{Path(weights).stem}@{meta['sha256'][:12]}"
+    if "synthme" in str(meta.get("training_data", "")).lower():
+        stage.log.warning(
+            "recognize: %s is trained on SynthME (synthetic faces), not for real faces",
+            Path(weights).name,
+        )
+    stage.log.info(
+        "recognize: %s -> %s with %s, model %s",
+        ", ".join(args.inputs),
+        args.out,
+        backend.name,
+        version,
+    )
+    return stage.run_stage(
+        "recognize",
+        stages.run_recognize,
+        args.inputs,
+        args.out,
+        stages.Classifier(backend, list(meta["classes"]), version),
+        m,
+        stop,
+        max_batch=args.max_batch,
+        max_wait_s=args.max_wait_ms / 1000,
+        with_crops=args.with_crops,
+        keys=args.keys,
+    )

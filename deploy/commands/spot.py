@@ -1,0 +1,32 @@
+"""`mfvan spot`: the spot stage. Pulls frames from ingest stages, tracks each stream's
+face, spots micro-expressions and pushes each (onset, apex) pair to the recognizer."""
+
+from __future__ import annotations
+
+import argparse
+
+from mfvan.deploy import stage
+
+HELP = "stage: track faces, spot micro-expressions, publish pairs"
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--in", dest="inputs", action="append", required=True, help="frames endpoint")
+    p.add_argument("--out", required=True, help="endpoint to bind for (onset, apex) pairs")
+    stage.add_security(p)
+    p.add_argument("--metrics-port", type=int, default=stage.DEFAULT_PORTS["spot"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from mfvan.kernels.spotter import warm_up
+    from mfvan.stream import stages
+
+    stage.setup_logging()
+    if stage.refused("spot", args, args.out, *args.inputs):
+        return 2
+    stage.one_thread()
+    stop = stage.stop_on_signals()
+    m = stage.metrics("spot", args.metrics_port)
+    warm_up()
+    stage.log.info("spot: %s -> %s", ", ".join(args.inputs), args.out)
+    return stage.run_stage("spot", stages.run_spot, args.inputs, args.out, m, stop, keys=args.keys)

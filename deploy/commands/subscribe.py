@@ -1,0 +1,61 @@
+"""`mfvan subscribe`: print the recognizer's events as they arrive (text or JSON lines)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "print recognition events as they arrive"
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    p.add_argument("endpoint", help="the recognizer's event endpoint")
+    p.add_argument("--stream", help="only this stream's events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds without one")
+    p.add_argument("--keys", type=Path, help="CURVE keys folder holding client.key_secret")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from mfvan.stream import subscribe
+    from mfvan.stream.security import client_curve
+
+    n = 0
+    curve = client_curve(args.keys) if args.keys else None
+    sub = subscribe(args.endpoint, args.stream, args.timeout, curve=curve)
+    try:
+        for event in sub:
+            if args.json:
+                print(json.dumps(event.as_dict()), flush=True)
+            else:
+                print(format_event(event), flush=True)
+            n += 1
+            if args.count and n >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+        if sub.missed or sub.dropped:
+            print(
+                f"mfvan subscribe: {n} events; {sub.missed} missed (this subscriber was too "
+                f"slow), {sub.dropped} malformed messages dropped",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def format_event(event) -> str:
+    """One line per event, as `mfvan subscribe` and `mfvan demo` print it."""
+    probs = " ".join(f"{k} {v:.2f}" for k, v in event.probs.items())
+    t = event.times
+    latency = (t.get("t_recognize", 0) - t.get("t_apex", 0)) / 1e6
+    return (
+        f"[{event.stream}] {event.label:<9} apex frame {event.apex} "
+        f"(onset {event.onset}, offset {event.offset})  {probs}  "
+        f"apex->event {latency:.0f} ms  model {event.model}"
+    )

@@ -1,0 +1,151 @@
+"""`mfvan train`: MFVAN or a baseline on a dataset; `--loso` evaluates
+leave-one-subject-out, else the weights are saved. One process, or one per rank under
+`torchrun --nproc-per-node N` (`mfvan.model.pipeline.distributed`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "train MFVAN or a baseline; --loso evaluates leave-one-subject-out"
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    from mfvan.model.data.datasets import LOADERS
+
+    p.add_argument(
+        "--dataset",
+        required=True,
+        choices=tuple(LOADERS),
+        help="which dataset's layout --data holds",
+    )
+    p.add_argument("--data", type=Path, required=True, help="the dataset's root folder")
+    p.add_argument(
+        "--config",
+        choices=("tiny", "demo", "paper"),
+        default="demo",
+        help="network config (and its training preset)",
+    )
+    p.add_argument(
+        "--model",
+        choices=("mfvan", "off-apexnet", "apex-cnn"),
+        default="mfvan",
+        help="MFVAN or a baseline",
+    )
+    p.add_argument(
+        "--ablation",
+        default="full",
+        choices=("full", "global", "global+ri", "global+ri+image", "global+ri+s1", "global+ri+s2"),
+        help="MFVAN's Table 3 row",
+    )
+    p.add_argument(
+        "--labels",
+        choices=("native", "3class"),
+        default="3class",
+        help="the dataset's own classes or negative/positive/surprise (MEGC 2019)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run folder: folds, checkpoints, report (rerun to resume)",
+    )
+    p.add_argument(
+        "--loso",
+        action="store_true",
+        help="leave-one-subject-out evaluation (else: train on all data, save weights)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="main-phase epochs (default: preset)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(".cache/pairs"),
+        help="where aligned face crops are cached",
+    )
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="micro-batches per batch, gradients averaged (in one process, what torchrun "
+        "--nproc-per-node N does with N)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """In one process, or under `torchrun --nproc-per-node N` (then
+    DistributedDataParallel: gloo on CPU, NCCL on CUDA; rank 0 writes the outputs)."""
+    import os
+
+    from mfvan.model.pipeline import distributed
+
+    if args.loso and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(
+            "mfvan train: --loso under torchrun is not supported; run folds as separate "
+            "processes (one `mfvan train --loso` per machine)",
+            file=sys.stderr,
+        )
+        return 2
+    with distributed(args.device) as device:
+        args.device = device
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from mfvan.model import pipeline
+    from mfvan.model.data.datasets import DatasetError
+    from mfvan.model.evaluate import write_report
+    from mfvan.model.train import TRAIN_PRESETS, run_loso
+
+    if args.accumulate < 1:
+        print("mfvan train: --accumulate must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        data, cfg = pipeline.load(args.dataset, args.data, args.labels, args.config)
+    except (DatasetError, FileNotFoundError) as err:
+        print(f"mfvan train: {err}", file=sys.stderr)
+        return 2
+    for note in data.notes:
+        print(f"note: {note}")
+    print(
+        f"{data.name}: {len(data.samples)} samples, {len(data.subjects)} subjects, {data.counts()}"
+    )
+    tcfg = replace(
+        TRAIN_PRESETS[args.config], seed=args.seed, device=args.device, accumulate=args.accumulate
+    )
+    if args.epochs is not None:
+        tcfg = replace(tcfg, epochs=args.epochs)
+    pairs = pipeline.crop(data, cfg, args.cache, progress=True)
+    print(f"faces found on {pairs.found.mean():.1%} of onset frames (others centre-cropped)")
+    if args.loso:
+        run_loso(args.model, cfg, pairs, tcfg, args.out, args.ablation)
+        summary = write_report(args.out)
+        p = summary["pooled"]
+        print(f"LOSO pooled: accuracy {p['accuracy']:.4f}  UF1 {p['uf1']:.4f}  UAR {p['uar']:.4f}")
+        print(f"report: {args.out / 'report.md'}")
+        return 0
+    if args.model != "mfvan":
+        print(
+            "mfvan train: only MFVAN weights can be saved; use --loso for baselines",
+            file=sys.stderr,
+        )
+        return 2
+    weights = pipeline.train_weights(
+        pipeline.Prepared(data, cfg, pairs),
+        tcfg,
+        args.out / f"mfvan-{args.config}-{args.dataset}.safetensors",
+        training_data=f"{args.dataset} ({args.labels}) at {args.data}, "
+        f"{len(data.samples)} samples, seed {args.seed}",
+        seed=args.seed,  # the initial weights, as `mfvan reproduce` draws them
+        model_kind=args.model,
+        ablation=args.ablation,
+        checkpoint=args.out / "checkpoint.pt",
+        progress=True,
+    )
+    if weights is not None:  # rank 0
+        print(f"weights: {weights} (+ {weights.with_suffix('.json').name})")
+    return 0

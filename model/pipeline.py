@@ -1,0 +1,100 @@
+"""One training pipeline: load a dataset -> crop its (onset, apex) pairs -> train -> save.
+
+`mfvan train` (one process, or one per rank under `torchrun`) and `mfvan reproduce` (the
+shipped weights) both run it, so the weights a user trains and the ones we ship are made
+the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mfvan.model.data.datasets import Dataset, load_dataset
+from mfvan.model.data.pairs import Pairs, build_pairs
+from mfvan.model.mfvan import CONFIGS, MFVANConfig
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A dataset, the network config sized to its classes, and its cropped pairs."""
+
+    dataset: Dataset
+    cfg: MFVANConfig
+    pairs: Pairs
+
+
+def load(dataset: str, root: Path, labels: str, config: str) -> tuple[Dataset, MFVANConfig]:
+    """Dataset `dataset` in its layout under `root` (`labels`: "native" or "3class"), and
+    the network config `config` sized to its classes."""
+    data = load_dataset(dataset, root, labels)
+    return data, replace(CONFIGS[config], num_classes=len(data.classes))
+
+
+def crop(data: Dataset, cfg: MFVANConfig, cache: Path, progress: bool = False) -> Pairs:
+    """The dataset's (onset, apex) pairs cropped at the config's size, cached in `cache`.
+    Under torch.distributed, rank 0 crops first and the others read its cache."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank > 0:
+        dist.barrier()  # rank 0 crops and caches the pairs first
+    pairs = build_pairs(data, cfg.image_size, cfg.in_chans, cache, progress=progress and rank == 0)
+    if rank == 0 and dist.is_initialized():
+        dist.barrier()
+    return pairs
+
+
+def prepare(dataset: str, root: Path, labels: str, config: str, cache: Path) -> Prepared:
+    """`load`, then `crop`."""
+    data, cfg = load(dataset, root, labels, config)
+    return Prepared(data, cfg, crop(data, cfg, cache))
+
+
+def train_weights(
+    prepared: Prepared,
+    tcfg,
+    out: Path,
+    training_data: str,
+    seed: int = 0,
+    model_kind: str = "mfvan",
+    ablation: str = "full",
+    checkpoint: Path | None = None,
+    progress: bool = False,
+) -> Path | None:
+    """Train on every pair and save the weights (+ sidecar) at `out`; None on ranks other
+    than 0 (they train; rank 0 writes). `seed` draws the initial weights."""
+    import torch
+    import torch.distributed as dist
+
+    from mfvan.model.train import build_model, train
+    from mfvan.model.weights import save_weights
+
+    torch.manual_seed(seed)
+    model = build_model(model_kind, prepared.cfg, ablation)
+    train(model, prepared.pairs, tcfg, checkpoint, progress=progress)
+    if dist.is_initialized() and dist.get_rank() > 0:
+        return None
+    save_weights(model, out, list(prepared.dataset.classes), training_data=training_data)
+    return out
+
+
+@contextlib.contextmanager
+def distributed(device: str):
+    """Under `torchrun` (WORLD_SIZE > 1): a process group (NCCL on CUDA, this rank's GPU;
+    gloo on CPU) for the block, and the device this rank trains on; else just `device`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield device
+        return
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,144 @@
+"""`mfvan run`'s supervisor without processes: its restart policy on children whose exits
+are scripted, and the child commands it plans (the recognizer's flags forwarded as given).
+The same supervisor with real processes: tests/test_run.py."""
+
+from pathlib import Path
+
+from mfvan.deploy.cli import build_parser
+from mfvan.deploy.supervisor import Backoff, Child, Supervisor, plan
+from mfvan.stream.metrics import Metrics
+
+
+class Scripted(Child):
+    """A child whose process exits with the codes given, one run each (None: runs on)."""
+
+    def __init__(self, stage, stream, exits):
+        super().__init__(stage, stream, [stage])
+        self.exits, self.runs, self.clock = list(exits), 0, 0.0
+
+    def start(self):
+        self.proc, self.started = object(), self.clock
+        self.runs += 1
+
+    def poll(self):
+        if self.proc is None or self.runs > len(self.exits):
+            return None
+        return self.exits[self.runs - 1]
+
+
+def restarts(metrics, stage, stream):
+    return metrics.registry.get_sample_value(
+        "mfvan_restarts_total", {"stage": stage, "stream": stream}
+    )
+
+
+def drive(supervisor, children, until, step=0.1):
+    """Step the supervisor every `step` s of a clock that is not the wall's; the time at
+    which it said stop, or None."""
+    now = 0.0
+    while now < until:
+        for child in children:
+            child.clock = now
+        if supervisor.step(now):
+            return now
+        now = round(now + step, 6)
+    return None
+
+
+def test_a_crashing_stage_is_restarted_with_a_doubling_backoff_and_counted():
+    m = Metrics("run")
+    spot = Scripted("spot", "cam1", [1, 1, 1, None])  # crashes three times, then runs
+    ingest = Scripted("ingest", "cam1", [None])
+    children = [ingest, spot]
+    for child in children:
+        child.start()
+    sup = Supervisor(children, m.restarts, Backoff(first_s=0.5, most_s=30.0))
+    assert drive(sup, children, until=5.0) is None, "a camera that runs on: never stops"
+    assert spot.runs == 4 and spot.restarts == 3
+    assert restarts(m, "spot", "cam1") == 3
+    assert restarts(m, "ingest", "cam1") == 0, "every child's series exists from the start"
+    assert spot.backoff == 4.0, "0.5, 1, 2, then 4 for the next crash"
+
+
+def test_a_finite_source_that_ends_stops_the_run_after_the_drain_time():
+    m = Metrics("run")
+    ingest = Scripted("ingest", "file", [0])  # a file ended: exit 0
+    recognize = Scripted("recognize", "all", [None])
+    children = [ingest, recognize]
+    for child in children:
+        child.start()
+    sup = Supervisor(children, m.restarts, Backoff(drain_s=3.0))
+    stopped = drive(sup, children, until=10.0)
+    assert stopped is not None and abs(stopped - 3.0) < 1e-6, stopped
+    assert ingest.runs == 1 and ingest.finished, "an ended source is not restarted"
+    assert restarts(m, "ingest", "file") == 0
+
+
+def test_an_ingest_that_fails_is_restarted_not_finished():
+    m = Metrics("run")
+    ingest = Scripted("ingest", "cam1", [2, None])
+    ingest.start()
+    sup = Supervisor([ingest], m.restarts, Backoff(first_s=0.5))
+    assert drive(sup, [ingest], until=2.0) is None
+    assert ingest.runs == 2 and not ingest.finished
+    assert restarts(m, "ingest", "cam1") == 1
+
+
+def test_a_child_that_ran_a_while_starts_its_backoff_over():
+    m = Metrics("run")
+    spot = Scripted("spot", "cam1", [1, 1, None])
+    spot.start()
+    sup = Supervisor([spot], m.restarts, Backoff(first_s=0.5, reset_after_s=30.0))
+    spot.backoff = 16.0  # as after several quick crashes
+    spot.started = -40.0  # it had run 40 s when it crashed
+    drive(sup, [spot], until=0.2)
+    assert spot.next_start == 0.5, "restarted after first_s, not 16 s"
+
+
+def test_run_plans_one_ingest_and_spot_per_source_and_forwards_the_recognizers_flags():
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--source",
+            "synth://?seed=3",
+            "--source",
+            "cam.mp4",
+            "--source",
+            "cam.mp4",
+            "--backend",
+            "torch",
+            "--compile",
+            "--max-batch",
+            "4",
+            "--max-wait-ms",
+            "2.5",
+            "--weights",
+            "w.safetensors",
+            "--with-crops",
+            "--metrics-base-port",
+            "9301",
+        ]
+    )
+    children, events = plan(args, Path("/run/x"))
+    names = [c.name for c in children]
+    assert names == [
+        "ingest-synth-3-1",
+        "spot-synth-3-1",
+        "ingest-cam.mp4-1",
+        "spot-cam.mp4-1",
+        "ingest-cam.mp4-2",
+        "spot-cam.mp4-2",
+        "recognize",
+    ]
+    assert events == "ipc:///run/x/events.ipc"
+    rec = children[-1].argv
+    given = dict(zip(rec[1::1], rec[2::1], strict=False))
+    assert given["--backend"] == "torch" and given["--max-batch"] == "4"
+    assert given["--max-wait-ms"] == "2.5" and given["--weights"] == "w.safetensors"
+    assert "--compile" in rec and "--with-crops" in rec
+    assert "--cuda-graphs" not in rec and "--insecure" not in rec
+    assert rec.count("--in") == 3 and given["--metrics-port"] == "9307"
+    # what the recognizer is given, it parses back to the same values
+    parsed = build_parser().parse_args(rec)
+    assert (parsed.backend, parsed.max_batch, parsed.max_wait_ms) == ("torch", 4, 2.5)
+    assert parsed.compile and parsed.with_crops and str(parsed.weights) == "w.safetensors"
