@@ -28,6 +28,7 @@ def inputs(shipped):
         return a, b, model(a, b).numpy()
 
 
+@pytest.mark.slow
 def test_torchscript_export_matches_eager(shipped, inputs, tmp_path):
     a, b, expected = inputs
     path = export.export_torchscript(shipped[0], tmp_path / "mfvan.ts")

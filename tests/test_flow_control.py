@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zmq
 
 from mfvan.deploy.backends import TorchBackend
@@ -84,6 +85,7 @@ def _published(m: Metrics) -> int:
     return sum(s._value.get() for s in m.events._metrics.values())
 
 
+@pytest.mark.slow
 def test_a_slow_subscriber_misses_events_counted_and_the_recognizer_never_waits(
     tmp_path, demo_weights
 ):

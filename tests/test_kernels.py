@@ -442,6 +442,7 @@ def test_spot_eval_cli_on_the_tiny_set(tiny_set, tmp_path, capsys):
 # ----------------------------------------------------------------------------- crops
 
 
+@pytest.mark.slow
 def test_the_tracker_holds_one_crop_on_a_face_whose_detections_jitter():
     """Subject 3's Haar boxes jump between 100 and 200 px wide from one detection to the
     next; the eye-anchored crop must not follow them."""

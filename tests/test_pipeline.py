@@ -141,6 +141,7 @@ def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_
     assert m.dropped.labels("recognize", "", "malformed")._value.get() >= 1
 
 
+@pytest.mark.slow
 def test_synth_camera_frames_truth_and_bounded_memory():
     from mfvan.deploy.synth_source import SynthSource, parse
 
