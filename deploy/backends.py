@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -322,7 +322,6 @@ REGISTRY: dict[str, Entry] = {
     "triton": Entry(lambda m, o: TritonBackend(m, url=o.url), ("onnxruntime", "torch")),
 }
 NAMES = tuple(REGISTRY)
-_OPTIONS = {f.name for f in fields(Options)}
 
 
 def load_backend(name: str, model, options: Options | None = None, **kwargs) -> Backend:
@@ -331,9 +330,6 @@ def load_backend(name: str, model, options: Options | None = None, **kwargs) -> 
     can, each step logged with its reason, so the operator sees what runs."""
     if name not in REGISTRY:
         raise ValueError(f"unknown backend {name!r}; choose from {NAMES}")
-    unknown = set(kwargs) - _OPTIONS
-    if unknown:
-        raise TypeError(f"unknown backend options {sorted(unknown)}")
     options = Options(**kwargs) if options is None else options
     reasons = []
     for candidate in (name, *REGISTRY[name].fallbacks):

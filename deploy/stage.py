@@ -16,8 +16,6 @@ import sys
 import threading
 from pathlib import Path
 
-from mfvan.stream.metrics import STAGES  # noqa: F401  (the stage names, for the commands)
-
 log = logging.getLogger("mfvan.run")
 
 DEFAULT_PORTS = {"ingest": 9101, "spot": 9102, "recognize": 9103, "run": 9100}

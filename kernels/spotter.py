@@ -811,17 +811,17 @@ class Spotter:
             if self._falling or not trusted or signal <= start:
                 return []
             self._candidate = _Candidate(
-                index,
-                ns,
-                index,
-                ns,
-                signal,
-                start,
-                region,
-                eyes,
-                float(main[region]),
-                self._floor_of(region),
-                self._delay_ns(ns),
+                onset=index,
+                onset_ns=ns,
+                apex=index,
+                apex_ns=ns,
+                peak=signal,
+                threshold=start,
+                region=region,
+                eyes_at_peak=eyes,
+                peak_px=float(main[region]),
+                floor_px=self._floor_of(region),
+                delay_ns=self._delay_ns(ns),
             )
             return []
         if signal > c.peak:

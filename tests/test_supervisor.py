@@ -132,7 +132,7 @@ def test_run_plans_one_ingest_and_spot_per_source_and_forwards_the_recognizers_f
     ]
     assert events == "ipc:///run/x/events.ipc"
     rec = children[-1].argv
-    given = dict(zip(rec[1::1], rec[2::1], strict=False))
+    given = dict(zip(rec, rec[1:], strict=False))
     assert given["--backend"] == "torch" and given["--max-batch"] == "4"
     assert given["--max-wait-ms"] == "2.5" and given["--weights"] == "w.safetensors"
     assert "--compile" in rec and "--with-crops" in rec

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mfvan.deploy.stage import STAGES
+from mfvan.stream.metrics import STAGES
 
 HELP = "the live pipeline on SynthME's camera for a minute, scored"
 
