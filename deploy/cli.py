@@ -83,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args = parser.parse_args(argv)
     config.fill(args, lists)
-    return command(args.command).run(args)
+    from mfvan.deploy.stage import EXIT_FATAL, Fatal
+    from mfvan.stream.security import EndpointError
+
+    try:
+        return command(args.command).run(args)
+    except (Fatal, EndpointError) as e:  # a mistake the user can mend: one line, no traceback
+        print(f"mfvan {args.command}: {e}", file=sys.stderr)
+        return EXIT_FATAL
 
 
 if __name__ == "__main__":

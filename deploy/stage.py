@@ -2,6 +2,14 @@
 supervisor): logging, stopping on signals, one compute thread, its /metrics, the security
 flags and their check, and running a stage's loop so that a refused endpoint is one line.
 
+Start or fail, loudly: any mistake a stage can find before it works (a bad flag, an
+endpoint in use or refused, a port taken, missing keys, a source that can never work) is
+`Fatal` (or one of the errors `run_stage` is given): one line on stderr, exit status
+EXIT_FATAL (2), and `mfvan run` does not restart it. Anything else that ends a stage is a
+crash (a traceback, exit 1), which `mfvan run` restarts. Once SIGINT or SIGTERM arrives a
+stage has STOP_S to end its loop; past that it exits at once (a source blocked in a
+network read must not hold a shutdown).
+
 Default endpoints are `ipc://` files under a runtime folder and metrics bind 127.0.0.1:
 faces are biometric data, and nothing leaves the machine unless the operator says so.
 """
@@ -19,26 +27,75 @@ from pathlib import Path
 log = logging.getLogger("mfvan.run")
 
 DEFAULT_PORTS = {"ingest": 9101, "spot": 9102, "recognize": 9103, "run": 9100}
+EXIT_FATAL = 2  # a configuration error: not worth restarting
+STOP_S = 1.5  # after a stop signal, the most a stage takes to end
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Fatal(Exception):
+    """A mistake that restarting cannot mend; its message is the one line the user sees."""
 
 
 def setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("MFVAN_LOG", "INFO"),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    level = os.environ.get("MFVAN_LOG", "INFO").upper()
+    if level not in LEVELS:
+        raise Fatal(f"MFVAN_LOG={os.environ['MFVAN_LOG']!r} is not a log level {LEVELS}")
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGINT or SIGTERM: the stage's loop ends when it is set."""
+def stop_on_signals(grace_s: float = STOP_S) -> threading.Event:
+    """An event set by SIGINT or SIGTERM: the stage's loop ends when it is set. If the
+    process has not ended `grace_s` after the signal (a source blocked opening a dead
+    camera, a wait in a library), it exits at once with the signal's status."""
     stop = threading.Event()
 
     def handler(signum, frame):
+        if stop.is_set():
+            return
         log.info("signal %s: stopping", signal.Signals(signum).name)
         stop.set()
+        timer = threading.Timer(grace_s, _exit_now, args=(signum,))
+        timer.daemon = True
+        timer.start()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+def _exit_now(signum: int) -> None:
+    log.warning(
+        "did not stop within %.1f s of %s; exiting now", STOP_S, signal.Signals(signum).name
+    )
+    logging.shutdown()
+    os._exit(128 + signum)
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port 1-65535, or -1 (do not serve)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if n != -1 and not 1 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{n} is not a port (1-65535, or -1: none)")
+    return n
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above 0."""
+
+    def parse(text: str):
+        try:
+            n = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not n > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return n
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def one_thread() -> None:
@@ -52,36 +109,54 @@ def one_thread() -> None:
 
 
 def metrics(stage: str, port: int):
-    """The stage's Prometheus metrics, served on `port` (a negative port: not served)."""
+    """The stage's Prometheus metrics, with /live and /ready, served on `port` (a negative
+    port: not served); a port taken or a bad MFVAN_METRICS_HOST is `Fatal`."""
     from mfvan.stream.metrics import Metrics
 
     m = Metrics(stage)
     if port >= 0:
-        _, bound = m.serve(port, os.environ.get("MFVAN_METRICS_HOST", "127.0.0.1"))
-        log.info("%s: metrics on http://127.0.0.1:%d/metrics", stage, bound)
+        host = os.environ.get("MFVAN_METRICS_HOST", "127.0.0.1")
+        try:
+            _, bound = m.serve(port, host)
+        except OSError as e:
+            raise Fatal(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+        except OverflowError:
+            raise Fatal(f"metrics port {port} is not a port (1-65535)") from None
+        log.info("%s: metrics on http://%s:%d/metrics (/ready, /live)", stage, host, bound)
     return m
 
 
 def run_stage(command: str, loop, *args, errors=(), **kwargs) -> int:
-    """Run a stage's loop until it ends; a refused endpoint (or one of `errors`) is one
-    line on stderr and exit status 2. ZeroMQ is flushed and ended either way."""
-    from mfvan.stream.security import InsecureEndpoint
+    """Run a stage's loop until it ends; a refused or unusable endpoint, a ZeroMQ error,
+    `Fatal` or one of `errors` is one line on stderr and exit status EXIT_FATAL. ZeroMQ is
+    flushed and ended either way: sockets at once (linger 0) after a failure, so that
+    ending it cannot hang on a socket that never bound."""
+    import zmq
 
+    from mfvan.stream.security import EndpointError
+
+    ok = False
     try:
         loop(*args, **kwargs)
-    except (InsecureEndpoint, *errors) as e:
+        ok = True
+    except (EndpointError, zmq.ZMQError, Fatal, *errors) as e:
         print(f"mfvan {command}: {e}", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
     finally:
-        close_context()
+        close_context(flush=ok)
     return 0
 
 
-def close_context() -> None:
-    """Flush and end ZeroMQ before exit (sends in flight hold references to arrays)."""
+def close_context(flush: bool = True) -> None:
+    """End ZeroMQ before exit: flushing what is queued (sends in flight hold references to
+    arrays), or with `flush=False` dropping it, every socket closed with linger 0."""
     import zmq
 
-    zmq.Context.instance().term()
+    ctx = zmq.Context.instance()
+    if flush:
+        ctx.term()
+    else:
+        ctx.destroy(linger=0)
 
 
 def add_security(p: argparse.ArgumentParser) -> None:

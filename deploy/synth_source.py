@@ -35,7 +35,7 @@ def parse(url: str) -> dict:
     q = {k: v[-1] for k, v in parse_qs(urlparse(url).query).items()}
     try:
         w, h = (int(n) for n in q.get("size", "640x480").split("x"))
-        return {
+        o = {
             "fps": float(q.get("fps", 200)),
             "seed": int(q.get("seed", 0)),
             "subject": int(q.get("subject", 1)),
@@ -48,6 +48,11 @@ def parse(url: str) -> dict:
         }
     except ValueError as e:
         raise ValueError(f"bad synth:// URL {url!r}: {e}") from None
+    if not (0 < o["fps"] <= 1000 and 64 <= w <= 4096 and 64 <= h <= 4096):
+        raise ValueError(f"bad synth:// URL {url!r}: fps must be 0-1000, size 64-4096 px a side")
+    if o["seconds"] is not None and not o["seconds"] > 0:
+        raise ValueError(f"bad synth:// URL {url!r}: seconds must be above 0")
+    return o
 
 
 class SynthSource:

@@ -3,10 +3,15 @@
 The sidecar says what the tensors are: format and version, the full `MFVANConfig`, the
 class names in output order, the input (size, channels), the preprocessing the network
 expects, what data trained it, the git commit of the code, and the sha256 of the tensor
-file (so a sidecar cannot be paired with other weights). `load_weights` checks all of it,
-and what the caller expects, and refuses any mismatch with a `WeightsError` whose message
-says what differs; a missing, truncated or foreign file gets the same kind of message,
-never a traceback from deep inside a library.
+file (so a sidecar cannot be paired with other weights), and `sidecar_sha256`, the sha256
+of the sidecar's own fields (so classes renamed or swapped, or a config edited, are
+refused: swapping `negative` and `positive` would invert every label). The model version
+an event names (`meta["version"]`, `NAME@<tensors' hash>-<sidecar's hash>`) names both.
+A hash is not a signature: it catches edits and corruption, not someone who rewrites the
+hash too; protect the weights folder as you would the program. `load_weights` checks all
+of it, each field's type, and what the caller expects, and refuses any mismatch with a
+`WeightsError` whose message names the file and the field; a missing, truncated or
+foreign file gets the same kind of message, never a traceback from deep inside a library.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from mfvan.model.mfvan import MFVAN, MFVANConfig
 
 FORMAT = "mfvan-weights"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sidecar is covered by its own hash, `sidecar_sha256`
 PREPROCESSING = {
     "crop": "aligned face (eyes level), square",
     "resize": "area interpolation to image_size x image_size",
@@ -76,13 +81,58 @@ def save_weights(
         "git_commit": git_commit or current_git_commit(),
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
+    seal(sidecar)
     out = sidecar_path(path)
     out.write_text(json.dumps(sidecar, indent=2) + "\n")
     return out
 
 
+def _digest(meta: dict) -> str:
+    fields = {k: v for k, v in meta.items() if k != "sidecar_sha256"}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def seal(meta: dict) -> dict:
+    """Set the sidecar's own hash, `sidecar_sha256`, over its other fields."""
+    meta["sidecar_sha256"] = _digest(meta)
+    return meta
+
+
+def _is_hex64(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _is_classes(v) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) >= 2
+        and all(isinstance(c, str) and c for c in v)
+        and len(set(v)) == len(v)
+    )
+
+
+def _is_input(v) -> bool:
+    return isinstance(v, dict) and all(
+        type(v.get(k)) is int and v[k] > 0 for k in ("size", "channels")
+    )
+
+
+SIDECAR_FIELDS = {  # field -> (check, what it must be)
+    "config": (lambda v: isinstance(v, dict), "a map of MFVANConfig fields"),
+    "classes": (_is_classes, "a list of two or more distinct class names"),
+    "input": (_is_input, "a map of positive integers size and channels"),
+    "preprocessing": (lambda v: isinstance(v, dict), "a map"),
+    "training_data": (lambda v: isinstance(v, str), "a string"),
+    "git_commit": (lambda v: isinstance(v, str), "a string"),
+    "sha256": (_is_hex64, "64 lowercase hex digits"),
+    "sidecar_sha256": (_is_hex64, "64 lowercase hex digits"),
+}
+
+
 def read_sidecar(path: Path) -> dict:
-    """The sidecar of weights file `path`, checked for format and version."""
+    """The sidecar of weights file `path`, checked for format, version, its own hash and
+    each field's type; `version` added (the model version events name)."""
     side = sidecar_path(path)
     try:
         meta = json.loads(side.read_text())
@@ -98,23 +148,20 @@ def read_sidecar(path: Path) -> dict:
     if meta.get("format_version") != FORMAT_VERSION:
         raise WeightsError(
             f"{side}: format version {meta.get('format_version')!r}, "
-            f"this mfvan reads version {FORMAT_VERSION}"
+            f"this mfvan reads version {FORMAT_VERSION} (re-save the weights with it)"
         )
-    missing = [
-        k
-        for k in (
-            "config",
-            "classes",
-            "input",
-            "preprocessing",
-            "training_data",
-            "git_commit",
-            "sha256",
-        )
-        if k not in meta
-    ]
+    missing = [k for k in SIDECAR_FIELDS if k not in meta]
     if missing:
         raise WeightsError(f"{side}: missing field(s) {', '.join(missing)}")
+    if _digest(meta) != meta["sidecar_sha256"]:
+        raise WeightsError(
+            f"{side}: its fields do not match its sidecar_sha256: edited after it was "
+            "written (classes, config or input changed?) or corrupted"
+        )
+    for key, (ok, what) in SIDECAR_FIELDS.items():
+        if not ok(meta[key]):
+            raise WeightsError(f"{side}: field {key!r} must be {what}, not {meta[key]!r:.60}")
+    meta["version"] = f"{Path(path).stem}@{meta['sha256'][:12]}-{meta['sidecar_sha256'][:8]}"
     return meta
 
 

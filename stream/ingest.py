@@ -15,8 +15,20 @@ time and its capture time, both in ns.
 - `key_frame`: the frame starts a GOP (a key frame among predicted pictures; never in an
   intra-only codec such as FFV1, `mfvan.kernels.facespot.GopBoundaries`).
 `Reconnecting` wraps any source factory: when the source fails (a camera drops, a
-network times out) it waits with exponential backoff and opens it again, counting each
-reconnect; the frame index keeps counting across reconnects.
+network times out) it waits with exponential backoff (0.1 s doubling to at most 1 s, so
+a camera that comes back is read again within about a second) and opens it again; the
+frame index keeps counting across reconnects, and every wait ends at once when the stage
+is told to stop.
+
+Failures are of two kinds. Recoverable: a camera or RTSP server that does not answer or
+drops, retried for as long as the stage runs. Fatal: a source that can never work (a
+missing file, a folder, a file FFmpeg cannot read, a URL that cannot be parsed), found by
+`check_source` or the first open: one line naming the source, no retry.
+
+Credentials: a URL's password never appears in a log line, an error or a metric label
+(`redact`); `env:NAME` as a source reads the URL from the environment variable NAME, so
+that it is not in any process's argv either (`mfvan run` hands every source to its ingest
+processes that way).
 
 Imports nothing of this project but `mfvan.kernels` (media time and GOP boundaries of a
 decoded frame).
@@ -24,10 +36,13 @@ decoded frame).
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 
@@ -44,8 +59,52 @@ class Frame:
     key_frame: bool = False
 
 
+log = logging.getLogger("mfvan.ingest")
+
+
 class SourceError(RuntimeError):
     """The source cannot be opened or stopped delivering frames."""
+
+
+def redact(url: str) -> str:
+    """The URL with its password (if any) replaced by `***`."""
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunparse(parts._replace(netloc=netloc))
+
+
+def resolve(source: str) -> str:
+    """A source as given: `env:NAME` is the URL in environment variable NAME."""
+    if not source.startswith("env:"):
+        return source
+    name = source[len("env:") :]
+    if not os.environ.get(name):
+        raise SourceError(f"source {source}: the environment variable {name} is not set")
+    return os.environ[name]
+
+
+def check_source(url: str) -> None:
+    """Raise `SourceError` (fatal: retrying cannot help) for a source that can never
+    work: a missing file, a folder, an RTSP URL without a host. A camera or server that
+    does not answer now is not checked here: it may come back."""
+    scheme = urlparse(url).scheme
+    if scheme in _SCHEMES:
+        return
+    if url.startswith(("rtsp://", "rtsps://")):
+        if not urlparse(url).hostname:
+            raise SourceError(f"{redact(url)}: an RTSP URL needs a host (rtsp://HOST/path)")
+        return
+    if url.startswith("/dev/video") or "://" in url:
+        return  # a device that may appear, or another protocol FFmpeg opens
+    if os.path.isdir(url):
+        raise SourceError(f"{url} is a folder, not a video file")
+    if not os.path.exists(url):
+        raise SourceError(f"cannot open {url}: no such file")
 
 
 class PyAVSource:
@@ -81,7 +140,7 @@ class PyAVSource:
         try:
             return av.open(self.url, options=options, **kwargs)
         except (av.FFmpegError, OSError) as e:
-            raise SourceError(f"cannot open {self.url}: {e}") from e
+            raise SourceError(f"cannot open {redact(self.url)}: {_reason(e)}") from None
 
     def __iter__(self) -> Iterator[Frame]:
         import av
@@ -89,7 +148,7 @@ class PyAVSource:
         container = self._open()
         image = decoded_grey if self.grey else (lambda f: f.to_ndarray(format="rgb24"))
         start_wall = time.time_ns()
-        start_pts = previous = None
+        start_pts = previous = media = None
         gop = GopBoundaries()
         try:
             stream = container.streams.video[0]
@@ -110,9 +169,28 @@ class PyAVSource:
                     t = time.time_ns()
                 yield Frame(index, t, image(frame), t_media=media, key_frame=gop(frame))
         except av.FFmpegError as e:
-            raise SourceError(f"{self.url} stopped: {e}") from e
+            raise SourceError(f"{redact(self.url)} stopped: {_reason(e)}") from None
         finally:
             container.close()
+        if not self.live:
+            self._check_whole(stream, media)
+
+    def _check_whole(self, stream, last_ns: int | None) -> None:
+        """Warn when a file ended well before the duration its container declares (a
+        truncated recording)."""
+        declared = None
+        if stream.duration is not None and stream.time_base is not None:
+            declared = int(stream.duration * stream.time_base * 1e9)
+        elif stream.container.duration is not None:
+            declared = int(stream.container.duration * 1e3)  # AV_TIME_BASE is 1e6
+        frame_ns = 1e9 / float(stream.average_rate or 25)
+        if declared and (last_ns or 0) + 2 * frame_ns < 0.95 * declared:
+            log.warning(
+                "%s ended at %.2f s of the %.2f s it declares: the file looks truncated",
+                self.url,
+                (last_ns or 0) / 1e9,
+                declared / 1e9,
+            )
 
     def _decode(self, container, stream) -> Iterator:
         """Decoded frames, packet by packet: a corrupt packet is skipped and counted
@@ -128,10 +206,17 @@ class PyAVSource:
                 self.on_decode_error(e)
                 bad += 1
                 if bad >= 100:
-                    raise SourceError(f"{self.url}: 100 undecodable packets in a row") from e
+                    raise SourceError(
+                        f"{redact(self.url)}: 100 undecodable packets in a row"
+                    ) from e
                 continue
             bad = 0
             yield from frames
+
+
+def _reason(error: Exception) -> str:
+    """An FFmpeg error's words without the URL PyAV appends (it may hold a password)."""
+    return getattr(error, "strerror", None) or type(error).__name__
 
 
 Factory = Callable[[str], object]
@@ -180,23 +265,38 @@ def open_source(url: str, **kwargs):
 
 class Reconnecting:
     """Frames from `open_()` sources, reopened with exponential backoff after each failure
-    (or end, for live sources). `on_reconnect(error)` is called before each reopen."""
+    (or end, for live sources). `on_reconnect(error)` is called before each new attempt
+    (`error` None: the stream ended), `on_back(attempts)` when frames come again after
+    failures. Every wait ends as soon as `stop` is set."""
 
     def __init__(
         self,
         open_: Callable[[], object],
         live: bool = True,
-        backoff_s: tuple[float, float] = (0.5, 30.0),
+        backoff_s: tuple[float, float] = (0.1, 1.0),
         on_reconnect: Callable[[Exception | None], None] | None = None,
         max_attempts: int | None = None,
+        on_back: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
     ):
         self.open_ = open_
         self.live = live
         self.backoff_s = backoff_s
         self.on_reconnect = on_reconnect or (lambda error: None)
+        self.on_back = on_back or (lambda attempts: None)
         self.max_attempts = max_attempts
-        self.reconnects = 0
-        self.stopped = False
+        self.reconnects = 0  # times frames came again after a failure
+        self.attempts = 0  # times a failed source was tried again
+        self.stop = stop or threading.Event()
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop.is_set()
+
+    @stopped.setter
+    def stopped(self, value: bool) -> None:
+        if value:
+            self.stop.set()
 
     def __iter__(self) -> Iterator[Frame]:
         delay = self.backoff_s[0]
@@ -204,7 +304,7 @@ class Reconnecting:
         failures = 0
         base_ns = 0  # media time at which the current opening starts
         last_ns = last_wall = None
-        while not self.stopped:
+        while not self.stop.is_set():
             error = None
             if last_ns is not None:  # reopened: media time goes on, plus the time away
                 base_ns = last_ns + max(time.time_ns() - last_wall, 1)
@@ -215,9 +315,12 @@ class Reconnecting:
                     if frame.t_media is not None:
                         frame.t_media += base_ns
                         last_ns, last_wall = frame.t_media, time.time_ns()
+                    if failures:
+                        self.reconnects += 1
+                        self.on_back(failures)
                     delay, failures = self.backoff_s[0], 0
                     yield frame
-                    if self.stopped:
+                    if self.stop.is_set():
                         return
                 if not self.live:
                     return  # a file ended: done
@@ -228,7 +331,8 @@ class Reconnecting:
                 if self.max_attempts == 0:
                     raise error
                 raise SourceError(f"gave up after {self.max_attempts} attempts: {error}")
-            self.reconnects += 1
-            self.on_reconnect(error)
-            time.sleep(delay)
+            self.attempts += 1
+            self.on_reconnect(error or "the stream ended")
+            if self.stop.wait(delay):
+                return
             delay = min(delay * 2, self.backoff_s[1])

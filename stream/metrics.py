@@ -8,14 +8,26 @@ previous stage (`mfvan_transit_seconds`), end to end from capture
 (`mfvan_end_to_end_seconds`), and inference (`mfvan_inference_seconds`).
 
 `serve(port, host)` binds to loopback by default: faces are biometric data, and metrics
-name the streams.
+name the streams. It answers three paths, as systemd, k8s and `mfvan run` expect:
+`/metrics` (Prometheus), `/live` (200 while the process serves at all) and `/ready` (200
+once the stage has bound its sockets and compiled what it needs, `ready.set()`; 503
+before); any other path is 404.
+
+Per-stream series are created at zero when a stream appears (`init_stream`) and removed
+when the stage forgets it (`forget_stream`: the stream ended or went idle), so a stage
+that sees many streams over its life does not keep a series for each forever.
 
 Imports nothing of this project.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from http.server import ThreadingHTTPServer
+from urllib.parse import urlparse
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import MetricsHandler
 
 # from 0.5 ms to 10 s: inference of one pair is ms, end to end includes the apex's wait
 LATENCY_BUCKETS = (
@@ -30,6 +42,7 @@ class Metrics:
 
     def __init__(self, stage: str, registry: CollectorRegistry | None = None):
         self.stage = stage
+        self.ready = threading.Event()  # set by the stage once it can do its work
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.frames_in = Counter(
@@ -40,7 +53,9 @@ class Metrics:
         )
         self.dropped = Counter(
             "mfvan_frames_dropped",
-            "Messages dropped, by reason (hwm: the consumer was slow; malformed; version).",
+            "Messages dropped, by reason (hwm: the consumer was slow; malformed, version, "
+            "schema: not a message of ours or not one this stage takes; streams: one stream "
+            "too many; error: the stage failed on it; unauthorized: refused handshakes).",
             ["stage", "stream", "reason"],
             registry=r,
         )
@@ -48,7 +63,16 @@ class Metrics:
             "mfvan_decode_errors", "Frames the decoder failed on.", ["stream"], registry=r
         )
         self.reconnects = Counter(
-            "mfvan_reconnects", "Times a source was reopened.", ["stream"], registry=r
+            "mfvan_reconnects",
+            "Times a source delivered frames again after failing.",
+            ["stream"],
+            registry=r,
+        )
+        self.reconnect_attempts = Counter(
+            "mfvan_reconnect_attempts",
+            "Times a failed source was tried again (successful or not).",
+            ["stream"],
+            registry=r,
         )
         self.faces = Gauge(
             "mfvan_faces_tracked",
@@ -114,7 +138,7 @@ class Metrics:
         )
 
         if stage in STAGES:
-            for reason in ("malformed", "version"):
+            for reason in ("malformed", "version", "schema", "streams", "error"):
                 self.dropped.labels(stage, "", reason)
             self.stage_seconds.labels(stage)
             self.transit.labels(stage)
@@ -131,6 +155,7 @@ class Metrics:
         self.dropped.labels(stage, stream, "hwm")
         if stage == "ingest":
             self.reconnects.labels(stream)
+            self.reconnect_attempts.labels(stream)
             self.decode_errors.labels(stream)
         elif stage == "spot":
             self.spots.labels(stream)
@@ -140,7 +165,43 @@ class Metrics:
         for label in classes:
             self.events.labels(stream, label)
 
+    def forget_stream(self, stream: str) -> None:
+        """Remove every series of `stream` (it ended or went idle)."""
+        for metric in vars(self).values():
+            names = getattr(metric, "_labelnames", ())
+            if "stream" not in names:
+                continue
+            at = names.index("stream")
+            for key in list(metric._metrics):  # prometheus_client lists no children publicly
+                if key[at] == stream:
+                    metric.remove(*key)
+
     def serve(self, port: int, host: str = "127.0.0.1"):
-        """Serve /metrics on host:port (0: a free port); returns (server, port)."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        """Serve /metrics, /live and /ready on host:port (0: a free port); returns
+        (server, port)."""
+        base = MetricsHandler.factory(self.registry)
+        ready = self.ready
+
+        class Handler(base):
+            def do_GET(self):
+                path = urlparse(self.path).path
+                if path == "/metrics":
+                    return super().do_GET()
+                if path == "/live":
+                    return self._plain(200, b"live\n")
+                if path == "/ready":
+                    ok = ready.is_set()
+                    return self._plain(200 if ok else 503, b"ready\n" if ok else b"starting\n")
+                return self._plain(404, b"not found: try /metrics, /live or /ready\n")
+
+            def _plain(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
         return server, server.server_address[1]

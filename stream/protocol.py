@@ -12,7 +12,14 @@
 
 `decode` refuses anything else with `Malformed` and a reason (a foreign or garbled
 header, another version, a missing field, a buffer whose size does not match its shape
-and dtype); a stage drops such a message, counts it, and goes on. `send` never blocks:
+and dtype, and anything its kind's schema forbids: `SCHEMAS` says, per kind, the type of
+each header field, which are required, and the buffers' count, dtype, rank and sizes);
+a stage drops such a message, counts it, and goes on. So no header or buffer a peer can
+send reaches a stage's logic with a type or shape it does not expect. Limits: a frame is
+at most MAX_SIDE px a side, a crop MIN_CROP to MAX_CROP, a header MAX_HEADER bytes, a
+stream id MAX_STREAM_ID characters; `MAX_MESSAGE` (the largest legal frame) is what
+receiving sockets set as ZMQ_MAXMSGSIZE, so a larger part never even reaches memory
+(ZeroMQ drops the connection that sent it). `send` never blocks:
 when the peer's high-water mark is reached the message is dropped and `send` returns
 False, so a slow consumer costs the producer drops, never unbounded memory.
 
@@ -33,6 +40,12 @@ KINDS = ("frame", "pair", "event", "eos")
 DTYPES = ("uint8", "uint16", "float16", "float32", "float64", "int32", "int64")
 RESERVED = ("v", "kind", "stream", "seq", "buffers")
 _DTYPES = {name: np.dtype(name) for name in DTYPES}
+MAX_SIDE = 4096  # px, a frame's height or width (4K UHD is 3840 x 2160)
+MIN_SIDE = 16  # px: smaller holds no face
+MIN_CROP, MAX_CROP = 16, 512  # px, the side of a pair's square face crops
+MAX_HEADER = 64 * 1024  # bytes of msgpack
+MAX_STREAM_ID = 128  # characters
+MAX_MESSAGE = MAX_SIDE * MAX_SIDE * 3  # bytes in one part: the largest legal RGB frame
 
 
 class Malformed(ValueError):
@@ -69,6 +82,9 @@ def encode(kind: str, stream: str, seq: int, arrays=(), formats=None, **fields) 
         buffers.append(array)
     header = {"v": VERSION, "kind": kind, "stream": stream, "seq": int(seq), "buffers": specs}
     header.update(fields)
+    # what the receiver would refuse is refused here, with the same words
+    _check_header(kind, header)
+    _check_buffers(kind, [b.shape for b in buffers], [b.dtype.name for b in buffers])
     return [stream.encode(), msgpack.packb(header, use_bin_type=True), *buffers]
 
 
@@ -114,6 +130,137 @@ def recv_parts(socket: zmq.Socket, flags: int = 0) -> list:
     return parts
 
 
+# ----------------------------------------------------------------------------- schemas
+
+
+def _int(v) -> bool:
+    return type(v) is int  # not bool, not float
+
+
+def _num(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _str(v) -> bool:
+    return type(v) is str and len(v) <= 256
+
+
+def _bool(v) -> bool:
+    return type(v) is bool
+
+
+def _map_or_nil(v) -> bool:
+    return v is None or type(v) is dict
+
+
+def _nums(v) -> bool:
+    return type(v) is list and 0 < len(v) <= 1000 and all(_num(x) for x in v)
+
+
+def _strs(v) -> bool:
+    return type(v) is list and 0 < len(v) <= 1000 and all(_str(x) for x in v)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a kind of message may hold. `fields`: header field -> its type check (a field
+    not named here may be anything: producers add their own); `required`: fields it must
+    have; `buffers`: the counts of buffers allowed; `image`: (dtype, ranks, least side,
+    most side, square) of every buffer; `same_shape`: all buffers alike."""
+
+    fields: dict
+    required: tuple = ()
+    buffers: tuple = (0,)
+    ranks: tuple = (2,)
+    sides: tuple = (MIN_SIDE, MAX_SIDE)
+    square: bool = False
+    same_shape: bool = False
+
+
+_TIMES = ("t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot")
+_INTERVAL = ("onset", "apex", "offset", "media_onset", "media_apex", "media_offset")
+_PAIR_FIELDS = {
+    **{k: _int for k in (*_INTERVAL, *_TIMES, "spot_latency_ns")},
+    "score": _num,
+    "amplitude": _num,
+    "region": _str,
+    "truth": _map_or_nil,
+}
+SCHEMAS = {
+    "frame": Schema(
+        fields={
+            "index": _int,
+            "t_capture": _int,
+            "t_media": _int,
+            "t_ingest": _int,
+            "key_frame": _bool,
+            "truth": _map_or_nil,
+        },
+        buffers=(1,),
+        ranks=(2, 3),  # (H, W) grey or (H, W, 3) RGB
+    ),
+    "pair": Schema(
+        fields=_PAIR_FIELDS,
+        required=("onset", "apex", "offset"),
+        buffers=(2,),  # the onset and apex crops
+        sides=(MIN_CROP, MAX_CROP),
+        square=True,
+        same_shape=True,
+    ),
+    "event": Schema(
+        fields={
+            **_PAIR_FIELDS,
+            "label": _str,
+            "probs": _nums,
+            "classes": _strs,
+            "model": _str,
+            "batch": _int,
+            "t_received": _int,
+            "t_recognize": _int,
+        },
+        required=("onset", "apex", "offset", "label", "probs", "classes", "model"),
+        buffers=(0, 2),  # the crops only with --with-crops
+        sides=(MIN_CROP, MAX_CROP),
+        square=True,
+        same_shape=True,
+    ),
+    "eos": Schema(fields={}),
+}
+
+
+def _check_header(kind: str, header: dict) -> None:
+    schema = SCHEMAS[kind]
+    missing = [k for k in schema.required if k not in header]
+    if missing:
+        raise Malformed("schema", f"a {kind} lacks {missing}")
+    for key, ok in schema.fields.items():
+        if key in header and not ok(header[key]):
+            raise Malformed("schema", f"{kind} field {key!r} cannot be {header[key]!r:.40}")
+    if kind == "event":
+        if len(header["probs"]) != len(header["classes"]):
+            raise Malformed("schema", "an event's probs and classes differ in length")
+        if header["label"] not in header["classes"]:
+            raise Malformed("schema", f"label {header['label']!r:.40} is not one of the classes")
+
+
+def _check_buffers(kind: str, shapes: list[tuple], dtypes: list[str]) -> None:
+    schema = SCHEMAS[kind]
+    if len(shapes) not in schema.buffers:
+        raise Malformed("schema", f"a {kind} has {len(shapes)} buffers, not {schema.buffers}")
+    least, most = schema.sides
+    for shape, dtype in zip(shapes, dtypes, strict=True):
+        if dtype != "uint8":
+            raise Malformed("schema", f"a {kind}'s image is {dtype}, not uint8")
+        if len(shape) not in schema.ranks or (len(shape) == 3 and shape[2] != 3):
+            raise Malformed("schema", f"a {kind}'s image has shape {shape}")
+        if not all(least <= n <= most for n in shape[:2]):
+            raise Malformed("schema", f"a {kind}'s image of {shape} is not {least}..{most} px")
+        if schema.square and shape[0] != shape[1]:
+            raise Malformed("schema", f"a {kind}'s crop of {shape} is not square")
+    if schema.same_shape and len(set(shapes)) > 1:
+        raise Malformed("schema", f"a {kind}'s images differ in shape: {shapes}")
+
+
 def decode(frames) -> Message:
     """A received multipart message (bytes or `zmq.Frame`s, as `recv_parts` or
     `recv_multipart` give them) as a `Message`; raises `Malformed` when it is not a
@@ -121,6 +268,8 @@ def decode(frames) -> Message:
     if len(frames) < 2:
         raise Malformed("malformed", f"{len(frames)} frame(s), need at least topic and header")
     topic, raw = (_bytes(f) for f in frames[:2])
+    if len(raw) > MAX_HEADER:
+        raise Malformed("malformed", f"header of {len(raw)} bytes, at most {MAX_HEADER}")
     try:
         header = msgpack.unpackb(raw, raw=False)
     except Exception as e:  # msgpack raises several types for garbage
@@ -134,14 +283,22 @@ def decode(frames) -> Message:
         raise Malformed("malformed", f"header lacks {missing}")
     if header["kind"] not in KINDS:
         raise Malformed("malformed", f"unknown kind {header['kind']!r}")
-    if topic != str(header["stream"]).encode():
+    stream, seq, kind = header["stream"], header["seq"], header["kind"]
+    if type(stream) is not str or not 0 < len(stream) <= MAX_STREAM_ID:
+        raise Malformed("schema", f"stream id {stream!r:.40} is not 1-{MAX_STREAM_ID} characters")
+    if topic != stream.encode():
         raise Malformed("malformed", "topic and header stream differ")
+    if not _int(seq) or seq < 0:
+        raise Malformed("schema", f"seq {seq!r:.40} is not a count")
     specs = header["buffers"]
     if not isinstance(specs, list) or len(specs) != len(frames) - 2:
-        raise Malformed("malformed", f"header lists {specs!r} buffers, got {len(frames) - 2}")
-    arrays = [_array(f, spec) for f, spec in zip(frames[2:], specs, strict=True)]
+        raise Malformed("malformed", f"header lists {specs!r:.80} buffers, got {len(frames) - 2}")
+    shapes_dtypes = [_spec(spec) for spec in specs]
+    _check_header(kind, header)
+    _check_buffers(kind, [s for s, _ in shapes_dtypes], [d for _, d in shapes_dtypes])
+    arrays = [_array(f, *sd) for f, sd in zip(frames[2:], shapes_dtypes, strict=True)]
     fields = {k: v for k, v in header.items() if k not in RESERVED}
-    return Message(header["kind"], header["stream"], int(header["seq"]), fields, arrays)
+    return Message(kind, stream, seq, fields, arrays)
 
 
 def recv(socket: zmq.Socket, flags: int = 0) -> Message:
@@ -154,19 +311,26 @@ def _bytes(frame) -> bytes:
     return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
 
 
-def _array(frame, spec) -> np.ndarray:
+def _spec(spec) -> tuple[tuple, str]:
+    """A buffer spec's (shape, dtype name), or Malformed."""
     try:
-        shape = tuple(int(n) for n in spec["shape"])
-        dtype = _DTYPES[spec["dtype"]]
+        shape = tuple(spec["shape"])
+        dtype = spec["dtype"]
+        ok = all(_int(n) and 0 <= n <= MAX_MESSAGE for n in shape) and dtype in _DTYPES
     except (KeyError, TypeError, ValueError):
-        raise Malformed("malformed", f"bad buffer spec {spec!r}") from None
-    if any(n < 0 for n in shape):
-        raise Malformed("malformed", f"bad buffer spec {spec!r}")
+        ok = False
+    if not ok:
+        raise Malformed("malformed", f"bad buffer spec {spec!r:.80}")
+    return shape, dtype
+
+
+def _array(frame, shape: tuple, dtype_name: str) -> np.ndarray:
+    dtype = _DTYPES[dtype_name]
     buffer = frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
     expected = math.prod(shape) * dtype.itemsize
     if buffer.nbytes != expected:
         raise Malformed(
-            "malformed", f"buffer of {buffer.nbytes} bytes for shape {shape} {spec['dtype']}"
+            "malformed", f"buffer of {buffer.nbytes} bytes for shape {shape} {dtype_name}"
         )
     array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
     array.flags.writeable = False

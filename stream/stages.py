@@ -10,6 +10,19 @@ dropped and counted (`reason="hwm"`). A message that does not decode is dropped 
 counted with its reason; the stage goes on. Each stage stops when `stop` is set (the CLI
 sets it on SIGINT / SIGTERM), sends what it holds, and closes its sockets.
 
+No message can stop a stage: `protocol.decode` refuses what its kind's schema forbids,
+and a message the stage's own logic still fails on is dropped and counted
+(`reason="error"`); in the recognizer one bad pair never takes its batch down (the batch
+is run again pair by pair). Warnings about dropped messages are rate-limited. State per
+stream is bounded (`Streams`): at most `max_streams` streams at once (the excess refused,
+`reason="streams"`), and a stream that ended (`eos`) or sent nothing for `idle_s` is
+forgotten with its metric series.
+
+A stage binds its sockets inside its guarded path: a failure to bind (address in use, an
+endpoint ZeroMQ refuses) raises `zmq.ZMQError` to the caller, which reports it in one
+line (`mfvan.deploy.stage.run_stage`). Once bound, the stage sets `metrics.ready` (its
+`/ready` answers 200).
+
 The stage logic (`SpotStage.handle`, `Batcher`) is separate from the socket loops, so
 tests drive it directly as well as over real sockets.
 
@@ -43,7 +56,32 @@ def _socket(ctx: zmq.Context, kind: int, hwm: int = HWM) -> zmq.Socket:
     s.setsockopt(zmq.SNDHWM, hwm)
     s.setsockopt(zmq.RCVHWM, hwm)
     s.setsockopt(zmq.LINGER, 500)
+    # no part larger than the largest legal frame reaches memory (ZeroMQ drops the peer)
+    s.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
     return s
+
+
+class RateLimited:
+    """Warnings at most once per `every_s` per key, with a count of those held back: a
+    flood of bad messages must not become a flood of log lines."""
+
+    def __init__(self, logger: logging.Logger = log, every_s: float = 10.0):
+        self.logger, self.every_s = logger, every_s
+        self.last: dict[str, float] = {}
+        self.held: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args, exc_info=False) -> None:
+        now = time.monotonic()
+        if now - self.last.get(key, -self.every_s) < self.every_s:
+            self.held[key] = self.held.get(key, 0) + 1
+            return
+        held = self.held.pop(key, 0)
+        self.last[key] = now
+        more = f" ({held} more like it in the last {self.every_s:.0f} s)" if held else ""
+        self.logger.warning(message + more, *args, exc_info=exc_info)
+
+
+_warn = RateLimited()
 
 
 def _decode(frames, stage: str, metrics: Metrics) -> protocol.Message | None:
@@ -52,24 +90,76 @@ def _decode(frames, stage: str, metrics: Metrics) -> protocol.Message | None:
         return protocol.decode(frames)
     except protocol.Malformed as e:
         metrics.dropped.labels(stage, "", e.reason).inc()
-        log.warning("%s: dropped a message: %s", stage, e)
+        _warn.warning(f"{stage}:{e.reason}", "%s: dropped a message: %s", stage, e)
         return None
 
 
-def _unguard(guard, metrics: Metrics, stage: str) -> None:
-    """Stop a bound socket's CURVE guard, counting the clients it refused."""
+class Streams:
+    """A stage's state per stream, bounded: at most `most` streams at once (`get` returns
+    None for one more, and the caller drops its message), and a stream that sent nothing
+    for `idle_s` is forgotten (`expire`), as is one that ended (`drop`). `new(stream)`
+    makes a stream's state; `forget(stream)` is called when it goes (its metric series)."""
+
+    def __init__(self, new, forget, most: int = 64, idle_s: float = 60.0):
+        if most < 1 or idle_s <= 0:
+            raise ValueError(f"max streams >= 1 and idle time > 0, got {most}, {idle_s}")
+        self.new, self.forget, self.most, self.idle_s = new, forget, most, idle_s
+        self.state: dict[str, object] = {}
+        self.seen: dict[str, float] = {}
+
+    def get(self, stream: str, now: float):
+        if stream not in self.state:
+            if len(self.state) >= self.most:
+                self.expire(now)
+            if len(self.state) >= self.most:
+                return None
+            self.state[stream] = self.new(stream)
+        self.seen[stream] = now
+        return self.state[stream]
+
+    def expire(self, now: float) -> list[str]:
+        """Forget the streams idle for longer than `idle_s`; returns them."""
+        idle = [s for s, t in self.seen.items() if now - t > self.idle_s]
+        for stream in idle:
+            self.drop(stream)
+        return idle
+
+    def drop(self, stream: str) -> None:
+        if self.state.pop(stream, None) is not None:
+            del self.seen[stream]
+            self.forget(stream)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+
+def _too_many(stage: str, stream: str, metrics: Metrics, most: int) -> None:
+    metrics.dropped.labels(stage, "", "streams").inc()
+    _warn.warning(
+        f"{stage}:streams",
+        "%s: dropped a message of stream %.40r: already %d streams (--max-streams)",
+        stage,
+        stream,
+        most,
+    )
+
+
+def _unguard(guard) -> None:
+    """Stop a bound socket's CURVE guard (it counted refused clients as they came)."""
     if guard is not None:
-        metrics.dropped.labels(stage, "", "unauthorized").inc(guard.refused)
         guard.stop()
 
 
 def _poll_loop(socket: zmq.Socket, stop: threading.Event, timeout_ms: int = 100):
-    """Yield each received multipart message (raw frames) until `stop` is set."""
+    """Yield each received multipart message (raw frames) until `stop` is set, and None
+    after each `timeout_ms` without one."""
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
     while not stop.is_set():
         if poller.poll(timeout_ms):
             yield protocol.recv_parts(socket)
+        else:
+            yield None
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -92,13 +182,15 @@ def run_ingest(
     waits for the consumer instead, so no frame is lost."""
     ctx = ctx or zmq.Context.instance()
     sock = _socket(ctx, zmq.PUSH)
-    guard = security.guard(ctx, sock, out, keys)
-    sock.bind(out)
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLOUT)
+    guard = None
     seq = 0
-    metrics.init_stream(stream_id)
     try:
+        guard = security.guard(ctx, sock, out, keys, metrics, "ingest")
+        security.bind(sock, out)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLOUT)
+        metrics.init_stream(stream_id)
+        metrics.ready.set()
         for frame in source:
             if stop.is_set():
                 break
@@ -128,7 +220,7 @@ def run_ingest(
                 metrics.dropped.labels("ingest", stream_id, "hwm").inc()
         protocol.send(sock, "eos", stream_id, seq)
     finally:
-        _unguard(guard, metrics, "ingest")
+        _unguard(guard)
         # zero-copy frames must go out before their arrays do: wait for them here,
         # not in the interpreter's teardown
         sock.close(linger=2000)
@@ -141,51 +233,67 @@ def run_ingest(
 class _Track:
     spots: FaceSpotter
     rejected: dict = field(default_factory=dict)
+    seq: int = 0  # pairs sent
+    faceless: int = 0  # frames in a row without a face
+    warned: bool = False  # that the stream shows no face
 
 
 class SpotStage:
     """Per stream: track the face, crop, spot. `handle(message)` returns the pairs that
-    frame completed."""
+    frame completed. At most `max_streams` streams at once; a stream idle for `idle_s` or
+    ended (`eos`) is forgotten (`Streams`)."""
 
-    def __init__(self, metrics: Metrics, size: int = 128, params: SpotterParams | None = None):
+    NO_FACE_FRAMES = 500  # frames without a face before the stage says so in the log
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        size: int = 128,
+        params: SpotterParams | None = None,
+        max_streams: int = 64,
+        idle_s: float = 60.0,
+    ):
         self.metrics = metrics
         self.size = size
         self.params = params
-        self.tracks: dict[str, _Track] = {}
-        self.seq: dict[str, int] = {}
+        self.streams = Streams(self._new, metrics.forget_stream, max_streams, idle_s)
 
-    def _track(self, stream: str) -> _Track:
-        if stream not in self.tracks:
-            self.metrics.init_stream(stream, rejections=REJECTIONS)
-            self.tracks[stream] = _Track(FaceSpotter(self.params, self.size, background=True))
-        return self.tracks[stream]
+    def _new(self, stream: str) -> _Track:
+        self.metrics.init_stream(stream, rejections=REJECTIONS)
+        return _Track(FaceSpotter(self.params, self.size, background=True))
 
-    def handle(self, msg: protocol.Message) -> list[Pair]:
+    @property
+    def tracks(self) -> dict[str, _Track]:
+        return self.streams.state
+
+    def handle(self, msg: protocol.Message, now: float | None = None) -> list[Pair]:
         m, stream = self.metrics, msg.stream
-        m.frames_in.labels("spot", stream).inc()
+        now = time.monotonic() if now is None else now
         if msg.kind == "eos":
-            self.tracks.pop(stream, None)
+            self.streams.drop(stream)
             return []
-        if msg.kind != "frame" or len(msg.arrays) != 1:
-            m.dropped.labels("spot", stream, "unexpected").inc()
+        if msg.kind != "frame":
+            m.dropped.labels("spot", "", "unexpected").inc()
             return []
-        track = self._track(stream)
+        track = self.streams.get(stream, now)
+        if track is None:
+            _too_many("spot", stream, m, self.streams.most)
+            return []
+        m.frames_in.labels("spot", stream).inc()
         f = msg.fields
         t_capture = f.get("t_capture", 0)
         # the spotter works in media time; a producer without it gets capture time
         t_media = f.get("t_media", t_capture)
         index = f.get("index", msg.seq)
         intervals = track.spots.push(msg.arrays[0], index, t_media, bool(f.get("key_frame")))
-        m.faces.labels(stream).set(1 if track.spots.has_face else 0)
+        self._watch_face(stream, track)
         out = []
         for it in intervals:
-            seq = self.seq.get(stream, 0)
-            self.seq[stream] = seq + 1
             m.spots.labels(stream).inc()
             out.append(
                 Pair(
                     stream,
-                    seq,
+                    track.seq,
                     it.onset_crop,
                     it.apex_crop,
                     it.onset,
@@ -207,12 +315,31 @@ class SpotStage:
                     truth=msg.fields.get("truth"),
                 )
             )
+            track.seq += 1
         for reason, n in track.spots.rejected.items():
             seen = track.rejected.get(reason, 0)
             if n > seen:
                 m.spots_rejected.labels(stream, reason).inc(n - seen)
                 track.rejected[reason] = n
         return out
+
+    def _watch_face(self, stream: str, track: _Track) -> None:
+        """The face gauge, and one log line when a stream has shown no face for
+        NO_FACE_FRAMES frames (and one when a face comes back)."""
+        face = track.spots.has_face
+        self.metrics.faces.labels(stream).set(1 if face else 0)
+        track.faceless = 0 if face else track.faceless + 1
+        if face and track.warned:
+            log.info("spot %s: a face is tracked again", stream)
+            track.warned = False
+        elif track.faceless == self.NO_FACE_FRAMES:
+            log.warning(
+                "spot %s: no face in the last %d frames (is the camera pointed at a face of "
+                "at least 64 px?)",
+                stream,
+                self.NO_FACE_FRAMES,
+            )
+            track.warned = True
 
 
 def run_spot(
@@ -223,26 +350,44 @@ def run_spot(
     ctx: zmq.Context | None = None,
     params: SpotterParams | None = None,
     keys=None,
+    max_streams: int = 64,
+    idle_s: float = 60.0,
 ) -> None:
     """Frames from `inputs` (connected) -> pairs to `out` (bound)."""
     ctx = ctx or zmq.Context.instance()
+    stage = SpotStage(metrics, params=params, max_streams=max_streams, idle_s=idle_s)
     pull = _socket(ctx, zmq.PULL)
-    security.secure_client(pull, inputs, keys)
-    for endpoint in inputs:
-        pull.connect(endpoint)
     push = _socket(ctx, zmq.PUSH)
-    guard = security.guard(ctx, push, out, keys)
-    push.bind(out)
-    stage = SpotStage(metrics, params=params)
+    guard = None
     try:
+        security.secure_client(pull, inputs, keys, role="stage")
+        for endpoint in inputs:
+            security.connect(pull, endpoint)
+        guard = security.guard(ctx, push, out, keys, metrics, "spot")
+        security.bind(push, out)
+        metrics.ready.set()
+        next_expiry = time.monotonic() + 1.0
         for frames in _poll_loop(pull, stop):
+            if frames is None or time.monotonic() >= next_expiry:  # idle streams go
+                stage.streams.expire(time.monotonic())
+                next_expiry = time.monotonic() + 1.0
+                if frames is None:
+                    continue
             started = time.time_ns()
             msg = _decode(frames, "spot", metrics)
             if msg is None:
                 continue
+            try:
+                pairs = stage.handle(msg)
+            except Exception:  # a frame the spotter fails on costs that frame, not the stage
+                metrics.dropped.labels("spot", "", "error").inc()
+                _warn.warning(
+                    "spot:error", "spot: failed on a frame of %.40r", msg.stream, exc_info=True
+                )
+                continue
             if "t_ingest" in msg.fields:
                 metrics.transit.labels("spot").observe((started - msg.fields["t_ingest"]) / 1e9)
-            for pair in stage.handle(msg):
+            for pair in pairs:
                 pair.t_spot = time.time_ns()
                 # pairs are rare and precious: wait a little for a slow recognizer
                 if pair.send(push, wait_ms=1000):
@@ -251,7 +396,7 @@ def run_spot(
                     metrics.dropped.labels("spot", pair.stream, "hwm").inc()
             metrics.stage_seconds.labels("spot").observe((time.time_ns() - started) / 1e9)
     finally:
-        _unguard(guard, metrics, "spot")
+        _unguard(guard)
         pull.close()
         push.close()
 
@@ -314,6 +459,8 @@ def run_recognize(
     with_crops: bool = False,
     keys=None,
     event_hwm: int = 1000,
+    max_streams: int = 1024,
+    idle_s: float = 3600.0,
 ) -> None:
     """Pairs from `inputs` (connected) -> events published on `out` (bound PUB); with
     `keys` (a `mfvan keys` folder) its tcp:// endpoints use CURVE: only authorized
@@ -325,25 +472,33 @@ def run_recognize(
     that long for company.
 
     Events go out on PUB, which never waits for a subscriber: one that falls `event_hwm`
-    events behind loses the next ones (it sees the gaps in their numbering)."""
+    events behind loses the next ones (it sees the gaps in their numbering). Per stream
+    the recognizer keeps only the events' numbering and metric series: at most
+    `max_streams` streams, forgotten after `idle_s` without a pair."""
     ctx = ctx or zmq.Context.instance()
-    pull = _socket(ctx, zmq.PULL)
-    security.secure_client(pull, inputs, keys)
-    for endpoint in inputs:
-        pull.connect(endpoint)
-    pub = _socket(ctx, zmq.PUB, hwm=event_hwm)
-    guard = security.guard(ctx, pub, out, keys)
-    pub.bind(out)
     batcher = Batcher(max_batch, max_wait_s)
-    seen: set[str] = set()  # streams whose series exist
-    poller = zmq.Poller()
-    poller.register(pull, zmq.POLLIN)
-    seq: dict[str, int] = {}
+
+    def new(stream: str) -> list[int]:
+        metrics.init_stream(stream, classifier.classes)
+        return [0]  # the stream's next event number
+
+    streams = Streams(new, metrics.forget_stream, max_streams, idle_s)
+    pull = _socket(ctx, zmq.PULL)
+    pub = _socket(ctx, zmq.PUB, hwm=event_hwm)
+    guard = None
 
     def infer(batch):
-        _infer(batch, classifier, metrics, pub, seq, with_crops)
+        _infer(batch, classifier, metrics, pub, streams, with_crops)
 
     try:
+        security.secure_client(pull, inputs, keys, role="stage")
+        for endpoint in inputs:
+            security.connect(pull, endpoint)
+        guard = security.guard(ctx, pub, out, keys, metrics, "recognize", role="subscriber")
+        security.bind(pub, out)
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        metrics.ready.set()
         while not stop.is_set():
             timeout = 100 if not batcher.items else batcher.wait_s(time.monotonic()) * 1000
             if poller.poll(max(int(timeout), 0)):
@@ -354,46 +509,85 @@ def run_recognize(
                         frames = protocol.recv_parts(pull, zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    _take(frames, batcher, metrics, seen, classifier.classes)
+                    _take(frames, batcher, metrics, streams)
+            else:
+                streams.expire(time.monotonic())
             metrics.queue_depth.labels("recognize").set(len(batcher.items))
             while batcher.due(time.monotonic()):
                 infer(batcher.take())
     finally:
         while batcher.items:
             infer(batcher.take())
-        _unguard(guard, metrics, "recognize")
+        _unguard(guard)
         pull.close()
         pub.close()
 
 
-def _take(frames, batcher: Batcher, metrics: Metrics, seen: set, classes) -> None:
+def _take(frames, batcher: Batcher, metrics: Metrics, streams: Streams) -> None:
     """One received message into the batch, or dropped and counted."""
     received = time.time_ns()
     msg = _decode(frames, "recognize", metrics)
     if msg is None:
         return
-    if msg.stream not in seen:
-        seen.add(msg.stream)
-        metrics.init_stream(msg.stream, classes)
-    metrics.frames_in.labels("recognize", msg.stream).inc()
-    if msg.kind != "pair" or len(msg.arrays) != 2:
-        metrics.dropped.labels("recognize", msg.stream, "unexpected").inc()
+    if msg.kind != "pair":
+        metrics.dropped.labels("recognize", "", "unexpected").inc()
         return
+    if streams.get(msg.stream, time.monotonic()) is None:
+        _too_many("recognize", msg.stream, metrics, streams.most)
+        return
+    metrics.frames_in.labels("recognize", msg.stream).inc()
     if "t_spot" in msg.fields:
         metrics.transit.labels("recognize").observe((received - msg.fields["t_spot"]) / 1e9)
     batcher.add((msg, received), time.monotonic())
 
 
-def _infer(batch, classifier: Classifier, metrics, pub, seq: dict, with_crops: bool) -> None:
-    """Classify one batch and publish an event per pair."""
-    backend, classes = classifier.backend, classifier.classes
-    onset = np.stack([m.arrays[0] for m, _ in batch])
-    apex = np.stack([m.arrays[1] for m, _ in batch])
-    started = time.perf_counter()
-    probs = backend(onset, apex)
+def _infer(batch, classifier: Classifier, metrics, pub, streams: Streams, with_crops) -> None:
+    """Classify one batch and publish an event per pair. Crops of one size run together;
+    a group the backend fails on runs again pair by pair, so one bad pair costs only
+    itself (dropped and counted, `reason="error"`)."""
+    sizes: dict[tuple, list] = {}
+    for item in batch:
+        sizes.setdefault(item[0].arrays[0].shape, []).append(item)
+    for group in sizes.values():
+        probs = _classify(group, classifier, metrics)
+        if probs is None and len(group) > 1:
+            for item in group:
+                probs1 = _classify([item], classifier, metrics)
+                if probs1 is not None:
+                    _publish([item], probs1, classifier, metrics, pub, streams, with_crops)
+        elif probs is not None:
+            _publish(group, probs, classifier, metrics, pub, streams, with_crops)
+
+
+def _classify(group, classifier: Classifier, metrics) -> np.ndarray | None:
+    """The backend's class probabilities for a group of pairs of one crop size, or None
+    (counted and logged) when it fails on them."""
+    backend = classifier.backend
+    try:
+        onset = np.stack([m.arrays[0] for m, _ in group])
+        apex = np.stack([m.arrays[1] for m, _ in group])
+        started = time.perf_counter()
+        probs = np.asarray(backend(onset, apex))
+        if probs.shape != (len(group), len(classifier.classes)):
+            raise ValueError(f"the backend returned {probs.shape} probabilities")
+    except Exception:
+        if len(group) == 1:
+            metrics.dropped.labels("recognize", "", "error").inc()
+            _warn.warning(
+                "recognize:error",
+                "recognize: failed on a pair of %.40r",
+                group[0][0].stream,
+                exc_info=True,
+            )
+        return None
     metrics.inference.labels(backend.name).observe(time.perf_counter() - started)
-    metrics.batch_size.observe(len(batch))
-    for (msg, received), p in zip(batch, probs, strict=True):
+    metrics.batch_size.observe(len(group))
+    return probs
+
+
+def _publish(group, probs, classifier: Classifier, metrics, pub, streams, with_crops) -> None:
+    classes = classifier.classes
+    for (msg, received), p in zip(group, probs, strict=True):
         label = classes[int(np.argmax(p))]
         now = time.time_ns()
         fields = event_header(
@@ -402,12 +596,16 @@ def _infer(batch, classifier: Classifier, metrics, pub, seq: dict, with_crops: b
             probs=[float(x) for x in p],
             classes=list(classes),
             model=classifier.version,
-            batch=len(batch),
+            batch=len(group),
             t_received=received,
             t_recognize=now,
         )
-        n = seq.get(msg.stream, 0)
-        seq[msg.stream] = n + 1
+        counter = streams.get(msg.stream, time.monotonic())
+        if counter is None:  # forgotten while queued, and the stage is full now
+            _too_many("recognize", msg.stream, metrics, streams.most)
+            continue
+        n = counter[0]
+        counter[0] += 1
         arrays = [np.array(a) for a in msg.arrays] if with_crops else []
         protocol.send(pub, "event", msg.stream, n, arrays, **fields)
         metrics.events.labels(msg.stream, label).inc()

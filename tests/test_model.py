@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mfvan.model import losses
 from mfvan.model.data import synth
 from mfvan.model.mfvan import CONFIGS, MFVAN, SCALES, preprocess
-from mfvan.model.weights import WeightsError, load_weights, save_weights, sidecar_path
+from mfvan.model.weights import WeightsError, load_weights, save_weights, seal, sidecar_path
 
 TINY = CONFIGS["tiny"]
 CLASSES = ["negative", "positive", "surprise"]
@@ -261,11 +261,13 @@ def test_save_and_load_round_trip_exactly(saved):
     assert len(meta["git_commit"]) in (40, len("unknown"))
 
 
-def _edit_sidecar(path, change):
+def _edit_sidecar(path, change, reseal=True):
+    """Change the sidecar; `reseal`: and set its own hash again, as a tool that rewrites
+    sidecars would (what is left to catch is what its fields say)."""
     side = sidecar_path(path)
     meta = json.loads(side.read_text())
     change(meta)
-    side.write_text(json.dumps(meta))
+    side.write_text(json.dumps(seal(meta) if reseal else meta))
 
 
 SIDECAR_EDITS = {
@@ -278,7 +280,32 @@ SIDECAR_EDITS = {
     "input size": (lambda m: m["input"].update(size=64), "disagrees with its config"),
     "class count": (lambda m: m.update(classes=["a", "b"]), "2 classes named"),
     "sha256": (lambda m: m.update(sha256="0" * 64), "sha256"),
+    "config null": (lambda m: m.update(config=None), "field 'config' must be a map"),
+    "input not a map": (lambda m: m.update(input="x"), "field 'input' must be a map"),
+    "classes null": (lambda m: m.update(classes=None), "field 'classes' must be a list"),
+    "classes twice": (lambda m: m.update(classes=["a", "a", "b"]), "distinct class names"),
 }
+
+# edits of a sealed sidecar by hand (not re-sealed): each would change what the model
+# means while the tensors stay the same
+UNSEALED_EDITS = {
+    "classes swapped": lambda m: m["classes"].reverse(),
+    "classes renamed": lambda m: m["classes"].__setitem__(0, "angry"),
+    "heads 4 -> 8": lambda m: m["config"].update(heads=8),
+    "mask_threshold": lambda m: m["config"].update(mask_threshold=0.5),
+}
+
+
+@pytest.mark.parametrize("case", list(UNSEALED_EDITS))
+def test_a_sidecar_edited_by_hand_is_refused_by_its_own_hash(saved, case):
+    _, path = saved
+    version = load_weights(path)[1]["version"]
+    _edit_sidecar(path, UNSEALED_EDITS[case], reseal=False)
+    with pytest.raises(WeightsError, match="edited after it was written"):
+        load_weights(path)
+    # re-sealed, it loads (a hash is not a signature) but names another model version
+    _edit_sidecar(path, lambda m: None)
+    assert load_weights(path)[1]["version"] != version
 
 
 @pytest.mark.parametrize("case", list(SIDECAR_EDITS))

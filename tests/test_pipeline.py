@@ -163,7 +163,7 @@ def test_synth_camera_frames_truth_and_bounded_memory():
 
 def _fuzz_messages(rng, n=60):
     """Random and truncated multipart messages, some built from real headers."""
-    good = protocol.encode("frame", "cam1", 0, [np.zeros((8, 8), np.uint8)], t_capture=1)
+    good = protocol.encode("frame", "cam1", 0, [np.zeros((16, 16), np.uint8)], t_capture=1)
     out = []
     for i in range(n):
         kind = i % 4
@@ -183,7 +183,9 @@ def _fuzz_messages(rng, n=60):
 
 
 def _dropped(m, stage):
-    return sum(m.dropped.labels(stage, "", r)._value.get() for r in ("malformed", "version"))
+    return sum(
+        m.dropped.labels(stage, "", r)._value.get() for r in ("malformed", "version", "schema")
+    )
 
 
 @pytest.mark.parametrize("stage", ["spot", "recognize"])

@@ -27,16 +27,14 @@ def pair():
 def test_a_frame_round_trips_without_copies(pair):
     push, pull = pair
     image = np.arange(480 * 640, dtype=np.uint8).reshape(480, 640)
-    probs = np.array([0.1, 0.7, 0.2], np.float32)
     assert protocol.send(
-        push, "frame", "cam1", 7, [image, probs], formats=["grey", ""], t_capture=123, index=9
+        push, "frame", "cam1", 7, [image], formats=["grey"], t_capture=123, index=9
     )
     msg = protocol.recv(pull)
     assert (msg.kind, msg.stream, msg.seq) == ("frame", "cam1", 7)
     assert msg.fields == {"t_capture": 123, "index": 9}
-    got, p = msg.arrays
+    (got,) = msg.arrays
     assert got.shape == (480, 640) and got.dtype == np.uint8 and np.array_equal(got, image)
-    assert np.array_equal(p, probs)
     assert not got.flags.owndata and not got.flags.writeable, "a view on the received frame"
 
 
@@ -51,8 +49,8 @@ def test_a_subscriber_can_filter_by_stream():
     try:
         got = []
         for seq in range(50):  # until the subscription has reached the publisher
-            protocol.send(pub, "event", "cam1", seq)
-            protocol.send(pub, "event", "cam2", seq)
+            protocol.send(pub, "eos", "cam1", seq)
+            protocol.send(pub, "eos", "cam2", seq)
             try:
                 got.append(protocol.recv(sub))
             except zmq.Again:
@@ -66,10 +64,31 @@ def test_a_subscriber_can_filter_by_stream():
         ctx.term()
 
 
+DROP = object()  # a _header field to leave out
+
+
 def _header(**changes):
-    header = {"v": 1, "kind": "frame", "stream": "cam1", "seq": 0, "buffers": []}
+    header = {"v": 1, "kind": "eos", "stream": "cam1", "seq": 0, "buffers": []}
     header.update(changes)
-    return msgpack.packb({k: v for k, v in header.items() if v is not None})
+    return msgpack.packb({k: v for k, v in header.items() if v is not DROP})
+
+
+def _image(shape, dtype="uint8"):
+    """A header's spec and the buffer of an image of `shape`."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return {"shape": list(shape), "dtype": dtype, "format": ""}, b"\0" * n
+
+
+def _frame(*shapes, dtype="uint8", **fields):
+    """A frame message with images of `shapes` (one, for a legal frame)."""
+    specs, buffers = zip(*(_image(s, dtype) for s in shapes), strict=True)
+    return [b"cam1", _header(kind="frame", buffers=list(specs), **fields), *buffers]
+
+
+def _pair(*shapes, **fields):
+    specs, buffers = zip(*(_image(s) for s in shapes), strict=True)
+    header = _header(kind="pair", buffers=list(specs), onset=1, apex=2, offset=3, **fields)
+    return [b"cam1", header, *buffers]
 
 
 @pytest.mark.parametrize(
@@ -79,15 +98,75 @@ def _header(**changes):
         ([b"cam1", b"\xc1\xff not msgpack"], "malformed", "not msgpack"),
         ([b"cam1", msgpack.packb([1, 2])], "malformed", "not a map"),
         ([b"cam1", _header(v=2)], "version", "version 2"),
-        ([b"cam1", _header(seq=None)], "malformed", "lacks ['seq']"),
+        ([b"cam1", _header(seq=DROP)], "malformed", "lacks ['seq']"),
         ([b"cam1", _header(kind="video")], "malformed", "unknown kind"),
         ([b"cam9", _header()], "malformed", "topic and header stream differ"),
         ([b"cam1", _header(), b"extra"], "malformed", "buffers"),
         (
-            [b"cam1", _header(buffers=[{"shape": [4, 4], "dtype": "uint8", "format": ""}]), b"x"],
+            [b"cam1", _header(kind="frame", buffers=[_image((16, 16))[0]]), b"x"],
             "malformed",
-            "buffer of 1 bytes for shape (4, 4)",
+            "buffer of 1 bytes for shape (16, 16)",
         ),
+        # well-formed headers whose fields or images a stage cannot take (each once
+        # crashed a stage or a subscriber)
+        ([b"cam1", _header(seq="abc")], "schema", "seq 'abc' is not a count"),
+        ([b"cam1", _header(seq=None)], "schema", "seq None is not a count"),
+        ([b"cam1", _header(seq=-1)], "schema", "seq -1"),
+        ([b"cam1", _header(seq=1.5)], "schema", "seq 1.5"),
+        ([b"", _header(stream="")], "schema", "stream id"),
+        ([b"1", _header(stream=1)], "schema", "stream id"),
+        (_frame((32, 32), dtype="float64"), "schema", "float64, not uint8"),
+        (_frame((1024,)), "schema", "shape (1024,)"),
+        (_frame((0, 0)), "schema", "not 16..4096 px"),
+        (_frame((8, 8, 3, 2)), "schema", "shape (8, 8, 3, 2)"),
+        (_frame((32, 32, 4)), "schema", "shape (32, 32, 4)"),
+        (_frame((8000, 8000)), "schema", "not 16..4096 px"),
+        (_frame((32, 32), (32, 32)), "schema", "a frame has 2 buffers"),
+        (_frame((32, 32), t_ingest="now"), "schema", "'t_ingest' cannot be 'now'"),
+        (_frame((32, 32), t_capture=None), "schema", "'t_capture' cannot be None"),
+        (_frame((32, 32), key_frame=1), "schema", "'key_frame' cannot be 1"),
+        (_pair((64, 64), (128, 128)), "schema", "differ in shape"),
+        (_pair((64, 48), (64, 48)), "schema", "not square"),
+        (_pair((8, 8), (8, 8)), "schema", "not 16..512 px"),
+        (_pair((64, 64)), "schema", "a pair has 1 buffers"),
+        (_pair((64, 64), (64, 64), score="high"), "schema", "'score' cannot be 'high'"),
+        (_pair((64, 64), (64, 64), score=float("nan")), "schema", "'score' cannot be nan"),
+        ([b"cam1", _header(kind="pair", buffers=[])], "schema", "lacks ['onset'"),
+        (
+            [
+                b"cam1",
+                _header(
+                    kind="event",
+                    onset=1,
+                    apex=2,
+                    offset=3,
+                    label="x",
+                    model="m",
+                    probs=[0.5],
+                    classes=["a", "b"],
+                ),
+            ],
+            "schema",
+            "probs and classes differ",
+        ),
+        (
+            [
+                b"cam1",
+                _header(
+                    kind="event",
+                    onset=1,
+                    apex=2,
+                    offset=3,
+                    label="x",
+                    model="m",
+                    probs=[1.0],
+                    classes=["a"],
+                ),
+            ],
+            "schema",
+            "label 'x' is not one of the classes",
+        ),
+        ([b"cam1", b"\x80" * (protocol.MAX_HEADER + 1)], "malformed", "header of"),
         (
             [b"cam1", _header(buffers=[{"shape": [1], "dtype": "object", "format": ""}]), b"x"],
             "malformed",
@@ -105,7 +184,7 @@ def test_malformed_and_foreign_messages_are_refused_with_a_reason(frames, reason
 def test_a_malformed_message_over_a_socket_does_not_stop_the_next(pair):
     push, pull = pair
     push.send_multipart([b"cam1", b"garbage"])
-    protocol.send(push, "frame", "cam1", 1, [np.zeros(3, np.float32)])
+    protocol.send(push, "frame", "cam1", 1, [np.zeros((16, 16), np.uint8)])
     with pytest.raises(protocol.Malformed):
         protocol.recv(pull)
     assert protocol.recv(pull).seq == 1
@@ -118,7 +197,8 @@ def test_send_drops_instead_of_queueing_without_bound():
     push.bind("tcp://127.0.0.1:*")  # nobody connected: nowhere to queue
     try:
         sent = [
-            protocol.send(push, "frame", "cam1", i, [np.zeros(16, np.uint8)]) for i in range(20)
+            protocol.send(push, "frame", "cam1", i, [np.zeros((16, 16), np.uint8)])
+            for i in range(20)
         ]
         assert not any(sent), "with no peer every send is a counted drop, never a block"
     finally:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mfvan.deploy import stage
 
@@ -16,7 +15,7 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="endpoint to bind for frames")
     stage.add_security(p)
     p.add_argument("--stream", help="stream id (default: from the source)")
-    p.add_argument("--metrics-port", type=int, default=stage.DEFAULT_PORTS["ingest"])
+    p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["ingest"])
     p.add_argument(
         "--realtime",
         action="store_true",
@@ -34,29 +33,39 @@ def run(args: argparse.Namespace) -> int:
     stage.one_thread()
     synth_source.register()
     stop = stage.stop_on_signals()
+    url = ingest.resolve(args.source)  # `env:NAME`: the URL, credentials and all, from there
+    shown = ingest.redact(url)
     try:
-        stream_id = args.stream or stage.stream_name(args.source)
-    except ValueError as e:
-        print(f"mfvan ingest: {e}", file=sys.stderr)
-        return 2
+        stream_id = args.stream or stage.stream_name(url)
+        ingest.check_source(url)  # what can never work fails now, in one line
+    except (ValueError, ingest.SourceError) as e:
+        raise stage.Fatal(str(e)) from None
     m = stage.metrics("ingest", args.metrics_port)
-    kind = ingest.kind_of(args.source)
+    kind = ingest.kind_of(url)
 
-    def reconnect(error):
+    def retry(error):
+        m.reconnect_attempts.labels(stream_id).inc()
+        n = source.attempts  # logged at attempts 1, 2, 4, 8, ... and then every 64th
+        if n & (n - 1) == 0 or n % 64 == 0:
+            stage.log.warning("ingest %s: %s; trying again (attempt %d)", stream_id, error, n)
+
+    def back(attempts):
         m.reconnects.labels(stream_id).inc()
-        stage.log.warning("ingest %s: %s; reconnecting", stream_id, error)
+        stage.log.info("ingest %s: frames again after %d attempt(s)", stream_id, attempts)
 
     source = ingest.Reconnecting(
         lambda: ingest.open_source(
-            args.source,
+            url,
             realtime=args.realtime,
             on_decode_error=lambda e: m.decode_errors.labels(stream_id).inc(),
         ),
         live=kind.reopen_at_end,
-        on_reconnect=reconnect,
+        on_reconnect=retry,
+        on_back=back,
         max_attempts=None if kind.live else 0,  # a camera is retried; a missing file is an error
+        stop=stop,
     )
-    stage.log.info("ingest %s: %s -> %s", stream_id, args.source, args.out)
+    stage.log.info("ingest %s: %s -> %s", stream_id, shown, args.out)
     return stage.run_stage(
         "ingest",
         stages.run_ingest,

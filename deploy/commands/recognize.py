@@ -30,21 +30,33 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--cuda-graphs", action="store_true", help="torch on CUDA: CUDA graphs per batch size"
     )
     p.add_argument("--url", default="127.0.0.1:8000", help="triton: the server's HTTP address")
-    p.add_argument("--max-batch", type=int, default=8, help="most pairs per inference")
+    p.add_argument(
+        "--max-batch", type=stage.positive(int), default=8, help="most pairs per inference"
+    )
     p.add_argument(
         "--max-wait-ms",
-        type=float,
+        type=_not_negative,
         default=0.0,
         help="how long a partial batch waits for more pairs (0: run what is queued now)",
     )
     p.add_argument("--with-crops", action="store_true", help="events carry the pair's pixels")
 
 
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
 def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="inputs", action="append", required=True, help="pairs endpoint")
     p.add_argument("--out", required=True, help="endpoint to bind (PUB) for events")
     add_model_options(p)
-    p.add_argument("--metrics-port", type=int, default=stage.DEFAULT_PORTS["recognize"])
+    p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["recognize"])
     stage.add_security(p)
 
 
@@ -59,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     stop = stage.stop_on_signals()
     weights = args.weights or DEMO_WEIGHTS
+    if args.keys is not None:  # missing keys are found now, not after loading a backend
+        from mfvan.stream.security import client_curve
+
+        client_curve(args.keys, "stage")
     try:
         model, meta = load_weights(weights)
     except WeightsError as e:
@@ -78,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"mfvan recognize: {e}", file=sys.stderr)
         return 2
     m = stage.metrics("recognize", args.metrics_port)  # served once ready: `run` waits for it
-    version = f"{Path(weights).stem}@{meta['sha256'][:12]}"
+    version = meta["version"]
     if "synthme" in str(meta.get("training_data", "")).lower():
         stage.log.warning(
             "recognize: %s is trained on SynthME (synthetic faces), not for real faces",

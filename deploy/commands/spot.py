@@ -14,7 +14,19 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="inputs", action="append", required=True, help="frames endpoint")
     p.add_argument("--out", required=True, help="endpoint to bind for (onset, apex) pairs")
     stage.add_security(p)
-    p.add_argument("--metrics-port", type=int, default=stage.DEFAULT_PORTS["spot"])
+    p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["spot"])
+    p.add_argument(
+        "--max-streams",
+        type=stage.positive(int),
+        default=64,
+        help="streams tracked at once; frames of one more are dropped and counted",
+    )
+    p.add_argument(
+        "--idle-s",
+        type=stage.positive(float),
+        default=60.0,
+        help="a stream that sent nothing this long is forgotten (tracker, metric series)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,4 +41,14 @@ def run(args: argparse.Namespace) -> int:
     m = stage.metrics("spot", args.metrics_port)
     warm_up()
     stage.log.info("spot: %s -> %s", ", ".join(args.inputs), args.out)
-    return stage.run_stage("spot", stages.run_spot, args.inputs, args.out, m, stop, keys=args.keys)
+    return stage.run_stage(
+        "spot",
+        stages.run_spot,
+        args.inputs,
+        args.out,
+        m,
+        stop,
+        keys=args.keys,
+        max_streams=args.max_streams,
+        idle_s=args.idle_s,
+    )
