@@ -174,16 +174,26 @@ def add_security(p: argparse.ArgumentParser) -> None:
 
 
 def refused(command: str, args: argparse.Namespace, *endpoints: str) -> bool:
-    """True (after one line on stderr) when an endpoint would expose faces unprotected."""
-    from mfvan.stream.security import InsecureEndpoint, check
+    """True (after one line on stderr) when an endpoint would expose faces unprotected, or
+    --keys is unusable."""
+    from mfvan.stream.security import EndpointError
 
     try:
-        for endpoint in endpoints:
-            check(endpoint, getattr(args, "keys", None), getattr(args, "insecure", False))
-    except InsecureEndpoint as e:
+        refused_or_fatal(command, args, *endpoints)
+    except EndpointError as e:
         print(f"mfvan {command}: {e}", file=sys.stderr)
         return True
     return False
+
+
+def refused_or_fatal(command: str, args: argparse.Namespace, *endpoints: str) -> None:
+    """`Fatal` when an endpoint would expose faces unprotected, or --keys is unusable."""
+    from mfvan.stream.security import check, check_keys
+
+    for endpoint in endpoints:
+        check(endpoint, getattr(args, "keys", None), getattr(args, "insecure", False))
+    if getattr(args, "keys", None) is not None:
+        check_keys(args.keys)
 
 
 def stream_name(source: str) -> str:

@@ -3,17 +3,30 @@ and how it stops them.
 
 `plan` turns `mfvan run`'s flags into child commands: one ingest and one spot process per
 `--source`, one recognizer for all of them, which gets `mfvan run`'s recognizer flags as
-they were given (`forwarded`). `Supervisor.step` is the restart policy, one poll of every
-child: a child that exits is started again after a backoff (0.5 s, doubled up to 30 s,
-back to 0.5 s once it had run 30 s) and counted in `mfvan_restarts_total{stage,stream}`;
-an ingest that exits 0 had a finite source that ended, which is not a crash. When every
-source has ended, the rest get 3 s to drain. It runs on any object with `start()` and
-`poll()`, so the policy is tested without processes.
+they were given (`forwarded`). Each source reaches its ingest through the environment
+(`--source env:MFVAN_SOURCE`), never argv, so a password in it is not in `ps`.
+
+`Supervisor.step` is the restart policy, one poll of every child:
+- exit 0 of an ingest: its finite source ended, not a crash;
+- exit 2 (EXIT_FATAL, a mistake restarting cannot mend: a missing file, a port or
+  endpoint in use, bad keys): never restarted. An ingest's or spot's fatal exit fails its
+  stream: the stream's other stage is stopped and the others carry on; the recognizer's
+  fails the run. A run whose every stream failed stops too; `failed` names what failed;
+- any other exit is a crash: started again after a backoff (0.5 s, doubled up to 30 s,
+  back to 0.5 s once it had run 30 s) and counted in `mfvan_restarts_total{stage,stream}`.
+When every source has ended (or failed), the rest get 3 s to drain. It runs on any object
+with `start()`, `poll()` and `stop()`, so the policy is tested without processes.
+
+Children die with the supervisor: each asks the kernel for SIGTERM when its parent dies
+(PR_SET_PDEATHSIG), so even a supervisor killed with -9 leaves no stage behind.
+`shutdown` stops sources first (ingest), then spot, then the recognizer, each given
+time to flush what it holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
@@ -23,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mfvan.deploy.stage import stream_name
+from mfvan.deploy.stage import EXIT_FATAL, stream_name
 
 log = logging.getLogger("mfvan.run")
 
@@ -38,33 +51,57 @@ class Backoff:
     drain_s: float = 3.0  # once every source has ended, the others get this long
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux; elsewhere a no-op),
+    and exit now if it already has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 class Child:
     """One stage process: `mfvan <argv...>`. `stage` is ingest, spot or recognize; `stream`
-    the stream it serves ("all" for the recognizer)."""
+    the stream it serves ("all" for the recognizer); `env`: variables it gets besides the
+    supervisor's own (its source)."""
 
-    def __init__(self, stage: str, stream: str, argv: list[str]):
-        self.stage, self.stream, self.argv = stage, stream, argv
+    def __init__(self, stage: str, stream: str, argv: list[str], env: dict | None = None):
+        self.stage, self.stream, self.argv, self.env = stage, stream, argv, env or {}
         self.name = stage if stream == "all" else f"{stage}-{stream}"
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self.next_start = 0.0
         self.backoff = Backoff.first_s
-        self.finished = False
+        self.finished = False  # will not run again: its source ended, or it failed
+        self.failed = False  # exited EXIT_FATAL (or its stream failed)
         self.started = 0.0
 
     def start(self) -> None:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         if self.stage in ("ingest", "spot"):  # see mfvan.deploy.stage.one_thread
             env.setdefault("OPENBLAS_NUM_THREADS", "1")
             env.setdefault("OMP_NUM_THREADS", "1")
+        parent = os.getpid()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mfvan.deploy.cli", *self.argv], env=env
+            [sys.executable, "-m", "mfvan.deploy.cli", *self.argv],
+            env=env,
+            preexec_fn=lambda: _die_with_parent(parent),
         )
         self.started = time.monotonic()
 
     def poll(self) -> int | None:
         """Its exit status once it has exited; None while it runs (or was never started)."""
         return self.proc.poll() if self.proc is not None else None
+
+    def stop(self) -> None:
+        """SIGTERM, if it runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
 
 def forwarded(args: argparse.Namespace) -> list[str]:
@@ -90,17 +127,23 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     """The child processes of `mfvan run` (the recognizer last) and the event endpoint."""
     port = args.metrics_base_port
     children, pair_endpoints = [], []
-    for i, source in enumerate(args.source):
-        stream = stream_name(source)
-        if sum(stream_name(s) == stream for s in args.source) > 1:
+    from mfvan.stream.ingest import resolve
+
+    urls = [resolve(source) for source in args.source]
+    for i, url in enumerate(urls):
+        stream = stream_name(url)
+        if sum(stream_name(u) == stream for u in urls) > 1:
             stream = f"{stream}-{i}"
         frames = f"ipc://{runtime}/frames-{i}.ipc"
         pairs = f"ipc://{runtime}/pairs-{i}.ipc"
         pair_endpoints.append(pairs)
-        ingest = ["ingest", "--source", source, "--out", frames, "--stream", stream]
+        ingest = ["ingest", "--source", "env:MFVAN_SOURCE", "--out", frames, "--stream", stream]
         ingest += ["--metrics-port", str(port)] + (["--realtime"] if args.realtime else [])
         spot = ["spot", "--in", frames, "--out", pairs, "--metrics-port", str(port + 1)]
-        children += [Child("ingest", stream, ingest), Child("spot", stream, spot)]
+        children += [
+            Child("ingest", stream, ingest, env={"MFVAN_SOURCE": url}),
+            Child("spot", stream, spot),
+        ]
         port += 2
     events = args.events or f"ipc://{runtime}/events.ipc"
     recognize = ["recognize", "--out", events, "--metrics-port", str(port)]
@@ -117,19 +160,24 @@ class Supervisor:
     def __init__(self, children: list, restarts, policy: Backoff = Backoff()):
         self.children, self.restarts, self.policy = children, restarts, policy
         self.drained: float | None = None
+        self.failed: list[str] = []  # what failed fatally: streams, or "the recognizer"
         for child in children:
             child.backoff = policy.first_s
             restarts.labels(child.stage, child.stream)  # at zero until one restarts
 
     def step(self, now: float) -> bool:
-        """One poll of every child: restart what exited and is due. True once every source
-        has ended and the rest had their time to drain: stop."""
+        """One poll of every child: restart what crashed and is due, give up on what
+        failed. True when the run should stop: every source has ended or failed and the
+        rest had their time to drain, or the recognizer failed."""
         for child in self.children:
             code = child.poll()
             if code is not None:
                 child.proc = None
                 if code == 0 and child.stage == "ingest":
                     child.finished = True  # a finite source ended: not a crash
+                    continue
+                if code == EXIT_FATAL:
+                    self._fail(child)
                     continue
                 if now - child.started > self.policy.reset_after_s:
                     child.backoff = self.policy.first_s  # it had run a while: start over
@@ -142,6 +190,8 @@ class Supervisor:
                 self.restarts.labels(child.stage, child.stream).inc()
             if child.proc is None and not child.finished and now >= child.next_start:
                 child.start()
+        if "the recognizer" in self.failed:
+            return True
         if all(c.finished for c in self.children if c.stage == "ingest"):
             self.drained = self.drained or now + self.policy.drain_s
             if now >= self.drained:
@@ -149,35 +199,125 @@ class Supervisor:
                 return True
         return False
 
+    def _fail(self, child) -> None:
+        """A child exited EXIT_FATAL: it and its stream's other stage are done."""
+        if child.stream == "all":
+            log.error("run: the recognizer failed (see its message above); stopping the run")
+            self.failed.append("the recognizer")
+            child.finished = child.failed = True
+            return
+        log.error(
+            "run: %s failed (see its message above): stream %s stops, the others go on",
+            child.name,
+            child.stream,
+        )
+        self.failed.append(child.stream)
+        for other in self.children:
+            if other.stream == child.stream:
+                other.finished = other.failed = True
+                if other is not child:
+                    other.stop()
 
-def wait_ready(child: Child, timeout_s: float) -> bool:
-    """Until the child's /metrics answers (it serves them once ready), or it dies."""
+
+def wait_ready(child: Child, timeout_s: float, stop=None) -> bool:
+    """Until the child's /ready answers 200, or it dies, or `stop` is set."""
     import urllib.request
 
     port = child.argv[child.argv.index("--metrics-port") + 1]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and child.poll() is None:
+        if stop is not None and stop.is_set():
+            return False
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1).read()
             return True
-        except OSError:
+        except OSError:  # refused (not serving yet) or 503 (serving, not ready)
             time.sleep(0.2)
     return False
 
 
-def shutdown(children: list, timeout_s: float = 10.0) -> None:
-    """SIGTERM every child (sources first, so the rest can flush), then wait; SIGKILL
-    whatever is still running after `timeout_s`."""
-    for child in children:
-        if child.proc and child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for child in children:
-        if child.proc is None:
-            continue
+def shutdown(children: list, timeout_s: float = 3.0) -> None:
+    """Stop the children in the frames' order: every ingest first (sources end and send
+    what they hold), then spot, then the recognizer, each stage given `timeout_s` to end
+    after SIGTERM before it is killed."""
+    for stage in ("ingest", "spot", "recognize"):
+        group = [c for c in children if c.stage == stage and c.proc is not None]
+        for child in group:
+            child.stop()
+        deadline = time.monotonic() + timeout_s
+        for child in group:
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("run: %s did not stop; killing it", child.name)
+                child.proc.kill()
+                child.proc.wait()
+
+
+class RuntimeDir:
+    """The folder of a run's ipc:// sockets: made 0700 by the run (or, when given,
+    refused if another user owns it or others may write in it: whoever can write there can
+    bind `events.ipc` and feed forged events to subscribers); locked, so a second run
+    cannot share it and steal its sockets; on exit its sockets and lock are removed, and
+    the folder too when the run made it. A context manager."""
+
+    LOCK = ".mfvan-run.lock"
+
+    def __init__(self, path: Path | None = None):
+        import tempfile
+
+        from mfvan.deploy.stage import Fatal
+
+        self.made = path is None or not Path(path).exists()
+        if path is None:
+            path = Path(tempfile.mkdtemp(prefix="mfvan-"))  # 0700 already
+        self.path = Path(path)
+        if self.made:
+            try:
+                self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                raise Fatal(f"cannot make the runtime folder {path}: {e.strerror}") from None
+            self.path.chmod(0o700)
+        if not self.path.is_dir():
+            raise Fatal(f"runtime folder {path} is not a folder")
+        info = self.path.stat()
+        if info.st_uid != os.getuid():
+            raise Fatal(
+                f"runtime folder {path} belongs to another user (uid {info.st_uid}): "
+                "they could bind its sockets; use a folder of your own"
+            )
+        if info.st_mode & 0o022:
+            raise Fatal(
+                f"runtime folder {path} is writable by others (mode "
+                f"{info.st_mode & 0o777:o}): chmod 700 it or use another"
+            )
+        self._lock = None
+
+    def __enter__(self) -> Path:
+        import fcntl
+
+        from mfvan.deploy.stage import Fatal
+
+        self._lock = open(self.path / self.LOCK, "w")  # noqa: SIM115 (held while running)
         try:
-            child.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("run: %s did not stop; killing it", child.name)
-            child.proc.kill()
-            child.proc.wait()
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise Fatal(
+                f"runtime folder {self.path} is in use by another mfvan run; give each "
+                "run its own --runtime-dir"
+            ) from None
+        self._lock.write(f"{os.getpid()}\n")
+        self._lock.flush()
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        for sock in self.path.glob("*.ipc"):
+            sock.unlink(missing_ok=True)
+        (self.path / self.LOCK).unlink(missing_ok=True)
+        self._lock.close()
+        if self.made:
+            try:
+                self.path.rmdir()
+            except OSError:
+                log.warning("run: left %s (it holds files of someone else)", self.path)

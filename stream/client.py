@@ -11,6 +11,10 @@ probability, the model version, each stage's timestamps (`times`), and the (onse
 crops only when the recognizer runs with `--with-crops`. Malformed or foreign messages
 on the socket are skipped and counted in `Subscription.dropped`.
 
+A subscriber whose CURVE key the recognizer refuses is told so: iterating raises
+`Refused` naming the endpoint, instead of waiting forever for events that never come. An
+endpoint ZeroMQ cannot parse raises `security.EndpointError` at once.
+
 A subscriber that reads slower than events come loses some: the recognizer never waits
 for a subscriber (ZeroMQ's PUB drops for a full queue, and memory stays bounded by the
 high-water marks, `hwm` here). Events are numbered per stream, so the subscriber counts
@@ -25,8 +29,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from . import protocol
+from . import protocol, security
+
+_REFUSALS = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+class Refused(ConnectionError):
+    """The publisher refused this subscriber's CURVE handshake."""
 
 
 @dataclass
@@ -97,39 +112,67 @@ class Subscription:
         hwm: int = 1000,
     ):
         self.ctx = ctx or zmq.Context.instance()
+        self.endpoint, self.timeout_s = endpoint, timeout_s
         self.socket = self.ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
+        self._monitor = None
         if curve:  # {"public": ..., "secret": ..., "server": ...} (z85 keys)
             self.socket.curve_publickey = curve["public"]
             self.socket.curve_secretkey = curve["secret"]
             self.socket.curve_serverkey = curve["server"]
+            self._monitor = self.socket.get_monitor_socket(_REFUSALS)
         self.socket.setsockopt(zmq.SUBSCRIBE, stream.encode() if stream else b"")
-        if timeout_s is not None:
-            self.socket.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
-        self.socket.connect(endpoint)
+        try:
+            security.connect(self.socket, endpoint)
+        except security.EndpointError:
+            self.close()
+            raise
         self.dropped = 0  # messages that were not events of ours
         self.missed = 0  # events published but lost on the way (seen as gaps in `seq`)
         self._last: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[Event]:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
+        timeout = None if self.timeout_s is None else self.timeout_s * 1000
         while True:
+            ready = dict(poller.poll(timeout))
+            if not ready:
+                return  # timed out: no event within timeout_s
+            if self._monitor is not None and self._monitor in ready:
+                if recv_monitor_message(self._monitor)["event"] & _REFUSALS:
+                    raise Refused(
+                        f"{self.endpoint} refused this subscriber's CURVE key (is its public "
+                        "key in the recognizer's authorized/subscribers/, and is server.key "
+                        "the recognizer's?)"
+                    )
+            if self.socket not in ready:
+                continue
             try:
-                msg = protocol.recv(self.socket)
+                msg = protocol.recv(self.socket, zmq.NOBLOCK)
                 if msg.kind != "event":
                     continue
                 event = to_event(msg)
-                last = self._last.get(msg.stream)
-                if last is not None and msg.seq > last + 1:
-                    self.missed += msg.seq - last - 1
-                self._last[msg.stream] = msg.seq
-                yield event
             except protocol.Malformed:
                 self.dropped += 1
+                continue
             except zmq.Again:
-                return  # timed out: no event within timeout_s
+                continue
+            last = self._last.get(msg.stream)
+            if last is not None and msg.seq > last + 1:
+                self.missed += msg.seq - last - 1
+            self._last[msg.stream] = msg.seq
+            yield event
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         self.socket.close(linger=0)
 
     def __enter__(self):

@@ -111,6 +111,19 @@ def make_keys(folder: Path) -> Path:
     return folder
 
 
+def check_keys(folder: Path) -> None:
+    """`KeysError` unless `folder` holds what a stage needs: the server's and the stage
+    role's key pairs and both authorized/ folders."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KeysError(f"keys folder {folder} does not exist (make it with `mfvan keys DIR`)")
+    _certificate(folder / "server.key_secret")
+    client_curve(folder, "stage")
+    for sub in ROLES.values():
+        if not (folder / "authorized" / sub).is_dir():
+            raise KeysError(f"{folder / 'authorized' / sub} is missing (`mfvan keys DIR`)")
+
+
 def _certificate(path: Path) -> tuple[bytes, bytes | None]:
     if not path.is_file():
         raise KeysError(f"{path} is missing (make keys with `mfvan keys DIR`)")

@@ -95,24 +95,26 @@ def _decode(frames, stage: str, metrics: Metrics) -> protocol.Message | None:
 
 
 class Streams:
-    """A stage's state per stream, bounded: at most `most` streams at once (`get` returns
-    None for one more, and the caller drops its message), and a stream that sent nothing
-    for `idle_s` is forgotten (`expire`), as is one that ended (`drop`). `new(stream)`
-    makes a stream's state; `forget(stream)` is called when it goes (its metric series)."""
+    """A stage's state per stream, bounded: at most `most` streams known at once (`get`
+    returns None for one more, and the caller drops its message). A stream that ended
+    (`drop`, on eos) loses its state at once; a stream that sent nothing for `idle_s` is
+    forgotten altogether (`expire`): state, and its metric series through `forget(stream)`
+    (kept until then, so that a scrape after a file's end still sees its final counts).
+    `new(stream)` makes a stream's state."""
 
     def __init__(self, new, forget, most: int = 64, idle_s: float = 60.0):
         if most < 1 or idle_s <= 0:
             raise ValueError(f"max streams >= 1 and idle time > 0, got {most}, {idle_s}")
         self.new, self.forget, self.most, self.idle_s = new, forget, most, idle_s
         self.state: dict[str, object] = {}
-        self.seen: dict[str, float] = {}
+        self.seen: dict[str, float] = {}  # every known stream: when it last sent
 
     def get(self, stream: str, now: float):
         if stream not in self.state:
-            if len(self.state) >= self.most:
+            if stream not in self.seen and len(self.seen) >= self.most:
                 self.expire(now)
-            if len(self.state) >= self.most:
-                return None
+                if len(self.seen) >= self.most:
+                    return None
             self.state[stream] = self.new(stream)
         self.seen[stream] = now
         return self.state[stream]
@@ -121,16 +123,17 @@ class Streams:
         """Forget the streams idle for longer than `idle_s`; returns them."""
         idle = [s for s, t in self.seen.items() if now - t > self.idle_s]
         for stream in idle:
-            self.drop(stream)
+            self.state.pop(stream, None)
+            del self.seen[stream]
+            self.forget(stream)
         return idle
 
     def drop(self, stream: str) -> None:
-        if self.state.pop(stream, None) is not None:
-            del self.seen[stream]
-            self.forget(stream)
+        """The stream ended: its state goes now, its series once it is idle."""
+        self.state.pop(stream, None)
 
     def __len__(self) -> int:
-        return len(self.state)
+        return len(self.seen)
 
 
 def _too_many(stage: str, stream: str, metrics: Metrics, most: int) -> None:

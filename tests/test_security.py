@@ -3,12 +3,14 @@ a wrong key receives nothing and is counted; non-local endpoints need keys or --
 
 import time
 
+import numpy as np
 import pytest
 import zmq
 import zmq.auth
 from conftest import free_port
 
 from mfvan.stream import protocol, subscribe
+from mfvan.stream.client import Refused
 from mfvan.stream.security import (
     Guard,
     InsecureEndpoint,
@@ -61,7 +63,7 @@ def test_only_an_authorized_key_receives_events(tmp_path):
     zmq.auth.create_certificates(str(stranger), "client")
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
-    guard = Guard(ctx, pub, good)
+    guard = Guard(ctx, pub, good, role="subscriber")
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     endpoint = f"tcp://127.0.0.1:{port}"
     try:
@@ -70,7 +72,8 @@ def test_only_an_authorized_key_receives_events(tmp_path):
             str(stranger / "client.key_secret")
         )
         with subscribe(endpoint, timeout_s=0.1, ctx=ctx, curve=wrong) as sub:
-            assert _publish_until(pub, sub, 20) is None, "a wrong key receives nothing"
+            with pytest.raises(Refused, match="refused this subscriber's CURVE key"):
+                _publish_until(pub, sub, 20)  # nothing received, and told why
         deadline = time.monotonic() + 5
         while guard.refused == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -83,6 +86,65 @@ def test_only_an_authorized_key_receives_events(tmp_path):
     finally:
         guard.stop()
         pub.close(linger=0)
+        ctx.term()
+
+
+def test_keys_are_private_whatever_the_umask(tmp_path):
+    """Before: secret keys 0644 (0666 and a 0777 authorized/ under umask 000)."""
+    import os
+    import stat
+
+    old = os.umask(0)
+    try:
+        folder = make_keys(tmp_path / "keys")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(folder): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*")}
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {m for p, m in modes.items() if (folder / p).is_dir()} == {0o700}
+    assert {m for p, m in modes.items() if (folder / p).is_file()} == {0o600}
+    assert (folder / "subscriber.key_secret").exists() and (folder / "stage.key_secret").exists()
+
+
+def test_a_subscribers_key_cannot_pull_frames_from_a_stage(tmp_path):
+    """Before: one client key served every role, so a subscriber's key pulled 251 raw
+    frames in 5 s from ingest. Now ingest lets in stage keys only, and counts the rest
+    as they come."""
+    from mfvan.stream.metrics import Metrics
+    from mfvan.stream.security import guard
+
+    keys = make_keys(tmp_path / "keys")
+    ctx = zmq.Context()
+    m = Metrics("ingest")
+    push = ctx.socket(zmq.PUSH)
+    g = guard(ctx, push, "tcp://127.0.0.1:1", keys, m, "ingest")
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    pulls = {}
+    try:
+        for role in ("subscriber", "stage"):
+            pull = ctx.socket(zmq.PULL)
+            curve = client_curve(keys, role)
+            pull.curve_publickey, pull.curve_secretkey = curve["public"], curve["secret"]
+            pull.curve_serverkey = curve["server"]
+            pull.connect(f"tcp://127.0.0.1:{port}")
+            pulls[role] = pull
+        frame = np.zeros((32, 32), np.uint8)
+        got = {"subscriber": 0, "stage": 0}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and got["stage"] < 20:
+            protocol.send(push, "frame", "cam1", 0, [frame], wait_ms=50)
+            for role, pull in pulls.items():
+                while pull.poll(10):
+                    pull.recv_multipart()
+                    got[role] += 1
+        assert got["stage"] >= 20 and got["subscriber"] == 0
+        refused = m.dropped.labels("ingest", "", "unauthorized")._value.get()
+        assert refused >= 1, "counted while running, not at shutdown"
+    finally:
+        g.stop()
+        for pull in pulls.values():
+            pull.close(linger=0)
+        push.close(linger=0)
         ctx.term()
 
 
@@ -152,7 +214,7 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     stop.set()
     for t in threads:
         t.join(timeout=30)
-    assert m_spot.frames_in.labels("spot", "cam1")._value.get() == len(frames) + 1  # + eos
+    assert m_spot.frames_in.labels("spot", "cam1")._value.get() == len(frames)
     assert m_spot.spots.labels("cam1")._value.get() >= 1
     assert event is not None and event.label in event.probs, "events through three CURVE hops"
     assert m_bad.frames_in.labels("spot", "cam1")._value.get() == 0, "the stranger got nothing"

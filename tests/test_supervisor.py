@@ -25,6 +25,9 @@ class Scripted(Child):
             return None
         return self.exits[self.runs - 1]
 
+    def stop(self):
+        self.stopped = True
+
 
 def restarts(metrics, stage, stream):
     return metrics.registry.get_sample_value(
@@ -74,14 +77,45 @@ def test_a_finite_source_that_ends_stops_the_run_after_the_drain_time():
     assert restarts(m, "ingest", "file") == 0
 
 
-def test_an_ingest_that_fails_is_restarted_not_finished():
+def test_an_ingest_that_crashes_is_restarted_not_finished():
     m = Metrics("run")
-    ingest = Scripted("ingest", "cam1", [2, None])
+    ingest = Scripted("ingest", "cam1", [1, None])
     ingest.start()
     sup = Supervisor([ingest], m.restarts, Backoff(first_s=0.5))
     assert drive(sup, [ingest], until=2.0) is None
     assert ingest.runs == 2 and not ingest.finished
     assert restarts(m, "ingest", "cam1") == 1
+
+
+def test_a_fatal_exit_fails_its_stream_once_and_the_other_streams_carry_on():
+    """A source that can never work (exit 2: a missing file) is not restarted in a loop:
+    its stream fails, its spot stage is stopped, the good stream plays to its end, and
+    the run then stops, naming what failed."""
+    m = Metrics("run")
+    bad_ingest, bad_spot = Scripted("ingest", "bad", [2]), Scripted("spot", "bad", [None])
+    good = Scripted("ingest", "good", [None] * 1)
+    good.exits = [None]
+    recognize = Scripted("recognize", "all", [None])
+    children = [bad_ingest, bad_spot, good, recognize]
+    for child in children:
+        child.start()
+    sup = Supervisor(children, m.restarts, Backoff(first_s=0.5, drain_s=1.0))
+    assert drive(sup, children, until=5.0) is None, "the good stream runs on"
+    assert bad_ingest.runs == 1 and bad_ingest.failed, "never restarted"
+    assert getattr(bad_spot, "stopped", False) and bad_spot.finished
+    assert sup.failed == ["bad"] and restarts(m, "ingest", "bad") == 0
+    good.exits = [0]  # the good file ends: the run stops after the drain
+    assert drive(sup, children, until=5.0) is not None
+
+
+def test_a_fatal_exit_of_the_recognizer_stops_the_run():
+    m = Metrics("run")
+    ingest, recognize = Scripted("ingest", "cam1", [None]), Scripted("recognize", "all", [2])
+    for child in (ingest, recognize):
+        child.start()
+    sup = Supervisor([ingest, recognize], m.restarts)
+    assert drive(sup, [ingest, recognize], until=1.0) == 0.0
+    assert sup.failed == ["the recognizer"] and recognize.runs == 1
 
 
 def test_a_child_that_ran_a_while_starts_its_backoff_over():

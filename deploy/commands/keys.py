@@ -17,8 +17,11 @@ def run(args: argparse.Namespace) -> int:
 
     folder = make_keys(args.folder)
     print(
-        f"CURVE keys in {folder}: server.key(_secret) for a stage's bound tcp:// endpoint, "
-        "client.key(_secret) for what connects to it (stages and subscribers), authorized/ "
-        "for the clients let in; copy the folder to every host and pass --keys"
+        f"CURVE keys in {folder} (secret keys 0600): server.key(_secret) for every stage's "
+        "bound tcp:// endpoint; stage.key(_secret) for stages connecting to stages; "
+        "subscriber.key(_secret) for subscribers of events, which cannot pull frames; "
+        "authorized/stages and authorized/subscribers hold the public keys let in. Copy the "
+        "folder to every stage's host; give a subscriber's host only server.key and the "
+        "subscriber pair. Pass --keys."
     )
     return 0

@@ -6,7 +6,7 @@ that dies is restarted with backoff and counted), and on SIGINT / SIGTERM stops 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -18,41 +18,89 @@ HELP = "the live pipeline: ingest, spot and recognize, supervised"
 def add(p: argparse.ArgumentParser) -> None:
     from mfvan.deploy.commands.recognize import add_model_options
 
-    p.add_argument("--source", action="append", required=True, help="one per stream")
+    p.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        help="one per stream: a URL, a file, or env:NAME (the URL in environment variable "
+        "NAME, so that a password in it is not in any process's command line)",
+    )
     p.add_argument("--events", help="event endpoint (default: ipc:// in the runtime folder)")
-    p.add_argument("--runtime-dir", type=Path, help="where ipc:// endpoints live")
-    p.add_argument("--metrics-base-port", type=int, default=9101, help="ports from here up")
+    p.add_argument(
+        "--runtime-dir",
+        type=Path,
+        help="where ipc:// endpoints live: made 0700, one run at a time, removed after "
+        "(default: a new folder under $TMPDIR)",
+    )
+    p.add_argument(
+        "--metrics-base-port",
+        type=stage.port,
+        default=9101,
+        help="ports from here up (the run's own: one below)",
+    )
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
     add_model_options(p)  # the recognizer's, forwarded to it as given
     stage.add_security(p)
 
 
+def _check(args: argparse.Namespace) -> None:
+    """What can be known wrong before anything starts: `stage.Fatal` naming it."""
+    from mfvan.deploy import synth_source
+    from mfvan.stream import ingest
+
+    synth_source.register()
+    base, n = args.metrics_base_port, len(args.source)
+    if not 2 <= base <= 65535 - 2 * n:
+        raise stage.Fatal(
+            f"--metrics-base-port {base}: the run serves on {base - 1} and its {2 * n + 1} "
+            f"stages on {base} to {base + 2 * n}, which must all be ports (1-65535)"
+        )
+    for source in args.source:
+        try:
+            url = ingest.resolve(source)
+            stage.stream_name(url)
+            ingest.check_source(url)
+        except (ValueError, ingest.SourceError) as e:
+            raise stage.Fatal(str(e)) from None
+    stage.refused_or_fatal("run", args, *([args.events] if args.events else []))
+
+
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy.supervisor import Supervisor, plan, shutdown, wait_ready
+    from mfvan.deploy.supervisor import RuntimeDir, Supervisor, plan, shutdown, wait_ready
 
     stage.setup_logging()
-    stop = stage.stop_on_signals()
-    runtime = args.runtime_dir or Path(tempfile.mkdtemp(prefix="mfvan-"))
-    runtime.mkdir(parents=True, exist_ok=True)
-    children, events = plan(args, runtime)
-    supervisor = Supervisor(children, stage.metrics("run", args.metrics_base_port - 1).restarts)
-    recognizer = children[-1]
-    recognizer.start()  # first, and waited for: loading a backend can take a while
-    if not wait_ready(recognizer, timeout_s=180):
-        stage.log.error("run: the recognizer did not come up; stopping")
-        shutdown(children)
-        return 1
-    for child in children[:-1]:
-        child.start()
-    stage.log.info("run: %d stage processes; events on %s", len(children), events)
-    stage.log.info("run: subscribe with `mfvan subscribe %s`", events)
-    deadline = None if args.seconds is None else time.monotonic() + args.seconds
-    try:
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.2)
-            if supervisor.step(time.monotonic()):
-                break
-    finally:
-        shutdown(children)
+    _check(args)
+    stop = stage.stop_on_signals(grace_s=20.0)  # its stages stop first, in order
+    metrics = stage.metrics("run", args.metrics_base_port - 1)
+    with RuntimeDir(args.runtime_dir) as runtime:
+        children, events = plan(args, runtime)
+        supervisor = Supervisor(children, metrics.restarts)
+        recognizer = children[-1]
+        recognizer.start()  # first, and waited for: loading a backend can take a while
+        try:
+            if not wait_ready(recognizer, timeout_s=180, stop=stop):
+                code = recognizer.poll()
+                if not stop.is_set():
+                    print(
+                        f"mfvan run: the recognizer did not come up (exit status {code}; "
+                        "its message is above); stopping",
+                        file=sys.stderr,
+                    )
+                return stage.EXIT_FATAL if code is not None else 1
+            for child in children[:-1]:
+                child.start()
+            metrics.ready.set()
+            stage.log.info("run: %d stage processes; events on %s", len(children), events)
+            stage.log.info("run: subscribe with `mfvan subscribe %s`", events)
+            deadline = None if args.seconds is None else time.monotonic() + args.seconds
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.2)
+                if supervisor.step(time.monotonic()):
+                    break
+        finally:
+            shutdown(children)
+    if supervisor.failed:
+        print(f"mfvan run: failed: {', '.join(supervisor.failed)}", file=sys.stderr)
+        return stage.EXIT_FATAL
     return 0

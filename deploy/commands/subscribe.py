@@ -15,17 +15,22 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, help="stop after this many events")
     p.add_argument("--timeout", type=float, help="stop after this many seconds without one")
-    p.add_argument("--keys", type=Path, help="CURVE keys folder holding client.key_secret")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        help="CURVE keys folder holding subscriber.key_secret and the server's server.key",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
     from mfvan.stream import subscribe
+    from mfvan.stream.client import Refused
     from mfvan.stream.security import client_curve
 
     n = 0
-    curve = client_curve(args.keys) if args.keys else None
+    curve = client_curve(args.keys, "subscriber") if args.keys else None
     sub = subscribe(args.endpoint, args.stream, args.timeout, curve=curve)
     try:
         for event in sub:
@@ -38,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
                 break
     except KeyboardInterrupt:
         pass
+    except Refused as e:
+        print(f"mfvan subscribe: {e}", file=sys.stderr)
+        return 2
     finally:
         sub.close()
         if sub.missed or sub.dropped:
