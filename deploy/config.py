@@ -65,7 +65,7 @@ def _one(action: argparse.Action, value, where: str):
     convert = action.type or str
     try:
         value = convert(value if isinstance(value, str) else str(value))
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
     if action.choices is not None and value not in action.choices:
         raise ConfigError(f"{where}: {value!r} is not one of {list(action.choices)}")

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("mfvan.run")
@@ -45,40 +46,42 @@ def setup_logging() -> None:
 
 def stop_on_signals(grace_s: float = STOP_S) -> threading.Event:
     """An event set by SIGINT or SIGTERM: the stage's loop ends when it is set. If the
-    process has not ended `grace_s` after the signal (a source blocked opening a dead
-    camera, a wait in a library), it exits at once with the signal's status."""
+    process has not ended `grace_s` after the signal, it exits at once with the signal's
+    status. The deadline is kept by a thread that learns of the signal from the C level
+    (`signal.set_wakeup_fd`), since Python runs a signal handler only once the main thread
+    is back in Python: a source blocked opening a dead camera would hold it for seconds."""
     stop = threading.Event()
 
     def handler(signum, frame):
-        if stop.is_set():
-            return
-        log.info("signal %s: stopping", signal.Signals(signum).name)
         stop.set()
-        timer = threading.Timer(grace_s, _exit_now, args=(signum,))
-        timer.daemon = True
-        timer.start()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch():
+        signum = os.read(read, 1)[0]
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+        time.sleep(grace_s)
+        log.warning("did not stop within %.1f s of the signal; exiting now", grace_s)
+        logging.shutdown()
+        os._exit(128 + signum)
+
+    threading.Thread(target=watch, daemon=True, name="stop-deadline").start()
     return stop
 
 
-def _exit_now(signum: int) -> None:
-    log.warning(
-        "did not stop within %.1f s of %s; exiting now", STOP_S, signal.Signals(signum).name
-    )
-    logging.shutdown()
-    os._exit(128 + signum)
-
-
 def port(text: str) -> int:
-    """An argparse type: a TCP port 1-65535, or -1 (do not serve)."""
+    """An argparse type: a TCP port 1-65535, 0 (any free port) or -1 (do not serve)."""
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if n != -1 and not 1 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"{n} is not a port (1-65535, or -1: none)")
+    if not -1 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{n} is not a port (1-65535, 0: any, -1: none)")
     return n
 
 

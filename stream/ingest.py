@@ -168,12 +168,12 @@ class PyAVSource:
                 else:
                     t = time.time_ns()
                 yield Frame(index, t, image(frame), t_media=media, key_frame=gop(frame))
+            if not self.live:
+                self._check_whole(stream, media)
         except av.FFmpegError as e:
             raise SourceError(f"{redact(self.url)} stopped: {_reason(e)}") from None
         finally:
             container.close()
-        if not self.live:
-            self._check_whole(stream, media)
 
     def _check_whole(self, stream, last_ns: int | None) -> None:
         """Warn when a file ended well before the duration its container declares (a
