@@ -173,6 +173,8 @@ class Supervisor:
             code = child.poll()
             if code is not None:
                 child.proc = None
+                if child.finished:
+                    continue  # stopped on purpose: its stream failed
                 if code == 0 and child.stage == "ingest":
                     child.finished = True  # a finite source ended: not a crash
                     continue

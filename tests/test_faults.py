@@ -349,31 +349,29 @@ def test_fuzz_10000_messages_while_a_real_stream_runs_beside_them(stage, tmp_pat
             for i, frames in enumerate(bad):
                 pub.send_multipart(frames)
                 if i % 100 == 0:
-                    protocol.send(pub, "event", "cam1", i // 100, **event)
-            received = list(sub)
+                    protocol.send(pub, "event", "cam1", i // 100, marked=True, **event)
+            received = list(sub)  # (a mutation may still be a legal event: delivered)
             pub.close(0)
-            assert len(received) == 100, "every good event arrived"
-            assert sub.dropped >= 10_000 * 0.9, "the bad ones skipped and counted"
+            assert sum(e.fields.get("marked", False) for e in received) == 100, "every good one"
+            assert sub.dropped >= 5_000, "the bad ones skipped and counted"
             return
         for i, frames in enumerate(bad):
             push.send_multipart(frames)
             if i % 100 == 0:
                 push.send_multipart(good)
-        deadline = time.monotonic() + 120
-        while thread.is_alive() and time.monotonic() < deadline:
-            handled = m.frames_in.labels(m.stage, "cam1")._value.get()
-            if handled >= 100:
-                break
+        reasons = ("malformed", "version", "schema", "unexpected", "error")
+
+        def counts():
+            dropped = sum(m.dropped.labels(m.stage, "", r)._value.get() for r in reasons)
+            return dropped, m.frames_in.labels(m.stage, "cam1")._value.get()
+
+        deadline = time.monotonic() + 180
+        while thread.is_alive() and time.monotonic() < deadline and sum(counts()) < 10_100:
             time.sleep(0.2)
-        time.sleep(1.0)
         assert thread.is_alive(), "the stage is still running"
-        dropped = sum(
-            m.dropped.labels(m.stage, "", r)._value.get()
-            for r in ("malformed", "version", "schema", "unexpected", "error")
-        )
-        handled = m.frames_in.labels(m.stage, "cam1")._value.get()
+        dropped, handled = counts()
         # a mutation may still be a legal message (a flipped bit in a timestamp): handled
-        assert handled >= 100 and dropped + handled >= 10_100 * 0.98, (dropped, handled)
+        assert handled >= 100 and dropped + handled == 10_100, (dropped, handled)
         assert m.dropped.labels(m.stage, "", "error")._value.get() == 0, "no message crashed it"
     finally:
         stop.set()
