@@ -713,3 +713,65 @@ def test_a_run_whose_recognizer_cannot_bind_stops_with_its_reason(tmp_path):
     assert run.returncode == 2, run.stderr[-2000:]
     assert "in use" in run.stderr and "did not come up" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# ----------------------------------------------------------------- soak
+
+
+@pytest.mark.slow
+def test_a_10_minute_soak_keeps_every_stage_within_10_percent_of_its_memory(tmp_path):
+    """`mfvan run` on a 100 fps synthetic camera for 10 minutes (MFVAN_SOAK_S to change it,
+    for a quick look): after a minute's warm-up, no stage's resident memory grows by more
+    than 10%, and no stage restarts."""
+    seconds = float(os.environ.get("MFVAN_SOAK_S", 600))
+    warm_up = min(60.0, seconds / 4)
+    base = 23300 + os.getpid() % 500
+    proc = subprocess.Popen(
+        [*MFVAN, "run", "--source", "synth://?fps=100&seed=11", "--runtime-dir",
+         str(tmp_path / "rt"), "--metrics-base-port", str(base)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def rss() -> dict[str, int]:
+        """kB resident per stage child."""
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        sizes = {}
+        for pid in out.stdout.split():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            stage = next(a for a in cmd if a in ("ingest", "spot", "recognize"))
+            sizes[stage] = int(
+                next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1]
+            )
+        return sizes
+
+    try:
+        deadline = time.monotonic() + 180
+        while len(rss()) < 3 and time.monotonic() < deadline:
+            time.sleep(1.0)
+        time.sleep(warm_up)
+        first = rss()
+        peak = dict(first)
+        end = time.monotonic() + seconds - warm_up
+        while time.monotonic() < end:
+            time.sleep(10.0)
+            for stage, kb in rss().items():
+                peak[stage] = max(peak.get(stage, 0), kb)
+        assert proc.poll() is None, "the run is still going"
+        from conftest import scrape
+
+        assert scrape(base - 1, "mfvan_restarts_total") == 0
+        frames = scrape(base + 1, "mfvan_frames_in_total")
+        assert frames >= 100 * (seconds - 30) * 0.9, f"only {frames} frames reached spot"
+        growth = {s: peak[s] / first[s] - 1 for s in first}
+        print("soak: RSS after warm-up (kB)", first, "peak", peak, "growth", growth)
+        assert all(g <= 0.10 for g in growth.values()), growth
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

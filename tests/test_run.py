@@ -89,7 +89,7 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
                 "--source",
                 "/nonexistent/clip.mp4",
                 "--out",
-                "ipc:///tmp/mfvan-t1.ipc",
+                "ipc://TMP/t1.ipc",
                 "--metrics-port",
                 "-1",
             ],
@@ -101,7 +101,7 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
                 "--source",
                 "synth://?fps=fast",
                 "--out",
-                "ipc:///tmp/mfvan-t2.ipc",
+                "ipc://TMP/t2.ipc",
                 "--metrics-port",
                 "-1",
             ],
@@ -111,9 +111,9 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
             [
                 "recognize",
                 "--in",
-                "ipc:///tmp/mfvan-t3.ipc",
+                "ipc://TMP/t3.ipc",
                 "--out",
-                "ipc:///tmp/mfvan-t4.ipc",
+                "ipc://TMP/t4.ipc",
                 "--weights",
                 "CORRUPT",
                 "--metrics-port",
@@ -125,7 +125,7 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
             [
                 "recognize",
                 "--in",
-                "ipc:///tmp/mfvan-t3.ipc",
+                "ipc://TMP/t3.ipc",
                 "--out",
                 "tcp://0.0.0.0:5999",
                 "--metrics-port",
@@ -140,6 +140,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(argv, words, tmp_path):
         bad = tmp_path / "w.safetensors"
         bad.write_bytes(b"not weights")
         argv = [str(bad) if a == "CORRUPT" else a for a in argv]
+    argv = [a.replace("TMP", str(tmp_path)) for a in argv]  # per-test paths only
     r = subprocess.run(
         [sys.executable, "-m", "mfvan.deploy.cli", *argv],
         capture_output=True,
