@@ -74,6 +74,25 @@ def stop_on_signals(grace_s: float = STOP_S) -> threading.Event:
     return stop
 
 
+def notify_systemd(state: str) -> None:
+    """Tell systemd how the service stands (`READY=1`, `STOPPING=1`) when it runs us as
+    `Type=notify`; nothing without $NOTIFY_SOCKET. (The sd_notify protocol: one datagram
+    on a unix socket, `@` naming an abstract one.)"""
+    import socket
+
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as e:
+        log.warning("could not tell systemd %s: %s", state, e)
+
+
 def port(text: str) -> int:
     """An argparse type: a TCP port 1-65535, 0 (any free port) or -1 (do not serve)."""
     try:

@@ -44,6 +44,7 @@ def one_line(stderr: str) -> bool:
 # ----------------------------------------------------------------- start or fail, loudly
 
 
+@pytest.mark.slow  # a process each: in make test, not make test-fast
 def test_a_stage_whose_port_is_taken_fails_in_one_line_instead_of_hanging(tmp_path):
     """Before: sockets bound before the guarded path, and `Context.term()` hung on them
     forever while /metrics answered."""
@@ -103,6 +104,7 @@ def test_an_ipv6_endpoint_binds(tmp_path):
         ctx.term()
 
 
+@pytest.mark.slow  # a process each: in make test, not make test-fast
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -147,6 +149,7 @@ def test_user_mistakes_are_one_line_and_exit_2(argv, words, tmp_path):
     assert words in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow  # a process each: in make test, not make test-fast
 @pytest.mark.parametrize(
     "env, words",
     [
@@ -168,6 +171,7 @@ def test_a_bad_environment_is_one_line_and_exit_2(env, words, tmp_path):
     assert code == 2 and words in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow  # a process each: in make test, not make test-fast
 def test_a_second_run_on_the_default_ports_is_one_line(tmp_path):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -478,6 +482,7 @@ def test_a_stream_without_a_face_says_so_once(caplog):
 # ----------------------------------------------------------------- stoppable always
 
 
+@pytest.mark.slow  # a process each: in make test, not make test-fast
 def test_ingest_stops_on_sigterm_within_2_s_while_its_camera_is_down(tmp_path):
     """Before: `Reconnecting` never checked `stop`; a standalone ingest needed SIGKILL
     after 14 minutes. Two dead cameras: one refusing connections, one that accepts and
@@ -514,6 +519,7 @@ def test_ingest_stops_on_sigterm_within_2_s_while_its_camera_is_down(tmp_path):
 # ----------------------------------------------------------------- sources, credentials
 
 
+@pytest.mark.slow  # a process each: in make test, not make test-fast
 def test_passwords_never_reach_argv_or_logs(tmp_path):
     """Before: RTSP passwords appeared in the logs on every reconnect and in `ps`."""
     from mfvan.deploy.cli import build_parser

@@ -33,8 +33,17 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         "--metrics-base-port",
         str(base),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import socket
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # as systemd's Type=notify
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     try:
+        assert notify.recv(64) == b"READY=1", "systemd is told once every stage is started"
         streams = {}  # two cameras, one recognizer: events of both
         with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=60) as sub:
             for event in sub:
@@ -66,6 +75,8 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         assert again is not None, "the pipeline recovered"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+        assert notify.recv(64) == b"STOPPING=1"
+        assert not runtime.exists(), "its runtime folder is removed"
     except BaseException:
         # a failed run leaves no stage behind to load the tests after it: the supervisor
         # first (it would restart them), then its stages

@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             for child in children[:-1]:
                 child.start()
             metrics.ready.set()
+            stage.notify_systemd("READY=1")  # systemd's Type=notify waits for this
             stage.log.info("run: %d stage processes; events on %s", len(children), events)
             stage.log.info("run: subscribe with `mfvan subscribe %s`", events)
             deadline = None if args.seconds is None else time.monotonic() + args.seconds
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 if supervisor.step(time.monotonic()):
                     break
         finally:
+            stage.notify_systemd("STOPPING=1")
             shutdown(children)
     if supervisor.failed:
         print(f"mfvan run: failed: {', '.join(supervisor.failed)}", file=sys.stderr)
