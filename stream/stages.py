@@ -18,9 +18,10 @@ stream is bounded (`Streams`): at most `max_streams` streams at once (the excess
 `reason="streams"`), and a stream that ended (`eos`) or sent nothing for `idle_s` is
 forgotten with its metric series.
 
-A stage binds its sockets inside its guarded path: a failure to bind (address in use, an
-endpoint ZeroMQ refuses) raises `zmq.ZMQError` to the caller, which reports it in one
-line (`mfvan.deploy.stage.run_stage`). Once bound, the stage sets `metrics.ready` (its
+A stage binds its sockets inside its guarded path: a failure to bind or connect (an
+address in use, an endpoint ZeroMQ refuses, unusable keys) raises
+`security.EndpointError` to the caller, which reports it in one line and ends ZeroMQ
+without waiting on the unbound sockets (`mfvan.deploy.stage.run_stage`). Once bound, the stage sets `metrics.ready` (its
 `/ready` answers 200).
 
 The stage logic (`SpotStage.handle`, `Batcher`) is separate from the socket loops, so

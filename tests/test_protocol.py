@@ -85,6 +85,12 @@ def _frame(*shapes, dtype="uint8", **fields):
     return [b"cam1", _header(kind="frame", buffers=list(specs), **fields), *buffers]
 
 
+def _event(**fields):
+    """An event of label 'x', with `fields` (probs, classes) added."""
+    header = _header(kind="event", onset=1, apex=2, offset=3, label="x", model="m", **fields)
+    return [b"cam1", header]
+
+
 def _pair(*shapes, **fields):
     specs, buffers = zip(*(_image(s) for s in shapes), strict=True)
     header = _header(kind="pair", buffers=list(specs), onset=1, apex=2, offset=3, **fields)
@@ -132,40 +138,8 @@ def _pair(*shapes, **fields):
         (_pair((64, 64), (64, 64), score="high"), "schema", "'score' cannot be 'high'"),
         (_pair((64, 64), (64, 64), score=float("nan")), "schema", "'score' cannot be nan"),
         ([b"cam1", _header(kind="pair", buffers=[])], "schema", "lacks ['onset'"),
-        (
-            [
-                b"cam1",
-                _header(
-                    kind="event",
-                    onset=1,
-                    apex=2,
-                    offset=3,
-                    label="x",
-                    model="m",
-                    probs=[0.5],
-                    classes=["a", "b"],
-                ),
-            ],
-            "schema",
-            "probs and classes differ",
-        ),
-        (
-            [
-                b"cam1",
-                _header(
-                    kind="event",
-                    onset=1,
-                    apex=2,
-                    offset=3,
-                    label="x",
-                    model="m",
-                    probs=[1.0],
-                    classes=["a"],
-                ),
-            ],
-            "schema",
-            "label 'x' is not one of the classes",
-        ),
+        (_event(probs=[0.5], classes=["a", "b"]), "schema", "probs and classes differ"),
+        (_event(probs=[1.0], classes=["a"]), "schema", "label 'x' is not one of the classes"),
         ([b"cam1", b"\x80" * (protocol.MAX_HEADER + 1)], "malformed", "header of"),
         (
             [b"cam1", _header(buffers=[{"shape": [1], "dtype": "object", "format": ""}]), b"x"],
