@@ -12,6 +12,7 @@ capture to the event and from the confirming frame's capture to the event.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             pipeline.wait(timeout=20)
         except subprocess.TimeoutExpired:
             pipeline.kill()
+        shutil.rmtree(runtime, ignore_errors=True)  # `run` empties it; the folder is ours
     print(score(events, args))
     return 0
 

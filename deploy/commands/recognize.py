@@ -57,6 +57,12 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="endpoint to bind (PUB) for events")
     add_model_options(p)
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["recognize"])
+    p.add_argument(
+        "--max-streams",
+        type=stage.positive(int),
+        default=1024,
+        help="streams served at once; pairs of one more are dropped and counted",
+    )
     stage.add_security(p)
 
 
@@ -119,4 +125,5 @@ def run(args: argparse.Namespace) -> int:
         max_wait_s=args.max_wait_ms / 1000,
         with_crops=args.with_crops,
         keys=args.keys,
+        max_streams=args.max_streams,
     )
