@@ -15,8 +15,9 @@ time and its capture time, both in ns.
 - `key_frame`: the frame starts a GOP (a key frame among predicted pictures; never in an
   intra-only codec such as FFV1, `mfvan.kernels.facespot.GopBoundaries`).
 `Reconnecting` wraps any source factory: when the source fails (a camera drops, a
-network times out) it waits with exponential backoff (0.1 s doubling to at most 1 s, so
-a camera that comes back is read again within about a second) and opens it again; the
+network times out) it waits with exponential backoff (0.1 s doubling to at most 0.5 s,
+so a camera that comes back is read again within about a second: the wait, then RTSP's
+handshake and the first key frame) and opens it again; the
 frame index keeps counting across reconnects, and every wait ends at once when the stage
 is told to stop.
 
@@ -273,7 +274,7 @@ class Reconnecting:
         self,
         open_: Callable[[], object],
         live: bool = True,
-        backoff_s: tuple[float, float] = (0.1, 1.0),
+        backoff_s: tuple[float, float] = (0.1, 0.5),
         on_reconnect: Callable[[Exception | None], None] | None = None,
         max_attempts: int | None = None,
         on_back: Callable[[int], None] | None = None,
