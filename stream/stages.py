@@ -21,8 +21,8 @@ forgotten with its metric series.
 A stage binds its sockets inside its guarded path: a failure to bind or connect (an
 address in use, an endpoint ZeroMQ refuses, unusable keys) raises
 `security.EndpointError` to the caller, which reports it in one line and ends ZeroMQ
-without waiting on the unbound sockets (`mfvan.deploy.stage.run_stage`). Once bound, the stage sets `metrics.ready` (its
-`/ready` answers 200).
+without waiting on the unbound sockets (`mfvan.deploy.stage.run_stage`). Once bound,
+the stage sets `metrics.ready` (its `/ready` answers 200).
 
 The stage logic (`SpotStage.handle`, `Batcher`) is separate from the socket loops, so
 tests drive it directly as well as over real sockets.
