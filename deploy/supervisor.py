@@ -54,15 +54,28 @@ class Backoff:
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux; elsewhere a no-op),
-    and exit now if it already has."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os._exit(1)
+def _prctl():
+    """libc's prctl, looked up in the parent: a forked child with other threads in the
+    parent must not call into the dynamic loader before exec."""
+    global _PRCTL
+    if _PRCTL is None:
+        try:
+            _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _PRCTL = False  # not Linux: children are stopped by `shutdown` only
+    return _PRCTL
+
+
+_PRCTL = None
+
+
+def _die_with_parent(prctl, parent: int) -> None:
+    """In the child before exec: SIGTERM when the parent dies, and exit now if it already
+    has."""
+    if prctl:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 class Child:
@@ -86,11 +99,11 @@ class Child:
         if self.stage in ("ingest", "spot"):  # see mfvan.deploy.stage.one_thread
             env.setdefault("OPENBLAS_NUM_THREADS", "1")
             env.setdefault("OMP_NUM_THREADS", "1")
-        parent = os.getpid()
+        parent, prctl = os.getpid(), _prctl()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mfvan.deploy.cli", *self.argv],
             env=env,
-            preexec_fn=lambda: _die_with_parent(parent),
+            preexec_fn=lambda: _die_with_parent(prctl, parent),
         )
         self.started = time.monotonic()
 
@@ -313,9 +326,12 @@ class RuntimeDir:
         self._lock.flush()
         return self.path
 
+    SOCKETS = ("frames-*.ipc", "pairs-*.ipc", "events.ipc")  # what `plan` makes here
+
     def __exit__(self, *exc) -> None:
-        for sock in self.path.glob("*.ipc"):
-            sock.unlink(missing_ok=True)
+        for pattern in self.SOCKETS:
+            for sock in self.path.glob(pattern):
+                sock.unlink(missing_ok=True)
         (self.path / self.LOCK).unlink(missing_ok=True)
         self._lock.close()
         if self.made:

@@ -188,7 +188,7 @@ class PyAVSource:
         if declared and (last_ns or 0) + 2 * frame_ns < 0.95 * declared:
             log.warning(
                 "%s ended at %.2f s of the %.2f s it declares: the file looks truncated",
-                self.url,
+                redact(self.url),
                 (last_ns or 0) / 1e9,
                 declared / 1e9,
             )
