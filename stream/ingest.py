@@ -17,9 +17,8 @@ time and its capture time, both in ns.
 `Reconnecting` wraps any source factory: when the source fails (a camera drops, a
 network times out) it waits with exponential backoff (0.1 s doubling to at most 0.5 s,
 so a camera that comes back is read again within about a second: the wait, then RTSP's
-handshake and the first key frame) and opens it again; the
-frame index keeps counting across reconnects, and every wait ends at once when the stage
-is told to stop.
+handshake and the first key frame) and opens it again; the frame index keeps counting
+across reconnects, and every wait ends at once when the stage is told to stop.
 
 Failures are of two kinds. Recoverable: a camera or RTSP server that does not answer or
 drops, retried for as long as the stage runs. Fatal: a source that can never work (a
