@@ -181,6 +181,23 @@ def close_context(flush: bool = True) -> None:
         ctx.destroy(linger=0)
 
 
+def add_stream_limits(p: argparse.ArgumentParser, most: int, idle_s: float, what: str) -> None:
+    """`--max-streams` and `--idle-s`: how many streams a stage keeps state for, and when
+    it forgets a quiet one (`mfvan.stream.stages.Streams`)."""
+    p.add_argument(
+        "--max-streams",
+        type=positive(int),
+        default=most,
+        help=f"streams served at once; {what} of one more are dropped and counted",
+    )
+    p.add_argument(
+        "--idle-s",
+        type=positive(float),
+        default=idle_s,
+        help="a stream that sent nothing this long is forgotten (its state, metric series)",
+    )
+
+
 def add_security(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keys",

@@ -57,12 +57,7 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="endpoint to bind (PUB) for events")
     add_model_options(p)
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["recognize"])
-    p.add_argument(
-        "--max-streams",
-        type=stage.positive(int),
-        default=1024,
-        help="streams served at once; pairs of one more are dropped and counted",
-    )
+    stage.add_stream_limits(p, most=1024, idle_s=3600.0, what="pairs")
     stage.add_security(p)
 
 
@@ -126,4 +121,5 @@ def run(args: argparse.Namespace) -> int:
         with_crops=args.with_crops,
         keys=args.keys,
         max_streams=args.max_streams,
+        idle_s=args.idle_s,
     )

@@ -15,18 +15,7 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="endpoint to bind for (onset, apex) pairs")
     stage.add_security(p)
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["spot"])
-    p.add_argument(
-        "--max-streams",
-        type=stage.positive(int),
-        default=64,
-        help="streams tracked at once; frames of one more are dropped and counted",
-    )
-    p.add_argument(
-        "--idle-s",
-        type=stage.positive(float),
-        default=60.0,
-        help="a stream that sent nothing this long is forgotten (tracker, metric series)",
-    )
+    stage.add_stream_limits(p, most=64, idle_s=60.0, what="frames")
 
 
 def run(args: argparse.Namespace) -> int:
