@@ -117,6 +117,7 @@ class Subscription:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
+        security.keepalive(self.socket)  # back within a second or two of a partition's end
         self._monitor = None
         if curve:  # {"public": ..., "secret": ..., "server": ...} (z85 keys)
             self.socket.curve_publickey = curve["public"]

@@ -59,6 +59,7 @@ def _socket(ctx: zmq.Context, kind: int, hwm: int = HWM) -> zmq.Socket:
     s.setsockopt(zmq.LINGER, 500)
     # no part larger than the largest legal frame reaches memory (ZeroMQ drops the peer)
     s.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
+    security.keepalive(s)
     return s
 
 
