@@ -116,6 +116,18 @@ def score(events, args) -> str:
         return f"p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms"
 
     labelled = [e for e in micro if e.label3]
+    from mfvan.model.strs import Labelled, score_str
+
+    classes = list(events[0].probs) if events else sorted({e.label3 for e in labelled})
+    chain = score_str(
+        [
+            (
+                [Labelled(e.onset, e.offset, e.label) for e in events],
+                [Labelled(e.onset, e.offset, e.label3 or None) for e in micro],
+            )
+        ],
+        classes,
+    )
     return "\n".join(
         [
             f"score against SynthME's ground truth ({args.seconds:g} s at {args.fps:g} fps, "
@@ -123,6 +135,9 @@ def score(events, args) -> str:
             f"  micro-expressions shown: {len(micro)} ({len(labelled)} with a 3-class label)",
             f"  spotted: {len(spotted)}; classified right: {right}; other spots "
             f"(macro-expressions, blinks, nothing): {other}",
+            f"  spot-then-recognize (MEGC STR, IoU >= 0.5): spotting F1 {chain['f1']:.3f} "
+            f"(TP {chain['tp']}, FP {chain['fp']}, FN {chain['fn']}), UF1 {chain['uf1']:.3f} "
+            f"on {chain['recognized']} labelled TPs, STRS {chain['strs']:.3f}",
             f"  latency, apex capture -> event: {pct(apex)}",
             f"  latency, confirming frame's capture -> event: {pct(system)}",
         ]
