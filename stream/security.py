@@ -31,12 +31,10 @@ Imports nothing of this project.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import shutil
 import socket as _socket
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,7 +43,6 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-log = logging.getLogger("mfvan.security")
 ROLES = {"stage": "stages", "subscriber": "subscribers"}  # client role -> authorized/ folder
 
 
@@ -210,30 +207,15 @@ def guard(
     socket: zmq.Socket,
     endpoint: str,
     keys: Path | None,
-    metrics=None,
-    stage: str = "",
+    on_refused=None,
     role: str = "stage",
 ):
     """A Guard for a socket about to bind `endpoint` when it is tcp:// and keys are given
-    (else None), letting in the clients of `role`; each refused handshake is counted in
-    `metrics` (`dropped{stage, reason="unauthorized"}`) and logged (rate-limited)."""
+    (else None), letting in the clients of `role`; `on_refused()` is called for each
+    refused handshake as it happens."""
     if keys is None or not endpoint.startswith("tcp://"):
         return None
-    last = [0.0]
-
-    def refused():
-        if metrics is not None:
-            metrics.dropped.labels(stage, "", "unauthorized").inc()
-        if time.monotonic() - last[0] > 10:
-            last[0] = time.monotonic()
-            log.warning(
-                "%s: refused a CURVE handshake on %s (a key not in authorized/%s)",
-                stage,
-                endpoint,
-                ROLES[role],
-            )
-
-    return Guard(ctx, socket, keys, refused, role)
+    return Guard(ctx, socket, keys, on_refused, role)
 
 
 def secure_client(

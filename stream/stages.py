@@ -149,6 +149,39 @@ def _too_many(stage: str, stream: str, metrics: Metrics, most: int) -> None:
     )
 
 
+def _serve(ctx, sock, out: str, keys, metrics: Metrics, stage: str, role: str = "stage"):
+    """Bind `sock` to `out`, under CURVE when `keys` are given and it is tcp:// (the guard
+    is set up before the bind, as CURVE needs), letting in the clients of `role`; each
+    refused handshake is counted (`reason="unauthorized"`) and logged, rate-limited, as
+    it happens. Returns the guard (None without CURVE), for `_unguard`."""
+
+    def refused():
+        metrics.dropped.labels(stage, "", "unauthorized").inc()
+        _warn.warning(
+            f"{stage}:unauthorized",
+            "%s: refused a CURVE handshake on %s (a key not in authorized/%s)",
+            stage,
+            out,
+            security.ROLES[role],
+        )
+
+    guard = security.guard(ctx, sock, out, keys, refused, role)
+    try:
+        security.bind(sock, out)
+    except BaseException:
+        _unguard(guard)
+        raise
+    return guard
+
+
+def _dial(sock, inputs: list[str], keys) -> None:
+    """Connect `sock` to every endpoint of `inputs`, as a stage (CURVE with `keys` on
+    tcp://)."""
+    security.secure_client(sock, inputs, keys, role="stage")
+    for endpoint in inputs:
+        security.connect(sock, endpoint)
+
+
 def _unguard(guard) -> None:
     """Stop a bound socket's CURVE guard (it counted refused clients as they came)."""
     if guard is not None:
@@ -190,8 +223,7 @@ def run_ingest(
     guard = None
     seq = 0
     try:
-        guard = security.guard(ctx, sock, out, keys, metrics, "ingest")
-        security.bind(sock, out)
+        guard = _serve(ctx, sock, out, keys, metrics, "ingest")
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLOUT)
         metrics.init_stream(stream_id)
@@ -365,11 +397,8 @@ def run_spot(
     push = _socket(ctx, zmq.PUSH)
     guard = None
     try:
-        security.secure_client(pull, inputs, keys, role="stage")
-        for endpoint in inputs:
-            security.connect(pull, endpoint)
-        guard = security.guard(ctx, push, out, keys, metrics, "spot")
-        security.bind(push, out)
+        _dial(pull, inputs, keys)
+        guard = _serve(ctx, push, out, keys, metrics, "spot")
         metrics.ready.set()
         next_expiry = time.monotonic() + 1.0
         for frames in _poll_loop(pull, stop):
@@ -496,11 +525,8 @@ def run_recognize(
         _infer(batch, classifier, metrics, pub, streams, with_crops)
 
     try:
-        security.secure_client(pull, inputs, keys, role="stage")
-        for endpoint in inputs:
-            security.connect(pull, endpoint)
-        guard = security.guard(ctx, pub, out, keys, metrics, "recognize", role="subscriber")
-        security.bind(pub, out)
+        _dial(pull, inputs, keys)
+        guard = _serve(ctx, pub, out, keys, metrics, "recognize", role="subscriber")
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         metrics.ready.set()
@@ -555,13 +581,11 @@ def _infer(batch, classifier: Classifier, metrics, pub, streams: Streams, with_c
         sizes.setdefault(item[0].arrays[0].shape, []).append(item)
     for group in sizes.values():
         probs = _classify(group, classifier, metrics)
-        if probs is None and len(group) > 1:
-            for item in group:
-                probs1 = _classify([item], classifier, metrics)
-                if probs1 is not None:
-                    _publish([item], probs1, classifier, metrics, pub, streams, with_crops)
-        elif probs is not None:
+        if probs is not None:
             _publish(group, probs, classifier, metrics, pub, streams, with_crops)
+        elif len(group) > 1:  # again pair by pair: only the pair it fails on is lost
+            for item in group:
+                _infer([item], classifier, metrics, pub, streams, with_crops)
 
 
 def _classify(group, classifier: Classifier, metrics) -> np.ndarray | None:

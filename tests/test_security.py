@@ -111,14 +111,14 @@ def test_a_subscribers_key_cannot_pull_frames_from_a_stage(tmp_path):
     frames in 5 s from ingest. Now ingest lets in stage keys only, and counts the rest
     as they come."""
     from mfvan.stream.metrics import Metrics
-    from mfvan.stream.security import guard
+    from mfvan.stream.stages import _serve, _unguard
 
     keys = make_keys(tmp_path / "keys")
     ctx = zmq.Context()
     m = Metrics("ingest")
     push = ctx.socket(zmq.PUSH)
-    g = guard(ctx, push, "tcp://127.0.0.1:1", keys, m, "ingest")
-    port = push.bind_to_random_port("tcp://127.0.0.1")
+    port = free_port()
+    g = _serve(ctx, push, f"tcp://127.0.0.1:{port}", keys, m, "ingest")  # as ingest binds
     pulls = {}
     try:
         for role in ("subscriber", "stage"):
@@ -141,7 +141,7 @@ def test_a_subscribers_key_cannot_pull_frames_from_a_stage(tmp_path):
         refused = m.dropped.labels("ingest", "", "unauthorized")._value.get()
         assert refused >= 1, "counted while running, not at shutdown"
     finally:
-        g.stop()
+        _unguard(g)
         for pull in pulls.values():
             pull.close(linger=0)
         push.close(linger=0)
