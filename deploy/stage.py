@@ -104,20 +104,30 @@ def port(text: str) -> int:
     return n
 
 
-def positive(kind):
-    """An argparse type: a number of `kind` above 0."""
+def _number(kind, ok, words: str):
+    """An argparse type: a number of `kind` for which `ok(n)` holds ("must be `words`")."""
 
     def parse(text: str):
         try:
             n = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not n > 0:
-            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        if not ok(n):
+            raise argparse.ArgumentTypeError(f"{text} must be {words}")
         return n
 
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = f"{kind.__name__} {words}"
     return parse
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above 0."""
+    return _number(kind, lambda n: n > 0, "above 0")
+
+
+def not_negative(kind):
+    """An argparse type: a number of `kind`, 0 or more."""
+    return _number(kind, lambda n: n >= 0, "0 or more")
 
 
 def one_thread() -> None:
@@ -212,27 +222,30 @@ def add_security(p: argparse.ArgumentParser) -> None:
     )
 
 
-def refused(command: str, args: argparse.Namespace, *endpoints: str) -> bool:
-    """True (after one line on stderr) when an endpoint would expose faces unprotected, or
-    --keys is unusable."""
-    from mfvan.stream.security import EndpointError
-
-    try:
-        refused_or_fatal(command, args, *endpoints)
-    except EndpointError as e:
-        print(f"mfvan {command}: {e}", file=sys.stderr)
-        return True
-    return False
-
-
-def refused_or_fatal(command: str, args: argparse.Namespace, *endpoints: str) -> None:
-    """`Fatal` when an endpoint would expose faces unprotected, or --keys is unusable."""
+def check_endpoints(args: argparse.Namespace, *endpoints: str) -> None:
+    """`security.EndpointError` (one line, exit 2, from the CLI) when an endpoint would
+    expose faces unprotected, or --keys is unusable."""
     from mfvan.stream.security import check, check_keys
 
     for endpoint in endpoints:
         check(endpoint, getattr(args, "keys", None), getattr(args, "insecure", False))
     if getattr(args, "keys", None) is not None:
         check_keys(args.keys)
+
+
+def source_url(source: str) -> str:
+    """The URL a `--source` names (`env:NAME` resolved), checked for what can never work
+    (a missing file, a folder, an RTSP URL without a host, an unset variable, a bad
+    `synth://` URL): `Fatal` naming it. `synth://` must be registered first."""
+    from mfvan.stream import ingest
+
+    try:
+        url = ingest.resolve(source)
+        stream_name(url)
+        ingest.check_source(url)
+    except (ValueError, ingest.SourceError) as e:
+        raise Fatal(str(e)) from None
+    return url
 
 
 def stream_name(source: str) -> str:

@@ -131,6 +131,7 @@ def test_an_ipv6_endpoint_binds(tmp_path):
         (["run", "--source", "/"], "is a folder"),
         (["run", "--source", "rtsp:///nohost"], "needs a host"),
         (["run", "--source", "env:MFVAN_NO_SUCH_VARIABLE"], "is not set"),
+        (["ingest", "--source", "env:MFVAN_NO_SUCH_VARIABLE", "--out", "ipc:///x"], "is not set"),
         (["run", "--source", "synth://", "--metrics-base-port", "70000"], "70000"),
         (["run", "--source", "synth://", "--metrics-base-port", "0"], "--metrics-base-port 0"),
         (["run", "--source", "synth://", "--metrics-base-port", "1"], "--metrics-base-port 1"),

@@ -28,18 +28,13 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.stream import ingest, stages
 
     stage.setup_logging()
-    if stage.refused("ingest", args, args.out):
-        return 2
+    stage.check_endpoints(args, args.out)
     stage.one_thread()
     synth_source.register()
     stop = stage.stop_on_signals()
-    url = ingest.resolve(args.source)  # `env:NAME`: the URL, credentials and all, from there
+    url = stage.source_url(args.source)  # `env:NAME`: the URL, credentials and all, from there
     shown = ingest.redact(url)
-    try:
-        stream_id = args.stream or stage.stream_name(url)
-        ingest.check_source(url)  # what can never work fails now, in one line
-    except (ValueError, ingest.SourceError) as e:
-        raise stage.Fatal(str(e)) from None
+    stream_id = args.stream or stage.stream_name(url)
     m = stage.metrics("ingest", args.metrics_port)
     kind = ingest.kind_of(url)
 

@@ -35,21 +35,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-wait-ms",
-        type=_not_negative,
+        type=stage.not_negative(float),
         default=0.0,
         help="how long a partial batch waits for more pairs (0: run what is queued now)",
     )
     p.add_argument("--with-crops", action="store_true", help="events carry the pair's pixels")
-
-
-def _not_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
 
 
 def add(p: argparse.ArgumentParser) -> None:
@@ -68,14 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.stream import stages
 
     stage.setup_logging()
-    if stage.refused("recognize", args, args.out, *args.inputs):
-        return 2
+    stage.check_endpoints(args, args.out, *args.inputs)  # keys too, before loading a backend
     stop = stage.stop_on_signals()
     weights = args.weights or DEMO_WEIGHTS
-    if args.keys is not None:  # missing keys are found now, not after loading a backend
-        from mfvan.stream.security import client_curve
-
-        client_curve(args.keys, "stage")
     try:
         model, meta = load_weights(weights)
     except WeightsError as e:

@@ -47,7 +47,6 @@ def add(p: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     """What can be known wrong before anything starts: `stage.Fatal` naming it."""
     from mfvan.deploy import synth_source
-    from mfvan.stream import ingest
 
     synth_source.register()
     base, n = args.metrics_base_port, len(args.source)
@@ -57,13 +56,8 @@ def _check(args: argparse.Namespace) -> None:
             f"stages on {base} to {base + 2 * n}, which must all be ports (1-65535)"
         )
     for source in args.source:
-        try:
-            url = ingest.resolve(source)
-            stage.stream_name(url)
-            ingest.check_source(url)
-        except (ValueError, ingest.SourceError) as e:
-            raise stage.Fatal(str(e)) from None
-    stage.refused_or_fatal("run", args, *([args.events] if args.events else []))
+        stage.source_url(source)
+    stage.check_endpoints(args, *([args.events] if args.events else []))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,8 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.stream import stages
 
     stage.setup_logging()
-    if stage.refused("spot", args, args.out, *args.inputs):
-        return 2
+    stage.check_endpoints(args, args.out, *args.inputs)
     stage.one_thread()
     stop = stage.stop_on_signals()
     m = stage.metrics("spot", args.metrics_port)
