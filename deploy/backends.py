@@ -1,8 +1,11 @@
 """Inference backends: one interface, chosen by name, falling back with a clear log line.
 
 A backend takes a batch of (onset, apex) uint8 face crops, (B, H, W) grey or (B, H, W, 3)
-RGB, as the spotter emits them, and returns class probabilities (B, classes) as float32.
-Each does the network's own preprocessing (`mfvan.model.mfvan.preprocess`) first.
+RGB, as the spotter emits them, and, for a model with the motion input, their onset-to-apex
+flow (B, H, W, 2) as the spot stage sends it (computed from the crops when not given), and
+returns class probabilities (B, classes) as float32. Each does the network's own
+preprocessing (`mfvan.model.mfvan.prepare_inputs`) first and feeds the network its inputs
+by name (`MFVANConfig.inputs`).
 
 - `torch`: eager PyTorch on CPU or CUDA; FP16 autocast on CUDA, `torch.compile`, CUDA
   graphs for fixed batch sizes.
@@ -33,7 +36,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from mfvan.model.mfvan import preprocess
+from mfvan.model.mfvan import prepare_inputs
 
 log = logging.getLogger("mfvan.backends")
 PRECISIONS = ("fp32", "fp16")
@@ -47,12 +50,14 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend(Protocol):
-    """What the recognizer calls: uint8 (onset, apex) crops, (B, H, W) or (B, H, W, 3), in;
-    class probabilities, (B, classes) float32, out."""
+    """What the recognizer calls: uint8 (onset, apex) crops, (B, H, W) or (B, H, W, 3), and
+    optionally their flow (B, H, W, 2), in; class probabilities, (B, classes) float32, out."""
 
     name: str  # what runs, as logged and labelled ("onnxruntime (CPUExecutionProvider)")
 
-    def __call__(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray: ...
+    def __call__(
+        self, onset: np.ndarray, apex: np.ndarray, flow: np.ndarray | None = None
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -116,19 +121,17 @@ class TorchBackend:
         extras = [precision] + (["compiled"] if compile else []) + (["CUDA graphs"] * cuda_graphs)
         self.name = f"torch on {device} ({', '.join(extras)})"
 
-    def __call__(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+    def __call__(self, onset: np.ndarray, apex: np.ndarray, flow=None) -> np.ndarray:
         n = len(onset)
-        a = preprocess(onset, self.cfg).to(self.device)
-        b = preprocess(apex, self.cfg).to(self.device)
+        inputs = [x.to(self.device) for x in prepare_inputs(self.cfg, onset, apex, flow).values()]
         if self.cuda_graphs and _padded(n) != n:
             pad = _padded(n) - n
-            a = torch.cat([a, a[-1:].expand(pad, -1, -1, -1)])
-            b = torch.cat([b, b[-1:].expand(pad, -1, -1, -1)])
+            inputs = [torch.cat([x, x[-1:].expand(pad, -1, -1, -1)]) for x in inputs]
         with (
             torch.inference_mode(),
             torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16"),
         ):
-            logits = self.forward(a, b)
+            logits = self.forward(*inputs)
         return torch.softmax(logits[:n].float(), dim=1).cpu().numpy()
 
 
@@ -154,11 +157,8 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.name = f"onnxruntime ({self.session.get_providers()[0]})"
 
-    def __call__(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
-        feed = {
-            "onset": preprocess(onset, self.cfg).numpy(),
-            "apex": preprocess(apex, self.cfg).numpy(),
-        }
+    def __call__(self, onset: np.ndarray, apex: np.ndarray, flow=None) -> np.ndarray:
+        feed = {k: v.numpy() for k, v in prepare_inputs(self.cfg, onset, apex, flow).items()}
         return _softmax(self.session.run(["logits"], feed)[0])
 
 
@@ -204,7 +204,6 @@ class TensorRTBackend:
         cache = Path(cache_dir or Path.home() / ".cache" / "mfvan" / "tensorrt")
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / f"mfvan-{key}.ep"
-        shape = (cfg.in_chans, cfg.image_size, cfg.image_size)
         if path.exists():
             log.info("tensorrt: loading the cached engine %s", path.name)
             self.module = torch.export.load(str(path)).module()
@@ -215,33 +214,40 @@ class TensorRTBackend:
                 BATCH_SIZES[0],
                 BATCH_SIZES[-1],
             )
-            spec = torch_tensorrt.Input(
-                min_shape=(BATCH_SIZES[0], *shape),
-                opt_shape=(BATCH_SIZES[1], *shape),
-                max_shape=(BATCH_SIZES[-1], *shape),
-                dtype=torch.float32,
-            )
+            specs = [
+                torch_tensorrt.Input(
+                    min_shape=(BATCH_SIZES[0], *cfg.input_shape(name)),
+                    opt_shape=(BATCH_SIZES[1], *cfg.input_shape(name)),
+                    max_shape=(BATCH_SIZES[-1], *cfg.input_shape(name)),
+                    dtype=torch.float32,
+                )
+                for name in cfg.inputs
+            ]
             precisions = {torch.float16, torch.float32} if precision == "fp16" else {torch.float32}
             self.module = torch_tensorrt.compile(
                 model.cuda().eval(),
                 ir="dynamo",
-                arg_inputs=[spec, spec],
+                arg_inputs=specs,
                 enabled_precisions=precisions,
             )
-            example = torch.zeros(BATCH_SIZES[1], *shape, device="cuda")
+            examples = [
+                torch.zeros(BATCH_SIZES[1], *cfg.input_shape(name), device="cuda")
+                for name in cfg.inputs
+            ]
             tmp = path.with_suffix(".tmp")
-            torch_tensorrt.save(self.module, str(tmp), arg_inputs=[example, example.clone()])
+            torch_tensorrt.save(self.module, str(tmp), arg_inputs=examples)
             tmp.rename(path)
         self.name = f"tensorrt ({precision}, {torch.cuda.get_device_name()})"
 
-    def __call__(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+    def __call__(self, onset: np.ndarray, apex: np.ndarray, flow=None) -> np.ndarray:
         out = []
         step = BATCH_SIZES[-1]  # the engines' largest batch
         for i in range(0, len(onset), step):
-            a = preprocess(onset[i : i + step], self.cfg).cuda()
-            b = preprocess(apex[i : i + step], self.cfg).cuda()
+            part = None if flow is None else flow[i : i + step]
+            inputs = prepare_inputs(self.cfg, onset[i : i + step], apex[i : i + step], part)
             with torch.inference_mode():
-                out.append(torch.softmax(self.module(a, b).float(), dim=1).cpu().numpy())
+                logits = self.module(*(x.cuda() for x in inputs.values()))
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         return np.concatenate(out)
 
 
@@ -270,22 +276,37 @@ class TritonBackend:
         if not ready:
             raise BackendUnavailable(f"the Triton server at {url} has no ready {model_name!r}")
         config = self.client.get_model_config(model_name)
-        dims = [int(d) for d in config["input"][0]["dims"]]
-        want = [model.cfg.in_chans, model.cfg.image_size, model.cfg.image_size]
-        if dims != want:
-            raise BackendUnavailable(f"{model_name!r} on {url} takes {dims}, this model {want}")
+        served = {i["name"]: [int(d) for d in i["dims"]] for i in config["input"]}
+        want = {name: list(model.cfg.input_shape(name)) for name in model.cfg.inputs}
+        if served != want:
+            raise BackendUnavailable(f"{model_name!r} on {url} takes {served}, this model {want}")
         self.name = f"triton ({url}, {model_name})"
 
-    def __call__(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+    def __call__(self, onset: np.ndarray, apex: np.ndarray, flow=None) -> np.ndarray:
         inputs = []
-        for name, crops in (("onset", onset), ("apex", apex)):
-            x = preprocess(crops, self.cfg).numpy()
+        for name, x in prepare_inputs(self.cfg, onset, apex, flow).items():
             tensor = self.http.InferInput(name, list(x.shape), "FP32")
-            tensor.set_data_from_numpy(x)
+            tensor.set_data_from_numpy(x.numpy())
             inputs.append(tensor)
         outputs = [self.http.InferRequestedOutput("logits")]
         result = self.client.infer(self.model_name, inputs, outputs=outputs)
         return _softmax(result.as_numpy("logits"))
+
+
+class Calibrated:
+    """A backend whose probabilities are temperature-scaled (`mfvan.model.calibration`;
+    the weights' sidecar holds T, fitted on held-out folds), so an event's confidence is
+    as often right as it says. Same name and call as the backend it wraps."""
+
+    def __init__(self, backend: Backend, temperature: float):
+        self.backend, self.temperature = backend, temperature
+        self.name = backend.name
+
+    def __call__(self, onset: np.ndarray, apex: np.ndarray, flow=None) -> np.ndarray:
+        from mfvan.model.calibration import scale
+
+        probs = self.backend(onset, apex, flow)
+        return probs if self.temperature == 1.0 else scale(probs, self.temperature)
 
 
 def model_digest(model) -> str:

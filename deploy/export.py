@@ -7,9 +7,10 @@
 - `triton`: a Triton Inference Server model repository: `NAME/1/model.onnx`,
   `NAME/config.pbtxt` (ONNX Runtime platform, dynamic batching) and `NAME/labels.txt`.
 
-Every graph takes `onset` and `apex`, (batch, C, S, S) float32, preprocessed as
-`mfvan.model.mfvan.preprocess` does, and returns `logits` (batch, num_classes), the batch
-axis dynamic.
+Every graph takes the model's inputs by name (`MFVANConfig.inputs`): `onset` and `apex`,
+(batch, C, S, S) float32, and with the motion input `motion` (batch, 3, S, S), preprocessed
+as `mfvan.model.mfvan.prepare_inputs` does, and returns `logits` (batch, num_classes), the
+batch axis dynamic.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from mfvan.model.mfvan import MFVAN
 ONNX_OPSET = 18
 
 
+def example_inputs(cfg, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Zeros of each input's shape, in `cfg.inputs` order (what exporters trace with)."""
+    return tuple(torch.zeros(batch, *cfg.input_shape(name)) for name in cfg.inputs)
+
+
 def export_onnx(model: MFVAN, path: Path, batch: int = 2) -> Path:
     """Write `model` as ONNX to `path` with a dynamic batch axis; returns `path`."""
     cfg = model.cfg
     model = model.eval()
-    example = torch.zeros(batch, cfg.in_chans, cfg.image_size, cfg.image_size)
     batch_dim = torch.export.Dim("batch", min=1, max=1024)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,10 +46,10 @@ def export_onnx(model: MFVAN, path: Path, batch: int = 2) -> Path:
             warnings.simplefilter("ignore")  # the exporter's notes on its own internals
             program = torch.onnx.export(
                 model,
-                (example, example.clone()),
-                input_names=["onset", "apex"],
+                example_inputs(cfg, batch),
+                input_names=list(cfg.inputs),
                 output_names=["logits"],
-                dynamic_shapes={"onset": {0: batch_dim}, "apex": {0: batch_dim}},
+                dynamic_shapes={name: {0: batch_dim} for name in cfg.inputs},
                 opset_version=ONNX_OPSET,
                 dynamo=True,
                 verbose=False,
@@ -69,13 +74,11 @@ def onnx_session(path: Path, threads: int | None = None):
 def export_torchscript(model: MFVAN, path: Path, batch: int = 2) -> Path:
     """`model` traced with TorchScript (the batch axis stays free: the network has no
     shape-dependent Python control flow)."""
-    cfg = model.cfg
-    example = torch.zeros(batch, cfg.in_chans, cfg.image_size, cfg.image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-        traced = torch.jit.trace(model.eval(), (example, example.clone()))
+        traced = torch.jit.trace(model.eval(), example_inputs(model.cfg, batch))
     traced.save(str(path))
     return path
 
@@ -100,8 +103,7 @@ TRITON_CONFIG = """name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch}
 input [
-  {{ name: "onset" data_type: TYPE_FP32 dims: [ {dims} ] }},
-  {{ name: "apex" data_type: TYPE_FP32 dims: [ {dims} ] }}
+{inputs}
 ]
 output [
   {{ name: "logits" data_type: TYPE_FP32 dims: [ {classes} ] label_filename: "labels.txt" }}
@@ -138,7 +140,11 @@ def export_triton(
         TRITON_CONFIG.format(
             name=name,
             max_batch=max_batch,
-            dims=", ".join(str(d) for d in (cfg.in_chans, cfg.image_size, cfg.image_size)),
+            inputs=",\n".join(
+                f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ '
+                f"{', '.join(str(d) for d in cfg.input_shape(name))} ] }}"
+                for name in cfg.inputs
+            ),
             classes=cfg.num_classes,
             preferred=", ".join(str(b) for b in preferred),
             delay_us=delay_us,

@@ -130,6 +130,9 @@ def not_negative(kind):
     return _number(kind, lambda n: n >= 0, "0 or more")
 
 
+fraction = _number(float, lambda n: 0 <= n <= 1, "from 0 to 1")  # an argparse type
+
+
 def one_thread() -> None:
     """A stage process computes on one thread (parallelism comes from processes, one per
     stage and stream): OpenCV's and BLAS's thread pools spin between the small calls of a

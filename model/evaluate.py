@@ -151,7 +151,7 @@ def plot_attention(model, batch: dict, path: Path, title: str = "") -> None:
 
     model.eval()
     with torch.no_grad():
-        out = model.forward_features(batch["onset"], batch["apex"])
+        out = model.forward_features(*(batch[k] for k in model.inputs))
     scales = list(out["scales"])
     n = batch["apex"].shape[0]
     grid = model.cfg.grid

@@ -69,6 +69,11 @@ import torch.nn.functional as F
 from torch import nn
 
 SCALES = ("image", "s1", "s2")
+# Where the onset-to-apex motion enters (see "Motion" in the module's docstring).
+MOTIONS = ("none", "branch", "global", "both")
+MOTION_CHANNELS = 3  # horizontal and vertical flow, optical strain
+MOTION_GAIN = 2.0  # flow in px of a 128 px crop, times this (expressions: 0.2-1 px there)
+STRAIN_GAIN = 20.0  # optical strain (unitless, at the network's size), times this
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class MFVANConfig:
     identity_removal: bool = True
     identity_source: str = "student"  # "student" (the paper) or "onset" (the true onset)
     scales: tuple[str, ...] = SCALES
+    motion: str = "none"  # one of MOTIONS
     dropout: float = 0.1
     # Loss weights (losses.total_loss).
     loss_weights: dict[str, float] = field(
@@ -110,6 +116,8 @@ class MFVANConfig:
         bad = [s for s in self.scales if s not in SCALES]
         if bad:
             raise ValueError(f"unknown scale(s) {bad}; choose from {SCALES}")
+        if self.motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {MOTIONS}, got {self.motion!r}")
         if self.identity_source not in ("student", "onset"):
             raise ValueError(
                 f"identity_source must be 'student' or 'onset', got {self.identity_source!r}"
@@ -121,15 +129,36 @@ class MFVANConfig:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The network's inputs, in `forward`'s order (and the ONNX graph's names)."""
+        return ("onset", "apex", "motion") if self.motion != "none" else ("onset", "apex")
+
+    def input_shape(self, name: str) -> tuple[int, int, int]:
+        """(C, S, S) of the input `name` (one of `inputs`), batch left out."""
+        channels = MOTION_CHANNELS if name == "motion" else self.in_chans
+        return (channels, self.image_size, self.image_size)
+
+    @property
+    def motion_branch(self) -> bool:
+        return self.motion in ("branch", "both")
+
+    @property
+    def motion_global(self) -> bool:
+        return self.motion in ("global", "both")
+
     def patch_size(self, scale: str) -> int:
         """Patch side (in that scale's pixels) giving a grid x grid token layout."""
-        stride = {"image": 1, "s1": 2, "s2": 4}[scale]
+        stride = {"image": 1, "motion": 1, "s1": 2, "s2": 4}[scale]
         return self.image_size // stride // self.grid
 
     def scale_channels(self, scale: str) -> int:
-        return {"image": self.in_chans, "s1": self.student_widths[0], "s2": self.student_widths[1]}[
-            scale
-        ]
+        return {
+            "image": self.in_chans,
+            "motion": MOTION_CHANNELS,
+            "s1": self.student_widths[0],
+            "s2": self.student_widths[1],
+        }[scale]
 
     def ablation(self, identity_removal: bool, scales: tuple[str, ...]) -> MFVANConfig:
         """This config with one of the paper's ablation rows switched on."""
@@ -169,6 +198,24 @@ CONFIGS: dict[str, MFVANConfig] = {
         mlp_ratio=2.0,
         global_width=16,
         identity_source="onset",
+    ),
+    # The shipped default for the live pipeline: `demo` with the onset-to-apex motion
+    # (docs/results.md has the ablation that chose where it enters).
+    "motion": MFVANConfig(
+        name="motion",
+        image_size=64,
+        in_chans=1,
+        teacher_width=16,
+        teacher_blocks=2,
+        student_widths=(16, 32),
+        grid=8,
+        dim=64,
+        depth=2,
+        heads=4,
+        mlp_ratio=2.0,
+        global_width=16,
+        identity_source="onset",
+        motion="both",
     ),
     # The size one would report: 224 px RGB, ViT-Tiny-like branches.
     "paper": MFVANConfig(),
@@ -355,8 +402,9 @@ class GlobalEncoder(nn.Module):
     def __init__(self, cfg: MFVANConfig):
         super().__init__()
         w = cfg.global_width
+        channels = cfg.in_chans + (MOTION_CHANNELS if cfg.motion_global else 0)
         self.net = nn.Sequential(
-            conv_bn_relu(cfg.in_chans, w, 2),
+            conv_bn_relu(channels, w, 2),
             conv_bn_relu(w, 2 * w, 2),
             ResBlock(2 * w),
             conv_bn_relu(2 * w, 4 * w, 2),
@@ -373,26 +421,33 @@ class GlobalEncoder(nn.Module):
 
 
 class MFVAN(nn.Module):
-    inputs = ("onset", "apex")  # what `forward` takes from a training batch (as baselines)
-
     def __init__(self, cfg: MFVANConfig):
         super().__init__()
         self.cfg = cfg
+        self.inputs = cfg.inputs  # what `forward` takes from a training batch (as baselines)
         self.uses_student = cfg.identity_removal or any(s != "image" for s in cfg.scales)
         self.teacher = Teacher(cfg) if cfg.identity_removal else None
         self.student = Student(cfg) if self.uses_student else None
         self.global_encoder = GlobalEncoder(cfg)
-        self.branches = nn.ModuleDict({s: ScaleBranch(cfg, s) for s in cfg.scales})
-        fused = self.global_encoder.out_dim + cfg.dim * len(cfg.scales)
+        branches = (*cfg.scales, "motion") if cfg.motion_branch else cfg.scales
+        self.branches = nn.ModuleDict({s: ScaleBranch(cfg, s) for s in branches})
+        fused = self.global_encoder.out_dim + cfg.dim * len(branches)
         self.head = nn.Sequential(
             nn.LayerNorm(fused),
             Mlp(fused, max(fused // 2, cfg.num_classes * 4), cfg.num_classes, cfg.dropout),
         )
 
-    def forward_features(self, onset: torch.Tensor, apex: torch.Tensor) -> dict:
+    def forward_features(
+        self, onset: torch.Tensor, apex: torch.Tensor, motion: torch.Tensor | None = None
+    ) -> dict:
         """Everything the losses and figures need: logits, per-scale outputs, predicted onset."""
+        if (motion is None) != (self.cfg.motion == "none"):
+            raise ValueError(
+                f"config {self.cfg.name!r} takes inputs {self.cfg.inputs}, "
+                f"given {'no motion' if motion is None else 'motion'}"
+            )
         out: dict = {}
-        maps = {"image": apex}
+        maps = {"image": apex, "motion": motion}
         if self.student is not None:
             predicted, maps["s1"], maps["s2"] = self.student(apex)
             out["onset_pred"] = predicted
@@ -401,6 +456,8 @@ class MFVAN(nn.Module):
             removed = apex - identity  # the expression: what the apex has over the identity
         else:
             removed = apex
+        if self.cfg.motion_global:
+            removed = torch.cat([removed, motion], 1)
         parts = [self.global_encoder(removed)]
         out["scales"] = {}
         for scale, branch in self.branches.items():
@@ -410,9 +467,12 @@ class MFVAN(nn.Module):
         out["logits"] = self.head(torch.cat(parts, -1))
         return out
 
-    def forward(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) onset and apex -> (B, num_classes) logits."""
-        return self.forward_features(onset, apex)["logits"]
+    def forward(
+        self, onset: torch.Tensor, apex: torch.Tensor, motion: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, C, S, S) onset and apex (and, with a motion config, the (B, 3, S, S) motion)
+        -> (B, num_classes) logits."""
+        return self.forward_features(onset, apex, motion)["logits"]
 
 
 def preprocess(images: np.ndarray, cfg: MFVANConfig) -> torch.Tensor:
@@ -440,3 +500,48 @@ def preprocess(images: np.ndarray, cfg: MFVANConfig) -> torch.Tensor:
         out.append(img.reshape(cfg.image_size, cfg.image_size, cfg.in_chans))
     batch = np.stack(out).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
     return torch.from_numpy((batch - 0.5) / 0.5)
+
+
+def preprocess_motion(flow: np.ndarray, size: int) -> torch.Tensor:
+    """The spot stage's onset-to-apex flow, (B, M, M, 2) float (`kernels.motion.pair_flow`
+    on M px crops; float16 on the wire), -> the network's motion input (B, 3, S, S):
+    u and v resized to image_size (area interpolation) in px of a 128 px crop (the
+    spotter's unit, so the input does not depend on the crop size) times MOTION_GAIN, and
+    the optical strain of the resized flow times STRAIN_GAIN."""
+    import cv2
+
+    from mfvan.kernels.signals import optical_strain
+
+    flow = np.asarray(flow)
+    if flow.ndim != 4 or flow.shape[-1] != 2 or flow.shape[1] != flow.shape[2]:
+        raise ValueError(f"preprocess_motion expects (B, M, M, 2) flow, got shape {flow.shape}")
+    side = flow.shape[1]
+    out = np.empty((len(flow), MOTION_CHANNELS, size, size), np.float32)
+    for i, f in enumerate(flow):
+        f = cv2.resize(f.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+        out[i, :2] = f.transpose(2, 0, 1) * (128.0 / side * MOTION_GAIN)
+        out[i, 2] = optical_strain(np.ascontiguousarray(f * (size / side))) * STRAIN_GAIN
+    return torch.from_numpy(out)
+
+
+def prepare_inputs(
+    cfg: MFVANConfig, onset: np.ndarray, apex: np.ndarray, flow: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
+    """The network's inputs by name (`cfg.inputs`) from uint8 crops as the spotter emits
+    them, and for a motion config their flow (`kernels.motion.pair_flow` of each pair, as
+    the spot stage sends it); without `flow` a motion config computes it here, with the
+    same function, from the crops given (grey; RGB crops are made grey first)."""
+    inputs = {"onset": preprocess(onset, cfg), "apex": preprocess(apex, cfg)}
+    if cfg.motion != "none":
+        if flow is None:
+            flow = pair_flows(onset, apex)
+        inputs["motion"] = preprocess_motion(flow, cfg.image_size)
+    return inputs
+
+
+def pair_flows(onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+    """`kernels.motion.pair_flow` of each (onset, apex) pair of uint8 crops, (B, S, S, 2)."""
+    from mfvan.kernels.faces import to_grey
+    from mfvan.kernels.motion import pair_flow
+
+    return np.stack([pair_flow(to_grey(a), to_grey(b)) for a, b in zip(onset, apex, strict=True)])

@@ -30,7 +30,8 @@ LAYOUT = """\
 DIR holds the long videos and their ground truth (a SynthME set's long/ folder, or the
 set's root with long/ inside; `mfvan synth` writes it):
   DIR/ground_truth.csv  one row per expression: video, kind (micro | macro), onset, apex,
-                        offset (0-based frame indices in the video, inclusive)
+                        offset (0-based frame indices in the video, inclusive), and
+                        optionally class (its label, for recognition; empty: none)
   DIR/nuisances.csv     optional: video, kind (blink), start, end
   DIR/<video>           every video named in ground_truth.csv (.mkv or .mp4, any codec
                         FFmpeg decodes)"""
@@ -90,6 +91,7 @@ class Truth:
     onset: int
     apex: int
     offset: int
+    label: str | None = None  # the class (ground_truth.csv's optional `class` column)
 
 
 def load_truth(long_dir: Path) -> dict[str, list[Truth]]:
@@ -98,7 +100,14 @@ def load_truth(long_dir: Path) -> dict[str, list[Truth]]:
     out: dict[str, list[Truth]] = {}
     with open(long_dir / "ground_truth.csv", newline="") as f:
         for r in csv.DictReader(f):
-            t = Truth(r["video"], r["kind"], int(r["onset"]), int(r["apex"]), int(r["offset"]))
+            t = Truth(
+                r["video"],
+                r["kind"],
+                int(r["onset"]),
+                int(r["apex"]),
+                int(r["offset"]),
+                r.get("class") or None,
+            )
             out.setdefault(t.video, []).append(t)
     nuisances = long_dir / "nuisances.csv"
     if nuisances.exists():
@@ -155,13 +164,16 @@ class VideoRun:
     brightness: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # crop mean
 
 
-def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
+def spot_video(path: Path, params=None, size: int = 128, pairs: bool = False) -> VideoRun:
     """The spotter over one video file, frame by frame, through the same `FaceSpotter` as
     the live spot stage, on the same clock (media time: PTS x time base) and the same grey
-    (the decoder's luma plane, as ingest sends it)."""
+    (the decoder's luma plane, as ingest sends it). With `pairs`, each interval keeps
+    `pair`: its onset and apex crops and their flow, exactly as the spot stage sends them
+    (`kernels.motion.wire_flow`), for the recognizer."""
     import av
 
     from mfvan.kernels.facespot import FaceSpotter, GopBoundaries, decoded_grey, media_time_ns
+    from mfvan.kernels.motion import wire_flow
 
     spots = FaceSpotter(params, size)
     intervals, signal, threshold, keys, versions, brightness = [], [], [], [], [], []
@@ -181,6 +193,9 @@ def spot_video(path: Path, params=None, size: int = 128) -> VideoRun:
             for it in spots.push(grey, index, media, key):
                 d = asdict(it)
                 del d["onset_crop"], d["apex_crop"]
+                if pairs:
+                    flow = wire_flow(it.onset_crop, it.apex_crop)
+                    d["pair"] = (it.onset_crop.copy(), it.apex_crop.copy(), flow)
                 intervals.append(d)
             signal.append(spots.last_signal)
             threshold.append(spots.threshold())
@@ -335,14 +350,54 @@ def plot_trace(run: VideoRun, truth: list[Truth], path: Path) -> None:
     plt.close(fig)
 
 
-def _spot_one(path: str, params) -> VideoRun:
+def _spot_one(path: str, params, pairs: bool = False) -> VideoRun:
     import cv2
 
     from mfvan.kernels.spotter import warm_up
 
     cv2.setNumThreads(1)
     warm_up()
-    return spot_video(Path(path), params)
+    return spot_video(Path(path), params, pairs=pairs)
+
+
+def recognize(runs: list[VideoRun], classify, classes: list[str]) -> None:
+    """Each spotted interval's class, as the live recognizer gives it: `classify(onset,
+    apex, flow)` (a backend of `mfvan.deploy.backends`) on the pair the spot stage would
+    have sent. Sets `label` and `probs` on each interval and drops its pixels."""
+    for run in runs:
+        held = [i for i in run.intervals if "pair" in i]
+        if not held:
+            continue
+        onset, apex, flow = (np.stack(x) for x in zip(*(i.pop("pair") for i in held), strict=True))
+        for interval, p in zip(held, np.asarray(classify(onset, apex, flow)), strict=True):
+            interval["label"] = classes[int(np.argmax(p))]
+            interval["probs"] = [round(float(x), 5) for x in p]
+
+
+def chain(runs: list[VideoRun], truth: dict[str, list[Truth]], classes: list[str]) -> dict:
+    """Spot-then-recognize (`mfvan.model.strs`) of recognized runs: pooled over the videos
+    with bootstrap intervals (videos resampled), and per video."""
+    from mfvan.model.strs import Labelled, bootstrap, score_str
+
+    videos = [
+        (
+            [Labelled(i["onset"], i["offset"], i.get("label")) for i in run.intervals],
+            [
+                Labelled(t.onset, t.offset, t.label)
+                for t in truth.get(run.video, [])
+                if t.kind == "micro"
+            ],
+        )
+        for run in runs
+    ]
+    pooled = score_str(videos, classes)
+    pooled["ci"] = bootstrap(videos, classes)
+    return {
+        "pooled": pooled,
+        "per_video": {
+            run.video: score_str([v], classes) for run, v in zip(runs, videos, strict=True)
+        },
+    }
 
 
 def evaluate(
@@ -351,19 +406,30 @@ def evaluate(
     params=None,
     workers: int | None = 1,
     traces: bool = True,
+    classify=None,
+    classes: list[str] | None = None,
 ) -> dict:
     """Spot every video of a folder in `LAYOUT`; score; write `spotting.json` (scores,
     per-video counts, intervals) and, with `traces`, a trace PNG per video under `out`.
-    `workers`: videos spotted in that many processes at once (None: one per core)."""
+    `workers`: videos spotted in that many processes at once (None: one per core). With
+    `classify` (a recognizer backend) and its `classes`, every spotted interval is
+    classified as the live pipeline would, and the result has `str`: spot-then-recognize
+    (`chain`)."""
     long_dir = check_layout(long_dir)
     truth = load_truth(long_dir)
     videos = sorted(p for p in long_dir.iterdir() if p.suffix in (".mkv", ".mp4"))
     from mfvan.model.data.synth import _pool
 
+    n = len(videos)
     with _pool(workers) as pool:
-        runs = list(pool.map(_spot_one, [str(v) for v in videos], [params] * len(videos)))
+        runs = list(
+            pool.map(_spot_one, [str(v) for v in videos], [params] * n, [classify is not None] * n)
+        )
     per_video = [score_video(r, truth.get(r.video, [])) for r in runs]
     result = pool_scores(per_video)
+    if classify is not None:
+        recognize(runs, classify, list(classes))
+        result["str"] = chain(runs, truth, list(classes))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -382,6 +448,28 @@ def evaluate(
             + "\n"
         )
     return result
+
+
+def format_chain(r: dict) -> str:
+    """The spot-then-recognize lines of `chain`'s result."""
+    p = r["pooled"]
+    ci = p["ci"]
+    lines = [
+        f"spot-then-recognize (MEGC STR): spotting TP {p['tp']} FP {p['fp']} FN {p['fn']}, "
+        f"P {p['precision']:.3f} R {p['recall']:.3f} F1 {p['f1']:.3f} "
+        f"[{ci['f1'][0]:.3f}, {ci['f1'][1]:.3f}]",
+        f"  recognition on {p['recognized']} labelled true positives: UF1 {p['uf1']:.3f} "
+        f"[{ci['uf1'][0]:.3f}, {ci['uf1'][1]:.3f}]  UAR {p['uar']:.3f}",
+        f"  STRS {p['strs']:.3f} [{ci['strs'][0]:.3f}, {ci['strs'][1]:.3f}] "
+        "(95% bootstrap over videos)",
+        "  per video:",
+    ]
+    for video, v in r["per_video"].items():
+        lines.append(
+            f"    {video}: TP {v['tp']} FP {v['fp']} FN {v['fn']}  F1 {v['f1']:.3f}  "
+            f"UF1 {v['uf1']:.3f} ({v['recognized']})  STRS {v['strs']:.3f}"
+        )
+    return "\n".join(lines)
 
 
 def one_line(r: dict) -> str:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from mfvan.model.evaluate import scores
 from mfvan.model.spotting import match
 
@@ -75,4 +77,25 @@ def score_str(videos: list[tuple[list[Labelled], list[Labelled]]], classes: list
         "uf1": uf1,
         "uar": recognition["uar"],
         "strs": strs(tp, fp, fn, uf1),
+    }
+
+
+def bootstrap(
+    videos: list[tuple[list[Labelled], list[Labelled]]],
+    classes: list[str],
+    reps: int = 1000,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals of the pooled spotting F1, UF1 and STRS, videos resampled
+    with replacement (the unit that varies: a face, a recording)."""
+    if not videos:
+        return {k: (float("nan"), float("nan")) for k in ("f1", "uf1", "strs")}
+    rng = np.random.default_rng(seed)
+    draws = [
+        score_str([videos[i] for i in rng.integers(0, len(videos), len(videos))], classes)
+        for _ in range(reps)
+    ]
+    return {
+        k: tuple(float(x) for x in np.percentile([d[k] for d in draws], [2.5, 97.5]))
+        for k in ("f1", "uf1", "strs")
     }

@@ -28,7 +28,7 @@ import torch
 from mfvan.model import losses
 from mfvan.model.baselines import ApexCNN, OffApexNet
 from mfvan.model.data.pairs import Pairs, flow_features
-from mfvan.model.mfvan import MFVAN, SCALES, MFVANConfig
+from mfvan.model.mfvan import MFVAN, SCALES, MFVANConfig, preprocess_motion
 
 MODELS = {"mfvan": MFVAN, "off-apexnet": OffApexNet, "apex-cnn": ApexCNN}
 # The paper's Table 3 rows: (identity removal, scales).
@@ -81,15 +81,22 @@ def _normalise(images: np.ndarray) -> torch.Tensor:
 def make_batch(pairs: Pairs, index, device: str, flip: np.ndarray | None = None) -> dict:
     onset, apex = pairs.onset[index], pairs.apex[index]
     flow = pairs.flow[index] if pairs.flow is not None else None
+    motion = pairs.motion[index] if pairs.motion is not None else None
     if flip is not None and flip.any():
         onset, apex = onset.copy(), apex.copy()
         onset[flip] = onset[flip][:, :, ::-1]
         apex[flip] = apex[flip][:, :, ::-1]
+        if motion is not None:  # (N, M, M, 2)
+            motion = motion.copy()
+            motion[flip] = motion[flip][:, :, ::-1]
+            motion[flip, ..., 0] *= -1.0
         if flow is not None:
             flow = flow.copy()
             flow[flip] = flow[flip][..., ::-1]
             flow[flip, 0] *= -1.0  # horizontal motion changes sign in a mirror
     batch = {"onset": _normalise(onset).to(device), "apex": _normalise(apex).to(device)}
+    if motion is not None:
+        batch["motion"] = preprocess_motion(motion, onset.shape[1]).to(device)
     if flow is not None:
         batch["flow"] = torch.from_numpy(np.ascontiguousarray(flow)).to(device)
     return batch
@@ -119,7 +126,7 @@ def _loss(model, phase: str, batch: dict, target, class_weights):
             model, {"onset_pred": predicted}, batch["onset"], batch["apex"]
         )
     if isinstance(model, MFVAN):
-        out = model.forward_features(batch["onset"], batch["apex"])
+        out = model.forward_features(*(batch[k] for k in model.inputs))
         return losses.total_loss(model, out, batch["onset"], batch["apex"], target, class_weights)[
             0
         ]

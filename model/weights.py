@@ -2,7 +2,8 @@
 
 The sidecar says what the tensors are: format and version, the full `MFVANConfig`, the
 class names in output order, the input (size, channels), the preprocessing the network
-expects, what data trained it, the git commit of the code, and the sha256 of the tensor
+expects and its inputs by name (`onset`, `apex`, and `motion`, the spot stage's flow, for
+a motion config), what data trained it, the git commit of the code, and the sha256 of the tensor
 file (so a sidecar cannot be paired with other weights), and `sidecar_sha256`, the sha256
 of the sidecar's own fields (so classes renamed or swapped, or a config edited, are
 refused: swapping `negative` and `positive` would invert every label). The model version
@@ -25,7 +26,11 @@ from pathlib import Path
 from mfvan.model.mfvan import MFVAN, MFVANConfig
 
 FORMAT = "mfvan-weights"
-FORMAT_VERSION = 2  # 2: the sidecar is covered by its own hash, `sidecar_sha256`
+# 2: the sidecar is covered by its own hash, `sidecar_sha256`; 3: the sidecar names the
+# network's inputs, which may include the spot stage's flow (`motion`): a reader of
+# version 2 refuses it (it would not feed the flow), and version 2 files still load here
+FORMAT_VERSION = 3
+READS = (2, 3)
 PREPROCESSING = {
     "crop": "aligned face (eyes level), square",
     "resize": "area interpolation to image_size x image_size",
@@ -33,6 +38,19 @@ PREPROCESSING = {
     "normalise": "(x - 0.5) / 0.5",
     "inputs": ["onset", "apex"],
 }
+MOTION_PREPROCESSING = (
+    "the pair's onset-to-apex flow as the spot stage sends it (mfvan.kernels.motion."
+    "pair_flow on the 128 px grey crops, head motion undone), area-resized to image_size, "
+    "in px of a 128 px crop x MOTION_GAIN, with its optical strain x STRAIN_GAIN"
+)
+
+
+def preprocessing(cfg: MFVANConfig) -> dict:
+    """The sidecar's `preprocessing`: what the network expects, inputs named in order."""
+    out = {**PREPROCESSING, "inputs": list(cfg.inputs)}
+    if cfg.motion != "none":
+        out["motion"] = MOTION_PREPROCESSING
+    return out
 
 
 class WeightsError(ValueError):
@@ -59,9 +77,16 @@ def current_git_commit() -> str:
 
 
 def save_weights(
-    model: MFVAN, path: Path, classes: list[str], training_data: str, git_commit: str | None = None
+    model: MFVAN,
+    path: Path,
+    classes: list[str],
+    training_data: str,
+    git_commit: str | None = None,
+    calibration: dict | None = None,
 ) -> Path:
-    """Write `path` (.safetensors) and its sidecar; returns the sidecar's path."""
+    """Write `path` (.safetensors) and its sidecar; returns the sidecar's path.
+    `calibration`: the temperature (and how it was fitted: `calibration.calibration_report`
+    and where its predictions came from) that the recognizer applies."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -76,11 +101,13 @@ def save_weights(
         "config": dataclasses.asdict(model.cfg),
         "classes": list(classes),
         "input": {"size": model.cfg.image_size, "channels": model.cfg.in_chans},
-        "preprocessing": PREPROCESSING,
+        "preprocessing": preprocessing(model.cfg),
         "training_data": training_data,
         "git_commit": git_commit or current_git_commit(),
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
+    if calibration is not None:
+        sidecar["calibration"] = calibration
     seal(sidecar)
     out = sidecar_path(path)
     out.write_text(json.dumps(sidecar, indent=2) + "\n")
@@ -118,6 +145,11 @@ def _is_input(v) -> bool:
     )
 
 
+def _is_calibration(v) -> bool:
+    t = v.get("temperature") if isinstance(v, dict) else None
+    return type(t) in (int, float) and 0.05 <= t <= 20
+
+
 SIDECAR_FIELDS = {  # field -> (check, what it must be)
     "config": (lambda v: isinstance(v, dict), "a map of MFVANConfig fields"),
     "classes": (_is_classes, "a list of two or more distinct class names"),
@@ -145,10 +177,11 @@ def read_sidecar(path: Path) -> dict:
             f"{side}: not an mfvan weights sidecar (format is "
             f"{meta.get('format') if isinstance(meta, dict) else None!r})"
         )
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READS:
         raise WeightsError(
-            f"{side}: format version {meta.get('format_version')!r}, "
-            f"this mfvan reads version {FORMAT_VERSION} (re-save the weights with it)"
+            f"{side}: format version {meta.get('format_version')!r}, this mfvan reads "
+            f"versions {', '.join(map(str, READS))} (a newer mfvan wrote it, or re-save the "
+            "weights with this one)"
         )
     missing = [k for k in SIDECAR_FIELDS if k not in meta]
     if missing:
@@ -161,8 +194,19 @@ def read_sidecar(path: Path) -> dict:
     for key, (ok, what) in SIDECAR_FIELDS.items():
         if not ok(meta[key]):
             raise WeightsError(f"{side}: field {key!r} must be {what}, not {meta[key]!r:.60}")
+    if "calibration" in meta and not _is_calibration(meta["calibration"]):
+        raise WeightsError(
+            f"{side}: field 'calibration' must be a map with a temperature 0.05-20, not "
+            f"{meta['calibration']!r:.60}"
+        )
     meta["version"] = f"{Path(path).stem}@{meta['sha256'][:12]}-{meta['sidecar_sha256'][:8]}"
     return meta
+
+
+def temperature(meta: dict) -> float:
+    """The temperature that calibrates the model's probabilities (`calibration` in the
+    sidecar, fitted on held-out folds by `mfvan.model.calibration`); 1.0 without."""
+    return float(meta.get("calibration", {}).get("temperature", 1.0))
 
 
 def config_from_dict(data: dict) -> MFVANConfig:
@@ -210,6 +254,11 @@ def load_weights(
         raise WeightsError(f"{path}: config differs from the expected one in {', '.join(differ)}")
     if meta["input"] != {"size": cfg.image_size, "channels": cfg.in_chans}:
         raise WeightsError(f"{path}: sidecar input {meta['input']} disagrees with its config")
+    inputs = meta["preprocessing"].get("inputs", PREPROCESSING["inputs"])
+    if list(inputs) != list(cfg.inputs):
+        raise WeightsError(
+            f"{path}: the sidecar names the inputs {inputs}, its config takes {list(cfg.inputs)}"
+        )
     if len(meta["classes"]) != cfg.num_classes:
         raise WeightsError(
             f"{path}: {len(meta['classes'])} classes named for a {cfg.num_classes}-class config"

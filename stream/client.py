@@ -7,7 +7,8 @@
 
 An `Event` carries what the recognizer published: the stream, the interval (onset, apex
 and offset frame indices and capture times in ns), the class and every class's
-probability, the model version, each stage's timestamps (`times`), and the (onset, apex)
+probability, its `confidence` (the label's probability, calibrated on held-out folds), the
+model version, each stage's timestamps (`times`), and the (onset, apex)
 crops only when the recognizer runs with `--with-crops`. Malformed or foreign messages
 on the socket are skipped and counted in `Subscription.dropped`.
 
@@ -50,12 +51,13 @@ class Event:
     seq: int
     label: str
     probs: dict[str, float]
+    confidence: float  # the label's probability (calibrated); `spot_score` is the spotter's
     onset: int
     apex: int
     offset: int
     model: str
     times: dict[str, int]  # ns: t_onset, t_apex, t_offset, t_capture, t_ingest, t_spot, ...
-    fields: dict = field(default_factory=dict)  # everything else (score, region, truth, ...)
+    fields: dict = field(default_factory=dict)  # the rest (spot_score, region, truth, ...)
     crops: list[np.ndarray] = field(default_factory=list)
 
     @property
@@ -68,6 +70,7 @@ class Event:
             "seq": self.seq,
             "label": self.label,
             "probs": self.probs,
+            "confidence": self.confidence,
             "onset": self.onset,
             "apex": self.apex,
             "offset": self.offset,
@@ -86,6 +89,7 @@ def to_event(msg: protocol.Message) -> Event:
             seq=msg.seq,
             label=f.pop("label"),
             probs=dict(zip(classes, probs, strict=True)),
+            confidence=f.pop("confidence"),
             onset=f.pop("onset"),
             apex=f.pop("apex"),
             offset=f.pop("offset"),

@@ -23,8 +23,8 @@ from . import protocol
 
 @dataclass
 class Pair:
-    """One spotted micro-expression: its (onset, apex) crops and interval, as the spot stage
-    sends it to the recognizer."""
+    """One spotted micro-expression: its (onset, apex) crops, their flow and its interval,
+    as the spot stage sends it to the recognizer (buffers: onset crop, apex crop, flow)."""
 
     stream: str
     seq: int
@@ -41,17 +41,18 @@ class Pair:
     t_offset: int
     t_capture: int
     t_ingest: int
-    score: float  # the spotter's peak over its threshold
+    spot_score: float  # the spotter's peak over its threshold (not a class's confidence)
     amplitude: float  # px (128 px crop)
     region: str  # the face region that moved most
     spot_latency_ns: int  # media time from the apex to the frame that confirmed it
     truth: dict | None = None  # a synthetic source's ground truth, when it has one
+    flow: np.ndarray | None = None  # (S, S, 2) float16: onset -> apex, `kernels.motion`
     t_spot: int = 0  # set when it is sent
     extra: dict = field(default_factory=dict)  # fields this version does not name
 
     def header(self) -> dict:
         """The header fields (`protocol.send`'s keywords), crops and framing left out."""
-        framing = ("stream", "seq", "onset_crop", "apex_crop", "extra", "truth")
+        framing = ("stream", "seq", "onset_crop", "apex_crop", "flow", "extra", "truth")
         header = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in framing}
         if self.truth is not None:
             header["truth"] = self.truth
@@ -59,13 +60,17 @@ class Pair:
 
     def send(self, socket, wait_ms: int = 0) -> bool:
         """`protocol.send` of this pair; False when the queue stayed full."""
+        arrays, formats = [self.onset_crop, self.apex_crop], ["grey", "grey"]
+        if self.flow is not None:
+            arrays.append(self.flow)
+            formats.append("flow")
         return protocol.send(
             socket,
             "pair",
             self.stream,
             self.seq,
-            [self.onset_crop, self.apex_crop],
-            formats=["grey", "grey"],
+            arrays,
+            formats=formats,
             wait_ms=wait_ms,
             **self.header(),
         )
@@ -76,11 +81,14 @@ class Pair:
 FROM_PAIR = (
     "onset", "apex", "offset", "media_onset", "media_apex", "media_offset",
     "t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot",
-    "score", "region", "truth",
+    "spot_score", "region", "truth",
 )  # fmt: skip
-# what the recognizer adds: the class, every class's probability (in `classes` order), the
-# model version, the batch it ran in, and when it received and classified the pair
-EVENT_FIELDS = ("label", "probs", "classes", "model", "batch", "t_received", "t_recognize")
+# what the recognizer adds: the class, every class's probability (in `classes` order,
+# calibrated), the confidence (the class's probability), the model version, the batch it
+# ran in, and when it received and classified the pair
+EVENT_FIELDS = (
+    "label", "probs", "confidence", "classes", "model", "batch", "t_received", "t_recognize",
+)  # fmt: skip
 
 
 def event_header(pair_fields: dict, **recognized) -> dict:

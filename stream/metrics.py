@@ -95,6 +95,12 @@ class Metrics:
             ["stream", "label"],
             registry=r,
         )
+        self.unsure = Counter(
+            "mfvan_events_unsure",
+            "Events not published: their confidence was below --min-confidence.",
+            ["stream"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "mfvan_batch_size", "Pairs per inference batch.", buckets=BATCH_BUCKETS, registry=r
         )
@@ -164,6 +170,8 @@ class Metrics:
                 self.spots_rejected.labels(stream, reason)
         for label in classes:
             self.events.labels(stream, label)
+        if classes:
+            self.unsure.labels(stream)
 
     def forget_stream(self, stream: str) -> None:
         """Remove every series of `stream` (it ended or went idle)."""

@@ -46,6 +46,7 @@ MIN_CROP, MAX_CROP = 16, 512  # px, the side of a pair's square face crops
 MAX_HEADER = 64 * 1024  # bytes of msgpack
 MAX_STREAM_ID = 128  # characters
 MAX_MESSAGE = MAX_SIDE * MAX_SIDE * 3  # bytes in one part: the largest legal RGB frame
+MAX_FLOW = 64.0  # px: a pair's flow beyond this is not a face's motion (nor inf, nan)
 
 
 class Malformed(ValueError):
@@ -85,6 +86,8 @@ def encode(kind: str, stream: str, seq: int, arrays=(), formats=None, **fields) 
     # what the receiver would refuse is refused here, with the same words
     _check_header(kind, header)
     _check_buffers(kind, [b.shape for b in buffers], [b.dtype.name for b in buffers])
+    if SCHEMAS[kind].flow and len(buffers) == 3:
+        _check_flow(kind, buffers[2])
     return [stream.encode(), msgpack.packb(header, use_bin_type=True), *buffers]
 
 
@@ -166,7 +169,9 @@ class Schema:
     """What a kind of message may hold. `fields`: header field -> its type check (a field
     not named here may be anything: producers add their own); `required`: fields it must
     have; `buffers`: the counts of buffers allowed; `image`: (dtype, ranks, least side,
-    most side, square) of every buffer; `same_shape`: all buffers alike."""
+    most side, square) of every image buffer; `same_shape`: all images alike; `flow`: a
+    buffer after the images may be their flow, (S, S, 2) float16 or float32 for S x S
+    images, with every value finite and within MAX_FLOW px."""
 
     fields: dict
     required: tuple = ()
@@ -175,13 +180,14 @@ class Schema:
     sides: tuple = (MIN_SIDE, MAX_SIDE)
     square: bool = False
     same_shape: bool = False
+    flow: bool = False
 
 
 _TIMES = ("t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot")
 _INTERVAL = ("onset", "apex", "offset", "media_onset", "media_apex", "media_offset")
 _PAIR_FIELDS = {
     **{k: _int for k in (*_INTERVAL, *_TIMES, "spot_latency_ns")},
-    "score": _num,
+    "spot_score": _num,
     "amplitude": _num,
     "region": _str,
     "truth": _map_or_nil,
@@ -202,23 +208,25 @@ SCHEMAS = {
     "pair": Schema(
         fields=_PAIR_FIELDS,
         required=("onset", "apex", "offset"),
-        buffers=(2,),  # the onset and apex crops
+        buffers=(2, 3),  # the onset and apex crops, and their flow (from the spot stage)
         sides=(MIN_CROP, MAX_CROP),
         square=True,
         same_shape=True,
+        flow=True,
     ),
     "event": Schema(
         fields={
             **_PAIR_FIELDS,
             "label": _str,
             "probs": _nums,
+            "confidence": _num,
             "classes": _strs,
             "model": _str,
             "batch": _int,
             "t_received": _int,
             "t_recognize": _int,
         },
-        required=("onset", "apex", "offset", "label", "probs", "classes", "model"),
+        required=("onset", "apex", "offset", "label", "probs", "confidence", "classes", "model"),
         buffers=(0, 2),  # the crops only with --with-crops
         sides=(MIN_CROP, MAX_CROP),
         square=True,
@@ -247,6 +255,12 @@ def _check_buffers(kind: str, shapes: list[tuple], dtypes: list[str]) -> None:
     schema = SCHEMAS[kind]
     if len(shapes) not in schema.buffers:
         raise Malformed("schema", f"a {kind} has {len(shapes)} buffers, not {schema.buffers}")
+    if schema.flow and len(shapes) == 3:  # the images' flow, last
+        (side, *_), shape, dtype = shapes[0], shapes[2], dtypes[2]
+        if shape != (side, side, 2) or dtype not in ("float16", "float32"):
+            want = f"({side}, {side}, 2) float16 or float32"
+            raise Malformed("schema", f"a {kind}'s flow is {dtype} {shape}, not {want}")
+        shapes, dtypes = shapes[:2], dtypes[:2]
     least, most = schema.sides
     for shape, dtype in zip(shapes, dtypes, strict=True):
         if dtype != "uint8":
@@ -259,6 +273,13 @@ def _check_buffers(kind: str, shapes: list[tuple], dtypes: list[str]) -> None:
             raise Malformed("schema", f"a {kind}'s crop of {shape} is not square")
     if schema.same_shape and len(set(shapes)) > 1:
         raise Malformed("schema", f"a {kind}'s images differ in shape: {shapes}")
+
+
+def _check_flow(kind: str, flow: np.ndarray) -> None:
+    """A flow's values: finite and at most MAX_FLOW px (a peer's inf or 1e30 would reach
+    the network's input)."""
+    if not np.isfinite(flow).all() or np.abs(flow).max(initial=0) > MAX_FLOW:
+        raise Malformed("schema", f"a {kind}'s flow is not finite or exceeds {MAX_FLOW} px")
 
 
 def decode(frames) -> Message:
@@ -297,6 +318,8 @@ def decode(frames) -> Message:
     _check_header(kind, header)
     _check_buffers(kind, [s for s, _ in shapes_dtypes], [d for _, d in shapes_dtypes])
     arrays = [_array(f, *sd) for f, sd in zip(frames[2:], shapes_dtypes, strict=True)]
+    if SCHEMAS[kind].flow and len(arrays) == 3:
+        _check_flow(kind, arrays[2])
     fields = {k: v for k, v in header.items() if k not in RESERVED}
     return Message(kind, stream, seq, fields, arrays)
 

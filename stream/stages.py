@@ -42,6 +42,7 @@ import numpy as np
 import zmq
 
 from mfvan.kernels.facespot import FaceSpotter
+from mfvan.kernels.motion import wire_flow
 from mfvan.kernels.spotter import REJECTIONS, SpotterParams
 
 from . import protocol, security
@@ -345,11 +346,12 @@ class SpotStage:
                     t_offset=t_capture - (t_media - it.offset_ns),
                     t_capture=t_capture,
                     t_ingest=msg.fields.get("t_ingest", 0),
-                    score=float(it.score),
+                    spot_score=float(it.score),
                     amplitude=float(it.amplitude),
                     region=it.region,
                     spot_latency_ns=int(it.latency_ns),
                     truth=msg.fields.get("truth"),
+                    flow=wire_flow(it.onset_crop, it.apex_crop),
                 )
             )
             track.seq += 1
@@ -473,12 +475,14 @@ class Batcher:
 
 class Classifier(NamedTuple):
     """What the recognizer classifies with: a backend (`mfvan.deploy.backends.Backend`:
-    uint8 onset and apex crops in, class probabilities out), its class names, and the model
-    version each event names."""
+    uint8 onset and apex crops (and their flow) in, class probabilities out, calibrated:
+    `mfvan.deploy.backends.Calibrated`), its class names, the model version each event
+    names, and the least confidence an event needs to be published (`--min-confidence`)."""
 
     backend: object
     classes: list[str]
     version: str
+    min_confidence: float = 0.0
 
 
 def run_recognize(
@@ -573,12 +577,14 @@ def _take(frames, batcher: Batcher, metrics: Metrics, streams: Streams) -> None:
 
 
 def _infer(batch, classifier: Classifier, metrics, pub, streams: Streams, with_crops) -> None:
-    """Classify one batch and publish an event per pair. Crops of one size run together;
+    """Classify one batch and publish an event per pair. Crops of one size (with or without
+    their flow) run together;
     a group the backend fails on runs again pair by pair, so one bad pair costs only
     itself (dropped and counted, `reason="error"`)."""
     sizes: dict[tuple, list] = {}
-    for item in batch:
-        sizes.setdefault(item[0].arrays[0].shape, []).append(item)
+    for item in batch:  # by crop size, and with or without their flow
+        arrays = item[0].arrays
+        sizes.setdefault((arrays[0].shape, len(arrays)), []).append(item)
     for group in sizes.values():
         probs = _classify(group, classifier, metrics)
         if probs is not None:
@@ -595,8 +601,10 @@ def _classify(group, classifier: Classifier, metrics) -> np.ndarray | None:
     try:
         onset = np.stack([m.arrays[0] for m, _ in group])
         apex = np.stack([m.arrays[1] for m, _ in group])
+        # the spot stage's flow; a pair without (an older spot stage) gets it from the backend
+        flow = np.stack([m.arrays[2] for m, _ in group]) if len(group[0][0].arrays) == 3 else None
         started = time.perf_counter()
-        probs = np.asarray(backend(onset, apex))
+        probs = np.asarray(backend(onset, apex, flow))
         if probs.shape != (len(group), len(classifier.classes)):
             raise ValueError(f"the backend returned {probs.shape} probabilities")
     except Exception:
@@ -617,12 +625,17 @@ def _classify(group, classifier: Classifier, metrics) -> np.ndarray | None:
 def _publish(group, probs, classifier: Classifier, metrics, pub, streams, with_crops) -> None:
     classes = classifier.classes
     for (msg, received), p in zip(group, probs, strict=True):
-        label = classes[int(np.argmax(p))]
+        best = int(np.argmax(p))
+        label, confidence = classes[best], float(p[best])
+        if confidence < classifier.min_confidence:
+            metrics.unsure.labels(msg.stream).inc()
+            continue
         now = time.time_ns()
         fields = event_header(
             msg.fields,
             label=label,
             probs=[float(x) for x in p],
+            confidence=confidence,
             classes=list(classes),
             model=classifier.version,
             batch=len(group),
@@ -635,7 +648,7 @@ def _publish(group, probs, classifier: Classifier, metrics, pub, streams, with_c
             continue
         n = counter[0]
         counter[0] += 1
-        arrays = [np.array(a) for a in msg.arrays] if with_crops else []
+        arrays = [np.array(a) for a in msg.arrays[:2]] if with_crops else []
         protocol.send(pub, "event", msg.stream, n, arrays, **fields)
         metrics.events.labels(msg.stream, label).inc()
         metrics.frames_out.labels("recognize", msg.stream).inc()

@@ -134,6 +134,31 @@ def test_rigid_compensation_cancels_pure_head_motion(face):
     assert stats[:, 0].max() < min(0.1, 0.15 * before[:, 0].min()), "and then almost gone"
 
 
+def test_a_pairs_flow_is_the_expression_with_the_head_motion_undone(face):
+    """`kernels.motion.pair_flow`, the motion the recognizer sees: a local 0.8 px push at the
+    mouth reads the same with and without a head motion (rotation, scale, shift) on top.
+    The spotter's flow is smoothed (`FlowParams.flow_smooth`), so a local push reads at
+    about half its peak."""
+    from mfvan.kernels.motion import pair_flow
+
+    yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+    bump = np.exp(-((xx - 64) ** 2 + (yy - 96) ** 2) / (2 * 12.0**2))  # the mouth region
+    # second(x + d(x)) = first(x) for d = (0.8 bump, 0): sample the first at x - d
+    expressed = cv2.remap(face, xx - 0.8 * bump, yy, cv2.INTER_CUBIC, None, cv2.BORDER_REPLICATE)
+    matrix = cv2.getRotationMatrix2D((63.5, 63.5), 0.5, 1.003)
+    matrix[:, 2] += (0.7, -0.4)
+    alone = pair_flow(face, expressed)
+    flow = pair_flow(face, _affine(expressed, matrix))
+    assert flow.shape == (128, 128, 2) and flow.dtype == np.float32
+    mouth = flow[90:102, 58:70]
+    assert 0.25 < float(np.median(mouth[..., 0])) < 0.8, "the push, to the right"
+    assert abs(float(np.median(mouth[..., 1]))) < 0.1
+    assert float(np.abs(alone[8:30, 20:108]).max()) < 0.01, "nothing moved on the forehead"
+    assert float(np.abs(flow - alone)[16:112, 16:112].max()) < 0.15, "the head's motion undone"
+    with pytest.raises(ValueError, match="square grey crops"):
+        pair_flow(face, face[:64])
+
+
 def test_strain_and_region_signals_on_known_fields():
     size = 64
     flow = np.zeros((size, size, 2), np.float32)
@@ -434,8 +459,13 @@ def test_spot_eval_cli_on_the_tiny_set(tiny_set, tmp_path, capsys):
     assert main(["spot-eval", "--data", str(tiny_set), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "precision" in printed and "F1" in printed
+    assert "spot-then-recognize" in printed and "STRS" in printed, "the shipped recognizer ran"
     report = json.loads((out / "spotting.json").read_text())
     assert report["score"]["videos"] == 1 and len(report["per_video"]) == 1
+    chain = report["score"]["str"]["pooled"]
+    assert chain["tp"] + chain["fn"] == report["score"]["micro"]
+    (intervals,) = report["intervals"].values()
+    assert all("label" in i and "pair" not in i for i in intervals)
     assert list(out.glob("*.png")), "a trace per video"
 
 

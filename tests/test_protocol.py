@@ -38,6 +38,42 @@ def test_a_frame_round_trips_without_copies(pair):
     assert not got.flags.owndata and not got.flags.writeable, "a view on the received frame"
 
 
+def test_a_pair_with_its_flow_round_trips(pair):
+    """The spot stage's Pair, crops and onset-to-apex flow, as the recognizer receives it:
+    the flow is the third buffer, float16, bit for bit."""
+    from mfvan.kernels.motion import wire_flow
+    from mfvan.stream.messages import Pair
+
+    push, pull = pair
+    rng = np.random.default_rng(0)
+    onset = rng.integers(0, 256, (128, 128), dtype=np.uint8)
+    apex = np.roll(onset, 1, axis=1)
+    flow = wire_flow(onset, apex)
+    times = dict.fromkeys(
+        ("media_onset", "media_apex", "media_offset", "t_onset", "t_apex", "t_offset"), 0
+    )
+    common = dict(
+        **times, t_capture=0, t_ingest=0, spot_score=2.5, amplitude=0.4, region="brow",
+        spot_latency_ns=5,
+    )  # fmt: skip
+    sent = Pair("cam1", 3, onset, apex, 10, 14, 30, **common, flow=flow)
+    assert sent.send(push, wait_ms=1000)
+    msg = protocol.recv(pull)
+    assert msg.kind == "pair" and msg.fields["spot_score"] == 2.5 and "flow" not in msg.fields
+    got_onset, got_apex, got_flow = msg.arrays
+    assert np.array_equal(got_onset, onset) and np.array_equal(got_apex, apex)
+    assert got_flow.dtype == np.float16 and np.array_equal(got_flow, flow)
+    # an older spot stage's pair, without flow, still decodes
+    assert Pair("cam1", 4, onset, apex, 10, 14, 30, **common).send(push, wait_ms=1000)
+    assert len(protocol.recv(pull).arrays) == 2
+
+
+def test_the_flow_bound_is_the_kernels_bound():
+    from mfvan.kernels.motion import MAX_FLOW
+
+    assert protocol.MAX_FLOW == MAX_FLOW
+
+
 def test_a_subscriber_can_filter_by_stream():
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
@@ -87,7 +123,9 @@ def _frame(*shapes, dtype="uint8", **fields):
 
 def _event(**fields):
     """An event of label 'x', with `fields` (probs, classes) added."""
-    header = _header(kind="event", onset=1, apex=2, offset=3, label="x", model="m", **fields)
+    header = _header(
+        kind="event", onset=1, apex=2, offset=3, label="x", model="m", confidence=0.5, **fields
+    )
     return [b"cam1", header]
 
 
@@ -95,6 +133,16 @@ def _pair(*shapes, **fields):
     specs, buffers = zip(*(_image(s) for s in shapes), strict=True)
     header = _header(kind="pair", buffers=list(specs), onset=1, apex=2, offset=3, **fields)
     return [b"cam1", header, *buffers]
+
+
+def _pair_with_flow(shape, dtype="float16", value=0.0):
+    """A 64 px pair whose third buffer, its flow, has `shape`, `dtype` and every value
+    `value`."""
+    specs, buffers = zip(*(_image((64, 64)) for _ in range(2)), strict=True)
+    flow = np.full(shape, value, dtype)
+    spec = {"shape": list(shape), "dtype": dtype, "format": "flow"}
+    header = _header(kind="pair", buffers=[*specs, spec], onset=1, apex=2, offset=3)
+    return [b"cam1", header, *buffers, flow.tobytes()]
 
 
 @pytest.mark.parametrize(
@@ -135,8 +183,14 @@ def _pair(*shapes, **fields):
         (_pair((64, 48), (64, 48)), "schema", "not square"),
         (_pair((8, 8), (8, 8)), "schema", "not 16..512 px"),
         (_pair((64, 64)), "schema", "a pair has 1 buffers"),
-        (_pair((64, 64), (64, 64), score="high"), "schema", "'score' cannot be 'high'"),
-        (_pair((64, 64), (64, 64), score=float("nan")), "schema", "'score' cannot be nan"),
+        (_pair((64, 64), (64, 64), spot_score="high"), "schema", "'spot_score' cannot be 'high'"),
+        (_pair((64, 64), (64, 64), spot_score=float("nan")), "schema", "cannot be nan"),
+        (_pair_with_flow((64, 64, 3)), "schema", "flow is float16 (64, 64, 3)"),
+        (_pair_with_flow((32, 32, 2)), "schema", "flow is float16 (32, 32, 2)"),
+        (_pair_with_flow((64, 64, 2), "uint8"), "schema", "flow is uint8"),
+        (_pair_with_flow((64, 64, 2), "float64"), "schema", "flow is float64"),
+        (_pair_with_flow((64, 64, 2), value=np.nan), "schema", "flow is not finite"),
+        (_pair_with_flow((64, 64, 2), "float32", 1e30), "schema", "exceeds 64.0 px"),
         ([b"cam1", _header(kind="pair", buffers=[])], "schema", "lacks ['onset'"),
         (_event(probs=[0.5], classes=["a", "b"]), "schema", "probs and classes differ"),
         (_event(probs=[1.0], classes=["a"]), "schema", "label 'x' is not one of the classes"),

@@ -45,3 +45,49 @@ def test_no_true_positive_scores_zero():
     r = score_str([([Labelled(0, 5, "positive")], [Labelled(50, 60, "positive")])], CLASSES)
     assert (r["tp"], r["fp"], r["fn"], r["uf1"], r["strs"]) == (0, 1, 1, 0.0, 0.0)
     assert score_str([], CLASSES)["strs"] == 0.0
+
+
+def test_the_bootstrap_interval_holds_the_pooled_score_and_is_zero_wide_when_videos_agree():
+    from mfvan.model.strs import bootstrap
+
+    same = ([Labelled(10, 20, "positive")], [Labelled(10, 20, "positive")])
+    ci = bootstrap([same] * 5, CLASSES, reps=200)
+    assert ci["f1"] == (1.0, 1.0) and ci["strs"][0] == ci["strs"][1]
+    miss = ([Labelled(300, 310, "positive")], [Labelled(10, 20, "positive")])
+    videos = [same, same, miss, same, miss, same]
+    pooled = score_str(videos, CLASSES)
+    ci = bootstrap(videos, CLASSES, reps=500)
+    assert ci["f1"][0] < pooled["f1"] < ci["f1"][1]
+    assert 0.0 <= ci["strs"][0] <= pooled["strs"] <= ci["strs"][1] <= 1.0
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def test_expected_calibration_error_by_hand():
+    import numpy as np
+
+    from mfvan.model.calibration import ece
+
+    # four predictions at confidence 0.9 (three right) and two at 0.6 (one right):
+    # |0.75 - 0.9| * 4/6 + |0.5 - 0.6| * 2/6 = 0.1 + 0.0333
+    probs = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+    labels = np.array([0, 0, 0, 1, 0, 1])
+    assert ece(probs, labels) == pytest.approx(0.1 + 0.1 / 3)
+
+
+def test_temperature_scaling_recovers_the_temperature_that_spoiled_calibrated_predictions():
+    import numpy as np
+
+    from mfvan.model.calibration import calibration_report, ece, scale
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4000, 3))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(3, p=row) for row in p])  # calibrated by construction
+    overconfident = scale(p, 0.5)  # as a network trained to fit its data is
+    report = calibration_report(overconfident, labels)
+    assert report["temperature"] == pytest.approx(2.0, rel=0.1)
+    assert report["ece_before"] > 0.08 and report["ece_after"] < 0.03
+    assert report["ece_after"] == pytest.approx(ece(scale(overconfident, 2.0), labels), abs=0.02)
+    assert (scale(overconfident, 2.0).argmax(1) == p.argmax(1)).all(), "never changes the class"

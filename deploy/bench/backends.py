@@ -53,8 +53,9 @@ def backend_candidates(model) -> tuple[dict, dict]:
 def bench_backends(
     config_name: str = "demo", batches=(1, 8, 32), runs: int = 100, warmup: int = 10
 ) -> dict:
-    """Each backend as the recognizer calls it (uint8 crops in, probabilities out, the
-    network's preprocessing included), per batch size: p50 and p99 per pair, pairs/s.
+    """Each backend as the recognizer calls it (uint8 crops and, with the motion input,
+    their flow in; probabilities out; the network's preprocessing included), per batch
+    size: p50 and p99 per pair, pairs/s.
     Backends alternate run by run, so that the machine's noise hits them alike."""
     from mfvan.model.mfvan import CONFIGS, MFVAN
 
@@ -66,14 +67,17 @@ def bench_backends(
     for batch in batches:
         onset = rng.integers(0, 256, (batch, 128, 128), dtype=np.uint8)
         apex = rng.integers(0, 256, (batch, 128, 128), dtype=np.uint8)
+        # the flow the spot stage sends with each pair (float16 on the wire)
+        flow = rng.standard_normal((batch, 128, 128, 2)).astype(np.float16)
+        flow = flow if model.cfg.motion != "none" else None
         for backend in made.values():
             for _ in range(warmup):
-                backend(onset, apex)
+                backend(onset, apex, flow)
         times = {name: [] for name in made}
         for _ in range(runs):
             for name, backend in made.items():
                 start = time.perf_counter()
-                backend(onset, apex)
+                backend(onset, apex, flow)
                 times[name].append(time.perf_counter() - start)
         for name, samples in times.items():
             p50, p99 = percentiles(samples)

@@ -2,7 +2,8 @@
 Runtime.
 
 It builds MFVAN from a config (random weights: speed does not depend on their values),
-counts parameters and FLOPs, and times one forward pass of an (onset, apex) batch with
+counts parameters and FLOPs, and times one forward pass of a batch of its inputs (onset,
+apex, and the motion with a motion config) with
 eager PyTorch and with ONNX Runtime on the exported graph, in the same process and on the
 same inputs, alternating engines so that the machine's noise hits both. It reports p50 and
 p99 of the batch latency and the per-pair latency (batch latency / batch size) for batch 1
@@ -26,10 +27,10 @@ def count_flops(model, batch: int = 1) -> int:
     """Floating-point operations of one forward pass (a multiply-add counts 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = model.cfg
-    x = torch.zeros(batch, cfg.in_chans, cfg.image_size, cfg.image_size)
+    from mfvan.deploy.export import example_inputs
+
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, x)
+        model(*example_inputs(model.cfg, batch))
     return counter.get_total_flops()
 
 
@@ -59,15 +60,15 @@ def bench_model(config_name: str, batches=(1, 8), runs: int = 200, warmup: int =
     }
     rng = np.random.default_rng(0)
     for batch in batches:
-        shape = (batch, cfg.in_chans, cfg.image_size, cfg.image_size)
-        onset = rng.standard_normal(shape).astype(np.float32)
-        apex = rng.standard_normal(shape).astype(np.float32)
-        t_onset, t_apex = torch.from_numpy(onset), torch.from_numpy(apex)
-        feed = {"onset": onset, "apex": apex}
+        feed = {
+            name: rng.standard_normal((batch, *cfg.input_shape(name))).astype(np.float32)
+            for name in cfg.inputs
+        }
+        tensors = [torch.from_numpy(x) for x in feed.values()]
 
-        def run_torch(a=t_onset, b=t_apex):
+        def run_torch(inputs=tensors):
             with torch.inference_mode():
-                model(a, b)
+                model(*inputs)
 
         def run_onnx(f=feed):
             session.run(None, f)

@@ -40,6 +40,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="how long a partial batch waits for more pairs (0: run what is queued now)",
     )
     p.add_argument("--with-crops", action="store_true", help="events carry the pair's pixels")
+    p.add_argument(
+        "--min-confidence",
+        type=stage.fraction,
+        default=0.0,
+        help="publish only events whose class probability (calibrated) is at least this, "
+        "0-1; the others are counted in mfvan_events_unsure_total (default: 0, all)",
+    )
 
 
 def add(p: argparse.ArgumentParser) -> None:
@@ -52,9 +59,9 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy.backends import BackendUnavailable, load_backend
+    from mfvan.deploy.backends import BackendUnavailable, Calibrated, load_backend
     from mfvan.deploy.shipped import DEMO_WEIGHTS
-    from mfvan.model.weights import WeightsError, load_weights
+    from mfvan.model.weights import WeightsError, load_weights, temperature
     from mfvan.stream import stages
 
     stage.setup_logging()
@@ -98,7 +105,12 @@ def run(args: argparse.Namespace) -> int:
         stages.run_recognize,
         args.inputs,
         args.out,
-        stages.Classifier(backend, list(meta["classes"]), version),
+        stages.Classifier(
+            Calibrated(backend, temperature(meta)),
+            list(meta["classes"]),
+            version,
+            min_confidence=args.min_confidence,
+        ),
         m,
         stop,
         max_batch=args.max_batch,

@@ -1,5 +1,6 @@
-"""`mfvan spot-eval`: spot micro-expressions in long videos and score them (MEGC), or
-`--sweep` the realistic-mode matrix."""
+"""`mfvan spot-eval`: spot micro-expressions in long videos, classify each spotted interval
+with the recognizer as the live pipeline does, and score both (MEGC spotting, and
+spot-then-recognize: STRS); or `--sweep` the realistic-mode matrix (spotting)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "spot micro-expressions in long videos and score them (MEGC protocol)"
+HELP = "spot and recognize micro-expressions in long videos; score them (MEGC, STRS)"
 
 
 def add(p: argparse.ArgumentParser) -> None:
@@ -32,9 +33,44 @@ def add(p: argparse.ArgumentParser) -> None:
         "seeds) under OUT/matrix and evaluate every cell (sets and results are kept: "
         "delete OUT/matrix to redo; about an hour on 2 cores)",
     )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="the recognizer's weights for STRS (default: the shipped ones)",
+    )
+    p.add_argument(
+        "--backend",
+        default="onnxruntime",
+        help="the recognizer's backend, as `mfvan recognize --backend` (default: onnxruntime)",
+    )
+    p.add_argument(
+        "--no-recognize",
+        action="store_true",
+        help="score spotting only (no recognizer, no STRS)",
+    )
     p.add_argument("--quick", action="store_true", help="with --sweep: the headline cells only")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.add_argument("--docs", type=Path, help="with --sweep: write the results as a Markdown page")
+
+
+class RecognizerError(ValueError):
+    """Weights or a backend spot-eval cannot use; the message is one line."""
+
+
+def _recognizer(args: argparse.Namespace) -> dict:
+    """The live recognizer for `evaluate`: its backend (`classify`), `classes`, `version`."""
+    from mfvan.deploy.backends import NAMES, BackendUnavailable, Calibrated, load_backend
+    from mfvan.deploy.shipped import DEMO_WEIGHTS
+    from mfvan.model.weights import WeightsError, load_weights, temperature
+
+    if args.backend not in NAMES:
+        raise RecognizerError(f"unknown backend {args.backend!r}; choose from {NAMES}")
+    try:
+        model, meta = load_weights(args.weights or DEMO_WEIGHTS)
+        backend = Calibrated(load_backend(args.backend, model), temperature(meta))
+    except (WeightsError, BackendUnavailable) as e:
+        raise RecognizerError(str(e)) from None
+    return {"classify": backend, "classes": list(meta["classes"]), "version": meta["version"]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,11 +81,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.data is not None:
         try:
-            result = spotting.evaluate(args.data, args.out, workers=args.workers)
-        except spotting.LayoutError as e:
+            spotting.check_layout(args.data)
+            recognizer = {} if args.no_recognize else _recognizer(args)
+            result = spotting.evaluate(
+                args.data,
+                args.out,
+                workers=args.workers,
+                classify=recognizer.get("classify"),
+                classes=recognizer.get("classes"),
+            )
+        except (spotting.LayoutError, RecognizerError) as e:
             print(f"mfvan spot-eval: {e}", file=sys.stderr)
             return 2
         print(spotting.format_score(result))
+        if "str" in result:
+            print(f"recognizer: {recognizer['version']} ({recognizer['classify'].name})")
+            print(spotting.format_chain(result["str"]))
         print(f"traces and intervals: {args.out}")
     if args.sweep:
         from mfvan.model import spotting_matrix as matrix

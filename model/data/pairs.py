@@ -6,6 +6,11 @@ between them survives cropping. A frame where no face is found is centre-cropped
 counted. Pairs are cached as one `.npz` per (dataset, samples, preprocessing settings):
 the key is a hash of all of them, so changing any setting never reuses a stale cache.
 
+MFVAN's motion input (`Pairs.motion`) is the spotter's own measurement of each pair,
+`mfvan.kernels.motion.pair_flow`, taken on crops of the live pipeline's size (`LIVE_CROP`,
+128 px, cut with the same box) exactly as the spot stage takes it on the crops it sends;
+the network's preprocessing (`mfvan.model.mfvan.preprocess_motion`) does the rest.
+
 The flow baseline's input (OFF-ApexNet style) is OpenCV's Farneback flow on the grey crops
 (a standard flow, as the baseline's authors used; not the spotter's) and its optical
 strain (`mfvan.kernels.signals.optical_strain`).
@@ -22,10 +27,12 @@ import cv2
 import numpy as np
 
 from mfvan.kernels.faces import FaceDetector, centre_crop, make_crop, to_grey
+from mfvan.kernels.motion import LIVE_CROP, pair_flow
 from mfvan.kernels.signals import optical_strain
 from mfvan.model.data.datasets import Dataset
 
-CACHE_VERSION = 4  # 2: area-filtered crops; 3: anchored on the eyes; 4: filter the face only
+# 2: area-filtered crops; 3: anchored on the eyes; 4: filter the face only; 5: motion
+CACHE_VERSION = 5
 
 
 @dataclass
@@ -37,7 +44,8 @@ class Pairs:
     subjects: np.ndarray  # (N,) str
     names: np.ndarray  # (N,) str
     found: np.ndarray  # (N,) bool: a face was detected (else centre crop)
-    flow: np.ndarray | None = None  # (N, 3, S, S) float32: u, v, optical strain
+    motion: np.ndarray | None = None  # (N, LIVE_CROP, LIVE_CROP, 2) float16: pair_flow
+    flow: np.ndarray | None = None  # (N, 3, S, S) float32: u, v, optical strain (Farneback)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,6 +59,7 @@ class Pairs:
             self.subjects[index],
             self.names[index],
             self.found[index],
+            None if self.motion is None else self.motion[index],
             None if self.flow is None else self.flow[index],
         )
 
@@ -74,6 +83,11 @@ def _read(path: Path, channels: int) -> np.ndarray:
     if img is None:
         raise FileNotFoundError(f"{path}: not a readable image")
     return img if channels == 1 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _cut(shape: tuple, box, eyes, side: int, scale: float):
+    """The aligned crop of `side` px (the centred one when no face was found)."""
+    return make_crop(box, side, eyes, scale) if box is not None else centre_crop(shape, side)
 
 
 def build_pairs(
@@ -100,20 +114,22 @@ def build_pairs(
                     z["subjects"],
                     z["names"],
                     z["found"],
+                    z["motion"],
                 )
     detector = FaceDetector()
-    onsets, apexes, found = [], [], []
+    onsets, apexes, found, motion = [], [], [], []
     for s in tqdm(data.samples, desc=f"cropping {data.name}", disable=not progress):
         onset, apex = _read(s.onset, channels), _read(s.apex, channels)
         box = detector.detect(onset)
-        crop = (
-            make_crop(box, size, detector.eyes(onset, box), scale)
-            if box is not None
-            else centre_crop(onset.shape, size)
-        )
+        eyes = detector.eyes(onset, box) if box is not None else None
+        crop, live = (_cut(onset.shape, box, eyes, side, scale) for side in (size, LIVE_CROP))
         onsets.append(crop.apply(onset).reshape(size, size, channels))
         apexes.append(crop.apply(apex).reshape(size, size, channels))
         found.append(box is not None)
+        # the motion as the spot stage measures it: on grey crops of the live size
+        motion.append(
+            pair_flow(to_grey(live.apply(onset)), to_grey(live.apply(apex))).astype(np.float16)
+        )
     pairs = Pairs(
         data.classes,
         np.stack(onsets),
@@ -122,6 +138,7 @@ def build_pairs(
         np.array([s.subject for s in data.samples]),
         np.array([s.name for s in data.samples]),
         np.array(found),
+        np.stack(motion),
     )
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +151,7 @@ def build_pairs(
             subjects=pairs.subjects,
             names=pairs.names,
             found=pairs.found,
+            motion=pairs.motion,
         )
     return pairs
 

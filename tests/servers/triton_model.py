@@ -29,7 +29,7 @@ class TritonPythonModel:
         for request in requests:
             feed = {
                 name: np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name))
-                for name in ("onset", "apex")
+                for name in (i.name for i in self.session.get_inputs())
             }
             (logits,) = self.session.run(["logits"], feed)
             out = pb_utils.Tensor.from_dlpack("logits", np.ascontiguousarray(logits, np.float32))
