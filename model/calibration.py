@@ -69,10 +69,21 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
-def calibration_report(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """T fitted on (probs, labels), with the ECE and NLL before and after."""
+def calibration_report(probs: np.ndarray, labels: np.ndarray, groups=None) -> dict:
+    """T fitted on (probs, labels), with the ECE and NLL before and after. With `groups`
+    (each prediction's subject), "after" is cross-fitted: each group's predictions are
+    scaled by the T fitted on the other groups, so the figure is not flattered by fitting
+    T on the predictions it is measured on; the T returned is the one fitted on all."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
     t = fit_temperature(probs, labels)
     after = scale(probs, t)
+    if groups is not None:
+        groups = np.asarray(groups)
+        for g in np.unique(groups):
+            inside = groups == g
+            if (~inside).any():
+                fitted = fit_temperature(probs[~inside], labels[~inside])
+                after[inside] = scale(probs[inside], fitted)
     return {
         "temperature": round(t, 4),
         "ece_before": round(ece(probs, labels), 4),
@@ -80,4 +91,5 @@ def calibration_report(probs: np.ndarray, labels: np.ndarray) -> dict:
         "nll_before": round(nll(probs, labels), 4),
         "nll_after": round(nll(after, labels), 4),
         "n": len(labels),
+        "cross_fitted": groups is not None,
     }

@@ -9,7 +9,10 @@ Per-dataset rows of the composite pool the predictions of that dataset's subject
 
 `write_report(run_dir)` reads `run.json` and `folds/*.json` and writes `metrics.json`,
 `confusion.json`, `confusion.png` and `report.md` (per-fold table, pooled metrics,
-confusion matrix).
+confusion matrix). With jittered rows (`Pairs.jittered`) a fold also holds its held-out
+samples at a spotter's (onset, apex) (`spotted`), pooled the same way. The pooled held-out
+probabilities also give the calibration (`mfvan.model.calibration`): the temperature that
+fits them and the expected calibration error before and after.
 """
 
 from __future__ import annotations
@@ -60,11 +63,29 @@ def summarise(run_dir: Path) -> dict:
             per_dataset[prefix] = scores(
                 [y for f in sel for y in f["labels"]], [p for f in sel for p in f["predictions"]], k
             )
+    spotted = [f["spotted"] for f in folds if "spotted" in f]
+    probs = [p for f in folds for p in f.get("probabilities", [])]
+    from mfvan.model.calibration import calibration_report
+
     return {
         "model": run["model"],
         "ablation": run.get("ablation"),
+        "config": run.get("config", {}).get("name"),
+        "motion": run.get("config", {}).get("motion", "none"),
         "classes": run["classes"],
         "pooled": scores(labels, preds, k),
+        "spotted": scores(
+            [y for s in spotted for y in s["labels"]],
+            [p for s in spotted for p in s["predictions"]],
+            k,
+        )
+        if spotted
+        else None,
+        "calibration": calibration_report(
+            probs, labels, [f["subject"] for f in folds for _ in f["labels"]]
+        )
+        if len(probs) == len(labels) and labels
+        else None,
         "per_dataset": per_dataset,
         "folds": [
             {"subject": f["subject"], **scores(f["labels"], f["predictions"], k)} for f in folds
@@ -125,6 +146,21 @@ def write_report(run_dir: Path) -> dict:
     ]
     for dataset, s in summary["per_dataset"].items():
         lines.append(f"| {dataset} | {s['accuracy']:.4f} | {s['uf1']:.4f} | {s['uar']:.4f} |")
+    if summary["spotted"]:
+        s = summary["spotted"]
+        lines.append(
+            f"| at a spotter's (onset, apex), n {s['n']} | {s['accuracy']:.4f} | "
+            f"{s['uf1']:.4f} | {s['uar']:.4f} |"
+        )
+    if summary["calibration"]:
+        c = summary["calibration"]
+        lines += [
+            "",
+            f"Calibration (pooled held-out probabilities): temperature {c['temperature']:.3f}; "
+            f"expected calibration error {c['ece_before']:.4f} before, {c['ece_after']:.4f} "
+            "after temperature scaling (each subject scaled by the temperature fitted on the "
+            "others).",
+        ]
     lines += ["", "![confusion matrix](confusion.png)", ""]
     if (run_dir / "attention.png").exists():
         lines += ["![per-scale attention on held-out pairs](attention.png)", ""]

@@ -52,6 +52,23 @@ the aligned face crop (eyes level) resized to S x S, grey (C = 1) or RGB (C = 3)
 logits (B, num_classes). `forward_features` returns everything (attention maps, masks,
 predicted onset) for losses and figures.
 
+Motion (our addition; `motion`, not in the paper). On faces whose micro-expression is a
+sub-pixel warp with no change of appearance (SynthME; docs/results.md), the onset-to-apex
+optical flow is close to a sufficient statistic, and a network that must find that motion
+in intensity differences learns it from a few hundred clips only partly. The live spotter
+measures exactly this motion already, so the spot stage sends each pair's flow with it
+(`mfvan.kernels.motion.pair_flow`: the spotter's dense flow on the two crops, the head's
+rigid motion undone) and it enters MFVAN as one more scale, fused like the others:
+`forward(onset, apex, motion)` takes a (B, 3, S, S) input, horizontal and vertical flow and
+the optical strain (`preprocess_motion` makes it from the flow; `prepare_inputs` makes
+every input from what the spot stage sends). Where it enters is `motion`: "branch", its own
+ViT branch (patch embedding over the three channels, class token, blocks, mask, fused z;
+its per-scale and mask losses join the others), "global", three more channels of the
+global encoder's input beside the identity-removed image, "both", or "none" (the paper's
+network; `paper` and `demo` stay so). The `motion` preset (what ships) is `demo` with
+motion="both", chosen by the LOSO ablation of docs/results.md (rows "MFVAN + motion"):
+with every placement the motion lifts MFVAN far above the network without it, and ... .
+
 Ablations (Table 3): `identity_removal=False` runs the global encoder on the apex itself;
 `scales` picks any subset of ("image", "s1", "s2"); an empty subset is the paper's
 "Global" / "Global+RI" rows.

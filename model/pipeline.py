@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mfvan.model.data.datasets import Dataset, load_dataset
-from mfvan.model.data.pairs import Pairs, build_pairs
+from mfvan.model.data.pairs import Jitter, Pairs, build_pairs
 from mfvan.model.mfvan import CONFIGS, MFVANConfig
 
 
@@ -33,24 +33,35 @@ def load(dataset: str, root: Path, labels: str, config: str) -> tuple[Dataset, M
     return data, replace(CONFIGS[config], num_classes=len(data.classes))
 
 
-def crop(data: Dataset, cfg: MFVANConfig, cache: Path, progress: bool = False) -> Pairs:
-    """The dataset's (onset, apex) pairs cropped at the config's size, cached in `cache`.
-    Under torch.distributed, rank 0 crops first and the others read its cache."""
+def crop(
+    data: Dataset,
+    cfg: MFVANConfig,
+    cache: Path,
+    progress: bool = False,
+    jitter: Jitter | None = None,
+) -> Pairs:
+    """The dataset's (onset, apex) pairs cropped at the config's size, cached in `cache`,
+    with `jitter`'s rows (a spotter's onset and apex errors) when given. Under
+    torch.distributed, rank 0 crops first and the others read its cache."""
     import torch.distributed as dist
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank > 0:
         dist.barrier()  # rank 0 crops and caches the pairs first
-    pairs = build_pairs(data, cfg.image_size, cfg.in_chans, cache, progress=progress and rank == 0)
+    pairs = build_pairs(
+        data, cfg.image_size, cfg.in_chans, cache, progress=progress and rank == 0, jitter=jitter
+    )
     if rank == 0 and dist.is_initialized():
         dist.barrier()
     return pairs
 
 
-def prepare(dataset: str, root: Path, labels: str, config: str, cache: Path) -> Prepared:
+def prepare(
+    dataset: str, root: Path, labels: str, config: str, cache: Path, jitter: Jitter | None = None
+) -> Prepared:
     """`load`, then `crop`."""
     data, cfg = load(dataset, root, labels, config)
-    return Prepared(data, cfg, crop(data, cfg, cache))
+    return Prepared(data, cfg, crop(data, cfg, cache, jitter=jitter))
 
 
 def train_weights(
@@ -63,9 +74,11 @@ def train_weights(
     ablation: str = "full",
     checkpoint: Path | None = None,
     progress: bool = False,
+    calibration: dict | None = None,
 ) -> Path | None:
     """Train on every pair and save the weights (+ sidecar) at `out`; None on ranks other
-    than 0 (they train; rank 0 writes). `seed` draws the initial weights."""
+    than 0 (they train; rank 0 writes). `seed` draws the initial weights; `calibration` (a
+    temperature fitted on held-out folds) goes into the sidecar."""
     import torch
     import torch.distributed as dist
 
@@ -77,7 +90,13 @@ def train_weights(
     train(model, prepared.pairs, tcfg, checkpoint, progress=progress)
     if dist.is_initialized() and dist.get_rank() > 0:
         return None
-    save_weights(model, out, list(prepared.dataset.classes), training_data=training_data)
+    save_weights(
+        model,
+        out,
+        list(prepared.dataset.classes),
+        training_data=training_data,
+        calibration=calibration,
+    )
     return out
 
 

@@ -63,6 +63,7 @@ TRAIN_PRESETS = {
     "demo": TrainConfig(epochs_teacher=3, epochs_ri=3, epochs=30, batch_size=16),
     "paper": TrainConfig(epochs_teacher=10, epochs_ri=10, epochs=60, batch_size=32, lr=1e-3),
 }
+TRAIN_PRESETS["motion"] = TRAIN_PRESETS["demo"]  # the demo network with the motion input
 
 
 def build_model(kind: str, cfg: MFVANConfig, ablation: str = "full") -> torch.nn.Module:
@@ -134,6 +135,21 @@ def _loss(model, phase: str, batch: dict, target, class_weights):
     return losses.focal_loss(logits, target, model.cfg.focal_gamma, class_weights)
 
 
+def _groups(pairs: Pairs) -> list[np.ndarray] | None:
+    """The rows of each annotated sample when `pairs` has jittered rows, else None."""
+    if pairs.jittered is None or not pairs.jittered.any():
+        return None
+    order = np.argsort(pairs.sample, kind="stable")
+    cuts = np.flatnonzero(np.diff(pairs.sample[order])) + 1
+    return np.split(order, cuts)
+
+
+def _epoch_rows(groups: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One row per sample, drawn for this epoch: an epoch sees every sample once, at its
+    annotated or at a jittered (onset, apex), and costs what an epoch without jitter does."""
+    return np.array([rows[rng.integers(len(rows))] for rows in groups])
+
+
 def _world() -> tuple[int, int]:
     """(rank, world size) under torch.distributed (torchrun), else (0, 1)."""
     import torch.distributed as dist
@@ -180,6 +196,7 @@ def train(
     counts = np.bincount(pairs.labels, minlength=len(pairs.classes))
     class_weights = losses.class_weights_from_counts(counts).to(device)
     schedule = [(phase, e) for phase, n in _phases(model, tcfg) for e in range(n)]
+    groups = _groups(pairs)
     start, state = 0, None
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
@@ -211,7 +228,7 @@ def train(
                 # a phase trains part of the model: the rest has no gradient to reduce
                 loss_fn = DistributedDataParallel(loss_fn, find_unused_parameters=True)
         model.train()
-        order = rng.permutation(len(pairs))
+        order = rng.permutation(_epoch_rows(groups, rng) if groups is not None else len(pairs))
         total = 0.0
         for step, i in enumerate(range(0, len(order), tcfg.batch_size)):
             index = np.sort(order[i : i + tcfg.batch_size])
@@ -324,25 +341,34 @@ def run_loso(
         model = build_model(kind, cfg, ablation)
         checkpoint = run_dir / "checkpoints" / f"{subject.replace('/', '_')}.pt"
         train(model, pairs.subset(train_idx), fold_cfg, checkpoint)
-        probs = predict(model, pairs.subset(test_idx), tcfg.device)
+        held_out = pairs.subset(test_idx)
+        annotated, spotted = held_out.annotated(), held_out.spotted()
+        probs = predict(model, annotated, tcfg.device)
         figure = run_dir / "attention.png"
         if isinstance(model, MFVAN) and model.cfg.scales and not figure.exists():
             from mfvan.model.evaluate import plot_attention
 
-            shown = test_idx[: min(3, len(test_idx))]
+            shown = np.arange(min(3, len(annotated)))
             plot_attention(
                 model,
-                make_batch(pairs, shown, tcfg.device),
+                make_batch(annotated, shown, tcfg.device),
                 figure,
                 f"held-out {subject}: class-token attention and kept patches",
             )
         record = {
             "subject": subject,
-            "names": pairs.names[test_idx].tolist(),
-            "labels": pairs.labels[test_idx].tolist(),
+            "names": annotated.names.tolist(),
+            "labels": annotated.labels.tolist(),
             "predictions": probs.argmax(-1).tolist(),
             "probabilities": probs.round(5).tolist(),
         }
+        if len(spotted):  # the same held-out samples at a spotter's (onset, apex)
+            p = predict(model, spotted, tcfg.device)
+            record["spotted"] = {
+                "labels": spotted.labels.tolist(),
+                "predictions": p.argmax(-1).tolist(),
+                "probabilities": p.round(5).tolist(),
+            }
         out.write_text(json.dumps(record) + "\n")
         checkpoint.unlink(missing_ok=True)
         records.append(record)

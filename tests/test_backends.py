@@ -1,20 +1,28 @@
-"""Inference backends hold to the eager FP32 model: same probabilities, same interface."""
+"""Inference backends hold to the eager FP32 model: same probabilities, same interface;
+for the network without the motion input and with it (fed the spot stage's flow)."""
 
 import importlib.util
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from mfvan.deploy.backends import OnnxRuntimeBackend, TorchBackend, load_backend, model_digest
-from mfvan.model.mfvan import CONFIGS, MFVAN, preprocess
+from mfvan.deploy.backends import (
+    Calibrated,
+    OnnxRuntimeBackend,
+    TorchBackend,
+    load_backend,
+    model_digest,
+)
+from mfvan.model.mfvan import CONFIGS, MFVAN, prepare_inputs
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["none", "both"], ids=["no-motion", "motion"])
+def model(request):
     torch.manual_seed(0)
-    return MFVAN(CONFIGS["tiny"]).eval()
+    return MFVAN(replace(CONFIGS["tiny"], motion=request.param)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +33,19 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def crops():
+    """Onset and apex crops and their flow, as the spot stage sends them."""
+    from mfvan.kernels.motion import wire_flow
+
     rng = np.random.default_rng(0)
     onset = rng.integers(0, 256, (5, 128, 128), dtype=np.uint8)
     apex = np.clip(onset.astype(int) + rng.integers(-8, 9, onset.shape), 0, 255).astype(np.uint8)
-    return onset, apex
+    flow = np.stack([wire_flow(a, b) for a, b in zip(onset, apex, strict=True)])
+    return onset, apex, flow
 
 
-def _eager(model, onset, apex):
+def _eager(model, onset, apex, flow):
     with torch.no_grad():
-        logits = model(preprocess(onset, model.cfg), preprocess(apex, model.cfg))
+        logits = model(*prepare_inputs(model.cfg, onset, apex, flow).values())
     return torch.softmax(logits, 1).numpy()
 
 
@@ -48,10 +60,10 @@ def test_torch_backend_is_the_eager_model(model, crops):
 def test_onnxruntime_backend_matches_eager_within_1e4(model, crops, cache):
     backend = OnnxRuntimeBackend(model, cache_dir=cache)
     np.testing.assert_allclose(backend(*crops), _eager(model, *crops), atol=1e-4)
-    assert len(list(cache.glob("*.onnx"))) == 1, "the export is cached by model hash"
+    exports = set(cache.glob("*.onnx"))
+    assert cache / f"mfvan-{model_digest(model)}.onnx" in exports, "cached by model hash"
     OnnxRuntimeBackend(model, cache_dir=cache)
-    assert len(list(cache.glob("*.onnx"))) == 1
-    assert f"mfvan-{model_digest(model)}.onnx" in {p.name for p in cache.iterdir()}
+    assert set(cache.glob("*.onnx")) == exports, "and not exported again"
 
 
 def test_load_backend_names_what_runs_and_falls_back(model, cache, caplog):
@@ -66,6 +78,24 @@ def test_load_backend_names_what_runs_and_falls_back(model, cache, caplog):
     assert "backend triton unavailable" in caplog.text
     with pytest.raises(ValueError, match="unknown backend"):
         load_backend("tpu", model)
+
+
+def test_a_calibrated_backend_keeps_the_class_and_softens_the_probabilities(model, crops):
+    plain = TorchBackend(model)
+    soft = Calibrated(plain, 2.0)
+    p, q = plain(*crops), soft(*crops)
+    assert soft.name == plain.name and (p.argmax(1) == q.argmax(1)).all()
+    assert (q.max(1) <= p.max(1) + 1e-6).all(), "T > 1: less sure"
+    np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
+    assert Calibrated(plain, 1.0)(*crops) is not None
+
+
+def test_a_motion_model_computes_the_flow_a_pair_came_without(model, crops):
+    """A pair from an older spot stage has no flow: the backend computes the same one."""
+    if model.cfg.motion == "none":
+        pytest.skip("the network without the motion input takes no flow")
+    backend = TorchBackend(model)
+    np.testing.assert_allclose(backend(*crops[:2]), backend(*crops), atol=1e-3)
 
 
 def test_half_precision_and_cuda_graphs_are_refused_on_cpu(model):
@@ -101,7 +131,8 @@ def test_cuda_backends_hold_to_eager_fp32(model, crops, kw, atol):
     backend = TorchBackend(model, device="cuda", **kw)
     expected = _eager(model.cpu(), *crops)
     for n in (1, 5):  # 5 pads to a graph of 8 with CUDA graphs
-        np.testing.assert_allclose(backend(crops[0][:n], crops[1][:n]), expected[:n], atol=atol)
+        got = backend(*(x[:n] for x in crops))
+        np.testing.assert_allclose(got, expected[:n], atol=atol)
 
 
 @pytest.mark.gpu

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mfvan.deploy import export
-from mfvan.model.mfvan import preprocess
+from mfvan.model.mfvan import prepare_inputs
 
 
 @pytest.fixture(scope="module")
@@ -19,23 +19,25 @@ def shipped(demo_weights):
 
 @pytest.fixture(scope="module")
 def inputs(shipped):
+    """The shipped network's inputs by name (its motion too), and its eager logits."""
     model, _ = shipped
     rng = np.random.default_rng(1)
     onset = rng.integers(0, 256, (5, 128, 128), dtype=np.uint8)
     apex = np.clip(onset.astype(int) + rng.integers(-8, 9, onset.shape), 0, 255).astype(np.uint8)
-    a, b = preprocess(onset, model.cfg), preprocess(apex, model.cfg)
+    named = prepare_inputs(model.cfg, onset, apex)
     with torch.no_grad():
-        return a, b, model(a, b).numpy()
+        return named, model(*named.values()).numpy()
 
 
 @pytest.mark.slow
 def test_torchscript_export_matches_eager(shipped, inputs, tmp_path):
-    a, b, expected = inputs
+    named, expected = inputs
     path = export.export_torchscript(shipped[0], tmp_path / "mfvan.ts")
     loaded = torch.jit.load(str(path))
     with torch.no_grad():
-        np.testing.assert_allclose(loaded(a, b).numpy(), expected, atol=1e-4)
-        np.testing.assert_allclose(loaded(a[:1], b[:1]).numpy(), expected[:1], atol=1e-4)
+        np.testing.assert_allclose(loaded(*named.values()).numpy(), expected, atol=1e-4)
+        first = [x[:1] for x in named.values()]
+        np.testing.assert_allclose(loaded(*first).numpy(), expected[:1], atol=1e-4)
 
 
 @pytest.mark.slow
@@ -44,7 +46,7 @@ def test_triton_repository_is_valid_and_its_model_matches_eager(shipped, inputs,
     from tritonclient.grpc import model_config_pb2
 
     model, meta = shipped
-    a, b, expected = inputs
+    named, expected = inputs
     root = export.export_triton(model, tmp_path, list(meta["classes"]), max_batch=16)
     config = text_format.Parse((root / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.name == "mfvan" and config.platform == "onnxruntime_onnx"
@@ -52,6 +54,7 @@ def test_triton_repository_is_valid_and_its_model_matches_eager(shipped, inputs,
     assert [(i.name, list(i.dims)) for i in config.input] == [
         ("onset", [1, 64, 64]),
         ("apex", [1, 64, 64]),
+        *([("motion", [3, 64, 64])] if "motion" in named else []),
     ]
     assert config.input[0].data_type == model_config_pb2.TYPE_FP32
     assert list(config.output[0].dims) == [3] and config.output[0].name == "logits"
@@ -59,7 +62,7 @@ def test_triton_repository_is_valid_and_its_model_matches_eager(shipped, inputs,
     labels = (root / config.output[0].label_filename).read_text().split()
     assert labels == list(meta["classes"])
     session = export.onnx_session(root / "1" / "model.onnx")
-    (logits,) = session.run(["logits"], {"onset": a.numpy(), "apex": b.numpy()})
+    (logits,) = session.run(["logits"], {k: v.numpy() for k, v in named.items()})
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mfvan.model import losses
 from mfvan.model.data import synth
-from mfvan.model.mfvan import CONFIGS, MFVAN, SCALES, preprocess
+from mfvan.model.mfvan import CONFIGS, MFVAN, MOTIONS, SCALES, preprocess
 from mfvan.model.weights import WeightsError, load_weights, save_weights, seal, sidecar_path
 
 TINY = CONFIGS["tiny"]
@@ -33,16 +33,22 @@ def _pair(cfg, batch=2, seed=0):
     return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
 
 
+def _inputs(cfg, batch=2, seed=0):
+    """Random inputs of every name the config takes (`cfg.inputs`), in order."""
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, *cfg.input_shape(n), generator=g) for n in cfg.inputs)
+
+
 # ----------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo", "paper"])
+@pytest.mark.parametrize("name", ["tiny", "demo", "motion", "paper"])
 def test_every_config_gives_logits_and_per_scale_outputs_of_the_right_shape(name):
     cfg = CONFIGS[name]
     model = MFVAN(cfg).eval()
-    onset, apex = _pair(cfg)
+    onset, apex, *motion = _inputs(cfg)
     with torch.no_grad():
-        out = model.forward_features(onset, apex)
+        out = model.forward_features(onset, apex, *motion)
     assert out["logits"].shape == (2, cfg.num_classes)
     assert out["onset_pred"].shape == apex.shape
     n = cfg.grid * cfg.grid
@@ -51,6 +57,56 @@ def test_every_config_gives_logits_and_per_scale_outputs_of_the_right_shape(name
         assert s["weights"].shape == s["mask"].shape == (2, n)
         assert s["z"].shape == s["cls"].shape == (2, cfg.dim)
         assert s["scale_logits"].shape == s["mask_logits"].shape == (2, cfg.num_classes)
+
+
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_the_motion_enters_where_the_config_says(motion):
+    """ "branch": a fourth ViT branch (its z fused, its scale and mask logits in the losses);
+    "global": three more channels of the global encoder; "both"; "none": the paper's."""
+    cfg = replace(TINY, motion=motion)
+    model = MFVAN(cfg).eval()
+    assert cfg.inputs == (("onset", "apex", "motion") if motion != "none" else ("onset", "apex"))
+    inputs = _inputs(cfg)
+    with torch.no_grad():
+        out = model.forward_features(*inputs)
+    assert out["logits"].shape == (2, 3)
+    assert ("motion" in out["scales"]) == (motion in ("branch", "both"))
+    first = model.global_encoder.net[0][0]
+    assert first.in_channels == 1 + (3 if motion in ("global", "both") else 0)
+    if motion == "none":
+        return
+    with pytest.raises(ValueError, match="takes inputs"):
+        model(*inputs[:2])
+    # the motion input is read: changing it changes the logits
+    with torch.no_grad():
+        changed = model(inputs[0], inputs[1], inputs[2] + 1.0)
+    assert (changed - out["logits"]).abs().max() > 1e-4
+
+
+def test_the_motion_input_is_the_spot_stages_flow_preprocessed():
+    """`prepare_inputs` from crops and the flow the spot stage sends: u, v resized and in
+    px of a 128 px crop x MOTION_GAIN, the strain beside; without flow, the same flow is
+    computed from the crops (what the recognizer does for an older spot stage's pair)."""
+    from mfvan.kernels.motion import wire_flow
+    from mfvan.model.mfvan import MOTION_GAIN, pair_flows, prepare_inputs, preprocess_motion
+
+    cfg = CONFIGS["motion"]
+    flow = np.zeros((1, 128, 128, 2), np.float16)
+    flow[..., 0] = 0.5  # half a pixel to the right everywhere
+    x = preprocess_motion(flow, cfg.image_size)
+    assert x.shape == (1, 3, 64, 64) and x.dtype == torch.float32
+    torch.testing.assert_close(x[0, 0], torch.full((64, 64), 0.5 * MOTION_GAIN))
+    assert float(x[0, 1].abs().max()) == 0 and float(x[0, 2].abs().max()) < 1e-6, "no strain"
+    rng = np.random.default_rng(0)
+    onset = rng.integers(0, 256, (2, 128, 128), dtype=np.uint8)
+    apex = np.roll(onset, 1, axis=2)
+    sent = np.stack([wire_flow(a, b) for a, b in zip(onset, apex, strict=True)])
+    given = prepare_inputs(cfg, onset, apex, sent)
+    computed = prepare_inputs(cfg, onset, apex)
+    assert list(given) == ["onset", "apex", "motion"]
+    torch.testing.assert_close(given["motion"], computed["motion"], atol=0.01, rtol=0)
+    assert pair_flows(onset, apex).shape == (2, 128, 128, 2)
+    assert list(prepare_inputs(CONFIGS["demo"], onset, apex, sent)) == ["onset", "apex"]
 
 
 @pytest.mark.parametrize(("identity_removal", "scales"), ABLATIONS)
@@ -183,8 +239,9 @@ def test_the_teacher_pretraining_loss_trains_the_teacher_alone():
 # ----------------------------------------------------------------------------- learning
 
 
-def synth_pairs(cfg, per_class=2, seed=0):
-    """(onset, apex, label) tensors from SynthME clips, 3 classes, faces cropped square."""
+def synth_pairs(cfg, per_class=2, seed=0, motion=False):
+    """(onset, apex, label) tensors from SynthME clips, 3 classes, faces cropped square;
+    with `motion`, the pairs' motion input too (`pair_flow` of the crops)."""
     config = synth.CONFIGS["tiny"]
     onsets, apexes, labels = [], [], []
     emotions = {"happiness": 1, "disgust": 0, "surprise": 2}
@@ -200,11 +257,16 @@ def synth_pairs(cfg, per_class=2, seed=0):
                 onsets.append(r.render(timeline.state(e.onset))[box])
                 apexes.append(r.render(timeline.state(e.apex))[box])
                 labels.append(label)
-    return (
+    out = (
         preprocess(np.stack(onsets), cfg),
         preprocess(np.stack(apexes), cfg),
         torch.tensor(labels),
     )
+    if not motion:
+        return out
+    from mfvan.model.mfvan import pair_flows, preprocess_motion
+
+    return (*out, preprocess_motion(pair_flows(np.stack(onsets), np.stack(apexes)), cfg.image_size))
 
 
 def test_the_tiny_model_overfits_a_handful_of_synthme_pairs():
@@ -261,6 +323,40 @@ def test_save_and_load_round_trip_exactly(saved):
     assert len(meta["git_commit"]) in (40, len("unknown"))
 
 
+def test_weights_of_the_previous_format_still_load(saved):
+    """A format-2 file (before the sidecar named its inputs; the `demo` and `paper` weights
+    of earlier releases) loads as the network without the motion input."""
+    model, path = saved
+
+    def older(meta):
+        meta["format_version"] = 2
+        del meta["config"]["motion"]
+        meta["preprocessing"].pop("inputs")
+
+    _edit_sidecar(path, older)
+    loaded, meta = load_weights(path)
+    assert loaded.cfg.motion == "none" and loaded.inputs == ("onset", "apex")
+    onset, apex = _pair(TINY)
+    assert torch.equal(model(onset, apex), loaded(onset, apex))
+
+
+def test_motion_weights_name_their_inputs_and_carry_their_calibration(tmp_path):
+    from mfvan.model.weights import FORMAT_VERSION, temperature
+
+    cfg = replace(TINY, motion="both")
+    model = MFVAN(cfg).eval()
+    path = tmp_path / "motion.safetensors"
+    calibration = {"temperature": 1.7, "ece_before": 0.09, "ece_after": 0.02}
+    save_weights(model, path, CLASSES, "test", calibration=calibration)
+    loaded, meta = load_weights(path)
+    assert meta["format_version"] == FORMAT_VERSION == 3
+    assert meta["preprocessing"]["inputs"] == ["onset", "apex", "motion"]
+    assert "pair_flow" in meta["preprocessing"]["motion"]
+    assert temperature(meta) == 1.7 and loaded.cfg.motion == "both"
+    inputs = _inputs(cfg)
+    assert torch.equal(model(*inputs), loaded(*inputs))
+
+
 def _edit_sidecar(path, change, reseal=True):
     """Change the sidecar; `reseal`: and set its own hash again, as a tool that rewrites
     sidecars would (what is left to catch is what its fields say)."""
@@ -284,6 +380,14 @@ SIDECAR_EDITS = {
     "input not a map": (lambda m: m.update(input="x"), "field 'input' must be a map"),
     "classes null": (lambda m: m.update(classes=None), "field 'classes' must be a list"),
     "classes twice": (lambda m: m.update(classes=["a", "a", "b"]), "distinct class names"),
+    "inputs": (
+        lambda m: m["preprocessing"].update(inputs=["onset", "apex", "motion"]),
+        r"names the inputs \['onset', 'apex', 'motion'\], its config takes \['onset', 'apex'\]",
+    ),
+    "calibration": (
+        lambda m: m.update(calibration={"temperature": 0}),
+        "'calibration' must be a map with a temperature",
+    ),
 }
 
 # edits of a sealed sidecar by hand (not re-sealed): each would change what the model
@@ -354,7 +458,7 @@ def test_a_truncated_or_foreign_weights_file_gets_a_clear_error(saved, tmp_path)
 # ----------------------------------------------------------------------------- ONNX
 
 
-@pytest.fixture(scope="module", params=["tiny", "demo"])
+@pytest.fixture(scope="module", params=["tiny", "demo", "motion"])
 def exported(request, tmp_path_factory):
     from mfvan.deploy.export import export_onnx, onnx_session
 
@@ -371,13 +475,15 @@ def test_the_onnx_export_runs_in_onnxruntime_and_matches_eager_torch(exported, b
     model, session = exported
     cfg = model.cfg
     if inputs == "random":
-        onset, apex = _pair(cfg, batch=batch, seed=batch)
+        tensors = _inputs(cfg, batch=batch, seed=batch)
     else:
-        onset, apex, _ = synth_pairs(cfg, per_class=6)
-        onset, apex = onset[:batch], apex[:batch]
+        onset, apex, _, motion = synth_pairs(cfg, per_class=6, motion=True)
+        tensors = (onset[:batch], apex[:batch], motion[:batch])[: len(cfg.inputs)]
     with torch.no_grad():
-        expected = model(onset, apex).numpy()
-    got = session.run(None, {"onset": onset.numpy(), "apex": apex.numpy()})[0]
+        expected = model(*tensors).numpy()
+    feed = {name: x.numpy() for name, x in zip(cfg.inputs, tensors, strict=True)}
+    assert [i.name for i in session.get_inputs()] == list(cfg.inputs)
+    got = session.run(None, feed)[0]
     assert got.shape == (batch, cfg.num_classes)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 

@@ -5,6 +5,7 @@ leave-one-subject-out, else the weights are saved. One process, or one per rank 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,9 +24,10 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="the dataset's root folder")
     p.add_argument(
         "--config",
-        choices=("tiny", "demo", "paper"),
+        choices=("tiny", "demo", "motion", "paper"),
         default="demo",
-        help="network config (and its training preset)",
+        help="network config (and its training preset); motion: demo with the spot stage's "
+        "onset-to-apex flow as an input (what ships)",
     )
     p.add_argument(
         "--model",
@@ -55,6 +57,21 @@ def add(p: argparse.ArgumentParser) -> None:
         "--loso",
         action="store_true",
         help="leave-one-subject-out evaluation (else: train on all data, save weights)",
+    )
+    p.add_argument(
+        "--jitter",
+        type=int,
+        default=5,
+        metavar="FRAMES",
+        help="also train on each sample with its onset and apex moved by up to this many "
+        "frames, as the live spotter finds them, and report LOSO on those too (0: off)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="RUN",
+        help="a LOSO run folder of the same model: its held-out predictions' temperature "
+        "goes into the weights' sidecar (the events' confidence is calibrated with it)",
     )
     p.add_argument("--epochs", type=int, default=None, help="main-phase epochs (default: preset)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -119,13 +136,28 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.epochs is not None:
         tcfg = replace(tcfg, epochs=args.epochs)
-    pairs = pipeline.crop(data, cfg, args.cache, progress=True)
+    from mfvan.model.data.pairs import Jitter
+
+    jitter = Jitter(frames=args.jitter) if args.jitter > 0 else None
+    pairs = pipeline.crop(data, cfg, args.cache, progress=True, jitter=jitter)
     print(f"faces found on {pairs.found.mean():.1%} of onset frames (others centre-cropped)")
     if args.loso:
         run_loso(args.model, cfg, pairs, tcfg, args.out, args.ablation)
         summary = write_report(args.out)
         p = summary["pooled"]
         print(f"LOSO pooled: accuracy {p['accuracy']:.4f}  UF1 {p['uf1']:.4f}  UAR {p['uar']:.4f}")
+        if summary["spotted"]:
+            s = summary["spotted"]
+            print(
+                f"at a spotter's (onset, apex): accuracy {s['accuracy']:.4f}  UF1 "
+                f"{s['uf1']:.4f}  UAR {s['uar']:.4f}"
+            )
+        if summary["calibration"]:
+            c = summary["calibration"]
+            print(
+                f"calibration: temperature {c['temperature']:.3f}, ECE {c['ece_before']:.4f} "
+                f"-> {c['ece_after']:.4f}"
+            )
         print(f"report: {args.out / 'report.md'}")
         return 0
     if args.model != "mfvan":
@@ -134,6 +166,18 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    calibration = None
+    if args.calibration is not None:
+        metrics = args.calibration / "metrics.json"
+        if not metrics.exists():
+            print(f"mfvan train: {metrics} does not exist (run --loso first)", file=sys.stderr)
+            return 2
+        calibration = json.loads(metrics.read_text()).get("calibration")
+        if calibration is None:
+            print(f"mfvan train: {metrics} has no calibration", file=sys.stderr)
+            return 2
+        fitted_on = f"LOSO held-out predictions of {args.calibration}"
+        calibration = {**calibration, "fitted_on": fitted_on}
     weights = pipeline.train_weights(
         pipeline.Prepared(data, cfg, pairs),
         tcfg,
@@ -145,6 +189,7 @@ def _train(args: argparse.Namespace) -> int:
         ablation=args.ablation,
         checkpoint=args.out / "checkpoint.pt",
         progress=True,
+        calibration=calibration,
     )
     if weights is not None:  # rank 0
         print(f"weights: {weights} (+ {weights.with_suffix('.json').name})")
