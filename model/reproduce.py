@@ -348,7 +348,7 @@ def write_results(
         "epoch), and is tested on the held-out subject's annotated pairs (UF1, UAR) and on "
         "its jittered ones (the last column). MFVAN `demo` config (64 px grey, true-onset "
         "identity removal), with the motion input where the row says (the spot stage's "
-        "onset-to-apex flow and its optical strain: `mfvan.model.mfvan`, \"Motion\"); "
+        'onset-to-apex flow and its optical strain: `mfvan.model.mfvan`, "Motion"); '
         "training preset `demo` (3 + 3 + 30 epochs, batch 16, AdamW 2e-3), the same for every "
         "row. These are numbers on synthetic faces: they check the code and compare the "
         "methods on one controlled problem, and say nothing of real micro-expressions.",
@@ -382,11 +382,7 @@ def write_results(
         "## Ablations (the paper's Table 3, without the motion input)",
         "",
         *header,
-        *[
-            row(name)
-            for name, kind, _, motion in VARIANTS
-            if kind == "mfvan" and motion == "none"
-        ],
+        *[row(name) for name, kind, _, motion in VARIANTS if kind == "mfvan" and motion == "none"],
         "",
         *findings(
             {name: r["pooled"] for name, r in runs.items()}, len(runs["MFVAN (full)"]["folds"])
