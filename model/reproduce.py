@@ -96,28 +96,86 @@ def _run_variant(
     return summary
 
 
+# The realistic mode's tuning cells (`mfvan spot-eval --sweep` makes them under
+# runs/spotting/matrix): long videos of photographic and parametric faces as cameras send
+# them, seed 0 (the held-out seed 1 is never trained on).
+REALISTIC = (
+    "seed0/photo-200fps/h264-crf23",
+    "seed0/photo-30fps/h264-crf23",
+    "seed0/parametric-200fps/ffv1",
+)
+
+
+# ... and its held-out cells that the STRS goals are about (seed 1: nothing was tuned or
+# trained on them)
+HELD_OUT = {
+    "seed1/photo-200fps/h264-crf23": "realistic, held-out seed 1: photographic faces, H.264 "
+    "CRF 23, 200 fps",
+    "seed1/photo-30fps/h264-crf23": "realistic, held-out seed 1: photographic faces, H.264 "
+    "CRF 23, 30 fps",
+}
+
+
+def realistic_pairs(matrix: Path | None, classes, size: int, cache: Path, workers: int):
+    """The spotter's own labelled true positives in the realistic tuning cells under
+    `matrix` that exist (`spotting.spotted_pairs`), with the names of those cells."""
+    from mfvan.model.spotting import spotted_pairs
+
+    found = [c for c in REALISTIC if matrix and (matrix / c / "ground_truth.csv").exists()]
+    if not found:
+        print(
+            f"no realistic tuning cells under {matrix} (`mfvan spot-eval --sweep` makes them): "
+            "the shipped weights train on SynthME standard's clips alone"
+        )
+        return None, []
+    parts = [spotted_pairs(matrix / c, tuple(classes), size, cache, workers=workers) for c in found]
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined + part
+    return joined, found
+
+
 def train_shipped_weights(
-    data: Path, cache: Path, out: Path, calibration: dict | None, epochs: int | None = None
+    data: Path,
+    cache: Path,
+    out: Path,
+    calibration: dict | None,
+    epochs: int | None = None,
+    matrix: Path | None = None,
+    workers: int = 2,
 ) -> Path:
     """The shipped weights: MFVAN `motion` on all of SynthME standard (3 classes, jittered
-    pairs too), seed 0; `calibration` (from its LOSO run) in the sidecar."""
-    from mfvan.model.pipeline import train_weights
+    pairs too) and on the spotter's own pairs in the realistic tuning cells under `matrix`
+    (what the live recognizer receives from camera-like video), seed 0; `calibration`
+    (from its LOSO run) in the sidecar."""
+    from mfvan.model.pipeline import Prepared, train_weights
 
     prepared = _prepared(data, cache, SHIPPED)
     clips = int((~prepared.pairs.jittered).sum())
     training_data = (
         f"SynthME standard (seed 0), 3 classes, all {clips} clips of "
         f"{len(prepared.dataset.subjects)} synthetic subjects, each also at two jittered "
-        "(onset, apex): SYNTHETIC faces, not for real faces"
+        "(onset, apex)"
     )
+    spotted, cells = realistic_pairs(
+        matrix, prepared.dataset.classes, prepared.cfg.image_size, cache, workers
+    )
+    if spotted is not None:
+        prepared = Prepared(prepared.dataset, prepared.cfg, prepared.pairs + spotted)
+        training_data += (
+            f"; and the spotter's {len(spotted)} labelled true positives in SynthME's "
+            f"realistic tuning videos ({', '.join(cells)})"
+        )
+    training_data += ": SYNTHETIC faces, not for real faces"
     return train_weights(
         prepared, _preset(epochs), out, training_data, seed=0, calibration=calibration
     )
 
 
-def spot_then_recognize(weights: Path, long_dir: Path, workers: int) -> dict:
+def spot_then_recognize(weights: Path, long_dir: Path, workers: int, cache: Path) -> dict:
     """`mfvan spot-eval` of `long_dir` with `weights` on ONNX Runtime (as the live pipeline):
-    spotting scores and `str` (STRS pooled with bootstrap intervals, and per video)."""
+    spotting scores and `str` (STRS pooled with bootstrap intervals, and per video). The
+    spotter's runs are cached in `cache`."""
     from mfvan.deploy.backends import Calibrated, load_backend
     from mfvan.model import spotting
     from mfvan.model.weights import load_weights, temperature
@@ -125,7 +183,12 @@ def spot_then_recognize(weights: Path, long_dir: Path, workers: int) -> dict:
     model, meta = load_weights(weights)
     backend = Calibrated(load_backend("onnxruntime", model), temperature(meta))
     return spotting.evaluate(
-        long_dir, None, workers=workers, classify=backend, classes=list(meta["classes"])
+        long_dir,
+        None,
+        workers=workers,
+        classify=backend,
+        classes=list(meta["classes"]),
+        cache_dir=cache,
     )
 
 
@@ -137,9 +200,12 @@ def reproduce(
     machine: str,
     workers: int = 2,
     epochs: int | None = None,
+    matrix: Path | None = None,
 ) -> Path:
     """Everything above, the weights written to `weights`; `machine` names the computer in
-    the page; `epochs` overrides the main phase's (for a quick smoke run)."""
+    the page; `epochs` overrides the main phase's (for a quick smoke run); `matrix`: where
+    `mfvan spot-eval --sweep` left the realistic cells (their tuning cells train the
+    shipped weights, their held-out cells are scored for STRS)."""
     import multiprocessing
 
     from mfvan.model.data import synth
@@ -179,15 +245,15 @@ def reproduce(
             )
     calibration = runs[shipped_variant()]["calibration"]
     calibration = {**calibration, "fitted_on": "its LOSO held-out predictions on SynthME standard"}
-    weights = train_shipped_weights(data, cache, weights, calibration, epochs)
-    chains = {
-        "SynthME standard seed 0 (the training subjects' faces), FFV1, 200 fps": (
-            spot_then_recognize(weights, data / "long", workers)
-        ),
-        "SynthME standard seed 1 (faces no model saw), FFV1, 200 fps": (
-            spot_then_recognize(weights, held_out, workers)
-        ),
+    weights = train_shipped_weights(data, cache, weights, calibration, epochs, matrix, workers)
+    sets = {
+        "SynthME standard seed 0 (the training subjects' faces), FFV1, 200 fps": data / "long",
+        "SynthME standard seed 1 (faces no model saw), FFV1, 200 fps": held_out,
     }
+    for cell, name in HELD_OUT.items():
+        if matrix and (matrix / cell / "ground_truth.csv").exists():
+            sets[name] = matrix / cell
+    chains = {name: spot_then_recognize(weights, d, workers, cache) for name, d in sets.items()}
     seconds = time.perf_counter() - started
     path = write_results(runs, chains, out, docs, weights, data, cache, seconds, machine)
     print(f"results: {path}")
@@ -397,13 +463,14 @@ def write_results(
         "for any folder of long videos, the camera-like held-out sets of docs/spotting.md "
         "among them (`runs/spotting/matrix/seed1/...` after `mfvan spot-eval --sweep`).",
         "",
-        "| long videos | spotting TP / FP / FN | F1 | UF1 on TPs (n) | STRS [95% CI] |",
-        "|---|---|---|---|---|",
+        "| long videos | spotting TP / FP / FN | F1 | UF1 on TPs (n) | STRS [95% CI] "
+        "| ECE on TPs |",
+        "|---|---|---|---|---|---|",
         *[
             f"| {name} | {c['pooled']['tp']} / {c['pooled']['fp']} / {c['pooled']['fn']} | "
             f"{c['pooled']['f1']:.3f} | {c['pooled']['uf1']:.3f} ({c['pooled']['recognized']}) | "
             f"{c['pooled']['strs']:.3f} [{c['pooled']['ci']['strs'][0]:.3f}, "
-            f"{c['pooled']['ci']['strs'][1]:.3f}] |"
+            f"{c['pooled']['ci']['strs'][1]:.3f}] | {c['pooled']['ece']:.3f} |"
             for name, c in ((k, v["str"]) for k, v in chains.items())
         ],
         "",

@@ -392,12 +392,120 @@ def chain(runs: list[VideoRun], truth: dict[str, list[Truth]], classes: list[str
     ]
     pooled = score_str(videos, classes)
     pooled["ci"] = bootstrap(videos, classes)
+    pooled["ece"] = _true_positive_ece(runs, videos, classes)
     return {
         "pooled": pooled,
         "per_video": {
             run.video: score_str([v], classes) for run, v in zip(runs, videos, strict=True)
         },
     }
+
+
+def spotted_pairs(
+    long_dir: Path,
+    classes: tuple[str, ...],
+    size: int,
+    cache_dir: Path | None = None,
+    params=None,
+    workers: int | None = None,
+):
+    """Training pairs as the live recognizer receives them: the spotter's own true
+    positives in a folder of long videos (`LAYOUT`, with labels), each the pair the spot
+    stage would have sent (its crops, area-resized to `size` as the recognizer's
+    preprocessing resizes them, and their flow), labelled with the ground truth it matched
+    (IoU >= 0.5; a match without a label in `classes` is left out). Subjects are named
+    `<folder>/sub<N>`. Cached under `cache_dir`, keyed by the folder, its ground truth, the
+    spotter's parameters and `size`."""
+    import cv2
+
+    from mfvan.kernels.motion import LIVE_CROP
+    from mfvan.model.data.pairs import Pairs
+
+    truth = load_truth(check_layout(long_dir))
+    runs = spot_runs(long_dir, params, workers, pairs=True, cache_dir=cache_dir)
+    rows: dict[str, list] = {k: [] for k in ("onset", "apex", "motion", "labels", "subjects")}
+    rows["names"] = []
+    for run in runs:
+        micro = [t for t in truth.get(run.video, []) if t.kind == "micro"]
+        spotted = [(i["onset"], i["offset"]) for i in run.intervals]
+        for i, j in match(spotted, [(t.onset, t.offset) for t in micro]):
+            label = micro[j].label
+            if label not in classes:
+                continue
+            onset, apex, flow = run.intervals[i]["pair"]
+            for name, crop in (("onset", onset), ("apex", apex)):
+                small = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+                rows[name].append(small[..., None])
+            rows["motion"].append(flow)
+            rows["labels"].append(classes.index(label))
+            rows["subjects"].append(f"{long_dir.name}/{run.video.split('_')[0]}")
+            rows["names"].append(f"{run.video}@{run.intervals[i]['onset']}")
+    count = len(rows["labels"])
+    arrays = {
+        "onset": np.asarray(rows["onset"], np.uint8).reshape(count, size, size, 1),
+        "apex": np.asarray(rows["apex"], np.uint8).reshape(count, size, size, 1),
+        "labels": np.asarray(rows["labels"], np.int64),
+        "subjects": np.asarray(rows["subjects"]),
+        "names": np.asarray(rows["names"]),
+        "found": np.ones(count, bool),
+        "motion": np.asarray(rows["motion"], np.float16).reshape(count, LIVE_CROP, LIVE_CROP, 2),
+        "sample": np.arange(count),
+        "jittered": np.zeros(count, bool),
+    }
+    return Pairs(tuple(classes), **arrays)
+
+
+def spot_runs(
+    long_dir: Path,
+    params=None,
+    workers: int | None = 1,
+    pairs: bool = False,
+    cache_dir: Path | None = None,
+) -> list[VideoRun]:
+    """The spotter over every video of a folder in `LAYOUT` (`spot_video`, in `workers`
+    processes; None: one per core). With `cache_dir`, the runs are kept there (pickled),
+    keyed by the folder, its videos' sizes and times, the spotter's parameters and
+    `pairs`: spotting a camera-like set takes minutes, classifying its pairs seconds."""
+    import hashlib
+    import pickle
+
+    from mfvan.model.data.synth import _pool
+
+    long_dir = check_layout(long_dir)
+    videos = sorted(p for p in long_dir.iterdir() if p.suffix in (".mkv", ".mp4"))
+    cache = None
+    if cache_dir is not None:
+        stats = [(v.name, v.stat().st_size, v.stat().st_mtime_ns) for v in videos]
+        spec = json.dumps([str(long_dir.resolve()), stats, repr(params), pairs])
+        key = hashlib.sha256(spec.encode()).hexdigest()[:16]
+        cache = Path(cache_dir) / f"runs-{long_dir.name}-{key}.pkl"
+        if cache.exists():
+            return pickle.loads(cache.read_bytes())
+    n = len(videos)
+    with _pool(workers) as pool:
+        runs = list(pool.map(_spot_one, [str(v) for v in videos], [params] * n, [pairs] * n))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(runs))
+        tmp.replace(cache)
+    return runs
+
+
+def _true_positive_ece(runs, videos, classes: list[str]) -> float:
+    """Expected calibration error of the recognizer's probabilities on the labelled true
+    positives (how far its confidence is from how often it is right, on live-like pairs)."""
+    from mfvan.model.calibration import ece
+
+    probs, labels = [], []
+    for run, (predicted, truth) in zip(runs, videos, strict=True):
+        for i, j in match(
+            [(p.onset, p.offset) for p in predicted], [(t.onset, t.offset) for t in truth]
+        ):
+            if truth[j].label in classes and "probs" in run.intervals[i]:
+                probs.append(run.intervals[i]["probs"])
+                labels.append(classes.index(truth[j].label))
+    return ece(np.asarray(probs), np.asarray(labels)) if labels else float("nan")
 
 
 def evaluate(
@@ -408,23 +516,17 @@ def evaluate(
     traces: bool = True,
     classify=None,
     classes: list[str] | None = None,
+    cache_dir: Path | None = None,
 ) -> dict:
     """Spot every video of a folder in `LAYOUT`; score; write `spotting.json` (scores,
     per-video counts, intervals) and, with `traces`, a trace PNG per video under `out`.
     `workers`: videos spotted in that many processes at once (None: one per core). With
     `classify` (a recognizer backend) and its `classes`, every spotted interval is
     classified as the live pipeline would, and the result has `str`: spot-then-recognize
-    (`chain`)."""
+    (`chain`). `cache_dir`: keep the spotter's runs there (`spot_runs`)."""
     long_dir = check_layout(long_dir)
     truth = load_truth(long_dir)
-    videos = sorted(p for p in long_dir.iterdir() if p.suffix in (".mkv", ".mp4"))
-    from mfvan.model.data.synth import _pool
-
-    n = len(videos)
-    with _pool(workers) as pool:
-        runs = list(
-            pool.map(_spot_one, [str(v) for v in videos], [params] * n, [classify is not None] * n)
-        )
+    runs = spot_runs(long_dir, params, workers, classify is not None, cache_dir)
     per_video = [score_video(r, truth.get(r.video, [])) for r in runs]
     result = pool_scores(per_video)
     if classify is not None:
@@ -459,7 +561,8 @@ def format_chain(r: dict) -> str:
         f"P {p['precision']:.3f} R {p['recall']:.3f} F1 {p['f1']:.3f} "
         f"[{ci['f1'][0]:.3f}, {ci['f1'][1]:.3f}]",
         f"  recognition on {p['recognized']} labelled true positives: UF1 {p['uf1']:.3f} "
-        f"[{ci['uf1'][0]:.3f}, {ci['uf1'][1]:.3f}]  UAR {p['uar']:.3f}",
+        f"[{ci['uf1'][0]:.3f}, {ci['uf1'][1]:.3f}]  UAR {p['uar']:.3f}  expected "
+        f"calibration error {p['ece']:.3f}",
         f"  STRS {p['strs']:.3f} [{ci['strs'][0]:.3f}, {ci['strs'][1]:.3f}] "
         "(95% bootstrap over videos)",
         "  per video:",

@@ -25,9 +25,9 @@ def _endpoints(tmp_path, n):
     return [f"ipc://{tmp_path}/{i}.ipc" for i in range(n)]
 
 
-def synth_frames(seconds: float, fps: float = 200.0, subject: int = 1, seed: int = 3):
+def synth_frames(seconds: float, fps: float = 200.0, subject: int = 1, seed: int = 3, **config):
     quiet = replace(synth.Nuisances(), blink_rate_hz=0.0, macro_per_segment=0)
-    cfg = replace(synth.CONFIGS["standard"], fps=fps, nuisances=quiet)
+    cfg = replace(synth.CONFIGS["standard"], fps=fps, nuisances=quiet, **config)
     stream = synth.SynthStream(cfg, subject=subject, seed=seed)
     frames = []
     for t in range(int(seconds * fps)):
@@ -76,6 +76,8 @@ def test_frames_become_events_across_three_stages(tmp_path, demo_weights):
         assert abs(event.apex - truth.apex) <= 8
         assert set(event.probs) == set(meta["classes"]) and event.label in meta["classes"]
         assert sum(event.probs.values()) == pytest.approx(1.0, abs=1e-4)
+        assert event.confidence == max(event.probs.values()) == event.probs[event.label]
+        assert event.fields["spot_score"] >= 1.0, "the spotter's own score, named as such"
         t = event.times
         assert t["t_apex"] <= t["t_capture"] <= t["t_ingest"] <= t["t_spot"] <= t["t_recognize"]
         assert event.crops == [], "no pixels unless asked"
@@ -83,6 +85,58 @@ def test_frames_become_events_across_three_stages(tmp_path, demo_weights):
     assert sent == m_ingest.frames_in.labels("ingest", "cam1")._value.get() > 0
     assert m_ingest.dropped.labels("ingest", "cam1", "hwm")._value.get() == 0, "it waited"
     assert m_spot.spots.labels("cam1")._value.get() == len(events)
+
+
+@pytest.mark.slow
+def test_the_shipped_weights_classify_clear_micro_expressions_of_a_stream_right(
+    tmp_path, demo_weights
+):
+    """End to end, as a user runs it: frames of a SynthME stream no model was trained on
+    (seed 11; the weights saw seed 0's clips) through the three stages, the recognizer on
+    ONNX Runtime with the shipped weights, calibrated. Of the first five clear (peak 1.6-2
+    px on a 256 px face, no blinks or macro-expressions) micro-expressions with a 3-class
+    label, at least four are classified right."""
+    from mfvan.deploy.backends import Calibrated, load_backend
+    from mfvan.model.weights import temperature
+
+    fps = 100.0
+    frames, micro = synth_frames(30.0, fps, subject=2, seed=11, micro_px=(1.6, 2.0))
+    labelled = [e for e in micro if e.label3 and e.offset < len(frames) and e.onset > 0.7 * fps]
+    assert len(labelled) >= 5, "the stream holds five labelled micro-expressions"
+    clear = labelled[:5]
+    frames = frames[: clear[-1].offset + int(0.6 * fps)]
+    model, meta = demo_weights
+    backend = Calibrated(load_backend("onnxruntime", model), temperature(meta))
+    a, b, c = _endpoints(tmp_path, 3)
+    stop = threading.Event()
+    classifier = Classifier(backend, meta["classes"], meta["version"])
+    threads = [
+        threading.Thread(
+            target=run_recognize, args=([b], c, classifier, Metrics("recognize"), stop)
+        ),
+        threading.Thread(target=run_spot, args=([a], b, Metrics("spot"), stop)),
+    ]
+    for t in threads:
+        t.start()
+    events = []
+    with mfvan.subscribe(c, stream="cam1", timeout_s=20) as sub:
+        feeder = threading.Thread(
+            target=run_ingest,
+            args=(frames, "cam1", a, Metrics("ingest"), stop),
+            kwargs={"block": True},
+        )
+        feeder.start()
+        events = list(sub)  # until 20 s without an event
+    stop.set()
+    for t in [*threads, feeder]:
+        t.join(timeout=30)
+    right = []
+    for e in clear:
+        hit = [ev for ev in events if e.onset <= ev.apex <= e.offset]
+        right.append(bool(hit) and hit[0].label == e.label3)
+    assert sum(right) >= 4, [
+        (e.label3, [ev.label for ev in events if e.onset <= ev.apex <= e.offset]) for e in clear
+    ]
 
 
 def test_batcher_releases_full_batches_at_once_and_partial_ones_after_the_wait():
@@ -139,6 +193,57 @@ def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_
         push.close(linger=0)
     assert event.onset == 1 and event.apex == 5 and len(event.crops) == 2
     assert m.dropped.labels("recognize", "", "malformed")._value.get() >= 1
+
+
+class Alternating:
+    """A backend whose answers the test chooses: sure and unsure, in turn."""
+
+    name = "alternating"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, onset, apex, flow=None):
+        self.calls += 1
+        sure = self.calls % 2 == 1
+        row = [0.9, 0.05, 0.05] if sure else [0.4, 0.35, 0.25]
+        return np.array([row] * len(onset), np.float32)
+
+
+def test_unsure_events_are_held_back_and_counted(tmp_path):
+    """--min-confidence: an event whose class probability is under it is not published,
+    and is counted in mfvan_events_unsure_total."""
+    a, c = _endpoints(tmp_path, 2)
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.bind(a)
+    stop = threading.Event()
+    m = Metrics("recognize")
+    classes = ["negative", "positive", "surprise"]
+    classifier = Classifier(Alternating(), classes, "test", min_confidence=0.5)
+    t = threading.Thread(
+        target=run_recognize, args=([a], c, classifier, m, stop), kwargs={"max_batch": 1}
+    )
+    t.start()
+    crop = np.full((128, 128), 90, np.uint8)
+    events = []
+    try:
+        with subscribe(c, timeout_s=2) as sub:
+            for seq in range(40):
+                protocol.send(push, "pair", "cam1", seq, [crop, crop], onset=1, apex=5, offset=9)
+                try:
+                    events.append(next(iter(sub)))
+                except StopIteration:
+                    continue
+                if len(events) == 3:
+                    break
+    finally:
+        stop.set()
+        t.join(timeout=10)
+        push.close(linger=0)
+    assert len(events) == 3 and all(e.confidence == pytest.approx(0.9) for e in events)
+    assert all(e.label == "negative" for e in events)
+    assert m.unsure.labels("cam1")._value.get() >= 3, "each sure event had an unsure twin"
 
 
 @pytest.mark.slow

@@ -26,6 +26,14 @@ def add(p: argparse.ArgumentParser) -> None:
         help="main-phase epochs (default: the demo preset's); for smoke runs",
     )
     p.add_argument(
+        "--matrix",
+        type=Path,
+        default=Path("runs/spotting/matrix"),
+        help="the realistic sets of `mfvan spot-eval --sweep`: their seed-0 cells also train "
+        "the shipped weights, their held-out seed-1 cells are scored for STRS (skipped "
+        "when absent)",
+    )
+    p.add_argument(
         "--weights",
         type=Path,
         default=None,
@@ -39,5 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.model.reproduce import reproduce
 
     weights = args.weights or DEMO_WEIGHTS
-    reproduce(args.data, args.out, args.docs, weights, cpu_name(), args.workers, args.epochs)
+    reproduce(
+        args.data,
+        args.out,
+        args.docs,
+        weights,
+        cpu_name(),
+        args.workers,
+        args.epochs,
+        args.matrix,
+    )
     return 0

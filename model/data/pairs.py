@@ -72,6 +72,20 @@ class Pairs:
         keep = np.zeros(len(self), bool) if self.jittered is None else self.jittered
         return self.subset(keep)
 
+    def __add__(self, other: Pairs) -> Pairs:
+        """Both sets' rows (same classes, same crop size; `sample` kept distinct)."""
+        if self.classes != other.classes or self.onset.shape[1:] != other.onset.shape[1:]:
+            raise ValueError("pairs of different classes or crop sizes cannot be joined")
+        joined = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "classes":
+                continue
+            if f.name == "sample":
+                b = b + (0 if a is None or not len(a) else int(a.max()) + 1)
+            joined[f.name] = None if a is None or b is None else np.concatenate([a, b])
+        return Pairs(self.classes, **joined)
+
 
 CACHED = ("onset", "apex", "labels", "subjects", "names", "found", "motion", "sample", "jittered")
 
