@@ -469,6 +469,29 @@ def test_spot_eval_cli_on_the_tiny_set(tiny_set, tmp_path, capsys):
     assert list(out.glob("*.png")), "a trace per video"
 
 
+@pytest.mark.slow
+def test_the_spotters_own_true_positives_become_labelled_training_pairs(tiny_set, tmp_path):
+    """`spotting.spotted_pairs`: what the live recognizer would receive for each spotted
+    micro-expression (crops resized as its preprocessing does, the spot stage's flow),
+    labelled with the ground truth it matched; the spotter's runs are cached."""
+    from mfvan.model.spotting import load_truth, spotted_pairs
+
+    classes = ("negative", "positive", "surprise")
+    pairs = spotted_pairs(tiny_set / "long", classes, 32, tmp_path, workers=1)
+    truth = [t for ts in load_truth(tiny_set / "long").values() for t in ts if t.kind == "micro"]
+    labelled = [t for t in truth if t.label in classes]
+    assert 1 <= len(pairs) <= len(labelled)
+    assert pairs.onset.shape == (len(pairs), 32, 32, 1) and pairs.onset.dtype == np.uint8
+    assert pairs.motion.shape == (len(pairs), 128, 128, 2) and pairs.motion.dtype == np.float16
+    for name, label in zip(pairs.names, pairs.labels, strict=True):
+        video, onset = name.split("@")
+        hit = min(labelled, key=lambda t: abs(t.onset - int(onset)))
+        assert classes[label] == hit.label and hit.video == video
+    assert not pairs.jittered.any() and list(tmp_path.glob("runs-long-*.pkl"))
+    again = spotted_pairs(tiny_set / "long", classes, 32, tmp_path, workers=1)
+    assert np.array_equal(again.motion, pairs.motion), "the cached runs give the same pairs"
+
+
 # ----------------------------------------------------------------------------- crops
 
 

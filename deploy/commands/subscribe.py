@@ -63,7 +63,7 @@ def format_event(event) -> str:
     t = event.times
     latency = (t.get("t_recognize", 0) - t.get("t_apex", 0)) / 1e6
     return (
-        f"[{event.stream}] {event.label:<9} apex frame {event.apex} "
+        f"[{event.stream}] {event.label:<9} {event.confidence:.0%} sure  apex frame {event.apex} "
         f"(onset {event.onset}, offset {event.offset})  {probs}  "
         f"apex->event {latency:.0f} ms  model {event.model}"
     )
