@@ -40,7 +40,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/mfvan bench spotter
 	$(BIN)/mfvan bench flow
-	$(BIN)/mfvan bench model --config demo
+	$(BIN)/mfvan bench model --config motion
 	$(BIN)/mfvan bench backends
 	$(BIN)/mfvan bench pipeline
 

@@ -17,7 +17,10 @@ def add(p: argparse.ArgumentParser) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model.add_argument(
-        "--config", choices=("tiny", "demo", "paper"), default="demo", help="network config"
+        "--config",
+        choices=("tiny", "demo", "motion", "paper"),
+        default="motion",
+        help="network config (motion: the one that ships)",
     )
     model.add_argument("--runs", type=int, default=200, help="timed runs per engine and batch")
     model.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
@@ -52,7 +55,10 @@ def add(p: argparse.ArgumentParser) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     backends.add_argument(
-        "--config", choices=("tiny", "demo", "paper"), default="demo", help="network config"
+        "--config",
+        choices=("tiny", "demo", "motion", "paper"),
+        default="motion",
+        help="network config (motion: the one that ships)",
     )
     backends.add_argument("--runs", type=int, default=100, help="timed runs per backend, batch")
     backends.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
