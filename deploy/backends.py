@@ -309,6 +309,16 @@ class Calibrated:
         return probs if self.temperature == 1.0 else scale(probs, self.temperature)
 
 
+def load_recognizer(weights, name: str = "onnxruntime", **options) -> tuple[Calibrated, dict]:
+    """The live recognizer's classifier for a weights file: its backend `name` (with
+    fallbacks, as `load_backend`), calibrated with the sidecar's temperature; and the
+    sidecar. Raises `WeightsError` or `BackendUnavailable` with one line."""
+    from mfvan.model.weights import load_weights, temperature
+
+    model, meta = load_weights(weights)
+    return Calibrated(load_backend(name, model, **options), temperature(meta)), meta
+
+
 def model_digest(model) -> str:
     """A short hash of the model's config and weights: the export cache's key."""
     h = hashlib.sha256(repr(model.cfg).encode())

@@ -172,16 +172,13 @@ def train_shipped_weights(
     )
 
 
-def spot_then_recognize(weights: Path, long_dir: Path, workers: int, cache: Path) -> dict:
-    """`mfvan spot-eval` of `long_dir` with `weights` on ONNX Runtime (as the live pipeline):
-    spotting scores and `str` (STRS pooled with bootstrap intervals, and per video). The
-    spotter's runs are cached in `cache`."""
-    from mfvan.deploy.backends import Calibrated, load_backend
+def spot_then_recognize(recognizer, long_dir: Path, workers: int, cache: Path) -> dict:
+    """`mfvan spot-eval` of `long_dir` with `recognizer` ((classifier, sidecar) as the live
+    recognizer loads the weights): spotting scores and `str` (STRS pooled with bootstrap
+    intervals, and per video). The spotter's runs are cached in `cache`."""
     from mfvan.model import spotting
-    from mfvan.model.weights import load_weights, temperature
 
-    model, meta = load_weights(weights)
-    backend = Calibrated(load_backend("onnxruntime", model), temperature(meta))
+    backend, meta = recognizer
     return spotting.evaluate(
         long_dir,
         None,
@@ -201,11 +198,14 @@ def reproduce(
     workers: int = 2,
     epochs: int | None = None,
     matrix: Path | None = None,
+    load_recognizer=None,
 ) -> Path:
     """Everything above, the weights written to `weights`; `machine` names the computer in
     the page; `epochs` overrides the main phase's (for a quick smoke run); `matrix`: where
     `mfvan spot-eval --sweep` left the realistic cells (their tuning cells train the
-    shipped weights, their held-out cells are scored for STRS)."""
+    shipped weights, their held-out cells are scored for STRS); `load_recognizer(weights)`:
+    the live recognizer's (classifier, sidecar) for the written weights
+    (`mfvan.deploy.backends.load_recognizer`, which this package cannot import)."""
     import multiprocessing
 
     from mfvan.model.data import synth
@@ -253,7 +253,8 @@ def reproduce(
     for cell, name in HELD_OUT.items():
         if matrix and (matrix / cell / "ground_truth.csv").exists():
             sets[name] = matrix / cell
-    chains = {name: spot_then_recognize(weights, d, workers, cache) for name, d in sets.items()}
+    recognizer = load_recognizer(weights)
+    chains = {name: spot_then_recognize(recognizer, d, workers, cache) for name, d in sets.items()}
     seconds = time.perf_counter() - started
     path = write_results(runs, chains, out, docs, weights, data, cache, seconds, machine)
     print(f"results: {path}")

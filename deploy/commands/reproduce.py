@@ -42,6 +42,7 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mfvan.deploy.backends import load_recognizer
     from mfvan.deploy.bench import cpu_name
     from mfvan.deploy.shipped import DEMO_WEIGHTS
     from mfvan.model.reproduce import reproduce
@@ -56,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
         args.workers,
         args.epochs,
         args.matrix,
+        load_recognizer,
     )
     return 0
