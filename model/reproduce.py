@@ -31,18 +31,22 @@ from dataclasses import replace
 from pathlib import Path
 
 MOTIONS = ("both", "branch", "global")  # where the motion enters, as `MFVANConfig.motion`
-VARIANTS = [  # (name in the tables, model, ablation, motion), longest first
-    *[(f"MFVAN + motion ({m})", "mfvan", "full", m) for m in MOTIONS],
+VARIANTS = [  # (name in the tables, model, ablation, motion); run in this order
+    ("MFVAN + motion (both)", "mfvan", "full", "both"),
+    ("OFF-ApexNet (flow baseline)", "off-apexnet", "full", "none"),  # quick: beside the first
     ("MFVAN (full)", "mfvan", "full", "none"),
+    *[(f"MFVAN + motion ({m})", "mfvan", "full", m) for m in MOTIONS if m != "both"],
     ("Global+RI+image", "mfvan", "global+ri+image", "none"),
     ("Global+RI+s1", "mfvan", "global+ri+s1", "none"),
     ("Global+RI+s2", "mfvan", "global+ri+s2", "none"),
     ("Global+RI", "mfvan", "global+ri", "none"),
     ("Global", "mfvan", "global", "none"),
-    ("OFF-ApexNet (flow baseline)", "off-apexnet", "full", "none"),
     ("Apex CNN (apex-only baseline)", "apex-cnn", "full", "none"),
 ]
 SHIPPED = "motion"  # the preset of the shipped weights (`CONFIGS["motion"]`)
+# `mfvan reproduce --variants core`: the rows the shipped network is judged by (itself,
+# the paper's network, the flow baseline), when there is no time for all of them
+CORE = ("MFVAN + motion (both)", "MFVAN (full)", "OFF-ApexNet (flow baseline)")
 
 
 def shipped_motion() -> str:
@@ -97,13 +101,10 @@ def _run_variant(
 
 
 # The realistic mode's tuning cells (`mfvan spot-eval --sweep` makes them under
-# runs/spotting/matrix): long videos of photographic and parametric faces as cameras send
-# them, seed 0 (the held-out seed 1 is never trained on).
-REALISTIC = (
-    "seed0/photo-200fps/h264-crf23",
-    "seed0/photo-30fps/h264-crf23",
-    "seed0/parametric-200fps/ffv1",
-)
+# runs/spotting/matrix): long videos of photographic faces as cameras send them, seed 0
+# (the held-out seed 1 is never trained on). Parametric faces in FFV1 are what SynthME
+# standard's clips already are.
+REALISTIC = ("seed0/photo-200fps/h264-crf23", "seed0/photo-30fps/h264-crf23")
 
 
 # ... and its held-out cells that the STRS goals are about (seed 1: nothing was tuned or
@@ -199,13 +200,20 @@ def reproduce(
     epochs: int | None = None,
     matrix: Path | None = None,
     load_recognizer=None,
+    variants: tuple[str, ...] | None = None,
 ) -> Path:
     """Everything above, the weights written to `weights`; `machine` names the computer in
     the page; `epochs` overrides the main phase's (for a quick smoke run); `matrix`: where
     `mfvan spot-eval --sweep` left the realistic cells (their tuning cells train the
     shipped weights, their held-out cells are scored for STRS); `load_recognizer(weights)`:
     the live recognizer's (classifier, sidecar) for the written weights
-    (`mfvan.deploy.backends.load_recognizer`, which this package cannot import)."""
+    (`mfvan.deploy.backends.load_recognizer`, which this package cannot import);
+    `variants`: the rows to run (names of `VARIANTS`; default all), the shipped one always."""
+    names = [v[0] for v in VARIANTS]
+    chosen = set(variants or names) | {shipped_variant()}
+    unknown = chosen - set(names)
+    if unknown:
+        raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {names}")
     import multiprocessing
 
     from mfvan.model.data import synth
@@ -234,6 +242,7 @@ def reproduce(
                 epochs,
             )
             for name, kind, ablation, motion in VARIANTS
+            if name in chosen
         }
         for name, future in futures.items():
             runs[name] = future.result()
@@ -253,7 +262,7 @@ def reproduce(
     for cell, name in HELD_OUT.items():
         if matrix and (matrix / cell / "ground_truth.csv").exists():
             sets[name] = matrix / cell
-    recognizer = load_recognizer(weights)
+    recognizer = load_recognizer(weights)  # the live recognizer's, as spot-eval loads it
     chains = {name: spot_then_recognize(recognizer, d, workers, cache) for name, d in sets.items()}
     seconds = time.perf_counter() - started
     path = write_results(runs, chains, out, docs, weights, data, cache, seconds, machine)
@@ -265,6 +274,9 @@ def findings(pooled: dict, folds: int) -> list[str]:
     """The comparisons the issue asks about, stated from the numbers of this run: does MFVAN
     beat both baselines, does identity removal help, do the attention branches add to it."""
     uf1 = {name: p["uf1"] for name, p in pooled.items()}
+    needed = ("MFVAN (full)", "OFF-ApexNet (flow baseline)", "Apex CNN (apex-only baseline)")
+    if not all(k in uf1 for k in (*needed, "Global+RI", "Global")):
+        return ["The Table 3 rows were not run in this invocation.", ""]
     full, flow = uf1["MFVAN (full)"], uf1["OFF-ApexNet (flow baseline)"]
     apex, ri, glob = uf1["Apex CNN (apex-only baseline)"], uf1["Global+RI"], uf1["Global"]
 
@@ -313,10 +325,10 @@ def motion_findings(pooled: dict, spotted: dict) -> list[str]:
     """What the motion rows say, from this run's numbers: does the motion input help, where
     it enters best, and does the shipped network beat the flow baseline."""
     uf1 = {name: p["uf1"] for name, p in pooled.items()}
-    rows = {m: uf1[f"MFVAN + motion ({m})"] for m in MOTIONS}
+    rows = {m: uf1[f"MFVAN + motion ({m})"] for m in MOTIONS if f"MFVAN + motion ({m})" in uf1}
     best = max(rows, key=rows.get)
     shipped = shipped_variant()
-    full, flow = uf1["MFVAN (full)"], uf1["OFF-ApexNet (flow baseline)"]
+    full, flow = uf1.get("MFVAN (full)", float("nan")), uf1.get("OFF-ApexNet (flow baseline)")
     where = {
         "both": "its own ViT branch and channels of the global encoder",
         "branch": "its own ViT branch",
@@ -326,7 +338,8 @@ def motion_findings(pooled: dict, spotted: dict) -> list[str]:
         "## What the motion input does",
         "",
         f"- With the spot stage's onset-to-apex flow, MFVAN goes from UF1 {full:.4f} to "
-        + ", ".join(f"{rows[m]:.4f} ({where[m]})" for m in MOTIONS)
+        + ", ".join(f"{rows[m]:.4f} ({where[m]})" for m in rows)
+        + (" (the other placements were not run in this invocation)" if len(rows) < 3 else "")
         + ".",
         f"- Best in this run: {where[best]} ({rows[best]:.4f}). The shipped preset `motion` "
         f"uses {where[shipped_motion()]} ({uf1[shipped]:.4f}); "
@@ -335,9 +348,13 @@ def motion_findings(pooled: dict, spotted: dict) -> list[str]:
             if uf1[shipped] >= rows[best]
             else f"{rows[best] - uf1[shipped]:.4f} below the best row (see `mfvan.model.mfvan`)."
         ),
-        f"- The shipped network {'beats' if uf1[shipped] > flow else 'does not beat'} the flow "
-        f"baseline: UF1 {uf1[shipped]:.4f} against {flow:.4f}.",
     ]
+    if flow is not None:
+        verb = "beats" if uf1[shipped] > flow else "does not beat"
+        lines.append(
+            f"- The shipped network {verb} the flow baseline: UF1 {uf1[shipped]:.4f} against "
+            f"{flow:.4f}."
+        )
     if spotted.get(shipped):
         s, a = spotted[shipped]["uf1"], uf1[shipped]
         lines.append(
@@ -372,7 +389,7 @@ def write_results(
         "Apex CNN (apex-only baseline)": "apex-cnn",
     }
     for name, kind, ablation, motion in VARIANTS:
-        if name in shown:
+        if name in shown and name in runs:
             shutil.copy(
                 out / run_folder(kind, ablation, motion) / "confusion.png",
                 images / f"results-confusion-{shown[name]}.png",
@@ -388,6 +405,8 @@ def write_results(
     )
 
     def row(name):
+        if name not in runs:
+            return f"| {name} | not run in this invocation (see the top of the page) | | | |"
         p, s = runs[name]["pooled"], runs[name]["spotted"]
         spotted = f"{s['uf1']:.4f}" if s else "-"
         return f"| {name} | {p['accuracy']:.4f} | {p['uf1']:.4f} | {p['uar']:.4f} | {spotted} |"
@@ -396,16 +415,26 @@ def write_results(
         "| model | accuracy | UF1 | UAR | UF1 at a spotter's (onset, apex) |",
         "|---|---|---|---|---|",
     ]
-    n = runs["MFVAN (full)"]["pooled"]["n"]
+    first = runs[shipped_variant()]
+    n, folds = first["pooled"]["n"], len(first["folds"])
+    skipped = [name for name, *_ in VARIANTS if name not in runs]
     calibration = meta.get("calibration", {})
     lines = [
         "# Results on SynthME",
         "",
         "Produced by `make reproduce` (`mfvan reproduce --data data/synthme-standard "
         "--out runs/reproduce --docs docs/results.md`) on the 2-core development VM "
-        f"({machine}, no GPU) in {seconds / 60:.0f} minutes of wall time.",
+        f"({machine}, no GPU) in {seconds / 60:.0f} minutes of wall time"
+        + (
+            f", with `--variants {' '.join(repr(n) for n in runs)}`: the rows "
+            f"{', '.join(skipped)} were not run in this invocation (a `make reproduce` "
+            "without --variants runs them all, in several hours on 2 cores; every run folder "
+            "resumes where it stopped)."
+            if skipped
+            else "."
+        ),
         "",
-        f"Protocol: leave-one-subject-out over the {len(runs['MFVAN (full)']['folds'])} "
+        f"Protocol: leave-one-subject-out over the {folds} "
         "subjects of SynthME `standard` (seed 0), "
         f"{n} clips with 3-class labels (negative / positive / surprise; SynthME's `others` is "
         "dropped, as the MEGC 2019 composite drops CASME II's). Predictions of all folds are "
@@ -451,9 +480,7 @@ def write_results(
         *header,
         *[row(name) for name, kind, _, motion in VARIANTS if kind == "mfvan" and motion == "none"],
         "",
-        *findings(
-            {name: r["pooled"] for name, r in runs.items()}, len(runs["MFVAN (full)"]["folds"])
-        ),
+        *findings({name: r["pooled"] for name, r in runs.items()}, folds),
         "## Spot then recognize (STRS)",
         "",
         "The live chain as one: the online spotter over SynthME's long videos, each spotted "
@@ -477,10 +504,11 @@ def write_results(
         "",
         "## Confusion matrices (pooled over folds)",
         "",
-        "![MFVAN with motion](images/results-confusion-mfvan-motion.png)",
-        "![MFVAN](images/results-confusion-mfvan.png)",
-        "![OFF-ApexNet](images/results-confusion-off-apexnet.png)",
-        "![Apex CNN](images/results-confusion-apex-cnn.png)",
+        *[
+            f"![{name}](images/results-confusion-{image}.png)"
+            for name, image in shown.items()
+            if name in runs
+        ],
         "",
         "## What MFVAN attends to",
         "",
