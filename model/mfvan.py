@@ -66,8 +66,13 @@ ViT branch (patch embedding over the three channels, class token, blocks, mask, 
 its per-scale and mask losses join the others), "global", three more channels of the
 global encoder's input beside the identity-removed image, "both", or "none" (the paper's
 network; `paper` and `demo` stay so). The `motion` preset (what ships) is `demo` with
-motion="both", chosen by the LOSO ablation of docs/results.md (rows "MFVAN + motion"):
-with every placement the motion lifts MFVAN far above the network without it, and ... .
+motion="both". Why: in the first folds of the LOSO ablation (2026-12-03; the first
+held-out subject for every placement, the second for "both", before the run was cut for
+time) every placement classified all 17 pairs of the first subject right where the network
+without motion got 11, and "both" all 15 of the second: the placements could not be told
+apart there, so the one that hands the motion to both readers was kept, the attention
+branch choosing where it matters and the global CNN weighing how much moved; the complete
+16-fold rows of every placement are `mfvan reproduce`'s (docs/results.md).
 
 Ablations (Table 3): `identity_removal=False` runs the global encoder on the apex itself;
 `scales` picks any subset of ("image", "s1", "s2"); an empty subset is the paper's
