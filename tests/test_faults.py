@@ -346,7 +346,7 @@ def test_fuzz_10000_messages_while_a_real_stream_runs_beside_them(stage, tmp_pat
             pub.setsockopt(zmq.SNDHWM, 100_000)
             pub.bind(f"ipc://{tmp_path}/events.ipc")
             sub = subscribe(f"ipc://{tmp_path}/events.ipc", timeout_s=3.0)
-            event = dict(pair_fields, label="positive", probs=[0.1, 0.8, 0.1],
+            event = dict(pair_fields, label="positive", probs=[0.1, 0.8, 0.1], confidence=0.8,
                          classes=list(meta["classes"]), model="demo")  # fmt: skip
             good_event = [bytes(f) for f in protocol.encode("event", "cam1", 0, **event)]
             bad = list(_mutations(rng, good_event, 10_000))

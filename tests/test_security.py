@@ -42,6 +42,7 @@ def _publish_until(pub, sub, stop_after=40):
             seq,
             label="positive",
             probs=[0.2, 0.7, 0.1],
+            confidence=0.7,
             classes=["negative", "positive", "surprise"],
             onset=1,
             apex=2,
