@@ -398,10 +398,10 @@ def test_one_bad_pair_never_takes_its_batch_down(demo_weights):
     class Picky:  # fails on any batch holding a crop of all 13s
         name = "picky"
 
-        def __call__(self, onset, apex):
+        def __call__(self, onset, apex, flow=None):
             if (onset == 13).all(axis=(1, 2)).any():
                 raise RuntimeError("cannot")
-            return torch_backend(onset, apex)
+            return torch_backend(onset, apex, flow)
 
     def pair(stream, value, size):
         crop = np.full((size, size), value, np.uint8)

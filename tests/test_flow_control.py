@@ -49,9 +49,9 @@ class SlowBackend:
     def __init__(self, backend, delay_s: float):
         self.backend, self.delay_s, self.name = backend, delay_s, backend.name
 
-    def __call__(self, onset, apex):
+    def __call__(self, onset, apex, flow=None):
         time.sleep(self.delay_s)
-        return self.backend(onset, apex)
+        return self.backend(onset, apex, flow)
 
 
 def _first_event(push, sub, i: int):

@@ -243,7 +243,8 @@ def test_unsure_events_are_held_back_and_counted(tmp_path):
         push.close(linger=0)
     assert len(events) == 3 and all(e.confidence == pytest.approx(0.9) for e in events)
     assert all(e.label == "negative" for e in events)
-    assert m.unsure.labels("cam1")._value.get() >= 3, "each sure event had an unsure twin"
+    calls = classifier.backend.calls  # sure, unsure, sure, ...: every other one held back
+    assert m.unsure.labels("cam1")._value.get() == calls // 2 >= 2
 
 
 @pytest.mark.slow
