@@ -151,20 +151,34 @@ def test_batcher_releases_full_batches_at_once_and_partial_ones_after_the_wait()
         Batcher(0)
 
 
+class Recognizer:
+    """A recognizer stage in a thread with `classifier`, fed by `push`, publishing on
+    `events`, its metrics in `metrics`; `close()` stops it."""
+
+    def __init__(self, tmp_path, classifier, **options):
+        a, self.events = _endpoints(tmp_path, 2)
+        self.push = zmq.Context.instance().socket(zmq.PUSH)
+        self.push.bind(a)
+        self.stop = threading.Event()
+        self.metrics = Metrics("recognize")
+        self.thread = threading.Thread(
+            target=run_recognize,
+            args=([a], self.events, classifier, self.metrics, self.stop),
+            kwargs=options,
+        )
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=10)
+        self.push.close(linger=0)
+
+
 def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_path, demo_weights):
     model, meta = demo_weights
-    a, c = _endpoints(tmp_path, 2)
-    ctx = zmq.Context.instance()
-    push = ctx.socket(zmq.PUSH)
-    push.bind(a)
-    stop = threading.Event()
-    m = Metrics("recognize")
-    t = threading.Thread(
-        target=run_recognize,
-        args=([a], c, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop),
-        kwargs={"max_wait_s": 0.0, "with_crops": True},
-    )
-    t.start()
+    classifier = Classifier(TorchBackend(model), meta["classes"], "demo")
+    rec = Recognizer(tmp_path, classifier, max_wait_s=0.0, with_crops=True)
+    push, c, m = rec.push, rec.events, rec.metrics
     crop = np.full((128, 128), 90, np.uint8)
     try:
         with subscribe(c, timeout_s=10) as sub:
@@ -188,9 +202,7 @@ def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_
                 except StopIteration:
                     continue
     finally:
-        stop.set()
-        t.join(timeout=10)
-        push.close(linger=0)
+        rec.close()
     assert event.onset == 1 and event.apex == 5 and len(event.crops) == 2
     assert m.dropped.labels("recognize", "", "malformed")._value.get() >= 1
 
@@ -213,18 +225,10 @@ class Alternating:
 def test_unsure_events_are_held_back_and_counted(tmp_path):
     """--min-confidence: an event whose class probability is under it is not published,
     and is counted in mfvan_events_unsure_total."""
-    a, c = _endpoints(tmp_path, 2)
-    ctx = zmq.Context.instance()
-    push = ctx.socket(zmq.PUSH)
-    push.bind(a)
-    stop = threading.Event()
-    m = Metrics("recognize")
     classes = ["negative", "positive", "surprise"]
     classifier = Classifier(Alternating(), classes, "test", min_confidence=0.5)
-    t = threading.Thread(
-        target=run_recognize, args=([a], c, classifier, m, stop), kwargs={"max_batch": 1}
-    )
-    t.start()
+    rec = Recognizer(tmp_path, classifier, max_batch=1)
+    push, c, m = rec.push, rec.events, rec.metrics
     crop = np.full((128, 128), 90, np.uint8)
     events = []
     try:
@@ -238,9 +242,7 @@ def test_unsure_events_are_held_back_and_counted(tmp_path):
                 if len(events) == 3:
                     break
     finally:
-        stop.set()
-        t.join(timeout=10)
-        push.close(linger=0)
+        rec.close()
     assert len(events) == 3 and all(e.confidence == pytest.approx(0.9) for e in events)
     assert all(e.label == "negative" for e in events)
     calls = classifier.backend.calls  # sure, unsure, sure, ...: every other one held back
