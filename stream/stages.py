@@ -578,9 +578,8 @@ def _take(frames, batcher: Batcher, metrics: Metrics, streams: Streams) -> None:
 
 def _infer(batch, classifier: Classifier, metrics, pub, streams: Streams, with_crops) -> None:
     """Classify one batch and publish an event per pair. Crops of one size (with or without
-    their flow) run together;
-    a group the backend fails on runs again pair by pair, so one bad pair costs only
-    itself (dropped and counted, `reason="error"`)."""
+    their flow) run together; a group the backend fails on runs again pair by pair, so one
+    bad pair costs only itself (dropped and counted, `reason="error"`)."""
     sizes: dict[tuple, list] = {}
     for item in batch:  # by crop size, and with or without their flow
         arrays = item[0].arrays
