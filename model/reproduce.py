@@ -422,8 +422,10 @@ def write_results(
     lines = [
         "# Results on SynthME",
         "",
-        "Produced by `make reproduce` (`mfvan reproduce --data data/synthme-standard "
-        "--out runs/reproduce --docs docs/results.md`) on the 2-core development VM "
+        "Produced by `mfvan reproduce` (what `make reproduce` runs: `mfvan reproduce --data "
+        "data/synthme-standard --out runs/reproduce --docs docs/results.md`, with "
+        "`--matrix` the realistic sets of `mfvan spot-eval --sweep`) on the 2-core "
+        "development VM "
         f"({machine}, no GPU) in {seconds / 60:.0f} minutes of wall time"
         + (
             f", with `--variants {' '.join(repr(n) for n in runs)}`: the rows "
