@@ -48,8 +48,10 @@ bench: $(STAMP)
 bench-data: $(STAMP)
 	$(BIN)/mfvan synth --config standard --out $(DEMO_DIR)/synthme-standard
 
-# LOSO of MFVAN, its ablations and the baselines on SynthME standard; writes
-# docs/results.md and the shipped demo weights (about an hour on 2 cores).
+# LOSO of MFVAN (with and without the motion input), its ablations and the baselines on
+# SynthME standard; writes docs/results.md and the shipped weights (several hours on 2
+# cores; resumable). With runs/spotting/matrix (`mfvan spot-eval --sweep`) its realistic
+# tuning cells also train the weights and its held-out cells are scored for STRS.
 reproduce: $(STAMP)
 	$(BIN)/mfvan reproduce --data data/synthme-standard --out runs/reproduce --docs docs/results.md
 
