@@ -59,24 +59,18 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy.backends import BackendUnavailable, Calibrated, load_backend
+    from mfvan.deploy.backends import BackendUnavailable, load_recognizer
     from mfvan.deploy.shipped import DEMO_WEIGHTS
-    from mfvan.model.weights import WeightsError, load_weights, temperature
     from mfvan.stream import stages
 
     stage.setup_logging()
     stage.check_endpoints(args, args.out, *args.inputs)  # keys too, before loading a backend
     stop = stage.stop_on_signals()
     weights = args.weights or DEMO_WEIGHTS
-    try:
-        model, meta = load_weights(weights)
-    except WeightsError as e:
-        print(f"mfvan recognize: {e}", file=sys.stderr)
-        return 2
-    try:
-        backend = load_backend(
+    try:  # refused weights (WeightsError is a ValueError) or no backend: one line each
+        backend, meta = load_recognizer(
+            weights,
             args.backend,
-            model,
             device=args.device,
             compile=args.compile,
             precision=args.precision,
@@ -106,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         stages.Classifier(
-            Calibrated(backend, temperature(meta)),
+            backend,
             list(meta["classes"]),
             version,
             min_confidence=args.min_confidence,
