@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 
+import cv2
 import numpy as np
 
 from .faces import FaceDetector, FaceTracker, to_grey
@@ -44,11 +45,44 @@ class GopBoundaries:
         return bool(frame.key_frame) and self.predicted
 
 
+# Pixel formats whose first plane is the luma (Y) plane, 8 bits a sample: what H.264 and
+# H.265 decoders give (yuv420p; yuvj420p from MJPEG and many IP cameras; nv12 from hardware
+# decoders), and grey itself
+LUMA_FIRST = frozenset(
+    {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
+)
+_FULL_RANGE_FORMATS = frozenset({"yuvj420p", "yuvj422p", "yuvj444p", "gray"})
+_JPEG_RANGE = 2  # AVCOL_RANGE_JPEG: full-range samples, 0-255
+# limited ("MPEG", 16-235) luma to full range, as FFmpeg's own conversion to grey rounds it
+LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+
+
+def luma_plane(frame) -> np.ndarray:
+    """The luma plane of a decoded PyAV frame of a `LUMA_FIRST` format, as a uint8 (H, W)
+    NumPy view of the decoder's own memory: no copy, no conversion. The rows of a plane are
+    `line_size` bytes apart (padded for SIMD, e.g. 640 for a 632-wide picture), so the view
+    is cut to the width and is not C-contiguous when there is padding."""
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    return rows[:, : plane.width]
+
+
 def decoded_grey(frame) -> np.ndarray:
-    """A decoded PyAV video frame as uint8 grey: its luma plane, as the decoder gives it
-    (no colour math on the frame path). With `faces.to_grey` (for RGB arrays), the one
-    grey conversion of the live stage, `mfvan spot-eval` and the benchmarks."""
-    return frame.to_ndarray(format="gray")
+    """A decoded PyAV video frame as uint8 grey, the same pixels as FFmpeg's conversion
+    (`frame.to_ndarray(format="gray")`) at a fraction of its cost. For the formats cameras
+    send (`LUMA_FIRST`) it is the luma plane itself (full-range formats, a view without a
+    copy) or that plane through one 256-entry table (limited-range video, whose 16-235 luma
+    FFmpeg stretches to 0-255: `cv2.LUT`, about 0.1 ms for 640 x 480, against swscale's
+    0.5-5 ms); any other format (RGB from FFV1, 10-bit video) goes through FFmpeg once.
+    With `faces.to_grey` (for RGB arrays), the one grey conversion of the live stage,
+    `mfvan spot-eval` and the benchmarks."""
+    name = frame.format.name
+    if name not in LUMA_FIRST:
+        return frame.to_ndarray(format="gray")
+    luma = luma_plane(frame)
+    if name in _FULL_RANGE_FORMATS or int(frame.color_range) == _JPEG_RANGE:
+        return luma
+    return cv2.LUT(luma, LIMITED_TO_FULL)
 
 
 def media_time_ns(frame, start_pts: int | None, previous_ns: int | None, rate) -> int:

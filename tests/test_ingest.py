@@ -181,3 +181,69 @@ def test_registered_schemes_open_with_their_factory_and_declare_their_kind():
     assert kind_of("/tmp/file.mp4") == Kind(live=False, reopen_at_end=False)
     for camera in ("rtsp://127.0.0.1:8554/cam", "rtsps://127.0.0.1/cam", "/dev/video0"):
         assert kind_of(camera) == Kind(live=True, reopen_at_end=True), camera
+
+
+def _noisy_h264(path, pix_fmt: str, size=(632, 480), frames=3):
+    """An H.264 file of noise (every luma value occurs) at a width whose rows the decoder
+    pads (632 px in rows of 640 bytes)."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height = size
+        stream.pix_fmt = pix_fmt
+        stream.options = {"crf": "18", "preset": "ultrafast"}
+        for _ in range(frames):
+            img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuvj420p", "nv12"])
+def test_the_luma_plane_is_exactly_ffmpegs_grey_for_padded_frames(tmp_path, pix_fmt):
+    """`decoded_grey` reads the decoder's luma plane (stretched from 16-235 for
+    limited-range video) instead of converting with swscale, and must give the same pixels.
+    nv12 is what hardware decoders give: the decoded frames are converted to it."""
+    from mfvan.kernels.facespot import decoded_grey, luma_plane
+
+    path = tmp_path / f"{pix_fmt}.mp4"
+    _noisy_h264(path, "yuv420p" if pix_fmt == "nv12" else pix_fmt)
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    if pix_fmt == "nv12":
+        frames = [f.reformat(format="nv12") for f in frames]
+    for frame in frames:
+        assert frame.format.name == pix_fmt
+        assert frame.planes[0].line_size > frame.width, "the test needs padded rows"
+        grey = decoded_grey(frame)
+        reference = frame.to_ndarray(format="gray")
+        assert grey.shape == reference.shape == (480, 632) and grey.dtype == np.uint8
+        np.testing.assert_array_equal(grey, reference)
+        assert np.unique(luma_plane(frame)).size > 200  # the values the table maps all occur
+    if pix_fmt == "yuvj420p":  # full range: the decoder's own memory, no copy
+        assert np.shares_memory(decoded_grey(frames[0]), luma_plane(frames[0]))
+    if pix_fmt == "yuv420p":  # a yuv420p stream flagged full-range is not stretched
+        frames[0].color_range = 2
+        np.testing.assert_array_equal(decoded_grey(frames[0]), frames[0].to_ndarray(format="gray"))
+        np.testing.assert_array_equal(decoded_grey(frames[0]), luma_plane(frames[0]))
+
+
+def test_a_source_in_another_pixel_format_is_converted_once(tmp_path):
+    """RGB FFV1 (SynthME's lossless files) is not a luma format: FFmpeg converts it."""
+    from mfvan.kernels.facespot import decoded_grey
+
+    path = tmp_path / "rgb.mkv"
+    rng = np.random.default_rng(1)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        img = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    assert frame.format.name == "bgr0"
+    np.testing.assert_array_equal(decoded_grey(frame), frame.to_ndarray(format="gray"))
