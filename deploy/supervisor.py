@@ -1,16 +1,19 @@
 """`mfvan run`'s supervisor: the stage processes it starts, what it does when one exits,
 and how it stops them.
 
-`plan` turns `mfvan run`'s flags into child commands: one ingest and one spot process per
-`--source`, one recognizer for all of them, which gets `mfvan run`'s recognizer flags as
-they were given (`forwarded`). Each source reaches its ingest through the environment
+`plan` turns `mfvan run`'s flags into child commands: one ingest process per `--source`,
+one spot process per `--streams-per-spot` sources (default 1: one each; K: the streams in
+order, K to a process, so N streams need N + ceil(N / K) + 1 processes, not 2N + 1), one
+recognizer for all of them, which gets `mfvan run`'s recognizer flags as they were given
+(`forwarded`). Each source reaches its ingest through the environment
 (`--source env:MFVAN_SOURCE`), never argv, so a password in it is not in `ps`.
 
 `Supervisor.step` is the restart policy, one poll of every child:
 - exit 0 of an ingest: its finite source ended, not a crash;
 - exit 2 (EXIT_FATAL, a mistake restarting cannot mend: a missing file, a port or
-  endpoint in use, bad keys): never restarted. An ingest's or spot's fatal exit fails its
-  stream: the stream's other stage is stopped and the others carry on; the recognizer's
+  endpoint in use, bad keys): never restarted. An ingest's fatal exit fails its stream, a
+  spot's every stream it serves: what served only failed streams is stopped, the others
+  carry on (a shared spot process keeps serving its other streams); the recognizer's
   fails the run. A run whose every stream failed stops too; `failed` names what failed;
 - any other exit is a crash: started again after a backoff (0.5 s, doubled up to 30 s,
   back to 0.5 s once it had run 30 s) and counted in `mfvan_restarts_total{stage,stream}`.
@@ -80,11 +83,20 @@ def _die_with_parent(prctl, parent: int) -> None:
 
 class Child:
     """One stage process: `mfvan <argv...>`. `stage` is ingest, spot or recognize; `stream`
-    the stream it serves ("all" for the recognizer); `env`: variables it gets besides the
-    supervisor's own (its source)."""
+    the stream it serves, its label in logs and metrics ("all" for the recognizer, "a+b"
+    for a spot process shared by streams a and b); `streams` the streams it serves (default:
+    just `stream`); `env`: variables it gets besides the supervisor's own (its source)."""
 
-    def __init__(self, stage: str, stream: str, argv: list[str], env: dict | None = None):
+    def __init__(
+        self,
+        stage: str,
+        stream: str,
+        argv: list[str],
+        env: dict | None = None,
+        streams: tuple[str, ...] | None = None,
+    ):
         self.stage, self.stream, self.argv, self.env = stage, stream, argv, env or {}
+        self.streams = streams or (stream,)
         self.name = stage if stream == "all" else f"{stage}-{stream}"
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
@@ -137,29 +149,41 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 
 
 def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
-    """The child processes of `mfvan run` (the recognizer last) and the event endpoint."""
-    port = args.metrics_base_port
-    children, pair_endpoints = [], []
+    """The child processes of `mfvan run` (the recognizer last) and the event endpoint.
+    Ports: ingest i on base + 2i, the spot process of streams i.. on base + 2i + 1 (so the
+    layout of one spot per stream is unchanged), the recognizer on base + 2N."""
     from mfvan.stream.ingest import resolve
 
+    base = args.metrics_base_port
+    per_spot = max(1, getattr(args, "streams_per_spot", 1) or 1)
     urls = [resolve(source) for source in args.source]
+    names = []
     for i, url in enumerate(urls):
         stream = stream_name(url)
         if sum(stream_name(u) == stream for u in urls) > 1:
             stream = f"{stream}-{i}"
+        names.append(stream)
+    ingests, spots, pair_endpoints = [], [], []
+    for i, (url, stream) in enumerate(zip(urls, names, strict=True)):
         frames = f"ipc://{runtime}/frames-{i}.ipc"
-        pairs = f"ipc://{runtime}/pairs-{i}.ipc"
+        argv = ["ingest", "--source", "env:MFVAN_SOURCE", "--out", frames, "--stream", stream]
+        argv += ["--metrics-port", str(base + 2 * i)] + (["--realtime"] if args.realtime else [])
+        ingests.append(Child("ingest", stream, argv, env={"MFVAN_SOURCE": url}))
+    for first in range(0, len(urls), per_spot):
+        served = range(first, min(first + per_spot, len(urls)))
+        pairs = f"ipc://{runtime}/pairs-{first}.ipc"
         pair_endpoints.append(pairs)
-        ingest = ["ingest", "--source", "env:MFVAN_SOURCE", "--out", frames, "--stream", stream]
-        ingest += ["--metrics-port", str(port)] + (["--realtime"] if args.realtime else [])
-        spot = ["spot", "--in", frames, "--out", pairs, "--metrics-port", str(port + 1)]
-        children += [
-            Child("ingest", stream, ingest, env={"MFVAN_SOURCE": url}),
-            Child("spot", stream, spot),
-        ]
-        port += 2
+        argv = ["spot"]
+        for i in served:
+            argv += ["--in", f"ipc://{runtime}/frames-{i}.ipc"]
+        argv += ["--out", pairs, "--metrics-port", str(base + 2 * first + 1)]
+        streams = tuple(names[i] for i in served)
+        spots.append(Child("spot", "+".join(streams), argv, streams=streams))
+    children = []  # each stream's ingest, then its spot process once it serves them all
+    for spot in spots:
+        children += [c for c in ingests if c.stream in spot.streams] + [spot]
     events = args.events or f"ipc://{runtime}/events.ipc"
-    recognize = ["recognize", "--out", events, "--metrics-port", str(port)]
+    recognize = ["recognize", "--out", events, "--metrics-port", str(base + 2 * len(urls))]
     for endpoint in pair_endpoints:
         recognize += ["--in", endpoint]
     children.append(Child("recognize", "all", recognize + forwarded(args)))
@@ -215,7 +239,8 @@ class Supervisor:
         return False
 
     def _fail(self, child) -> None:
-        """A child exited EXIT_FATAL: it and its stream's other stage are done."""
+        """A child exited EXIT_FATAL: it and its streams are done, and so is every other
+        child that served only failed streams."""
         if child.stream == "all":
             log.error("run: the recognizer failed (see its message above); stopping the run")
             self.failed.append("the recognizer")
@@ -224,13 +249,14 @@ class Supervisor:
         log.error(
             "run: %s failed (see its message above): stream %s stops, the others go on",
             child.name,
-            child.stream,
+            ", ".join(child.streams),
         )
-        self.failed.append(child.stream)
+        self.failed += [s for s in child.streams if s not in self.failed]
+        child.finished = child.failed = True
         for other in self.children:
-            if other.stream == child.stream:
-                other.finished = other.failed = True
-                if other is not child:
+            if other.stream != "all" and set(other.streams) <= set(self.failed):
+                if not other.finished:
+                    other.finished = other.failed = True
                     other.stop()
 
 

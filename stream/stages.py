@@ -53,6 +53,9 @@ log = logging.getLogger("mfvan.stream")
 HWM = 64  # messages queued per socket at most (frames at 200 fps: a third of a second)
 
 
+DRAIN_S = 60.0  # how long a file's ingest waits at its end for its queued frames to go
+
+
 def _socket(ctx: zmq.Context, kind: int, hwm: int = HWM) -> zmq.Socket:
     s = ctx.socket(kind)
     s.setsockopt(zmq.SNDHWM, hwm)
@@ -218,7 +221,10 @@ def run_ingest(
 
     A live source never waits for the consumer: a frame that finds the queue full is
     dropped and counted. With `block` (a file played as fast as possible), the source
-    waits for the consumer instead, so no frame is lost."""
+    waits for the consumer instead, so no frame is lost, not even the file's last ones:
+    at the end the socket lingers up to `DRAIN_S` for the frames still queued (two queues
+    of `HWM` frames, which a loaded spot stage serving several streams can take seconds
+    to work through), where a live source's gets 2 s."""
     ctx = ctx or zmq.Context.instance()
     sock = _socket(ctx, zmq.PUSH)
     guard = None
@@ -261,7 +267,7 @@ def run_ingest(
         _unguard(guard)
         # zero-copy frames must go out before their arrays do: wait for them here,
         # not in the interpreter's teardown
-        sock.close(linger=2000)
+        sock.close(linger=int(1000 * (DRAIN_S if block and not stop.is_set() else 2.0)))
 
 
 # ----------------------------------------------------------------------------- spot

@@ -88,6 +88,65 @@ def test_frames_become_events_across_three_stages(tmp_path, demo_weights):
 
 
 @pytest.mark.slow
+def test_one_spot_stage_keeps_three_streams_apart(tmp_path):
+    """Three cameras into one spot stage, as `mfvan run --streams-per-spot 3` runs them,
+    their frames interleaved over real sockets: each stream's pairs are exactly those a
+    `FaceSpotter` finds in that stream's frames alone, and carry its name (a tracker or
+    spotter state shared between streams would move, add or lose intervals)."""
+    from mfvan.kernels.facespot import FaceSpotter
+
+    fps = 100.0
+    streams = {
+        f"cam{i}": synth_frames(8.0, fps, subject=i + 1, seed=21 + i, micro_per_segment=6)[0]
+        for i in range(3)
+    }
+    alone = {}
+    for name, frames in streams.items():
+        spotter = FaceSpotter()
+        alone[name] = [
+            (it.onset, it.apex)
+            for f in frames
+            for it in spotter.push(f.image, f.index, f.t_capture)
+        ]
+    assert all(alone.values()), "every stream holds intervals to find"
+    assert len({tuple(v) for v in alone.values()}) == 3, "and they differ between streams"
+    *frames_in, pairs_out = _endpoints(tmp_path, 4)
+    stop = threading.Event()
+    m_spot = Metrics("spot")
+    spot = threading.Thread(target=run_spot, args=(frames_in, pairs_out, m_spot, stop))
+    spot.start()
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.connect(pairs_out)
+    feeders = [
+        threading.Thread(
+            target=run_ingest,
+            args=(frames, name, endpoint, Metrics("ingest"), stop),
+            kwargs={"block": True},
+        )
+        for (name, frames), endpoint in zip(streams.items(), frames_in, strict=True)
+    ]
+    for t in feeders:
+        t.start()
+    got = {name: [] for name in streams}
+    want = sum(len(v) for v in alone.values())
+    try:
+        while sum(len(v) for v in got.values()) < want and pull.poll(60_000):
+            msg = protocol.recv(pull)
+            got[msg.stream].append((msg.fields["onset"], msg.fields["apex"]))
+        taken = lambda name: m_spot.frames_in.labels("spot", name)._value.get()  # noqa: E731
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(taken(n) < len(f) for n, f in streams.items()):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in [spot, *feeders]:
+            t.join(timeout=30)
+        pull.close(linger=0)
+    assert got == alone
+    assert all(taken(name) == len(frames) for name, frames in streams.items()), "every frame"
+
+
+@pytest.mark.slow
 def test_the_shipped_weights_classify_clear_micro_expressions_of_a_stream_right(
     tmp_path, demo_weights
 ):

@@ -1,5 +1,6 @@
-"""`mfvan run` as a user runs it: two cameras' child processes, events of both to a
-subscriber, a crashed stage restarted, SIGTERM stopping everything cleanly."""
+"""`mfvan run` as a user runs it: two cameras' child processes (one spot process shared by
+both), events of both to a subscriber, a crashed stage restarted, SIGTERM stopping
+everything cleanly."""
 
 import os
 import signal
@@ -15,6 +16,8 @@ from mfvan.stream import subscribe
 
 @pytest.mark.slow
 def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigterm(tmp_path):
+    """The two cameras share one spot process (`--streams-per-spot 2`): killed, it is
+    restarted, and the events of both cameras come again."""
     runtime = tmp_path / "rt"
     base = 19300 + os.getpid() % 500
     cmd = [
@@ -32,6 +35,8 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         str(runtime),
         "--metrics-base-port",
         str(base),
+        "--streams-per-spot",
+        "2",
     ]
     import socket
 
@@ -55,7 +60,7 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         # each camera's stages count its own frames
         assert scrape(base, "mfvan_frames_out_total") > 0
         assert scrape(base + 2, "mfvan_frames_out_total") > 0
-        # kill the spot stage: the supervisor restarts it and counts it
+        # kill the shared spot stage: the supervisor restarts it and counts it
         spot_pid = int(
             subprocess.run(
                 ["pgrep", "-f", f"spot --in ipc://{runtime}/frames-0.ipc"],
@@ -69,10 +74,15 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         while time.monotonic() < deadline and scrape(base - 1, "mfvan_restarts_total") < 1:
             time.sleep(0.5)
         assert scrape(base - 1, "mfvan_restarts_total") == 1
-        # ... and that camera's events come again
-        with subscribe(f"ipc://{runtime}/events.ipc", stream="synth-3-1", timeout_s=60) as sub:
-            again = next((e for e in sub if e.times["t_capture"] > killed), None)
-        assert again is not None, "the pipeline recovered"
+        # ... and both cameras' events come again
+        again = set()
+        with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=60) as sub:
+            for event in sub:
+                if event.times["t_capture"] > killed:
+                    again.add(event.stream)
+                if len(again) == 2:
+                    break
+        assert again == {"synth-3-1", "synth-4-1"}, "the pipeline recovered, both streams"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert notify.recv(64) == b"STOPPING=1"

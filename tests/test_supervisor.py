@@ -176,3 +176,55 @@ def test_run_plans_one_ingest_and_spot_per_source_and_forwards_the_recognizers_f
     parsed = build_parser().parse_args(rec)
     assert (parsed.backend, parsed.max_batch, parsed.max_wait_ms) == ("torch", 4, 2.5)
     assert parsed.compile and parsed.with_crops and str(parsed.weights) == "w.safetensors"
+
+
+def test_streams_per_spot_plans_shared_spot_processes_on_the_same_ports():
+    args = build_parser().parse_args(
+        ["run", "--metrics-base-port", "9301", "--streams-per-spot", "2"]
+        + [a for i in range(5) for a in ("--source", f"synth://?seed={i}")]
+    )
+    children, _ = plan(args, Path("/run/x"))
+    spots = [c for c in children if c.stage == "spot"]
+    assert [c.streams for c in spots] == [
+        ("synth-0-1", "synth-1-1"),
+        ("synth-2-1", "synth-3-1"),
+        ("synth-4-1",),
+    ]
+    assert spots[0].name == "spot-synth-0-1+synth-1-1"
+    first = dict(zip(spots[1].argv, spots[1].argv[1:], strict=False))
+    assert spots[1].argv.count("--in") == 2 and first["--metrics-port"] == "9306"
+    assert [c.argv.count("--in") for c in spots] == [2, 2, 1]
+    ingests = [c for c in children if c.stage == "ingest"]
+    assert [c.argv[c.argv.index("--metrics-port") + 1] for c in ingests] == [
+        "9301",
+        "9303",
+        "9305",
+        "9307",
+        "9309",
+    ]
+    rec = children[-1].argv
+    assert rec.count("--in") == 3 and rec[rec.index("--metrics-port") + 1] == "9311"
+    # every frames endpoint an ingest binds, exactly one spot process reads
+    outs = [c.argv[c.argv.index("--out") + 1] for c in ingests]
+    ins = [c.argv[j + 1] for c in spots for j, a in enumerate(c.argv) if a == "--in"]
+    assert sorted(outs) == sorted(ins)
+
+
+def test_a_shared_spot_process_outlives_one_failed_stream_and_its_fatal_exit_fails_all():
+    m = Metrics("run")
+    bad, good = Scripted("ingest", "a", [2]), Scripted("ingest", "b", [None])
+    spot = Scripted("spot", "a+b", [None])
+    spot.streams = ("a", "b")
+    recognize = Scripted("recognize", "all", [None])
+    children = [bad, good, spot, recognize]
+    for child in children:
+        child.start()
+    sup = Supervisor(children, m.restarts, Backoff(first_s=0.5))
+    assert drive(sup, children, until=2.0) is None
+    assert sup.failed == ["a"] and not spot.finished, "b still needs the spot process"
+    assert not getattr(spot, "stopped", False)
+    # the shared spot process fails fatally: every stream it served fails, b's ingest stops
+    spot.exits, spot.runs = [2], 1
+    assert drive(sup, children, until=5.0) is not None, "every stream failed: the run stops"
+    assert sup.failed == ["a", "b"] and spot.failed
+    assert good.finished and getattr(good, "stopped", False)

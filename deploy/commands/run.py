@@ -1,6 +1,7 @@
-"""`mfvan run`: the live pipeline. Starts one ingest and one spot process per `--source`
-and one recognizer for all of them, supervises them (`mfvan.deploy.supervisor`: a child
-that dies is restarted with backoff and counted), and on SIGINT / SIGTERM stops them all.
+"""`mfvan run`: the live pipeline. Starts one ingest process per `--source`, one spot
+process per `--streams-per-spot` of them, and one recognizer for all of them; supervises
+them (`mfvan.deploy.supervisor`: a child that dies is restarted with backoff and counted),
+and on SIGINT / SIGTERM stops them all.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ def add(p: argparse.ArgumentParser) -> None:
         default=9101,
         help="ports from here up (the run's own: one below)",
     )
+    p.add_argument(
+        "--streams-per-spot",
+        type=stage.positive(int),
+        default=1,
+        metavar="K",
+        help="streams one spot process serves, in --source order (default 1): N streams "
+        "then need ceil(N / K) spot processes, not N; a killed shared one is restarted and "
+        "all its streams resume",
+    )
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
     add_model_options(p)  # the recognizer's, forwarded to it as given
@@ -52,8 +62,8 @@ def _check(args: argparse.Namespace) -> None:
     base, n = args.metrics_base_port, len(args.source)
     if not 2 <= base <= 65535 - 2 * n:
         raise stage.Fatal(
-            f"--metrics-base-port {base}: the run serves on {base - 1} and its {2 * n + 1} "
-            f"stages on {base} to {base + 2 * n}, which must all be ports (1-65535)"
+            f"--metrics-base-port {base}: the run serves on {base - 1} and its stages on "
+            f"{base} to {base + 2 * n}, which must all be ports (1-65535)"
         )
     for source in args.source:
         stage.source_url(source)
