@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 WEIGHTS := deploy/weights/mfvan-demo-synthme.safetensors
 
 demo: $(STAMP)
+	$(BIN)/mfvan warm-up
 	$(BIN)/mfvan demo --seconds 60
 	@echo "The weights are SynthME-trained (synthetic faces): not for real faces."
 

@@ -29,6 +29,7 @@ COMMANDS = {
     "spot-eval": "spot_eval",
     "bench": "bench",
     "export": "export",
+    "warm-up": "warm_up",
 }
 
 

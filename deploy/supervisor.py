@@ -260,20 +260,28 @@ class Supervisor:
                     other.stop()
 
 
-def wait_ready(child: Child, timeout_s: float, stop=None) -> bool:
-    """Until the child's /ready answers 200, or it dies, or `stop` is set."""
+def is_ready(child: Child) -> bool:
+    """Whether the child's /ready answers 200 now (it has bound its sockets and compiled
+    what it needs)."""
     import urllib.request
 
     port = child.argv[child.argv.index("--metrics-port") + 1]
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1).read()
+        return True
+    except OSError:  # refused (not serving yet) or 503 (serving, not ready)
+        return False
+
+
+def wait_ready(child: Child, timeout_s: float, stop=None) -> bool:
+    """Until the child's /ready answers 200, or it dies, or `stop` is set."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and child.poll() is None:
         if stop is not None and stop.is_set():
             return False
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1).read()
+        if is_ready(child):
             return True
-        except OSError:  # refused (not serving yet) or 503 (serving, not ready)
-            time.sleep(0.2)
+        time.sleep(0.2)
     return False
 
 

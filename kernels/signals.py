@@ -83,12 +83,20 @@ def optical_strain(flow):
     return out
 
 
-@njit(cache=True, fastmath=True)
 def texture_weight(img):
     """Per pixel, how well the image's texture pins the flow down: the smaller eigenvalue
     of the structure tensor summed over 5 x 5 pixels, as c / (c + the image's median c),
     0-1 (0 on flat skin, where the flow is what the coarse levels and the smoothness
-    said)."""
+    said). The median and the ratio are NumPy's: Numba's `np.median` alone took 3 s to
+    compile on a first start, and this runs four times a second."""
+    c = _min_eigenvalue(img)
+    med = max(float(np.median(c)), 1e-6)
+    return c / (c + np.float32(med))
+
+
+@njit(cache=True, fastmath=True)
+def _min_eigenvalue(img):
+    """The smaller eigenvalue of the structure tensor summed over 5 x 5 pixels."""
     h, w = img.shape
     gxx = np.zeros((h, w), np.float32)
     gyy = np.zeros((h, w), np.float32)
@@ -113,8 +121,7 @@ def texture_weight(img):
                     d += gyy[y + j, x + i]
             tr = 0.5 * (a + d)
             c[y, x] = tr - np.sqrt(max(tr * tr - (a * d - b * b), 0.0))
-    med = max(float(np.median(c)), 1e-6)
-    return c / (c + np.float32(med))
+    return c
 
 
 @njit(cache=True, fastmath=True)
@@ -200,7 +207,35 @@ def _similarity_step(a, b, boxes, p):
                         ata[j, k] += wr * jac[j] * jac[k]
     for j in range(4):
         ata[j, j] += 1e-3
-    return -np.linalg.solve(ata, atb)
+    return -_solve_spd(ata, atb)
+
+
+@njit(cache=True, fastmath=True)
+def _solve_spd(m, v):
+    """x with m x = v, for a small symmetric positive-definite m (normal equations with a
+    ridge), by Cholesky. Written out rather than `np.linalg.solve`: Numba compiles LAPACK's
+    binding for about 10 s on a first start, this in well under one."""
+    n = m.shape[0]
+    low = np.zeros((n, n), np.float64)
+    for i in range(n):
+        for j in range(i + 1):
+            acc = m[i, j]
+            for k in range(j):
+                acc -= low[i, k] * low[j, k]
+            low[i, j] = np.sqrt(max(acc, 1e-300)) if i == j else acc / low[j, j]
+    y = np.empty(n, np.float64)
+    for i in range(n):
+        acc = v[i]
+        for k in range(i):
+            acc -= low[i, k] * y[k]
+        y[i] = acc / low[i, i]
+    x = np.empty(n, np.float64)
+    for i in range(n - 1, -1, -1):
+        acc = y[i]
+        for k in range(i + 1, n):
+            acc -= low[k, i] * x[k]
+        x[i] = acc / low[i, i]
+    return x
 
 
 @njit(cache=True, fastmath=True)
@@ -237,7 +272,6 @@ def _blur3(img):
     return out
 
 
-@njit(cache=True, fastmath=True)
 def rigid_motion(first, second, boxes, iterations=6, weight=None):
     """Head motion from `first` to `second` (float32 grey), fitted to the image pixels of
     `boxes` (the rigid regions) as a similarity: (tx, ty, s, r), the displacement of
@@ -252,12 +286,20 @@ def rigid_motion(first, second, boxes, iterations=6, weight=None):
     temples, the nose bridge), and with every pixel weighted alike the fit followed them:
     on one held-out photographic face in FFV1 at 200 fps the fitted scale went from -0.1e-3
     to +2.3e-3 and the rotation from 6.2e-3 to 11.2e-3 rad while the eyes moved 1.3 px,
-    about 0.1 px at the chin and the mouth corners; with the weights it stays flat."""
-    a = _blur3(first)
+    about 0.1 px at the chin and the mouth corners; with the weights it stays flat.
+
+    A Python function over one compiled fit (`_rigid_fit`): the gain is NumPy's, so the fit
+    is compiled once, not once with and once without a weight image."""
     if weight is None:
-        gain = first.mean() / max(second.mean(), 1e-3)
+        gain = float(first.mean()) / max(float(second.mean()), 1e-3)
     else:
         gain = float((first * weight).sum()) / max(float((second * weight).sum()), 1e-3)
+    return _rigid_fit(first, second, boxes, iterations, gain)
+
+
+@njit(cache=True, fastmath=True)
+def _rigid_fit(first, second, boxes, iterations, gain):
+    a = _blur3(first)
     b = _blur3(second) * gain
     p = np.zeros(4, np.float64)
     for _ in range(iterations):

@@ -972,7 +972,42 @@ def _cosine_time(level: float) -> float:
     return math.acos(1 - 2 * level) / math.pi
 
 
-def warm_up() -> None:
-    """Compile every kernel the spotter uses (Numba's cache makes later runs fast)."""
-    _flow.warm_up()
-    _signals.warm_up()
+def warm_up(size: int = 128) -> None:
+    """Compile (or load from Numba's on-disk cache) what the live spot stage runs, and only
+    that: one measurement of a pair of `size` px crops as `Spotter.push` makes it (rigid fit
+    with the eyes' weight, dense flow, the eyes held still, the texture weight, the regions'
+    statistics with and without it) and one pair's flow (`motion.pair_flow`). Exercising
+    the real calls compiles exactly the type signatures they use, which calling each kernel
+    with made-up arguments would not."""
+    from . import motion
+
+    spotter = Spotter()
+    spotter._setup(size)
+    spotter._last_ns = 0
+    rng = np.random.default_rng(0)
+    ref = rng.random((size, size), dtype=np.float32) * 255
+    spotter._measure(ref, np.roll(ref, 1, axis=1))
+    eyes = spotter._eye_weight > 0  # move the eyes: the measurement with them held still
+    spotter._measure(ref, np.where(eyes, np.roll(ref, 3, axis=0), ref).astype(np.float32))
+    motion.pair_flow(ref.astype(np.uint8), np.roll(ref, 1, axis=0).astype(np.uint8))
+
+
+def compiled() -> dict:
+    """The kernels' state in Numba's cache after a warm-up: {"kernels": dispatchers that
+    ran, "loaded": signatures loaded from the cache, "compiled": signatures compiled in this
+    process, "cache": where the cache is}."""
+    from numba.core.registry import CPUDispatcher
+
+    from . import flow, signals
+
+    loaded = built = kernels = 0
+    where = None
+    for module in (flow, signals):
+        for obj in vars(module).values():
+            if isinstance(obj, CPUDispatcher) and obj.signatures:
+                kernels += 1
+                stats = obj.stats
+                loaded += sum(stats.cache_hits.values())
+                built += sum(stats.cache_misses.values())
+                where = where or stats.cache_path
+    return {"kernels": kernels, "loaded": loaded, "compiled": built, "cache": where}

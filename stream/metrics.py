@@ -11,7 +11,8 @@ previous stage (`mfvan_transit_seconds`), end to end from capture
 name the streams. It answers three paths, as systemd, k8s and `mfvan run` expect:
 `/metrics` (Prometheus), `/live` (200 while the process serves at all) and `/ready` (200
 once the stage has bound its sockets and compiled what it needs, `ready.set()`; 503
-before); any other path is 404.
+before); any other path is 404. The same state is the gauge `mfvan_ready{stage}` (0, then
+1), so a dashboard sees a stage that is up but still starting.
 
 Per-stream series are created at zero when a stream appears (`init_stream`) and removed
 when the stage forgets it (`forget_stream`: the stream ended or went idle), so a stage
@@ -37,14 +38,39 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 STAGES = ("ingest", "spot", "recognize")  # the stage processes, in the frames' order
 
 
+class _Ready(threading.Event):
+    """An event that also sets the `mfvan_ready` gauge."""
+
+    def __init__(self, gauge):
+        super().__init__()
+        self.gauge = gauge
+        gauge.set(0)
+
+    def set(self) -> None:
+        super().set()
+        self.gauge.set(1)
+
+    def clear(self) -> None:
+        super().clear()
+        self.gauge.set(0)
+
+
 class Metrics:
     """Every metric a stage may update; unused ones simply stay at zero."""
 
     def __init__(self, stage: str, registry: CollectorRegistry | None = None):
         self.stage = stage
-        self.ready = threading.Event()  # set by the stage once it can do its work
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # set by the stage once it can do its work (/ready answers 200 from then on)
+        self.ready = _Ready(
+            Gauge(
+                "mfvan_ready",
+                "1 once the stage can do its work (sockets bound, kernels compiled), else 0.",
+                ["stage"],
+                registry=r,
+            ).labels(stage)
+        )
         self.frames_in = Counter(
             "mfvan_frames_in", "Messages received by a stage.", ["stage", "stream"], registry=r
         )

@@ -34,3 +34,40 @@ def test_the_plots_are_written(tmp_path):
     assert len(written) == 3
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+@pytest.mark.slow
+@pytest.mark.rtsp
+def test_the_end_to_end_run_takes_h264_cameras_over_rtsp(tmp_path):
+    """The default kind of camera: H.264 files of SynthME's camera served by GStreamer's
+    RTSP server. One short run: frames flow from the server through every stage (each
+    stage's CPU is measured), and the report says what the cameras were."""
+    from mfvan.deploy.bench import cameras
+
+    if not cameras.gst_rtsp_available():
+        pytest.skip("GStreamer's RTSP server is not installed (.ci/run installs it)")
+    from conftest import free_port
+
+    r = bp.bench_pipeline(
+        fps=30.0,
+        warmup_s=3.0,
+        window_s=8.0,
+        rounds=0,
+        source="rtsp",
+        counts=[2],
+        streams_per_spot=2,
+        data=tmp_path,
+        base_port=free_port() + 2,
+    )
+    (run,) = r["runs"]
+    assert run["streams"] == 2 and run["streams_per_spot"] == 2
+    assert run["min_fps"] > 0, "both cameras' frames reached ingest over RTSP"
+    assert {"ingest", "spot", "recognize"} <= set(run["cores"])
+    video = next(tmp_path.glob("camera-seed11-*.mp4"))
+    import av
+
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 640, 480)
+    report = bp.format_pipeline_report(r)
+    assert "over RTSP" in report and "2 stream(s) per spot process" in report

@@ -227,8 +227,10 @@ def test_ready_and_live_are_separate_from_metrics_and_other_paths_are_404():
         assert [status(p) for p in ("/live", "/ready", "/metrics", "/healthz")] == [
             200, 503, 200, 404,
         ]  # fmt: skip
+        assert m.registry.get_sample_value("mfvan_ready", {"stage": "spot"}) == 0
         m.ready.set()
         assert status("/ready") == 200
+        assert m.registry.get_sample_value("mfvan_ready", {"stage": "spot"}) == 1
     finally:
         server.shutdown()
 

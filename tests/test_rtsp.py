@@ -1,7 +1,6 @@
 """Ingest from a real RTSP server (Debian's GStreamer RTSP server, in Debian's Python):
 frames arrive over TCP, and a server that dies is reconnected to when it comes back."""
 
-import shutil
 import subprocess
 import threading
 import time
@@ -12,27 +11,14 @@ import av
 import pytest
 from conftest import free_port, scrape
 
+from mfvan.deploy.bench.cameras import DEBIAN_PYTHON, SERVER, gst_rtsp_available
 from mfvan.model.data import synth
 from mfvan.stream.ingest import PyAVSource, Reconnecting
-
-SERVER = Path(__file__).parent / "servers" / "rtsp_server.py"
-DEBIAN_PYTHON = "/usr/bin/python3"
-
-
-def _gst_rtsp_available() -> bool:
-    if not shutil.which(DEBIAN_PYTHON):
-        return False
-    probe = (
-        "import gi; gi.require_version('GstRtspServer', '1.0'); "
-        "from gi.repository import GstRtspServer"
-    )
-    return subprocess.run([DEBIAN_PYTHON, "-c", probe], capture_output=True).returncode == 0
-
 
 pytestmark = [
     pytest.mark.rtsp,
     pytest.mark.skipif(
-        not _gst_rtsp_available(),
+        not gst_rtsp_available(),
         reason="GStreamer's RTSP server is not installed (apt: gir1.2-gst-rtsp-server-1.0 "
         "python3-gst-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; .ci/run does it)",
     ),

@@ -42,13 +42,13 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
 
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # as systemd's Type=notify
     notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(30)
+    notify.settimeout(120)  # READY=1 comes once every stage is ready (compiled)
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     try:
-        assert notify.recv(64) == b"READY=1", "systemd is told once every stage is started"
+        assert notify.recv(64) == b"READY=1", "systemd is told once every stage is ready"
         streams = {}  # two cameras, one recognizer: events of both
         with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=60) as sub:
             for event in sub:

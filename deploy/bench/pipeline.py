@@ -15,16 +15,24 @@ receipt to the last (process start and connection are outside the timing). Frame
 the median round; the ratio is the median of each round's ratio to the other way's round
 beside it (a paired comparison: this shared machine's speed drifts twofold over minutes).
 
-End to end: `mfvan run` as a user runs it (one ingest and one spot process per stream,
-one recognizer on ONNX Runtime), fed by `synth://` cameras at 200 fps (640 x 480, the face
-moving and sometimes leaving; 8 micro-expressions per 10 s instead of 3, for more latency
-samples), watched by a subscriber in this process. After a warm-up,
-a measurement window: events that arrive in it give the latency from the capture of the
-frame that confirmed the apex (`t_capture`) to the event's arrival at the subscriber, and
-the stages' `/metrics`, scraped at the window's start and end, give frames captured,
-frames dropped (any stage, any reason) and restarts. A run of N streams is sustained
-when no frame was dropped, every stream ran at its frame rate (98% or more), and the p99
-latency met the goal (50 ms). The runs go up in streams until one is not sustained.
+End to end: `mfvan run` as a user runs it (one ingest process per stream, one spot process
+per `streams_per_spot` streams, one recognizer on ONNX Runtime), fed by cameras of one of
+three kinds (`SOURCES`):
+- `rtsp` (the default): what users point it at. H.264 files of SynthME's camera (640 x 480,
+  CRF 23, no B-frames, a key frame a second; `cameras.camera_file`) served by GStreamer's
+  RTSP server over loopback, one mount per camera, each at its own frame rate;
+- `file`: the same files, played at their native rate (`--realtime`);
+- `synth`: `synth://` cameras rendered in the ingest process (which then pays for the
+  rendering).
+The cameras hold 8 micro-expressions per 10 s instead of 3, for more latency samples.
+A subscriber in this process watches the events. After a warm-up, a measurement window:
+events that arrive in it give the latency from the capture of the frame that confirmed the
+apex (`t_capture`) to the event's arrival at the subscriber, and the stages' `/metrics`,
+scraped at the window's start and end, give frames captured, frames dropped (any stage,
+any reason) and restarts; /proc gives each stage's CPU time. A run of N streams is
+sustained when no frame was dropped, every stream ran at its frame rate (98% or more), and
+the p99 latency met the goal (50 ms). The runs go through the stream counts given, in
+order, until one is not sustained.
 """
 
 from __future__ import annotations
@@ -208,16 +216,24 @@ def _stage_cpu(pid: int) -> dict[str, float]:
     return used
 
 
+SOURCES = ("rtsp", "file", "synth")  # the kinds of camera the end-to-end runs take
+
+
 def run_end_to_end(
-    streams: int,
+    sources: list[str],
     fps: float = 200.0,
     warmup_s: float = 10.0,
     window_s: float = 30.0,
     base_port: int = 9301,
     backend: str = "onnxruntime",
+    streams_per_spot: int = 1,
+    realtime: bool = False,
 ) -> dict:
-    """One `mfvan run` of `streams` synth cameras; latency and drops over the window."""
+    """One `mfvan run` of the cameras `sources` (URLs or files, `realtime`: play files at
+    their rate); latency, drops and CPU over the window."""
     from mfvan.stream import subscribe
+
+    streams = len(sources)
 
     runtime = Path(tempfile.mkdtemp(prefix="mfvan-bench-"))
     cmd = [
@@ -231,9 +247,11 @@ def run_end_to_end(
         str(runtime),
         "--metrics-base-port",
         str(base_port),
-    ]
-    for i in range(streams):
-        cmd += ["--source", f"synth://?fps={fps:g}&seed={11 + i}&micro={MICRO}"]
+        "--streams-per-spot",
+        str(streams_per_spot),
+    ] + (["--realtime"] if realtime else [])
+    for source in sources:
+        cmd += ["--source", source]
     ports = [base_port - 1, *range(base_port, base_port + 2 * streams + 1)]
     env = {**os.environ, "MFVAN_LOG": "WARNING"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -280,6 +298,7 @@ def run_end_to_end(
     )
     return {
         "streams": streams,
+        "streams_per_spot": streams_per_spot,
         "fps": fps,
         "window_s": elapsed,
         "events": len(latency),
@@ -306,28 +325,107 @@ def bench_pipeline(
     frames: int = 2000,
     rounds: int = 15,
     backend: str = "onnxruntime",
+    source: str = "rtsp",
+    counts: list[int] | None = None,
+    streams_per_spot: int = 1,
+    data: Path = Path("runs/bench/cameras"),
+    base_port: int = 9301,
 ) -> dict:
-    from mfvan.deploy.bench import cpu_name
+    """The transport comparison, then `mfvan run` with each number of cameras in `counts`
+    (default 1 to `max_streams`) until one is not sustained. `source`: the kind of camera
+    (`SOURCES`); the H.264 files are made once under `data`."""
+    from contextlib import nullcontext
 
-    transport = bench_transport(frames, rounds)
+    from mfvan.deploy.bench import cameras, cpu_name
+
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    counts = counts or list(range(1, max_streams + 1))
+    transport = bench_transport(frames, rounds) if rounds else None
+    most = max(counts, default=0)
+    if source == "synth":
+        urls = [f"synth://?fps={fps:g}&seed={11 + i}&micro={MICRO}" for i in range(most)]
+        server = nullcontext()
+    else:
+        files = [cameras.camera_file(data, 11 + i, fps) for i in range(most)]
+        urls = [str(f) for f in files]
+        server = cameras.RtspServer(base_port - 2, files) if source == "rtsp" else nullcontext()
     runs = []
-    for n in range(1, max_streams + 1):
-        runs.append(run_end_to_end(n, fps, warmup_s, window_s, backend=backend))
-        if not runs[-1]["sustained"]:
-            break
+    with server as served:
+        if served is not None:
+            urls = served.urls
+        for n in counts:
+            runs.append(
+                run_end_to_end(
+                    urls[:n],
+                    fps,
+                    warmup_s,
+                    window_s,
+                    base_port=base_port,
+                    backend=backend,
+                    streams_per_spot=streams_per_spot,
+                    realtime=source == "file",
+                )
+            )
+            if not runs[-1]["sustained"]:
+                break
     return {
         "machine": cpu_name(),
         "cores": os.cpu_count(),
         "backend": backend,
+        "source": source,
         "transport": transport,
         "runs": runs,
     }
 
 
 def format_pipeline_report(r: dict) -> str:
-    t = r["transport"]
+    lines = [f"machine: {r['machine']}, {r['cores']} cores"]
+    if r.get("transport"):
+        lines += _transport_lines(r["transport"])
+    if not r["runs"]:
+        return "\n".join(lines)
+    source = {
+        "rtsp": "H.264 640x480 CRF 23 cameras over RTSP (GStreamer's server, loopback)",
+        "file": "H.264 640x480 CRF 23 files played at their rate",
+        "synth": "synth:// cameras (rendered in ingest)",
+    }[r.get("source", "synth")]
+    per_spot = r["runs"][0].get("streams_per_spot", 1)
+    lines += [
+        "",
+        f"end to end: `mfvan run` with N {source} at {r['runs'][0]['fps']:g} fps, "
+        f"{per_spot} stream(s) per spot process, {r['backend']}; latency from the capture "
+        "of the frame that confirmed the apex to the event at a subscriber (goal p99 <= "
+        f"{GOAL_P99_MS:g} ms, no drops)",
+        f"{'streams':>7}{'window s':>10}{'events':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+        f"{'apex->event p50':>17}{'min fps':>9}{'dropped':>9}{'restarts':>9}  sustained",
+    ]
+    for run in r["runs"]:
+        lines.append(
+            f"{run['streams']:>7}{run['window_s']:>10.0f}{run['events']:>8}{run['p50_ms']:>8.1f}"
+            f"{run['p99_ms']:>8.1f}{run['max_ms']:>8.1f}{run['apex_p50_ms']:>17.0f}"
+            f"{run['min_fps']:>9.1f}{run['dropped']:>9.0f}{run['restarts']:>9.0f}  "
+            f"{'yes' if run['sustained'] else 'no'}"
+        )
+    lines.append("cores busy per stream (ingest, spot: all streams' processes together / N):")
+    for run in r["runs"]:
+        c, n = run["cores"], run["streams"]
+        frame_ms = 1000 / run["fps"]
+        lines.append(
+            f"  {n} stream(s): ingest {c.get('ingest', 0) / n:.2f} "
+            f"({c.get('ingest', 0) / n * frame_ms:.2f} ms/frame), spot "
+            f"{c.get('spot', 0) / n:.2f} ({c.get('spot', 0) / n * frame_ms:.2f} ms/frame), "
+            f"recognize {c.get('recognize', 0):.2f} in all"
+        )
+    ok = [run["streams"] for run in r["runs"] if run["sustained"]]
+    lines.append(
+        f"streams at {r['runs'][0]['fps']:g} fps this box sustains: {max(ok) if ok else 0}"
+    )
+    return "\n".join(lines)
+
+
+def _transport_lines(t: dict) -> list[str]:
     lines = [
-        f"machine: {r['machine']}, {r['cores']} cores",
         f"transport: {t['frames']} frames of 640x480 RGB per round, {t['rounds']} rounds each "
         "way, alternating; producer and consumer in two processes",
         f"{'endpoint':<10}{'way':<26}{'frames/s':>10}{'GB/s':>8}   rounds (min - max)",
@@ -345,35 +443,7 @@ def format_pipeline_report(r: dict) -> str:
             f"{transport}: mfvan's protocol carries {ratio:.0%} of bare pyzmq's frames/s "
             "(median over rounds of each round's ratio to its neighbour)"
         )
-    if not r["runs"]:
-        return "\n".join(lines)
-    lines += [
-        "",
-        f"end to end: `mfvan run` with N synth:// cameras at {r['runs'][0]['fps']:g} fps, "
-        f"{r['backend']}; latency from the capture of the frame that confirmed the apex to "
-        f"the event at a subscriber (goal p99 <= {GOAL_P99_MS:g} ms, no drops)",
-        f"{'streams':>7}{'window s':>10}{'events':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-        f"{'apex->event p50':>17}{'min fps':>9}{'dropped':>9}{'restarts':>9}  sustained",
-    ]
-    for run in r["runs"]:
-        lines.append(
-            f"{run['streams']:>7}{run['window_s']:>10.0f}{run['events']:>8}{run['p50_ms']:>8.1f}"
-            f"{run['p99_ms']:>8.1f}{run['max_ms']:>8.1f}{run['apex_p50_ms']:>17.0f}"
-            f"{run['min_fps']:>9.1f}{run['dropped']:>9.0f}{run['restarts']:>9.0f}  "
-            f"{'yes' if run['sustained'] else 'no'}"
-        )
-    lines.append("cores busy per stage, per stream (ingest and spot) or in all (recognize):")
-    for run in r["runs"]:
-        c, n = run["cores"], run["streams"]
-        lines.append(
-            f"  {n} stream(s): ingest {c.get('ingest', 0) / n:.2f}, spot {c.get('spot', 0) / n:.2f}"
-            f", recognize {c.get('recognize', 0):.2f}"
-        )
-    ok = [run["streams"] for run in r["runs"] if run["sustained"]]
-    lines.append(
-        f"streams at {r['runs'][0]['fps']:g} fps this box sustains: {max(ok) if ok else 0}"
-    )
-    return "\n".join(lines)
+    return lines
 
 
 def plot_pipeline(r: dict, folder: Path) -> list[Path]:
@@ -418,15 +488,17 @@ def plot_pipeline(r: dict, folder: Path) -> list[Path]:
     fig.tight_layout()
     written.append(folder / "pipeline-latency-series.png")
     fig.savefig(written[-1], dpi=100)
-    t = r["transport"]["rows"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [f"{row['transport']} {row['way']}" for row in t]
-    ax.boxplot([row["rounds_fps"] for row in t], tick_labels=labels)
-    ax.set(
-        ylabel="640x480 frames/s", title="transport: each round (mfvan's protocol vs bare pyzmq)"
-    )
-    fig.tight_layout()
-    written.append(folder / "pipeline-transport.png")
-    fig.savefig(written[-1], dpi=100)
+    if r.get("transport"):
+        t = r["transport"]["rows"]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = [f"{row['transport']} {row['way']}" for row in t]
+        ax.boxplot([row["rounds_fps"] for row in t], tick_labels=labels)
+        ax.set(
+            ylabel="640x480 frames/s",
+            title="transport: each round (mfvan's protocol vs bare pyzmq)",
+        )
+        fig.tight_layout()
+        written.append(folder / "pipeline-transport.png")
+        fig.savefig(written[-1], dpi=100)
     plt.close("all")
     return written

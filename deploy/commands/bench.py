@@ -65,7 +65,8 @@ def add(p: argparse.ArgumentParser) -> None:
     pipeline = what.add_parser(
         "pipeline",
         help="transport (640x480 frames, mfvan's protocol beside bare pyzmq, ipc and tcp) and "
-        "end-to-end latency of `mfvan run` at 200 fps, adding streams until one fails",
+        "end-to-end latency and CPU of `mfvan run` on H.264 cameras over RTSP at 200 fps, "
+        "adding streams until one fails",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     pipeline.add_argument(
@@ -75,8 +76,34 @@ def add(p: argparse.ArgumentParser) -> None:
     pipeline.add_argument("--warmup", type=float, default=10.0, help="seconds before timing")
     pipeline.add_argument("--window", type=float, default=30.0, help="seconds measured")
     pipeline.add_argument("--frames", type=int, default=2000, help="transport frames per round")
-    pipeline.add_argument("--rounds", type=int, default=15, help="transport rounds per way")
+    pipeline.add_argument(
+        "--rounds", type=int, default=15, help="transport rounds per way (0: no transport)"
+    )
     pipeline.add_argument("--backend", default="onnxruntime", help="the recognizer's backend")
+    pipeline.add_argument(
+        "--source",
+        choices=("rtsp", "file", "synth"),
+        default="rtsp",
+        help="the cameras: H.264 over RTSP (GStreamer's server), the same H.264 files played "
+        "at their rate, or synth:// (rendered in ingest)",
+    )
+    pipeline.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="the stream counts to run, in order, until one is not sustained (default: 1 to "
+        "--max-streams)",
+    )
+    pipeline.add_argument(
+        "--streams-per-spot", type=int, default=1, help="streams one spot process serves"
+    )
+    pipeline.add_argument(
+        "--data",
+        type=Path,
+        default=Path("runs/bench/cameras"),
+        help="where the cameras' H.264 files are made (once)",
+    )
     pipeline.add_argument("--plot", type=Path, help="also write PNG plots into this folder")
 
 
@@ -116,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
             args.frames,
             args.rounds,
             args.backend,
+            source=args.source,
+            counts=args.streams,
+            streams_per_spot=args.streams_per_spot,
+            data=args.data,
         )
         report = pipeline.format_pipeline_report(result)
         if args.plot:

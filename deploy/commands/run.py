@@ -71,11 +71,19 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy.supervisor import RuntimeDir, Supervisor, plan, shutdown, wait_ready
+    from mfvan.deploy.supervisor import (
+        RuntimeDir,
+        Supervisor,
+        is_ready,
+        plan,
+        shutdown,
+        wait_ready,
+    )
 
     stage.setup_logging()
     _check(args)
     stop = stage.stop_on_signals(grace_s=20.0)  # its stages stop first, in order
+    started = time.monotonic()
     metrics = stage.metrics("run", args.metrics_base_port - 1)
     with RuntimeDir(args.runtime_dir) as runtime:
         children, events = plan(args, runtime)
@@ -94,15 +102,23 @@ def run(args: argparse.Namespace) -> int:
                 return stage.EXIT_FATAL if code is not None else 1
             for child in children[:-1]:
                 child.start()
-            metrics.ready.set()
-            stage.notify_systemd("READY=1")  # systemd's Type=notify waits for this
             stage.log.info("run: %d stage processes; events on %s", len(children), events)
             stage.log.info("run: subscribe with `mfvan subscribe %s`", events)
+            starting = list(children[:-1])  # until each says it is ready (/ready)
             deadline = None if args.seconds is None else time.monotonic() + args.seconds
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 time.sleep(0.2)
                 if supervisor.step(time.monotonic()):
                     break
+                if starting:
+                    starting = [c for c in starting if not c.finished and not is_ready(c)]
+                    if not starting:  # the run is ready when every stage is
+                        metrics.ready.set()
+                        stage.notify_systemd("READY=1")  # systemd's Type=notify waits for it
+                        stage.log.info(
+                            "run: every stage ready %.1f s after the start",
+                            time.monotonic() - started,
+                        )
         finally:
             stage.notify_systemd("STOPPING=1")
             shutdown(children)
