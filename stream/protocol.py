@@ -40,6 +40,9 @@ KINDS = ("frame", "pair", "event", "eos")
 DTYPES = ("uint8", "uint16", "float16", "float32", "float64", "int32", "int64")
 RESERVED = ("v", "kind", "stream", "seq", "buffers")
 _DTYPES = {name: np.dtype(name) for name in DTYPES}
+# dtype -> its name: NumPy computes `dtype.name` in Python (8 us, a quarter of a frame's
+# whole encoding); a dict lookup takes 0.1 us
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 MAX_SIDE = 4096  # px, a frame's height or width (4K UHD is 3840 x 2160)
 MIN_SIDE = 16  # px: smaller holds no face
 MIN_CROP, MAX_CROP = 16, 512  # px, the side of a pair's square face crops
@@ -74,18 +77,21 @@ def encode(kind: str, stream: str, seq: int, arrays=(), formats=None, **fields) 
     if clash:
         raise ValueError(f"header fields {sorted(clash)} are reserved")
     formats = list(formats or [""] * len(arrays))
-    buffers, specs = [], []
+    buffers, specs, shapes, names = [], [], [], []
     for array, fmt in zip(arrays, formats, strict=True):
         array = np.ascontiguousarray(array)
-        if array.dtype.name not in DTYPES:
+        name = _NAMES.get(array.dtype)
+        if name is None:
             raise ValueError(f"dtype {array.dtype} cannot be sent; use one of {DTYPES}")
-        specs.append({"shape": list(array.shape), "dtype": array.dtype.name, "format": fmt})
+        specs.append({"shape": list(array.shape), "dtype": name, "format": fmt})
+        shapes.append(array.shape)
+        names.append(name)
         buffers.append(array)
     header = {"v": VERSION, "kind": kind, "stream": stream, "seq": int(seq), "buffers": specs}
     header.update(fields)
     # what the receiver would refuse is refused here, with the same words
     _check_header(kind, header)
-    _check_buffers(kind, [b.shape for b in buffers], [b.dtype.name for b in buffers])
+    _check_buffers(kind, shapes, names)
     if SCHEMAS[kind].flow and len(buffers) == 3:
         _check_flow(kind, buffers[2])
     return [stream.encode(), msgpack.packb(header, use_bin_type=True), *buffers]
@@ -288,7 +294,7 @@ def decode(frames) -> Message:
     whole message of ours."""
     if len(frames) < 2:
         raise Malformed("malformed", f"{len(frames)} frame(s), need at least topic and header")
-    topic, raw = (_bytes(f) for f in frames[:2])
+    topic, raw = _bytes(frames[0]), _bytes(frames[1])
     if len(raw) > MAX_HEADER:
         raise Malformed("malformed", f"header of {len(raw)} bytes, at most {MAX_HEADER}")
     try:
@@ -312,16 +318,21 @@ def decode(frames) -> Message:
     if not _int(seq) or seq < 0:
         raise Malformed("schema", f"seq {seq!r:.40} is not a count")
     specs = header["buffers"]
-    if not isinstance(specs, list) or len(specs) != len(frames) - 2:
+    if type(specs) is not list or len(specs) != len(frames) - 2:
         raise Malformed("malformed", f"header lists {specs!r:.80} buffers, got {len(frames) - 2}")
-    shapes_dtypes = [_spec(spec) for spec in specs]
+    shapes, names = [], []
+    for spec in specs:
+        shape, name = _spec(spec)
+        shapes.append(shape)
+        names.append(name)
     _check_header(kind, header)
-    _check_buffers(kind, [s for s, _ in shapes_dtypes], [d for _, d in shapes_dtypes])
-    arrays = [_array(f, *sd) for f, sd in zip(frames[2:], shapes_dtypes, strict=True)]
+    _check_buffers(kind, shapes, names)
+    arrays = [_array(f, *sd) for f, *sd in zip(frames[2:], shapes, names, strict=True)]
     if SCHEMAS[kind].flow and len(arrays) == 3:
         _check_flow(kind, arrays[2])
-    fields = {k: v for k, v in header.items() if k not in RESERVED}
-    return Message(kind, stream, seq, fields, arrays)
+    for key in RESERVED:  # the header is ours (just unpacked): what is left are the fields
+        del header[key]
+    return Message(kind, stream, seq, header, arrays)
 
 
 def recv(socket: zmq.Socket, flags: int = 0) -> Message:
@@ -331,6 +342,8 @@ def recv(socket: zmq.Socket, flags: int = 0) -> Message:
 
 
 def _bytes(frame) -> bytes:
+    if type(frame) is bytes:
+        return frame
     return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
 
 
@@ -348,6 +361,7 @@ def _spec(spec) -> tuple[tuple, str]:
 
 
 def _array(frame, shape: tuple, dtype_name: str) -> np.ndarray:
+    """A read-only array over the received buffer, without a copy."""
     dtype = _DTYPES[dtype_name]
     buffer = frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
     expected = math.prod(shape) * dtype.itemsize
@@ -355,6 +369,4 @@ def _array(frame, shape: tuple, dtype_name: str) -> np.ndarray:
         raise Malformed(
             "malformed", f"buffer of {buffer.nbytes} bytes for shape {shape} {dtype_name}"
         )
-    array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
-    array.flags.writeable = False
-    return array
+    return np.ndarray(shape, dtype, buffer.toreadonly())
