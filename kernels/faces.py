@@ -250,18 +250,6 @@ def centre_crop(shape: tuple[int, int], size: int) -> Crop:
     return make_crop(Box((w - side) / 2, (h - side) / 2, side, side), size, scale=1.0)
 
 
-def _lower_priority() -> None:
-    """Run this thread at a lower CPU priority (nice +10, Linux): a face search may wait,
-    the frames of the same process and the camera's own process should not."""
-    import os
-    import threading
-
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass  # not Linux, or not allowed: the search runs at the process's priority
-
-
 class _Pending(NamedTuple):
     """A face detection under way, and the media time at which its result takes effect."""
 
@@ -330,9 +318,10 @@ class FaceTracker:
         # detection in a worker thread (OpenCV releases the GIL): frames go on with the
         # current crop meanwhile, and a new one takes effect when the search is due
         self._pool = (
-            ThreadPoolExecutor(1, "mfvan-detect", initializer=_lower_priority)
-            if background
-            else None
+            # at the process's own priority: the frame a search is due at waits for it, so
+            # a search starved by a lowered priority (nice +10 got a tenth of a busy core)
+            # stalled the whole stream; a busy box ran its spot stage at a third of real time
+            ThreadPoolExecutor(1, "mfvan-detect") if background else None
         )
         self._pending: _Pending | None = None  # a detection under way
 

@@ -972,24 +972,43 @@ def _cosine_time(level: float) -> float:
     return math.acos(1 - 2 * level) / math.pi
 
 
-def warm_up(size: int = 128) -> None:
+PARTS = ("flow", "signals")  # what `warm_up` can compile apart, in two processes
+
+
+def warm_up(size: int = 128, part: str | None = None) -> None:
     """Compile (or load from Numba's on-disk cache) what the live spot stage runs, and only
     that: one measurement of a pair of `size` px crops as `Spotter.push` makes it (rigid fit
     with the eyes' weight, dense flow, the eyes held still, the texture weight, the regions'
     statistics with and without it) and one pair's flow (`motion.pair_flow`). Exercising
     the real calls compiles exactly the type signatures they use, which calling each kernel
-    with made-up arguments would not."""
+    with made-up arguments would not.
+
+    `part` compiles one half only: "flow" the dense flow, "signals" the rest (the same
+    calls with the flow stubbed out), so that two processes can share a first compile
+    (`mfvan warm-up --jobs 2`); each half's signatures are those of the whole."""
     from . import motion
 
-    spotter = Spotter()
-    spotter._setup(size)
-    spotter._last_ns = 0
+    if part not in (None, *PARTS):
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     rng = np.random.default_rng(0)
     ref = rng.random((size, size), dtype=np.float32) * 255
+    if part == "flow":
+        _flow.dense_flow(ref, np.roll(ref, 1, axis=1), SpotterParams().flow)
+        return
+    stub = (lambda a, b: np.zeros((*a.shape, 2), np.float32)) if part == "signals" else None
+    spotter = Spotter(flow_fn=stub)
+    spotter._setup(size)
+    spotter._last_ns = 0
     spotter._measure(ref, np.roll(ref, 1, axis=1))
     eyes = spotter._eye_weight > 0  # move the eyes: the measurement with them held still
     spotter._measure(ref, np.where(eyes, np.roll(ref, 3, axis=0), ref).astype(np.float32))
-    motion.pair_flow(ref.astype(np.uint8), np.roll(ref, 1, axis=0).astype(np.uint8))
+    if part is None:
+        motion.pair_flow(ref.astype(np.uint8), np.roll(ref, 1, axis=0).astype(np.uint8))
+    else:
+        a, b = ref.astype(np.uint8), np.roll(ref, 1, axis=0).astype(np.uint8)
+        a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
+        rigid = _signals.rigid_motion(a, b, _signals.roi_boxes(size, _signals.RIGID))
+        _signals.warp_halves(a, b, rigid)
 
 
 def compiled() -> dict:

@@ -666,3 +666,27 @@ def test_ready_only_once_compiled_and_a_second_start_compiles_nothing(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "nothing to compile" in out.stdout, out.stdout
+
+
+@pytest.mark.slow
+def test_warm_up_shares_a_first_compile_between_two_processes(tmp_path):
+    """`mfvan warm-up --jobs 2` on an empty cache compiles the dense flow in a helper
+    process and the rest in its own, and leaves nothing for a later start to compile."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+
+    def warm_up(*flags):
+        out = subprocess.run(
+            [sys.executable, "-m", "mfvan.deploy.cli", "warm-up", *flags],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert "compiled the spot stage's kernels in 2 processes" in warm_up("--jobs", "2")
+    assert "nothing to compile" in warm_up()

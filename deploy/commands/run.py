@@ -72,6 +72,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mfvan.deploy.supervisor import (
+        Child,
         RuntimeDir,
         Supervisor,
         is_ready,
@@ -89,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         children, events = plan(args, runtime)
         supervisor = Supervisor(children, metrics.restarts)
         recognizer = children[-1]
+        # the spot stage's kernels compiled once, beside the recognizer's loading, before
+        # any spot process starts (N of them would each compile them); quick when cached
+        warm = Child("warm-up", "all", ["warm-up"])
+        warm.start()
         recognizer.start()  # first, and waited for: loading a backend can take a while
         try:
             if not wait_ready(recognizer, timeout_s=180, stop=stop):
@@ -100,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                 return stage.EXIT_FATAL if code is not None else 1
+            while warm.poll() is None and not stop.wait(0.1):
+                pass
+            if warm.poll() not in (0, None):
+                stage.log.warning("run: mfvan warm-up failed; each spot stage compiles itself")
             for child in children[:-1]:
                 child.start()
             stage.log.info("run: %d stage processes; events on %s", len(children), events)
@@ -121,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                         )
         finally:
             stage.notify_systemd("STOPPING=1")
+            warm.stop()
             shutdown(children)
     if supervisor.failed:
         print(f"mfvan run: failed: {', '.join(supervisor.failed)}", file=sys.stderr)
