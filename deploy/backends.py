@@ -36,10 +36,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from mfvan.deploy.choices import BACKENDS, PRECISIONS
 from mfvan.model.mfvan import prepare_inputs
 
 log = logging.getLogger("mfvan.backends")
-PRECISIONS = ("fp32", "fp16")
+
 # Batch sizes engines are built and CUDA graphs captured for; a batch is padded up to the
 # next one (pairs are few: a padded batch costs less than a graph or engine per size).
 BATCH_SIZES = (1, 8, 32)
@@ -353,6 +354,8 @@ REGISTRY: dict[str, Entry] = {
     "triton": Entry(lambda m, o: TritonBackend(m, url=o.url), ("onnxruntime", "torch")),
 }
 NAMES = tuple(REGISTRY)
+if NAMES != BACKENDS:  # the command line offers `choices.BACKENDS`
+    raise ImportError(f"mfvan.deploy.choices.BACKENDS {BACKENDS} differs from the registry {NAMES}")
 
 
 def load_backend(name: str, model, options: Options | None = None, **kwargs) -> Backend:

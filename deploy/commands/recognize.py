@@ -15,7 +15,8 @@ HELP = "stage: classify pairs in batches, publish events"
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The recognizer's own flags: `mfvan run` offers them too and forwards them as given
     (`mfvan.deploy.supervisor.forwarded`)."""
-    from mfvan.deploy.backends import NAMES, PRECISIONS
+    from mfvan.deploy.choices import BACKENDS as NAMES
+    from mfvan.deploy.choices import PRECISIONS
 
     p.add_argument("--backend", choices=NAMES, default="onnxruntime")
     p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
