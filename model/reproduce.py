@@ -418,6 +418,8 @@ def write_results(
     first = runs[shipped_variant()]
     n, folds = first["pooled"]["n"], len(first["folds"])
     skipped = [name for name, *_ in VARIANTS if name not in runs]
+    # a resumed run folder that had every fold takes no time in this invocation
+    reused = [name for name, r in runs.items() if r.get("seconds", 60.0) < 30.0]
     calibration = meta.get("calibration", {})
     lines = [
         "# Results on SynthME",
@@ -427,6 +429,12 @@ def write_results(
         "`--matrix` the realistic sets of `mfvan spot-eval --sweep`) on the 2-core "
         "development VM "
         f"({machine}, no GPU) in {seconds / 60:.0f} minutes of wall time"
+        + (
+            f" (this invocation's; the rows {', '.join(reused)} were finished by an earlier "
+            "one and read back from their run folders)"
+            if reused
+            else ""
+        )
         + (
             f", with `--variants {' '.join(repr(n) for n in runs)}`: the rows "
             f"{', '.join(skipped)} were not run in this invocation (a `make reproduce` "
