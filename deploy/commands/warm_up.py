@@ -24,7 +24,8 @@ def add(p: argparse.ArgumentParser) -> None:
         "--jobs",
         type=positive(int),
         default=min(2, os.cpu_count() or 1),
-        help="processes sharing a first compile (1 or 2)",
+        help="2 or more: a first compile shared by two processes (the flow in one, the rest "
+        "in the other); 1: all in this one",
     )
     p.add_argument("--part", choices=("flow", "signals"), help=argparse.SUPPRESS)
 
