@@ -155,7 +155,7 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     from mfvan.stream.ingest import resolve
 
     base = args.metrics_base_port
-    per_spot = max(1, getattr(args, "streams_per_spot", 1) or 1)
+    per_spot = args.streams_per_spot
     urls = [resolve(source) for source in args.source]
     names = []
     for i, url in enumerate(urls):

@@ -352,14 +352,3 @@ def rigid_field(p, size: int) -> np.ndarray:
     return np.dstack([p[0] + p[2] * xr - p[3] * yr, p[1] + p[3] * xr + p[2] * yr]).astype(
         np.float32
     )
-
-
-def warm_up() -> None:
-    """Compile (or load from Numba's cache) every kernel here, outside any timing."""
-    flow = np.zeros((32, 32, 2), np.float32)
-    boxes = roi_boxes(32)
-    roi_stats(flow, boxes)
-    img = np.random.default_rng(0).random((32, 32), dtype=np.float32) * 255
-    p = rigid_motion(img, img, boxes)
-    warp_rigid(img, p)
-    warp_halves(img, img, p)

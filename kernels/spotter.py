@@ -1002,13 +1002,8 @@ def warm_up(size: int = 128, part: str | None = None) -> None:
     spotter._measure(ref, np.roll(ref, 1, axis=1))
     eyes = spotter._eye_weight > 0  # move the eyes: the measurement with them held still
     spotter._measure(ref, np.where(eyes, np.roll(ref, 3, axis=0), ref).astype(np.float32))
-    if part is None:
+    if part is None:  # its rigid fit and warp are `_measure`'s signatures, its flow too
         motion.pair_flow(ref.astype(np.uint8), np.roll(ref, 1, axis=0).astype(np.uint8))
-    else:
-        a, b = ref.astype(np.uint8), np.roll(ref, 1, axis=0).astype(np.uint8)
-        a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
-        rigid = _signals.rigid_motion(a, b, _signals.roi_boxes(size, _signals.RIGID))
-        _signals.warp_halves(a, b, rigid)
 
 
 def compiled() -> dict:

@@ -327,7 +327,9 @@ def decode(frames) -> Message:
         names.append(name)
     _check_header(kind, header)
     _check_buffers(kind, shapes, names)
-    arrays = [_array(f, *sd) for f, *sd in zip(frames[2:], shapes, names, strict=True)]
+    arrays = [
+        _array(f, shape, name) for f, shape, name in zip(frames[2:], shapes, names, strict=True)
+    ]
     if SCHEMAS[kind].flow and len(arrays) == 3:
         _check_flow(kind, arrays[2])
     for key in RESERVED:  # the header is ours (just unpacked): what is left are the fields

@@ -10,6 +10,8 @@ HELP = "measure speed, side by side with a reference"
 
 
 def add(p: argparse.ArgumentParser) -> None:
+    from mfvan.deploy.stage import positive
+
     what = p.add_subparsers(dest="target", metavar="TARGET", required=True)
     model = what.add_parser(
         "model",
@@ -96,7 +98,10 @@ def add(p: argparse.ArgumentParser) -> None:
         "--max-streams)",
     )
     pipeline.add_argument(
-        "--streams-per-spot", type=int, default=1, help="streams one spot process serves"
+        "--streams-per-spot",
+        type=positive(int),
+        default=1,
+        help="streams one spot process serves",
     )
     pipeline.add_argument(
         "--data",
