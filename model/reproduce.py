@@ -94,9 +94,11 @@ def _run_variant(
     prepared = _prepared(Path(data), Path(cache))
     cfg = replace(prepared.cfg, motion=motion)
     start = time.perf_counter()
+    folds_before = len(list((Path(out) / "folds").glob("*.json")))  # a resumed run's
     run_loso(kind, cfg, prepared.pairs, _preset(epochs), Path(out), ablation, progress=False)
     summary = write_report(Path(out))
     summary["seconds"] = time.perf_counter() - start
+    summary["reused"] = folds_before == len(summary["folds"])  # finished by an earlier run
     return summary
 
 
@@ -418,8 +420,7 @@ def write_results(
     first = runs[shipped_variant()]
     n, folds = first["pooled"]["n"], len(first["folds"])
     skipped = [name for name, *_ in VARIANTS if name not in runs]
-    # a resumed run folder that had every fold takes no time in this invocation
-    reused = [name for name, r in runs.items() if r.get("seconds", 60.0) < 30.0]
+    reused = [name for name, r in runs.items() if r.get("reused")]
     calibration = meta.get("calibration", {})
     lines = [
         "# Results on SynthME",
