@@ -177,6 +177,8 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
         for i in served:
             argv += ["--in", f"ipc://{runtime}/frames-{i}.ipc"]
         argv += ["--out", pairs, "--metrics-port", str(base + 2 * first + 1)]
+        if getattr(args, "measure_hz", None) is not None:
+            argv += ["--measure-hz", f"{args.measure_hz:g}"]
         streams = tuple(names[i] for i in served)
         spots.append(Child("spot", "+".join(streams), argv, streams=streams))
     children = []  # each stream's ingest, then its spot process once it serves them all

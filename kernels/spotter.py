@@ -160,6 +160,15 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       photographic H.264 CRF 23 at 200 fps F1 0.725 to 0.774 (false spots 6.79 to 4.26
       per minute), at 30 fps 0.790 to 0.815 (3.32 to 2.84); parametric FFV1 at 200 fps
       0.888 to 0.876 (the longer `min_duration_s`).
+   i. The signal's rate (`measure_hz`, 100 Hz by default): every frame is cropped,
+      denoised (1a) and kept (references, the pairs' crops), but the signal is measured
+      (rigid fit, flow, regions: nine tenths of a frame's cost) at most `measure_hz`
+      times a second of media time, so a 200 fps stream is compared every other frame and
+      a 30 or 60 fps one at every frame. A micro-expression rises for 40 ms or more: four
+      or more samples at 100 Hz, and the 30 fps cells, one sample per 33 ms, spot as well
+      as the 200 fps ones. A frame is measured when at least three quarters of a period
+      has passed since the last one (a 120 fps stream is measured at every frame, 240
+      fps at every other). 0 measures every frame.
 2. Echo. `lag_s` later the expression is in the reference frame instead, and the same
    motion shows again, mirrored. A comparison whose reference falls inside an interval
    already seen (detected, or refused as too long or too large: real motion) is not
@@ -388,6 +397,7 @@ class SpotterParams:
     still_eyes_px: float = 0.35  # eyes moving more than this: regions measured eyes held still
     confidence: bool = True  # each pixel's flow weighted by the reference's texture (1f)
     gop_reference: bool = True  # a key frame restarts the reference, as a stream's start (1h)
+    measure_hz: float = 100.0  # the signal is measured at most this often (1i; 0: every frame)
     flow: _flow.FlowParams = field(default_factory=_flow.FlowParams)
 
 
@@ -452,6 +462,8 @@ class Spotter:
         self._count = 0  # samples in the noise estimate (step 1g)
         self._history: deque[_Sample] = deque()  # the recent frames' signal
         self._prev_ns = 0
+        self._measured_ns = None  # the last frame that passed the rate gate (1i)
+        self._gate_ns = None  # the one before it (a frame at rest's weight, 1b)
         self._falling_since = 0
         self._last_ns = None
         self._candidate: _Candidate | None = None
@@ -480,6 +492,7 @@ class Spotter:
         self._candidate = None
         self._falling = None
         self._tex = None
+        self._measured_ns = self._gate_ns = None
 
     def state_size(self) -> int:
         """Frames held now (bounded by the stream's rate times lag + max duration)."""
@@ -544,6 +557,13 @@ class Spotter:
             self._history.popleft()
         while self._blinks and self._blinks[0] < timestamp_ns - keep_ns:
             self._blinks.popleft()
+        if (
+            p.measure_hz
+            and self._measured_ns is not None
+            and timestamp_ns - self._measured_ns < 0.75e9 / p.measure_hz
+        ):
+            return []  # kept, not measured (step 1i)
+        self._gate_ns, self._measured_ns = self._measured_ns, timestamp_ns
         reference, clear = self._reference_open(timestamp_ns - lag_ns)
         if reference is None and timestamp_ns - self._buffer[0].ns >= p.min_lag_s * 1e9:
             # the stream's (or the segment's) first lag_s: its first frame (step 1g)
@@ -739,9 +759,10 @@ class Spotter:
         exponential means over `noise_window_s`, of samples clipped at mean + 3 deviations
         (an expression that slipped under the threshold barely moves them)."""
         floors = self._floors[gop]
-        # one frame's weight: the time since the frame before, however long this state
-        # was out of use (the other GOP state's frames, an open interval)
-        dt = (ns - self._buffer[-2].ns) * 1e-9 if len(self._buffer) > 1 else 0.0
+        # one frame's weight: the time since the frame before (the one measured before,
+        # 1i), however long this state was out of use (the other GOP state's frames, an
+        # open interval)
+        dt = (ns - self._gate_ns) * 1e-9 if self._gate_ns is not None else 0.0
         if floors is None:
             self._floors[gop] = (main.copy(), np.full_like(main, 0.2 * float(main.mean())), 1)
             return

@@ -215,11 +215,11 @@ def test_a_new_streams_noise_estimates_are_plain_means_until_their_window_fills(
     spotter._setup(128)
     n = len(spotter._signal_names)
     for k, x in enumerate((0.10, 0.12, 0.14, 0.12)):
-        spotter._buffer.append(_Frame(k, 5 * ms * k, None, None, False))
+        spotter._gate_ns = 5 * ms * (k - 1) if k else None  # the frame measured before
         spotter._update_floors(np.full(n, x, np.float32), 0, 5 * ms * k)
     assert spotter._floors[0][0] == pytest.approx(np.full(n, 0.12), abs=1e-6)
     spotter._floors[0] = (*spotter._floors[0][:2], 400)  # a full window (2 s at 200 fps) since
-    spotter._buffer.append(_Frame(4, 20 * ms, None, None, False))
+    spotter._gate_ns = 15 * ms
     spotter._update_floors(np.full(n, 0.13, np.float32), 0, 20 * ms)
     assert spotter._floors[0][0] == pytest.approx(np.full(n, 0.12 + 0.01 * 0.0025), abs=1e-6)
 
@@ -231,13 +231,10 @@ def test_a_floor_state_away_for_a_while_moves_by_one_frames_weight():
     spotter = Spotter(SpotterParams(fast_start=False))
     spotter._setup(128)
     n = len(spotter._signal_names)
-    spotter._buffer.append(_Frame(0, 0, None, None, False))
     spotter._update_floors(np.full(n, 0.1, np.float32), 1, 0)
     start = spotter._floors[1][0].copy()
     second = 1_000_000_000
-    spotter._buffer.extend(
-        [_Frame(200, second, None, None, True), _Frame(201, second + 5_000_000, None, None, False)]
-    )
+    spotter._gate_ns = second  # the frame before (the other state's, since 0 s)
     spotter._update_floors(np.full(n, 0.5, np.float32), 1, second + 5_000_000)
     moved = spotter._floors[1][0] - start
     # one frame (5 ms) of a 2 s window, of a sample clipped at mean + 3 deviations
@@ -285,6 +282,25 @@ def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
     spotter._blinks.clear()
     spotter._keys = len(spotter._buffer)
     assert spotter._gop_reference(1170 * ms) is None, "every frame a key frame (FFV1)"
+
+
+@pytest.mark.parametrize(("fps", "hz", "measured"), [(200, 100, 100), (200, 0, 200), (30, 100, 30)])
+def test_the_signal_is_measured_at_most_measure_hz_times_a_second(face, fps, hz, measured):
+    """Step 1i: every frame is kept, but the flow runs at most `measure_hz` times a
+    second of media time: every other frame at 200 fps, every frame at 30 fps."""
+    calls = []
+
+    def flow(a, b):
+        calls.append(1)
+        return np.zeros((*a.shape, 2), np.float32)
+
+    spotter = Spotter(SpotterParams(measure_hz=hz), flow_fn=flow)
+    period = int(1e9 / fps)
+    for i in range(2 * fps):  # 2 s; the first min_lag_s has no reference to compare with
+        spotter.push(face, i, i * period)
+    first = int(np.ceil(spotter.params.min_lag_s * fps))
+    assert len(spotter._buffer) > 0.8 * (spotter.params.lag_s + spotter.params.max_duration_s) * fps
+    assert abs(len(calls) - measured * (2 - first / fps)) <= 1, len(calls)
 
 
 # ----------------------------------------------------------------------------- the spotter

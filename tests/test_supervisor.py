@@ -5,6 +5,7 @@ The same supervisor with real processes: tests/test_run.py."""
 from pathlib import Path
 
 from mfvan.deploy.cli import build_parser
+from mfvan.deploy.stage import spotter_params
 from mfvan.deploy.supervisor import Backoff, Child, Supervisor, plan
 from mfvan.stream.metrics import Metrics
 
@@ -208,6 +209,21 @@ def test_streams_per_spot_plans_shared_spot_processes_on_the_same_ports():
     outs = [c.argv[c.argv.index("--out") + 1] for c in ingests]
     ins = [c.argv[j + 1] for c in spots for j, a in enumerate(c.argv) if a == "--in"]
     assert sorted(outs) == sorted(ins)
+    assert all("--measure-hz" not in c.argv for c in children)  # the spotter's own default
+
+
+def test_measure_hz_reaches_every_spot_process_and_parses_back():
+    args = build_parser().parse_args(
+        ["run", "--measure-hz", "0", "--source", "synth://?seed=1", "--source", "synth://"]
+    )
+    children, _ = plan(args, Path("/run/x"))
+    spots = [c for c in children if c.stage == "spot"]
+    assert len(spots) == 2
+    for spot in spots:
+        parsed = build_parser().parse_args(spot.argv)
+        assert parsed.measure_hz == 0.0
+        assert spotter_params(parsed).measure_hz == 0.0
+    assert spotter_params(build_parser().parse_args(spots[0].argv[:-2])) is None
 
 
 def test_a_shared_spot_process_outlives_one_failed_stream_and_its_fatal_exit_fails_all():

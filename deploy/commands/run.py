@@ -48,6 +48,7 @@ def add(p: argparse.ArgumentParser) -> None:
         "then need ceil(N / K) spot processes, not N; a killed shared one is restarted and "
         "all its streams resume",
     )
+    stage.add_measure_hz(p)  # forwarded to every spot process
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
     add_model_options(p)  # the recognizer's, forwarded to it as given

@@ -16,6 +16,7 @@ def add(p: argparse.ArgumentParser) -> None:
     stage.add_security(p)
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["spot"])
     stage.add_stream_limits(p, most=64, idle_s=60.0, what="frames")
+    stage.add_measure_hz(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,4 +40,5 @@ def run(args: argparse.Namespace) -> int:
         keys=args.keys,
         max_streams=args.max_streams,
         idle_s=args.idle_s,
+        params=stage.spotter_params(args),
     )

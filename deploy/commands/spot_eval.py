@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mfvan.deploy import stage
+
 HELP = "spot and recognize micro-expressions in long videos; score them (MEGC, STRS)"
 
 
@@ -48,6 +50,7 @@ def add(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score spotting only (no recognizer, no STRS)",
     )
+    stage.add_measure_hz(p)
     p.add_argument("--quick", action="store_true", help="with --sweep: the headline cells only")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.add_argument("--docs", type=Path, help="with --sweep: write the results as a Markdown page")
@@ -78,6 +81,13 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None and not args.sweep:
         print("mfvan spot-eval: give --data DIR, or --sweep", file=sys.stderr)
         return 2
+    if args.sweep and args.measure_hz is not None:
+        print(
+            "mfvan spot-eval: --measure-hz is for --data (the sweep's cells are kept with the "
+            "spotter's defaults)",
+            file=sys.stderr,
+        )
+        return 2
     if args.data is not None:
         try:
             spotting.check_layout(args.data)
@@ -85,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             result = spotting.evaluate(
                 args.data,
                 args.out,
+                params=stage.spotter_params(args),
                 workers=args.workers,
                 classify=recognizer.get("classify"),
                 classes=recognizer.get("classes"),
