@@ -205,7 +205,7 @@ def test_the_luma_plane_is_exactly_ffmpegs_grey_for_padded_frames(tmp_path, pix_
     """`decoded_grey` reads the decoder's luma plane (stretched from 16-235 for
     limited-range video) instead of converting with swscale, and must give the same pixels.
     nv12 is what hardware decoders give: the decoded frames are converted to it."""
-    from mfvan.kernels.facespot import decoded_grey, luma_plane
+    from mfvan.kernels.facespot import LIMITED_TO_FULL, decoded_grey, limited_to_full, luma_plane
 
     path = tmp_path / f"{pix_fmt}.mp4"
     _noisy_h264(path, "yuv420p" if pix_fmt == "nv12" else pix_fmt)
@@ -221,6 +221,8 @@ def test_the_luma_plane_is_exactly_ffmpegs_grey_for_padded_frames(tmp_path, pix_
         assert grey.shape == reference.shape == (480, 632) and grey.dtype == np.uint8
         np.testing.assert_array_equal(grey, reference)
         assert np.unique(luma_plane(frame)).size > 200  # the values the table maps all occur
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16)  # the stretch, value by value
+    np.testing.assert_array_equal(limited_to_full(every), LIMITED_TO_FULL[every])
     if pix_fmt == "yuvj420p":  # full range: the decoder's own memory, no copy
         assert np.shares_memory(decoded_grey(frames[0]), luma_plane(frames[0]))
     if pix_fmt == "yuv420p":  # a yuv420p stream flagged full-range is not stretched
