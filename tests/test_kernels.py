@@ -546,7 +546,7 @@ def test_a_tracker_without_a_thread_on_the_live_schedule_gives_the_live_crops():
             crop = tracker.update(grey, f.timestamp_ns)
             crops[name].append(None if crop is None else crop.apply(grey))
     first = [next(i for i, c in enumerate(crops[n]) if c is not None) for n in crops]
-    assert first[0] == first[1] == round(0.025 * 200) and first[2] == 0
+    assert first[0] == first[1] == round(live.detect_delay_ns / 5e6) > 0 and first[2] == 0
     for a, b in zip(crops["live"], crops["offline"], strict=True):
         assert (a is None and b is None) or np.array_equal(a, b)
 
