@@ -71,3 +71,36 @@ def test_the_end_to_end_run_takes_h264_cameras_over_rtsp(tmp_path):
         assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 640, 480)
     report = bp.format_pipeline_report(r)
     assert "over RTSP" in report and "2 stream(s) per spot process" in report
+
+
+def _run(streams, kept_up, p99):
+    return {
+        "streams": streams,
+        "fps": 30.0,
+        "window_s": 20.0,
+        "events": 10,
+        "p50_ms": 20.0,
+        "p99_ms": p99,
+        "max_ms": p99,
+        "apex_p50_ms": 90.0,
+        "min_fps": 29.9 if kept_up else 25.0,
+        "dropped": 0 if kept_up else 40,
+        "restarts": 0,
+        "kept_up": kept_up,
+        "sustained": kept_up and p99 <= bp.GOAL_P99_MS,
+        "cores": {"ingest": 0.1 * streams, "spot": 0.3 * streams, "recognize": 0.05},
+    }
+
+
+def test_the_report_tells_streams_kept_up_with_from_streams_within_the_latency_goal():
+    runs = [_run(2, True, 30.0), _run(4, True, 80.0), _run(6, False, 400.0)]
+    r = {"machine": "m", "cores": 2, "backend": "b", "source": "rtsp", "runs": runs}
+    last = bp.format_pipeline_report(r).splitlines()[-1]
+    assert "keeps up with (no drops, >= 98% of the rate): 4;" in last
+    assert last.endswith("sustains (p99 <= 50 ms as well): 2")
+
+
+def test_transport_only_starts_no_camera(tmp_path):
+    r = bp.bench_pipeline(max_streams=0, rounds=0, source="rtsp", data=tmp_path / "cams")
+    assert r["runs"] == [] and r["transport"] is None
+    assert not (tmp_path / "cams").exists(), "no camera file made, no RTSP server started"

@@ -30,9 +30,11 @@ events that arrive in it give the latency from the capture of the frame that con
 apex (`t_capture`) to the event's arrival at the subscriber, and the stages' `/metrics`,
 scraped at the window's start and end, give frames captured, frames dropped (any stage,
 any reason) and restarts; /proc gives each stage's CPU time. A run of N streams is
-sustained when no frame was dropped, every stream ran at its frame rate (98% or more), and
-the p99 latency met the goal (50 ms). The runs go through the stream counts given, in
-order, until one is not sustained.
+kept up with when no frame was dropped, no stage restarted and every stream ran at its
+frame rate (98% or more), and sustained when the p99 latency met the goal (50 ms) as well.
+The runs go through the stream counts given, in order, until one is not kept up with (a
+count kept up with but above the latency goal is a box's capacity with more latency: the
+report gives both).
 """
 
 from __future__ import annotations
@@ -296,14 +298,8 @@ def run_end_to_end(
     p50, p99 = np.percentile(latency, [50, 99]) if latency else (float("nan"),) * 2
     dropped = after["dropped"] - before["dropped"]
     restarts = after["restarts"] - before["restarts"]
-    sustained = (
-        dropped == 0
-        and restarts == 0
-        and len(rates) == streams
-        and min(rates) >= 0.98 * fps
-        and bool(latency)
-        and p99 <= GOAL_P99_MS
-    )
+    kept_up = dropped == 0 and restarts == 0 and len(rates) == streams and min(rates) >= 0.98 * fps
+    sustained = kept_up and bool(latency) and p99 <= GOAL_P99_MS
     return {
         "streams": streams,
         "streams_per_spot": streams_per_spot,
@@ -317,6 +313,7 @@ def run_end_to_end(
         "min_fps": min(rates) if rates else 0.0,
         "dropped": dropped,
         "restarts": restarts,
+        "kept_up": kept_up,
         "sustained": sustained,
         "latency_ms": latency,  # each event's, in arrival order (for the plots)
         "arrival_s": arrivals,
@@ -340,7 +337,7 @@ def bench_pipeline(
     base_port: int = 9301,
 ) -> dict:
     """The transport comparison, then `mfvan run` with each number of cameras in `counts`
-    (default 1 to `max_streams`) until one is not sustained. `source`: the kind of camera
+    (default 1 to `max_streams`) until one is not kept up with. `source`: the kind of camera
     (`SOURCES`); the H.264 files are made once under `data`."""
     from contextlib import nullcontext
 
@@ -375,7 +372,7 @@ def bench_pipeline(
                     realtime=source == "file",
                 )
             )
-            if not runs[-1]["sustained"]:
+            if not runs[-1]["kept_up"]:
                 break
     return {
         "machine": cpu_name(),
@@ -406,13 +403,15 @@ def format_pipeline_report(r: dict) -> str:
         "of the frame that confirmed the apex to the event at a subscriber (goal p99 <= "
         f"{GOAL_P99_MS:g} ms, no drops)",
         f"{'streams':>7}{'window s':>10}{'events':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-        f"{'apex->event p50':>17}{'min fps':>9}{'dropped':>9}{'restarts':>9}  sustained",
+        f"{'apex->event p50':>17}{'min fps':>9}{'dropped':>9}{'restarts':>9}  kept up  "
+        "sustained",
     ]
     for run in r["runs"]:
         lines.append(
             f"{run['streams']:>7}{run['window_s']:>10.0f}{run['events']:>8}{run['p50_ms']:>8.1f}"
             f"{run['p99_ms']:>8.1f}{run['max_ms']:>8.1f}{run['apex_p50_ms']:>17.0f}"
             f"{run['min_fps']:>9.1f}{run['dropped']:>9.0f}{run['restarts']:>9.0f}  "
+            f"{'yes' if run.get('kept_up', run['sustained']) else 'no':<9}"
             f"{'yes' if run['sustained'] else 'no'}"
         )
     lines.append("cores busy per stream (ingest, spot: all streams' processes together / N):")
@@ -426,8 +425,12 @@ def format_pipeline_report(r: dict) -> str:
             f"recognize {c.get('recognize', 0):.2f} in all"
         )
     ok = [run["streams"] for run in r["runs"] if run["sustained"]]
+    kept = [run["streams"] for run in r["runs"] if run.get("kept_up", run["sustained"])]
+    fps = f"{r['runs'][0]['fps']:g}"
     lines.append(
-        f"streams at {r['runs'][0]['fps']:g} fps this box sustains: {max(ok) if ok else 0}"
+        f"streams at {fps} fps this box keeps up with (no drops, >= 98% of the rate): "
+        f"{max(kept) if kept else 0}; sustains (p99 <= {GOAL_P99_MS:g} ms as well): "
+        f"{max(ok) if ok else 0}"
     )
     return "\n".join(lines)
 

@@ -94,7 +94,7 @@ def add(p: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         metavar="N",
-        help="the stream counts to run, in order, until one is not sustained (default: 1 to "
+        help="the stream counts to run, in order, until one is not kept up with (default: 1 to "
         "--max-streams)",
     )
     pipeline.add_argument(
