@@ -218,7 +218,7 @@ def add_measure_hz(p: argparse.ArgumentParser) -> None:
         type=not_negative(float),
         help="measure the spotting signal at most this often per second of video (default: "
         "the spotter's, 100: every other frame at 200 fps, every frame at 30 or 60; 0: every "
-        "frame, about 1.6 times the CPU at 200 fps)",
+        "frame, twice the flow at 200 fps)",
     )
 
 
