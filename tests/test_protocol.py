@@ -241,3 +241,21 @@ def test_encode_refuses_what_cannot_be_decoded():
         protocol.encode("frame", "cam1", 0, buffers=[])
     with pytest.raises(ValueError, match="cannot be sent"):
         protocol.encode("frame", "cam1", 0, [np.array(["a"], dtype=object)])
+
+
+def test_a_send_that_waits_keeps_nothing_of_its_socket():
+    """The wait for room polls the socket without keeping a poller of it anywhere: a
+    closed socket is freed (a cached `zmq.Poller` held every socket ever waited on, and a
+    socket left open that way would have blocked its context's `term`)."""
+    import gc
+    import weakref
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)  # no peer: no room
+    alive = weakref.ref(sock)
+    assert not protocol.send(sock, "eos", "cam", 0, wait_ms=20)
+    sock.close(linger=0)
+    del sock
+    gc.collect()
+    assert alive() is None
+    ctx.term()
