@@ -256,9 +256,10 @@ def _check_header(kind: str, header: dict) -> None:
             raise Malformed("schema", f"label {header['label']!r:.40} is not one of the classes")
 
 
-@functools.lru_cache(maxsize=256)  # a stream sends the same shapes again and again: 0.2 us
-def _check_buffers(kind: str, shapes: tuple, dtypes: tuple) -> None:  # instead of 2.4
-    """Raises Malformed (which is not cached) when `kind` cannot have these buffers."""
+@functools.lru_cache(maxsize=256)
+def _check_buffers(kind: str, shapes: tuple, dtypes: tuple) -> None:
+    """Raises Malformed (which is not cached) when `kind` cannot have these buffers.
+    Cached: a stream sends the same shapes again and again (0.2 us a hit, 2.4 a check)."""
     schema = SCHEMAS[kind]
     if len(shapes) not in schema.buffers:
         raise Malformed("schema", f"a {kind} has {len(shapes)} buffers, not {schema.buffers}")

@@ -414,6 +414,8 @@ def run_spot(
         _dial(pull, inputs, keys)
         guard = _serve(ctx, push, out, keys, metrics, "spot")
         metrics.ready.set()
+        transit = metrics.transit.labels("spot")  # bound once, as the per-stream series
+        seconds = metrics.stage_seconds.labels("spot")
         next_expiry = time.monotonic() + 1.0
         for frames in _poll_loop(pull, stop):
             if frames is None or time.monotonic() >= next_expiry:  # idle streams go
@@ -434,7 +436,7 @@ def run_spot(
                 )
                 continue
             if "t_ingest" in msg.fields:
-                metrics.transit.labels("spot").observe((started - msg.fields["t_ingest"]) / 1e9)
+                transit.observe((started - msg.fields["t_ingest"]) / 1e9)
             for pair in pairs:
                 pair.t_spot = time.time_ns()
                 # pairs are rare and precious: wait a little for a slow recognizer
@@ -442,7 +444,7 @@ def run_spot(
                     metrics.frames_out.labels("spot", pair.stream).inc()
                 else:
                     metrics.dropped.labels("spot", pair.stream, "hwm").inc()
-            metrics.stage_seconds.labels("spot").observe((time.time_ns() - started) / 1e9)
+            seconds.observe((time.time_ns() - started) / 1e9)
     finally:
         _unguard(guard)
         pull.close()
