@@ -128,7 +128,9 @@ class Subscription:
             self.socket.curve_secretkey = curve["secret"]
             self.socket.curve_serverkey = curve["server"]
             self._monitor = self.socket.get_monitor_socket(_REFUSALS)
-        self.socket.setsockopt(zmq.SUBSCRIBE, stream.encode() if stream else b"")
+        # the topic ends the id (`cam1` is not `cam10`), and events are checked again below
+        self.socket.setsockopt(zmq.SUBSCRIBE, protocol.topic(stream) if stream else b"")
+        self.stream = stream
         try:
             security.connect(self.socket, endpoint)
         except security.EndpointError:
@@ -159,7 +161,7 @@ class Subscription:
                 continue
             try:
                 msg = protocol.recv(self.socket, zmq.NOBLOCK)
-                if msg.kind != "event":
+                if msg.kind != "event" or (self.stream and msg.stream != self.stream):
                     continue
                 event = to_event(msg)
             except protocol.Malformed:

@@ -1,7 +1,10 @@
 """The wire protocol between mfvan's stages: multipart ZeroMQ messages
 `[topic, header, *buffers]`.
 
-- topic: the stream id, UTF-8 bytes, so a SUB socket can subscribe to one camera.
+- topic: the stream id, UTF-8 bytes, then a NUL byte (`topic(stream)`), so a SUB socket
+  subscribes to one camera exactly: ZeroMQ matches topics by prefix, and without the
+  terminator a subscription to `cam1` also received `cam10` and `cam1-0`. (Version 2;
+  version 1 sent the bare id.) A stream id holds no NUL.
 - header: a msgpack map, versioned: `v` (VERSION), `kind` (frame | pair | event | eos),
   `stream` (equal to the topic), `seq` (per stream and kind, from 0), `buffers` (for each
   buffer its `shape`, `dtype` and pixel `format`), and any other fields a stage adds:
@@ -36,7 +39,7 @@ import msgpack
 import numpy as np
 import zmq
 
-VERSION = 1
+VERSION = 2
 KINDS = ("frame", "pair", "event", "eos")
 DTYPES = ("uint8", "uint16", "float16", "float32", "float64", "int32", "int64")
 RESERVED = ("v", "kind", "stream", "seq", "buffers")
@@ -91,11 +94,18 @@ def encode(kind: str, stream: str, seq: int, arrays=(), formats=None, **fields) 
     header = {"v": VERSION, "kind": kind, "stream": stream, "seq": int(seq), "buffers": specs}
     header.update(fields)
     # what the receiver would refuse is refused here, with the same words
+    _check_stream(stream)
     _check_header(kind, header)
     _check_buffers(kind, tuple(shapes), tuple(names))
     if SCHEMAS[kind].flow and len(buffers) == 3:
         _check_flow(kind, buffers[2])
-    return [stream.encode(), msgpack.packb(header, use_bin_type=True), *buffers]
+    return [topic(stream), msgpack.packb(header, use_bin_type=True), *buffers]
+
+
+def topic(stream: str) -> bytes:
+    """The topic frame of `stream`'s messages, and what a SUB socket subscribes to for
+    exactly that stream."""
+    return stream.encode() + b"\0"
 
 
 def send(
@@ -241,6 +251,13 @@ SCHEMAS = {
 }
 
 
+def _check_stream(stream) -> None:
+    if type(stream) is not str or not 0 < len(stream) <= MAX_STREAM_ID or "\0" in stream:
+        raise Malformed(
+            "schema", f"stream id {stream!r:.40} is not 1-{MAX_STREAM_ID} characters without NUL"
+        )
+
+
 def _check_header(kind: str, header: dict) -> None:
     schema = SCHEMAS[kind]
     missing = [k for k in schema.required if k not in header]
@@ -296,7 +313,7 @@ def decode(frames) -> Message:
     whole message of ours."""
     if len(frames) < 2:
         raise Malformed("malformed", f"{len(frames)} frame(s), need at least topic and header")
-    topic, raw = _bytes(frames[0]), _bytes(frames[1])
+    topic_frame, raw = _bytes(frames[0]), _bytes(frames[1])
     if len(raw) > MAX_HEADER:
         raise Malformed("malformed", f"header of {len(raw)} bytes, at most {MAX_HEADER}")
     try:
@@ -313,9 +330,8 @@ def decode(frames) -> Message:
     if header["kind"] not in KINDS:
         raise Malformed("malformed", f"unknown kind {header['kind']!r}")
     stream, seq, kind = header["stream"], header["seq"], header["kind"]
-    if type(stream) is not str or not 0 < len(stream) <= MAX_STREAM_ID:
-        raise Malformed("schema", f"stream id {stream!r:.40} is not 1-{MAX_STREAM_ID} characters")
-    if topic != stream.encode():
+    _check_stream(stream)
+    if topic_frame != topic(stream):
         raise Malformed("malformed", "topic and header stream differ")
     if not _int(seq) or seq < 0:
         raise Malformed("schema", f"seq {seq!r:.40} is not a count")

@@ -74,37 +74,48 @@ def test_the_flow_bound_is_the_kernels_bound():
     assert protocol.MAX_FLOW == MAX_FLOW
 
 
-def test_a_subscriber_can_filter_by_stream():
+def test_a_subscription_to_a_stream_gets_that_stream_only():
+    """ZeroMQ matches topics by prefix: `cam1` must not receive `cam10` nor `cam1-0`."""
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     sub = ctx.socket(zmq.SUB)
     sub.connect(f"tcp://127.0.0.1:{port}")
-    sub.setsockopt(zmq.SUBSCRIBE, b"cam2")
+    sub.setsockopt(zmq.SUBSCRIBE, protocol.topic("cam1"))
     sub.setsockopt(zmq.RCVTIMEO, 200)
     try:
         got = []
         for seq in range(50):  # until the subscription has reached the publisher
-            protocol.send(pub, "eos", "cam1", seq)
-            protocol.send(pub, "eos", "cam2", seq)
+            for stream in ("cam10", "cam1-0", "cam", "cam1", "cam2"):
+                protocol.send(pub, "eos", stream, seq)
             try:
-                got.append(protocol.recv(sub))
+                while True:
+                    got.append(protocol.recv(sub, zmq.NOBLOCK if got else 0))
             except zmq.Again:
                 pass
             if len(got) >= 3:
                 break
-        assert got and {m.stream for m in got} == {"cam2"}
+        assert len(got) >= 3 and {m.stream for m in got} == {"cam1"}
     finally:
         pub.close(linger=0)
         sub.close(linger=0)
         ctx.term()
 
 
+def test_a_stream_id_with_nul_is_refused():
+    with pytest.raises(protocol.Malformed, match="without NUL"):
+        protocol.encode("eos", "cam\0", 0)
+    frames = protocol.encode("eos", "cam1", 0)
+    frames[0] = b"cam1"  # version 1's bare topic
+    with pytest.raises(protocol.Malformed, match="topic"):
+        protocol.decode(frames)
+
+
 DROP = object()  # a _header field to leave out
 
 
 def _header(**changes):
-    header = {"v": 1, "kind": "eos", "stream": "cam1", "seq": 0, "buffers": []}
+    header = {"v": protocol.VERSION, "kind": "eos", "stream": "cam1", "seq": 0, "buffers": []}
     header.update(changes)
     return msgpack.packb({k: v for k, v in header.items() if v is not DROP})
 
@@ -118,7 +129,7 @@ def _image(shape, dtype="uint8"):
 def _frame(*shapes, dtype="uint8", **fields):
     """A frame message with images of `shapes` (one, for a legal frame)."""
     specs, buffers = zip(*(_image(s, dtype) for s in shapes), strict=True)
-    return [b"cam1", _header(kind="frame", buffers=list(specs), **fields), *buffers]
+    return [b"cam1\0", _header(kind="frame", buffers=list(specs), **fields), *buffers]
 
 
 def _event(**fields):
@@ -126,13 +137,13 @@ def _event(**fields):
     header = _header(
         kind="event", onset=1, apex=2, offset=3, label="x", model="m", confidence=0.5, **fields
     )
-    return [b"cam1", header]
+    return [b"cam1\0", header]
 
 
 def _pair(*shapes, **fields):
     specs, buffers = zip(*(_image(s) for s in shapes), strict=True)
     header = _header(kind="pair", buffers=list(specs), onset=1, apex=2, offset=3, **fields)
-    return [b"cam1", header, *buffers]
+    return [b"cam1\0", header, *buffers]
 
 
 def _pair_with_flow(shape, dtype="float16", value=0.0):
@@ -142,31 +153,31 @@ def _pair_with_flow(shape, dtype="float16", value=0.0):
     flow = np.full(shape, value, dtype)
     spec = {"shape": list(shape), "dtype": dtype, "format": "flow"}
     header = _header(kind="pair", buffers=[*specs, spec], onset=1, apex=2, offset=3)
-    return [b"cam1", header, *buffers, flow.tobytes()]
+    return [b"cam1\0", header, *buffers, flow.tobytes()]
 
 
 @pytest.mark.parametrize(
     "frames, reason, words",
     [
         ([b"cam1"], "malformed", "at least topic and header"),
-        ([b"cam1", b"\xc1\xff not msgpack"], "malformed", "not msgpack"),
-        ([b"cam1", msgpack.packb([1, 2])], "malformed", "not a map"),
-        ([b"cam1", _header(v=2)], "version", "version 2"),
-        ([b"cam1", _header(seq=DROP)], "malformed", "lacks ['seq']"),
-        ([b"cam1", _header(kind="video")], "malformed", "unknown kind"),
+        ([b"cam1\0", b"\xc1\xff not msgpack"], "malformed", "not msgpack"),
+        ([b"cam1\0", msgpack.packb([1, 2])], "malformed", "not a map"),
+        ([b"cam1\0", _header(v=1)], "version", "version 1"),
+        ([b"cam1\0", _header(seq=DROP)], "malformed", "lacks ['seq']"),
+        ([b"cam1\0", _header(kind="video")], "malformed", "unknown kind"),
         ([b"cam9", _header()], "malformed", "topic and header stream differ"),
-        ([b"cam1", _header(), b"extra"], "malformed", "buffers"),
+        ([b"cam1\0", _header(), b"extra"], "malformed", "buffers"),
         (
-            [b"cam1", _header(kind="frame", buffers=[_image((16, 16))[0]]), b"x"],
+            [b"cam1\0", _header(kind="frame", buffers=[_image((16, 16))[0]]), b"x"],
             "malformed",
             "buffer of 1 bytes for shape (16, 16)",
         ),
         # well-formed headers whose fields or images a stage cannot take (each once
         # crashed a stage or a subscriber)
-        ([b"cam1", _header(seq="abc")], "schema", "seq 'abc' is not a count"),
-        ([b"cam1", _header(seq=None)], "schema", "seq None is not a count"),
-        ([b"cam1", _header(seq=-1)], "schema", "seq -1"),
-        ([b"cam1", _header(seq=1.5)], "schema", "seq 1.5"),
+        ([b"cam1\0", _header(seq="abc")], "schema", "seq 'abc' is not a count"),
+        ([b"cam1\0", _header(seq=None)], "schema", "seq None is not a count"),
+        ([b"cam1\0", _header(seq=-1)], "schema", "seq -1"),
+        ([b"cam1\0", _header(seq=1.5)], "schema", "seq 1.5"),
         ([b"", _header(stream="")], "schema", "stream id"),
         ([b"1", _header(stream=1)], "schema", "stream id"),
         (_frame((32, 32), dtype="float64"), "schema", "float64, not uint8"),
@@ -191,12 +202,12 @@ def _pair_with_flow(shape, dtype="float16", value=0.0):
         (_pair_with_flow((64, 64, 2), "float64"), "schema", "flow is float64"),
         (_pair_with_flow((64, 64, 2), value=np.nan), "schema", "flow is not finite"),
         (_pair_with_flow((64, 64, 2), "float32", 1e30), "schema", "exceeds 64.0 px"),
-        ([b"cam1", _header(kind="pair", buffers=[])], "schema", "lacks ['onset'"),
+        ([b"cam1\0", _header(kind="pair", buffers=[])], "schema", "lacks ['onset'"),
         (_event(probs=[0.5], classes=["a", "b"]), "schema", "probs and classes differ"),
         (_event(probs=[1.0], classes=["a"]), "schema", "label 'x' is not one of the classes"),
-        ([b"cam1", b"\x80" * (protocol.MAX_HEADER + 1)], "malformed", "header of"),
+        ([b"cam1\0", b"\x80" * (protocol.MAX_HEADER + 1)], "malformed", "header of"),
         (
-            [b"cam1", _header(buffers=[{"shape": [1], "dtype": "object", "format": ""}]), b"x"],
+            [b"cam1\0", _header(buffers=[{"shape": [1], "dtype": "object", "format": ""}]), b"x"],
             "malformed",
             "bad buffer spec",
         ),
@@ -211,7 +222,7 @@ def test_malformed_and_foreign_messages_are_refused_with_a_reason(frames, reason
 
 def test_a_malformed_message_over_a_socket_does_not_stop_the_next(pair):
     push, pull = pair
-    push.send_multipart([b"cam1", b"garbage"])
+    push.send_multipart([b"cam1\0", b"garbage"])
     protocol.send(push, "frame", "cam1", 1, [np.zeros((16, 16), np.uint8)])
     with pytest.raises(protocol.Malformed):
         protocol.recv(pull)
