@@ -8,10 +8,12 @@ ways; the first found wins: the command line, then the environment (`MFVAN_` and
 in capitals, dashes as underscores: `--metrics-base-port` is `MFVAN_METRICS_BASE_PORT`),
 then the file (its key is the flag without dashes, either `metrics-base-port` or
 `metrics_base_port`), then the built-in default. A flag given several times (`--source`)
-is a TOML array, or whitespace-separated in the environment. On/off flags (`--insecure`)
-are TOML booleans, or 1/0, true/false, yes/no in the environment. An unknown key, a value
-of the wrong type or an unreadable file is refused with one line naming it; a typo never
-falls back to a default silently.
+is a TOML array, or whitespace-separated in the environment. Cameras may also be
+`[cameras.NAME]` tables (`source`, `enabled`, `fps`, `realtime`), as Frigate's are: each
+enabled one is a `--source NAME=SOURCE`, after any in a top-level `source` list. On/off
+flags (`--insecure`) are TOML booleans, or 1/0, true/false, yes/no in the environment. An
+unknown key, a value of the wrong type or an unreadable file is refused with one line
+naming it; a typo never falls back to a default silently.
 
 An example, `deploy/mfvan.toml`, lists every key of `mfvan run`.
 """
@@ -82,6 +84,11 @@ def load_file(path: Path, parser: argparse.ArgumentParser) -> dict:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     actions = _actions(parser)
     values = {}
+    if "cameras" in data and "source" in actions:
+        sources, options = _cameras(data.pop("cameras"), f"{path}: cameras")
+        values["source"] = _convert(actions["source"], data.pop("source", []), f"{path}: source")
+        values["source"] += sources
+        values["camera_options"] = options
     for key, value in data.items():
         dest = key.replace("-", "_")
         if dest not in actions:
@@ -89,6 +96,44 @@ def load_file(path: Path, parser: argparse.ArgumentParser) -> dict:
             raise ConfigError(f"{path}: unknown key {key!r} (known: {known})")
         values[dest] = _convert(actions[dest], value, f"{path}: {key}")
     return values
+
+
+CAMERA_KEYS = {"source": str, "enabled": bool, "fps": (int, float), "realtime": bool}
+
+
+def _cameras(table, where: str) -> tuple[list[str], dict]:
+    """`[cameras.NAME]` tables -> (`NAME=SOURCE` for each enabled camera, in the file's
+    order; {NAME: its other keys}). Each table: `source` (required), `enabled` (default
+    true), `fps` (the rate a /dev/video camera is asked for, or assumed for a source that
+    declares none), `realtime` (a file played at its native rate)."""
+    from mfvan.deploy.stage import CAMERA_NAME
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected [cameras.NAME] tables, got {table!r:.60}")
+    sources, options = [], {}
+    for name, camera in table.items():
+        at = f"{where}.{name}"
+        if not CAMERA_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{at}: a camera name is letters, digits and _.- (starting with a letter or "
+                "digit), at most 64 characters"
+            )
+        if not isinstance(camera, dict):
+            raise ConfigError(f"{at}: expected a table with source = ..., got {camera!r:.60}")
+        for key, value in camera.items():
+            kind = CAMERA_KEYS.get(key)
+            if kind is None:
+                raise ConfigError(f"{at}: unknown key {key!r} (known: {', '.join(CAMERA_KEYS)})")
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ConfigError(f"{at}: {key} cannot be {value!r:.60}")
+        if "source" not in camera:
+            raise ConfigError(f"{at}: no source")
+        if "fps" in camera and not 0 < camera["fps"] <= 1000:
+            raise ConfigError(f"{at}: fps {camera['fps']!r} is not in (0, 1000]")
+        if camera.get("enabled", True):
+            sources.append(f"{name}={camera['source']}")
+            options[name] = {k: v for k, v in camera.items() if k in ("fps", "realtime")}
+    return sources, options
 
 
 def from_environment(parser: argparse.ArgumentParser, environ=os.environ) -> dict:
@@ -109,6 +154,8 @@ def apply(parser: argparse.ArgumentParser, config: Path | None, environ=os.envir
     values.update(from_environment(parser, environ))
     actions = _actions(parser)
     lists = {}
+    if "camera_options" in values:
+        parser.set_defaults(camera_options=values.pop("camera_options"))
     for dest, value in values.items():
         actions[dest].required = False
         if isinstance(actions[dest], argparse._AppendAction):

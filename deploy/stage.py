@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -257,18 +258,62 @@ def check_endpoints(args: argparse.Namespace, *endpoints: str) -> None:
 
 
 def source_url(source: str) -> str:
-    """The URL a `--source` names (`env:NAME` resolved), checked for what can never work
-    (a missing file, a folder, an RTSP URL without a host, an unset variable, a bad
-    `synth://` URL): `Fatal` naming it. `synth://` must be registered first."""
+    """The URL a `--source` names (`NAME=` taken off, `env:NAME` resolved), checked for
+    what can never work (a missing file, a folder, an RTSP URL without a host, an unset
+    variable, a bad `synth://` URL): `Fatal` naming it. `synth://` must be registered
+    first."""
     from mfvan.stream import ingest
 
     try:
-        url = ingest.resolve(source)
+        url = ingest.resolve(named(source)[1])
         stream_name(url)
         ingest.check_source(url)
     except (ValueError, ingest.SourceError) as e:
         raise Fatal(str(e)) from None
     return url
+
+
+# a camera's name, which is its stream id and its events' topic: letters, digits and
+# `_.-`, starting with a letter or digit (safe in a topic, a file name, a metric label)
+CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def named(source: str) -> tuple[str | None, str]:
+    """(name, source) of `NAME=SOURCE`, as Frigate users name cameras; (None, source)
+    when there is no name. Only a valid camera name before the first `=` counts, so a URL
+    whose query holds `=` (`rtsp://h/s?channel=1`) is a source, not a name; a file whose
+    name starts like `take=2.mp4` is given as `./take=2.mp4`."""
+    name, sep, rest = source.partition("=")
+    if sep and rest and CAMERA_NAME.fullmatch(name):
+        return name, rest
+    return None, source
+
+
+def cameras(sources: list[str]) -> list[tuple[str, str]]:
+    """(stream id, source) per `--source`, in order: the name given (`NAME=SOURCE`), or
+    else one derived from the URL (`stream_name`), with `-i` (its place) added where two
+    would be the same. A name given twice, or not a valid name, is `Fatal`."""
+    from mfvan.stream.ingest import resolve
+
+    split = [named(source) for source in sources]
+    given = [name for name, _ in split if name is not None]
+    twice = sorted({name for name in given if given.count(name) > 1})
+    if twice:
+        raise Fatal(f"--source: camera name(s) {', '.join(twice)} given more than once")
+    derived = []
+    for name, source in split:
+        if name is None:
+            try:
+                name = stream_name(resolve(source))
+            except ValueError as e:
+                raise Fatal(str(e)) from None
+        derived.append(name)
+    out = []
+    for i, (name, (own, source)) in enumerate(zip(derived, split, strict=True)):
+        if own is None and (derived.count(name) > 1 or name in given):
+            name = f"{name}-{i}"
+        out.append((name, source))
+    return out
 
 
 def stream_name(source: str) -> str:

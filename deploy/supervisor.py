@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mfvan.deploy.stage import EXIT_FATAL, stream_name
+from mfvan.deploy.stage import EXIT_FATAL, cameras
 
 log = logging.getLogger("mfvan.run")
 
@@ -156,18 +156,18 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
 
     base = args.metrics_base_port
     per_spot = args.streams_per_spot
-    urls = [resolve(source) for source in args.source]
-    names = []
-    for i, url in enumerate(urls):
-        stream = stream_name(url)
-        if sum(stream_name(u) == stream for u in urls) > 1:
-            stream = f"{stream}-{i}"
-        names.append(stream)
+    named = cameras(args.source)
+    names = [name for name, _ in named]
+    urls = [resolve(source) for _, source in named]
+    options = getattr(args, "camera_options", None) or {}
     ingests, spots, pair_endpoints = [], [], []
     for i, (url, stream) in enumerate(zip(urls, names, strict=True)):
+        own = options.get(stream, {})
         frames = f"ipc://{runtime}/frames-{i}.ipc"
         argv = ["ingest", "--source", "env:MFVAN_SOURCE", "--out", frames, "--stream", stream]
-        argv += ["--metrics-port", str(base + 2 * i)] + (["--realtime"] if args.realtime else [])
+        argv += ["--metrics-port", str(base + 2 * i)]
+        argv += ["--realtime"] if own.get("realtime", args.realtime) else []
+        argv += ["--fps", f"{own['fps']:g}"] if own.get("fps") else []
         ingests.append(Child("ingest", stream, argv, env={"MFVAN_SOURCE": url}))
     for first in range(0, len(urls), per_spot):
         served = range(first, min(first + per_spot, len(urls)))

@@ -110,8 +110,10 @@ def check_source(url: str) -> None:
 class PyAVSource:
     """Decodes with PyAV (FFmpeg): `rtsp://` (TCP transport), any file FFmpeg reads,
     `/dev/videoN` (V4L2). `realtime`: a file plays at its native rate instead of as fast
-    as possible (live sources always run at their own rate). A packet the decoder refuses
-    is skipped and counted (`decode_errors`, `on_decode_error(error)`)."""
+    as possible (live sources always run at their own rate). `fps`: the frame rate asked
+    of a V4L2 camera, and the rate assumed for frames without timestamps when the stream
+    declares none. A packet the decoder refuses is skipped and counted (`decode_errors`,
+    `on_decode_error(error)`)."""
 
     def __init__(
         self,
@@ -120,8 +122,10 @@ class PyAVSource:
         realtime: bool = False,
         timeout_s: float = 5.0,
         on_decode_error: Callable[[Exception], None] | None = None,
+        fps: float | None = None,
     ):
         self.url = url
+        self.fps = fps
         self.on_decode_error = on_decode_error or (lambda error: None)
         self.decode_errors = 0
         self.grey = grey
@@ -137,6 +141,8 @@ class PyAVSource:
             options["rtsp_transport"] = "tcp"
         if self.url.startswith("/dev/video"):
             kwargs["format"] = "v4l2"
+            if self.fps:
+                options["framerate"] = f"{self.fps:g}"
         try:
             return av.open(self.url, options=options, **kwargs)
         except (av.FFmpegError, OSError) as e:
@@ -156,7 +162,7 @@ class PyAVSource:
             # each at 200 fps) and cost 40% more CPU on a 640 x 480 camera (0.63 against
             # 0.45-0.49 ms a frame); parallelism comes from a process per camera
             stream.thread_type = "SLICE"
-            rate = stream.average_rate or stream.guessed_rate
+            rate = stream.average_rate or stream.guessed_rate or self.fps
             for index, frame in enumerate(self._decode(container, stream)):
                 if start_pts is None and frame.pts is not None:
                     start_pts = frame.pts

@@ -43,7 +43,34 @@ def test_file_then_environment_then_command_line(tmp_path):
 def test_the_shipped_example_names_only_real_flags():
     parser = cli.build_parser()
     values = config.load_file(REPO / "deploy" / "mfvan.toml", config.subparser(parser, "run"))
-    assert values["source"] and values["metrics_base_port"] == 9101
+    assert values["source"] == ["door=env:CAMERA_DOOR_URL"], "the disabled camera is left out"
+    assert values["metrics_base_port"] == 9101
+
+
+def test_cameras_are_named_tables_after_any_source_list(tmp_path):
+    toml = """source = ["rtsp://10.0.0.9/s"]
+
+[cameras.door]
+source = "rtsp://10.0.0.5/Streaming/Channels/101"
+fps = 25
+
+[cameras.desk]
+source = "/dev/video0"
+enabled = false
+
+[cameras.hall]
+source = "env:HALL_URL"
+realtime = true
+"""
+    args = _parse(["run"], toml, {}, tmp_path)
+    assert args.source == [
+        "rtsp://10.0.0.9/s",
+        "door=rtsp://10.0.0.5/Streaming/Channels/101",
+        "hall=env:HALL_URL",
+    ]
+    assert args.camera_options == {"door": {"fps": 25}, "hall": {"realtime": True}}
+    args = _parse(["run", "--source", "door=x.mp4"], toml, {}, tmp_path)
+    assert args.source == ["door=x.mp4"], "the command line replaces the file's cameras"
 
 
 @pytest.mark.parametrize(
@@ -54,6 +81,12 @@ def test_the_shipped_example_names_only_real_flags():
         ("source = ['x']\nbackend = 'tensorflow'\n", {}, "'tensorflow' is not one of"),
         ("source = ['x']\n", {"MFVAN_METRICS_BASE_PORT": "lots"}, "MFVAN_METRICS_BASE_PORT"),
         ("source = ['x'\n", {}, "is not valid TOML"),
+        ("[cameras.door]\nurl = 'x'\n", {}, "cameras.door: unknown key 'url'"),
+        ("[cameras.door]\nfps = 30\n", {}, "cameras.door: no source"),
+        ("[cameras.door]\nsource = 'x'\nfps = 0\n", {}, "fps 0 is not in"),
+        ("[cameras.door]\nsource = 'x'\nenabled = 'no'\n", {}, "enabled cannot be 'no'"),
+        ("[cameras.'front door']\nsource = 'x'\n", {}, "a camera name is letters"),
+        ("cameras = 'x'\n", {}, "expected [cameras.NAME] tables"),
     ],
 )
 def test_mistakes_are_one_clear_line(toml, env, words, tmp_path):

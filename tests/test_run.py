@@ -1,7 +1,8 @@
-"""`mfvan run` as a user runs it: two cameras' child processes (one spot process shared by
+"""`mfvan run` as a user runs it: two named cameras' child processes (one spot process shared by
 both), events of both to a subscriber, a crashed stage restarted, SIGTERM stopping
 everything cleanly."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -26,9 +27,9 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         "mfvan.deploy.cli",
         "run",
         "--source",
-        "synth://?fps=50&seed=3&seconds=120",
-        "--source",
-        "synth://?fps=50&seed=4&seconds=120",
+        "cam1=synth://?fps=50&seed=3&seconds=120",  # named cameras, one name a prefix of
+        "--source",  # the other's: a subscription to cam1 must not get cam10's events
+        "cam10=synth://?fps=50&seed=4&seconds=120",
         "--backend",
         "torch",
         "--runtime-dir",
@@ -55,8 +56,11 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
                 streams.setdefault(event.stream, event)
                 if len(streams) == 2:
                     break
-        assert set(streams) == {"synth-3-1", "synth-4-1"}, "events of both within a minute"
+        assert set(streams) == {"cam1", "cam10"}, "events of both within a minute"
         assert all(e.label in e.probs for e in streams.values())
+        with subscribe(f"ipc://{runtime}/events.ipc", stream="cam1", timeout_s=60) as sub:
+            got = [e.stream for e in itertools.islice(sub, 3)]
+        assert got == ["cam1"] * 3, "cam1's subscriber gets cam1's events only"
         # each camera's stages count its own frames
         assert scrape(base, "mfvan_frames_out_total") > 0
         assert scrape(base + 2, "mfvan_frames_out_total") > 0
@@ -82,7 +86,7 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
                     again.add(event.stream)
                 if len(again) == 2:
                     break
-        assert again == {"synth-3-1", "synth-4-1"}, "the pipeline recovered, both streams"
+        assert again == {"cam1", "cam10"}, "the pipeline recovered, both streams"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert notify.recv(64) == b"STOPPING=1"

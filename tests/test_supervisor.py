@@ -4,8 +4,10 @@ The same supervisor with real processes: tests/test_run.py."""
 
 from pathlib import Path
 
+import pytest
+
 from mfvan.deploy.cli import build_parser
-from mfvan.deploy.stage import spotter_params
+from mfvan.deploy.stage import Fatal, spotter_params
 from mfvan.deploy.supervisor import Backoff, Child, Supervisor, plan
 from mfvan.stream.metrics import Metrics
 
@@ -210,6 +212,46 @@ def test_streams_per_spot_plans_shared_spot_processes_on_the_same_ports():
     ins = [c.argv[j + 1] for c in spots for j, a in enumerate(c.argv) if a == "--in"]
     assert sorted(outs) == sorted(ins)
     assert all("--measure-hz" not in c.argv for c in children)  # the spotter's own default
+
+
+def test_named_cameras_are_their_stream_ids_and_only_unnamed_ones_are_derived(monkeypatch):
+    monkeypatch.setenv("DESK_URL", "rtsp://10.0.0.9/live")
+    args = build_parser().parse_args(
+        ["run"]
+        + ["--source", "door=rtsp://10.0.0.5/Streaming/Channels/101"]
+        + ["--source", "hall=rtsp://10.0.0.6/Streaming/Channels/101"]
+        + ["--source", "rtsp://10.0.0.7/s?channel=1&subtype=0"]  # `=` in the query: no name
+        + ["--source", "rtsp://10.0.0.8/door"]  # derives a name given above
+        + ["--source", "desk=env:DESK_URL"]
+    )
+    children, _ = plan(args, Path("/run/x"))
+    ingests = [c for c in children if c.stage == "ingest"]
+    assert [c.stream for c in ingests] == ["door", "hall", "s", "door-3", "desk"]
+    assert ingests[0].env["MFVAN_SOURCE"] == "rtsp://10.0.0.5/Streaming/Channels/101"
+    assert ingests[2].env["MFVAN_SOURCE"] == "rtsp://10.0.0.7/s?channel=1&subtype=0"
+    assert ingests[4].env["MFVAN_SOURCE"] == "rtsp://10.0.0.9/live"
+    assert [a for c in ingests for a in c.argv if a == "--stream"] == ["--stream"] * 5
+    spot = next(c for c in children if c.stage == "spot")
+    assert spot.streams == ("door",)
+
+
+def test_a_camera_name_given_twice_is_refused():
+    args = build_parser().parse_args(
+        ["run", "--source", "cam1=synth://?seed=1", "--source", "cam1=synth://?seed=2"]
+    )
+    with pytest.raises(Fatal, match="cam1 given more than once"):
+        plan(args, Path("/run/x"))
+
+
+def test_per_camera_options_reach_their_ingest_only():
+    args = build_parser().parse_args(["run", "--source", "a=x.mp4", "--source", "b=y.mp4"])
+    args.camera_options = {"a": {"fps": 25, "realtime": True}}
+    children, _ = plan(args, Path("/run/x"))
+    a, b = (c.argv for c in children if c.stage == "ingest")
+    assert a[a.index("--fps") + 1] == "25" and "--realtime" in a
+    assert "--fps" not in b and "--realtime" not in b
+    parsed = build_parser().parse_args(a)
+    assert parsed.fps == 25.0 and parsed.realtime
 
 
 def test_measure_hz_reaches_every_spot_process_and_parses_back():

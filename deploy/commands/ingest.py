@@ -11,10 +11,21 @@ HELP = "stage: decode a source, publish frames"
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="rtsp://..., a file, /dev/videoN, synth://?")
+    p.add_argument(
+        "--source",
+        required=True,
+        metavar="[NAME=]SOURCE",
+        help="rtsp://..., a file, /dev/videoN, synth://?, env:VAR; NAME= names the stream",
+    )
     p.add_argument("--out", required=True, help="endpoint to bind for frames")
     stage.add_security(p)
-    p.add_argument("--stream", help="stream id (default: from the source)")
+    p.add_argument("--stream", help="stream id (default: the source's NAME=, or from its URL)")
+    p.add_argument(
+        "--fps",
+        type=stage.positive(float),
+        help="frame rate asked of a /dev/video camera, and the rate assumed for a source "
+        "that declares none (default: the source's own)",
+    )
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["ingest"])
     p.add_argument(
         "--realtime",
@@ -34,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     stop = stage.stop_on_signals()
     url = stage.source_url(args.source)  # `env:NAME`: the URL, credentials and all, from there
     shown = ingest.redact(url)
-    stream_id = args.stream or stage.stream_name(url)
+    stream_id = args.stream or stage.cameras([args.source])[0][0]
     m = stage.metrics("ingest", args.metrics_port)
     kind = ingest.kind_of(url)
 
@@ -52,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         lambda: ingest.open_source(
             url,
             realtime=args.realtime,
+            fps=args.fps,
             on_decode_error=lambda e: m.decode_errors.labels(stream_id).inc(),
         ),
         live=kind.reopen_at_end,

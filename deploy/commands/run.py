@@ -23,8 +23,11 @@ def add(p: argparse.ArgumentParser) -> None:
         "--source",
         action="append",
         required=True,
-        help="one per stream: a URL, a file, or env:NAME (the URL in environment variable "
-        "NAME, so that a password in it is not in any process's command line)",
+        metavar="[NAME=]SOURCE",
+        help="one per camera: a URL, a file, /dev/videoN, or env:VAR (the URL in environment "
+        "variable VAR, so that a password in it is in no process's command line); NAME= "
+        "names the camera (its stream id, e.g. door=rtsp://...; default: from the URL). "
+        "In the config file: [cameras.NAME] tables",
     )
     p.add_argument("--events", help="event endpoint (default: ipc:// in the runtime folder)")
     p.add_argument(
@@ -68,6 +71,7 @@ def _check(args: argparse.Namespace) -> None:
         )
     for source in args.source:
         stage.source_url(source)
+    stage.cameras(args.source)  # names given twice
     stage.check_endpoints(args, *([args.events] if args.events else []))
 
 
