@@ -38,8 +38,31 @@ def command(name: str):
     return importlib.import_module(f"mfvan.deploy.commands.{COMMANDS[name]}")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown; descriptions and epilogs (folder layouts) printed as written."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default shown once: added to its help unless the help already says its
+    default in its own words, and never for an absent value (None) or an off switch;
+    descriptions and epilogs (folder layouts) printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+            or not action.option_strings
+            or action.nargs == 0
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("mfvan")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mfvan",
         description="Real-time micro-expression recognition: spot, classify, publish.",
     )
+    parser.add_argument("--version", action="version", version=f"mfvan {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = command(name)

@@ -381,7 +381,7 @@ class SpotStage:
         track.face.set(1 if face else 0)
         track.faceless = 0 if face else track.faceless + 1
         if face and track.warned:
-            log.info("spot %s: a face is tracked again", stream)
+            log.info("spot %s: a face is tracked again", stream, extra={"stream": stream})
             track.warned = False
         elif track.faceless == self.NO_FACE_FRAMES:
             log.warning(
@@ -389,6 +389,7 @@ class SpotStage:
                 "at least 64 px?)",
                 stream,
                 self.NO_FACE_FRAMES,
+                extra={"stream": stream},
             )
             track.warned = True
 

@@ -87,6 +87,40 @@ def test_mfvan_help_lists_its_subcommands():
     assert "synth" in out
 
 
+def test_version_from_the_command_module_and_package():
+    from importlib.metadata import version
+
+    installed = version("mfvan")
+    for argv in (["-m", "mfvan", "--version"], ["-m", "mfvan.deploy.cli", "--version"]):
+        out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == f"mfvan {installed}"
+    import mfvan
+
+    assert mfvan.__version__ == installed
+
+
+def test_python_m_mfvan_is_the_mfvan_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "mfvan", "subscribe", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.startswith("usage: mfvan subscribe")
+
+
+def test_every_flag_states_its_default_at_most_once():
+    """A help text that says its own default got argparse's too: `(default: ...)
+    (default: None)`."""
+    from mfvan.deploy.cli import COMMANDS, build_parser
+    from mfvan.deploy.config import subparser
+
+    parser = build_parser()
+    for name in COMMANDS:
+        for action in subparser(parser, name)._actions:
+            formatter = subparser(parser, name)._get_formatter()
+            text = formatter._expand_help(action) if action.help else ""
+            assert text.count("default") <= 1, f"mfvan {name} {action.option_strings}: {text}"
+            assert "(default: None)" not in text and "(default: False)" not in text
+
+
 def test_a_bad_flag_value_is_refused_with_a_message(tmp_path):
     run = subprocess.run(
         [

@@ -19,6 +19,7 @@ def add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="endpoint to bind for frames")
     stage.add_security(p)
+    stage.add_logging(p)
     p.add_argument("--stream", help="stream id (default: the source's NAME=, or from its URL)")
     p.add_argument(
         "--fps",
@@ -38,14 +39,14 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.deploy import synth_source
     from mfvan.stream import ingest, stages
 
-    stage.setup_logging()
-    stage.check_endpoints(args, args.out)
-    stage.one_thread()
     synth_source.register()
-    stop = stage.stop_on_signals()
     url = stage.source_url(args.source)  # `env:NAME`: the URL, credentials and all, from there
     shown = ingest.redact(url)
     stream_id = args.stream or stage.cameras([args.source])[0][0]
+    stage.setup_logging("ingest", stream_id, args.log_format)
+    stage.check_endpoints(args, args.out)
+    stage.one_thread()
+    stop = stage.stop_on_signals()
     m = stage.metrics("ingest", args.metrics_port)
     kind = ingest.kind_of(url)
 

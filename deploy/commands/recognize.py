@@ -18,7 +18,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     from mfvan.deploy.choices import BACKENDS as NAMES
     from mfvan.deploy.choices import PRECISIONS
 
-    p.add_argument("--backend", choices=NAMES, default="onnxruntime")
+    p.add_argument("--backend", choices=NAMES, default="onnxruntime", help="inference backend")
     p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument(
@@ -57,6 +57,7 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["recognize"])
     stage.add_stream_limits(p, most=1024, idle_s=3600.0, what="pairs")
     stage.add_security(p)
+    stage.add_logging(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.deploy.shipped import DEMO_WEIGHTS
     from mfvan.stream import stages
 
-    stage.setup_logging()
+    stage.setup_logging("recognize", "-", args.log_format)
     stage.check_endpoints(args, args.out, *args.inputs)  # keys too, before loading a backend
     stop = stage.stop_on_signals()
     weights = args.weights or DEMO_WEIGHTS

@@ -7,6 +7,7 @@ and on SIGINT / SIGTERM stops them all.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
     add_model_options(p)  # the recognizer's, forwarded to it as given
     stage.add_security(p)
+    stage.add_logging(p)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         wait_ready,
     )
 
-    stage.setup_logging()
+    stage.setup_logging("run", "-", args.log_format)
+    os.environ["MFVAN_LOG_FORMAT"] = args.log_format  # its stages log alike
     _check(args)
     stop = stage.stop_on_signals(grace_s=20.0)  # its stages stop first, in order
     started = time.monotonic()

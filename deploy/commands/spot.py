@@ -14,6 +14,7 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="inputs", action="append", required=True, help="frames endpoint")
     p.add_argument("--out", required=True, help="endpoint to bind for (onset, apex) pairs")
     stage.add_security(p)
+    stage.add_logging(p)
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["spot"])
     stage.add_stream_limits(p, most=64, idle_s=60.0, what="frames")
     stage.add_measure_hz(p)
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.kernels.spotter import warm_up
     from mfvan.stream import stages
 
-    stage.setup_logging()
+    stage.setup_logging("spot", "-", args.log_format)
     stage.check_endpoints(args, args.out, *args.inputs)
     stage.one_thread()
     stop = stage.stop_on_signals()

@@ -16,10 +16,14 @@ this folder, since the repository's top level holds only the four sub-packages).
 imports nothing until asked: `import mfvan.kernels` must not pull in ZeroMQ.
 """
 
-__all__ = ["Event", "Subscription", "subscribe"]
+__all__ = ["Event", "Subscription", "subscribe", "__version__"]
 
 
 def __getattr__(name: str):
+    if name == "__version__":
+        from mfvan.deploy.cli import version
+
+        return version()
     if name in __all__:
         import importlib
 
