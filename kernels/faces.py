@@ -375,6 +375,11 @@ class FaceTracker:
             or abs(proposal.angle - angle) > 2.0
         )
 
+    @property
+    def geometry(self) -> Geometry | None:
+        """The current crop's square in the frame (None without a face)."""
+        return self._geometry
+
     def _near(self) -> Box | None:
         """The current face as a box, where re-detection searches (None: the whole frame)."""
         if self._geometry is None:

@@ -144,6 +144,14 @@ class FaceSpotter:
         self.spot_seconds = time.perf_counter() - started
         return found
 
+    def face_box(self) -> list[float] | None:
+        """[x, y, w, h] in frame pixels (1 decimal) of the face square the crop is cut
+        from (before its rotation, if the eyes were not level), or None without a face."""
+        g = self.tracker.geometry
+        if g is None or not self.has_face:
+            return None
+        return [round(float(v), 1) for v in (g.cx - g.side / 2, g.cy - g.side / 2, g.side, g.side)]
+
     @property
     def rejected(self) -> dict[str, int]:
         return self.spotter.rejected

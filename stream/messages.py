@@ -14,6 +14,9 @@ stage handled it.
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -48,6 +51,7 @@ class Pair:
     truth: dict | None = None  # a synthetic source's ground truth, when it has one
     flow: np.ndarray | None = None  # (S, S, 2) float16: onset -> apex, `kernels.motion`
     t_spot: int = 0  # set when it is sent
+    face: list | None = None  # [x, y, w, h] px: the tracked face square when it was confirmed
     extra: dict = field(default_factory=dict)  # fields this version does not name
 
     def header(self) -> dict:
@@ -56,6 +60,8 @@ class Pair:
         header = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in framing}
         if self.truth is not None:
             header["truth"] = self.truth
+        if self.face is None:
+            del header["face"]
         return {**header, **self.extra}
 
     def send(self, socket, wait_ms: int = 0) -> bool:
@@ -81,14 +87,26 @@ class Pair:
 FROM_PAIR = (
     "onset", "apex", "offset", "media_onset", "media_apex", "media_offset",
     "t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot",
-    "spot_score", "region", "truth",
+    "spot_score", "region", "truth", "face",
 )  # fmt: skip
-# what the recognizer adds: the class, every class's probability (in `classes` order,
-# calibrated), the confidence (the class's probability), the model version, the batch it
-# ran in, and when it received and classified the pair
+# what the recognizer adds: the event's id, the class, every class's probability (in
+# `classes` order, calibrated), the confidence (the class's probability), the model
+# version, the batch it ran in, and when it received and classified the pair
 EVENT_FIELDS = (
-    "label", "probs", "confidence", "classes", "model", "batch", "t_received", "t_recognize",
+    "id", "label", "probs", "confidence", "classes", "model", "batch", "t_received",
+    "t_recognize",
 )  # fmt: skip
+
+
+def uuid7(t_ns: int | None = None) -> str:
+    """A UUID version 7 (RFC 9562): 48 bits of Unix time in ms, then 74 random bits, so
+    ids sort by time (to the ms) as strings and in a database index, and never collide
+    in practice across processes. (Python's `uuid.uuid7` arrives only in 3.14.)"""
+    ms = (time.time_ns() if t_ns is None else t_ns) // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & (1 << 48) - 1) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
+    value |= 0b10 << 62 | rand & (1 << 62) - 1
+    return str(uuid.UUID(int=value))
 
 
 def event_header(pair_fields: dict, **recognized) -> dict:

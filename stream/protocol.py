@@ -175,6 +175,10 @@ def _nums(v) -> bool:
     return type(v) is list and 0 < len(v) <= 1000 and all(_num(x) for x in v)
 
 
+def _box(v) -> bool:
+    return type(v) is list and len(v) == 4 and all(_num(x) and abs(x) <= 1e5 for x in v)
+
+
 def _strs(v) -> bool:
     return type(v) is list and 0 < len(v) <= 1000 and all(_str(x) for x in v)
 
@@ -206,6 +210,7 @@ _PAIR_FIELDS = {
     "amplitude": _num,
     "region": _str,
     "truth": _map_or_nil,
+    "face": _box,
 }
 SCHEMAS = {
     "frame": Schema(
@@ -232,6 +237,7 @@ SCHEMAS = {
     "event": Schema(
         fields={
             **_PAIR_FIELDS,
+            "id": _str,
             "label": _str,
             "probs": _nums,
             "confidence": _num,

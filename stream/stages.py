@@ -46,7 +46,7 @@ from mfvan.kernels.motion import wire_flow
 from mfvan.kernels.spotter import REJECTIONS, SpotterParams
 
 from . import protocol, security
-from .messages import Pair, event_header
+from .messages import Pair, event_header, uuid7
 from .metrics import Metrics
 
 log = logging.getLogger("mfvan.stream")
@@ -364,6 +364,7 @@ class SpotStage:
                     spot_latency_ns=int(it.latency_ns),
                     truth=msg.fields.get("truth"),
                     flow=wire_flow(it.onset_crop, it.apex_crop),
+                    face=track.spots.face_box(),
                 )
             )
             track.seq += 1
@@ -647,6 +648,7 @@ def _publish(group, probs, classifier: Classifier, metrics, pub, streams, with_c
         now = time.time_ns()
         fields = event_header(
             msg.fields,
+            id=uuid7(now),
             label=label,
             probs=[float(x) for x in p],
             confidence=confidence,

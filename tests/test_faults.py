@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from conftest import free_port
 
 from mfvan.deploy.supervisor import RuntimeDir, plan
 from mfvan.stream import protocol
@@ -138,6 +139,7 @@ def test_an_ipv6_endpoint_binds(tmp_path):
         (["subscribe", "notanendpoint", "--timeout", "1"], "cannot connect to 'notanendpoint'"),
         (["subscribe", "tcp://127.0.0.1:1", "--keys", "/nonexistent"], "/nonexistent"),
         (["keys", "AFILE"], "is not a folder"),
+        (["run", "--source", "a=synth://", "--source", "a=synth://?seed=2"], "a given more"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(argv, words, tmp_path):
@@ -148,6 +150,18 @@ def test_user_mistakes_are_one_line_and_exit_2(argv, words, tmp_path):
     code, err = mfvan(*argv)
     assert code == 2, err
     assert words in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("where", ["ipc", "tcp"])
+def test_a_subscriber_to_nothing_warns_and_its_timeout_exits_1(where, tmp_path):
+    endpoint = (
+        f"ipc://{tmp_path}/no-such.ipc" if where == "ipc" else f"tcp://127.0.0.1:{free_port()}"
+    )
+    code, err = mfvan("subscribe", endpoint, "--timeout", "0.5", "--stream", "cam1")
+    assert code == 1, err
+    said = "does not exist" if where == "ipc" else "nothing listens at"
+    assert f"warning: {endpoint} {said}" in err or f"warning: {said} {endpoint}" in err, err
+    assert "no events of stream cam1 in 0.5 s" in err and "Traceback" not in err
 
 
 @pytest.mark.slow  # a process each: in make test, not make test-fast

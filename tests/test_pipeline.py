@@ -1,8 +1,11 @@
 """The three stages over real ZeroMQ sockets (loopback TCP), in threads of one process:
 SynthME frames in, recognition events out to a subscriber."""
 
+import datetime
+import json
 import threading
 import time
+import uuid
 from dataclasses import replace
 
 import numpy as np
@@ -81,6 +84,18 @@ def test_frames_become_events_across_three_stages(tmp_path, demo_weights):
         t = event.times
         assert t["t_apex"] <= t["t_capture"] <= t["t_ingest"] <= t["t_spot"] <= t["t_recognize"]
         assert event.crops == [], "no pixels unless asked"
+        assert uuid.UUID(event.id).version == 7
+        x, y, w, h = event.face  # the face square, in the frame
+        height, width = frames[0].image.shape
+        assert 0 < x + w / 2 < width and 0 < y + h / 2 < height and w == h >= 64
+        d = event.as_dict()
+        assert d["v"] == 2 and d["id"] == event.id and d["face"] == event.face
+        assert d["apex_time"] == t["t_apex"] / 1e9 and d["apex_iso"].endswith("Z")
+        apex = datetime.datetime.fromisoformat(d["apex_iso"].replace("Z", "+00:00"))
+        assert abs(apex.timestamp() - d["apex_time"]) < 0.001
+        assert json.loads(json.dumps(d)) == d, "what --json prints"
+    ids = [e.id for e in events]
+    assert len(set(ids)) == len(ids) and ids == sorted(ids), "unique, in time order"
     sent = m_ingest.frames_out.labels("ingest", "cam1")._value.get()
     assert sent == m_ingest.frames_in.labels("ingest", "cam1")._value.get() > 0
     assert m_ingest.dropped.labels("ingest", "cam1", "hwm")._value.get() == 0, "it waited"

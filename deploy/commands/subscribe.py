@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,12 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", help="only this stream's events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, help="stop after this many events")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds without one")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="give up after this many seconds without an event: exit status 1 (default: wait "
+        "for ever)",
+    )
     p.add_argument(
         "--keys",
         type=Path,
@@ -32,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
     n = 0
     curve = client_curve(args.keys, "subscriber") if args.keys else None
     sub = subscribe(args.endpoint, args.stream, args.timeout, curve=curve)
+    absent = nobody_there(args.endpoint)
+    if absent:
+        print(f"mfvan subscribe: warning: {absent}; waiting for it", file=sys.stderr)
     try:
         for event in sub:
             if args.json:
@@ -40,9 +49,17 @@ def run(args: argparse.Namespace) -> int:
                 print(format_event(event), flush=True)
             n += 1
             if args.count and n >= args.count:
-                break
+                return 0
+        which = f" of stream {args.stream}" if args.stream else ""
+        print(
+            f"mfvan subscribe: no events{which} in {args.timeout:g} s"
+            + (f" (after {n})" if n else "")
+            + (f"; {absent}" if absent and not n else ""),
+            file=sys.stderr,
+        )
+        return 1  # timed out
     except KeyboardInterrupt:
-        pass
+        return 0
     except Refused as e:
         print(f"mfvan subscribe: {e}", file=sys.stderr)
         return 2
@@ -54,7 +71,34 @@ def run(args: argparse.Namespace) -> int:
                 f"slow), {sub.dropped} malformed messages dropped",
                 file=sys.stderr,
             )
-    return 0
+
+
+def nobody_there(endpoint: str) -> str | None:
+    """Why nothing can be publishing at `endpoint` now (an ipc:// socket file that does
+    not exist, a loopback tcp:// port that refuses connections), or None. A subscriber still waits:
+    the recognizer may be starting."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        if path.startswith("@") or os.path.exists(path):  # @: Linux's abstract namespace
+            return None
+        return f"{endpoint} does not exist (is `mfvan run` running? it prints its endpoint)"
+    if endpoint.startswith("tcp://"):
+        try:
+            host, port = urlsplit(endpoint).hostname, urlsplit(endpoint).port
+        except ValueError:
+            return None
+        if host not in ("127.0.0.1", "localhost", "::1") or port is None:
+            return None  # only loopback is probed: a remote recognizer sees no stray peer
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except ConnectionRefusedError:
+            return f"nothing listens at {endpoint}"
+        except OSError:
+            return None  # unreachable or slow: not known to be wrong
+    return None
 
 
 def format_event(event) -> str:
