@@ -6,11 +6,11 @@
         print(event.id, event.stream, event.label, event.confidence, event.apex_iso)
 
 An `Event` carries what the recognizer published: its id (a UUIDv7), the stream, the
-interval (onset, apex and offset frame indices, and their wall-clock times), the class and every class's
-probability, its `confidence` (the label's probability, calibrated on held-out folds), the
-model version, each stage's timestamps (`times`), and the (onset, apex)
-crops only when the recognizer runs with `--with-crops`. Malformed or foreign messages
-on the socket are skipped and counted in `Subscription.dropped`.
+interval (onset, apex and offset frame indices, and their wall-clock times), the class
+and every class's probability, its `confidence` (the label's probability, calibrated on
+held-out folds), the face square, the model version, each stage's timestamps (`times`),
+and the (onset, apex) crops only when the recognizer runs with `--with-crops`. Malformed
+or foreign messages on the socket are skipped and counted in `Subscription.dropped`.
 
 A subscriber whose CURVE key the recognizer refuses is told so: iterating raises
 `Refused` naming the endpoint, instead of waiting forever for events that never come. An
