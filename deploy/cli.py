@@ -20,6 +20,8 @@ COMMANDS = {
     "spot": "spot",
     "recognize": "recognize",
     "subscribe": "subscribe",
+    "record": "record",
+    "events": "events",
     "keys": "keys",
     "demo": "demo",
     "reproduce": "reproduce",

@@ -188,6 +188,15 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     recognize = ["recognize", "--out", events, "--metrics-port", str(base + 2 * len(urls))]
     for endpoint in pair_endpoints:
         recognize += ["--in", endpoint]
+    db = getattr(args, "db", None)
+    if db is not None:  # the event store's recorder, a subscriber like any other
+        record = ["record", events, "--db", str(db)]
+        for flag in ("max_age_days", "max_gb"):
+            if getattr(args, flag, None) is not None:
+                record += [f"--{flag.replace('_', '-')}", f"{getattr(args, flag):g}"]
+        if getattr(args, "keys", None) is not None:
+            record += ["--keys", str(args.keys)]
+        children.append(Child("record", "store", record))
     children.append(Child("recognize", "all", recognize + forwarded(args)))
     return children, events
 
@@ -243,6 +252,11 @@ class Supervisor:
     def _fail(self, child) -> None:
         """A child exited EXIT_FATAL: it and its streams are done, and so is every other
         child that served only failed streams."""
+        if child.stage == "record":
+            log.error("run: the event store failed (see its message above); events go on")
+            self.failed.append("the event store")
+            child.finished = child.failed = True
+            return
         if child.stream == "all":
             log.error("run: the recognizer failed (see its message above); stopping the run")
             self.failed.append("the recognizer")

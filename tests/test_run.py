@@ -38,6 +38,8 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         str(base),
         "--streams-per-spot",
         "2",
+        "--db",
+        str(tmp_path / "events.db"),
     ]
     import socket
 
@@ -100,6 +102,12 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         raise
     log = proc.stdout.read()
     assert "restarting" in log and "SIGTERM" in log
+    from mfvan.stream.outputs.store import EventStore
+
+    with EventStore(tmp_path / "events.db", readonly=True) as store:  # --db: the recorder
+        kept = store.query()
+        assert {e["stream"] for e in kept} == {"cam1", "cam10"}
+        assert {e["id"] for e in kept} >= {e.id for e in streams.values()}, "every event kept"
     assert subprocess.run(["pgrep", "-f", str(runtime)], capture_output=True).stdout == b"", (
         "no stage is left running"
     )

@@ -235,6 +235,20 @@ def test_named_cameras_are_their_stream_ids_and_only_unnamed_ones_are_derived(mo
     assert spot.streams == ("door",)
 
 
+def test_db_plans_a_recorder_that_subscribes_to_the_events():
+    args = build_parser().parse_args(
+        ["run", "--source", "a=x.mp4", "--db", "/var/lib/mfvan/e.db", "--max-age-days", "30"]
+    )
+    children, events = plan(args, Path("/run/x"))
+    record = next(c for c in children if c.stage == "record")
+    assert children[-1].stage == "recognize", "the recognizer stays last"
+    assert record.argv[:4] == ["record", events, "--db", "/var/lib/mfvan/e.db"]
+    parsed = build_parser().parse_args(record.argv)
+    assert parsed.max_age_days == 30 and parsed.max_gb is None
+    no_db = build_parser().parse_args(["run", "--source", "a=x.mp4"])
+    assert all(c.stage != "record" for c in plan(no_db, Path("/run/x"))[0])
+
+
 def test_a_camera_name_given_twice_is_refused():
     args = build_parser().parse_args(
         ["run", "--source", "cam1=synth://?seed=1", "--source", "cam1=synth://?seed=2"]

@@ -19,6 +19,7 @@ HELP = "the live pipeline: ingest, spot and recognize, supervised"
 
 def add(p: argparse.ArgumentParser) -> None:
     from mfvan.deploy.commands.recognize import add_model_options
+    from mfvan.deploy.commands.record import add_store_options
 
     p.add_argument(
         "--source",
@@ -53,6 +54,7 @@ def add(p: argparse.ArgumentParser) -> None:
         "all its streams resume",
     )
     stage.add_measure_hz(p)  # forwarded to every spot process
+    add_store_options(p)  # a recorder child keeps every event (`mfvan record`)
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
     add_model_options(p)  # the recognizer's, forwarded to it as given
@@ -75,6 +77,13 @@ def _check(args: argparse.Namespace) -> None:
         stage.source_url(source)
     stage.cameras(args.source)  # names given twice
     stage.check_endpoints(args, *([args.events] if args.events else []))
+    if args.db is not None:  # a store that cannot be written is known now, not later
+        from mfvan.stream.outputs.store import EventStore, StoreError
+
+        try:
+            EventStore(args.db).close()
+        except (StoreError, OSError) as e:
+            raise stage.Fatal(f"--db {args.db}: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +130,11 @@ def run(args: argparse.Namespace) -> int:
                 child.start()
             stage.log.info("run: %d stage processes; events on %s", len(children), events)
             stage.log.info("run: subscribe with `mfvan subscribe %s`", events)
-            starting = list(children[:-1])  # until each says it is ready (/ready)
+            if args.db is not None:
+                db = args.db
+                stage.log.info("run: events kept in %s (`mfvan events list --db %s`)", db, db)
+            # until each stage says it is ready (/ready); the recorder has no /ready
+            starting = [c for c in children[:-1] if c.stage != "record"]
             deadline = None if args.seconds is None else time.monotonic() + args.seconds
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 time.sleep(0.2)

@@ -1,0 +1,325 @@
+"""The event store: every event kept in SQLite, with its snapshot images on disk.
+
+    store = EventStore("events.db")
+    store.add([event, ...])                    # one transaction
+    store.query(stream="door", label="surprise", since=t0, min_confidence=0.6)
+    store.prune(max_age_s=30 * 86400, max_bytes=5e9)
+
+One writer (the `mfvan record` process, or `mfvan analyze --db`), any number of readers:
+the database is in WAL mode, so `mfvan events list` reads while the recorder writes, and
+a writer killed mid-transaction (kill -9, power loss) leaves every committed event
+readable and the rest rolled back (SQLite's journal; `synchronous=NORMAL` in WAL mode can
+lose the last commits on power loss, never consistency). Each row holds the event's
+searchable fields as columns (indexed by time, stream and label) and the whole event, as
+`Event.as_dict()` gives it, as JSON (`event`), so a later event version loses nothing.
+
+Snapshots: for an event that carries its crops (the recognizer's `--with-crops`), the
+onset crop, the apex crop and their difference magnified (`magnified_difference`: mid
+grey where nothing moved, lighter or darker where the apex is brighter or darker) as
+PNG files in `<db>.media/<day>/<id>/`, named in the row (`snapshots`, relative to the
+media folder). Retention by age and by size removes rows and their files together, oldest
+first.
+
+Standard library (sqlite3) and OpenCV (PNG) only; imports nothing of mfvan but
+`mfvan.stream`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..client import Event
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,          -- UUIDv7: sorts by time
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    spot_score REAL,
+    onset_time REAL NOT NULL,     -- wall clock, seconds since the epoch
+    apex_time REAL NOT NULL,
+    offset_time REAL NOT NULL,
+    model TEXT NOT NULL,
+    snapshots TEXT,               -- JSON list of files under the media folder, or NULL
+    bytes INTEGER NOT NULL DEFAULT 0,  -- of those files
+    event TEXT NOT NULL           -- the whole event, Event.as_dict() as JSON
+);
+CREATE INDEX IF NOT EXISTS events_apex ON events (apex_time);
+CREATE INDEX IF NOT EXISTS events_stream ON events (stream, apex_time);
+CREATE INDEX IF NOT EXISTS events_label ON events (label, apex_time);
+"""
+COLUMNS = ("id", "stream", "seq", "label", "confidence", "spot_score", "onset_time")
+COLUMNS += ("apex_time", "offset_time", "model", "snapshots", "bytes", "event")
+MAGNIFY = 8.0  # the difference image's gain: a 4-grey-level change shows as 32
+
+
+class StoreError(RuntimeError):
+    """A file that is not an mfvan event store (or one of a newer schema)."""
+
+
+def magnified_difference(onset: np.ndarray, apex: np.ndarray, gain: float = MAGNIFY):
+    """uint8: 128 + gain * (apex - onset), clipped. A micro-expression moves a few grey
+    levels; magnified, the brow or lip corner that moved stands out of a flat grey."""
+    diff = apex.astype(np.float32) - onset.astype(np.float32)
+    return np.clip(128.0 + gain * diff, 0, 255).astype(np.uint8)
+
+
+class EventStore:
+    """An event database at `path` (made if absent), its snapshots under `media` (default
+    `<path>.media`). `readonly`: open for queries only (what `mfvan events` does)."""
+
+    def __init__(self, path: str | Path, media: str | Path | None = None, readonly: bool = False):
+        self.path = Path(path)
+        self.media = Path(media) if media else self.path.with_name(self.path.name + ".media")
+        try:
+            self._open(readonly)
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from None
+
+    def _open(self, readonly: bool) -> None:
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"{self.path}: no such event store")
+            uri = f"file:{self.path}?mode=ro"
+            self.db = sqlite3.connect(uri, uri=True, timeout=10.0)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=10.0)
+        self.db.row_factory = sqlite3.Row
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise StoreError(f"{self.path} is not an event store: {e}") from None
+        if version > SCHEMA_VERSION:
+            self.db.close()
+            raise StoreError(
+                f"{self.path} is an event store of schema {version}; this mfvan reads up to "
+                f"{SCHEMA_VERSION} (upgrade mfvan)"
+            )
+        if tables and "events" not in tables:
+            self.db.close()
+            raise StoreError(f"{self.path} is an SQLite database, but not an event store")
+        if not readonly:
+            if not tables:  # before the first table, or never: freed pages given back
+                self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def add(self, events: Iterable[Event]) -> int:
+        """Keep `events` (their snapshots first, then their rows in one transaction); an
+        id already kept is left as it is. Returns how many rows were added."""
+        rows = [self._row(event) for event in events]
+        with self.db:
+            before = self.db.total_changes
+            self.db.executemany(
+                f"INSERT OR IGNORE INTO events ({', '.join(COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                rows,
+            )
+            return self.db.total_changes - before
+
+    def _row(self, event: Event) -> tuple:
+        if not event.id:
+            raise ValueError(f"event {event.stream}#{event.seq} has no id (an old recognizer?)")
+        files, size = self._snapshots(event)
+        d = event.as_dict()
+        return (
+            event.id,
+            event.stream,
+            event.seq,
+            event.label,
+            event.confidence,
+            event.fields.get("spot_score"),
+            event.onset_time,
+            event.apex_time,
+            event.offset_time,
+            event.model,
+            json.dumps(files) if files else None,
+            size,
+            json.dumps(d),
+        )
+
+    def _snapshots(self, event: Event) -> tuple[list[str], int]:
+        """The event's PNGs written (when it carries its crops): (their paths relative to
+        the media folder, their bytes)."""
+        import cv2
+
+        if len(event.crops) < 2:
+            return [], 0
+        onset, apex = (np.asarray(c) for c in event.crops[:2])
+        day = time.strftime("%Y-%m-%d", time.gmtime(event.apex_time or time.time()))
+        folder = Path(day) / event.id
+        (self.media / folder).mkdir(parents=True, exist_ok=True)
+        files, size = [], 0
+        for name, image in (
+            ("onset.png", onset),
+            ("apex.png", apex),
+            ("difference.png", magnified_difference(onset, apex)),
+        ):
+            path = self.media / folder / name
+            if not cv2.imwrite(str(path), image):
+                raise OSError(f"could not write {path}")
+            files.append(str(folder / name))
+            size += path.stat().st_size
+        return files, size
+
+    def prune(self, max_age_s: float | None = None, max_bytes: float | None = None) -> int:
+        """Remove events older than `max_age_s` (by apex time), then the oldest until the
+        database and the snapshots together hold at most `max_bytes`. Their snapshot
+        folders go with them. Returns how many events were removed."""
+        removed = 0
+        if max_age_s is not None:
+            cutoff = time.time() - max_age_s
+            removed += self._remove("SELECT id, snapshots FROM events WHERE apex_time < ?", cutoff)
+        if max_bytes is not None:
+            while self.disk_bytes() > max_bytes:
+                n = self._remove(  # a tenth at a time: the file shrinks only after a vacuum
+                    "SELECT id, snapshots FROM events ORDER BY apex_time LIMIT ?",
+                    max(1, self.count() // 10),
+                )
+                if not n:
+                    break
+                removed += n
+                self.db.execute("PRAGMA incremental_vacuum")
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+
+    def _remove(self, select: str, *params) -> int:
+        rows = self.db.execute(select, params).fetchall()
+        with self.db:
+            self.db.executemany("DELETE FROM events WHERE id = ?", [(r["id"],) for r in rows])
+        for r in rows:
+            for folder in {Path(f).parent for f in json.loads(r["snapshots"] or "[]")}:
+                shutil.rmtree(self.media / folder, ignore_errors=True)
+        return len(rows)
+
+    def disk_bytes(self) -> int:
+        """The database's files (with its WAL) and the snapshots' bytes."""
+        files = [self.path, self.path.with_name(self.path.name + "-wal")]
+        db = sum(p.stat().st_size for p in files if p.exists())
+        return db + (self.db.execute("SELECT coalesce(sum(bytes), 0) FROM events").fetchone()[0])
+
+    # ------------------------------------------------------------------ reading
+
+    def query(
+        self,
+        stream: str | None = None,
+        label: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        min_confidence: float | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[dict]:
+        """Events (as `Event.as_dict()` gives them, with `snapshots`: the files' absolute
+        paths) matching every filter given: `since`/`until` bound the apex time (seconds
+        since the epoch), `min_confidence` the class probability."""
+        where, params = [], []
+        for column, op, value in (
+            ("stream", "=", stream),
+            ("label", "=", label),
+            ("apex_time", ">=", since),
+            ("apex_time", "<", until),
+            ("confidence", ">=", min_confidence),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)
+        sql = "SELECT event, snapshots FROM events"
+        sql += f" WHERE {' AND '.join(where)}" if where else ""
+        sql += " ORDER BY apex_time DESC, id DESC" if newest_first else " ORDER BY apex_time, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return [self._event(r) for r in self.db.execute(sql, params)]
+
+    def get(self, event_id: str) -> dict | None:
+        """One event by its id, or by a prefix of it that only one event has."""
+        rows = self.db.execute(
+            "SELECT event, snapshots FROM events WHERE id >= ? AND id < ? LIMIT 2",
+            (event_id, event_id + "\uffff"),
+        ).fetchall()
+        return self._event(rows[0]) if len(rows) == 1 else None
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    def _event(self, row) -> dict:
+        event = json.loads(row["event"])
+        event["snapshots"] = [str(self.media / f) for f in json.loads(row["snapshots"] or "[]")]
+        return event
+
+
+def record(
+    subscription,
+    store: EventStore,
+    stop,
+    batch_s: float = 1.0,
+    batch_n: int = 100,
+    max_age_s: float | None = None,
+    max_bytes: float | None = None,
+    prune_every_s: float = 60.0,
+    on_commit=None,
+) -> int:
+    """Keep every event `subscription` (a `mfvan.stream.Subscription` with a short
+    `timeout_s`) delivers, until `stop` is set: committed in batches, at most `batch_s`
+    after the first event of a batch or once `batch_n` wait (one transaction each: a
+    killed recorder loses at most the batch it was gathering). Retention (`prune`) runs
+    every `prune_every_s`. `on_commit(n_added)` after each commit. Returns the events
+    added."""
+    pending: list[Event] = []
+    first = 0.0
+    added = 0
+    pruned = time.monotonic() - prune_every_s  # prune once at the start
+
+    def commit():
+        nonlocal added, pending
+        n = store.add(pending)
+        added += n
+        pending = []
+        if on_commit is not None:
+            on_commit(n)
+
+    while not stop.is_set():
+        for event in subscription:  # ends after the subscription's timeout without one
+            if not pending:
+                first = time.monotonic()
+            pending.append(event)
+            if len(pending) >= batch_n or time.monotonic() - first >= batch_s:
+                break
+            if stop.is_set():
+                break
+        if pending and (len(pending) >= batch_n or time.monotonic() - first >= batch_s):
+            commit()
+        if (max_age_s or max_bytes) and time.monotonic() - pruned >= prune_every_s:
+            store.prune(max_age_s, max_bytes)
+            pruned = time.monotonic()
+    if pending:
+        commit()
+    return added

@@ -1,0 +1,235 @@
+"""The event store: SQLite rows and snapshot files, queries, retention, the recorder as
+a process (killed mid-write, the database stays whole), and `mfvan events`."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from mfvan.stream import protocol
+from mfvan.stream.client import Event
+from mfvan.stream.messages import uuid7
+from mfvan.stream.outputs.store import EventStore, StoreError, magnified_difference
+
+MFVAN = [sys.executable, "-m", "mfvan"]
+CLASSES = ["negative", "positive", "surprise"]
+
+
+def event(stream="cam1", seq=0, label="surprise", confidence=0.8, t=None, crops=True):
+    """An event as a subscriber receives it, its apex at `t` (epoch s; default now)."""
+    t_ns = int((time.time() if t is None else t) * 1e9)
+    probs = {c: (confidence if c == label else (1 - confidence) / 2) for c in CLASSES}
+    rng = np.random.default_rng(seq)
+    onset = rng.integers(60, 200, (64, 64), np.uint8)
+    apex = onset.copy()
+    apex[10:20, 10:30] += 4  # a brow moves
+    return Event(
+        stream=stream,
+        seq=seq,
+        label=label,
+        probs=probs,
+        confidence=confidence,
+        onset=100 + seq,
+        apex=110 + seq,
+        offset=130 + seq,
+        model="demo-test",
+        times={"t_onset": t_ns - 50_000_000, "t_apex": t_ns, "t_offset": t_ns + 100_000_000},
+        fields={"spot_score": 2.5, "region": "brows"},
+        crops=[onset, apex] if crops else [],
+        id=uuid7(t_ns),
+        face=[100.0, 80.0, 240.0, 240.0],
+    )
+
+
+def test_events_and_snapshots_round_trip_and_filter(tmp_path):
+    now = time.time()
+    events = [
+        event("cam1", 0, "surprise", 0.9, now - 3600),
+        event("cam1", 1, "negative", 0.5, now - 60, crops=False),
+        event("cam10", 0, "surprise", 0.7, now - 30),
+    ]
+    with EventStore(tmp_path / "events.db") as store:
+        assert store.add(events) == 3
+        assert store.add(events[:1]) == 0, "an id is kept once"
+        # a reader while the writer holds the database open (WAL)
+        with EventStore(tmp_path / "events.db", readonly=True) as reader:
+            assert reader.count() == 3
+    with EventStore(tmp_path / "events.db", readonly=True) as store:
+        got = store.query()
+        assert [e["id"] for e in got] == [e.id for e in events], "oldest first"
+        assert got[0] == {**events[0].as_dict(), "snapshots": got[0]["snapshots"]}
+        assert [e["id"] for e in store.query(stream="cam1")] == [events[0].id, events[1].id]
+        assert [e["seq"] for e in store.query(label="surprise", min_confidence=0.8)] == [0]
+        assert len(store.query(since=now - 120)) == 2
+        assert len(store.query(until=now - 120)) == 1
+        assert [e["stream"] for e in store.query(newest_first=True, limit=1)] == ["cam10"]
+        onset_png, apex_png, diff_png = got[0]["snapshots"]
+        import cv2
+
+        assert (cv2.imread(onset_png, cv2.IMREAD_GRAYSCALE) == events[0].crops[0]).all()
+        assert (cv2.imread(apex_png, cv2.IMREAD_GRAYSCALE) == events[0].crops[1]).all()
+        diff = cv2.imread(diff_png, cv2.IMREAD_GRAYSCALE)
+        assert diff[15, 15] == 128 + 32 and diff[40, 40] == 128, "what moved stands out"
+        assert got[1]["snapshots"] == [], "no crops, no snapshots"
+        assert store.get(events[2].id[:20])["stream"] == "cam10"
+        assert store.get("0") is None
+
+
+def test_magnified_difference_is_mid_grey_where_nothing_moved():
+    a = np.full((8, 8), 100, np.uint8)
+    b = a.copy()
+    b[0, 0], b[1, 1] = 110, 90
+    d = magnified_difference(a, b)
+    assert d[0, 0] == 208 and d[1, 1] == 48 and d[4, 4] == 128
+
+
+def test_retention_by_age_and_by_size(tmp_path):
+    now = time.time()
+    with EventStore(tmp_path / "e.db") as store:
+        store.add([event("cam1", i, t=now - 86400 * (10 - i)) for i in range(10)])
+        assert store.prune(max_age_s=86400 * 5.5) == 5
+        left = store.query()
+        assert [e["seq"] for e in left] == [5, 6, 7, 8, 9]
+        media = tmp_path / "e.db.media"
+        assert sum(1 for _ in media.rglob("apex.png")) == 5, "their files went with them"
+        size = store.disk_bytes()
+        store.add([event("cam1", 100 + i, t=now - 10 + i) for i in range(40)])
+        assert store.disk_bytes() > size
+        store.prune(max_bytes=size)
+        assert store.disk_bytes() <= size
+        kept = [e["seq"] for e in store.query()]
+        assert kept and kept == sorted(kept) and kept[-1] == 139, "the newest are kept"
+        assert sum(1 for _ in media.rglob("apex.png")) == len(kept)
+
+
+def test_a_file_that_is_not_an_event_store_is_refused(tmp_path):
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="junk.db"):
+        EventStore(tmp_path / "junk.db")
+    other = sqlite3.connect(tmp_path / "other.db")
+    other.execute("CREATE TABLE t (x)")
+    other.close()
+    with pytest.raises(StoreError, match="not an event store"):
+        EventStore(tmp_path / "other.db")
+    with pytest.raises(StoreError, match="no such event store"):
+        EventStore(tmp_path / "absent.db", readonly=True)
+
+
+def _publisher(endpoint: str, stop: threading.Event, sent: list, every_s: float = 0.002):
+    """Events with crops published as the recognizer does, until `stop`: (seq, when)."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(endpoint)
+    seq = 0
+    try:
+        while not stop.is_set():
+            e = event("cam1", seq)
+            header = {k: v for k, v in e.as_dict().items() if k not in ("v", "stream", "seq")}
+            fields = {
+                "onset": e.onset, "apex": e.apex, "offset": e.offset, "id": e.id,
+                "label": e.label, "probs": list(e.probs.values()), "classes": list(e.probs),
+                "confidence": e.confidence, "model": e.model, "face": e.face,
+                **e.times, "spot_score": header["spot_score"],
+            }  # fmt: skip
+            protocol.send(pub, "event", "cam1", seq, e.crops, **fields)
+            sent.append((seq, time.monotonic()))
+            seq += 1
+            time.sleep(every_s)
+    finally:
+        pub.close(linger=0)
+
+
+@pytest.mark.slow
+def test_a_recorder_killed_mid_write_leaves_a_whole_database(tmp_path):
+    endpoint = f"ipc://{tmp_path}/events.ipc"
+    db = tmp_path / "events.db"
+    stop, sent = threading.Event(), []
+    publisher = threading.Thread(target=_publisher, args=(endpoint, stop, sent))
+    publisher.start()
+    recorder = subprocess.Popen(
+        [*MFVAN, "record", endpoint, "--db", str(db), "--batch-s", "0.2"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until it has committed a good many
+            time.sleep(0.5)
+            if db.exists() and _count(db) > 300:
+                break
+        time.sleep(0.37)  # somewhere inside a batch
+        killed = time.monotonic()
+        recorder.send_signal(signal.SIGKILL)
+        recorder.wait(timeout=10)
+    finally:
+        stop.set()
+        publisher.join(timeout=10)
+        if recorder.poll() is None:
+            recorder.kill()
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    seqs = [r[0] for r in con.execute("SELECT seq FROM events ORDER BY seq")]
+    con.close()
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), "committed batches are whole"
+    # what was published a second before the kill was committed (the batch it was
+    # gathering, at most 0.2 s of events, is what a kill may lose)
+    early = [s for s, when in sent if seqs[0] <= s and when < killed - 1.0]
+    assert set(early) <= set(seqs)
+    with EventStore(db, readonly=True) as store:  # and mfvan reads it
+        assert store.count() == len(seqs)
+        assert all(len(e["snapshots"]) == 3 for e in store.query(limit=5))
+
+
+def _count(db) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT count(*) FROM events").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_mfvan_events_lists_shows_and_exports(tmp_path):
+    now = time.time()
+    events = [event("door", i, ["surprise", "negative"][i % 2], 0.6 + i / 100, now - 100 + i)
+              for i in range(6)]  # fmt: skip
+    with EventStore(tmp_path / "e.db") as store:
+        store.add(events)
+
+    def mfvan(*argv):
+        run = subprocess.run([*MFVAN, "events", *argv], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    db = ["--db", str(tmp_path / "e.db")]
+    table = mfvan("list", *db, "--label", "surprise").splitlines()
+    assert len(table) == 1 + 3 and "door" in table[1] and "surprise" in table[1]
+    lines = mfvan("list", *db, "--json", "--since", "1h", "--min-confidence", "0.63")
+    assert [json.loads(x)["seq"] for x in lines.splitlines()] == [3, 4, 5]
+    shown = json.loads(mfvan("show", *db, events[4].id[:22]))
+    assert shown["id"] == events[4].id and len(shown["snapshots"]) == 3
+    out = tmp_path / "e.csv"
+    mfvan("export", *db, "--format", "csv", "--out", str(out), "--stream", "door")
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == [e.id for e in events]
+    assert rows[0]["apex_iso"].endswith("Z") and float(rows[0]["confidence"]) == 0.6
+    jsonl = mfvan("export", *db, "--format", "jsonl", "--until", str(now - 97))
+    assert len(jsonl.splitlines()) == 3
+    bad = subprocess.run(
+        [*MFVAN, "events", "show", "--db", str(tmp_path / "none.db"), "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "no such event store" in bad.stderr
+    assert "Traceback" not in bad.stderr
