@@ -3,7 +3,8 @@ subscriber, then scored against SynthME's ground truth.
 
 It starts `mfvan run --source synth://?fps=F&seed=S&seconds=T` (the shipped demo weights,
 ONNX Runtime), subscribes to its events and prints each as it arrives, says where each
-stage's /metrics is, and ends with: the micro-expressions the stream showed, how many were
+stage's /metrics is, keeps every event in an event store (`--db`, with its snapshot
+images), and ends with: the micro-expressions the stream showed, how many were
 spotted (an event whose apex falls inside one), how many were classified right (its
 3-class label), what else was spotted, and the latency percentiles from the apex's
 capture to the event and from the confirming frame's capture to the event.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,12 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=7, help="SynthME seed (the weights saw seed 0)")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--metrics-base-port", type=int, default=9101)
+    p.add_argument(
+        "--db",
+        type=Path,
+        default=Path(".demo/events.db"),
+        help="the event store the run keeps its events in, with their snapshots",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         str(args.metrics_base_port),
         "--seconds",
         str(args.seconds + 60),
+        "--db",
+        str(args.db),
+        "--with-crops",  # so that the store keeps each event's snapshots
     ]
     print(f"mfvan demo: {' '.join(cmd[3:])}")
     ports = range(args.metrics_base_port, args.metrics_base_port + 3)
@@ -64,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
             for name, port in zip(STAGES, ports, strict=True)
         )
     )
+    print(f"event store: {args.db} (query it: mfvan events list --db {args.db})")
     print("events (as `mfvan subscribe` prints them; weights trained on SynthME, not real faces):")
+    # SIGTERM ends the demo as Ctrl-C does: its pipeline stopped, its runtime folder removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     pipeline = subprocess.Popen(cmd)
     events = []
     try:
@@ -84,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
             pipeline.kill()
         shutil.rmtree(runtime, ignore_errors=True)  # `run` empties it; the folder is ours
     print(score(events, args))
+    print(
+        f"these events, with their onset, apex and difference images, are kept in {args.db}:"
+        f"\n  .venv/bin/mfvan events list --db {args.db}"
+        f"\n  .venv/bin/mfvan events show --db {args.db} ID"
+        f"\n  .venv/bin/mfvan events export --db {args.db} --format csv --out events.csv"
+    )
     return 0
 
 
