@@ -22,6 +22,7 @@ COMMANDS = {
     "subscribe": "subscribe",
     "record": "record",
     "events": "events",
+    "analyze": "analyze",
     "keys": "keys",
     "demo": "demo",
     "reproduce": "reproduce",

@@ -98,12 +98,14 @@ EVENT_FIELDS = (
 )  # fmt: skip
 
 
-def uuid7(t_ns: int | None = None) -> str:
+def uuid7(t_ns: int | None = None, entropy: bytes | None = None) -> str:
     """A UUID version 7 (RFC 9562): 48 bits of Unix time in ms, then 74 random bits, so
     ids sort by time (to the ms) as strings and in a database index, and never collide
-    in practice across processes. (Python's `uuid.uuid7` arrives only in 3.14.)"""
+    in practice across processes. (Python's `uuid.uuid7` arrives only in 3.14.)
+    `entropy` (10 bytes) replaces the random bits, for ids that must be reproducible
+    (`mfvan analyze`)."""
     ms = (time.time_ns() if t_ns is None else t_ns) // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = int.from_bytes(entropy if entropy is not None else os.urandom(10), "big")
     value = (ms & (1 << 48) - 1) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
     value |= 0b10 << 62 | rand & (1 << 62) - 1
     return str(uuid.UUID(int=value))

@@ -233,3 +233,16 @@ def test_mfvan_events_lists_shows_and_exports(tmp_path):
     )
     assert bad.returncode == 2 and "no such event store" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_uuid7_sorts_by_time_and_can_be_reproduced():
+    import uuid
+
+    t = 1_796_307_056_396_000_000
+    ids = [uuid7(t + i * 1_000_000) for i in range(50)]
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    u = uuid.UUID(ids[0])
+    assert u.version == 7 and u.variant == uuid.RFC_4122
+    assert int(ids[0].replace("-", "")[:12], 16) == t // 1_000_000, "ms since the epoch first"
+    assert uuid7(t, b"0123456789") == uuid7(t, b"0123456789") != uuid7(t, b"0123456788")
+    assert uuid7(t) != uuid7(t)

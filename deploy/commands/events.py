@@ -21,7 +21,7 @@ from pathlib import Path
 HELP = "list, show and export the events of an event store"
 CSV_COLUMNS = (
     "id", "stream", "label", "confidence", "apex_iso", "onset_time", "apex_time",
-    "offset_time", "onset", "apex", "offset", "spot_score", "model", "snapshots",
+    "offset_time", "onset", "apex", "offset", "spot_score", "model", "snapshots", "clip",
 )  # fmt: skip
 
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 for e in events:
                     out.write(json.dumps(e) + "\n")
             else:
-                _csv(events, out)
+                write_csv(events, out)
         finally:
             if args.out:
                 out.close()
@@ -131,11 +131,11 @@ def _table(events: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _csv(events: list[dict], out) -> None:
+def write_csv(events: list[dict], out) -> None:
     import csv
 
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for e in events:
-        row = {**e, "snapshots": " ".join(e["snapshots"])}
+        row = {**e, "snapshots": " ".join(e.get("snapshots", []))}
         writer.writerow([row.get(c, "") for c in CSV_COLUMNS])

@@ -1,0 +1,137 @@
+"""`mfvan analyze`: the live pipeline's tracker, spotter and recognizer over recorded
+videos, as fast as the CPU goes; events to a file, an event store, or standard output.
+
+    mfvan analyze interview.mp4 sessions/ --out events.csv --db events.db --clips clips/
+
+See `mfvan.deploy.analyze` for what it does where the live pipeline has no answer (the
+events' wall-clock times, reproducible ids, clips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mfvan.deploy import stage
+
+HELP = "spot and recognize micro-expressions in recorded videos (files or folders)"
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    from mfvan.deploy.backends import NAMES
+
+    p.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR", help="videos, folders")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="events.jsonl or events.csv (by the suffix; default: JSON lines on standard "
+        "output when there is no --db)",
+    )
+    p.add_argument("--db", type=Path, help="also keep the events, with snapshots, in this store")
+    p.add_argument("--clips", type=Path, help="write each event's face clip (MP4) here")
+    p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
+    p.add_argument("--backend", choices=NAMES, default="onnxruntime", help="inference backend")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        help="keep only events whose class probability is at least this",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    stage.add_measure_hz(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from mfvan.deploy.analyze import Recognizer, analyze_file, videos
+    from mfvan.deploy.backends import BackendUnavailable, load_recognizer
+    from mfvan.deploy.commands.events import write_csv
+    from mfvan.deploy.shipped import DEMO_WEIGHTS
+
+    if args.out is not None and args.out.suffix not in (".jsonl", ".csv", ".json"):
+        raise stage.Fatal(f"--out {args.out}: give a .jsonl or a .csv file")
+    files = videos(args.paths)
+    missing = [p for p in args.paths if not p.exists()]
+    if not files and not missing:
+        raise stage.Fatal(f"no video files in {', '.join(map(str, args.paths))}")
+    try:
+        backend, meta = load_recognizer(args.weights or DEMO_WEIGHTS, args.backend)
+    except (BackendUnavailable, ValueError) as e:
+        raise stage.Fatal(str(e)) from None
+    recognizer = Recognizer(backend, list(meta["classes"]), meta["version"], args.min_confidence)
+    store = None
+    if args.db is not None:
+        from mfvan.stream.outputs.store import EventStore, StoreError
+
+        try:
+            store = EventStore(args.db)
+        except (StoreError, OSError) as e:
+            raise stage.Fatal(str(e)) from None
+    names = _streams(files)
+    params = stage.spotter_params(args)
+    results, failed = [], [(p, "no such file or folder") for p in missing]
+    for path, stream in zip(files, names, strict=True):
+        with (
+            tqdm(  # a bar on a terminal only (None), none with --quiet
+                desc=path.name[-30:],
+                unit=" frames",
+                disable=True if args.quiet else None,
+                leave=False,
+                file=sys.stderr,
+            ) as bar
+        ):
+            result = analyze_file(path, stream, recognizer, params, args.clips, bar.update)
+        if result.error:
+            failed.append((path, result.error))
+            print(f"mfvan analyze: {path}: {result.error}; skipped", file=sys.stderr)
+            continue
+        results.append(result)
+        if store is not None:
+            store.add(result.events)
+        if not args.quiet:
+            print(
+                f"{path}: {len(result.events)} events in {result.seconds_of_video:.1f} s of "
+                f"video ({result.frames} frames, {result.seconds_taken:.1f} s)",
+                file=sys.stderr,
+            )
+    events = [e.as_dict() for r in results for e in r.events]
+    if args.out is not None:
+        with open(args.out, "w", newline="") as out:
+            if args.out.suffix == ".csv":
+                write_csv(events, out)
+            else:
+                out.writelines(json.dumps(e) + "\n" for e in events)
+    elif store is None:
+        for e in events:
+            print(json.dumps(e))
+    if store is not None:
+        store.close()
+    video_s = sum(r.seconds_of_video for r in results)
+    taken = sum(r.seconds_taken for r in results)
+    classes = Counter(e["label"] for e in events)
+    print(
+        f"mfvan analyze: {len(results)} of {len(results) + len(failed)} files, "
+        f"{video_s / 60:.1f} min of video in {taken:.0f} s "
+        f"({taken / max(video_s / 60, 1e-9):.0f} s per minute of video); {len(events)} events"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(classes.items()))})" if events else "")
+        + (f" -> {args.out}" if args.out else "")
+        + (f"; kept in {args.db}" if args.db else ""),
+        file=sys.stderr,
+    )
+    for path, why in failed:
+        print(f"mfvan analyze: failed: {path}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _streams(files: list[Path]) -> list[str]:
+    """Each file's stream id: its name without the extension, made safe as a topic, with
+    `-i` (its place) added where two would be the same."""
+    names = [
+        "".join(c if c.isalnum() or c in "-_." else "-" for c in f.stem) or "video" for f in files
+    ]
+    return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]

@@ -1,0 +1,85 @@
+"""`mfvan analyze`: recorded videos through the live pipeline's parts give the live
+pipeline's events; a file it cannot read is reported and the others go on."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mfvan.deploy.bench.cameras import camera_file
+from mfvan.stream import subscribe
+from mfvan.stream.outputs.store import EventStore
+
+MFVAN = [sys.executable, "-m", "mfvan"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Two SynthME camera recordings (H.264, 60 fps, 8 s) and a file that is not a video."""
+    folder = tmp_path_factory.mktemp("videos")
+    made = [camera_file(folder / "made", seed, 60.0, seconds=8.0) for seed in (31, 32)]
+    for i, path in enumerate(made):
+        path.rename(folder / f"cam{i + 1}.mp4")
+    (folder / "made").rmdir()
+    (folder / "broken.mp4").write_bytes(os.urandom(30_000))
+    return folder
+
+
+def _key(event: dict) -> tuple:
+    return event["stream"], event["onset"], event["apex"], event["offset"], event["label"]
+
+
+@pytest.mark.slow
+def test_analyze_gives_the_live_pipelines_events_and_skips_a_broken_file(videos, tmp_path):
+    out = tmp_path / "events.jsonl"
+    run = subprocess.run(
+        [*MFVAN, "analyze", str(videos), "--out", str(out), "--db", str(tmp_path / "e.db")]
+        + ["--clips", str(tmp_path / "clips")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 1, "a file failed: the exit status says so"
+    assert "broken.mp4" in run.stderr and "skipped" in run.stderr
+    assert "2 of 3 files" in run.stderr
+    analyzed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {e["stream"] for e in analyzed} == {"cam1", "cam2"}
+    assert all(os.path.getsize(e["clip"]) > 0 for e in analyzed)
+    with EventStore(tmp_path / "e.db", readonly=True) as store:
+        assert sorted(e["id"] for e in store.query()) == sorted(e["id"] for e in analyzed)
+    # again: the same events, the same ids
+    again = subprocess.run(
+        [*MFVAN, "analyze", str(videos / "cam1.mp4"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr
+    first = [e for e in analyzed if e["stream"] == "cam1"]
+    repeat = [json.loads(line) for line in again.stdout.splitlines()]
+    assert [(e["id"], *_key(e)) for e in repeat] == [(e["id"], *_key(e)) for e in first]
+
+    # the live pipeline on the same files
+    runtime = tmp_path / "rt"
+    live = subprocess.Popen(
+        [*MFVAN, "run", "--backend", "onnxruntime", "--runtime-dir", str(runtime)]
+        + ["--source", f"cam1={videos / 'cam1.mp4'}", "--source", f"cam2={videos / 'cam2.mp4'}"]
+        + ["--metrics-base-port", str(19900 + os.getpid() % 50)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    events = []
+    try:
+        with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=1.0) as sub:
+            while live.poll() is None:
+                events += [e.as_dict() for e in sub]
+        assert live.wait(timeout=60) == 0
+    finally:
+        if live.poll() is None:
+            live.kill()
+    assert sorted(map(_key, events)) == sorted(map(_key, analyzed)), (
+        "the same intervals and labels as the live pipeline"
+    )
+    assert len(analyzed) >= 4
