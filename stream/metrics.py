@@ -2,7 +2,8 @@
 
 Names follow Prometheus conventions: `mfvan_` prefix, `_total` for counters, `_seconds`
 for durations, base units. Labels: `stage` (ingest | spot | recognize), `stream` (the
-camera), `reason` for drops and refusals. Latency histograms: each stage's own time
+camera), `reason` for drops and refusals. Latency histograms (by `stage` and `stream`,
+so a dashboard shows one camera's latency): each stage's own time
 (`mfvan_stage_seconds`, from the message's arrival to its departure), the time from the
 previous stage (`mfvan_transit_seconds`), end to end from capture
 (`mfvan_end_to_end_seconds`), and inference (`mfvan_inference_seconds`).
@@ -14,6 +15,10 @@ once the stage has bound its sockets and compiled what it needs, `ready.set()`; 
 before); any other path is 404. The same state is the gauge `mfvan_ready{stage}` (0, then
 1), so a dashboard sees a stage that is up but still starting.
 
+Besides mfvan's own, each process's registry has prometheus_client's `process_*` (CPU
+seconds, resident memory, open files) and `python_info`, and `mfvan_build_info{version,
+model}`.
+
 Per-stream series are created at zero when a stream appears (`init_stream`) and removed
 when the stage forgets it (`forget_stream`: the stream ended or went idle), so a stage
 that sees many streams over its life does not keep a series for each forever.
@@ -23,11 +28,19 @@ Imports nothing of this project.
 
 from __future__ import annotations
 
+import functools
 import threading
 from http.server import ThreadingHTTPServer
 from urllib.parse import urlparse
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import MetricsHandler
 
 # from 0.5 ms to 10 s: inference of one pair is ms, end to end includes the apex's wait
@@ -36,6 +49,16 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 STAGES = ("ingest", "spot", "recognize")  # the stage processes, in the frames' order
+
+
+@functools.cache
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mfvan")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class _Ready(threading.Event):
@@ -62,6 +85,17 @@ class Metrics:
         self.stage = stage
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if registry is None:  # the process's own: CPU, memory, open files; Python's version
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        self.build_info = Gauge(
+            "mfvan_build_info",
+            "1, labelled with mfvan's version and the model the stage runs ('' but in the "
+            "recognizer).",
+            ["version", "model"],
+            registry=r,
+        )
+        self.set_model("")
         # set by the stage once it can do its work (/ready answers 200 from then on)
         self.ready = _Ready(
             Gauge(
@@ -140,21 +174,21 @@ class Metrics:
         self.stage_seconds = Histogram(
             "mfvan_stage_seconds",
             "Time a message spent inside a stage.",
-            ["stage"],
+            ["stage", "stream"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.transit = Histogram(
             "mfvan_transit_seconds",
             "Time from the previous stage's send to this stage's receipt.",
-            ["stage"],
+            ["stage", "stream"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.end_to_end = Histogram(
             "mfvan_end_to_end_seconds",
             "Time from a frame's capture to the event (or message) leaving this stage.",
-            ["stage"],
+            ["stage", "stream"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -172,10 +206,12 @@ class Metrics:
         if stage in STAGES:
             for reason in ("malformed", "version", "schema", "streams", "error"):
                 self.dropped.labels(stage, "", reason)
-            self.stage_seconds.labels(stage)
-            self.transit.labels(stage)
-            self.end_to_end.labels(stage)
             self.queue_depth.labels(stage)
+
+    def set_model(self, model: str) -> None:
+        """Name the model the stage runs in `mfvan_build_info`."""
+        self.build_info.clear()
+        self.build_info.labels(_version(), model).set(1)
 
     def init_stream(self, stream: str, classes=(), rejections=()) -> None:
         """Create a new stream's series at zero, so that dashboards and alerts see 0, not
@@ -185,6 +221,11 @@ class Metrics:
         self.frames_in.labels(stage, stream)
         self.frames_out.labels(stage, stream)
         self.dropped.labels(stage, stream, "hwm")
+        if stage in ("spot", "recognize"):  # the latency histograms, per camera
+            self.stage_seconds.labels(stage, stream)
+            self.transit.labels(stage, stream)
+        if stage == "recognize":
+            self.end_to_end.labels(stage, stream)
         if stage == "ingest":
             self.reconnects.labels(stream)
             self.reconnect_attempts.labels(stream)

@@ -278,8 +278,10 @@ def run_ingest(
 @dataclass
 class _Track:
     spots: FaceSpotter
-    counted: object  # the stream's frames_in and faces series, bound once (`labels()`
-    face: object  # costs 2 us a call)
+    counted: object  # the stream's frames_in, faces and latency series, bound once
+    face: object  # (`labels()` costs 2 us a call)
+    transit: object
+    seconds: object
     rejected: dict = field(default_factory=dict)
     seq: int = 0  # pairs sent
     faceless: int = 0  # frames in a row without a face
@@ -310,7 +312,13 @@ class SpotStage:
         m = self.metrics
         m.init_stream(stream, rejections=REJECTIONS)
         spots = FaceSpotter(self.params, self.size, background=True)
-        return _Track(spots, m.frames_in.labels("spot", stream), m.faces.labels(stream))
+        return _Track(
+            spots,
+            m.frames_in.labels("spot", stream),
+            m.faces.labels(stream),
+            m.transit.labels("spot", stream),
+            m.stage_seconds.labels("spot", stream),
+        )
 
     @property
     def tracks(self) -> dict[str, _Track]:
@@ -416,8 +424,6 @@ def run_spot(
         _dial(pull, inputs, keys)
         guard = _serve(ctx, push, out, keys, metrics, "spot")
         metrics.ready.set()
-        transit = metrics.transit.labels("spot")  # bound once, as the per-stream series
-        seconds = metrics.stage_seconds.labels("spot")
         next_expiry = time.monotonic() + 1.0
         for frames in _poll_loop(pull, stop):
             if frames is None or time.monotonic() >= next_expiry:  # idle streams go
@@ -437,8 +443,9 @@ def run_spot(
                     "spot:error", "spot: failed on a frame of %.40r", msg.stream, exc_info=True
                 )
                 continue
-            if "t_ingest" in msg.fields:
-                transit.observe((started - msg.fields["t_ingest"]) / 1e9)
+            track = stage.tracks.get(msg.stream)  # None once it ended (eos)
+            if track is not None and "t_ingest" in msg.fields:
+                track.transit.observe((started - msg.fields["t_ingest"]) / 1e9)
             for pair in pairs:
                 pair.t_spot = time.time_ns()
                 # pairs are rare and precious: wait a little for a slow recognizer
@@ -446,7 +453,8 @@ def run_spot(
                     metrics.frames_out.labels("spot", pair.stream).inc()
                 else:
                     metrics.dropped.labels("spot", pair.stream, "hwm").inc()
-            seconds.observe((time.time_ns() - started) / 1e9)
+            if track is not None:
+                track.seconds.observe((time.time_ns() - started) / 1e9)
     finally:
         _unguard(guard)
         pull.close()
@@ -588,7 +596,9 @@ def _take(frames, batcher: Batcher, metrics: Metrics, streams: Streams) -> None:
         return
     metrics.frames_in.labels("recognize", msg.stream).inc()
     if "t_spot" in msg.fields:
-        metrics.transit.labels("recognize").observe((received - msg.fields["t_spot"]) / 1e9)
+        metrics.transit.labels("recognize", msg.stream).observe(
+            (received - msg.fields["t_spot"]) / 1e9
+        )
     batcher.add((msg, received), time.monotonic())
 
 
@@ -668,6 +678,8 @@ def _publish(group, probs, classifier: Classifier, metrics, pub, streams, with_c
         protocol.send(pub, "event", msg.stream, n, arrays, **fields)
         metrics.events.labels(msg.stream, label).inc()
         metrics.frames_out.labels("recognize", msg.stream).inc()
-        metrics.stage_seconds.labels("recognize").observe((now - received) / 1e9)
+        metrics.stage_seconds.labels("recognize", msg.stream).observe((now - received) / 1e9)
         if msg.fields.get("t_capture"):  # the capture of the frame that confirmed the apex
-            metrics.end_to_end.labels("recognize").observe((now - msg.fields["t_capture"]) / 1e9)
+            metrics.end_to_end.labels("recognize", msg.stream).observe(
+                (now - msg.fields["t_capture"]) / 1e9
+            )

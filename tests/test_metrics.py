@@ -11,7 +11,7 @@ def test_metrics_are_served_on_loopback_with_conventional_names():
     m = Metrics("spot")
     m.frames_in.labels("spot", "cam1").inc(3)
     m.dropped.labels("spot", "cam1", "malformed").inc()
-    m.end_to_end.labels("spot").observe(0.012)
+    m.end_to_end.labels("spot", "cam1").observe(0.012)
     server, port = m.serve(0)
     try:
         assert server.server_address[0] == "127.0.0.1"
@@ -19,7 +19,12 @@ def test_metrics_are_served_on_loopback_with_conventional_names():
     finally:
         server.shutdown()
     families = {f.name: f for f in text_string_to_metric_families(text.decode())}
-    assert all(name.startswith("mfvan_") for name in families)
+    ours = {n for n in families if not n.startswith(("process_", "python_"))}
+    assert all(name.startswith("mfvan_") for name in ours)
+    assert families["process_cpu_seconds"].samples[0].value > 0, "the process collector"
+    assert "python_info" in families
+    (info,) = families["mfvan_build_info"].samples
+    assert info.labels["version"] and info.labels["model"] == "" and info.value == 1
     counters = [f for f in families.values() if f.type == "counter"]
     assert counters and all(
         s.name.endswith(("_total", "_created")) for f in counters for s in f.samples

@@ -32,7 +32,7 @@ def _query(port: int, promql: str) -> list:
 def test_prometheus_scrapes_a_stage(tmp_path):
     m = Metrics("spot")
     m.frames_in.labels("spot", "cam1").inc(42)
-    m.stage_seconds.labels("spot").observe(0.003)
+    m.stage_seconds.labels("spot", "cam1").observe(0.003)
     server, target = m.serve(0)
     port = free_port()
     config = tmp_path / "prometheus.yml"

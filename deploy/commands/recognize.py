@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     m = stage.metrics("recognize", args.metrics_port)  # served once ready: `run` waits for it
     version = meta["version"]
+    m.set_model(version)
     if "synthme" in str(meta.get("training_data", "")).lower():
         stage.log.warning(
             "recognize: %s is trained on SynthME (synthetic faces), not for real faces",
