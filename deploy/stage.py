@@ -219,15 +219,20 @@ def metrics(stage: str, port: int):
 
     m = Metrics(stage)
     if port >= 0:
-        host = os.environ.get("MFVAN_METRICS_HOST", "127.0.0.1")
-        try:
-            _, bound = m.serve(port, host)
-        except OSError as e:
-            raise Fatal(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
-        except OverflowError:
-            raise Fatal(f"metrics port {port} is not a port (1-65535)") from None
-        log.info("%s: metrics on http://%s:%d/metrics (/ready, /live)", stage, host, bound)
+        serve_metrics(m, port)
     return m
+
+
+def serve_metrics(m, port: int, registry=None) -> None:
+    """Serve `m`'s /metrics (or `registry`'s: the run's with its stages'), /live, /ready."""
+    host = os.environ.get("MFVAN_METRICS_HOST", "127.0.0.1")
+    try:
+        _, bound = m.serve(port, host, registry=registry)
+    except OSError as e:
+        raise Fatal(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+    except OverflowError:
+        raise Fatal(f"metrics port {port} is not a port (1-65535)") from None
+    log.info("%s: metrics on http://%s:%d/metrics (/ready, /live)", m.stage, host, bound)
 
 
 def run_stage(command: str, loop, *args, errors=(), **kwargs) -> int:

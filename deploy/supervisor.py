@@ -201,6 +201,72 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     return children, events
 
 
+class Aggregate:
+    """The run's /metrics: a prometheus_client registry holding the run's own series
+    and, fetched from each stage's /metrics at every scrape (in parallel, 127.0.0.1, at
+    most `timeout_s`), every stage's series, each sample labelled `process` (the child's
+    name: `ingest-cam1`, `spot-cam1+cam2`, `recognize`; `run` for the run's own), so two
+    processes' series never collide. `mfvan_stage_up{process,stage}` says whose /metrics
+    answered. Prometheus scrapes this one port however many cameras there are: adding a
+    camera changes no scrape target."""
+
+    def __init__(self, own, children: list, timeout_s: float = 2.0):
+        from prometheus_client import CollectorRegistry
+
+        self.own, self.children, self.timeout_s = own, children, timeout_s
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def collect(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from prometheus_client.core import GaugeMetricFamily, Metric
+        from prometheus_client.parser import text_string_to_metric_families
+
+        served = [c for c in self.children if "--metrics-port" in c.argv]
+        with ThreadPoolExecutor(min(16, len(served) or 1)) as pool:
+            texts = list(pool.map(self._fetch, served))
+        merged: dict[str, Metric] = {}
+
+        def add(families, process: str) -> None:
+            for family in families:
+                into = merged.setdefault(
+                    family.name,
+                    Metric(family.name, family.documentation, family.type, family.unit),
+                )
+                if into.type != family.type:
+                    continue  # another version's metric of another type: not mixed in
+                for sample in family.samples:
+                    if sample.name.endswith("_created"):
+                        continue  # one per series, each written as its own family: dropped
+                    labels = {**sample.labels, "process": process}
+                    into.add_sample(sample.name, labels, sample.value, sample.timestamp)
+
+        add(self.own.collect(), "run")
+        up = GaugeMetricFamily(
+            "mfvan_stage_up",
+            "1 when the stage process answered the run's last scrape of its /metrics.",
+            labels=["process", "stage"],
+        )
+        for child, text in zip(served, texts, strict=True):
+            up.add_metric([child.name, child.stage], 0.0 if text is None else 1.0)
+            if text is not None:
+                add(text_string_to_metric_families(text), child.name)
+        yield up
+        yield from merged.values()
+
+    def _fetch(self, child) -> str | None:
+        import urllib.request
+
+        port = child.argv[child.argv.index("--metrics-port") + 1]
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
+                return r.read().decode()
+        except (OSError, ValueError):  # not up (yet, or any more), or not answering
+            return None
+
+
 class Supervisor:
     """The restart policy over `children` (see the module's docstring); `restarts` is the
     `mfvan_restarts_total` counter."""

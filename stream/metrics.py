@@ -251,10 +251,10 @@ class Metrics:
                 if key[at] == stream:
                     metric.remove(*key)
 
-    def serve(self, port: int, host: str = "127.0.0.1"):
-        """Serve /metrics, /live and /ready on host:port (0: a free port); returns
-        (server, port)."""
-        base = MetricsHandler.factory(self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1", registry=None):
+        """Serve /metrics (of `registry`, default this stage's), /live and /ready on
+        host:port (0: a free port); returns (server, port)."""
+        base = MetricsHandler.factory(registry or self.registry)
         ready = self.ready
 
         class Handler(base):

@@ -40,15 +40,12 @@ def test_promtool_accepts_the_shipped_files(argv):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_the_shipped_scrape_targets_are_mfvan_runs_default_ports():
+def test_the_shipped_scrape_target_is_mfvan_runs_default_port():
     from mfvan.deploy.stage import DEFAULT_PORTS
 
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
-    targets = {
-        group["labels"]["role"]: int(group["targets"][0].rsplit(":", 1)[1])
-        for group in config["scrape_configs"][0]["static_configs"]
-    }
-    assert targets == {("supervisor" if k == "run" else k): v for k, v in DEFAULT_PORTS.items()}
+    (group,) = config["scrape_configs"][0]["static_configs"]
+    assert group["targets"] == [f"127.0.0.1:{DEFAULT_PORTS['run']}"], "one endpoint for the run"
 
 
 def _dashboard_queries() -> list[tuple[str, str]]:
@@ -88,10 +85,7 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(tmp_path):
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(PROM / "alerts.yml")]
-    for group, port in zip(
-        config["scrape_configs"][0]["static_configs"], range(base - 1, base + 3), strict=True
-    ):
-        group["targets"] = [f"127.0.0.1:{port}"]
+    config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{base - 1}"]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     prom = subprocess.Popen(
@@ -125,12 +119,15 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(tmp_path):
         assert len(rules) == sum(len(g["rules"]) for g in shipped)
         assert all(rule["health"] == "ok" for rule in rules), "every alert evaluates"
         up = _query(port, 'up{job="mfvan"}')
-        assert sorted(r["metric"]["role"] for r in up if r["value"][1] == "1") == [
+        assert [r["value"][1] for r in up] == ["1"], "the run's one endpoint"
+        stages = _query(port, "mfvan_stage_up")
+        assert sorted(r["metric"]["stage"] for r in stages if r["value"][1] == "1") == [
             "ingest",
             "recognize",
             "spot",
-            "supervisor",
-        ]
+        ], "every stage's metrics, through the run's endpoint"
+        cpu = _query(port, "rate(process_cpu_seconds_total[30s])")
+        assert {r["metric"]["process"] for r in cpu} >= {"run", "recognize"}
     finally:
         prom.terminate()
         run.send_signal(signal.SIGTERM)

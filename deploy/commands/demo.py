@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"mfvan demo: {' '.join(cmd[3:])}")
     ports = range(args.metrics_base_port, args.metrics_base_port + 3)
     print(
-        "metrics: "
+        f"metrics, every stage's: http://127.0.0.1:{args.metrics_base_port - 1}/metrics; "
+        + "each stage's own: "
         + ", ".join(
             f"{name} http://127.0.0.1:{port}/metrics"
             for name, port in zip(STAGES, ports, strict=True)

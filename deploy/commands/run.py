@@ -88,6 +88,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mfvan.deploy.supervisor import (
+        Aggregate,
         Child,
         RuntimeDir,
         Supervisor,
@@ -102,9 +103,14 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     stop = stage.stop_on_signals(grace_s=20.0)  # its stages stop first, in order
     started = time.monotonic()
-    metrics = stage.metrics("run", args.metrics_base_port - 1)
+    metrics = stage.metrics("run", -1)  # served below, with its stages' metrics
     with RuntimeDir(args.runtime_dir) as runtime:
         children, events = plan(args, runtime)
+        # one endpoint for the whole run: its own series and every stage's, fetched at
+        # each scrape; Prometheus scrapes only this port, however many cameras
+        stage.serve_metrics(
+            metrics, args.metrics_base_port - 1, Aggregate(metrics.registry, children).registry
+        )
         supervisor = Supervisor(children, metrics.restarts)
         recognizer = children[-1]
         # the spot stage's kernels compiled once, beside the recognizer's loading, before
