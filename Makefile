@@ -54,7 +54,8 @@ bench-data: $(STAMP)
 # cores; resumable). With runs/spotting/matrix (`mfvan spot-eval --sweep`) its realistic
 # tuning cells also train the weights and its held-out cells are scored for STRS.
 reproduce: $(STAMP)
-	$(BIN)/mfvan reproduce --data data/synthme-standard --out runs/reproduce --docs docs/results.md
+	$(BIN)/mfvan reproduce --data data/synthme-standard --out runs/reproduce --docs docs/results.md \
+		--weights $(WEIGHTS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info

@@ -33,6 +33,7 @@ COMMANDS = {
     "bench": "bench",
     "export": "export",
     "warm-up": "warm_up",
+    "completion": "completion",
 }
 
 

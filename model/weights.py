@@ -111,6 +111,8 @@ def save_weights(
     seal(sidecar)
     out = sidecar_path(path)
     out.write_text(json.dumps(sidecar, indent=2) + "\n")
+    for written in (path, out):  # weights are not secret: a service user must read them,
+        written.chmod(0o644)  # whatever the umask of whoever trained them
     return out
 
 

@@ -309,6 +309,20 @@ def saved(tmp_path):
     return model, path
 
 
+def test_weights_are_readable_by_others_whatever_the_umask(tmp_path):
+    """A service user must read weights that root trained (they are not secret)."""
+    import os
+    import stat
+
+    old = os.umask(0o077)
+    try:
+        save_weights(MFVAN(TINY).eval(), tmp_path / "w.safetensors", CLASSES, "test")
+    finally:
+        os.umask(old)
+    for name in ("w.safetensors", "w.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
 def test_save_and_load_round_trip_exactly(saved):
     model, path = saved
     loaded, meta = load_weights(path, classes=CLASSES, image_size=32, in_chans=1, config=TINY)

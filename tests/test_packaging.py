@@ -106,6 +106,22 @@ def test_python_m_mfvan_is_the_mfvan_command():
     assert out.returncode == 0 and out.stdout.startswith("usage: mfvan subscribe")
 
 
+def test_bash_completion_completes_commands_and_flags():
+    script = subprocess.run(
+        [sys.executable, "-m", "mfvan", "completion", "bash"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    probe = (
+        "source /dev/stdin; "
+        'COMP_WORDS=(mfvan ana); COMP_CWORD=1; _shtab_mfvan; echo "${COMPREPLY[@]}"; '
+        'COMP_WORDS=(mfvan run --streams-p); COMP_CWORD=2; _shtab_mfvan; echo "${COMPREPLY[@]}"'
+    )
+    out = subprocess.run(["bash", "-c", probe], input=script, capture_output=True, text=True)
+    assert out.stdout.split("\n")[:2] == ["analyze", "--streams-per-spot"], out.stderr
+
+
 def test_every_flag_states_its_default_at_most_once():
     """A help text that says its own default got argparse's too: `(default: ...)
     (default: None)`."""

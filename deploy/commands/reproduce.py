@@ -46,7 +46,9 @@ def add(p: argparse.ArgumentParser) -> None:
         "--weights",
         type=Path,
         default=None,
-        help="where to write the demo weights (default: the package's)",
+        help="where to write the demo weights (default: OUT/weights/, never into the "
+        "installed package; give deploy/weights/mfvan-demo-synthme.safetensors to update the "
+        "shipped ones, as `make reproduce` does)",
     )
 
 
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
 
-    weights = args.weights or DEMO_WEIGHTS
+    weights = args.weights or args.out / "weights" / DEMO_WEIGHTS.name
     reproduce(
         args.data,
         args.out,
