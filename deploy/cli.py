@@ -21,6 +21,7 @@ COMMANDS = {
     "recognize": "recognize",
     "subscribe": "subscribe",
     "record": "record",
+    "forward": "forward",
     "events": "events",
     "analyze": "analyze",
     "keys": "keys",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 log = logging.getLogger("mfvan.run")
 
-DEFAULT_PORTS = {"ingest": 9101, "spot": 9102, "recognize": 9103, "run": 9100}
+DEFAULT_PORTS = {"ingest": 9101, "spot": 9102, "recognize": 9103, "run": 9100, "forward": 9104}
 EXIT_FATAL = 2  # a configuration error: not worth restarting
 STOP_S = 1.5  # after a stop signal, the most a stage takes to end
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -151,7 +151,8 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     """The child processes of `mfvan run` (the recognizer last) and the event endpoint.
     Ports: ingest i on base + 2i, the spot process of streams i.. on base + 2i + 1 (so the
-    layout of one spot per stream is unchanged), the recognizer on base + 2N."""
+    layout of one spot per stream is unchanged), the recognizer on base + 2N, the
+    outputs' process (`forward`, with --mqtt or --webhook) on base + 2N + 1."""
     from mfvan.stream.ingest import resolve
 
     base = args.metrics_base_port
@@ -197,6 +198,17 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
         if getattr(args, "keys", None) is not None:
             record += ["--keys", str(args.keys)]
         children.append(Child("record", "store", record))
+    if getattr(args, "mqtt", None) or getattr(args, "webhook", None):
+        forward = ["forward", events, "--metrics-port", str(base + 2 * len(urls) + 1)]
+        forward += ["--mqtt", args.mqtt] if args.mqtt else []
+        if args.mqtt:
+            forward += ["--mqtt-prefix", args.mqtt_prefix, "--mqtt-qos", str(args.mqtt_qos)]
+            forward += ["--mqtt-retain"] if args.mqtt_retain else []
+        for url in args.webhook or ():
+            forward += ["--webhook", url]
+        if getattr(args, "keys", None) is not None:
+            forward += ["--keys", str(args.keys)]
+        children.append(Child("forward", "outputs", forward))
     children.append(Child("recognize", "all", recognize + forwarded(args)))
     return children, events
 
@@ -318,9 +330,10 @@ class Supervisor:
     def _fail(self, child) -> None:
         """A child exited EXIT_FATAL: it and its streams are done, and so is every other
         child that served only failed streams."""
-        if child.stage == "record":
-            log.error("run: the event store failed (see its message above); events go on")
-            self.failed.append("the event store")
+        if child.stage in ("record", "forward"):
+            what = "the event store" if child.stage == "record" else "the MQTT/webhook outputs"
+            log.error("run: %s failed (see its message above); events go on", what)
+            self.failed.append(what)
             child.finished = child.failed = True
             return
         if child.stream == "all":

@@ -192,6 +192,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.outputs_sent = Counter(
+            "mfvan_outputs_sent",
+            "Events delivered to an output (mqtt, webhook).",
+            ["output"],
+            registry=r,
+        )
+        self.outputs_dropped = Counter(
+            "mfvan_outputs_dropped",
+            "Events an output dropped: disconnected (broker away), queue (full), failed "
+            "(retries spent), refused (a 4xx answer).",
+            ["output", "reason"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "mfvan_queue_depth", "Items waiting inside a stage.", ["stage"], registry=r
         )

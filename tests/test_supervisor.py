@@ -249,6 +249,21 @@ def test_db_plans_a_recorder_that_subscribes_to_the_events():
     assert all(c.stage != "record" for c in plan(no_db, Path("/run/x"))[0])
 
 
+def test_mqtt_and_webhooks_plan_a_forward_process_after_the_recognizers_port():
+    args = build_parser().parse_args(
+        ["run", "--source", "a=x.mp4", "--source", "b=y.mp4", "--metrics-base-port", "9301"]
+        + ["--mqtt", "broker.lan:1884", "--mqtt-qos", "1", "--webhook", "http://h/1"]
+        + ["--webhook", "http://h/2"]
+    )
+    children, events = plan(args, Path("/run/x"))
+    (forward,) = [c for c in children if c.stage == "forward"]
+    parsed = build_parser().parse_args(forward.argv)
+    assert parsed.endpoint == events and parsed.mqtt == "broker.lan:1884"
+    assert parsed.mqtt_qos == 1 and parsed.webhook == ["http://h/1", "http://h/2"]
+    assert parsed.metrics_port == 9306, "after the recognizer's (9305): no port moves"
+    assert children[-1].stage == "recognize"
+
+
 def test_a_camera_name_given_twice_is_refused():
     args = build_parser().parse_args(
         ["run", "--source", "cam1=synth://?seed=1", "--source", "cam1=synth://?seed=2"]

@@ -18,6 +18,7 @@ HELP = "the live pipeline: ingest, spot and recognize, supervised"
 
 
 def add(p: argparse.ArgumentParser) -> None:
+    from mfvan.deploy.commands.forward import add_output_options
     from mfvan.deploy.commands.recognize import add_model_options
     from mfvan.deploy.commands.record import add_store_options
 
@@ -55,6 +56,7 @@ def add(p: argparse.ArgumentParser) -> None:
     )
     stage.add_measure_hz(p)  # forwarded to every spot process
     add_store_options(p)  # a recorder child keeps every event (`mfvan record`)
+    add_output_options(p)  # a forward child sends them to MQTT, webhooks (`mfvan forward`)
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
     add_model_options(p)  # the recognizer's, forwarded to it as given
@@ -68,10 +70,10 @@ def _check(args: argparse.Namespace) -> None:
 
     synth_source.register()
     base, n = args.metrics_base_port, len(args.source)
-    if not 2 <= base <= 65535 - 2 * n:
+    if not 2 <= base <= 65535 - 2 * n - 1:
         raise stage.Fatal(
             f"--metrics-base-port {base}: the run serves on {base - 1} and its stages on "
-            f"{base} to {base + 2 * n}, which must all be ports (1-65535)"
+            f"{base} to {base + 2 * n + 1}, which must all be ports (1-65535)"
         )
     for source in args.source:
         stage.source_url(source)

@@ -1,0 +1,133 @@
+"""`mfvan forward`: the recognizer's events to MQTT and webhooks, as a subscriber like
+any other (a slow broker or endpoint costs this process drops, never the recognizer).
+
+    mfvan forward ipc:///run/mfvan/events.ipc --mqtt 127.0.0.1:1883
+    mfvan forward tcp://10.0.0.5:5560 --keys /etc/mfvan/keys --webhook https://example.org/hook
+
+`mfvan run --mqtt ... --webhook ...` starts one as a child. What is sent and how it
+fails: `mfvan.stream.outputs.mqtt`, `mfvan.stream.outputs.webhook`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from mfvan.deploy import stage
+
+HELP = "send events to an MQTT broker and to webhooks"
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    p.add_argument("endpoint", help="the recognizer's event endpoint")
+    add_output_options(p)
+    p.add_argument("--stream", help="only this camera's events")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        help="CURVE keys folder holding subscriber.key_secret and the server's server.key",
+    )
+    p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["forward"])
+    stage.add_logging(p)
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """The outputs' flags, shared with `mfvan run` (which forwards them to its child)."""
+    p.add_argument(
+        "--mqtt",
+        metavar="HOST[:PORT]",
+        help="publish events to this MQTT broker (port 1883 unless given); user and password "
+        "from MFVAN_MQTT_USER and MFVAN_MQTT_PASSWORD",
+    )
+    p.add_argument(
+        "--mqtt-prefix", default="mfvan", help="topics PREFIX/events, PREFIX/CAMERA/events"
+    )
+    p.add_argument("--mqtt-qos", type=int, choices=(0, 1, 2), default=0, help="MQTT QoS")
+    p.add_argument("--mqtt-retain", action="store_true", help="publish events retained")
+    p.add_argument(
+        "--webhook",
+        action="append",
+        metavar="URL",
+        help="POST each event's JSON here (repeatable); signed when MFVAN_WEBHOOK_SECRET is "
+        "set (header X-Mfvan-Signature-256)",
+    )
+
+
+def outputs(args: argparse.Namespace, metrics=None) -> list:
+    """The outputs the flags ask for, their drops and deliveries counted in `metrics`."""
+    from mfvan.stream.outputs.mqtt import MqttOutput
+    from mfvan.stream.outputs.webhook import WebhookOutput
+
+    def counted(name):
+        if metrics is None:
+            return {}
+        return {
+            "on_drop": lambda reason: metrics.outputs_dropped.labels(name, reason).inc(),
+            "on_sent": metrics.outputs_sent.labels(name).inc,
+        }
+
+    out = []
+    if args.mqtt:
+        host, _, port = args.mqtt.rpartition(":") if ":" in args.mqtt else (args.mqtt, "", "")
+        try:
+            port = int(port or 1883)
+        except ValueError:
+            raise stage.Fatal(f"--mqtt {args.mqtt}: the port is not a number") from None
+        out.append(
+            MqttOutput(
+                host,
+                port,
+                prefix=args.mqtt_prefix,
+                qos=args.mqtt_qos,
+                retain=args.mqtt_retain,
+                username=os.environ.get("MFVAN_MQTT_USER"),
+                password=os.environ.get("MFVAN_MQTT_PASSWORD"),
+                **counted("mqtt"),
+            )
+        )
+    if args.webhook:
+        secret = os.environ.get("MFVAN_WEBHOOK_SECRET")
+        try:
+            out.append(
+                WebhookOutput(
+                    args.webhook, secret.encode() if secret else None, **counted("webhook")
+                )
+            )
+        except ValueError as e:
+            raise stage.Fatal(str(e)) from None
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from mfvan.stream import subscribe
+    from mfvan.stream.client import Refused
+    from mfvan.stream.security import client_curve
+
+    stage.setup_logging("forward", args.stream or "-", args.log_format)
+    if not (args.mqtt or args.webhook):
+        raise stage.Fatal("nothing to forward to: give --mqtt HOST[:PORT] and/or --webhook URL")
+    stop = stage.stop_on_signals()
+    m = stage.metrics("forward", args.metrics_port)
+    targets = outputs(args, m)
+    curve = client_curve(args.keys, "subscriber") if args.keys else None
+    sub = subscribe(args.endpoint, args.stream, timeout_s=0.2, curve=curve)
+    m.ready.set()
+    stage.log.info("forward: events of %s -> %s", args.endpoint, ", ".join(t.name for t in targets))
+    try:
+        while not stop.is_set():
+            for event in sub:
+                for target in targets:
+                    target.send(event)
+                if stop.is_set():
+                    break
+    except Refused as e:
+        print(f"mfvan forward: {e}", file=sys.stderr)
+        return stage.EXIT_FATAL
+    finally:
+        sub.close()
+        for target in targets:
+            target.close()
+    return 0

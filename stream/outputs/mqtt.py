@@ -1,0 +1,108 @@
+"""Events to an MQTT broker (paho-mqtt), in the spirit of Frigate's event messages, for
+Home Assistant, Node-RED and the like.
+
+    out = MqttOutput("127.0.0.1", 1883, prefix="mfvan")
+    out.send(event)          # never blocks: dropped and counted while the broker is away
+
+Topics: every event as JSON on `PREFIX/events` and on `PREFIX/CAMERA/events`; the event
+is `Event.as_dict()` plus `"type": "new"` (an event is whole when it is published, so
+there are no `update` or `end` messages), without pixels. `PREFIX/available` says
+`online` (retained) once connected and `offline` when the client stops or, as its MQTT
+last will, when it vanishes. QoS and retain are the operator's (`qos`, `retain`).
+
+The connection is paho's network thread's: connecting and reconnecting (backoff from
+`min_delay_s` doubling to `max_delay_s`) never hold the caller. While the broker is away
+an event is dropped and counted (`dropped`), not queued: what was missed is in the event
+store, and a burst of stale events after a broker restart helps no one. Once connected,
+at most `queue` messages wait for the socket (paho's own queue, bounded); beyond that
+they are dropped and counted too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+log = logging.getLogger("mfvan.outputs")
+
+
+class MqttOutput:
+    name = "mqtt"
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 1883,
+        prefix: str = "mfvan",
+        qos: int = 0,
+        retain: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str | None = None,
+        queue: int = 1000,
+        min_delay_s: float = 1.0,
+        max_delay_s: float = 30.0,
+        on_drop=None,
+        on_sent=None,
+    ):
+        import paho.mqtt.client as mqtt
+
+        if qos not in (0, 1, 2):
+            raise ValueError(f"MQTT QoS is 0, 1 or 2, not {qos!r}")
+        self.prefix, self.qos, self.retain = prefix.rstrip("/"), qos, retain
+        self.dropped = self.sent = 0
+        self.on_drop = on_drop or (lambda reason: None)
+        self.on_sent = on_sent or (lambda: None)
+        self.connected = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "")
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.max_queued_messages_set(queue)
+        self.client.reconnect_delay_set(min_delay=int(min_delay_s), max_delay=int(max_delay_s))
+        self.client.will_set(f"{self.prefix}/available", "offline", qos=1, retain=True)
+        self.client.on_connect = self._connected
+        self.client.on_disconnect = self._disconnected
+        self.where = f"{host}:{port}"
+        self.client.connect_async(host, port, keepalive=30)
+        self.client.loop_start()
+
+    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("mqtt: %s refused the connection: %s", self.where, reason_code)
+            return
+        self.connected.set()
+        client.publish(f"{self.prefix}/available", "online", qos=1, retain=True)
+        log.info("mqtt: connected to %s", self.where)
+
+    def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set():
+            log.warning("mqtt: lost %s (%s); reconnecting", self.where, reason_code)
+        self.connected.clear()
+
+    def send(self, event) -> bool:
+        """Publish one event (a `mfvan.stream.Event`); False when it was dropped."""
+        import paho.mqtt.client as mqtt_errors
+
+        if not self.connected.is_set():
+            return self._drop("disconnected")
+        payload = json.dumps({"type": "new", **event.as_dict()})
+        for topic in (f"{self.prefix}/events", f"{self.prefix}/{event.stream}/events"):
+            info = self.client.publish(topic, payload, qos=self.qos, retain=self.retain)
+            if info.rc != 0:  # MQTT_ERR_NO_CONN, MQTT_ERR_QUEUE_SIZE: not sent
+                full = info.rc == mqtt_errors.MQTT_ERR_QUEUE_SIZE
+                return self._drop("queue" if full else "disconnected")
+        self.sent += 1
+        self.on_sent()
+        return True
+
+    def _drop(self, reason: str) -> bool:
+        self.dropped += 1
+        self.on_drop(reason)
+        return False
+
+    def close(self) -> None:
+        if self.connected.is_set():
+            self.client.publish(f"{self.prefix}/available", "offline", qos=1, retain=True)
+        self.client.disconnect()
+        self.client.loop_stop()
