@@ -60,6 +60,25 @@ def test_each_dockerfile_copies_what_the_package_is_built_from(dockerfile):
 def test_compose_mounts_files_that_exist():
     compose = yaml.safe_load((REPO / "compose.yaml").read_text())
     assert set(compose["services"]) == {"mfvan", "prometheus", "grafana"}
+    named = set(compose.get("volumes", {}))
     for service in compose["services"].values():
         for volume in service.get("volumes", []):
-            assert (REPO / volume.split(":")[0]).exists(), volume
+            source = volume.split(":")[0]
+            assert source in named or (REPO / source).exists(), volume
+
+
+def test_compose_keeps_the_store_and_publishes_events_only_with_curve():
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    mfvan = compose["services"]["mfvan"]
+    assert "mfvan-data:/var/lib/mfvan" in mfvan["volumes"]
+    toml = tomllib.loads((REPO / "deploy" / "mfvan.toml").read_text())
+    assert Path(toml["db"]).parent == Path("/var/lib/mfvan"), "the store is on the volume"
+    env = mfvan["environment"]
+    assert env["MFVAN_EVENTS"].startswith("tcp://") and env["MFVAN_KEYS"].startswith(
+        "/var/lib/mfvan/"
+    ), "events leave the container encrypted"
+    assert all(p.startswith("127.0.0.1:") for p in mfvan["ports"]), "on the host's loopback"
+    assert "/ready" in " ".join(mfvan["healthcheck"]["test"])
+    assert compose["services"]["prometheus"]["depends_on"]["mfvan"] == {
+        "condition": "service_healthy"
+    }
