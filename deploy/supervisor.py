@@ -189,9 +189,12 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     recognize = ["recognize", "--out", events, "--metrics-port", str(base + 2 * len(urls))]
     for endpoint in pair_endpoints:
         recognize += ["--in", endpoint]
+    # where the run's own subscribers connect: a recognizer bound on every interface is
+    # reached on loopback
+    local = events.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
     db = getattr(args, "db", None)
     if db is not None:  # the event store's recorder, a subscriber like any other
-        record = ["record", events, "--db", str(db)]
+        record = ["record", local, "--db", str(db)]
         for flag in ("max_age_days", "max_gb"):
             if getattr(args, flag, None) is not None:
                 record += [f"--{flag.replace('_', '-')}", f"{getattr(args, flag):g}"]
@@ -199,7 +202,7 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
             record += ["--keys", str(args.keys)]
         children.append(Child("record", "store", record))
     if getattr(args, "mqtt", None) or getattr(args, "webhook", None):
-        forward = ["forward", events, "--metrics-port", str(base + 2 * len(urls) + 1)]
+        forward = ["forward", local, "--metrics-port", str(base + 2 * len(urls) + 1)]
         forward += ["--mqtt", args.mqtt] if args.mqtt else []
         if args.mqtt:
             forward += ["--mqtt-prefix", args.mqtt_prefix, "--mqtt-qos", str(args.mqtt_qos)]

@@ -245,6 +245,11 @@ def test_db_plans_a_recorder_that_subscribes_to_the_events():
     assert record.argv[:4] == ["record", events, "--db", "/var/lib/mfvan/e.db"]
     parsed = build_parser().parse_args(record.argv)
     assert parsed.max_age_days == 30 and parsed.max_gb is None
+    bound = build_parser().parse_args(
+        ["run", "--source", "a=x.mp4", "--db", "e.db", "--events", "tcp://0.0.0.0:5560"]
+    )
+    record = next(c for c in plan(bound, Path("/run/x"))[0] if c.stage == "record")
+    assert record.argv[1] == "tcp://127.0.0.1:5560", "it connects where the recognizer binds"
     no_db = build_parser().parse_args(["run", "--source", "a=x.mp4"])
     assert all(c.stage != "record" for c in plan(no_db, Path("/run/x"))[0])
 
