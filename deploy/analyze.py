@@ -38,6 +38,7 @@ from mfvan.kernels.motion import wire_flow
 from mfvan.stream.client import Event
 from mfvan.stream.ingest import PyAVSource, SourceError
 from mfvan.stream.messages import uuid7
+from mfvan.stream.outputs.store import write_clip
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg"}
 CLIP_MARGIN_S = 0.5
@@ -135,22 +136,12 @@ class _Clips:
         self.due = []
 
     def _clip(self, first: int, last: int, event_id: str) -> None:
-        import av
-
         frames = [c for i, c in self.crops if first <= i <= last]
         if not frames:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{event_id}.mp4"
-        with av.open(str(path), "w") as out:
-            stream = out.add_stream("libx264", rate=int(round(self.fps)))
-            stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "18", "preset": "veryfast"}
-            for crop in frames:
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(crop), format="gray")
-                out.mux(stream.encode(frame.reformat(format="yuv420p")))
-            out.mux(stream.encode(None))
+        write_clip(path, frames, self.fps)
         self.written[event_id] = path
 
 

@@ -180,6 +180,7 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
         argv += ["--out", pairs, "--metrics-port", str(base + 2 * first + 1)]
         if getattr(args, "measure_hz", None) is not None:
             argv += ["--measure-hz", f"{args.measure_hz:g}"]
+        argv += ["--clips"] if getattr(args, "with_clips", False) else []
         streams = tuple(names[i] for i in served)
         spots.append(Child("spot", "+".join(streams), argv, streams=streams))
     children = []  # each stream's ingest, then its spot process once it serves them all
@@ -212,7 +213,10 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
         if getattr(args, "keys", None) is not None:
             forward += ["--keys", str(args.keys)]
         children.append(Child("forward", "outputs", forward))
-    children.append(Child("recognize", "all", recognize + forwarded(args)))
+    recognize += forwarded(args)
+    if getattr(args, "with_clips", False) and "--with-crops" not in recognize:
+        recognize.append("--with-crops")  # the clip travels with the crops
+    children.append(Child("recognize", "all", recognize))
     return children, events
 
 

@@ -77,6 +77,7 @@ class Event:
     crops: list[np.ndarray] = field(default_factory=list)
     id: str = ""  # a UUIDv7: unique, sortable by time
     face: list[float] | None = None  # [x, y, w, h] px of the tracked face square
+    clip: np.ndarray | None = None  # (N, S, S) uint8 face crops (`mfvan run --with-clips`)
 
     @property
     def onset_time(self) -> float:
@@ -143,7 +144,8 @@ def to_event(msg: protocol.Message) -> Event:
             offset=f.pop("offset"),
             model=f.pop("model"),
             times={k: f.pop(k) for k in list(f) if k.startswith("t_")},
-            crops=[np.array(a) for a in msg.arrays],
+            crops=[np.array(a) for a in msg.arrays[:2]],
+            clip=np.array(msg.arrays[2]) if len(msg.arrays) == 3 else None,
             id=f.pop("id", ""),
             face=f.pop("face", None),
         )

@@ -52,16 +52,20 @@ class Pair:
     flow: np.ndarray | None = None  # (S, S, 2) float16: onset -> apex, `kernels.motion`
     t_spot: int = 0  # set when it is sent
     face: list | None = None  # [x, y, w, h] px: the tracked face square when it was confirmed
+    clip: np.ndarray | None = None  # (N, S, S) uint8: face crops around it (`--clips`)
+    clip_fps: float = 0.0  # the clip's frames per second (media time)
     extra: dict = field(default_factory=dict)  # fields this version does not name
 
     def header(self) -> dict:
         """The header fields (`protocol.send`'s keywords), crops and framing left out."""
-        framing = ("stream", "seq", "onset_crop", "apex_crop", "flow", "extra", "truth")
+        framing = ("stream", "seq", "onset_crop", "apex_crop", "flow", "extra", "truth", "clip")
         header = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in framing}
         if self.truth is not None:
             header["truth"] = self.truth
         if self.face is None:
             del header["face"]
+        if self.clip is None:
+            del header["clip_fps"]
         return {**header, **self.extra}
 
     def send(self, socket, wait_ms: int = 0) -> bool:
@@ -70,6 +74,9 @@ class Pair:
         if self.flow is not None:
             arrays.append(self.flow)
             formats.append("flow")
+            if self.clip is not None:  # after the flow, always (the schema's 4th buffer)
+                arrays.append(self.clip)
+                formats.append("clip")
         return protocol.send(
             socket,
             "pair",
@@ -87,7 +94,7 @@ class Pair:
 FROM_PAIR = (
     "onset", "apex", "offset", "media_onset", "media_apex", "media_offset",
     "t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot",
-    "spot_score", "region", "truth", "face",
+    "spot_score", "region", "truth", "face", "clip_fps",
 )  # fmt: skip
 # what the recognizer adds: the event's id, the class, every class's probability (in
 # `classes` order, calibrated), the confidence (the class's probability), the model

@@ -54,6 +54,7 @@ MAX_HEADER = 64 * 1024  # bytes of msgpack
 MAX_STREAM_ID = 128  # characters
 MAX_MESSAGE = MAX_SIDE * MAX_SIDE * 3  # bytes in one part: the largest legal RGB frame
 MAX_FLOW = 64.0  # px: a pair's flow beyond this is not a face's motion (nor inf, nan)
+MAX_CLIP = 2000  # frames of face crops a pair or an event may carry (10 s at 200 fps)
 
 
 class Malformed(ValueError):
@@ -97,7 +98,7 @@ def encode(kind: str, stream: str, seq: int, arrays=(), formats=None, **fields) 
     _check_stream(stream)
     _check_header(kind, header)
     _check_buffers(kind, tuple(shapes), tuple(names))
-    if SCHEMAS[kind].flow and len(buffers) == 3:
+    if SCHEMAS[kind].flow and len(buffers) >= 3:
         _check_flow(kind, buffers[2])
     return [topic(stream), msgpack.packb(header, use_bin_type=True), *buffers]
 
@@ -200,6 +201,7 @@ class Schema:
     square: bool = False
     same_shape: bool = False
     flow: bool = False
+    clip: int = 0  # with this many buffers, the last is a clip: (N, S, S) uint8 crops
 
 
 _TIMES = ("t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot")
@@ -211,6 +213,7 @@ _PAIR_FIELDS = {
     "region": _str,
     "truth": _map_or_nil,
     "face": _box,
+    "clip_fps": _num,
 }
 SCHEMAS = {
     "frame": Schema(
@@ -228,11 +231,14 @@ SCHEMAS = {
     "pair": Schema(
         fields=_PAIR_FIELDS,
         required=("onset", "apex", "offset"),
-        buffers=(2, 3),  # the onset and apex crops, and their flow (from the spot stage)
+        # the onset and apex crops, their flow (from the spot stage), and a clip of the
+        # face crops around the interval (`mfvan spot --clips`)
+        buffers=(2, 3, 4),
         sides=(MIN_CROP, MAX_CROP),
         square=True,
         same_shape=True,
         flow=True,
+        clip=4,
     ),
     "event": Schema(
         fields={
@@ -248,10 +254,11 @@ SCHEMAS = {
             "t_recognize": _int,
         },
         required=("onset", "apex", "offset", "label", "probs", "confidence", "classes", "model"),
-        buffers=(0, 2),  # the crops only with --with-crops
+        buffers=(0, 2, 3),  # the crops only with --with-crops; and the clip, if it came
         sides=(MIN_CROP, MAX_CROP),
         square=True,
         same_shape=True,
+        clip=3,
     ),
     "eos": Schema(fields={}),
 }
@@ -286,6 +293,16 @@ def _check_buffers(kind: str, shapes: tuple, dtypes: tuple) -> None:
     schema = SCHEMAS[kind]
     if len(shapes) not in schema.buffers:
         raise Malformed("schema", f"a {kind} has {len(shapes)} buffers, not {schema.buffers}")
+    if schema.clip and len(shapes) == schema.clip:  # the clip, last
+        side = shapes[0][0] if shapes[0] else 0
+        shape, dtype = shapes[-1], dtypes[-1]
+        if (
+            not (len(shape) == 3 and shape[1:] == (side, side) and 1 <= shape[0] <= MAX_CLIP)
+            or dtype != "uint8"
+        ):
+            want = f"(1..{MAX_CLIP}, {side}, {side}) uint8"
+            raise Malformed("schema", f"a {kind}'s clip is {dtype} {shape}, not {want}")
+        shapes, dtypes = shapes[:-1], dtypes[:-1]
     if schema.flow and len(shapes) == 3:  # the images' flow, last
         (side, *_), shape, dtype = shapes[0], shapes[2], dtypes[2]
         if shape != (side, side, 2) or dtype not in ("float16", "float32"):
@@ -354,7 +371,7 @@ def decode(frames) -> Message:
     arrays = [
         _array(f, shape, name) for f, shape, name in zip(frames[2:], shapes, names, strict=True)
     ]
-    if SCHEMAS[kind].flow and len(arrays) == 3:
+    if SCHEMAS[kind].flow and len(arrays) >= 3:
         _check_flow(kind, arrays[2])
     for key in RESERVED:  # the header is ours (just unpacked): what is left are the fields
         del header[key]

@@ -32,9 +32,11 @@ Imports nothing of model/ or deploy/: the recognizer receives a backend object.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -48,6 +50,9 @@ from mfvan.kernels.spotter import REJECTIONS, SpotterParams
 from . import protocol, security
 from .messages import Pair, event_header, uuid7
 from .metrics import Metrics
+
+CLIP_MARGIN_S = 0.5  # a clip starts this long before the onset (`mfvan spot --clips`)
+CLIP_SPAN_S = 3.0  # and a spot stage keeps this much more of each stream's crops for it
 
 log = logging.getLogger("mfvan.stream")
 HWM = 64  # messages queued per socket at most (frames at 200 fps: a third of a second)
@@ -284,6 +289,7 @@ class _Track:
     seconds: object
     rejected: dict = field(default_factory=dict)
     seq: int = 0  # pairs sent
+    recent: deque | None = None  # (media time, face crop) of the last seconds, for clips
     faceless: int = 0  # frames in a row without a face
     warned: bool = False  # that the stream shows no face
 
@@ -302,10 +308,12 @@ class SpotStage:
         params: SpotterParams | None = None,
         max_streams: int = 64,
         idle_s: float = 60.0,
+        clip_s: float = 0.0,
     ):
         self.metrics = metrics
         self.size = size
         self.params = params
+        self.clip_s = clip_s
         self.streams = Streams(self._new, metrics.forget_stream, max_streams, idle_s)
 
     def _new(self, stream: str) -> _Track:
@@ -318,6 +326,7 @@ class SpotStage:
             m.faces.labels(stream),
             m.transit.labels("spot", stream),
             m.stage_seconds.labels("spot", stream),
+            recent=deque(maxlen=protocol.MAX_CLIP) if self.clip_s else None,
         )
 
     @property
@@ -345,6 +354,8 @@ class SpotStage:
         index = f.get("index", msg.seq)
         intervals = track.spots.push(msg.arrays[0], index, t_media, bool(f.get("key_frame")))
         self._watch_face(stream, track)
+        if track.recent is not None:
+            self._keep(track, t_media)
         out = []
         for it in intervals:
             m.spots.labels(stream).inc()
@@ -373,6 +384,7 @@ class SpotStage:
                     truth=msg.fields.get("truth"),
                     flow=wire_flow(it.onset_crop, it.apex_crop),
                     face=track.spots.face_box(),
+                    **(self._clip(track, it.onset_ns) if track.recent is not None else {}),
                 )
             )
             track.seq += 1
@@ -382,6 +394,32 @@ class SpotStage:
                 m.spots_rejected.labels(stream, reason).inc(n - seen)
                 track.rejected[reason] = n
         return out
+
+    def _keep(self, track: _Track, t_media: int) -> None:
+        """This frame's face crop (black without a face, so a clip keeps its timing), and
+        only the seconds a clip can need."""
+        crop = track.spots.crop
+        track.recent.append((t_media, crop if crop is not None else self._blank))
+        oldest = t_media - int((self.clip_s + CLIP_SPAN_S) * 1e9)
+        while track.recent and track.recent[0][0] < oldest:
+            track.recent.popleft()
+
+    @functools.cached_property
+    def _blank(self) -> np.ndarray:
+        return np.zeros((self.size, self.size), np.uint8)
+
+    def _clip(self, track: _Track, onset_ns: int) -> dict:
+        """A pair's `clip` and `clip_fps`: the face crops from `clip_s` before the onset to
+        this frame (the one that confirmed the interval: its offset or a little after;
+        not `clip_s` after the offset, which would hold every event back by as long), and
+        their rate in frames per second of media time."""
+        start = onset_ns - int(self.clip_s * 1e9)
+        kept = [(t, c) for t, c in track.recent if t >= start]
+        if len(kept) < 2:
+            return {}
+        span_s = (kept[-1][0] - kept[0][0]) / 1e9
+        fps = round((len(kept) - 1) / span_s, 2) if span_s > 0 else 0.0
+        return {"clip": np.stack([c for _, c in kept]), "clip_fps": fps}
 
     def _watch_face(self, stream: str, track: _Track) -> None:
         """The face gauge, and one log line when a stream has shown no face for
@@ -413,10 +451,13 @@ def run_spot(
     keys=None,
     max_streams: int = 64,
     idle_s: float = 60.0,
+    clips: bool = False,
 ) -> None:
-    """Frames from `inputs` (connected) -> pairs to `out` (bound)."""
+    """Frames from `inputs` (connected) -> pairs to `out` (bound); with `clips`, each pair
+    carries its face crops from CLIP_MARGIN_S before the onset to the confirming frame."""
     ctx = ctx or zmq.Context.instance()
-    stage = SpotStage(metrics, params=params, max_streams=max_streams, idle_s=idle_s)
+    clip_s = CLIP_MARGIN_S if clips else 0.0
+    stage = SpotStage(metrics, params=params, max_streams=max_streams, idle_s=idle_s, clip_s=clip_s)
     pull = _socket(ctx, zmq.PULL)
     push = _socket(ctx, zmq.PUSH)
     guard = None
@@ -627,7 +668,7 @@ def _classify(group, classifier: Classifier, metrics) -> np.ndarray | None:
         onset = np.stack([m.arrays[0] for m, _ in group])
         apex = np.stack([m.arrays[1] for m, _ in group])
         # the spot stage's flow; a pair without (an older spot stage) gets it from the backend
-        flow = np.stack([m.arrays[2] for m, _ in group]) if len(group[0][0].arrays) == 3 else None
+        flow = np.stack([m.arrays[2] for m, _ in group]) if len(group[0][0].arrays) >= 3 else None
         started = time.perf_counter()
         probs = np.asarray(backend(onset, apex, flow))
         if probs.shape != (len(group), len(classifier.classes)):
@@ -674,7 +715,9 @@ def _publish(group, probs, classifier: Classifier, metrics, pub, streams, with_c
             continue
         n = counter[0]
         counter[0] += 1
-        arrays = [np.array(a) for a in msg.arrays[:2]] if with_crops else []
+        arrays = []
+        if with_crops:  # the onset and apex crops, and the clip if the pair has one
+            arrays = [np.array(a) for a in msg.arrays[:2] + msg.arrays[3:]]
         protocol.send(pub, "event", msg.stream, n, arrays, **fields)
         metrics.events.labels(msg.stream, label).inc()
         metrics.frames_out.labels("recognize", msg.stream).inc()

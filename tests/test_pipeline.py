@@ -422,3 +422,83 @@ def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(
     assert not thread.is_alive(), "the stage stopped cleanly"
     assert _dropped(m, stage) == len(fuzz), "every fuzzed message dropped and counted"
     assert m.frames_in.labels(stage, "cam1")._value.get() == 6, "the valid ones got through"
+
+
+@pytest.mark.slow
+def test_clips_run_from_before_the_onset_to_the_confirming_frame_and_reach_the_store(tmp_path):
+    """`mfvan run --with-clips`: the spot stage's pairs carry their face crops, the
+    recognizer passes them on with the event, the store writes them as MP4."""
+    from mfvan.stream.client import to_event
+    from mfvan.stream.outputs.store import EventStore
+    from mfvan.stream.stages import CLIP_MARGIN_S, SpotStage
+
+    fps = 100.0
+    frames, _ = synth_frames(6.0, fps, seed=5)
+    stage = SpotStage(Metrics("spot"), clip_s=CLIP_MARGIN_S)
+    pairs, crops = [], {}
+    for f in frames:
+        msg = protocol.decode(
+            protocol.encode("frame", "cam1", f.index, [f.image], t_media=f.t_capture)
+        )
+        for pair in stage.handle(msg, now=0.0):
+            pairs.append((f.index, pair))
+        crop = stage.tracks["cam1"].spots.crop
+        crops[f.index] = None if crop is None else crop.copy()
+    assert pairs, "the stream holds micro-expressions"
+    for confirmed, pair in pairs:
+        # from 0.5 s of media time before the onset (a frame either way: the source's
+        # timestamps are rounded to the ns) to the frame that confirmed it
+        first = confirmed - len(pair.clip) + 1
+        assert abs(first - (pair.onset - int(CLIP_MARGIN_S * fps))) <= 1
+        assert pair.clip.shape[1:] == (128, 128)
+        assert (pair.clip[-1] == crops[confirmed]).all() and (pair.clip[0] == crops[first]).all()
+        # over the wire, through the recognizer's event, to the store
+        sent = protocol.decode(
+            protocol.encode("pair", "cam1", 0, [pair.onset_crop, pair.apex_crop, pair.flow,
+                                                 pair.clip], **pair.header())
+        )  # fmt: skip
+        assert (sent.arrays[3] == pair.clip).all()
+    confirmed, pair = pairs[0]
+    header = {k: v for k, v in pair.header().items() if k in protocol.SCHEMAS["event"].fields}
+    event = to_event(
+        protocol.decode(
+            protocol.encode(
+                "event",
+                "cam1",
+                0,
+                [pair.onset_crop, pair.apex_crop, pair.clip],
+                **header,
+                id="01a23c3e-770c-7b23-a333-f541985970fd",
+                label="x",
+                probs=[1.0],
+                classes=["x"],
+                confidence=1.0,
+                model="m",
+            )  # fmt: skip
+        )
+    )
+    assert len(event.crops) == 2 and event.clip.shape == pair.clip.shape
+    with EventStore(tmp_path / "e.db") as store:
+        store.add([event])
+        (kept,) = store.query()
+    clip = next(f for f in kept["snapshots"] if f.endswith("clip.mp4"))
+    import av
+
+    with av.open(clip) as video:
+        stream = video.streams.video[0]
+        assert (stream.width, stream.height) == (128, 128)
+        assert sum(1 for _ in video.decode(stream)) == len(pair.clip)
+        assert abs(float(stream.average_rate) - fps) < 1.0, "played at the camera's rate"
+
+
+def test_a_clip_of_the_wrong_shape_is_refused():
+    crop = np.zeros((64, 64), np.uint8)
+    flow = np.zeros((64, 64, 2), np.float16)
+    fields = {"onset": 1, "apex": 2, "offset": 3}
+    ok = protocol.encode("pair", "c", 0, [crop, crop, flow, np.zeros((5, 64, 64), np.uint8)],
+                         **fields)  # fmt: skip
+    assert protocol.decode(ok).arrays[3].shape == (5, 64, 64)
+    for bad in (np.zeros((5, 32, 32), np.uint8), np.zeros((5, 64, 64), np.float32),
+                np.zeros((0, 64, 64), np.uint8)):  # fmt: skip
+        with pytest.raises(protocol.Malformed, match="clip is"):
+            protocol.encode("pair", "c", 0, [crop, crop, flow, bad], **fields)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import scrape
@@ -40,6 +41,7 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         "2",
         "--db",
         str(tmp_path / "events.db"),
+        "--with-clips",
     ]
     import socket
 
@@ -108,6 +110,9 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         kept = store.query()
         assert {e["stream"] for e in kept} == {"cam1", "cam10"}
         assert {e["id"] for e in kept} >= {e.id for e in streams.values()}, "every event kept"
+        names = [sorted(Path(f).name for f in e["snapshots"]) for e in kept]
+        assert all(n == ["apex.png", "clip.mp4", "difference.png", "onset.png"] for n in names)
+    assert all(e.clip is not None and len(e.clip) > 25 for e in streams.values()), "--with-clips"
     assert subprocess.run(["pgrep", "-f", str(runtime)], capture_output=True).stdout == b"", (
         "no stage is left running"
     )

@@ -56,6 +56,12 @@ def add(p: argparse.ArgumentParser) -> None:
     )
     stage.add_measure_hz(p)  # forwarded to every spot process
     add_store_options(p)  # a recorder child keeps every event (`mfvan record`)
+    p.add_argument(
+        "--with-clips",
+        action="store_true",
+        help="events carry a clip of face crops (0.5 s before the onset to the confirming "
+        "frame), kept by --db as MP4 beside the snapshots; implies --with-crops",
+    )
     add_output_options(p)  # a forward child sends them to MQTT, webhooks (`mfvan forward`)
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")

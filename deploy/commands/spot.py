@@ -18,6 +18,12 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["spot"])
     stage.add_stream_limits(p, most=64, idle_s=60.0, what="frames")
     stage.add_measure_hz(p)
+    p.add_argument(
+        "--clips",
+        action="store_true",
+        help="each pair carries the face crops from 0.5 s before its onset to the frame that "
+        "confirmed it (for the event store's clips; a few MB a pair at 200 fps)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,4 +48,5 @@ def run(args: argparse.Namespace) -> int:
         max_streams=args.max_streams,
         idle_s=args.idle_s,
         params=stage.spotter_params(args),
+        clips=args.clips,
     )

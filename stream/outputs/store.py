@@ -16,7 +16,8 @@ searchable fields as columns (indexed by time, stream and label) and the whole e
 Snapshots: for an event that carries its crops (the recognizer's `--with-crops`), the
 onset crop, the apex crop and their difference magnified (`magnified_difference`: mid
 grey where nothing moved, lighter or darker where the apex is brighter or darker) as
-PNG files in `<db>.media/<day>/<id>/`, named in the row (`snapshots`, relative to the
+PNG files, and its clip when it has one (`mfvan run --with-clips`) as `clip.mp4`, in
+`<db>.media/<day>/<id>/`, named in the row (`snapshots`, relative to the
 media folder). Retention by age and by size removes rows and their files together, oldest
 first.
 
@@ -72,6 +73,29 @@ def magnified_difference(onset: np.ndarray, apex: np.ndarray, gain: float = MAGN
     levels; magnified, the brow or lip corner that moved stands out of a flat grey."""
     diff = apex.astype(np.float32) - onset.astype(np.float32)
     return np.clip(128.0 + gain * diff, 0, 255).astype(np.uint8)
+
+
+def write_clip(path: Path, crops, fps: float) -> None:
+    """Grey face crops as an H.264 MP4 (PyAV), near-lossless (CRF 18) at `fps`."""
+    import av
+
+    crops = list(crops)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=max(1, int(round(fps))))
+        stream.width, stream.height = crops[0].shape[1], crops[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for crop in crops:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(crop), format="gray")
+            out.mux(stream.encode(frame.reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+
+
+def _clip_rate(event: Event) -> float:
+    """Frames per second of an event's clip, as the spot stage measured it (30 when an
+    older spot stage did not say)."""
+    fps = event.fields.get("clip_fps") or 0.0
+    return fps if 0 < fps <= 1000 else 30.0
 
 
 class EventStore:
@@ -186,6 +210,11 @@ class EventStore:
             if not cv2.imwrite(str(path), image):
                 raise OSError(f"could not write {path}")
             files.append(str(folder / name))
+            size += path.stat().st_size
+        if event.clip is not None and len(event.clip):
+            path = self.media / folder / "clip.mp4"
+            write_clip(path, event.clip, _clip_rate(event))
+            files.append(str(folder / "clip.mp4"))
             size += path.stat().st_size
         return files, size
 
