@@ -84,7 +84,7 @@ def load_file(path: Path, parser: argparse.ArgumentParser) -> dict:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     actions = _actions(parser)
     values = {}
-    if "cameras" in data and "source" in actions:
+    if "cameras" in data and isinstance(actions.get("source"), argparse._AppendAction):
         sources, options = _cameras(data.pop("cameras"), f"{path}: cameras")
         values["source"] = _convert(actions["source"], data.pop("source", []), f"{path}: source")
         values["source"] += sources
