@@ -19,7 +19,7 @@ HELP = "spot and recognize micro-expressions in recorded videos (files or folder
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    from mfvan.deploy.backends import NAMES
+    from mfvan.deploy.choices import BACKENDS as NAMES
 
     p.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR", help="videos, folders")
     p.add_argument(
