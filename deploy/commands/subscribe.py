@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 HELP = "print recognition events as they arrive"
@@ -31,33 +32,44 @@ def add(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from mfvan.deploy import stage
     from mfvan.stream import subscribe
     from mfvan.stream.client import Refused
     from mfvan.stream.security import client_curve
 
+    # SIGINT / SIGTERM end it within stage.STOP_S whatever it is blocked in (a watchdog
+    # exits the process past that), and the wait below wakes every 0.2 s to see them
+    stop = stage.stop_on_signals()
     n = 0
     curve = client_curve(args.keys, "subscriber") if args.keys else None
-    sub = subscribe(args.endpoint, args.stream, args.timeout, curve=curve)
+    sub = subscribe(args.endpoint, args.stream, 0.2, curve=curve)
     absent = nobody_there(args.endpoint)
     if absent:
         print(f"mfvan subscribe: warning: {absent}; waiting for it", file=sys.stderr)
+    last = time.monotonic()
     try:
-        for event in sub:
-            if args.json:
-                print(json.dumps(event.as_dict()), flush=True)
-            else:
-                print(format_event(event), flush=True)
-            n += 1
-            if args.count and n >= args.count:
-                return 0
-        which = f" of stream {args.stream}" if args.stream else ""
-        print(
-            f"mfvan subscribe: no events{which} in {args.timeout:g} s"
-            + (f" (after {n})" if n else "")
-            + (f"; {absent}" if absent and not n else ""),
-            file=sys.stderr,
-        )
-        return 1  # timed out
+        while not stop.is_set():
+            for event in sub:
+                if args.json:
+                    print(json.dumps(event.as_dict()), flush=True)
+                else:
+                    print(format_event(event), flush=True)
+                n += 1
+                last = time.monotonic()
+                if args.count and n >= args.count:
+                    return 0
+                if stop.is_set():
+                    break
+            if args.timeout is not None and time.monotonic() - last >= args.timeout:
+                which = f" of stream {args.stream}" if args.stream else ""
+                print(
+                    f"mfvan subscribe: no events{which} in {args.timeout:g} s"
+                    + (f" (after {n})" if n else "")
+                    + (f"; {absent}" if absent and not n else ""),
+                    file=sys.stderr,
+                )
+                return 1  # timed out
+        return 0
     except KeyboardInterrupt:
         return 0
     except Refused as e:
