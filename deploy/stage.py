@@ -62,13 +62,12 @@ class JsonFormatter(logging.Formatter):
     message (and the traceback, if any), for log shippers (Loki, Elasticsearch)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        import datetime
         import json
 
+        from mfvan.stream.client import iso
+
         out = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": iso(int(record.created * 1e9)),
             "level": record.levelname,
             "stage": getattr(record, "stage", "-"),
             "stream": getattr(record, "stream", "-"),
@@ -396,5 +395,10 @@ def stream_name(source: str) -> str:
 
         o = parse(source)
         return f"synth-{o['seed']}-{o['subject']}"
-    name = Path(source.split("?")[0].rstrip("/")).name or "stream"
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    return safe_name(Path(source.split("?")[0].rstrip("/")).name or "stream")
+
+
+def safe_name(text: str) -> str:
+    """`text` with every character but letters, digits and `-_.` made `-`: safe as a
+    stream id, a topic, a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)

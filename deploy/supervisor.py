@@ -106,6 +106,12 @@ class Child:
         self.failed = False  # exited EXIT_FATAL (or its stream failed)
         self.started = 0.0
 
+    @property
+    def metrics_port(self) -> str | None:
+        """The port of the child's /metrics (None: it serves none)."""
+        argv = self.argv
+        return argv[argv.index("--metrics-port") + 1] if "--metrics-port" in argv else None
+
     def start(self) -> None:
         env = {**os.environ, **self.env}
         if self.stage in ("ingest", "spot"):  # see mfvan.deploy.stage.one_thread
@@ -242,7 +248,7 @@ class Aggregate:
         from prometheus_client.core import GaugeMetricFamily, Metric
         from prometheus_client.parser import text_string_to_metric_families
 
-        served = [c for c in self.children if "--metrics-port" in c.argv]
+        served = [c for c in self.children if c.metrics_port is not None]
         with ThreadPoolExecutor(min(16, len(served) or 1)) as pool:
             texts = list(pool.map(self._fetch, served))
         merged: dict[str, Metric] = {}
@@ -277,9 +283,8 @@ class Aggregate:
     def _fetch(self, child) -> str | None:
         import urllib.request
 
-        port = child.argv[child.argv.index("--metrics-port") + 1]
         try:
-            url = f"http://127.0.0.1:{port}/metrics"
+            url = f"http://127.0.0.1:{child.metrics_port}/metrics"
             with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
                 return r.read().decode()
         except (OSError, ValueError):  # not up (yet, or any more), or not answering
@@ -367,7 +372,7 @@ def is_ready(child: Child) -> bool:
     what it needs)."""
     import urllib.request
 
-    port = child.argv[child.argv.index("--metrics-port") + 1]
+    port = child.metrics_port
     try:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1).read()
         return True

@@ -131,7 +131,5 @@ def run(args: argparse.Namespace) -> int:
 def _streams(files: list[Path]) -> list[str]:
     """Each file's stream id: its name without the extension, made safe as a topic, with
     `-i` (its place) added where two would be the same."""
-    names = [
-        "".join(c if c.isalnum() or c in "-_." else "-" for c in f.stem) or "video" for f in files
-    ]
+    names = [stage.safe_name(f.stem) or "video" for f in files]
     return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
