@@ -30,7 +30,7 @@ test: $(STAMP) lint
 
 # the inner loop: everything but the slow tests and those that start real servers
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not rtsp and not prometheus and not gpu and not netns" -q
+	$(BIN)/python -m pytest -m "not slow and not rtsp and not prometheus and not gpu and not netns and not browser" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

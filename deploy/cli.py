@@ -23,6 +23,7 @@ COMMANDS = {
     "record": "record",
     "forward": "forward",
     "events": "events",
+    "web": "web",
     "analyze": "analyze",
     "keys": "keys",
     "demo": "demo",

@@ -187,6 +187,8 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
         if getattr(args, "measure_hz", None) is not None:
             argv += ["--measure-hz", f"{args.measure_hz:g}"]
         argv += ["--clips"] if getattr(args, "with_clips", False) else []
+        if getattr(args, "web", None) is not None:
+            argv += ["--watch", f"ipc://{runtime}/watch-{first}.ipc"]
         streams = tuple(names[i] for i in served)
         spots.append(Child("spot", "+".join(streams), argv, streams=streams))
     children = []  # each stream's ingest, then its spot process once it serves them all
@@ -219,6 +221,19 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
         if getattr(args, "keys", None) is not None:
             forward += ["--keys", str(args.keys)]
         children.append(Child("forward", "outputs", forward))
+    if getattr(args, "web", None) is not None:  # the web view, a subscriber too
+        web = ["web", "--bind", args.web, "--events", local]
+        web += ["--metrics", f"http://127.0.0.1:{base - 1}/metrics"]
+        for first in range(0, len(urls), per_spot):
+            web += ["--watch", f"ipc://{runtime}/watch-{first}.ipc"]
+        for name in names:
+            web += ["--camera", name]
+        web += ["--db", str(db)] if db is not None else []
+        web += ["--faces"] if args.web_faces else []
+        web += ["--token-file", str(args.token_file)] if args.token_file else []
+        if getattr(args, "keys", None) is not None:
+            web += ["--keys", str(args.keys)]
+        children.append(Child("web", "view", web))
     recognize += forwarded(args)
     if getattr(args, "with_clips", False) and "--with-crops" not in recognize:
         recognize.append("--with-crops")  # the clip travels with the crops
@@ -342,8 +357,10 @@ class Supervisor:
     def _fail(self, child) -> None:
         """A child exited EXIT_FATAL: it and its streams are done, and so is every other
         child that served only failed streams."""
-        if child.stage in ("record", "forward"):
-            what = "the event store" if child.stage == "record" else "the MQTT/webhook outputs"
+        if child.stage in ("record", "forward", "web"):
+            what = {"record": "the event store", "forward": "the MQTT/webhook outputs"}.get(
+                child.stage, "the web view"
+            )
             log.error("run: %s failed (see its message above); events go on", what)
             self.failed.append(what)
             child.finished = child.failed = True
@@ -394,9 +411,10 @@ def wait_ready(child: Child, timeout_s: float, stop=None) -> bool:
 
 def shutdown(children: list, timeout_s: float = 3.0) -> None:
     """Stop the children in the frames' order: every ingest first (sources end and send
-    what they hold), then spot, then the recognizer, each stage given `timeout_s` to end
-    after SIGTERM before it is killed."""
-    for stage in ("ingest", "spot", "recognize"):
+    what they hold), then spot, then the recognizer, then the event's subscribers (the
+    recorder commits what it holds), each stage given `timeout_s` to end after SIGTERM
+    before it is killed."""
+    for stage in ("ingest", "spot", "recognize", "record", "forward", "web"):
         group = [c for c in children if c.stage == stage and c.proc is not None]
         for child in group:
             child.stop()
@@ -467,7 +485,7 @@ class RuntimeDir:
         self._lock.flush()
         return self.path
 
-    SOCKETS = ("frames-*.ipc", "pairs-*.ipc", "events.ipc")  # what `plan` makes here
+    SOCKETS = ("frames-*.ipc", "pairs-*.ipc", "watch-*.ipc", "events.ipc")  # what `plan` makes
 
     def __exit__(self, *exc) -> None:
         for pattern in self.SOCKETS:

@@ -4,8 +4,12 @@
 - topic: the stream id, UTF-8 bytes, then a NUL byte (`topic(stream)`), so a SUB socket
   subscribes to one camera exactly: ZeroMQ matches topics by prefix, and without the
   terminator a subscription to `cam1` also received `cam10` and `cam1-0`. (Version 2;
-  version 1 sent the bare id.) A stream id holds no NUL.
-- header: a msgpack map, versioned: `v` (VERSION), `kind` (frame | pair | event | eos),
+  version 1 sent the bare id.) A stream id holds no NUL. The watch kinds (`WATCH_KINDS`:
+  a spot stage's `status` and `preview` of each stream, for the web view) put their kind
+  first, `status:cam1\0`, so that a subscriber asks for one kind of one camera, and the
+  publisher (an XPUB socket, `mfvan.stream.watch`) sees what is asked for.
+- header: a msgpack map, versioned: `v` (VERSION), `kind` (frame | pair | event | eos |
+  status | preview),
   `stream` (equal to the topic), `seq` (per stream and kind, from 0), `buffers` (for each
   buffer its `shape`, `dtype` and pixel `format`), and any other fields a stage adds:
   timestamps in ns (`t_capture` and `t_ingest` on the wall clock, `t_media` the frame's
@@ -40,7 +44,8 @@ import numpy as np
 import zmq
 
 VERSION = 2
-KINDS = ("frame", "pair", "event", "eos")
+WATCH_KINDS = ("status", "preview")  # a spot stage's view of its streams (mfvan.stream.watch)
+KINDS = ("frame", "pair", "event", "eos", *WATCH_KINDS)
 DTYPES = ("uint8", "uint16", "float16", "float32", "float64", "int32", "int64")
 RESERVED = ("v", "kind", "stream", "seq", "buffers")
 _DTYPES = {name: np.dtype(name) for name in DTYPES}
@@ -100,12 +105,14 @@ def encode(kind: str, stream: str, seq: int, arrays=(), formats=None, **fields) 
     _check_buffers(kind, tuple(shapes), tuple(names))
     if SCHEMAS[kind].flow and len(buffers) >= 3:
         _check_flow(kind, buffers[2])
-    return [topic(stream), msgpack.packb(header, use_bin_type=True), *buffers]
+    return [topic(stream, kind), msgpack.packb(header, use_bin_type=True), *buffers]
 
 
-def topic(stream: str) -> bytes:
+def topic(stream: str, kind: str | None = None) -> bytes:
     """The topic frame of `stream`'s messages, and what a SUB socket subscribes to for
-    exactly that stream."""
+    exactly that stream; for a watch kind (`WATCH_KINDS`), exactly that kind of it."""
+    if kind in WATCH_KINDS:
+        return f"{kind}:{stream}".encode() + b"\0"
     return stream.encode() + b"\0"
 
 
@@ -178,6 +185,19 @@ def _nums(v) -> bool:
 
 def _box(v) -> bool:
     return type(v) is list and len(v) == 4 and all(_num(x) and abs(x) <= 1e5 for x in v)
+
+
+def _samples(v) -> bool:
+    """A signal's samples: numbers, or nil where the signal was not measured."""
+    return type(v) is list and len(v) <= 1000 and all(x is None or _num(x) for x in v)
+
+
+def _num_or_nil(v) -> bool:
+    return v is None or _num(v)
+
+
+def _box_or_nil(v) -> bool:
+    return v is None or _box(v)
 
 
 def _strs(v) -> bool:
@@ -261,6 +281,27 @@ SCHEMAS = {
         clip=3,
     ),
     "eos": Schema(fields={}),
+    # a stream as its spot stage sees it, a few times a second: the face it tracks, the
+    # spotter's signal since the last status and its start threshold, the frame rate
+    "status": Schema(
+        fields={
+            "state": _str,
+            "face": _box_or_nil,
+            "signal": _samples,
+            "threshold": _num_or_nil,
+            "fps": _num,
+            "width": _int,
+            "height": _int,
+            "t_status": _int,
+        },
+        required=("state", "signal", "t_status"),
+    ),
+    # a downscaled frame (grey or RGB) with the face square in its own pixels
+    "preview": Schema(
+        fields={"face": _box_or_nil, "t_capture": _int, "scale": _num},
+        buffers=(1,),
+        ranks=(2, 3),
+    ),
 }
 
 
@@ -354,7 +395,7 @@ def decode(frames) -> Message:
         raise Malformed("malformed", f"unknown kind {header['kind']!r}")
     stream, seq, kind = header["stream"], header["seq"], header["kind"]
     _check_stream(stream)
-    if topic_frame != topic(stream):
+    if topic_frame != topic(stream, kind):
         raise Malformed("malformed", "topic and header stream differ")
     if not _int(seq) or seq < 0:
         raise Malformed("schema", f"seq {seq!r:.40} is not a count")

@@ -452,23 +452,36 @@ def run_spot(
     max_streams: int = 64,
     idle_s: float = 60.0,
     clips: bool = False,
+    watch: str | None = None,
 ) -> None:
     """Frames from `inputs` (connected) -> pairs to `out` (bound); with `clips`, each pair
-    carries its face crops from CLIP_MARGIN_S before the onset to the confirming frame."""
+    carries its face crops from CLIP_MARGIN_S before the onset to the confirming frame.
+    With `watch` (an endpoint to bind), each stream's status and, for those watched, its
+    preview go there (`mfvan.stream.watch`)."""
+    from .watch import WATCH_HWM, Watch
+
     ctx = ctx or zmq.Context.instance()
     clip_s = CLIP_MARGIN_S if clips else 0.0
     stage = SpotStage(metrics, params=params, max_streams=max_streams, idle_s=idle_s, clip_s=clip_s)
     pull = _socket(ctx, zmq.PULL)
     push = _socket(ctx, zmq.PUSH)
-    guard = None
+    xpub = _socket(ctx, zmq.XPUB, hwm=WATCH_HWM) if watch else None
+    guard = watch_guard = view = None
     try:
         _dial(pull, inputs, keys)
         guard = _serve(ctx, push, out, keys, metrics, "spot")
+        if xpub is not None:
+            watch_guard = _serve(ctx, xpub, watch, keys, metrics, "spot", role="subscriber")
+            view = Watch(xpub)
         metrics.ready.set()
         next_expiry = time.monotonic() + 1.0
         for frames in _poll_loop(pull, stop):
             if frames is None or time.monotonic() >= next_expiry:  # idle streams go
-                stage.streams.expire(time.monotonic())
+                for stream in stage.streams.expire(time.monotonic()):
+                    if view is not None:
+                        view.forget(stream)
+                if view is not None:
+                    view.poll(time.monotonic())
                 next_expiry = time.monotonic() + 1.0
                 if frames is None:
                     continue
@@ -495,11 +508,18 @@ def run_spot(
                 else:
                     metrics.dropped.labels("spot", pair.stream, "hwm").inc()
             if track is not None:
+                if view is not None:  # its cost counts in the stage's own
+                    view.frame(
+                        msg.stream, track.spots, msg.arrays[0], msg.fields.get("t_capture", 0)
+                    )
                 track.seconds.observe((time.time_ns() - started) / 1e9)
     finally:
         _unguard(guard)
+        _unguard(watch_guard)
         pull.close()
         push.close()
+        if xpub is not None:
+            xpub.close(linger=0)
 
 
 # ----------------------------------------------------------------------------- recognize

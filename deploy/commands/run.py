@@ -21,6 +21,7 @@ def add(p: argparse.ArgumentParser) -> None:
     from mfvan.deploy.commands.forward import add_output_options
     from mfvan.deploy.commands.recognize import add_model_options
     from mfvan.deploy.commands.record import add_store_options
+    from mfvan.deploy.commands.web import add_web_options
 
     p.add_argument(
         "--source",
@@ -63,6 +64,8 @@ def add(p: argparse.ArgumentParser) -> None:
         "frame), kept by --db as MP4 beside the snapshots; implies --with-crops",
     )
     add_output_options(p)  # a forward child sends them to MQTT, webhooks (`mfvan forward`)
+    # a web child shows the cameras and events (`mfvan web`)
+    add_web_options(p, bind_flag="--web", faces_flag="--web-faces", default=None)
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
     add_model_options(p)  # the recognizer's, forwarded to it as given
@@ -85,6 +88,10 @@ def _check(args: argparse.Namespace) -> None:
         stage.source_url(source)
     stage.cameras(args.source)  # names given twice
     stage.check_endpoints(args, *([args.events] if args.events else []))
+    if args.web is not None:  # a view that would serve faces to the network without a token
+        from mfvan.deploy.commands.web import check_bind, token
+
+        check_bind(args.web, token(args.token_file))
     if args.db is not None:  # a store that cannot be written is known now, not later
         from mfvan.stream.outputs.store import EventStore, StoreError
 
@@ -147,8 +154,10 @@ def run(args: argparse.Namespace) -> int:
             if args.db is not None:
                 db = args.db
                 stage.log.info("run: events kept in %s (`mfvan events list --db %s`)", db, db)
-            # until each stage says it is ready (/ready); the recorder has no /ready
-            starting = [c for c in children[:-1] if c.stage != "record"]
+            if args.web is not None:
+                stage.log.info("run: web view on http://%s/", args.web)
+            # until each stage says it is ready (/ready); the recorder and view have none
+            starting = [c for c in children[:-1] if c.stage not in ("record", "web")]
             deadline = None if args.seconds is None else time.monotonic() + args.seconds
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 time.sleep(0.2)

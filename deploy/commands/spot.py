@@ -24,6 +24,12 @@ def add(p: argparse.ArgumentParser) -> None:
         help="each pair carries the face crops from 0.5 s before its onset to the frame that "
         "confirmed it (for the event store's clips; a few MB a pair at 200 fps)",
     )
+    p.add_argument(
+        "--watch",
+        metavar="ENDPOINT",
+        help="bind this endpoint (XPUB) for the web view: each stream's status a few times a "
+        "second, and previews of the streams someone watches (default: none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.stream import stages
 
     stage.setup_logging("spot", "-", args.log_format)
-    stage.check_endpoints(args, args.out, *args.inputs)
+    stage.check_endpoints(args, args.out, *args.inputs, *([args.watch] if args.watch else []))
     stage.one_thread()
     stop = stage.stop_on_signals()
     m = stage.metrics("spot", args.metrics_port)
@@ -49,4 +55,5 @@ def run(args: argparse.Namespace) -> int:
         idle_s=args.idle_s,
         params=stage.spotter_params(args),
         clips=args.clips,
+        watch=args.watch,
     )

@@ -296,6 +296,12 @@ class EventStore:
         ).fetchall()
         return self._event(rows[0]) if len(rows) == 1 else None
 
+    def distinct(self, column: str) -> list[str]:
+        """The values of `stream` or `label` in the store, sorted (the web view's filters)."""
+        if column not in ("stream", "label"):
+            raise ValueError(f"distinct values of stream or label, not {column!r}")
+        return [r[0] for r in self.db.execute(f"SELECT DISTINCT {column} FROM events ORDER BY 1")]
+
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
 

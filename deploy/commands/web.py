@@ -1,0 +1,155 @@
+"""`mfvan web`: the live web view of a running pipeline (`mfvan.deploy.web`).
+
+    mfvan web --events ipc:///run/mfvan/events.ipc --watch ipc:///run/mfvan/watch-0.ipc \\
+        --db events.db --metrics http://127.0.0.1:9100/metrics --faces
+
+`mfvan run --web 127.0.0.1:8321` starts one as a child, wired to the run's endpoints.
+It binds 127.0.0.1 unless told otherwise; any other address needs a token (environment
+variable MFVAN_WEB_TOKEN, or --token-file), which every request must then carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+from mfvan.deploy import stage
+
+HELP = "the live web view: cameras, events as they happen, history"
+DEFAULT_BIND = "127.0.0.1:8321"
+TOKEN_ENV = "MFVAN_WEB_TOKEN"
+MIN_TOKEN = 16  # characters
+
+
+def add(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", help="the recognizer's event endpoint (live events)")
+    p.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help="a spot stage's watch endpoint (`mfvan spot --watch`), once per spot process",
+    )
+    p.add_argument("--db", type=Path, help="the event store to browse (history, snapshots)")
+    p.add_argument("--metrics", help="the run's /metrics URL (each camera's fps and p99)")
+    p.add_argument("--camera", action="append", default=[], help="a camera to show from the start")
+    add_web_options(p, bind_flag="--bind", faces_flag="--faces")
+    p.add_argument(
+        "--keys", type=Path, help="CURVE keys folder (subscriber.key_secret, server.key)"
+    )
+    stage.add_logging(p)
+
+
+def add_web_options(p, bind_flag: str, faces_flag: str, default: str | None = DEFAULT_BIND) -> None:
+    """The view's address and face switch (`mfvan run` offers them as --web, --web-faces)."""
+    p.add_argument(
+        bind_flag,
+        default=default,
+        metavar="HOST:PORT",
+        help=f"where to serve (default: {default or 'no web view'}); an address that is not "
+        f"loopback needs a token in ${TOKEN_ENV} or --token-file",
+    )
+    p.add_argument(
+        faces_flag,
+        action="store_true",
+        help="show camera previews and face images (off by default: they show people's faces)",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"a file holding the view's access token (or ${TOKEN_ENV}; at least {MIN_TOKEN} "
+        "characters)",
+    )
+
+
+def address(text: str) -> tuple[str, int]:
+    """HOST:PORT (HOST may be [v6]) -> (host, port), or `stage.Fatal`."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise stage.Fatal(f"web address {text!r} is not HOST:PORT (e.g. 127.0.0.1:8321)")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token(token_file: Path | None) -> str | None:
+    """The access token: the file's first line, or $MFVAN_WEB_TOKEN; None without one."""
+    if token_file is not None:
+        try:
+            text = token_file.read_text().strip()
+        except OSError as e:
+            raise stage.Fatal(f"--token-file {token_file}: {e.strerror}") from None
+    else:
+        text = os.environ.get(TOKEN_ENV, "").strip()
+    if text and len(text) < MIN_TOKEN:
+        raise stage.Fatal(f"the web view's token is {len(text)} characters; use {MIN_TOKEN}+")
+    return text or None
+
+
+def check_bind(bind: str, secret: str | None) -> tuple[str, int]:
+    """The address to serve on, refused (`stage.Fatal`) when it is not loopback and there is
+    no token: the view shows events and, with faces on, people's faces."""
+    host, port = address(bind)
+    if not is_loopback(host) and secret is None:
+        raise stage.Fatal(
+            f"refusing to serve the web view on {bind} without a token: it is not a loopback "
+            f"address. Set ${TOKEN_ENV} (or --token-file) to a secret of {MIN_TOKEN}+ "
+            "characters, or bind 127.0.0.1"
+        )
+    return host, port
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mfvan.deploy.web.app import create_app
+    from mfvan.deploy.web.hub import Hub
+    from mfvan.stream.security import client_curve
+
+    stage.setup_logging("web", "-", args.log_format)
+    secret = token(args.token_file)
+    host, port = check_bind(args.bind, secret)
+    stage.check_endpoints(args, *([args.events] if args.events else []), *args.watch)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise stage.Fatal(f"cannot serve the web view on {args.bind}: {e.strerror}") from None
+    curve = client_curve(args.keys, "subscriber") if args.keys else None
+    hub = Hub(
+        events=args.events,
+        watch=args.watch,
+        db=args.db,
+        metrics_url=args.metrics,
+        faces=args.faces,
+        cameras=args.camera,
+        curve=curve,
+    )
+    app = create_app(hub, secret)
+    shown = f"[{host}]" if ":" in host else host
+    stage.log.info(
+        "web: http://%s:%d/ (faces %s%s)",
+        shown,
+        port,
+        "on" if args.faces else "off",
+        ", token required" if secret else "",
+    )
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, lifespan="on"
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
