@@ -354,7 +354,8 @@ def test_an_event_appears_on_the_page_within_2_s_with_its_images(view, browser, 
     assert card, "the event is on the page"
     assert shown < 2.0, f"{shown:.2f} s after a plain subscriber had it"
     text = card[0].text
-    assert event.label in text.lower() and event.stream in text and f"{event.confidence:.2f}" in text
+    assert event.label in text.lower() and event.stream in text  # the label: capitalised
+    assert f"{event.confidence:.2f}" in text
     assert "apex → event" in text
     images = card[0].find_elements(By.CSS_SELECTOR, "img.snap")
     assert [i.get_attribute("alt") for i in images] == ["apex", "difference", "onset"]

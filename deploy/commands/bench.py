@@ -110,6 +110,19 @@ def add(p: argparse.ArgumentParser) -> None:
         help="where the cameras' H.264 files are made (once)",
     )
     pipeline.add_argument("--plot", type=Path, help="also write PNG plots into this folder")
+    web = what.add_parser(
+        "web",
+        help="the web view with every camera previewed for minutes: its memory over time, and "
+        "the spot stages' CPU per frame unwatched and watched",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    web.add_argument("--cameras", type=positive(int), default=3, help="synthetic cameras")
+    web.add_argument("--minutes", type=positive(float), default=10.0, help="how long watched")
+    web.add_argument("--fps", type=positive(float), default=30.0, help="each camera's rate")
+    web.add_argument("--sample-s", type=positive(float), default=30.0, help="sample period")
+    web.add_argument("--baseline-s", type=positive(float), default=60.0, help="unwatched first")
+    web.add_argument("--port", type=int, default=8329, help="the view's port")
+    web.add_argument("--metrics-base-port", type=int, default=9201, help="the run's ports")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,6 +149,20 @@ def run(args: argparse.Namespace) -> int:
 
         report = spotter.format_spotter_report(
             spotter.bench_spotter(args.fps, args.seconds, args.size)
+        )
+    elif args.target == "web":
+        from mfvan.deploy.bench import web
+
+        report = web.format_web_report(
+            web.bench_web(
+                args.cameras,
+                args.minutes,
+                args.fps,
+                args.sample_s,
+                args.baseline_s,
+                args.port,
+                args.metrics_base_port,
+            )
         )
     else:
         from mfvan.deploy.bench import pipeline

@@ -1,0 +1,196 @@
+"""`mfvan bench web`: the web view under watch, for as long as asked: `mfvan run` of N
+synthetic cameras with its view (faces on), N browsers' MJPEG previews and one live feed
+(plain HTTP readers, as a browser reads them), sampled every `sample_s`: the view's
+resident memory (from its /metrics), preview frames and events received.
+
+Side by side: the spot processes' CPU per frame while nobody watches (the first
+`baseline_s`) and while every camera is watched, which is what the view costs the
+pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from . import cpu_name
+
+BOUNDARY = b"--mfvanframe"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+class _Reader(threading.Thread):
+    """Reads a streamed HTTP response as a browser would, counting `marker`s."""
+
+    def __init__(self, url: str, marker: bytes):
+        super().__init__(daemon=True)
+        self.url, self.marker, self.count, self.stop = url, marker, 0, threading.Event()
+
+    def run(self) -> None:
+        import http.client
+
+        try:
+            with urllib.request.urlopen(self.url, timeout=30) as r:
+                tail = b""
+                while not self.stop.is_set():
+                    chunk = r.read1(65536)
+                    if not chunk:
+                        return
+                    data = tail + chunk
+                    self.count += data.count(self.marker)
+                    tail = data[-len(self.marker) + 1 :]
+        except (OSError, http.client.HTTPException):
+            return  # the view stopped: the count so far stands
+
+
+def bench_web(
+    cameras: int = 3,
+    minutes: float = 10.0,
+    fps: float = 30.0,
+    sample_s: float = 30.0,
+    baseline_s: float = 60.0,
+    port: int = 8329,
+    metrics_base_port: int = 9201,
+) -> dict:
+    runtime = Path(tempfile.mkdtemp(prefix="mfvan-bench-web-"))
+    seconds = baseline_s + minutes * 60 + 120
+    names = [f"cam{i + 1}" for i in range(cameras)]
+    argv = [sys.executable, "-m", "mfvan", "run", "--seconds", f"{seconds:g}"]
+    for i, name in enumerate(names):
+        argv += ["--source", f"{name}=synth://?fps={fps:g}&seed={10 + i}&seconds={seconds:g}"]
+    argv += ["--web", f"127.0.0.1:{port}", "--web-faces", "--with-crops"]
+    argv += ["--runtime-dir", str(runtime / "run"), "--metrics-base-port", str(metrics_base_port)]
+    run = subprocess.Popen(argv, stderr=open(runtime / "run.log", "w"))
+    base = f"http://127.0.0.1:{port}"
+    readers: list[_Reader] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                cams = json.loads(urllib.request.urlopen(base + "/api/cameras", timeout=2).read())
+                if sum(c["state"] == "tracking" for c in cams) == cameras:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(1)
+        else:
+            raise RuntimeError(f"the cameras were not tracked in 180 s; see {runtime}/run.log")
+        kids = {p: _cmdline(p) for p in _children(run.pid)}
+        spots = [p for p, cmd in kids.items() if "spot" in cmd]
+        web = next(p for p, cmd in kids.items() if "web" in cmd)
+        spot_metrics = [
+            f"http://127.0.0.1:{metrics_base_port + 2 * i + 1}/metrics" for i in range(cameras)
+        ]
+
+        def spot_window(span_s: float) -> float:
+            """Spot processes' CPU ms per frame over the next `span_s`."""
+            cpu0 = sum(_cpu_s(p) for p in spots)
+            frames0 = sum(_metric(u, "mfvan_frames_in_total") for u in spot_metrics)
+            time.sleep(span_s)
+            cpu1 = sum(_cpu_s(p) for p in spots)
+            frames1 = sum(_metric(u, "mfvan_frames_in_total") for u in spot_metrics)
+            return 1000 * (cpu1 - cpu0) / max(1.0, frames1 - frames0)
+
+        unwatched = spot_window(baseline_s)
+        readers = [_Reader(f"{base}/cameras/{n}/preview.mjpg", BOUNDARY) for n in names]
+        readers.append(_Reader(f"{base}/live", b"event: event"))
+        for r in readers:
+            r.start()
+        samples = []
+        started = time.monotonic()
+        watched_cpu0 = sum(_cpu_s(p) for p in spots)
+        watched_frames0 = sum(_metric(u, "mfvan_frames_in_total") for u in spot_metrics)
+        while time.monotonic() - started < minutes * 60:
+            time.sleep(sample_s)
+            rss = _metric(f"{base}/metrics", "process_resident_memory_bytes")
+            samples.append(
+                {
+                    "t_s": round(time.monotonic() - started),
+                    "rss_mb": round(rss / 2**20, 1),
+                    "frames": [r.count for r in readers[:-1]],
+                    "events": readers[-1].count,
+                    "web_cpu_s": round(_cpu_s(web), 1),
+                }
+            )
+            print("  " + json.dumps(samples[-1]), flush=True)
+        watched = (
+            1000
+            * (sum(_cpu_s(p) for p in spots) - watched_cpu0)
+            / max(
+                1.0,
+                sum(_metric(u, "mfvan_frames_in_total") for u in spot_metrics) - watched_frames0,
+            )
+        )
+        return {
+            "machine": cpu_name(),
+            "cores": os.cpu_count(),
+            "cameras": cameras,
+            "fps": fps,
+            "minutes": minutes,
+            "samples": samples,
+            "spot_ms_per_frame_unwatched": round(unwatched, 3),
+            "spot_ms_per_frame_watched": round(watched, 3),
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
+    finally:
+        for r in readers:
+            r.stop.set()
+        run.terminate()
+        try:
+            run.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            run.kill()
+
+
+def format_web_report(r: dict) -> str:
+    s = r["samples"]
+    first, last = s[0], s[-1]
+    peak = max(x["rss_mb"] for x in s)
+    rate = [round(f / r["elapsed_s"], 2) for f in last["frames"]]
+    return "\n".join(
+        [
+            f"mfvan web, {r['cameras']} cameras at {r['fps']:g} fps previewed for "
+            f"{r['minutes']:g} min on {r['machine']} ({r['cores']} cores):",
+            f"  the view's resident memory: {first['rss_mb']} MB at {first['t_s']} s, "
+            f"{last['rss_mb']} MB at {last['t_s']} s, at most {peak} MB",
+            f"  preview frames per second received, per camera: {rate}; live events "
+            f"received: {last['events']}; the view's CPU: {last['web_cpu_s']} s in all",
+            f"  spot stage CPU per frame: {r['spot_ms_per_frame_unwatched']} ms unwatched, "
+            f"{r['spot_ms_per_frame_watched']} ms with every camera watched",
+        ]
+    )
