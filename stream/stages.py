@@ -471,7 +471,8 @@ def run_spot(
         _dial(pull, inputs, keys)
         guard = _serve(ctx, push, out, keys, metrics, "spot")
         if xpub is not None:
-            watch_guard = _serve(ctx, xpub, watch, keys, metrics, "spot", role="subscriber")
+            # previews are frames: only a stage's key gets them, as only it gets frames
+            watch_guard = _serve(ctx, xpub, watch, keys, metrics, "spot", role="stage")
             view = Watch(xpub)
         metrics.ready.set()
         next_expiry = time.monotonic() + 1.0

@@ -269,6 +269,28 @@ def test_mqtt_and_webhooks_plan_a_forward_process_after_the_recognizers_port():
     assert children[-1].stage == "recognize"
 
 
+def test_web_plans_a_view_wired_to_every_spot_processes_watch_socket():
+    args = build_parser().parse_args(
+        ["run", "--source", "a=x.mp4", "--source", "b=y.mp4", "--source", "c=z.mp4"]
+        + ["--streams-per-spot", "2", "--metrics-base-port", "9301", "--db", "e.db"]
+        + ["--web", "127.0.0.1:8400", "--web-faces"]
+    )
+    children, events = plan(args, Path("/run/x"))
+    spots = [build_parser().parse_args(c.argv) for c in children if c.stage == "spot"]
+    assert [s.watch for s in spots] == ["ipc:///run/x/watch-0.ipc", "ipc:///run/x/watch-2.ipc"]
+    (web,) = [c for c in children if c.stage == "web"]
+    view = build_parser().parse_args(web.argv)
+    assert view.bind == "127.0.0.1:8400" and view.events == events and view.faces
+    assert view.watch == [s.watch for s in spots] and view.camera == ["a", "b", "c"]
+    assert view.metrics == "http://127.0.0.1:9300/metrics", "the run's one endpoint"
+    assert str(view.db) == "e.db" and web.metrics_port is None
+    assert children[-1].stage == "recognize"
+    plain = build_parser().parse_args(["run", "--source", "a=x.mp4"])
+    children, _ = plan(plain, Path("/run/x"))
+    assert all(c.stage != "web" for c in children), "no view unless asked"
+    assert all("--watch" not in c.argv for c in children), "and no watch socket"
+
+
 def test_a_camera_name_given_twice_is_refused():
     args = build_parser().parse_args(
         ["run", "--source", "cam1=synth://?seed=1", "--source", "cam1=synth://?seed=2"]

@@ -334,6 +334,8 @@ def test_a_camera_tile_shows_frames_and_the_spotters_signal(view, browser, tmp_p
     assert _until(lambda: browser.execute_script(drawn, canvas), 10), "the signal is drawn"
     fps = tiles["camA"].find_element(By.CSS_SELECTOR, ".fps")
     assert _until(lambda: fps.text.isdigit() and 20 <= int(fps.text) <= 40, 20), fps.text
+    p99 = tiles["camA"].find_element(By.CSS_SELECTOR, ".p99")
+    assert _until(lambda: p99.text.endswith(" ms"), 20), "p99 from the run's metrics"
     _screenshot(browser, "cameras", tmp_path)
 
 
@@ -381,6 +383,7 @@ def test_the_history_filter_narrows_the_list_and_an_event_opens(view, browser, t
     rows = browser.find_elements(By.CSS_SELECTOR, "#history tr.row")
     streams = {r.get_attribute("data-stream") for r in rows}
     assert streams == {"camA", "camB"}
+    _screenshot(browser, "history", tmp_path)
     Select(browser.find_element(By.NAME, "stream")).select_by_visible_text("camB")
     browser.find_element(By.CSS_SELECTOR, "#filter button").click()
     _until(lambda: "stream=camB" in browser.current_url, 5)
@@ -390,7 +393,6 @@ def test_the_history_filter_narrows_the_list_and_an_event_opens(view, browser, t
     assert int(browser.find_element(By.ID, "count").text) == len(narrowed)
     thumbs = browser.find_elements(By.CSS_SELECTOR, "#history img.thumb")
     assert thumbs and _until(lambda: _loaded(browser, thumbs[0]), 5), "snapshots from the store"
-    _screenshot(browser, "history", tmp_path)
     narrowed[0].find_element(By.LINK_TEXT, "open").click()
     images = _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".images.large img"), 5)
     assert images and all(_until(lambda i=i: _loaded(browser, i), 5) for i in images)

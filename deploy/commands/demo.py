@@ -4,7 +4,8 @@ subscriber, then scored against SynthME's ground truth.
 It starts `mfvan run --source synth://?fps=F&seed=S&seconds=T` (the shipped demo weights,
 ONNX Runtime), subscribes to its events and prints each as it arrives, says where each
 stage's /metrics is, keeps every event in an event store (`--db`, with its snapshot
-images), and ends with: the micro-expressions the stream showed, how many were
+images), serves the web view (`--web`, faces on: they are SynthME's) for its duration,
+and ends with: the micro-expressions the stream showed, how many were
 spotted (an event whose apex falls inside one), how many were classified right (its
 3-class label), what else was spotted, and the latency percentiles from the apex's
 capture to the event and from the confirming frame's capture to the event.
@@ -39,6 +40,26 @@ def add(p: argparse.ArgumentParser) -> None:
         default=Path(".demo/events.db"),
         help="the event store the run keeps its events in, with their snapshots",
     )
+    p.add_argument(
+        "--web",
+        default="127.0.0.1:8321",
+        metavar="HOST:PORT",
+        help="the web view's address, faces on (the port taken: another free one; '' for none)",
+    )
+
+
+def _free(address: str) -> str:
+    """`address`, or the same host on a free port when something listens there already."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    with socket.socket() as s:
+        try:
+            s.bind((host, int(port)))
+            return address
+        except OSError:
+            s.bind((host, 0))
+            return f"{host}:{s.getsockname()[1]}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         str(args.db),
         "--with-crops",  # so that the store keeps each event's snapshots
     ]
+    web = _free(args.web) if args.web else None
+    if web:  # SynthME's faces, not people's: shown
+        cmd += ["--web", web, "--web-faces"]
     print(f"mfvan demo: {' '.join(cmd[3:])}")
     ports = range(args.metrics_base_port, args.metrics_base_port + 3)
     print(
@@ -77,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     print(f"event store: {args.db} (query it: mfvan events list --db {args.db})")
+    if web:
+        print(
+            f"web view: open http://{web}/ in a browser while the demo runs (cameras, live "
+            "events with their images; history at /history)"
+        )
     print("events (as `mfvan subscribe` prints them; weights trained on SynthME, not real faces):")
     # SIGTERM ends the demo as Ctrl-C does: its pipeline stopped, its runtime folder removed
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

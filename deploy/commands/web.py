@@ -130,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
         raise stage.Fatal(f"cannot serve the web view on {args.bind}: {e.strerror}") from None
     curve = client_curve(args.keys, "subscriber") if args.keys else None
+    tcp_watch = args.keys and any(e.startswith("tcp://") for e in args.watch)
+    watch_curve = client_curve(args.keys, "stage") if tcp_watch else None
     hub = Hub(
         events=args.events,
         watch=args.watch,
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         faces=args.faces,
         cameras=args.camera,
         curve=curve,
+        watch_curve=watch_curve,
     )
     app = create_app(hub, secret)
     shown = f"[{host}]" if ":" in host else host

@@ -122,9 +122,11 @@ class Hub:
         faces: bool = False,
         cameras: list[str] = (),
         curve: dict | None = None,
+        watch_curve: dict | None = None,
     ):
         self.events_endpoint, self.watch_endpoints = events, list(watch)
         self.db, self.metrics_url, self.faces, self.curve = db, metrics_url, faces, curve
+        self.watch_curve = watch_curve
         self.cameras: dict[str, Camera] = {}
         for name in cameras:
             self.camera(name)
@@ -155,10 +157,10 @@ class Hub:
             self._watch.setsockopt(zmq.LINGER, 0)
             self._watch.setsockopt(zmq.RCVHWM, 64)
             self._watch.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
-            if self.curve:
-                self._watch.curve_publickey = self.curve["public"]
-                self._watch.curve_secretkey = self.curve["secret"]
-                self._watch.curve_serverkey = self.curve["server"]
+            if self.watch_curve:
+                self._watch.curve_publickey = self.watch_curve["public"]
+                self._watch.curve_secretkey = self.watch_curve["secret"]
+                self._watch.curve_serverkey = self.watch_curve["server"]
             self._watch.setsockopt(zmq.SUBSCRIBE, b"status:")
             for endpoint in self.watch_endpoints:
                 security.connect(self._watch, endpoint)
