@@ -26,6 +26,8 @@ def test_a_built_wheel_installs_and_imports_all_four_subpackages(tmp_path):
     assert not any(n.split("/")[0] in ("model", "kernels", "stream", "deploy") for n in names), (
         "the wheel must not install generic top-level packages"
     )
+    for data in ("templates/cameras.html", "templates/history.html", "static/app.js"):
+        assert f"mfvan/deploy/web/{data}" in names, f"the web view's {data} ships"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "mfvan = mfvan.deploy.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -360,7 +360,7 @@ def test_an_event_appears_on_the_page_within_2_s_with_its_images(view, browser, 
     assert f"{event.confidence:.2f}" in text
     assert "apex → event" in text
     images = card[0].find_elements(By.CSS_SELECTOR, "img.snap")
-    assert [i.get_attribute("alt") for i in images] == ["apex", "difference", "onset"]
+    assert [i.get_attribute("alt") for i in images] == ["onset", "apex", "difference"]
     assert all(_until(lambda i=i: _loaded(browser, i), 5) for i in images), "the images load"
     _screenshot(browser, "cameras", tmp_path)
 

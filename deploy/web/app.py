@@ -45,12 +45,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .hub import Hub, finite, sse
+from .hub import IMAGES, Hub, finite, sse
 
 HERE = Path(__file__).parent
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps proxies from closing the feed
 BOUNDARY = b"mfvanframe"
-IMAGES = ("onset", "apex", "difference")
 COOKIE = "mfvan_token"
 HISTORY_LIMIT = 200
 NO_FACES = "face images are off: start the view with --faces (mfvan web) or --web-faces (run)"
@@ -108,6 +107,8 @@ def create_app(hub: Hub, token: str | None = None) -> Starlette:
         if not hub.faces:
             return PlainTextResponse(NO_FACES, 403)
         cam = hub.watch(request.path_params["name"])
+        if cam is None:
+            return PlainTextResponse(f"no camera {request.path_params['name']!r}", 404)
         metrics.watchers.inc()
 
         async def frames():

@@ -40,6 +40,7 @@ CLIENT_QUEUE = 256  # messages a browser may fall behind before it loses some
 METRICS_S = 5.0  # how often the run's /metrics is read while a page is open
 STALE_S = 2.0  # a camera with no status for this long is not "tracking" any more
 JPEG_QUALITY = 75
+IMAGES = ("onset", "apex", "difference")  # an event's images, in the order shown
 
 
 @dataclass
@@ -186,9 +187,12 @@ class Hub:
 
     # ------------------------------------------------------------------ previews
 
-    def watch(self, name: str) -> Camera:
-        """A browser starts showing `name`'s preview: the first asks the spot stage for it."""
-        cam = self.camera(name)
+    def watch(self, name: str) -> Camera | None:
+        """A browser starts showing `name`'s preview: the first asks the spot stage for it.
+        None for a camera the view does not know (a made-up name costs nothing)."""
+        cam = self.cameras.get(name)
+        if cam is None:
+            return None
         cam.watchers += 1
         if cam.watchers == 1 and self._watch is not None:
             self._watch.setsockopt(zmq.SUBSCRIBE, protocol.topic(name, "preview"))
@@ -222,7 +226,8 @@ class Hub:
         step = 1 / max(1.0, msg.fields.get("fps") or 1.0)
         for i, value in enumerate(samples):  # spread over the status's span, in order
             cam.signal.append((end - (len(samples) - 1 - i) * step, value))
-        self.broadcast("status", cam.summary(time.monotonic()))
+        if self.clients:
+            self.broadcast("status", cam.summary(time.monotonic()))
 
     def _on_preview(self, msg: protocol.Message) -> None:
         self.counts["previews"] += 1
@@ -270,11 +275,8 @@ class Hub:
             from mfvan.stream.outputs.store import magnified_difference
 
             onset, apex = event.crops
-            for name, image in (
-                ("onset", onset),
-                ("apex", apex),
-                ("difference", magnified_difference(onset, apex)),
-            ):
+            shown = (onset, apex, magnified_difference(onset, apex))
+            for name, image in zip(IMAGES, shown, strict=True):
                 ok, png = cv2.imencode(".png", image)
                 if ok:
                     images[name] = png.tobytes()
@@ -288,7 +290,7 @@ class Hub:
             while len(self.images) > RECENT:
                 self.images.popitem(last=False)
         # an event without crops has no images anywhere: the recorder got none either
-        data["images"] = sorted(images)
+        data["images"] = [n for n in IMAGES if n in images]
         self.recent.append(data)
         self.broadcast("event", data)
 
