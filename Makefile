@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCAL_TORCH := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 DEMO_DIR ?= .demo
 
-.PHONY: demo test test-fast lint bench bench-data reproduce clean
+.PHONY: demo test test-fast lint bench bench-data reproduce gpu-check gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,18 @@ bench-data: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/mfvan reproduce --data data/synthme-standard --out runs/reproduce --docs docs/results.md \
 		--weights $(WEIGHTS)
+
+# the GPU figures (docs/benchmarks.md, "GPU"), on a machine with a GPU and its own Python:
+# no venv there (`PYTHON=.venv/bin/python GPU_CHECK_ARGS=--cpu` for a dry run here)
+gpu-check:
+	PYTHON=$(PYTHON) bash deploy/gpu-check.sh $(GPU_CHECK_ARGS)
+
+# what the GPU machine's Python lacks of what gpu-check imports, as wheels for it (carried)
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl "pyzmq>=26"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info

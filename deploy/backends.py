@@ -7,11 +7,13 @@ returns class probabilities (B, classes) as float32. Each does the network's own
 preprocessing (`mfvan.model.mfvan.prepare_inputs`) first and feeds the network its inputs
 by name (`MFVANConfig.inputs`).
 
-- `torch`: eager PyTorch on CPU or CUDA; FP16 autocast on CUDA, `torch.compile`, CUDA
+- `torch`: eager PyTorch on CPU or CUDA; FP16 or BF16 autocast on CUDA, `torch.compile`, CUDA
   graphs for fixed batch sizes.
 - `onnxruntime`: the model exported to ONNX (`mfvan.deploy.export`), run by ONNX Runtime
   on the CPU (or CUDA when its provider is installed). The export is cached next to the
   weights' hash, in `~/.cache/mfvan/onnx` unless `cache_dir` says otherwise.
+- `aoti`: an AOTInductor package, compiled ahead of time for the CPU or CUDA and run
+  without the model's Python code (`AotiBackend`).
 - `tensorrt`: torch-tensorrt engines, FP16, cached on disk (unverified: see the class).
 - `triton`: a Triton Inference Server serving the exported model, via `tritonclient`.
 
@@ -72,6 +74,8 @@ class Options:
     precision: str | None = None  # torch, tensorrt (None: fp32 for torch, fp16 for tensorrt)
     cuda_graphs: bool = False  # torch on CUDA
     url: str = "127.0.0.1:8000"  # triton: the server's HTTP address
+    compile_mode: str | None = None  # torch: torch.compile's mode ("max-autotune", ...)
+    package: Path | None = None  # aoti: a package to load (default: compiled and cached)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -85,11 +89,12 @@ def _padded(n: int) -> int:
 
 
 class TorchBackend:
-    """Eager PyTorch on CPU or CUDA. `precision="fp16"` runs under CUDA autocast (CUDA
-    only: half-precision matmuls on CPU are slow or missing); `compile` wraps the model
-    in `torch.compile`; `cuda_graphs` compiles with `mode="reduce-overhead"`, which
-    captures a CUDA graph per input shape, and pads every batch to one of BATCH_SIZES so
-    that at most three graphs exist."""
+    """Eager PyTorch on CPU or CUDA. `precision="fp16"` or `"bf16"` runs under CUDA
+    autocast (CUDA only: half-precision matmuls on CPU are slow or missing); `compile`
+    wraps the model in `torch.compile` (`compile_mode`: its mode, e.g. "max-autotune");
+    `cuda_graphs` compiles with `mode="reduce-overhead"`, which captures a CUDA graph per
+    input shape, and pads every batch to one of BATCH_SIZES so that at most three graphs
+    exist."""
 
     name = "torch"
 
@@ -100,12 +105,13 @@ class TorchBackend:
         compile: bool = False,
         precision: str = "fp32",
         cuda_graphs: bool = False,
+        compile_mode: str | None = None,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         cuda = str(device).startswith("cuda")
-        if (precision == "fp16" or cuda_graphs) and not cuda:
-            raise ValueError("fp16 and CUDA graphs need a CUDA device (--device cuda)")
+        if (precision != "fp32" or cuda_graphs) and not cuda:
+            raise ValueError("fp16, bf16 and CUDA graphs need a CUDA device (--device cuda)")
         if cuda and not torch.cuda.is_available():
             raise BackendUnavailable("no CUDA device is visible to PyTorch")
         self.model = model.to(device).eval()
@@ -115,11 +121,12 @@ class TorchBackend:
         self.cuda_graphs = cuda_graphs
         if cuda_graphs:
             self.forward = torch.compile(self.model, mode="reduce-overhead")
-        elif compile:
-            self.forward = torch.compile(self.model)
+        elif compile or compile_mode:
+            self.forward = torch.compile(self.model, mode=compile_mode)
         else:
             self.forward = self.model
-        extras = [precision] + (["compiled"] if compile else []) + (["CUDA graphs"] * cuda_graphs)
+        compiled = [f"compiled {compile_mode or ''}".strip()] if compile or compile_mode else []
+        extras = [precision] + compiled + (["CUDA graphs"] * cuda_graphs)
         self.name = f"torch on {device} ({', '.join(extras)})"
 
     def __call__(self, onset: np.ndarray, apex: np.ndarray, flow=None) -> np.ndarray:
@@ -130,7 +137,11 @@ class TorchBackend:
             inputs = [torch.cat([x, x[-1:].expand(pad, -1, -1, -1)]) for x in inputs]
         with (
             torch.inference_mode(),
-            torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16"),
+            torch.autocast(
+                "cuda",
+                dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16,
+                enabled=self.precision != "fp32",
+            ),
         ):
             logits = self.forward(*inputs)
         return torch.softmax(logits[:n].float(), dim=1).cpu().numpy()
@@ -161,6 +172,69 @@ class OnnxRuntimeBackend:
     def __call__(self, onset: np.ndarray, apex: np.ndarray, flow=None) -> np.ndarray:
         feed = {k: v.numpy() for k, v in prepare_inputs(self.cfg, onset, apex, flow).items()}
         return _softmax(self.session.run(["logits"], feed)[0])
+
+
+class AotiBackend:
+    """An AOTInductor package (`mfvan export --format aoti`, `mfvan.deploy.export.
+    export_aoti`): TorchInductor's kernels compiled ahead of time into a shared library,
+    with the weights, loaded by `torch._inductor.aoti_load_package` and called without
+    the model's Python code (what TensorRT would give, verifiable where TensorRT cannot be
+    installed). `package`: a `.pt2` to load; without one, the model is compiled for
+    `device` once and cached, keyed by the model's hash, the device kind and the torch
+    version (`~/.cache/mfvan/aoti` unless `cache_dir` says). Batches up to
+    AOTI_MAX_BATCH run at once; larger ones in parts."""
+
+    name = "aoti"
+
+    def __init__(
+        self,
+        model,
+        device: str = "cpu",
+        package: Path | None = None,
+        cache_dir: Path | None = None,
+    ):
+        try:
+            from torch._inductor import aoti_load_package
+        except ImportError as e:
+            raise BackendUnavailable(f"this torch has no AOTInductor packages ({e})") from None
+        cuda = str(device).startswith("cuda")
+        if cuda and not torch.cuda.is_available():
+            raise BackendUnavailable("no CUDA device is visible to PyTorch")
+        from mfvan.deploy.export import export_aoti
+
+        self.cfg = model.cfg
+        self.device = device
+        if package is None:
+            kind = "cuda" if cuda else "cpu"
+            key = f"{model_digest(model)}-{kind}-torch{torch.__version__.replace('+', '_')}"
+            cache = Path(cache_dir or Path.home() / ".cache" / "mfvan" / "aoti")
+            package = cache / f"mfvan-{key}.pt2"
+            if not package.exists():
+                log.info(
+                    "aoti: compiling the model for %s ahead of time (a minute or more, once)", kind
+                )
+                tmp = package.with_suffix(".tmp.pt2")
+                export_aoti(model, tmp, device=device)
+                tmp.rename(package)
+        elif not Path(package).is_file():
+            raise BackendUnavailable(f"no AOTInductor package at {package}")
+        self.package = Path(package)
+        self.runner = aoti_load_package(str(package))
+        self.name = f"aoti ({device})"
+
+    def __call__(self, onset: np.ndarray, apex: np.ndarray, flow=None) -> np.ndarray:
+        from mfvan.deploy.export import AOTI_MAX_BATCH
+
+        out = []
+        for i in range(0, len(onset), AOTI_MAX_BATCH):
+            part = slice(i, i + AOTI_MAX_BATCH)
+            inputs = prepare_inputs(
+                self.cfg, onset[part], apex[part], None if flow is None else flow[part]
+            )
+            with torch.inference_mode():
+                logits = self.runner(*(x.to(self.device) for x in inputs.values()))
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        return np.concatenate(out)
 
 
 class TensorRTBackend:
@@ -340,12 +414,21 @@ class Entry:
 REGISTRY: dict[str, Entry] = {
     "torch": Entry(
         lambda m, o: TorchBackend(
-            m, o.device, o.compile, precision=o.precision or "fp32", cuda_graphs=o.cuda_graphs
+            m,
+            o.device,
+            o.compile,
+            precision=o.precision or "fp32",
+            cuda_graphs=o.cuda_graphs,
+            compile_mode=o.compile_mode,
         ),
         ("onnxruntime",),
     ),
     "onnxruntime": Entry(
         lambda m, o: OnnxRuntimeBackend(m, cache_dir=o.cache_dir, threads=o.threads), ("torch",)
+    ),
+    "aoti": Entry(
+        lambda m, o: AotiBackend(m, o.device, package=o.package, cache_dir=o.cache_dir),
+        ("onnxruntime", "torch"),
     ),
     "tensorrt": Entry(
         lambda m, o: TensorRTBackend(m, precision=o.precision or "fp16", cache_dir=o.cache_dir),

@@ -3,5 +3,5 @@ runs them: building `mfvan`'s parser must not import torch (4 s and a few hundre
 every stage process, ingest and spot included). `mfvan.deploy.backends` checks its
 registry against these at import."""
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "triton")
-PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("torch", "onnxruntime", "aoti", "tensorrt", "triton")
+PRECISIONS = ("fp32", "fp16", "bf16")

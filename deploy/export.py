@@ -3,6 +3,10 @@
 - `onnx`: for ONNX Runtime (and TensorRT's own ONNX parser). torch.onnx's
   torch.export-based exporter (the default since PyTorch 2.9; it needs onnxscript).
 - `torchscript`: `torch.jit.trace`, for LibTorch (C++) and older serving stacks.
+- `aoti`: an AOTInductor package (`.pt2`): the network compiled ahead of time by
+  TorchInductor into a shared library with its weights, for the CPU or a CUDA device; the
+  `aoti` backend loads it (`torch._inductor.aoti_load_package`) and runs it without the
+  model's Python code. What this project can verify where TensorRT cannot be installed.
 - `tensorrt`: torch-tensorrt engines saved as an ExportedProgram (unverified here).
 - `triton`: a Triton Inference Server model repository: `NAME/1/model.onnx`,
   `NAME/config.pbtxt` (ONNX Runtime platform, dynamic batching) and `NAME/labels.txt`.
@@ -69,6 +73,30 @@ def onnx_session(path: Path, threads: int | None = None):
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+AOTI_MAX_BATCH = 256  # the largest batch an AOTInductor package takes
+
+
+def export_aoti(model: MFVAN, path: Path, device: str = "cpu", batch: int = 2) -> Path:
+    """`model` compiled ahead of time by AOTInductor for `device` ("cpu", "cuda") into a
+    package at `path` (`.pt2`), its batch axis dynamic from 1 to AOTI_MAX_BATCH; returns
+    the path. Compiling takes a C++ compiler and a minute or more; loading takes a second."""
+    from torch._inductor import aoti_compile_and_package
+
+    cfg = model.cfg
+    model = model.eval().to(device)
+    batch_dim = torch.export.Dim("batch", min=1, max=AOTI_MAX_BATCH)
+    examples = tuple(x.to(device) for x in example_inputs(cfg, batch))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(
+            model, examples, dynamic_shapes={name: {0: batch_dim} for name in cfg.inputs}
+        )
+        out = aoti_compile_and_package(program, package_path=str(path))
+    return Path(out)
 
 
 def export_torchscript(model: MFVAN, path: Path, batch: int = 2) -> Path:

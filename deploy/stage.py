@@ -295,6 +295,33 @@ def add_measure_hz(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_flow_device(p: argparse.ArgumentParser) -> None:
+    """`--flow-device`: where the spotter's dense flow runs."""
+    p.add_argument(
+        "--flow-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the spotter's dense flow runs: cuda is the same method as a Numba CUDA "
+        "kernel (mfvan.kernels.flow_cuda); without a GPU the CPU kernel runs, said in the log "
+        "(default: cpu)",
+    )
+
+
+def flow_device(args: argparse.Namespace) -> str:
+    """`--flow-device` as it can run here: cuda only when Numba sees a GPU, else cpu, with a
+    log line saying so."""
+    wanted = getattr(args, "flow_device", "cpu")
+    if wanted != "cuda":
+        return "cpu"
+    from mfvan.kernels.flow_cuda import available
+
+    if available():
+        log.info("spot: the dense flow runs on the GPU (numba.cuda)")
+        return "cuda"
+    log.warning("spot: --flow-device cuda, but Numba sees no CUDA device: the CPU kernel runs")
+    return "cpu"
+
+
 def spotter_params(args: argparse.Namespace):
     """The spotter's parameters as `--measure-hz` sets them (None: the defaults)."""
     if getattr(args, "measure_hz", None) is None:

@@ -186,6 +186,8 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
         argv += ["--out", pairs, "--metrics-port", str(base + 2 * first + 1)]
         if getattr(args, "measure_hz", None) is not None:
             argv += ["--measure-hz", f"{args.measure_hz:g}"]
+        if getattr(args, "flow_device", "cpu") != "cpu":
+            argv += ["--flow-device", args.flow_device]
         argv += ["--clips"] if getattr(args, "with_clips", False) else []
         if getattr(args, "web", None) is not None:
             argv += ["--watch", f"ipc://{runtime}/watch-{first}.ipc"]

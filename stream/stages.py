@@ -309,17 +309,24 @@ class SpotStage:
         max_streams: int = 64,
         idle_s: float = 60.0,
         clip_s: float = 0.0,
+        flow_device: str = "cpu",
     ):
         self.metrics = metrics
         self.size = size
         self.params = params
         self.clip_s = clip_s
+        self.flow_fn = None  # the spotter's own CPU kernel
+        if flow_device == "cuda":  # the same method on the GPU (mfvan.kernels.flow_cuda)
+            from mfvan.kernels import flow_cuda
+            from mfvan.kernels.spotter import SpotterParams
+
+            self.flow_fn = flow_cuda.flow_fn((params or SpotterParams()).flow)
         self.streams = Streams(self._new, metrics.forget_stream, max_streams, idle_s)
 
     def _new(self, stream: str) -> _Track:
         m = self.metrics
         m.init_stream(stream, rejections=REJECTIONS)
-        spots = FaceSpotter(self.params, self.size, background=True)
+        spots = FaceSpotter(self.params, self.size, background=True, flow_fn=self.flow_fn)
         return _Track(
             spots,
             m.frames_in.labels("spot", stream),
@@ -453,16 +460,25 @@ def run_spot(
     idle_s: float = 60.0,
     clips: bool = False,
     watch: str | None = None,
+    flow_device: str = "cpu",
 ) -> None:
     """Frames from `inputs` (connected) -> pairs to `out` (bound); with `clips`, each pair
     carries its face crops from CLIP_MARGIN_S before the onset to the confirming frame.
     With `watch` (an endpoint to bind), each stream's status and, for those watched, its
-    preview go there (`mfvan.stream.watch`)."""
+    preview go there (`mfvan.stream.watch`). `flow_device` "cuda": the spotter's flow on
+    the GPU (`mfvan.kernels.flow_cuda`, the caller having checked that one is there)."""
     from .watch import WATCH_HWM, Watch
 
     ctx = ctx or zmq.Context.instance()
     clip_s = CLIP_MARGIN_S if clips else 0.0
-    stage = SpotStage(metrics, params=params, max_streams=max_streams, idle_s=idle_s, clip_s=clip_s)
+    stage = SpotStage(
+        metrics,
+        params=params,
+        max_streams=max_streams,
+        idle_s=idle_s,
+        clip_s=clip_s,
+        flow_device=flow_device,
+    )
     pull = _socket(ctx, zmq.PULL)
     push = _socket(ctx, zmq.PUSH)
     xpub = _socket(ctx, zmq.XPUB, hwm=WATCH_HWM) if watch else None

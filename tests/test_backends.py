@@ -122,17 +122,67 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
     [
         ({}, 1e-4),  # FP32 on the GPU: TF32 is off by default for matmuls in PyTorch
         ({"precision": "fp16"}, 2e-2),  # half precision: probabilities within 0.02
+        ({"precision": "bf16"}, 2e-2),
         ({"compile": True}, 1e-4),
+        ({"compile_mode": "max-autotune"}, 1e-4),
         ({"cuda_graphs": True}, 1e-4),
         ({"cuda_graphs": True, "precision": "fp16"}, 2e-2),
     ],
 )
 def test_cuda_backends_hold_to_eager_fp32(model, crops, kw, atol):
     backend = TorchBackend(model, device="cuda", **kw)
-    expected = _eager(model.cpu(), *crops)
-    for n in (1, 5):  # 5 pads to a graph of 8 with CUDA graphs
-        got = backend(*(x[:n] for x in crops))
+    many = tuple(np.concatenate([x] * 7)[:32] for x in crops)  # 32 pairs
+    expected = _eager(model.cpu(), *many)
+    for n in (1, 5, 8, 32):  # with CUDA graphs: the graphs of 1, 8 and 32 (5 pads to 8)
+        got = backend(*(x[:n] for x in many))
         np.testing.assert_allclose(got, expected[:n], atol=atol)
+
+
+@pytest.mark.slow
+def test_an_aoti_package_runs_without_the_models_code_and_matches_eager(crops, tmp_path):
+    """`mfvan export --format aoti`'s package, loaded in a process that imports torch and
+    nothing of mfvan, gives eager's logits; the `aoti` backend gives eager's
+    probabilities at batch 1 and 5. (The network with the motion input: compiling takes
+    a minute and a half here, so once.)"""
+    import subprocess
+    import sys
+
+    from mfvan.deploy.backends import AotiBackend
+    from mfvan.deploy.export import export_aoti
+
+    torch.manual_seed(0)
+    model = MFVAN(replace(CONFIGS["tiny"], motion="both")).eval()
+    package = export_aoti(model, tmp_path / "mfvan.pt2")
+    inputs = tuple(prepare_inputs(model.cfg, *crops).values())
+    torch.save(inputs, tmp_path / "inputs.pt")
+    code = (
+        "import sys, torch\n"
+        "from torch._inductor import aoti_load_package\n"
+        f"run = aoti_load_package({str(package)!r})\n"
+        f"logits = run(*torch.load({str(tmp_path / 'inputs.pt')!r}))\n"
+        "assert not [m for m in sys.modules if m.startswith('mfvan')], 'no mfvan code'\n"
+        f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    with torch.no_grad():
+        eager = model(*inputs)
+    np.testing.assert_allclose(torch.load(tmp_path / "logits.pt"), eager, atol=1e-4)
+    backend = AotiBackend(model, package=package)
+    for n in (1, 5):
+        got = backend(*(x[:n] for x in crops))
+        np.testing.assert_allclose(got, _eager(model, *crops)[:n], atol=1e-4)
+    assert backend.name == "aoti (cpu)"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_an_aoti_package_for_cuda_holds_to_eager_fp32(crops, tmp_path):
+    from mfvan.deploy.backends import AotiBackend
+
+    torch.manual_seed(0)
+    model = MFVAN(replace(CONFIGS["tiny"], motion="both")).eval()  # one compile
+    backend = AotiBackend(model, device="cuda", cache_dir=tmp_path)
+    np.testing.assert_allclose(backend(*crops), _eager(model.cpu(), *crops), atol=1e-4)
 
 
 @pytest.mark.gpu

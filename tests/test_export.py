@@ -88,3 +88,16 @@ def test_tensorrt_export_without_tensorrt_is_one_clear_line(tmp_path):
     )
     assert run.returncode == 2 and "torch-tensorrt is not installed" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here: it would compile")
+def test_an_aoti_export_for_cuda_without_a_gpu_is_one_clear_line(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "mfvan", "export", "--format", "aoti", "--device", "cuda"]
+        + ["--out", str(tmp_path / "m.pt2")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "no CUDA device is visible" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "m.pt2").exists()

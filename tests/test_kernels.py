@@ -121,6 +121,86 @@ def test_flow_checks_its_inputs():
         FlowParams(levels=0)
 
 
+GPU_FLOW_CHECK = """
+import cv2, numpy as np
+from mfvan.kernels.flow import FlowParams, dense_flow
+from mfvan.kernels.flow_cuda import dense_flow_batch
+rng = np.random.default_rng(0)
+base = [cv2.GaussianBlur(rng.random((32, 32)) * 255, (0, 0), 2) for _ in range(2)]
+moves = [np.float32([[1, 0, 0.7], [0, 1, -0.4]]), np.float32([[1, 0.02, -0.5], [0, 1, 0.3]])]
+first = np.stack(base).astype(np.uint8)
+second = np.stack([cv2.warpAffine(b, m, (32, 32), borderMode=cv2.BORDER_REFLECT)
+                   for b, m in zip(base, moves)]).astype(np.uint8)
+for params in (FlowParams(), FlowParams(levels=2, iterations=2, gain=False, highpass=0)):
+    gpu = dense_flow_batch(first, second, params)
+    cpu = np.stack([dense_flow(a, b, params) for a, b in zip(first, second)])
+    assert gpu.shape == (2, 32, 32, 2) and gpu.dtype == np.float32
+    assert np.abs(cpu).mean() > 0.1, "the pairs move"
+    print(float(np.abs(gpu - cpu).max()))
+"""
+
+
+@pytest.mark.slow
+def test_the_batched_gpu_flow_is_the_cpu_kernels_flow_under_the_cuda_simulator():
+    """`mfvan.kernels.flow_cuda` on a batch of two pairs, run by Numba's CUDA simulator
+    (the same kernels, each thread in Python), against the CPU kernel pair by pair: within
+    1e-4 px (measured: about 1e-5; float32 rounding in the running sums and FMAs)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", GPU_FLOW_CHECK],
+        env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    diffs = [float(x) for x in done.stdout.split()]
+    assert len(diffs) == 2 and max(diffs) < 1e-4, diffs
+
+
+def _numba_gpu() -> bool:
+    from mfvan.kernels.flow_cuda import available
+
+    return available() and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _numba_gpu(), reason="no CUDA device visible to Numba here")
+def test_the_batched_gpu_flow_is_the_cpu_kernels_flow_on_a_gpu(face):
+    """On a real GPU, 16 streams' 128 px crops at once: each pair's flow within 1e-3 px
+    of the CPU kernel's."""
+    from mfvan.kernels.flow_cuda import dense_flow_batch
+
+    shifts = [(0.1 * i - 0.8, 0.05 * i - 0.4) for i in range(16)]
+    first = np.stack([face] * 16)
+    second = np.stack(
+        [
+            cv2.warpAffine(face, np.float32([[1, 0, dx], [0, 1, dy]]), face.shape[::-1])
+            for dx, dy in shifts
+        ]
+    )
+    gpu = dense_flow_batch(first, second)
+    cpu = np.stack([dense_flow(a, b) for a, b in zip(first, second, strict=True)])
+    assert np.abs(gpu - cpu).max() < 1e-3
+
+
+def test_flow_device_cuda_without_a_gpu_falls_back_to_the_cpu_kernel_and_says_so(caplog):
+    import argparse
+    import logging
+
+    from mfvan.deploy.stage import flow_device
+    from mfvan.kernels.flow_cuda import available
+
+    if available():
+        pytest.skip("a CUDA device (or the simulator) is visible: nothing falls back")
+    with caplog.at_level(logging.WARNING):
+        assert flow_device(argparse.Namespace(flow_device="cuda")) == "cpu"
+    assert "Numba sees no CUDA device: the CPU kernel runs" in caplog.text
+    assert flow_device(argparse.Namespace(flow_device="cpu")) == "cpu"
+
+
 def test_rigid_compensation_cancels_pure_head_motion(face):
     matrix = cv2.getRotationMatrix2D((63.5, 63.5), 0.6, 1.004)
     matrix[:, 2] += (0.8, -0.5)

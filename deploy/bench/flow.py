@@ -156,3 +156,77 @@ def format_flow_report(r: dict) -> str:
                 f"speed {other['ms'] / ours['ms']:.2f}x"
             )
     return "\n".join(lines)
+
+
+def bench_flow_batch(
+    streams=(1, 16, 64, 256), size: int = 128, runs: int = 20, cpu_pairs: int = 16
+) -> dict:
+    """The batched GPU flow (`mfvan.kernels.flow_cuda`, one launch per step for K streams'
+    crops) per K: ms per batch and crops per second, host transfers included; side by side
+    with the CPU kernel on one core (crops per second over `cpu_pairs` pairs), and the
+    largest difference between the two flows on the first pairs."""
+    import cv2
+
+    from mfvan.kernels.flow import dense_flow
+    from mfvan.kernels.flow_cuda import dense_flow_batch
+
+    rng = np.random.default_rng(0)
+    most = max(streams)
+    base = np.stack(
+        [cv2.GaussianBlur(rng.random((size, size)) * 255, (0, 0), 2) for _ in range(most)]
+    ).astype(np.float32)
+    shift = np.float32([[1, 0, 0.6], [0, 1, -0.3]])
+    moved = np.stack(
+        [cv2.warpAffine(b, shift, (size, size), borderMode=cv2.BORDER_REFLECT) for b in base]
+    )
+    first, second = base.astype(np.uint8), moved.astype(np.uint8)
+    cpu = [dense_flow(a, b) for a, b in zip(first[:2], second[:2], strict=True)]  # compiled
+    start = time.perf_counter()
+    for i in range(cpu_pairs):
+        cpu_flow = dense_flow(first[i % most], second[i % most])
+    cpu_rate = cpu_pairs / (time.perf_counter() - start)
+    del cpu_flow
+    rows = []
+    for k in streams:
+        gpu = dense_flow_batch(first[:k], second[:k])  # compiles at the first launch
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            dense_flow_batch(first[:k], second[:k])
+            times.append(time.perf_counter() - start)
+        ms = float(np.median(times)) * 1e3
+        diff = max(float(np.abs(gpu[i] - cpu[i]).max()) for i in range(min(k, 2)))
+        rows.append(
+            {"streams": k, "ms_per_batch": ms, "crops_per_s": k / ms * 1e3, "max_diff_px": diff}
+        )
+    import os
+
+    from numba import cuda
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        device = "Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1: a check of the code, no speed)"
+    else:
+        name = cuda.get_current_device().name
+        device = name.decode() if isinstance(name, bytes) else str(name)
+    return {
+        "size": size,
+        "machine": cpu_name(),
+        "device": device,
+        "cpu_crops_per_s": cpu_rate,
+        "rows": rows,
+    }
+
+
+def format_flow_batch_report(r: dict) -> str:
+    lines = [
+        f"dense flow of K streams' {r['size']} px crops in one batch on {r['device']}, host "
+        f"transfers included; the CPU kernel on one core of {r['machine']}: "
+        f"{r['cpu_crops_per_s']:.0f} crops/s",
+        f"{'K':>5}{'ms/batch':>11}{'crops/s':>11}{'x one CPU core':>16}{'max |GPU-CPU| px':>19}",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"{row['streams']:>5}{row['ms_per_batch']:>11.2f}{row['crops_per_s']:>11.0f}"
+            f"{row['crops_per_s'] / r['cpu_crops_per_s']:>16.1f}{row['max_diff_px']:>19.2e}"
+        )
+    return "\n".join(lines)

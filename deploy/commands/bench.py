@@ -41,6 +41,18 @@ def add(p: argparse.ArgumentParser) -> None:
         help="SynthME (parametric faces), photo (photographic identities), "
         "'photo H.264 CRF 23' (the same through a camera's codec)",
     )
+    flow.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: the batched GPU flow for K streams at once (--streams), side by side with "
+        "the CPU kernel on one core, instead of the accuracy comparison",
+    )
+    flow.add_argument(
+        "--streams", type=int, nargs="+", default=[1, 16, 64, 256], help="cuda: batch sizes K"
+    )
+    flow.add_argument("--runs", type=int, default=20, help="cuda: timed batches per K")
+    flow.add_argument("--crop", type=int, default=128, help="cuda: the crops' side, px")
     spotter = what.add_parser(
         "spotter",
         help="the spotter's frames per second on one core (flow included), with our flow and "
@@ -64,6 +76,15 @@ def add(p: argparse.ArgumentParser) -> None:
     )
     backends.add_argument("--runs", type=int, default=100, help="timed runs per backend, batch")
     backends.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    backends.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda: eager FP32 (the reference), FP16/BF16, CUDA graphs, "
+        "torch.compile max-autotune, the AOTInductor package",
+    )
+    backends.add_argument(
+        "--rows", metavar="REGEX", default=".", help="only the rows whose name matches"
+    )
     pipeline = what.add_parser(
         "pipeline",
         help="transport (640x480 frames, mfvan's protocol beside bare pyzmq, ipc and tcp) and "
@@ -132,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
         report = model.format_model_report(
             model.bench_model(args.config, batches=args.batches, runs=args.runs)
         )
+    elif args.target == "flow" and args.device == "cuda":
+        from mfvan.deploy.bench import flow
+
+        report = flow.format_flow_batch_report(
+            flow.bench_flow_batch(tuple(args.streams), args.crop, args.runs)
+        )
     elif args.target == "flow":
         from mfvan.deploy.bench import flow
 
@@ -142,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         from mfvan.deploy.bench import backends
 
         report = backends.format_backends_report(
-            backends.bench_backends(args.config, tuple(args.batches), args.runs)
+            backends.bench_backends(args.config, tuple(args.batches), args.runs, device=args.device)
         )
     elif args.target == "spotter":
         from mfvan.deploy.bench import spotter

@@ -1,4 +1,5 @@
-"""`mfvan export`: MFVAN as ONNX, TorchScript, a TensorRT engine or a Triton repository."""
+"""`mfvan export`: MFVAN as ONNX, TorchScript, an AOTInductor package, a TensorRT engine or
+a Triton repository."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "export MFVAN: ONNX, TorchScript, TensorRT, a Triton repository"
-EXPORT_FORMATS = ("onnx", "torchscript", "tensorrt", "triton")
+HELP = "export MFVAN: ONNX, TorchScript, AOTInductor, TensorRT, a Triton repository"
+EXPORT_FORMATS = ("onnx", "torchscript", "aoti", "tensorrt", "triton")
 
 
 def add(p: argparse.ArgumentParser) -> None:
@@ -16,8 +17,9 @@ def add(p: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         required=True,
-        help="a file (onnx, torchscript, tensorrt) or a repository folder (triton)",
+        help="a file (onnx, torchscript, aoti: .pt2, tensorrt) or a repository folder (triton)",
     )
+    p.add_argument("--device", default="cpu", help="aoti: what to compile for (cpu, cuda)")
     p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="tensorrt")
     p.add_argument("--name", default="mfvan", help="triton: the model's name")
@@ -52,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
             out = export.export_onnx(model, args.out)
         elif args.format == "torchscript":
             out = export.export_torchscript(model, args.out)
+        elif args.format == "aoti":
+            import torch
+
+            if args.device.startswith("cuda") and not torch.cuda.is_available():
+                raise BackendUnavailable("--device cuda: no CUDA device is visible to PyTorch")
+            out = export.export_aoti(model, args.out, device=args.device)
         elif args.format == "tensorrt":
             out = export.export_tensorrt(model, args.out, args.precision)
         else:

@@ -24,13 +24,20 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="compute precision (default: fp16 for tensorrt, fp32 for the others)",
+        help="compute precision (fp16, bf16: CUDA only; default: fp16 for tensorrt, fp32 for "
+        "the others)",
     )
     p.add_argument("--compile", action="store_true", help="torch: wrap in torch.compile")
     p.add_argument(
         "--cuda-graphs", action="store_true", help="torch on CUDA: CUDA graphs per batch size"
     )
     p.add_argument("--url", default="127.0.0.1:8000", help="triton: the server's HTTP address")
+    p.add_argument(
+        "--package",
+        type=Path,
+        help="aoti: a package from `mfvan export --format aoti` (default: compiled for the "
+        "weights and device once, and cached)",
+    )
     p.add_argument(
         "--max-batch", type=stage.positive(int), default=8, help="most pairs per inference"
     )
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             cuda_graphs=args.cuda_graphs,
             url=args.url,
+            package=args.package,
         )
     except (BackendUnavailable, ValueError) as e:
         print(f"mfvan recognize: {e}", file=sys.stderr)

@@ -18,6 +18,7 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["spot"])
     stage.add_stream_limits(p, most=64, idle_s=60.0, what="frames")
     stage.add_measure_hz(p)
+    stage.add_flow_device(p)
     p.add_argument(
         "--clips",
         action="store_true",
@@ -56,4 +57,5 @@ def run(args: argparse.Namespace) -> int:
         params=stage.spotter_params(args),
         clips=args.clips,
         watch=args.watch,
+        flow_device=stage.flow_device(args),
     )
