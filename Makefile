@@ -62,12 +62,14 @@ reproduce: $(STAMP)
 gpu-check:
 	PYTHON=$(PYTHON) bash deploy/gpu-check.sh $(GPU_CHECK_ARGS)
 
-# what the GPU machine's Python lacks of what gpu-check imports, as wheels for it (carried)
-gpu-wheels:
-	mkdir -p .whl
-	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+# what the GPU machine's Python lacks of what gpu-check imports, as wheels for it (carried),
+# and mfvan's own wheel (used there if building from the source cannot be done offline)
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl "pyzmq>=26"
+	$(BIN)/python -m pip wheel -q --no-deps -w .whl .
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info

@@ -41,12 +41,14 @@ step() {  # step NAME SECONDS COMMAND...: run it capped, its output in OUT/NAME.
 
 SITE=/tmp/mfvan-site
 rm -rf "$SITE"
-if compgen -G ".whl/*.whl" > /dev/null; then
+if [ "$DEVICE" = cuda ] && compgen -G ".whl/*.whl" > /dev/null; then  # for that Python
     step install-wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile \
         --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
 fi
+# this checkout, built there without the network; if that cannot be done (an old
+# setuptools), the mfvan wheel carried in .whl/ (`make gpu-wheels`) stays installed
 step install-mfvan 120 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation \
-    --no-compile --target "$SITE" .
+    --no-compile --upgrade --target "$SITE" .
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$SITE/bin:$PATH"
 MFVAN=("$PY" -m mfvan)

@@ -169,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
         from mfvan.deploy.bench import backends
 
         report = backends.format_backends_report(
-            backends.bench_backends(args.config, tuple(args.batches), args.runs, device=args.device)
+            backends.bench_backends(
+                args.config, tuple(args.batches), args.runs, device=args.device, rows=args.rows
+            )
         )
     elif args.target == "spotter":
         from mfvan.deploy.bench import spotter
