@@ -199,6 +199,23 @@ def test_with_a_token_every_request_needs_it(lone_view):
     assert status == 200 and b"no such event store" in body, "the store's absence, said"
 
 
+def test_without_a_token_only_requests_naming_a_loopback_host_are_answered():
+    port = free_port()
+    view = _mfvan("web", "--bind", f"127.0.0.1:{port}", env={"MFVAN_WEB_TOKEN": ""},
+                  stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert _until(lambda: _port_open(port), 60)
+        base = f"http://127.0.0.1:{port}/api/events"
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+            assert _get(base, {"Host": host})[0] == 200, host
+        for host in (f"attacker.example:{port}", "10.0.0.5", f"[fe80::1]:{port}"):
+            status, _, body = _get(base, {"Host": host})
+            assert status == 400 and b"not a loopback host" in body, host
+    finally:
+        view.terminate()
+        view.wait(timeout=15)
+
+
 def test_without_faces_no_preview_nor_image_is_served(lone_view):
     base, secret = lone_view
     auth = {"Authorization": f"Bearer {secret}"}

@@ -31,7 +31,6 @@ from urllib.parse import parse_qs, urlencode
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -228,8 +227,7 @@ def create_app(hub: Hub, token: str | None = None) -> Starlette:
     ]
     middleware = []
     if token is None:  # loopback only: answer only requests that name a loopback host
-        hosts = ["127.0.0.1", "localhost", "[::1]", "::1"]
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
+        middleware.append(Middleware(LoopbackHosts))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -271,6 +269,26 @@ class _Metrics:
         )
         for kind in hub.counts:
             received.labels(kind).set_function(lambda k=kind: hub.counts[k])
+
+
+class LoopbackHosts:
+    """ASGI middleware: only requests whose Host names a loopback address (127.0.0.1,
+    localhost, [::1], any port) are answered; others get 400. A page on another site that
+    points its own name at 127.0.0.1 (DNS rebinding) sends its name, and is refused."""
+
+    def __init__(self, app):
+        from mfvan.deploy.commands.web import is_loopback
+
+        self.app, self.is_loopback = app, is_loopback
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+            if not self.is_loopback(name):
+                response = PlainTextResponse(f"400: not a loopback host: {host!r:.80}", 400)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class TokenGate:
