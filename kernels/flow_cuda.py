@@ -42,7 +42,7 @@ def available() -> bool:
         return False
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def bilinear(img, k, y, x):
     h, w = img.shape[1], img.shape[2]
     x = min(max(x, 0.0), w - 1.001)
