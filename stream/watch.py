@@ -64,9 +64,10 @@ class Watch:
             hit = self._wanted[t] = any(t.startswith(s) for s in self.subscriptions)
         return hit
 
-    def poll(self, now: float) -> None:
-        """Take the subscriptions made or dropped since the last call."""
-        if now < self.next_poll:
+    def poll(self, now: float, force: bool = False) -> None:
+        """Take the subscriptions made or dropped since the last look (at most every POLL_S
+        unless `force`)."""
+        if now < self.next_poll and not force:
             return
         self.next_poll = now + POLL_S
         while True:

@@ -103,23 +103,33 @@ def test_a_spot_stage_sends_previews_only_of_the_cameras_someone_watches(tmp_pat
                 got.append(protocol.recv(sub))
         return got
 
-    watch.poll(time.monotonic() + 1)
+    def seen(topic: bytes, wanted: bool) -> None:
+        """Until the XPUB side has taken the subscription made (or dropped)."""
+        assert _until(
+            lambda: (
+                watch.poll(time.monotonic(), force=True) or (topic in watch.subscriptions) == wanted
+            ),
+            5,
+            every=0.05,
+        )
+
+    watch.poll(time.monotonic(), force=True)
     play(10)
     assert not watch.active, "nobody subscribed: nothing is produced"
     sub.setsockopt(zmq.SUBSCRIBE, b"status:")
-    time.sleep(0.3)
+    seen(b"status:", True)
     got = play(20)
     assert {m.kind for m in got} == {"status"}, "statuses only: no preview was asked for"
     assert {m.stream for m in got} == {"camA", "camB"}
     assert got[-1].fields["state"] == "tracking" and len(got[-1].fields["face"]) == 4
     sub.setsockopt(zmq.SUBSCRIBE, protocol.topic("camB", "preview"))
-    time.sleep(0.3)
+    seen(protocol.topic("camB", "preview"), True)
     previews = [m for m in play(20) if m.kind == "preview"]
     assert previews and {m.stream for m in previews} == {"camB"}
     image = previews[-1].arrays[0]
     assert max(image.shape[:2]) <= 320 and previews[-1].fields["scale"] == 0.5
     sub.setsockopt(zmq.UNSUBSCRIBE, protocol.topic("camB", "preview"))
-    time.sleep(0.3)
+    seen(protocol.topic("camB", "preview"), False)
     play(5)  # what was on its way
     assert not [m for m in play(15) if m.kind == "preview"], "no one watches: no previews"
     sub.close(linger=0)
