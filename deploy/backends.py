@@ -83,6 +83,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def _cache_file(cache_dir: Path | None, kind: str, name: str) -> Path:
+    """Where a backend keeps what it builds for a model (`name`, keyed by the model's hash
+    and what else the build depends on): `cache_dir`, or ~/.cache/mfvan/KIND, made."""
+    cache = Path(cache_dir or Path.home() / ".cache" / "mfvan" / kind)
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache / name
+
+
 def _padded(n: int) -> int:
     """The batch size to run `n` pairs at: the next of BATCH_SIZES (or n past the last)."""
     return next((b for b in BATCH_SIZES if b >= n), n)
@@ -156,9 +164,7 @@ class OnnxRuntimeBackend:
         from mfvan.deploy.export import export_onnx
 
         self.cfg = model.cfg
-        cache = Path(cache_dir or Path.home() / ".cache" / "mfvan" / "onnx")
-        cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"mfvan-{model_digest(model)}.onnx"
+        path = _cache_file(cache_dir, "onnx", f"mfvan-{model_digest(model)}.onnx")
         if not path.exists():
             export_onnx(model.eval(), path.with_suffix(".tmp.onnx")).rename(path)
         options = ort.SessionOptions()
@@ -207,8 +213,7 @@ class AotiBackend:
         if package is None:
             kind = "cuda" if cuda else "cpu"
             key = f"{model_digest(model)}-{kind}-torch{torch.__version__.replace('+', '_')}"
-            cache = Path(cache_dir or Path.home() / ".cache" / "mfvan" / "aoti")
-            package = cache / f"mfvan-{key}.pt2"
+            package = _cache_file(cache_dir, "aoti", f"mfvan-{key}.pt2")
             if not package.exists():
                 log.info(
                     "aoti: compiling the model for %s ahead of time (a minute or more, once)", kind
@@ -276,9 +281,7 @@ class TensorRTBackend:
                 "x".join(map(str, BATCH_SIZES)),
             ]
         )
-        cache = Path(cache_dir or Path.home() / ".cache" / "mfvan" / "tensorrt")
-        cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"mfvan-{key}.ep"
+        path = _cache_file(cache_dir, "tensorrt", f"mfvan-{key}.ep")
         if path.exists():
             log.info("tensorrt: loading the cached engine %s", path.name)
             self.module = torch.export.load(str(path)).module()

@@ -167,7 +167,7 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     names = [name for name, _ in named]
     urls = [resolve(source) for _, source in named]
     options = getattr(args, "camera_options", None) or {}
-    ingests, spots, pair_endpoints = [], [], []
+    ingests, spots, pair_endpoints, watch_endpoints = [], [], [], []
     for i, (url, stream) in enumerate(zip(urls, names, strict=True)):
         own = options.get(stream, {})
         frames = f"ipc://{runtime}/frames-{i}.ipc"
@@ -190,7 +190,8 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
             argv += ["--flow-device", args.flow_device]
         argv += ["--clips"] if getattr(args, "with_clips", False) else []
         if getattr(args, "web", None) is not None:
-            argv += ["--watch", f"ipc://{runtime}/watch-{first}.ipc"]
+            watch_endpoints.append(f"ipc://{runtime}/watch-{first}.ipc")
+            argv += ["--watch", watch_endpoints[-1]]
         streams = tuple(names[i] for i in served)
         spots.append(Child("spot", "+".join(streams), argv, streams=streams))
     children = []  # each stream's ingest, then its spot process once it serves them all
@@ -226,8 +227,8 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     if getattr(args, "web", None) is not None:  # the web view, a subscriber too
         web = ["web", "--bind", args.web, "--events", local]
         web += ["--metrics", f"http://127.0.0.1:{base - 1}/metrics"]
-        for first in range(0, len(urls), per_spot):
-            web += ["--watch", f"ipc://{runtime}/watch-{first}.ipc"]
+        for endpoint in watch_endpoints:
+            web += ["--watch", endpoint]
         for name in names:
             web += ["--camera", name]
         web += ["--db", str(db)] if db is not None else []
@@ -308,6 +309,14 @@ class Aggregate:
             return None
 
 
+# the children that subscribe to the events: one failing fatally fails only itself
+OUTPUTS = {
+    "record": "the event store",
+    "forward": "the MQTT/webhook outputs",
+    "web": "the web view",
+}
+
+
 class Supervisor:
     """The restart policy over `children` (see the module's docstring); `restarts` is the
     `mfvan_restarts_total` counter."""
@@ -359,10 +368,8 @@ class Supervisor:
     def _fail(self, child) -> None:
         """A child exited EXIT_FATAL: it and its streams are done, and so is every other
         child that served only failed streams."""
-        if child.stage in ("record", "forward", "web"):
-            what = {"record": "the event store", "forward": "the MQTT/webhook outputs"}.get(
-                child.stage, "the web view"
-            )
+        if child.stage in OUTPUTS:
+            what = OUTPUTS[child.stage]
             log.error("run: %s failed (see its message above); events go on", what)
             self.failed.append(what)
             child.finished = child.failed = True
@@ -416,7 +423,7 @@ def shutdown(children: list, timeout_s: float = 3.0) -> None:
     what they hold), then spot, then the recognizer, then the event's subscribers (the
     recorder commits what it holds), each stage given `timeout_s` to end after SIGTERM
     before it is killed."""
-    for stage in ("ingest", "spot", "recognize", "record", "forward", "web"):
+    for stage in ("ingest", "spot", "recognize", *OUTPUTS):
         group = [c for c in children if c.stage == stage and c.proc is not None]
         for child in group:
             child.stop()

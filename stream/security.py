@@ -66,8 +66,12 @@ def is_local(endpoint: str) -> bool:
     """True for ipc://, inproc:// and tcp:// on a loopback address."""
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
-    host = urlparse(endpoint.replace("tcp://", "tcp://", 1)).hostname or ""
-    if host in ("localhost",):
+    return is_loopback(urlparse(endpoint.replace("tcp://", "tcp://", 1)).hostname or "")
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -494,10 +494,10 @@ def run_spot(
         next_expiry = time.monotonic() + 1.0
         for frames in _poll_loop(pull, stop):
             if frames is None or time.monotonic() >= next_expiry:  # idle streams go
-                for stream in stage.streams.expire(time.monotonic()):
-                    if view is not None:
-                        view.forget(stream)
+                expired = stage.streams.expire(time.monotonic())
                 if view is not None:
+                    for stream in expired:
+                        view.forget(stream)
                     view.poll(time.monotonic())
                 next_expiry = time.monotonic() + 1.0
                 if frames is None:

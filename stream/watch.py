@@ -54,7 +54,11 @@ class Watch:
         self.streams: dict[str, _Stream] = {}
         self._wanted: dict[bytes, bool] = {}
         self.next_poll = 0.0
-        self.active = False  # anyone subscribed to anything
+
+    @property
+    def active(self) -> bool:
+        """Anyone subscribed to anything."""
+        return bool(self.subscriptions)
 
     def wanted(self, kind: str, stream: str) -> bool:
         """Whether some subscription covers this kind of this stream."""
@@ -82,7 +86,6 @@ class Watch:
             elif message[0] == 0:
                 self.subscriptions.discard(message[1:])
             self._wanted.clear()
-        self.active = bool(self.subscriptions)
 
     def frame(self, stream: str, spots, image: np.ndarray, t_capture: int) -> None:
         """After the spot stage's `FaceSpotter` `spots` took `image` of `stream`."""

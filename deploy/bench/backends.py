@@ -113,11 +113,11 @@ def bench_backends(
                     "pairs_per_s": batch / (p50 / 1e3),
                 }
             )
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return {
         "config": config_name,
         "device": device,
-        "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads; {device}",
+        "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads; {gpu}",
         "rows": table,
         "not_run": missing,
     }

@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mfvan.deploy.bench import stage_cpu
+
 FRAME_SHAPE = (480, 640, 3)
 HWM = 64  # the stages' high-water mark (stream/stages.py)
 GOAL_P99_MS = 50.0
@@ -206,26 +208,6 @@ def _scrape(ports: list[int]) -> dict[str, float]:
     return totals
 
 
-def _stage_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds used so far by each stage process of `mfvan run` (pid), summed by
-    stage (ingest, spot, recognize)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    used: dict[str, float] = {}
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return used
-    for child in children:
-        try:
-            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # it ended meanwhile
-        stage = argv[argv.index(b"mfvan.deploy.cli") + 1].decode()
-        used[stage] = used.get(stage, 0.0) + (int(stat[11]) + int(stat[12])) / tick
-    return used
-
-
 SOURCES = ("rtsp", "file", "synth")  # the kinds of camera the end-to-end runs take
 
 
@@ -278,7 +260,7 @@ def run_end_to_end(
             while time.monotonic() < end_warmup:
                 for _ in sub:
                     break
-            before, start, cpu0 = _scrape(ports), time.monotonic(), _stage_cpu(proc.pid)
+            before, start, cpu0 = _scrape(ports), time.monotonic(), stage_cpu(proc.pid)
             while time.monotonic() < start + window_s:
                 for event in sub:
                     now = time.time_ns()
@@ -286,7 +268,7 @@ def run_end_to_end(
                     apex_latency.append((now - event.times["t_apex"]) / 1e6)
                     arrivals.append(time.monotonic() - start)
                     break
-            after, elapsed, cpu1 = _scrape(ports), time.monotonic() - start, _stage_cpu(proc.pid)
+            after, elapsed, cpu1 = _scrape(ports), time.monotonic() - start, stage_cpu(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -20,29 +20,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from . import cpu_name
+from . import cpu_name, stage_cpu
 
 BOUNDARY = b"--mfvanframe"
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    except OSError:
-        return []
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _metric(url: str, name: str) -> float:
@@ -110,31 +90,30 @@ def bench_web(
             time.sleep(1)
         else:
             raise RuntimeError(f"the cameras were not tracked in 180 s; see {runtime}/run.log")
-        kids = {p: _cmdline(p) for p in _children(run.pid)}
-        spots = [p for p, cmd in kids.items() if "spot" in cmd]
-        web = next(p for p, cmd in kids.items() if "web" in cmd)
+
         spot_metrics = [
             f"http://127.0.0.1:{metrics_base_port + 2 * i + 1}/metrics" for i in range(cameras)
         ]
 
-        def spot_window(span_s: float) -> float:
-            """Spot processes' CPU ms per frame over the next `span_s`."""
-            cpu0 = sum(_cpu_s(p) for p in spots)
-            frames0 = sum(_metric(u, "mfvan_frames_in_total") for u in spot_metrics)
-            time.sleep(span_s)
-            cpu1 = sum(_cpu_s(p) for p in spots)
-            frames1 = sum(_metric(u, "mfvan_frames_in_total") for u in spot_metrics)
+        def spot_now() -> tuple[float, float]:
+            """The spot processes' CPU seconds and frames so far."""
+            frames = sum(_metric(u, "mfvan_frames_in_total") for u in spot_metrics)
+            return stage_cpu(run.pid).get("spot", 0.0), frames
+
+        def ms_per_frame(since: tuple[float, float]) -> float:
+            (cpu0, frames0), (cpu1, frames1) = since, spot_now()
             return 1000 * (cpu1 - cpu0) / max(1.0, frames1 - frames0)
 
-        unwatched = spot_window(baseline_s)
+        before = spot_now()
+        time.sleep(baseline_s)
+        unwatched = ms_per_frame(before)
         readers = [_Reader(f"{base}/cameras/{n}/preview.mjpg", BOUNDARY) for n in names]
         readers.append(_Reader(f"{base}/live", b"event: event"))
         for r in readers:
             r.start()
         samples = []
         started = time.monotonic()
-        watched_cpu0 = sum(_cpu_s(p) for p in spots)
-        watched_frames0 = sum(_metric(u, "mfvan_frames_in_total") for u in spot_metrics)
+        before = spot_now()
         while time.monotonic() - started < minutes * 60:
             time.sleep(sample_s)
             rss = _metric(f"{base}/metrics", "process_resident_memory_bytes")
@@ -144,18 +123,11 @@ def bench_web(
                     "rss_mb": round(rss / 2**20, 1),
                     "frames": [r.count for r in readers[:-1]],
                     "events": readers[-1].count,
-                    "web_cpu_s": round(_cpu_s(web), 1),
+                    "web_cpu_s": round(stage_cpu(run.pid).get("web", 0.0), 1),
                 }
             )
             print("  " + json.dumps(samples[-1]), flush=True)
-        watched = (
-            1000
-            * (sum(_cpu_s(p) for p in spots) - watched_cpu0)
-            / max(
-                1.0,
-                sum(_metric(u, "mfvan_frames_in_total") for u in spot_metrics) - watched_frames0,
-            )
-        )
+        watched = ms_per_frame(before)
         return {
             "machine": cpu_name(),
             "cores": os.cpu_count(),

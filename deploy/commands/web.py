@@ -11,7 +11,6 @@ variable MFVAN_WEB_TOKEN, or --token-file), which every request must then carry.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -74,15 +73,6 @@ def address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def token(token_file: Path | None) -> str | None:
     """The access token: the file's first line, or $MFVAN_WEB_TOKEN; None without one."""
     if token_file is not None:
@@ -100,6 +90,8 @@ def token(token_file: Path | None) -> str | None:
 def check_bind(bind: str, secret: str | None) -> tuple[str, int]:
     """The address to serve on, refused (`stage.Fatal`) when it is not loopback and there is
     no token: the view shows events and, with faces on, people's faces."""
+    from mfvan.stream.security import is_loopback
+
     host, port = address(bind)
     if not is_loopback(host) and secret is None:
         raise stage.Fatal(
@@ -115,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
 
     from mfvan.deploy.web.app import create_app
     from mfvan.deploy.web.hub import Hub
-    from mfvan.stream.security import client_curve
 
     stage.setup_logging("web", "-", args.log_format)
     secret = token(args.token_file)
@@ -129,9 +120,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         sock.close()
         raise stage.Fatal(f"cannot serve the web view on {args.bind}: {e.strerror}") from None
-    curve = client_curve(args.keys, "subscriber") if args.keys else None
-    tcp_watch = args.keys and any(e.startswith("tcp://") for e in args.watch)
-    watch_curve = client_curve(args.keys, "stage") if tcp_watch else None
     hub = Hub(
         events=args.events,
         watch=args.watch,
@@ -139,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_url=args.metrics,
         faces=args.faces,
         cameras=args.camera,
-        curve=curve,
-        watch_curve=watch_curve,
+        keys=args.keys,
     )
     app = create_app(hub, secret)
     shown = f"[{host}]" if ":" in host else host

@@ -44,6 +44,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from mfvan.stream.security import is_loopback
+
 from .hub import IMAGES, Hub, finite, sse
 
 HERE = Path(__file__).parent
@@ -277,15 +279,13 @@ class LoopbackHosts:
     points its own name at 127.0.0.1 (DNS rebinding) sends its name, and is refused."""
 
     def __init__(self, app):
-        from mfvan.deploy.commands.web import is_loopback
-
-        self.app, self.is_loopback = app, is_loopback
+        self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
             name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-            if not self.is_loopback(name):
+            if not is_loopback(name):
                 response = PlainTextResponse(f"400: not a loopback host: {host!r:.80}", 400)
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)

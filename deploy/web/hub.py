@@ -31,6 +31,7 @@ import zmq
 import zmq.asyncio
 
 from mfvan.stream import protocol, security
+from mfvan.stream.outputs.store import SNAPSHOTS, snapshot_images
 
 log = logging.getLogger("mfvan.web")
 SIGNAL_S = 10.0  # seconds of the spotter's signal a tile draws
@@ -40,7 +41,7 @@ CLIENT_QUEUE = 256  # messages a browser may fall behind before it loses some
 METRICS_S = 5.0  # how often the run's /metrics is read while a page is open
 STALE_S = 2.0  # a camera with no status for this long is not "tracking" any more
 JPEG_QUALITY = 75
-IMAGES = ("onset", "apex", "difference")  # an event's images, in the order shown
+IMAGES = SNAPSHOTS  # an event's images (the store's snapshots), in the order shown
 
 
 @dataclass
@@ -111,8 +112,10 @@ class Hub:
     """`events`: the recognizer's endpoint; `watch`: the spot stages' watch endpoints;
     `db`: the event store (history, and snapshots of events that came without crops);
     `metrics_url`: the run's /metrics; `faces`: whether previews and face images are shown
-    at all; `cameras`: names to show before they send anything; `curve`: a subscriber's
-    CURVE keys (`security.client_curve`) for tcp:// endpoints."""
+    at all; `cameras`: names to show before they send anything; `keys`: a CURVE keys
+    folder (`mfvan keys`): the subscriber's key for a tcp:// event endpoint, the stage's for
+    tcp:// watch endpoints (previews are frames: a subscriber's key does not get them).
+    Sockets are made and connected here, so a bad endpoint or key is known at once."""
 
     def __init__(
         self,
@@ -122,12 +125,11 @@ class Hub:
         metrics_url: str | None = None,
         faces: bool = False,
         cameras: list[str] = (),
-        curve: dict | None = None,
-        watch_curve: dict | None = None,
+        keys: Path | None = None,
     ):
         self.events_endpoint, self.watch_endpoints = events, list(watch)
-        self.db, self.metrics_url, self.faces, self.curve = db, metrics_url, faces, curve
-        self.watch_curve = watch_curve
+        self.db, self.metrics_url, self.faces = db, metrics_url, faces
+        self.curve = security.client_curve(keys, "subscriber") if keys and events else None
         self.cameras: dict[str, Camera] = {}
         for name in cameras:
             self.camera(name)
@@ -135,12 +137,20 @@ class Hub:
         self.images: OrderedDict[str, dict[str, bytes]] = OrderedDict()  # id -> name -> PNG
         self.clients: set[Client] = set()
         self.counts = {"events": 0, "statuses": 0, "previews": 0, "dropped": 0}
-        self.started = time.time()
         self._stop = threading.Event()
         self._tasks: list[asyncio.Task] = []
         self._thread: threading.Thread | None = None
-        self._watch: zmq.asyncio.Socket | None = None
         self._ctx = zmq.asyncio.Context()
+        self._watch: zmq.asyncio.Socket | None = None
+        if self.watch_endpoints:
+            self._watch = self._ctx.socket(zmq.SUB)
+            self._watch.setsockopt(zmq.LINGER, 0)
+            self._watch.setsockopt(zmq.RCVHWM, 64)
+            self._watch.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
+            security.secure_client(self._watch, self.watch_endpoints, keys, role="stage")
+            self._watch.setsockopt(zmq.SUBSCRIBE, b"status:")
+            for endpoint in self.watch_endpoints:
+                security.connect(self._watch, endpoint)
         self._metrics_before: dict | None = None
 
     def camera(self, name: str) -> Camera:
@@ -153,18 +163,7 @@ class Hub:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.watch_endpoints:
-            self._watch = self._ctx.socket(zmq.SUB)
-            self._watch.setsockopt(zmq.LINGER, 0)
-            self._watch.setsockopt(zmq.RCVHWM, 64)
-            self._watch.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
-            if self.watch_curve:
-                self._watch.curve_publickey = self.watch_curve["public"]
-                self._watch.curve_secretkey = self.watch_curve["secret"]
-                self._watch.curve_serverkey = self.watch_curve["server"]
-            self._watch.setsockopt(zmq.SUBSCRIBE, b"status:")
-            for endpoint in self.watch_endpoints:
-                security.connect(self._watch, endpoint)
+        if self._watch is not None:
             self._tasks.append(asyncio.create_task(self._watch_loop()))
         if self.events_endpoint:
             self._thread = threading.Thread(
@@ -272,11 +271,7 @@ class Hub:
         data["received_time"] = time.time()
         images = {}
         if self.faces and len(event.crops) == 2:
-            from mfvan.stream.outputs.store import magnified_difference
-
-            onset, apex = event.crops
-            shown = (onset, apex, magnified_difference(onset, apex))
-            for name, image in zip(IMAGES, shown, strict=True):
+            for name, image in snapshot_images(*event.crops):
                 ok, png = cv2.imencode(".png", image)
                 if ok:
                     images[name] = png.tobytes()

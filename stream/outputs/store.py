@@ -75,6 +75,15 @@ def magnified_difference(onset: np.ndarray, apex: np.ndarray, gain: float = MAGN
     return np.clip(128.0 + gain * diff, 0, 255).astype(np.uint8)
 
 
+SNAPSHOTS = ("onset", "apex", "difference")  # an event's images, in the order shown
+
+
+def snapshot_images(onset: np.ndarray, apex: np.ndarray):
+    """(name, image) of an event's snapshots (`SNAPSHOTS`): its onset and apex crops and
+    their magnified difference; the store writes them as NAME.png, the web view shows them."""
+    return zip(SNAPSHOTS, (onset, apex, magnified_difference(onset, apex)), strict=True)
+
+
 def write_clip(path: Path, crops, fps: float) -> None:
     """Grey face crops as an H.264 MP4 (PyAV), near-lossless (CRF 18) at `fps`."""
     import av
@@ -201,15 +210,11 @@ class EventStore:
         folder = Path(day) / event.id
         (self.media / folder).mkdir(parents=True, exist_ok=True)
         files, size = [], 0
-        for name, image in (
-            ("onset.png", onset),
-            ("apex.png", apex),
-            ("difference.png", magnified_difference(onset, apex)),
-        ):
-            path = self.media / folder / name
+        for name, image in snapshot_images(onset, apex):
+            path = self.media / folder / f"{name}.png"
             if not cv2.imwrite(str(path), image):
                 raise OSError(f"could not write {path}")
-            files.append(str(folder / name))
+            files.append(str(folder / path.name))
             size += path.stat().st_size
         if event.clip is not None and len(event.clip):
             path = self.media / folder / "clip.mp4"
