@@ -105,11 +105,44 @@ def test_half_precision_and_cuda_graphs_are_refused_on_cpu(model):
         TorchBackend(model, cuda_graphs=True)
 
 
+def _in_a_child(tmp_path, model, crops, code: str) -> dict:
+    """Runs `code` in a fresh Python with `model` (its config and weights) and `crops`
+    loaded as `model` and `crops`; returns what it put in the dict `out`. Compiling with
+    TorchInductor starts compile workers, OpenMP threads and loads compiled libraries into
+    the process: kept out of the test process, which goes on to run every other test."""
+    import subprocess
+    import sys
+
+    torch.save({"cfg": model.cfg, "state": model.state_dict(), "crops": crops}, tmp_path / "in.pt")
+    script = (
+        "import torch\n"
+        "from mfvan.model.mfvan import MFVAN\n"
+        "given = torch.load('in.pt', weights_only=False)\n"
+        "model = MFVAN(given['cfg']).eval()\n"
+        "model.load_state_dict(given['state'])\n"
+        "crops, out = given['crops'], {}\n"
+        f"{code}\n"
+        "torch.save(out, 'out.pt')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(tmp_path / "out.pt", weights_only=False)
+
+
 @pytest.mark.slow
-def test_torch_compile_matches_eager_on_cpu(model, crops):
-    backend = TorchBackend(model, compile=True)
-    np.testing.assert_allclose(backend(*crops), _eager(model, *crops), atol=1e-5)
-    assert "compiled" in backend.name
+def test_torch_compile_matches_eager_on_cpu(model, crops, tmp_path):
+    got = _in_a_child(
+        tmp_path,
+        model,
+        crops,
+        "from mfvan.deploy.backends import TorchBackend\n"
+        "backend = TorchBackend(model, compile=True)\n"
+        "out['probs'], out['name'] = backend(*crops), backend.name",
+    )
+    np.testing.assert_allclose(got["probs"], _eager(model, *crops), atol=1e-5)
+    assert "compiled" in got["name"]
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -143,35 +176,40 @@ def test_an_aoti_package_runs_without_the_models_code_and_matches_eager(crops, t
     """`mfvan export --format aoti`'s package, loaded in a process that imports torch and
     nothing of mfvan, gives eager's logits; the `aoti` backend gives eager's
     probabilities at batch 1 and 5. (The network with the motion input: compiling takes
-    a minute and a half here, so once.)"""
+    a minute and a half here, so once; compiled and run in child processes.)"""
     import subprocess
     import sys
 
-    from mfvan.deploy.backends import AotiBackend
-    from mfvan.deploy.export import export_aoti
-
     torch.manual_seed(0)
     model = MFVAN(replace(CONFIGS["tiny"], motion="both")).eval()
-    package = export_aoti(model, tmp_path / "mfvan.pt2")
+    got = _in_a_child(
+        tmp_path,
+        model,
+        crops,
+        "from mfvan.deploy.backends import AotiBackend\n"
+        "from mfvan.deploy.export import export_aoti\n"
+        "package = export_aoti(model, 'mfvan.pt2')\n"
+        "backend = AotiBackend(model, package=package)\n"
+        "out['probs'] = [backend(*(x[:n] for x in crops)) for n in (1, 5)]\n"
+        "out['name'], out['package'] = backend.name, str(package)",
+    )
     inputs = tuple(prepare_inputs(model.cfg, *crops).values())
     torch.save(inputs, tmp_path / "inputs.pt")
     code = (
         "import sys, torch\n"
         "from torch._inductor import aoti_load_package\n"
-        f"run = aoti_load_package({str(package)!r})\n"
-        f"logits = run(*torch.load({str(tmp_path / 'inputs.pt')!r}))\n"
+        f"run = aoti_load_package({got['package']!r})\n"
+        "logits = run(*torch.load('inputs.pt'))\n"
         "assert not [m for m in sys.modules if m.startswith('mfvan')], 'no mfvan code'\n"
-        f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n"
+        "torch.save(logits, 'logits.pt')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     with torch.no_grad():
         eager = model(*inputs)
     np.testing.assert_allclose(torch.load(tmp_path / "logits.pt"), eager, atol=1e-4)
-    backend = AotiBackend(model, package=package)
-    for n in (1, 5):
-        got = backend(*(x[:n] for x in crops))
-        np.testing.assert_allclose(got, _eager(model, *crops)[:n], atol=1e-4)
-    assert backend.name == "aoti (cpu)"
+    for n, probs in zip((1, 5), got["probs"], strict=True):
+        np.testing.assert_allclose(probs, _eager(model, *crops)[:n], atol=1e-4)
+    assert got["name"] == "aoti (cpu)"
 
 
 @pytest.mark.gpu

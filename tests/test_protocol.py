@@ -82,17 +82,13 @@ def test_a_subscription_to_a_stream_gets_that_stream_only():
     sub = ctx.socket(zmq.SUB)
     sub.connect(f"tcp://127.0.0.1:{port}")
     sub.setsockopt(zmq.SUBSCRIBE, protocol.topic("cam1"))
-    sub.setsockopt(zmq.RCVTIMEO, 200)
     try:
         got = []
         for seq in range(50):  # until the subscription has reached the publisher
             for stream in ("cam10", "cam1-0", "cam", "cam1", "cam2"):
                 protocol.send(pub, "eos", stream, seq)
-            try:
-                while True:
-                    got.append(protocol.recv(sub, zmq.NOBLOCK if got else 0))
-            except zmq.Again:
-                pass
+            while sub.poll(200):  # what came within 0.2 s of the last (a loaded box is slow)
+                got.append(protocol.recv(sub, zmq.NOBLOCK))
             if len(got) >= 3:
                 break
         assert len(got) >= 3 and {m.stream for m in got} == {"cam1"}
