@@ -158,7 +158,8 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     """The child processes of `mfvan run` (the recognizer last) and the event endpoint.
     Ports: ingest i on base + 2i, the spot process of streams i.. on base + 2i + 1 (so the
     layout of one spot per stream is unchanged), the recognizer on base + 2N, the
-    outputs' process (`forward`, with --mqtt or --webhook) on base + 2N + 1."""
+    outputs' process (`forward`, with --mqtt or --webhook) on base + 2N + 1, the web view's
+    series (with --web) on base + 2N + 2."""
     from mfvan.stream.ingest import resolve
 
     base = args.metrics_base_port
@@ -227,6 +228,7 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     if getattr(args, "web", None) is not None:  # the web view, a subscriber too
         web = ["web", "--bind", args.web, "--events", local]
         web += ["--metrics", f"http://127.0.0.1:{base - 1}/metrics"]
+        web += ["--metrics-port", str(base + 2 * len(urls) + 2)]  # in the run's aggregate
         for endpoint in watch_endpoints:
             web += ["--watch", endpoint]
         for name in names:

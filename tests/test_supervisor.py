@@ -283,7 +283,9 @@ def test_web_plans_a_view_wired_to_every_spot_processes_watch_socket():
     assert view.bind == "127.0.0.1:8400" and view.events == events and view.faces
     assert view.watch == [s.watch for s in spots] and view.camera == ["a", "b", "c"]
     assert view.metrics == "http://127.0.0.1:9300/metrics", "the run's one endpoint"
-    assert str(view.db) == "e.db" and web.metrics_port is None
+    assert str(view.db) == "e.db" and web.metrics_port == "9309", "base + 2N + 2, aggregated"
+    ports = [c.metrics_port for c in children if c.metrics_port is not None]
+    assert len(ports) == len(set(ports)), "no two children on one port"
     assert children[-1].stage == "recognize"
     plain = build_parser().parse_args(["run", "--source", "a=x.mp4"])
     children, _ = plan(plain, Path("/run/x"))

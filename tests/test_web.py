@@ -237,6 +237,11 @@ def test_without_faces_no_preview_nor_image_is_served(lone_view):
 # ----------------------------------------------------------------------------- a live view
 
 
+def _base_port() -> int:
+    """The `view` run's --metrics-base-port (its aggregate /metrics is one below)."""
+    return 21000 + os.getpid() % 500 * 8
+
+
 @pytest.fixture(scope="module")
 def view(tmp_path_factory):
     """`mfvan run` of two synthetic cameras with its web view (faces on), an event store
@@ -244,7 +249,7 @@ def view(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
     runtime, db = tmp / "run", tmp / "events.db"
     port = free_port()
-    base_port = 21000 + os.getpid() % 500 * 8
+    base_port = _base_port()
     run = _mfvan(
         "run",
         "--source", "camA=synth://?fps=30&seed=3&seconds=400",
@@ -270,6 +275,27 @@ def view(tmp_path_factory):
     finally:
         run.terminate()
         run.wait(timeout=30)
+
+
+def test_the_runs_metrics_carry_the_views_and_its_ready_waits_for_it(view):
+    """`mfvan run --web`: the run's one /metrics (what Prometheus scrapes) has the view's
+    series, labelled with its process, and the view in mfvan_stage_up; /ready is 200 only
+    once every stage and the view are ready."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = _base_port() - 1
+    assert _get(f"http://127.0.0.1:{port}/ready")[0] == 200
+    text = _get(f"http://127.0.0.1:{port}/metrics")[2].decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    up = (("process", "web-view"), ("stage", "web"))
+    assert samples[("mfvan_stage_up", up)] == 1.0
+    statuses = (("kind", "statuses"), ("process", "web-view"))
+    assert samples[("mfvan_web_received", statuses)] > 0, "the view heard the spot stages"
+    assert ("mfvan_web_browsers", (("process", "web-view"),)) in samples
 
 
 def test_a_stalled_browser_does_not_hold_back_events(view):

@@ -157,8 +157,8 @@ def run(args: argparse.Namespace) -> int:
                 stage.log.info("run: events kept in %s (`mfvan events list --db %s`)", db, db)
             if args.web is not None:
                 stage.log.info("run: web view on http://%s/", args.web)
-            # until each stage says it is ready (/ready); the recorder and view have none
-            starting = [c for c in children[:-1] if c.stage not in ("record", "web")]
+            # until each stage says it is ready (/ready); the recorder has none
+            starting = [c for c in children[:-1] if c.stage != "record"]
             deadline = None if args.seconds is None else time.monotonic() + args.seconds
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 time.sleep(0.2)

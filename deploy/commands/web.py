@@ -35,6 +35,13 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, help="the event store to browse (history, snapshots)")
     p.add_argument("--metrics", help="the run's /metrics URL (each camera's fps and p99)")
     p.add_argument("--camera", action="append", default=[], help="a camera to show from the start")
+    p.add_argument(
+        "--metrics-port",
+        type=stage.port,
+        default=-1,
+        help="also serve the view's /metrics (and /ready, /live) on this loopback port, as the "
+        "stages do, for `mfvan run`'s aggregate (default -1: only on the view's own address)",
+    )
     add_web_options(p, bind_flag="--bind", faces_flag="--faces")
     p.add_argument(
         "--keys", type=Path, help="CURVE keys folder (subscriber.key_secret, server.key)"
@@ -105,7 +112,7 @@ def check_bind(bind: str, secret: str | None) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mfvan.deploy.web.app import create_app
+    from mfvan.deploy.web.app import ViewMetrics, create_app
     from mfvan.deploy.web.hub import Hub
 
     stage.setup_logging("web", "-", args.log_format)
@@ -129,7 +136,14 @@ def run(args: argparse.Namespace) -> int:
         cameras=args.camera,
         keys=args.keys,
     )
-    app = create_app(hub, secret)
+    view_metrics, ready = ViewMetrics(hub), None
+    if args.metrics_port >= 0:
+        from mfvan.stream.metrics import Metrics
+
+        served = Metrics("web")  # its /ready and /live, serving the view's series
+        stage.serve_metrics(served, args.metrics_port, registry=view_metrics.registry)
+        ready = served.ready
+    app = create_app(hub, secret, metrics=view_metrics, ready=ready)
     shown = f"[{host}]" if ":" in host else host
     stage.log.info(
         "web: http://%s:%d/ (faces %s%s)",

@@ -56,7 +56,10 @@ HISTORY_LIMIT = 200
 NO_FACES = "face images are off: start the view with --faces (mfvan web) or --web-faces (run)"
 
 
-def create_app(hub: Hub, token: str | None = None) -> Starlette:
+def create_app(hub: Hub, token: str | None = None, metrics=None, ready=None) -> Starlette:
+    """The view's ASGI app over `hub`; `token`: what every request must carry (None:
+    loopback only); `metrics`: the view's series (`ViewMetrics`; made here without one);
+    `ready`: an event set once the hub has started (the `--metrics-port` server's /ready)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["iso"] = _iso
 
@@ -212,7 +215,7 @@ def create_app(hub: Hub, token: str | None = None) -> Starlette:
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    metrics = _Metrics(hub)
+    metrics = metrics or ViewMetrics(hub)
     routes = [
         Route("/", cameras_page),
         Route("/live", live),
@@ -234,6 +237,8 @@ def create_app(hub: Hub, token: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await hub.start()
+        if ready is not None:
+            ready.set()
         try:
             yield
         finally:
@@ -243,8 +248,9 @@ def create_app(hub: Hub, token: str | None = None) -> Starlette:
     return TokenGate(app, token) if token else app
 
 
-class _Metrics:
-    """The view's own series (served at its /metrics)."""
+class ViewMetrics:
+    """The view's own series (served at its /metrics, and on `mfvan web --metrics-port`,
+    where `mfvan run`'s aggregate /metrics reads them)."""
 
     def __init__(self, hub: Hub):
         from prometheus_client import (
