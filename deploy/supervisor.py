@@ -199,7 +199,8 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     for spot in spots:
         children += [c for c in ingests if c.stream in spot.streams] + [spot]
     events = args.events or f"ipc://{runtime}/events.ipc"
-    recognize = ["recognize", "--out", events, "--metrics-port", str(base + 2 * len(urls))]
+    after = base + 2 * len(urls)  # the ports after the streams': recognizer, forward, view
+    recognize = ["recognize", "--out", events, "--metrics-port", str(after)]
     for endpoint in pair_endpoints:
         recognize += ["--in", endpoint]
     # where the run's own subscribers connect: a recognizer bound on every interface is
@@ -215,7 +216,7 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
             record += ["--keys", str(args.keys)]
         children.append(Child("record", "store", record))
     if getattr(args, "mqtt", None) or getattr(args, "webhook", None):
-        forward = ["forward", local, "--metrics-port", str(base + 2 * len(urls) + 1)]
+        forward = ["forward", local, "--metrics-port", str(after + 1)]
         forward += ["--mqtt", args.mqtt] if args.mqtt else []
         if args.mqtt:
             forward += ["--mqtt-prefix", args.mqtt_prefix, "--mqtt-qos", str(args.mqtt_qos)]
@@ -228,7 +229,7 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     if getattr(args, "web", None) is not None:  # the web view, a subscriber too
         web = ["web", "--bind", args.web, "--events", local]
         web += ["--metrics", f"http://127.0.0.1:{base - 1}/metrics"]
-        web += ["--metrics-port", str(base + 2 * len(urls) + 2)]  # in the run's aggregate
+        web += ["--metrics-port", str(after + 2)]  # in the run's aggregate
         for endpoint in watch_endpoints:
             web += ["--watch", endpoint]
         for name in names:

@@ -105,13 +105,12 @@ def test_a_spot_stage_sends_previews_only_of_the_cameras_someone_watches(tmp_pat
 
     def seen(topic: bytes, wanted: bool) -> None:
         """Until the XPUB side has taken the subscription made (or dropped)."""
-        assert _until(
-            lambda: (
-                watch.poll(time.monotonic(), force=True) or (topic in watch.subscriptions) == wanted
-            ),
-            5,
-            every=0.05,
-        )
+
+        def taken() -> bool:
+            watch.poll(time.monotonic(), force=True)
+            return (topic in watch.subscriptions) == wanted
+
+        assert _until(taken, 5, every=0.05)
 
     watch.poll(time.monotonic(), force=True)
     play(10)
