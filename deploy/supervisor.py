@@ -302,13 +302,15 @@ class Aggregate:
         yield from merged.values()
 
     def _fetch(self, child) -> str | None:
+        import http.client
         import urllib.request
 
         try:
             url = f"http://127.0.0.1:{child.metrics_port}/metrics"
             with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
                 return r.read().decode()
-        except (OSError, ValueError):  # not up (yet, or any more), or not answering
+        # not up (yet, or any more), not answering, or cut off mid-answer (stopping)
+        except (OSError, ValueError, http.client.HTTPException):
             return None
 
 
@@ -399,13 +401,16 @@ class Supervisor:
 def is_ready(child: Child) -> bool:
     """Whether the child's /ready answers 200 now (it has bound its sockets and compiled
     what it needs)."""
+    import http.client
     import urllib.request
 
     port = child.metrics_port
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1).read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+            r.read()
         return True
-    except OSError:  # refused (not serving yet) or 503 (serving, not ready)
+    # refused (not serving yet), 503 (serving, not ready), or cut off mid-answer (stopping)
+    except (OSError, http.client.HTTPException):
         return False
 
 

@@ -189,6 +189,38 @@ def test_a_webhook_that_refuses_or_keeps_failing_drops_and_counts():
         failing.shutdown()
 
 
+def test_a_webhook_that_answers_garbage_is_retried_and_its_worker_lives_on():
+    """Before: an answer that is not HTTP (http.client.BadStatusLine, not an OSError)
+    escaped the worker's loop and killed its thread: every later event waited forever."""
+    server = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    answered = []
+
+    def answer_garbage():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"not http at all\r\n\r\n")
+                answered.append(1)
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    drops = []
+    out = WebhookOutput([url], first_delay_s=0.02, retries=1, on_drop=drops.append)
+    try:
+        out.send(event("door", 0))
+        assert _until(lambda: len(drops) == 1)
+        out.send(event("door", 1))
+        assert _until(lambda: len(drops) == 2), "the worker died on the first garbage answer"
+        assert drops == ["failed", "failed"] and len(answered) == 4
+    finally:
+        out.close()
+        server.close()
+
+
 @pytest.mark.slow
 def test_a_hung_webhook_never_holds_events_back_from_subscribers(tmp_path):
     """A webhook endpoint that accepts connections and never answers: `mfvan forward`

@@ -15,6 +15,7 @@ Imports nothing of model/.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import math
@@ -335,7 +336,7 @@ class Hub:
                 try:
                     text = await asyncio.to_thread(self._fetch_metrics)
                     self._on_metrics(text, time.monotonic())
-                except (OSError, ValueError) as e:
+                except (OSError, ValueError, http.client.HTTPException) as e:
                     log.debug("web: /metrics not read: %s", e)
             await asyncio.sleep(METRICS_S)
 

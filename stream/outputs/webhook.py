@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import queue as queues
@@ -110,7 +111,8 @@ class WebhookOutput:
                     self._drop("refused")
                     return
                 why = f"HTTP {e.code}"
-            except (OSError, ValueError) as e:  # refused, reset, timed out, bad answer
+            # refused, reset, timed out, or an answer that is not HTTP
+            except (OSError, ValueError, http.client.HTTPException) as e:
                 why = str(getattr(e, "reason", e))
             if attempt < self.retries:
                 log.info("webhook %s: %s; again in %.1f s", url, why, delay)
