@@ -39,6 +39,7 @@ report gives both).
 
 from __future__ import annotations
 
+import http.client
 import multiprocessing as mp
 import os
 import signal
@@ -196,7 +197,7 @@ def _scrape(ports: list[int]) -> dict[str, float]:
     for port in ports:
         try:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not up, or cut off mid-answer
             continue
         for line in text.decode().splitlines():
             name = line.split("{", 1)[0]

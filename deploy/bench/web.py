@@ -10,6 +10,7 @@ pipeline.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -42,8 +43,6 @@ class _Reader(threading.Thread):
         self.url, self.marker, self.count, self.stop = url, marker, 0, threading.Event()
 
     def run(self) -> None:
-        import http.client
-
         try:
             with urllib.request.urlopen(self.url, timeout=30) as r:
                 tail = b""
@@ -85,7 +84,7 @@ def bench_web(
                 cams = json.loads(urllib.request.urlopen(base + "/api/cameras", timeout=2).read())
                 if sum(c["state"] == "tracking" for c in cams) == cameras:
                     break
-            except (OSError, ValueError):
+            except (OSError, ValueError, http.client.HTTPException):
                 pass
             time.sleep(1)
         else:
