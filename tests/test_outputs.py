@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import zmq
-from conftest import free_port, scrape
+from conftest import answering, free_port, scrape
 from test_store import event
 
 from mfvan.stream import protocol, subscribe
@@ -192,33 +192,18 @@ def test_a_webhook_that_refuses_or_keeps_failing_drops_and_counts():
 def test_a_webhook_that_answers_garbage_is_retried_and_its_worker_lives_on():
     """Before: an answer that is not HTTP (http.client.BadStatusLine, not an OSError)
     escaped the worker's loop and killed its thread: every later event waited forever."""
-    server = socket.create_server(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
-    answered = []
-
-    def answer_garbage():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:  # closed: the test is over
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"not http at all\r\n\r\n")
-                answered.append(1)
-
-    threading.Thread(target=answer_garbage, daemon=True).start()
-    drops = []
-    out = WebhookOutput([url], first_delay_s=0.02, retries=1, on_drop=drops.append)
-    try:
-        out.send(event("door", 0))
-        assert _until(lambda: len(drops) == 1)
-        out.send(event("door", 1))
-        assert _until(lambda: len(drops) == 2), "the worker died on the first garbage answer"
-        assert drops == ["failed", "failed"] and len(answered) == 4
-    finally:
-        out.close()
-        server.close()
+    with answering(b"not http at all\r\n\r\n") as (port, answered):
+        url = f"http://127.0.0.1:{port}/hook"
+        drops = []
+        out = WebhookOutput([url], first_delay_s=0.02, retries=1, on_drop=drops.append)
+        try:
+            out.send(event("door", 0))
+            assert _until(lambda: len(drops) == 1)
+            out.send(event("door", 1))
+            assert _until(lambda: len(drops) == 2), "the worker died on the first garbage answer"
+            assert drops == ["failed", "failed"] and len(answered) == 4
+        finally:
+            out.close()
 
 
 @pytest.mark.slow

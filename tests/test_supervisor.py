@@ -5,10 +5,11 @@ The same supervisor with real processes: tests/test_run.py."""
 from pathlib import Path
 
 import pytest
+from conftest import answering
 
 from mfvan.deploy.cli import build_parser
 from mfvan.deploy.stage import Fatal, spotter_params
-from mfvan.deploy.supervisor import Backoff, Child, Supervisor, plan
+from mfvan.deploy.supervisor import Aggregate, Backoff, Child, Supervisor, is_ready, plan
 from mfvan.stream.metrics import Metrics
 
 
@@ -350,30 +351,9 @@ def test_a_stage_cut_off_mid_answer_is_not_ready_and_not_up():
     """Before: a stage stopping while the run asked its /ready sent the headers and closed
     (http.client.IncompleteRead, not an OSError); the run died with a traceback (seen in
     CI). A real loopback server that answers so, each time it is asked."""
-    import socket
-    import threading
-
-    from mfvan.deploy.supervisor import Aggregate, is_ready
-
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def answer_cut_off():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:  # closed: the test is over
-                return
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
-
-    threading.Thread(target=answer_cut_off, daemon=True).start()
-    try:
+    with answering(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n") as (port, _):
         child = Child("spot", "cam1", ["spot", "--metrics-port", str(port)])
         assert is_ready(child) is False
         registry = Aggregate(Metrics("run").registry, [child]).registry
         up = {"process": "spot-cam1", "stage": "spot"}
         assert registry.get_sample_value("mfvan_stage_up", up) == 0.0
-    finally:
-        server.close()
