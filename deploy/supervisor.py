@@ -302,16 +302,9 @@ class Aggregate:
         yield from merged.values()
 
     def _fetch(self, child) -> str | None:
-        import http.client
-        import urllib.request
+        from mfvan.stream.metrics import fetch
 
-        try:
-            url = f"http://127.0.0.1:{child.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
-                return r.read().decode()
-        # not up (yet, or any more), not answering, or cut off mid-answer (stopping)
-        except (OSError, ValueError, http.client.HTTPException):
-            return None
+        return fetch(f"http://127.0.0.1:{child.metrics_port}/metrics", self.timeout_s)
 
 
 # the children that subscribe to the events: one failing fatally fails only itself
@@ -401,17 +394,9 @@ class Supervisor:
 def is_ready(child: Child) -> bool:
     """Whether the child's /ready answers 200 now (it has bound its sockets and compiled
     what it needs)."""
-    import http.client
-    import urllib.request
+    from mfvan.stream.metrics import fetch
 
-    port = child.metrics_port
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
-            r.read()
-        return True
-    # refused (not serving yet), 503 (serving, not ready), or cut off mid-answer (stopping)
-    except (OSError, http.client.HTTPException):
-        return False
+    return fetch(f"http://127.0.0.1:{child.metrics_port}/ready", timeout_s=1) is not None
 
 
 def wait_ready(child: Child, timeout_s: float, stop=None) -> bool:

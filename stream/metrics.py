@@ -19,6 +19,9 @@ Besides mfvan's own, each process's registry has prometheus_client's `process_*`
 seconds, resident memory, open files) and `python_info`, and `mfvan_build_info{version,
 model}`.
 
+`fetch(url, timeout_s)` is the other side: what reads these endpoints (`mfvan run`, the
+web view, the benchmarks), None for any way of not answering.
+
 Per-stream series are created at zero when a stream appears (`init_stream`) and removed
 when the stage forgets it (`forget_stream`: the stream ended or went idle), so a stage
 that sees many streams over its life does not keep a series for each forever.
@@ -59,6 +62,22 @@ def _version() -> str:
         return version("mfvan")
     except PackageNotFoundError:
         return "unknown"
+
+
+def fetch(url: str, timeout_s: float) -> str | None:
+    """The text of `url` (a stage's `/metrics` or `/ready`, an endpoint like them), or None
+    when it does not answer 200 in full: refused or timed out (not serving, or not any
+    more), an error status (`/ready`'s 503 while starting), an answer cut off or not HTTP at
+    all (a process being stopped), a body that is not text. One definition of "did not
+    answer" for every reader of these endpoints."""
+    import http.client
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.read().decode()
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
 
 
 class _Ready(threading.Event):

@@ -39,7 +39,6 @@ report gives both).
 
 from __future__ import annotations
 
-import http.client
 import multiprocessing as mp
 import os
 import signal
@@ -47,12 +46,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from mfvan.deploy.bench import stage_cpu
+from mfvan.stream.metrics import fetch
 
 FRAME_SHAPE = (480, 640, 3)
 HWM = 64  # the stages' high-water mark (stream/stages.py)
@@ -195,11 +194,10 @@ def _scrape(ports: list[int]) -> dict[str, float]:
     }
     totals = {"dropped": 0.0, "restarts": 0.0, "captured": {}}
     for port in ports:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-        except (OSError, http.client.HTTPException):  # not up, or cut off mid-answer
+        text = fetch(f"http://127.0.0.1:{port}/metrics", timeout_s=5)
+        if text is None:  # not up, or stopping
             continue
-        for line in text.decode().splitlines():
+        for line in text.splitlines():
             name = line.split("{", 1)[0]
             if name in names:
                 totals[names[name]] += float(line.split()[-1])

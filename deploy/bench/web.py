@@ -21,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from mfvan.stream.metrics import fetch
+
 from . import cpu_name, stage_cpu
 
 BOUNDARY = b"--mfvanframe"
@@ -80,11 +82,14 @@ def bench_web(
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
+            text = fetch(base + "/api/cameras", timeout_s=2)
             try:
-                cams = json.loads(urllib.request.urlopen(base + "/api/cameras", timeout=2).read())
-                if sum(c["state"] == "tracking" for c in cams) == cameras:
+                if (
+                    text is not None
+                    and sum(c["state"] == "tracking" for c in json.loads(text)) == cameras
+                ):
                     break
-            except (OSError, ValueError, http.client.HTTPException):
+            except ValueError:
                 pass
             time.sleep(1)
         else:

@@ -15,13 +15,11 @@ Imports nothing of model/.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import logging
 import math
 import threading
 import time
-import urllib.request
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import zmq
 import zmq.asyncio
 
 from mfvan.stream import protocol, security
+from mfvan.stream.metrics import fetch
 from mfvan.stream.outputs.store import SNAPSHOTS, snapshot_images
 
 log = logging.getLogger("mfvan.web")
@@ -333,16 +332,13 @@ class Hub:
     async def _metrics_loop(self) -> None:
         while True:
             if self.clients:
-                try:
-                    text = await asyncio.to_thread(self._fetch_metrics)
-                    self._on_metrics(text, time.monotonic())
-                except (OSError, ValueError, http.client.HTTPException) as e:
-                    log.debug("web: /metrics not read: %s", e)
+                text = await asyncio.to_thread(fetch, self.metrics_url, 3)
+                if text is not None:
+                    try:
+                        self._on_metrics(text, time.monotonic())
+                    except ValueError as e:
+                        log.debug("web: /metrics not read: %s", e)
             await asyncio.sleep(METRICS_S)
-
-    def _fetch_metrics(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=3) as r:
-            return r.read().decode()
 
     def _on_metrics(self, text: str, now: float) -> None:
         """Each camera's spot frame rate, the p99 of its frames' time in the spot stage
