@@ -29,8 +29,18 @@ class Prepared:
 def load(dataset: str, root: Path, labels: str, config: str) -> tuple[Dataset, MFVANConfig]:
     """Dataset `dataset` in its layout under `root` (`labels`: "native" or "3class"), and
     the network config `config` sized to its classes."""
+    refuse_held_out(root, "training")
     data = load_dataset(dataset, root, labels)
     return data, replace(CONFIGS[config], num_classes=len(data.classes))
+
+
+def refuse_held_out(root: Path, what: str) -> None:
+    """ValueError if the data under `root` has identities made from held-out portraits
+    (SynthME's `identities.csv`): those faces are for evaluation only, never for `what`."""
+    from mfvan.model.data.portraits import check_training_sources
+    from mfvan.model.data.synth import read_identity_sources
+
+    check_training_sources(read_identity_sources(Path(root)), f"{what} on {root}")
 
 
 def crop(

@@ -420,7 +420,9 @@ def spotted_pairs(
 
     from mfvan.kernels.motion import LIVE_CROP
     from mfvan.model.data.pairs import Pairs
+    from mfvan.model.pipeline import refuse_held_out
 
+    refuse_held_out(long_dir, "training on spotted pairs")
     truth = load_truth(check_layout(long_dir))
     runs = spot_runs(long_dir, params, workers, pairs=True, cache_dir=cache_dir)
     rows: dict[str, list] = {k: [] for k in ("onset", "apex", "motion", "labels", "subjects")}

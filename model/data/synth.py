@@ -58,6 +58,7 @@ from mfvan.model.data.synth_face import (
     Identity,
     Placement,
     au_field,
+    morph_identity,
     photo_identity,
     render_texture,
 )
@@ -118,6 +119,9 @@ class Nuisances:
         return cls().scaled(0.0)
 
 
+IDENTITY_KINDS = ("parametric", "photo", "morph-train", "morph-heldout")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Everything that shapes a SynthME set. `CONFIGS` holds the named presets."""
@@ -147,7 +151,9 @@ class SynthConfig:
     gop_s: float = 1.0  # camera encodings: one key frame every gop_s seconds
     jpeg_quality: int = 95
     # realistic mode (the `camera` and `photo` presets)
-    identities: str = "parametric"  # "parametric" faces, or "photo": the photograph's
+    # "parametric" faces; "photo": the photograph's; "morph-train" / "morph-heldout":
+    # morphs of the shipped portraits of that split (model/data/portraits.py)
+    identities: str = "parametric"
     skin_detail: float = 0.0  # photographic skin detail (synth_face.skin_detail), 0 = off
     noise_model: str = "white"  # "white", or "camera": spatially correlated, signal-dependent
 
@@ -156,8 +162,10 @@ class SynthConfig:
             raise ValueError(f"fps must be at least 25, got {self.fps}")
         if self.codec not in ENCODINGS:
             raise ValueError(f"codec must be one of {', '.join(ENCODINGS)}, got {self.codec!r}")
-        if self.identities not in ("parametric", "photo"):
-            raise ValueError(f"identities must be 'parametric' or 'photo', not {self.identities!r}")
+        if self.identities not in IDENTITY_KINDS:
+            raise ValueError(
+                f"identities must be one of {', '.join(IDENTITY_KINDS)}, not {self.identities!r}"
+            )
         if self.noise_model not in ("white", "camera"):
             raise ValueError(f"noise_model must be 'white' or 'camera', not {self.noise_model!r}")
         if self.subjects < 1:
@@ -231,6 +239,13 @@ CONFIGS["camera"] = replace(
     micro_per_segment=4,
 )
 CONFIGS["photo"] = replace(CONFIGS["camera"], name="photo", identities="photo", skin_detail=0.5)
+# Real faces that are nobody: morphs of the shipped portraits (model/data/portraits.py), the
+# training split's, and the held-out split's, which nothing is trained, tuned, calibrated or
+# chosen on. A portrait is ~100 px high, so its own skin is soft at 256 px: skin detail on.
+CONFIGS["morph"] = replace(CONFIGS["photo"], name="morph", identities="morph-train")
+CONFIGS["morph-heldout"] = replace(
+    CONFIGS["photo"], name="morph-heldout", identities="morph-heldout"
+)
 
 
 @dataclass(frozen=True)
@@ -295,17 +310,23 @@ class FrameState:
     noise_seed: tuple[int, ...] = (0,)
 
 
+def make_identity(config: SynthConfig, subject: int, seed: int) -> Identity:
+    """Subject `subject`'s face for `seed` under the config's kind of identities."""
+    if config.identities == "photo":
+        return photo_identity(subject, seed, config.skin_detail)
+    if config.identities.startswith("morph-"):
+        split = config.identities.removeprefix("morph-")
+        return morph_identity(subject, seed, split, config.skin_detail)
+    return Identity.sample(subject, seed).with_detail(config.skin_detail)
+
+
 class SubjectRenderer:
     """One subject's face at one frame size: renders any `FrameState`, and the exact flow
     between two states. Holds the texture and each action unit's field (built once)."""
 
     def __init__(self, subject: int, seed: int, config: SynthConfig):
         self.config = config
-        self.identity = (
-            photo_identity(subject, seed, config.skin_detail)
-            if config.identities == "photo"
-            else Identity.sample(subject, seed).with_detail(config.skin_detail)
-        )
+        self.identity = make_identity(config, subject, seed)
         self.placement = config.placement()
         shape = config.frame_size
         self.texture = render_texture(self.identity, shape, self.placement)
@@ -678,7 +699,44 @@ def write_clips(
         ],
     )
     _write_csv(out / "synthme-clips.csv", CLIP_CSV_COLUMNS, rows)
+    write_identities(config, seed, out, subjects)
     return rows
+
+
+IDENTITIES_CSV = "identities.csv"
+
+
+def write_identities(config: SynthConfig, seed: int, out: Path, subjects) -> None:
+    """`identities.csv` in `out`: each subject's kind of identity and the real photographs
+    it is made of (portrait ids; "hopper"; empty for a parametric face), so that whatever
+    trains, calibrates or chooses a model on the set can refuse held-out faces."""
+    from mfvan.model.data.synth_face import identity_sources
+
+    rows = [
+        {
+            "subject": s,
+            "identities": config.identities,
+            "sources": ";".join(identity_sources(make_identity(config, s, seed))),
+        }
+        for s in subjects
+    ]
+    _write_csv(Path(out) / IDENTITIES_CSV, ("subject", "identities", "sources"), rows)
+
+
+def read_identity_sources(folder: Path) -> dict[str, list[str]]:
+    """Subject -> the photographs its identity is made of, from the `identities.csv` of a
+    SynthME folder (its root, clips/ or long/); empty when there is none (not SynthME, or
+    written before identities were recorded: parametric or the photograph only)."""
+    folder = Path(folder)
+    for candidate in (folder, folder / "clips", folder / "long"):
+        path = candidate / IDENTITIES_CSV
+        if path.is_file():
+            with open(path, newline="") as f:
+                return {
+                    f"sub{int(r['subject']):02d}": [x for x in r["sources"].split(";") if x]
+                    for r in csv.DictReader(f)
+                }
+    return {}
 
 
 # ----------------------------------------------------------------------------- live stream
@@ -916,6 +974,7 @@ def write_long_videos(
             truth += t
             blinks += b
             bar.update(1)
+    write_identities(config, seed, out, sorted({v % config.subjects + 1 for v in videos}))
     _write_csv(out / "ground_truth.csv", LONG_CSV_COLUMNS, truth)
     _write_csv(out / "nuisances.csv", NUISANCE_CSV_COLUMNS, blinks)
     return truth

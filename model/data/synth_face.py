@@ -16,7 +16,7 @@ furrows, teeth showing) are not modelled: see docs/synthme.md.
 Geometry is expressed in units of the face height `h` (chin to top of the forehead, in
 pixels) so that the same identity can be rendered at any size.
 
-Imports nothing of this project.
+Imports nothing of this project but its portraits (`mfvan.model.data.portraits`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mfvan.model.data.portraits import MorphRecipe
 
 # Action units that SynthME models, with their FACS names.
 ACTION_UNITS: dict[int, str] = {
@@ -194,6 +198,8 @@ class PhotoVariant:
     scale_y: float
     gains: tuple[float, float, float]
     gamma: float
+    # a morph of shipped portraits (`mfvan.model.data.portraits`) instead of the photograph
+    morph: MorphRecipe | None = None
 
 
 def photo_path() -> Path:
@@ -233,19 +239,51 @@ def photo_identity(subject: int, seed: int, detail: float = 1.0) -> Identity:
     return replace(base, **fields, detail=detail, photo=variant)
 
 
+def morph_identity(subject: int, seed: int, split: str, detail: float = 1.0) -> Identity:
+    """Subject `subject`'s identity for `seed`: a morph of two or three shipped portraits of
+    `split` ("train" or "heldout"; `mfvan.model.data.portraits`), its landmark fields
+    measured from the morph's landmarks (placed by a landmark model, never by hand)."""
+    from mfvan.model.data.portraits import MorphRecipe, geometry, morph
+
+    recipe = MorphRecipe.draw(split, subject, seed)
+    _, _, fields = geometry(morph(recipe).points)
+    base = Identity.sample(subject, seed)  # the non-landmark fields (texture seed, ...)
+    variant = PhotoVariant(False, 1.0, 1.0, (1.0, 1.0, 1.0), 1.0, morph=recipe)
+    return replace(base, **fields, detail=detail, photo=variant)
+
+
+def identity_sources(ident: Identity) -> list[str]:
+    """The real photographs an identity is made of: portrait ids, "hopper", or none."""
+    if ident.photo is None:
+        return []
+    return list(ident.photo.morph.sources) if ident.photo.morph is not None else ["hopper"]
+
+
+def _photo_source(v: PhotoVariant) -> tuple[np.ndarray, tuple[float, float], float]:
+    """The variant's picture, its face centre and its face height (px)."""
+    if v.morph is None:
+        return _photo(), PHOTO_CENTRE, PHOTO_FACE_HEIGHT
+    from mfvan.model.data.portraits import geometry, morph
+
+    face = morph(v.morph)
+    centre, height, _ = geometry(face.points)
+    return face.image, centre, height
+
+
 def _render_photo(ident: Identity, shape: tuple[int, int], place: Placement) -> np.ndarray:
-    """The photograph mapped so that its face lands on `place`, as the variant says."""
+    """The photograph (or morph) mapped so that its face lands on `place`, as the variant
+    says."""
     import cv2
 
     v = ident.photo
-    k = PHOTO_FACE_HEIGHT / place.h  # photo px per frame px
+    picture, (px, py), face_height = _photo_source(v)
+    k = face_height / place.h  # photo px per frame px
     sx = -k / v.scale_x if v.mirror else k / v.scale_x
     sy = k / v.scale_y
     # frame (x, y) -> photo (sx (x - cx) + px, sy (y - cy) + py)
-    px, py = PHOTO_CENTRE
     matrix = np.array([[sx, 0, px - sx * place.cx], [0, sy, py - sy * place.cy]], np.float64)
     img = cv2.warpAffine(
-        _photo(),
+        picture,
         matrix,
         (shape[1], shape[0]),
         flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
