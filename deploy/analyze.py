@@ -39,6 +39,7 @@ from mfvan.stream.client import Event
 from mfvan.stream.ingest import PyAVSource, SourceError
 from mfvan.stream.messages import uuid7
 from mfvan.stream.outputs.store import write_clip
+from mfvan.stream.stages import VETO
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg"}
 CLIP_MARGIN_S = 0.5
@@ -227,8 +228,8 @@ def _events(pending, recognizer: Recognizer, stream, path, base, first_seq) -> l
     for (it, face, _), p in zip(pending, probs, strict=True):
         best = int(np.argmax(p))
         confidence = float(p[best])
-        if confidence < recognizer.min_confidence:
-            continue
+        if recognizer.classes[best] == VETO or confidence < recognizer.min_confidence:
+            continue  # refused as the live recognizer refuses it
         out.append(
             Event(
                 stream=stream,

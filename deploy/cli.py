@@ -32,6 +32,7 @@ COMMANDS = {
     "eval": "eval",
     "synth": "synth",
     "spot-eval": "spot_eval",
+    "heldout": "heldout",
     "bench": "bench",
     "export": "export",
     "warm-up": "warm_up",

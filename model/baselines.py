@@ -7,6 +7,13 @@ stands beside one.
   config's image size, pooled to 7 x 7 before the fully connected layers.
 - `ApexCNN`: the apex frame alone through a small residual CNN: what a network sees
   without the onset and without identity removal.
+- `RegionMotion`: the interpretable baseline, a small classifier on per-region motion
+  alone: for each facial region of the spotter (`kernels.signals.ROIS`: brows, eyes,
+  nose, mouth corners, chin) the mean horizontal and vertical flow, flow magnitude and
+  optical strain of the onset-to-apex motion (the spot stage's, head motion undone);
+  divided by the strongest region's magnitude, so the pattern (where, which way) is the
+  evidence and its size a separate input (its log). Appearance never enters: a codec that
+  wipes texture leaves it what defines an action unit.
 
 Both take the same batch dictionary as MFVAN (`onset`, `apex`, `flow`) and return logits.
 """
@@ -17,6 +24,19 @@ import torch
 from torch import nn
 
 from mfvan.model.mfvan import MFVANConfig, ResBlock, conv_bn_relu
+
+# the spotter's regions that expressions move (the rigid ones measure the head, not faces)
+REGIONS = (
+    "brow_left",
+    "brow_right",
+    "eye_left",
+    "eye_right",
+    "nose",
+    "mouth_left",
+    "mouth_right",
+    "chin",
+)
+REGION_FEATURES = ("u", "v", "magnitude", "strain")
 
 
 class OffApexNet(nn.Module):
@@ -67,3 +87,44 @@ class ApexCNN(nn.Module):
 
     def forward(self, apex: torch.Tensor) -> torch.Tensor:
         return self.net(apex)
+
+
+class RegionMotion(nn.Module):
+    """Per-region motion -> class. Takes the same inputs as MFVAN with the motion input
+    (so every backend and exporter serves it unchanged) and reads only `motion`, the
+    (B, 3, S, S) flow u, v and strain of `mfvan.preprocess_motion`."""
+
+    def __init__(self, cfg: MFVANConfig):
+        super().__init__()
+        from mfvan.kernels.signals import ROIS
+
+        self.cfg = cfg
+        self.inputs = cfg.inputs
+        size = cfg.image_size
+        masks = torch.zeros(len(REGIONS), size, size)
+        for i, name in enumerate(REGIONS):
+            x0, y0, x1, y1 = (round(v * size) for v in ROIS[name])
+            masks[i, y0:y1, x0:x1] = 1.0 / ((y1 - y0) * (x1 - x0))
+        self.register_buffer("masks", masks, persistent=False)
+        n = len(REGIONS) * len(REGION_FEATURES) + 1
+        self.head = nn.Sequential(
+            nn.Linear(n, 64),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(64, cfg.num_classes),
+        )
+
+    def features(self, motion: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) motion -> (B, R * 4 + 1): each region's mean u, v, magnitude and
+        strain over the strongest region's magnitude, then the log of that magnitude."""
+        u, v, strain = motion[:, 0], motion[:, 1], motion[:, 2]
+        magnitude = torch.sqrt(u * u + v * v + 1e-6)
+        channels = torch.stack([u, v, magnitude, strain], 1)  # (B, 4, S, S)
+        per_region = torch.einsum("bchw,rhw->brc", channels, self.masks)  # (B, R, 4)
+        scale = per_region[..., 2].amax(1, keepdim=True) + 0.05  # (B, 1)
+        normed = per_region / scale[..., None]
+        return torch.cat([normed.flatten(1), torch.log(scale)], 1)
+
+    def forward(self, onset: torch.Tensor, apex: torch.Tensor, motion: torch.Tensor):
+        del onset, apex  # motion is the evidence; the pixels carry identity
+        return self.head(self.features(motion))

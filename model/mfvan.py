@@ -91,6 +91,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SCALES = ("image", "s1", "s2")
+ARCHITECTURES = ("mfvan", "region-motion")
 # Where the onset-to-apex motion enters (see "Motion" in the module's docstring).
 MOTIONS = ("none", "branch", "global", "both")
 MOTION_CHANNELS = 3  # horizontal and vertical flow, optical strain
@@ -103,6 +104,10 @@ class MFVANConfig:
     """Every hyperparameter of MFVAN. Named presets are in `CONFIGS`."""
 
     name: str = "paper"
+    # the network this config builds (`build_network`): "mfvan", or "region-motion", the
+    # interpretable baseline on per-region motion alone (`baselines.RegionMotion`), which
+    # reads only num_classes, image_size, motion (not "none") and dropout
+    arch: str = "mfvan"
     num_classes: int = 3
     image_size: int = 224
     in_chans: int = 3
@@ -135,6 +140,10 @@ class MFVANConfig:
     focal_gamma: float = 2.0
 
     def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        if self.arch == "region-motion" and self.motion == "none":
+            raise ValueError("a region-motion config needs the motion input (motion != 'none')")
         bad = [s for s in self.scales if s not in SCALES]
         if bad:
             raise ValueError(f"unknown scale(s) {bad}; choose from {SCALES}")
@@ -480,6 +489,15 @@ class MFVAN(nn.Module):
         """(B, C, S, S) onset and apex (and, with a motion config, the (B, 3, S, S) motion)
         -> (B, num_classes) logits."""
         return self.forward_features(onset, apex, motion)["logits"]
+
+
+def build_network(cfg: MFVANConfig) -> nn.Module:
+    """The network `cfg.arch` names, built from `cfg` (weights files record it)."""
+    if cfg.arch == "region-motion":
+        from mfvan.model.baselines import RegionMotion
+
+        return RegionMotion(cfg)
+    return MFVAN(cfg)
 
 
 def preprocess(images: np.ndarray, cfg: MFVANConfig) -> torch.Tensor:

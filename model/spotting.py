@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ set's root with long/ inside; `mfvan synth` writes it):
                         FFmpeg decodes)"""
 
 TRUTH_COLUMNS = ("video", "kind", "onset", "apex", "offset")
+NONE = "none"  # the recognizer's veto class: a spot that is not a micro-expression
 NUISANCE_COLUMNS = ("video", "kind", "start", "end")
 
 
@@ -363,25 +364,54 @@ def _spot_one(path: str, params, pairs: bool = False) -> VideoRun:
 def recognize(runs: list[VideoRun], classify, classes: list[str]) -> None:
     """Each spotted interval's class, as the live recognizer gives it: `classify(onset,
     apex, flow)` (a backend of `mfvan.deploy.backends`) on the pair the spot stage would
-    have sent. Sets `label` and `probs` on each interval and drops its pixels."""
+    have sent. Sets `label` (the most probable class, `NONE` included), `emotion` (the most
+    probable class that is not `NONE`) and `probs` on each interval and drops its pixels."""
     for run in runs:
         held = [i for i in run.intervals if "pair" in i]
         if not held:
             continue
         onset, apex, flow = (np.stack(x) for x in zip(*(i.pop("pair") for i in held), strict=True))
+        emotions = [k for k, c in enumerate(classes) if c != NONE]
         for interval, p in zip(held, np.asarray(classify(onset, apex, flow)), strict=True):
             interval["label"] = classes[int(np.argmax(p))]
             interval["probs"] = [round(float(x), 5) for x in p]
+            # the best class that is an emotion: what is published without a veto
+            interval["emotion"] = classes[emotions[int(np.argmax(p[emotions]))]]
 
 
-def chain(runs: list[VideoRun], truth: dict[str, list[Truth]], classes: list[str]) -> dict:
+def published(interval: dict, veto: bool, min_confidence: float = 0.0) -> bool:
+    """Whether the live recognizer publishes a recognized interval: with `veto`, not when
+    its most probable class is `NONE` nor when that class's probability is under
+    `min_confidence`; without, always (as its best emotion)."""
+    if not veto or "probs" not in interval:
+        return True
+    return interval["label"] != NONE and max(interval["probs"]) >= min_confidence
+
+
+def chain(
+    runs: list[VideoRun],
+    truth: dict[str, list[Truth]],
+    classes: list[str],
+    veto: bool = True,
+    min_confidence: float = 0.0,
+) -> dict:
     """Spot-then-recognize (`mfvan.model.strs`) of recognized runs: pooled over the videos
-    with bootstrap intervals (videos resampled), and per video."""
+    with bootstrap intervals (videos resampled), and per video. Only what is `published`
+    counts (a vetoed spot is neither a true nor a false positive: it was never an event);
+    recognition is scored over the emotion classes (`NONE` left out). Also `vetoed` (spots
+    refused) and `false_per_minute` (published spots that are no micro-expression)."""
     from mfvan.model.strs import Labelled, bootstrap, score_str
 
+    every_class, classes = list(classes), [c for c in classes if c != NONE]
+    kept = [[i for i in run.intervals if published(i, veto, min_confidence)] for run in runs]
+    vetoed = sum(len(run.intervals) - len(k) for run, k in zip(runs, kept, strict=True))
+    runs = [replace(run, intervals=k) for run, k in zip(runs, kept, strict=True)]
     videos = [
         (
-            [Labelled(i["onset"], i["offset"], i.get("label")) for i in run.intervals],
+            [
+                Labelled(i["onset"], i["offset"], i.get("emotion", i.get("label")))
+                for i in run.intervals
+            ],
             [
                 Labelled(t.onset, t.offset, t.label)
                 for t in truth.get(run.video, [])
@@ -392,7 +422,10 @@ def chain(runs: list[VideoRun], truth: dict[str, list[Truth]], classes: list[str
     ]
     pooled = score_str(videos, classes)
     pooled["ci"] = bootstrap(videos, classes)
-    pooled["ece"] = _true_positive_ece(runs, videos, classes)
+    pooled["ece"] = _true_positive_ece(runs, videos, every_class)
+    pooled["vetoed"] = vetoed
+    minutes = sum(run.frames / run.fps for run in runs) / 60
+    pooled["false_per_minute"] = pooled["fp"] / minutes if minutes else float("nan")
     return {
         "pooled": pooled,
         "per_video": {
@@ -413,7 +446,11 @@ def spotted_pairs(
     positives in a folder of long videos (`LAYOUT`, with labels), each the pair the spot
     stage would have sent (its crops, area-resized to `size` as the recognizer's
     preprocessing resizes them, and their flow), labelled with the ground truth it matched
-    (IoU >= 0.5; a match without a label in `classes` is left out). Subjects are named
+    (IoU >= 0.5; a match without a label in `classes` is left out). When `classes` holds
+    `NONE`, every spot that matched no micro-expression (a blink, a key-frame pulse, a
+    macro-expression's onset, a light change, a tracker jump) is a row of that class: what
+    the recognizer's veto learns to refuse. A folder whose identities use held-out portraits
+    is refused. Subjects are named
     `<folder>/sub<N>`. Cached under `cache_dir`, keyed by the folder, its ground truth, the
     spotter's parameters and `size`."""
     import cv2
@@ -427,11 +464,16 @@ def spotted_pairs(
     runs = spot_runs(long_dir, params, workers, pairs=True, cache_dir=cache_dir)
     rows: dict[str, list] = {k: [] for k in ("onset", "apex", "motion", "labels", "subjects")}
     rows["names"] = []
+    veto = NONE in classes
     for run in runs:
         micro = [t for t in truth.get(run.video, []) if t.kind == "micro"]
         spotted = [(i["onset"], i["offset"]) for i in run.intervals]
-        for i, j in match(spotted, [(t.onset, t.offset) for t in micro]):
-            label = micro[j].label
+        matched = dict(match(spotted, [(t.onset, t.offset) for t in micro]))
+        for i in range(len(spotted)):
+            if i in matched:
+                label = micro[matched[i]].label
+            else:  # the spotter's own false positive: what the veto class learns
+                label = NONE if veto else None
             if label not in classes:
                 continue
             onset, apex, flow = run.intervals[i]["pair"]

@@ -19,18 +19,23 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mfvan.model import losses
-from mfvan.model.baselines import ApexCNN, OffApexNet
+from mfvan.model.baselines import ApexCNN, OffApexNet, RegionMotion
 from mfvan.model.data.pairs import Pairs, flow_features
 from mfvan.model.mfvan import MFVAN, SCALES, MFVANConfig, preprocess_motion
 
-MODELS = {"mfvan": MFVAN, "off-apexnet": OffApexNet, "apex-cnn": ApexCNN}
+MODELS = {
+    "mfvan": MFVAN,
+    "off-apexnet": OffApexNet,
+    "apex-cnn": ApexCNN,
+    "region-motion": RegionMotion,
+}
 # The paper's Table 3 rows: (identity removal, scales).
 ABLATIONS: dict[str, tuple[bool, tuple[str, ...]]] = {
     "full": (True, SCALES),
@@ -71,6 +76,10 @@ def build_model(kind: str, cfg: MFVANConfig, ablation: str = "full") -> torch.nn
         raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
     if kind == "mfvan":
         cfg = cfg.ablation(*ABLATIONS[ablation])
+    if kind == "region-motion":
+        cfg = replace(
+            cfg, arch="region-motion", motion="both" if cfg.motion == "none" else cfg.motion
+        )
     return MODELS[kind](cfg)
 
 

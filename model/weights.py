@@ -23,7 +23,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from mfvan.model.mfvan import MFVAN, MFVANConfig
+from mfvan.model.mfvan import MFVAN, MFVANConfig, build_network
 
 FORMAT = "mfvan-weights"
 # 2: the sidecar is covered by its own hash, `sidecar_sha256`; 3: the sidecar names the
@@ -278,7 +278,7 @@ def load_weights(
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
-    model = MFVAN(cfg)
+    model = build_network(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -180,6 +180,14 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.vetoed = Counter(
+            "mfvan_spots_vetoed",
+            "Spots the recognizer refused: its most probable class was 'none' (not a "
+            "micro-expression: a blink, a key-frame pulse, a macro-expression's onset...). "
+            "Published anyway, labelled 'none', with --publish-vetoed.",
+            ["stream", "reason"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "mfvan_batch_size", "Pairs per inference batch.", buckets=BATCH_BUCKETS, registry=r
         )
@@ -271,6 +279,8 @@ class Metrics:
             self.events.labels(stream, label)
         if classes:
             self.unsure.labels(stream)
+        if "none" in classes:
+            self.vetoed.labels(stream, "none")
 
     def forget_stream(self, stream: str) -> None:
         """Remove every series of `stream` (it ended or went idle)."""

@@ -575,16 +575,22 @@ class Batcher:
         return max(0.0, self.max_wait_s - (now - self._oldest))
 
 
+VETO = "none"  # the class of a model that refuses what is not a micro-expression
+
+
 class Classifier(NamedTuple):
     """What the recognizer classifies with: a backend (`mfvan.deploy.backends.Backend`:
     uint8 onset and apex crops (and their flow) in, class probabilities out, calibrated:
     `mfvan.deploy.backends.Calibrated`), its class names, the model version each event
-    names, and the least confidence an event needs to be published (`--min-confidence`)."""
+    names, and the least confidence an event needs to be published (`--min-confidence`).
+    A model with a `VETO` class refuses the spots it finds most likely to be that (counted
+    in `mfvan_spots_vetoed_total`), unless `publish_vetoed`."""
 
     backend: object
     classes: list[str]
     version: str
     min_confidence: float = 0.0
+    publish_vetoed: bool = False
 
 
 def run_recognize(
@@ -730,7 +736,11 @@ def _publish(group, probs, classifier: Classifier, metrics, pub, streams, with_c
     for (msg, received), p in zip(group, probs, strict=True):
         best = int(np.argmax(p))
         label, confidence = classes[best], float(p[best])
-        if confidence < classifier.min_confidence:
+        if label == VETO:
+            metrics.vetoed.labels(msg.stream, VETO).inc()
+            if not classifier.publish_vetoed:
+                continue
+        elif confidence < classifier.min_confidence:
             metrics.unsure.labels(msg.stream).inc()
             continue
         now = time.time_ns()

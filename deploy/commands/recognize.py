@@ -55,6 +55,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="publish only events whose class probability (calibrated) is at least this, "
         "0-1; the others are counted in mfvan_events_unsure_total (default: 0, all)",
     )
+    p.add_argument(
+        "--publish-vetoed",
+        action="store_true",
+        help="with weights that have a 'none' class (the veto: not a micro-expression), "
+        "publish the spots it refuses too, labelled 'none' (default: refused, counted in "
+        "mfvan_spots_vetoed_total)",
+    )
 
 
 def add(p: argparse.ArgumentParser) -> None:
@@ -115,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             list(meta["classes"]),
             version,
             min_confidence=args.min_confidence,
+            publish_vetoed=args.publish_vetoed,
         ),
         m,
         stop,

@@ -1,0 +1,278 @@
+"""Recognition on faces it has never seen: the held-out-identity protocol.
+
+Two families of SynthME long videos, made from morphs of the shipped portraits
+(`mfvan.model.data.portraits`), each rendered once losslessly and re-encoded as cameras
+send it (`spotting_matrix`'s masters and cells):
+
+- **tuning** (`morph` preset, training portraits, seed `TUNING_SEED`): what the
+  recognizer's spotted-pair training, its "none" veto class and its calibration read;
+- **held out** (`morph-heldout` preset, held-out portraits only, seed `HELD_OUT_SEED`):
+  never trained, tuned, calibrated or chosen on; every figure of docs/results.md's
+  held-out table is measured here.
+
+Each family has cells {FFV1, H.264 CRF 23 camera-like, camera CBR} x {200, 30 fps}. A
+held-out cell's score is spot-then-recognize (`spotting.evaluate` with a recognizer): the
+online spotter over each video, each spotted interval classified as the live recognizer
+classifies it; UF1 on the spotted true positives, STRS, ECE, with 95% bootstrap intervals
+over identities (`strs.bootstrap`, videos resampled; one identity per video).
+
+Imports nothing of mfvan.stream or mfvan.deploy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from mfvan.model.calibration import calibration_report
+from mfvan.model.data import synth
+from mfvan.model.data.pairs import Pairs
+from mfvan.model.mfvan import CONFIGS
+from mfvan.model.spotting import NONE, chain, load_truth, spot_runs, spotted_pairs
+from mfvan.model.spotting import recognize as spotting_recognize
+from mfvan.model.spotting_matrix import _complete, _make_cell
+from mfvan.model.train import TrainConfig, build_model, predict, train
+
+TUNING_SEED = 0
+HELD_OUT_SEED = 1
+PRESETS = {TUNING_SEED: "morph", HELD_OUT_SEED: "morph-heldout"}
+CODECS = ("ffv1", "h264-crf23", "h264-cbr")
+RATES = (200.0, 30.0)
+VIDEOS = {HELD_OUT_SEED: 19, TUNING_SEED: 12}  # 8 micro-expressions a video: 152 and 96
+
+
+def family(seed: int) -> str:
+    return "heldout" if seed == HELD_OUT_SEED else "tuning"
+
+
+def cell_dir(root: Path, seed: int, codec: str, fps: float) -> Path:
+    return Path(root) / family(seed) / f"{fps:g}fps" / codec
+
+
+def build(root: Path, seed: int, workers: int | None = None, videos: int | None = None) -> None:
+    """Render the masters of `seed`'s family and encode its cells under `root` (kept: a
+    cell whose ground truth exists is not made again)."""
+    n = videos or VIDEOS[seed]
+    for fps in RATES:
+        master = Path(root) / family(seed) / f"{fps:g}fps" / "master"
+        cfg = replace(synth.CONFIGS[PRESETS[seed]], fps=fps, codec="ffv1", long_videos=n)
+        if not _complete(master, n):
+            synth.write_long_videos(cfg, master, seed=seed, workers=workers, progress=False)
+        jobs = [
+            (str(master), str(cell_dir(root, seed, codec, fps)), codec, n)
+            for codec in CODECS
+            if not (cell_dir(root, seed, codec, fps) / "ground_truth.csv").exists()
+        ]
+        if jobs:
+            with synth._pool(workers) as pool:
+                list(pool.map(_make_cell, *zip(*jobs, strict=True)))
+        # the cells are the master's videos: its identities are theirs
+        for codec in CODECS:
+            src = master / synth.IDENTITIES_CSV
+            dst = cell_dir(root, seed, codec, fps) / synth.IDENTITIES_CSV
+            if src.exists() and not dst.exists():
+                dst.write_bytes(src.read_bytes())
+
+
+# ----------------------------------------------------------------------------- training
+
+CLASSES = ("negative", "positive", "surprise")
+VETO_CLASSES = (*CLASSES, NONE)
+REGION_MOTION_TRAIN = TrainConfig(epochs=60, batch_size=64, lr=3e-3, weight_decay=0.01)
+FOLDS = 4  # cross-fitting over the tuning identities, for the calibration
+
+
+def tuning_pairs(
+    root: Path, classes=VETO_CLASSES, size: int = 64, cache: Path | None = None, workers=None
+) -> Pairs:
+    """The spotter's own pairs in every tuning cell (training identities, through every
+    codec and rate), labelled by the micro-expression each matched, and `NONE` for each
+    spot that matched none (`spotting.spotted_pairs`). Subjects are the identities
+    (`subNN`: the same morph in every cell of the family)."""
+    parts = []
+    for fps in RATES:
+        for codec in CODECS:
+            part = spotted_pairs(
+                cell_dir(root, TUNING_SEED, codec, fps),
+                tuple(classes),
+                size,
+                cache,
+                workers=workers,
+            )
+            part.subjects = np.asarray([s.rsplit("/", 1)[-1] for s in part.subjects])
+            parts.append(part)
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined + part
+    return joined
+
+
+def train_region_motion(pairs: Pairs, seed: int = 0, tcfg: TrainConfig = REGION_MOTION_TRAIN):
+    """The region-motion classifier (`baselines.RegionMotion`, the `motion` config's input
+    size) trained on `pairs`."""
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = replace(CONFIGS["motion"], num_classes=len(pairs.classes))
+    model = build_model("region-motion", cfg)
+    return train(model, pairs, replace(tcfg, seed=seed)).eval()
+
+
+def cross_fitted_calibration(pairs: Pairs, seed: int = 0) -> dict:
+    """The temperature for the region-motion classifier's probabilities, fitted on
+    predictions of training identities by models that never saw them: the identities are
+    cut into `FOLDS` groups, each predicted by a model trained on the others; the report
+    (`calibration.calibration_report`) also gives the ECE before and after."""
+    subjects = np.unique(pairs.subjects)
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(rng.permutation(subjects), np.arange(len(subjects)) % FOLDS, strict=True))
+    folds = np.asarray([fold_of[s] for s in pairs.subjects])
+    probs = np.zeros((len(pairs), len(pairs.classes)), np.float64)
+    for k in range(FOLDS):
+        test = folds == k
+        model = train_region_motion(pairs.subset(np.flatnonzero(~test)), seed)
+        probs[test] = predict(model, pairs.subset(np.flatnonzero(test)))
+    report = calibration_report(probs, pairs.labels, folds)
+    report["fitted_on"] = (
+        f"{len(pairs)} spotted pairs of {len(subjects)} training identities (morphs of "
+        f"training portraits, FFV1 / H.264 CRF 23 / camera CBR at 200 and 30 fps), each "
+        f"predicted by a model trained on the other {FOLDS - 1} of {FOLDS} identity folds"
+    )
+    return report
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_cell(
+    folder: Path,
+    classify,
+    classes,
+    cache: Path | None = None,
+    min_confidence: float = 0.0,
+    workers=None,
+) -> dict:
+    """Spot-then-recognize on one held-out cell: `before` publishes every spot as its most
+    probable emotion, `after` applies the veto (`NONE`) and `min_confidence` as the live
+    recognizer does. Each with UF1 on the spotted true positives, STRS, ECE and 95%
+    bootstrap intervals over identities (one per video), and false events per minute."""
+    folder = Path(folder)
+    truth = load_truth(folder)
+    runs = spot_runs(folder, None, workers, pairs=True, cache_dir=cache)
+    spotting_recognize(runs, classify, list(classes))
+    before = chain(runs, truth, list(classes), veto=False)["pooled"]
+    after = chain(runs, truth, list(classes), veto=True, min_confidence=min_confidence)
+    return {"before": before, "after": after["pooled"], "videos": len(runs)}
+
+
+def evaluate(root: Path, classify, classes, cache=None, min_confidence=0.0, workers=None):
+    """`evaluate_cell` on every held-out cell: {"200fps/h264-crf23": {...}, ...}."""
+    return {
+        f"{fps:g}fps/{codec}": evaluate_cell(
+            cell_dir(root, HELD_OUT_SEED, codec, fps),
+            classify,
+            classes,
+            cache,
+            min_confidence,
+            workers,
+        )
+        for fps in RATES
+        for codec in CODECS
+    }
+
+
+def train_shipped(root: Path, out: Path, cache: Path | None = None, workers=None) -> Path:
+    """The region-motion recognizer with its veto class: calibrated (cross-fitted on the
+    tuning identities), then trained on every tuning pair, saved at `out`."""
+    from mfvan.model.weights import save_weights
+
+    pairs = tuning_pairs(root, VETO_CLASSES, cache=cache, workers=workers)
+    counts = {c: int((pairs.labels == k).sum()) for k, c in enumerate(pairs.classes)}
+    calibration = cross_fitted_calibration(pairs)
+    model = train_region_motion(pairs)
+    save_weights(
+        model,
+        out,
+        list(pairs.classes),
+        training_data=(
+            f"the spotter's own pairs in SynthME long videos of {len(np.unique(pairs.subjects))} "
+            f"morph identities of training portraits (seed {TUNING_SEED}; FFV1, H.264 CRF 23, "
+            f"camera CBR; 200 and 30 fps): {counts} ('none': spots that matched no "
+            "micro-expression); no held-out portrait"
+        ),
+        calibration=calibration,
+    )
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _row(name: str, s: dict) -> str:
+    ci = s["ci"]
+    return (
+        f"| {name} | {s['tp']} / {s['fp']} / {s['fn']} | {s['f1']:.3f} | "
+        f"{s['uf1']:.3f} [{ci['uf1'][0]:.3f}, {ci['uf1'][1]:.3f}] ({s['recognized']}) | "
+        f"{s['uar']:.3f} | {s['strs']:.3f} [{ci['strs'][0]:.3f}, {ci['strs'][1]:.3f}] | "
+        f"{s['ece']:.3f} | {s['false_per_minute']:.2f} | {s['vetoed']} |"
+    )
+
+
+HEADER = (
+    "| cell | TP / FP / FN | spotting F1 | UF1 on spotted TPs [95% CI] (n) | UAR | STRS [95% CI] "
+    "| ECE | false events / min | vetoed |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_results(version: str, cells: dict) -> str:
+    lines = [f"{version}: held-out identities", HEADER]
+    for cell, r in cells.items():
+        lines.append(_row(f"{cell}, before the veto", r["before"]))
+        lines.append(_row(f"{cell}, after", r["after"]))
+    return "\n".join(lines)
+
+
+MARK_BEGIN, MARK_END = "<!-- heldout: begin -->", "<!-- heldout: end -->"
+
+
+def write_docs(results: dict, path: Path, took: str) -> Path:
+    """The held-out section of `path` (between its markers; appended when absent)."""
+    lines = [
+        MARK_BEGIN,
+        "## Faces it has never seen (held-out identities)",
+        "",
+        f"Written by `mfvan heldout --docs {path}` ({took} on this run's machine). Long "
+        "videos of 16 identities made from the **held-out** portraits only "
+        '(docs/datasets.md, "Portraits"; morphs of two or three, never a real person), '
+        f"seed {HELD_OUT_SEED}, {VIDEOS[HELD_OUT_SEED]} videos of 20 s a cell (8 "
+        "micro-expressions each, with blinks, macro-expressions, head drift, light change "
+        "and camera noise), rendered once and encoded as cameras send it. No model, "
+        "threshold, temperature or choice was fitted on them. Each spotted interval is "
+        "classified as the live recognizer classifies it (the spot stage's crops and flow, "
+        "ONNX Runtime, calibrated). *Before the veto*: every spot published as its most "
+        "probable emotion; *after*: a spot whose most probable class is `none` is refused, "
+        "as `mfvan run` refuses it. Intervals: 95% bootstrap over identities (one per "
+        "video).",
+        "",
+    ]
+    for weights, r in results.items():
+        lines += [f"### {r['version']}", "", f"`{weights}`, classes {r['classes']}", "", HEADER]
+        for cell, c in r.items():
+            if isinstance(c, dict) and "before" in c:
+                lines.append(_row(f"{cell}, before the veto", c["before"]))
+                if "none" in r["classes"]:
+                    lines.append(_row(f"{cell}, after", c["after"]))
+        lines.append("")
+    lines.append(MARK_END)
+    section = "\n".join(lines)
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    if MARK_BEGIN in text and MARK_END in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        text = head + section + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+    return path
