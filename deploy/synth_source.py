@@ -1,8 +1,10 @@
 """`synth://`: SynthME's live frames as a camera, for the demo and for tests.
 
-    synth://?fps=200&seed=7&subject=1&size=640x480&realtime=1&seconds=60&micro=3
+    synth://?fps=200&seed=7&subject=1&size=640x480&realtime=1&seconds=60&micro=3&config=standard
 
-A SynthME stream (`model.data.synth.SynthStream`, `standard` config at `fps`) is pasted
+A SynthME stream (`model.data.synth.SynthStream`, the preset `config` at `fps`: `standard`'s
+parametric faces by default, `morph-heldout` for real faces of held-out portraits that no
+model was trained on, as `make demo` shows) is pasted
 into a camera-sized frame (default 640 x 480) on a dark, slightly noisy background. The
 face wanders slowly (a few px over tens of seconds, so detection and tracking do real
 work) and leaves the frame now and then (`leave_every_s`, for `leave_s`), so the tracker
@@ -45,11 +47,16 @@ def parse(url: str) -> dict:
             "leave_every_s": float(q.get("leave_every_s", 45)),
             "leave_s": float(q.get("leave_s", 1.5)),
             "micro": int(q["micro"]) if "micro" in q else None,
+            "config": q.get("config", "standard"),
         }
     except ValueError as e:
         raise ValueError(f"bad synth:// URL {url!r}: {e}") from None
     if not (0 < o["fps"] <= 1000 and 64 <= w <= 4096 and 64 <= h <= 4096):
         raise ValueError(f"bad synth:// URL {url!r}: fps must be 0-1000, size 64-4096 px a side")
+    from mfvan.model.data.synth import CONFIGS
+
+    if o["config"] not in CONFIGS:
+        raise ValueError(f"bad synth:// URL {url!r}: config must be one of {', '.join(CONFIGS)}")
     if o["seconds"] is not None and not o["seconds"] > 0:
         raise ValueError(f"bad synth:// URL {url!r}: seconds must be above 0")
     return o
@@ -62,7 +69,7 @@ class SynthSource:
         self.url = url
         self.opts = parse(url)
         o = self.opts
-        cfg = replace(synth.CONFIGS["standard"], fps=o["fps"])
+        cfg = replace(synth.CONFIGS[o["config"]], fps=o["fps"])
         if o["micro"] is not None:
             cfg = replace(cfg, micro_per_segment=o["micro"])
         self.stream = synth.SynthStream(cfg, subject=o["subject"], seed=o["seed"])
