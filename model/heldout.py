@@ -283,3 +283,44 @@ def write_docs(results: dict, path: Path, took: str) -> Path:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
     return path
+
+
+def write_veto_fixture(root: Path, path: Path, cache: Path | None = None) -> Path:
+    """Three pairs of a held-out H.264 CRF 23 cell at 200 fps, exactly as the spot stage
+    sends them (onset crop, apex crop, flow): a blink and a key-frame pulse the spotter
+    took for micro-expressions (`spotting.false_spot_cause`), and a micro-expression it
+    spotted right. The veto's acceptance test reads them (tests/data/veto-pairs.npz)."""
+    from mfvan.model.spotting import false_spot_cause, match
+
+    folder = cell_dir(root, HELD_OUT_SEED, "h264-crf23", 200.0)
+    truth = load_truth(folder)
+    found: dict[str, tuple] = {}
+    for run in spot_runs(folder, None, None, pairs=True, cache_dir=cache):
+        micro = [t for t in truth.get(run.video, []) if t.kind == "micro"]
+        others = [t for t in truth.get(run.video, []) if t.kind != "micro"]
+        spotted = [(i["onset"], i["offset"]) for i in run.intervals]
+        matched = dict(match(spotted, [(t.onset, t.offset) for t in micro]))
+        for k, it in enumerate(run.intervals):
+            if k in matched:
+                label = micro[matched[k]].label
+                kind = f"micro:{label}" if label in CLASSES else None
+            else:
+                kind = false_spot_cause(run, (it["onset"], it["apex"], it["offset"]), others)
+            if kind in ("blink", "keyframe") or (kind or "").startswith("micro:"):
+                name = "micro" if kind.startswith("micro:") else kind
+                found.setdefault(name, (kind, f"{run.video}@{it['onset']}", *it["pair"]))
+    missing = {"blink", "keyframe", "micro"} - set(found)
+    if missing:
+        raise ValueError(f"{folder}: no spotted {', '.join(sorted(missing))} to make a fixture of")
+    rows = [found[k] for k in ("blink", "keyframe", "micro")]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        kinds=np.asarray([r[0] for r in rows]),
+        names=np.asarray([r[1] for r in rows]),
+        onset=np.stack([r[2] for r in rows]),
+        apex=np.stack([r[3] for r in rows]),
+        flow=np.stack([r[4] for r in rows]),
+    )
+    return path

@@ -502,3 +502,49 @@ def test_a_clip_of_the_wrong_shape_is_refused():
                 np.zeros((0, 64, 64), np.uint8)):  # fmt: skip
         with pytest.raises(protocol.Malformed, match="clip is"):
             protocol.encode("pair", "c", 0, [crop, crop, flow, bad], **fields)
+
+
+class Vetoing:
+    """A backend of a model with a veto class: 'none' and 'positive', in turn."""
+
+    name = "vetoing"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, onset, apex, flow=None):
+        self.calls += 1
+        row = [0.05, 0.1, 0.05, 0.8] if self.calls % 2 == 1 else [0.1, 0.7, 0.1, 0.1]
+        return np.array([row] * len(onset), np.float32)
+
+
+@pytest.mark.parametrize("publish_vetoed", [False, True])
+def test_a_vetoed_spot_is_counted_and_published_only_when_asked(tmp_path, publish_vetoed):
+    """A model with a 'none' class refuses what it finds most likely not a
+    micro-expression: counted in mfvan_spots_vetoed_total{reason="none"}, not published
+    (with --publish-vetoed: published, labelled 'none')."""
+    classes = ["negative", "positive", "surprise", "none"]
+    classifier = Classifier(Vetoing(), classes, "test", publish_vetoed=publish_vetoed)
+    rec = Recognizer(tmp_path, classifier, max_batch=1)
+    push, c, m = rec.push, rec.events, rec.metrics
+    crop = np.full((128, 128), 90, np.uint8)
+    events = []
+    try:
+        with subscribe(c, timeout_s=2) as sub:
+            for seq in range(40):
+                protocol.send(push, "pair", "cam1", seq, [crop, crop], onset=1, apex=5, offset=9)
+                try:
+                    events.append(next(iter(sub)))
+                except StopIteration:
+                    continue
+                if len(events) == 4:
+                    break
+    finally:
+        rec.close()
+    labels = [e.label for e in events]
+    calls = classifier.backend.calls
+    assert m.vetoed.labels("cam1", "none")._value.get() == (calls + 1) // 2 >= 2
+    if publish_vetoed:
+        assert set(labels) == {"none", "positive"}
+    else:
+        assert labels == ["positive"] * 4

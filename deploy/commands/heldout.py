@@ -40,6 +40,13 @@ def add(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="as `mfvan recognize --min-confidence`, for the 'after' columns (default: 0)",
     )
+    p.add_argument(
+        "--veto-fixture",
+        type=Path,
+        metavar="NPZ",
+        help="write the veto test's pairs (a blink, a key-frame pulse, a micro-expression, "
+        "spotted in a held-out cell) here, as tests/data/veto-pairs.npz was made",
+    )
     p.add_argument("--docs", type=Path, help="write the held-out section of this Markdown page")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
 
@@ -54,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     for seed in (heldout.HELD_OUT_SEED, heldout.TUNING_SEED):
         heldout.build(args.out, seed, args.workers)
     cache = args.out / "cache"
+    if args.veto_fixture:
+        print(f"fixture: {heldout.write_veto_fixture(args.out, args.veto_fixture, cache)}")
     if args.train:
         heldout.train_shipped(args.out, args.train, cache, args.workers)
         print(f"weights: {args.train}")
