@@ -9,3 +9,7 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEMO_WEIGHTS = WEIGHTS_DIR / "mfvan-demo-synthme.safetensors"
+# The region-motion recognizer with its "none" veto class, trained on the spotter's own pairs
+# of morph identities of training portraits (`mfvan heldout --train`); docs/results.md,
+# "Faces it has never seen", compares it with the MFVAN weights above on held-out faces.
+VETO_WEIGHTS = WEIGHTS_DIR / "region-motion-veto-synthme.safetensors"

@@ -30,7 +30,7 @@ from mfvan.model.calibration import calibration_report
 from mfvan.model.data import synth
 from mfvan.model.data.pairs import Pairs
 from mfvan.model.mfvan import CONFIGS
-from mfvan.model.spotting import NONE, chain, load_truth, spot_runs, spotted_pairs
+from mfvan.model.spotting import NONE, OTHERS, chain, load_truth, spot_runs, spotted_pairs
 from mfvan.model.spotting import recognize as spotting_recognize
 from mfvan.model.spotting_matrix import _complete, _make_cell
 from mfvan.model.train import TrainConfig, build_model, predict, train
@@ -86,7 +86,9 @@ def build(root: Path, seed: int, workers: int | None = None, videos: int | None 
 # ----------------------------------------------------------------------------- training
 
 CLASSES = ("negative", "positive", "surprise")
-VETO_CLASSES = (*CLASSES, NONE)
+# the veto recognizer's classes: the three, "others" (a micro-expression outside them,
+# published so that its spot counts), and "none" (not a micro-expression: refused)
+VETO_CLASSES = (*CLASSES, OTHERS, NONE)
 REGION_MOTION_TRAIN = TrainConfig(epochs=60, batch_size=64, lr=3e-3, weight_decay=0.01)
 FOLDS = 4  # cross-fitting over the tuning identities, for the calibration
 

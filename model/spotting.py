@@ -38,6 +38,9 @@ set's root with long/ inside; `mfvan synth` writes it):
 
 TRUTH_COLUMNS = ("video", "kind", "onset", "apex", "offset")
 NONE = "none"  # the recognizer's veto class: a spot that is not a micro-expression
+# a micro-expression outside the scored classes (SynthME's and CASME II's "others"): a
+# recognizer may name it, so that it is published (a spot that is right) rather than vetoed
+OTHERS = "others"
 NUISANCE_COLUMNS = ("video", "kind", "start", "end")
 
 
@@ -398,11 +401,11 @@ def chain(
     """Spot-then-recognize (`mfvan.model.strs`) of recognized runs: pooled over the videos
     with bootstrap intervals (videos resampled), and per video. Only what is `published`
     counts (a vetoed spot is neither a true nor a false positive: it was never an event);
-    recognition is scored over the emotion classes (`NONE` left out). Also `vetoed` (spots
+    recognition is scored over the emotion classes (`NONE` and `OTHERS` left out). Also `vetoed` (spots
     refused) and `false_per_minute` (published spots that are no micro-expression)."""
     from mfvan.model.strs import Labelled, bootstrap, score_str
 
-    every_class, classes = list(classes), [c for c in classes if c != NONE]
+    every_class, classes = list(classes), [c for c in classes if c not in (NONE, OTHERS)]
     kept = [[i for i in run.intervals if published(i, veto, min_confidence)] for run in runs]
     vetoed = sum(len(run.intervals) - len(k) for run, k in zip(runs, kept, strict=True))
     runs = [replace(run, intervals=k) for run, k in zip(runs, kept, strict=True)]
@@ -447,9 +450,10 @@ def spotted_pairs(
     stage would have sent (its crops, area-resized to `size` as the recognizer's
     preprocessing resizes them, and their flow), labelled with the ground truth it matched
     (IoU >= 0.5; a match without a label in `classes` is left out). When `classes` holds
-    `NONE`, every spot that matched no micro-expression (a blink, a key-frame pulse, a
+    `NONE`, every spot that overlaps no micro-expression (a blink, a key-frame pulse, a
     macro-expression's onset, a light change, a tracker jump) is a row of that class: what
-    the recognizer's veto learns to refuse. A folder whose identities use held-out portraits
+    the recognizer's veto learns to refuse; a spot that overlaps one without matching it
+    (a real movement, timed wrong) is neither, and left out. A folder whose identities use held-out portraits
     is refused. Subjects are named
     `<folder>/sub<N>`. Cached under `cache_dir`, keyed by the folder, its ground truth, the
     spotter's parameters and `size`."""
@@ -469,11 +473,13 @@ def spotted_pairs(
         micro = [t for t in truth.get(run.video, []) if t.kind == "micro"]
         spotted = [(i["onset"], i["offset"]) for i in run.intervals]
         matched = dict(match(spotted, [(t.onset, t.offset) for t in micro]))
-        for i in range(len(spotted)):
+        for i, (start, end) in enumerate(spotted):
             if i in matched:
-                label = micro[matched[i]].label
-            else:  # the spotter's own false positive: what the veto class learns
-                label = NONE if veto else None
+                label = micro[matched[i]].label or OTHERS  # no scored class: "others"
+            elif veto and not any(iou((start, end), (t.onset, t.offset)) > 0 for t in micro):
+                label = NONE  # the spotter's own false positive: what the veto learns
+            else:  # a micro-expression spotted at the wrong time: neither class, left out
+                label = None
             if label not in classes:
                 continue
             onset, apex, flow = run.intervals[i]["pair"]

@@ -15,6 +15,7 @@ PATTERNS = {
     "negative": {"nose": (0.0, -1.0), "brow_left": (0.4, 0.5), "brow_right": (-0.4, 0.5)},
     "positive": {"mouth_left": (-0.7, -0.7), "mouth_right": (0.7, -0.7)},
     "surprise": {"brow_left": (0.0, -1.0), "brow_right": (0.0, -1.0)},
+    "others": {"chin": (0.0, -1.0)},  # AU17, chin raiser
     "none": {"eye_left": (0.0, 1.5), "eye_right": (0.0, 1.5)},  # a blink
 }
 
