@@ -401,8 +401,9 @@ def chain(
     """Spot-then-recognize (`mfvan.model.strs`) of recognized runs: pooled over the videos
     with bootstrap intervals (videos resampled), and per video. Only what is `published`
     counts (a vetoed spot is neither a true nor a false positive: it was never an event);
-    recognition is scored over the emotion classes (`NONE` and `OTHERS` left out). Also `vetoed` (spots
-    refused) and `false_per_minute` (published spots that are no micro-expression)."""
+    recognition is scored over the emotion classes (`NONE` and `OTHERS` left out). Also
+    `vetoed` (spots refused) and `false_per_minute` (published spots that are no
+    micro-expression)."""
     from mfvan.model.strs import Labelled, bootstrap, score_str
 
     every_class, classes = list(classes), [c for c in classes if c not in (NONE, OTHERS)]
@@ -453,10 +454,11 @@ def spotted_pairs(
     `NONE`, every spot that overlaps no micro-expression (a blink, a key-frame pulse, a
     macro-expression's onset, a light change, a tracker jump) is a row of that class: what
     the recognizer's veto learns to refuse; a spot that overlaps one without matching it
-    (a real movement, timed wrong) is neither, and left out. A folder whose identities use held-out portraits
-    is refused. Subjects are named
-    `<folder>/sub<N>`. Cached under `cache_dir`, keyed by the folder, its ground truth, the
-    spotter's parameters and `size`."""
+    (a real movement, timed wrong) is neither, and left out. A matched micro-expression
+    without a scored class is `OTHERS` when `classes` holds it. A folder whose identities
+    use held-out portraits is refused. Subjects are named `<folder>/sub<N>`. Cached under
+    `cache_dir`, keyed by the folder, its ground truth, the spotter's parameters and
+    `size`."""
     import cv2
 
     from mfvan.kernels.motion import LIVE_CROP
