@@ -13,3 +13,6 @@ DEMO_WEIGHTS = WEIGHTS_DIR / "mfvan-demo-synthme.safetensors"
 # of morph identities of training portraits (`mfvan heldout --train`); docs/results.md,
 # "Faces it has never seen", compares it with the MFVAN weights above on held-out faces.
 VETO_WEIGHTS = WEIGHTS_DIR / "region-motion-veto-synthme.safetensors"
+# The live recognizer's default, chosen by spot-then-recognize on held-out identities: the
+# veto recognizer beats the MFVAN weights in every held-out cell (docs/results.md).
+SHIPPED_WEIGHTS = VETO_WEIGHTS

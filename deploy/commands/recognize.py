@@ -19,7 +19,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     from mfvan.deploy.choices import PRECISIONS
 
     p.add_argument("--backend", choices=NAMES, default="onnxruntime", help="inference backend")
-    p.add_argument("--weights", type=Path, help="MFVAN weights (default: the shipped demo ones)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="weights (default: the shipped recognizer, region-motion with its veto; "
+        "the MFVAN ones are deploy/weights/mfvan-demo-synthme.safetensors)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--precision",
@@ -76,13 +81,13 @@ def add(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mfvan.deploy.backends import BackendUnavailable, load_recognizer
-    from mfvan.deploy.shipped import DEMO_WEIGHTS
+    from mfvan.deploy.shipped import SHIPPED_WEIGHTS
     from mfvan.stream import stages
 
     stage.setup_logging("recognize", "-", args.log_format)
     stage.check_endpoints(args, args.out, *args.inputs)  # keys too, before loading a backend
     stop = stage.stop_on_signals()
-    weights = args.weights or DEMO_WEIGHTS
+    weights = args.weights or SHIPPED_WEIGHTS
     try:  # refused weights (WeightsError is a ValueError) or no backend: one line each
         backend, meta = load_recognizer(
             weights,

@@ -63,13 +63,13 @@ class RecognizerError(ValueError):
 def _recognizer(args: argparse.Namespace) -> dict:
     """The live recognizer for `evaluate`: its backend (`classify`), `classes`, `version`."""
     from mfvan.deploy.backends import NAMES, BackendUnavailable, load_recognizer
-    from mfvan.deploy.shipped import DEMO_WEIGHTS
+    from mfvan.deploy.shipped import SHIPPED_WEIGHTS
     from mfvan.model.weights import WeightsError
 
     if args.backend not in NAMES:
         raise RecognizerError(f"unknown backend {args.backend!r}; choose from {NAMES}")
     try:
-        backend, meta = load_recognizer(args.weights or DEMO_WEIGHTS, args.backend)
+        backend, meta = load_recognizer(args.weights or SHIPPED_WEIGHTS, args.backend)
     except (WeightsError, BackendUnavailable) as e:
         raise RecognizerError(str(e)) from None
     return {"classify": backend, "classes": list(meta["classes"]), "version": meta["version"]}
