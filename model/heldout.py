@@ -246,13 +246,14 @@ def format_results(version: str, cells: dict) -> str:
 MARK_BEGIN, MARK_END = "<!-- heldout: begin -->", "<!-- heldout: end -->"
 
 
-def write_docs(results: dict, path: Path, took: str) -> Path:
+def write_docs(results: dict, path: Path, took: str, machine: str = "") -> Path:
     """The held-out section of `path` (between its markers; appended when absent)."""
     lines = [
         MARK_BEGIN,
         "## Faces it has never seen (held-out identities)",
         "",
-        f"Written by `mfvan heldout --docs {path}` ({took} on this run's machine). Long "
+        f"Written by `mfvan heldout --docs {path}` ({took}{machine and ' on ' + machine}; "
+        "the sets are kept under `--out` and reused). Long "
         "videos of 16 identities made from the **held-out** portraits only "
         '(docs/datasets.md, "Portraits"; morphs of two or three, never a real person), '
         f"seed {HELD_OUT_SEED}, {VIDEOS[HELD_OUT_SEED]} videos of 20 s a cell (8 "
@@ -267,14 +268,24 @@ def write_docs(results: dict, path: Path, took: str) -> Path:
         "",
     ]
     for weights, r in results.items():
-        lines += [f"### {r['version']}", "", f"`{weights}`, classes {r['classes']}", "", HEADER]
+        name = Path(weights).name
+        lines += [f"### {r['version']}", "", f"`{name}`, classes {r['classes']}", "", HEADER]
         for cell, c in r.items():
             if isinstance(c, dict) and "before" in c:
                 lines.append(_row(f"{cell}, before the veto", c["before"]))
                 if "none" in r["classes"]:
                     lines.append(_row(f"{cell}, after", c["after"]))
         lines.append("")
-    lines.append(MARK_END)
+    sheet = Path(path).parent / "images" / "heldout-identities.png"
+    write_identity_sheet(sheet)
+    lines += [
+        "The faces: a tuning identity and a held-out one per column (neutral, as SynthME "
+        "renders them; every one a morph, none a real person):",
+        "",
+        f"![tuning and held-out identities](images/{sheet.name})",
+        "",
+        MARK_END,
+    ]
     section = "\n".join(lines)
     path = Path(path)
     text = path.read_text() if path.exists() else ""
@@ -325,4 +336,25 @@ def write_veto_fixture(root: Path, path: Path, cache: Path | None = None) -> Pat
         apex=np.stack([r[3] for r in rows]),
         flow=np.stack([r[4] for r in rows]),
     )
+    return path
+
+
+def write_identity_sheet(path: Path, count: int = 6) -> Path:
+    """The first `count` identities of each family, neutral, as a grey PNG: tuning above,
+    held out below."""
+    import cv2
+
+    rows = []
+    for seed in (TUNING_SEED, HELD_OUT_SEED):
+        cfg = synth.CONFIGS[PRESETS[seed]]
+        tiles = []
+        for subject in range(1, count + 1):
+            frame = synth.SubjectRenderer(subject, seed, cfg).render(
+                synth.FrameState({}), noise=False
+            )
+            tiles.append(cv2.resize(frame, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+        rows.append(np.hstack(tiles))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
     return path

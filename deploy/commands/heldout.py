@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ def add(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mfvan.deploy.backends import load_recognizer
-    from mfvan.deploy.shipped import DEMO_WEIGHTS
+    from mfvan.deploy.shipped import DEMO_WEIGHTS, VETO_WEIGHTS
     from mfvan.model import heldout
     from mfvan.model.weights import WeightsError
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.train:
         heldout.train_shipped(args.out, args.train, cache, args.workers)
         print(f"weights: {args.train}")
-    weights = args.evaluate or [DEMO_WEIGHTS, *([args.train] if args.train else [])]
+    weights = args.evaluate or [DEMO_WEIGHTS, args.train or VETO_WEIGHTS]
     results = {}
     for path in weights:
         try:
@@ -81,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         print(heldout.format_results(meta["version"], cells))
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if args.docs:
-        heldout.write_docs(results, args.docs, f"{time.time() - started:.0f} s")
+        from mfvan.deploy.bench import cpu_name
+
+        took = f"{time.time() - started:.0f} s"
+        machine = f"{cpu_name()}, {os.cpu_count()} cores"
+        heldout.write_docs(results, args.docs, took, machine)
         print(f"results: {args.docs}")
     return 0
