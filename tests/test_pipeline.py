@@ -296,27 +296,35 @@ class Alternating:
         return np.array([row] * len(onset), np.float32)
 
 
+def _published(tmp_path, classifier: Classifier, count: int):
+    """Pairs sent one at a time to a real recognizer stage until a subscriber has `count`
+    events (or 40 pairs went): (those events, the stage's metrics)."""
+    rec = Recognizer(tmp_path, classifier, max_batch=1)
+    crop = np.full((128, 128), 90, np.uint8)
+    events = []
+    try:
+        with subscribe(rec.events, timeout_s=2) as sub:
+            for seq in range(40):
+                protocol.send(
+                    rec.push, "pair", "cam1", seq, [crop, crop], onset=1, apex=5, offset=9
+                )
+                try:
+                    events.append(next(iter(sub)))
+                except StopIteration:
+                    continue
+                if len(events) == count:
+                    break
+    finally:
+        rec.close()
+    return events, rec.metrics
+
+
 def test_unsure_events_are_held_back_and_counted(tmp_path):
     """--min-confidence: an event whose class probability is under it is not published,
     and is counted in mfvan_events_unsure_total."""
     classes = ["negative", "positive", "surprise"]
     classifier = Classifier(Alternating(), classes, "test", min_confidence=0.5)
-    rec = Recognizer(tmp_path, classifier, max_batch=1)
-    push, c, m = rec.push, rec.events, rec.metrics
-    crop = np.full((128, 128), 90, np.uint8)
-    events = []
-    try:
-        with subscribe(c, timeout_s=2) as sub:
-            for seq in range(40):
-                protocol.send(push, "pair", "cam1", seq, [crop, crop], onset=1, apex=5, offset=9)
-                try:
-                    events.append(next(iter(sub)))
-                except StopIteration:
-                    continue
-                if len(events) == 3:
-                    break
-    finally:
-        rec.close()
+    events, m = _published(tmp_path, classifier, 3)
     assert len(events) == 3 and all(e.confidence == pytest.approx(0.9) for e in events)
     assert all(e.label == "negative" for e in events)
     calls = classifier.backend.calls  # sure, unsure, sure, ...: every other one held back
@@ -525,22 +533,7 @@ def test_a_vetoed_spot_is_counted_and_published_only_when_asked(tmp_path, publis
     (with --publish-vetoed: published, labelled 'none')."""
     classes = ["negative", "positive", "surprise", "none"]
     classifier = Classifier(Vetoing(), classes, "test", publish_vetoed=publish_vetoed)
-    rec = Recognizer(tmp_path, classifier, max_batch=1)
-    push, c, m = rec.push, rec.events, rec.metrics
-    crop = np.full((128, 128), 90, np.uint8)
-    events = []
-    try:
-        with subscribe(c, timeout_s=2) as sub:
-            for seq in range(40):
-                protocol.send(push, "pair", "cam1", seq, [crop, crop], onset=1, apex=5, offset=9)
-                try:
-                    events.append(next(iter(sub)))
-                except StopIteration:
-                    continue
-                if len(events) == 4:
-                    break
-    finally:
-        rec.close()
+    events, m = _published(tmp_path, classifier, 4)
     labels = [e.label for e in events]
     calls = classifier.backend.calls
     assert m.vetoed.labels("cam1", "none")._value.get() == (calls + 1) // 2 >= 2
