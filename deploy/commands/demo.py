@@ -176,7 +176,7 @@ def score(events, args) -> str:
     labelled = [e for e in micro if e.label3]
     from mfvan.model.strs import Labelled, score_str
 
-    classes = sorted({e.label3 for e in labelled} | {e.label for e in events} - {"none"})
+    classes = sorted({e.label3 for e in labelled} | {e.label for e in events} - {"none", "others"})
     chain = score_str(
         [
             (
