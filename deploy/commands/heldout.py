@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from mfvan.deploy import stage
+
 HELP = "held-out identities: build the sets, train the veto recognizer, score weights"
 
 
@@ -37,7 +39,7 @@ def add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--min-confidence",
-        type=float,
+        type=stage.fraction,
         default=0.0,
         help="as `mfvan recognize --min-confidence`, for the 'after' columns (default: 0)",
     )
