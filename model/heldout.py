@@ -75,12 +75,6 @@ def build(root: Path, seed: int, workers: int | None = None, videos: int | None 
         if jobs:
             with synth._pool(workers) as pool:
                 list(pool.map(_make_cell, *zip(*jobs, strict=True)))
-        # the cells are the master's videos: its identities are theirs
-        for codec in codecs(seed):
-            src = master / synth.IDENTITIES_CSV
-            dst = cell_dir(root, seed, codec, fps) / synth.IDENTITIES_CSV
-            if src.exists() and not dst.exists():
-                dst.write_bytes(src.read_bytes())
 
 
 # ----------------------------------------------------------------------------- training

@@ -369,12 +369,12 @@ def recognize(runs: list[VideoRun], classify, classes: list[str]) -> None:
     apex, flow)` (a backend of `mfvan.deploy.backends`) on the pair the spot stage would
     have sent. Sets `label` (the most probable class, `NONE` included), `emotion` (the most
     probable class that is not `NONE`) and `probs` on each interval and drops its pixels."""
+    emotions = [k for k, c in enumerate(classes) if c != NONE]
     for run in runs:
         held = [i for i in run.intervals if "pair" in i]
         if not held:
             continue
         onset, apex, flow = (np.stack(x) for x in zip(*(i.pop("pair") for i in held), strict=True))
-        emotions = [k for k, c in enumerate(classes) if c != NONE]
         for interval, p in zip(held, np.asarray(classify(onset, apex, flow)), strict=True):
             interval["label"] = classes[int(np.argmax(p))]
             interval["probs"] = [round(float(x), 5) for x in p]

@@ -119,6 +119,9 @@ def _make_cell(master: str, folder: str, codec: str, count: int) -> None:
                 os.symlink(os.path.relpath(src, folder), dst)
         else:
             synth.transcode(src, dst, codec)
+    identities = master / synth.IDENTITIES_CSV  # the cells are the master's faces
+    if identities.exists():
+        (folder / synth.IDENTITIES_CSV).write_bytes(identities.read_bytes())
     for table in ("nuisances.csv", "ground_truth.csv"):
         with open(master / table, newline="") as f:
             reader = csv.DictReader(f)

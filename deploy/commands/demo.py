@@ -174,9 +174,10 @@ def score(events, args) -> str:
         return f"p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms"
 
     labelled = [e for e in micro if e.label3]
+    from mfvan.model.spotting import NONE, OTHERS
     from mfvan.model.strs import Labelled, score_str
 
-    classes = sorted({e.label3 for e in labelled} | {e.label for e in events} - {"none", "others"})
+    classes = sorted({e.label3 for e in labelled} | {e.label for e in events} - {NONE, OTHERS})
     chain = score_str(
         [
             (

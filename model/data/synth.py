@@ -172,6 +172,13 @@ class SynthConfig:
             raise ValueError(f"subjects must be at least 1, got {self.subjects}")
 
     @property
+    def portrait_split(self) -> str | None:
+        """The portraits' split a morph config draws its faces from ("train", "heldout")."""
+        return (
+            self.identities.removeprefix("morph-") if self.identities.startswith("morph-") else None
+        )
+
+    @property
     def px_scale(self) -> float:
         """Pixels on this face per pixel on a 256 px face."""
         return self.face_height / 256.0
@@ -314,10 +321,21 @@ def make_identity(config: SynthConfig, subject: int, seed: int) -> Identity:
     """Subject `subject`'s face for `seed` under the config's kind of identities."""
     if config.identities == "photo":
         return photo_identity(subject, seed, config.skin_detail)
-    if config.identities.startswith("morph-"):
-        split = config.identities.removeprefix("morph-")
-        return morph_identity(subject, seed, split, config.skin_detail)
+    if config.portrait_split is not None:
+        return morph_identity(subject, seed, config.portrait_split, config.skin_detail)
     return Identity.sample(subject, seed).with_detail(config.skin_detail)
+
+
+def identity_sources(config: SynthConfig, subject: int, seed: int) -> list[str]:
+    """The real photographs subject `subject`'s face for `seed` is made of: portrait ids,
+    "hopper", or none (parametric), known from its recipe without rendering the face."""
+    if config.identities == "photo":
+        return ["hopper"]
+    if config.portrait_split is not None:
+        from mfvan.model.data.portraits import MorphRecipe
+
+        return list(MorphRecipe.draw(config.portrait_split, subject, seed).sources)
+    return []
 
 
 class SubjectRenderer:
@@ -710,13 +728,11 @@ def write_identities(config: SynthConfig, seed: int, out: Path, subjects) -> Non
     """`identities.csv` in `out`: each subject's kind of identity and the real photographs
     it is made of (portrait ids; "hopper"; empty for a parametric face), so that whatever
     trains, calibrates or chooses a model on the set can refuse held-out faces."""
-    from mfvan.model.data.synth_face import identity_sources
-
     rows = [
         {
             "subject": s,
             "identities": config.identities,
-            "sources": ";".join(identity_sources(make_identity(config, s, seed))),
+            "sources": ";".join(identity_sources(config, s, seed)),
         }
         for s in subjects
     ]

@@ -252,13 +252,6 @@ def morph_identity(subject: int, seed: int, split: str, detail: float = 1.0) -> 
     return replace(base, **fields, detail=detail, photo=variant)
 
 
-def identity_sources(ident: Identity) -> list[str]:
-    """The real photographs an identity is made of: portrait ids, "hopper", or none."""
-    if ident.photo is None:
-        return []
-    return list(ident.photo.morph.sources) if ident.photo.morph is not None else ["hopper"]
-
-
 def _photo_source(v: PhotoVariant) -> tuple[np.ndarray, tuple[float, float], float]:
     """The variant's picture, its face centre and its face height (px)."""
     if v.morph is None:
