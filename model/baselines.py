@@ -4,7 +4,10 @@ stands beside one.
 - `OffApexNet` after Gan et al. (2019), OFF-ApexNet: the onset-to-apex optical flow
   (horizontal, vertical) and optical strain as a 3-channel image, two convolution +
   max-pool stages, two fully connected layers. Their input was 28 x 28; ours is the
-  config's image size, pooled to 7 x 7 before the fully connected layers.
+  config's image size, pooled to 7 x 7 before the fully connected layers. In LOSO it reads
+  the pairs' own flow (`flow`); with config arch "off-apexnet" it reads instead the spot
+  stage's onset-to-apex flow and strain (`motion`, the same three channels, as the live
+  recognizer receives them) and takes MFVAN's inputs, so the recognizer serves it.
 - `ApexCNN`: the apex frame alone through a small residual CNN: what a network sees
   without the onset and without identity removal.
 - `RegionMotion`: the interpretable baseline, a small classifier on per-region motion
@@ -64,6 +67,19 @@ class OffApexNet(nn.Module):
 
     def forward(self, flow: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(flow))
+
+
+class MotionOffApexNet(OffApexNet):
+    """OFF-ApexNet as the recognizer serves it (config arch "off-apexnet"): MFVAN's inputs,
+    of which it reads only `motion`, the spot stage's flow u, v and strain."""
+
+    def __init__(self, cfg: MFVANConfig):
+        super().__init__(cfg)
+        self.inputs = cfg.inputs
+
+    def forward(self, onset: torch.Tensor, apex: torch.Tensor, motion: torch.Tensor):
+        del onset, apex
+        return super().forward(motion)
 
 
 class ApexCNN(nn.Module):

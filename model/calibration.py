@@ -36,20 +36,36 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.clip(p, 1e-12, 1.0)).mean())
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error of the top class, `bins` equal-width bins."""
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict]:
+    """The reliability diagram's data: for each of `bins` equal-width bins of the top
+    class's probability that holds predictions, its range, count, accuracy and mean
+    confidence."""
     probs, labels = np.asarray(probs), np.asarray(labels)
     if not len(labels):
-        return float("nan")
+        return []
     confidence = probs.max(axis=1)
     right = probs.argmax(axis=1) == labels
     which = np.minimum((confidence * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            total += inside.mean() * abs(right[inside].mean() - confidence[inside].mean())
-    return float(total)
+    return [
+        {
+            "low": b / bins,
+            "high": (b + 1) / bins,
+            "count": int((which == b).sum()),
+            "accuracy": float(right[which == b].mean()),
+            "confidence": float(confidence[which == b].mean()),
+        }
+        for b in range(bins)
+        if (which == b).any()
+    ]
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of the top class, `bins` equal-width bins."""
+    rows = reliability(probs, labels, bins)
+    if not rows:
+        return float("nan")
+    n = sum(r["count"] for r in rows)
+    return float(sum(r["count"] / n * abs(r["accuracy"] - r["confidence"]) for r in rows))
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:

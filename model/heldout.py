@@ -33,7 +33,7 @@ from mfvan.model.mfvan import CONFIGS
 from mfvan.model.spotting import NONE, OTHERS, chain, load_truth, spot_runs, spotted_pairs
 from mfvan.model.spotting import recognize as spotting_recognize
 from mfvan.model.spotting_matrix import _complete, _make_cell
-from mfvan.model.train import TrainConfig, build_model, predict, train
+from mfvan.model.train import build_model, predict, train, train_preset
 
 TUNING_SEED = 0
 HELD_OUT_SEED = 1
@@ -83,7 +83,6 @@ CLASSES = ("negative", "positive", "surprise")
 # the veto recognizer's classes: the three, "others" (a micro-expression outside them,
 # published so that its spot counts), and "none" (not a micro-expression: refused)
 VETO_CLASSES = (*CLASSES, OTHERS, NONE)
-REGION_MOTION_TRAIN = TrainConfig(epochs=60, batch_size=64, lr=3e-3, weight_decay=0.01)
 FOLDS = 4  # cross-fitting over the tuning identities, for the calibration
 
 
@@ -112,21 +111,32 @@ def tuning_pairs(
     return joined
 
 
-def train_region_motion(pairs: Pairs, seed: int = 0, tcfg: TrainConfig = REGION_MOTION_TRAIN):
-    """The region-motion classifier (`baselines.RegionMotion`, the `motion` config's input
-    size) trained on `pairs`."""
+# the recognizers compared on held-out identities, each trained on the same tuning pairs
+# with the same classes and calibration: the shipped one first
+RECOGNIZERS = ("region-motion", "off-apexnet", "mfvan")
+
+
+def train_recognizer(pairs: Pairs, kind: str = "region-motion", seed: int = 0):
+    """Model `kind` (`train.MODELS`) on the `motion` config (the spot stage's flow as an
+    input; MFVAN also reads the crops) trained on `pairs` with its own recipe
+    (`train.train_preset`)."""
     import torch
 
     torch.manual_seed(seed)
     cfg = replace(CONFIGS["motion"], num_classes=len(pairs.classes))
-    model = build_model("region-motion", cfg)
-    return train(model, pairs, replace(tcfg, seed=seed)).eval()
+    model = build_model(kind, cfg)
+    return train(model, pairs, replace(train_preset(kind, "motion"), seed=seed)).eval()
 
 
-def cross_fitted_calibration(pairs: Pairs, seed: int = 0) -> dict:
-    """The temperature for the region-motion classifier's probabilities, fitted on
-    predictions of training identities by models that never saw them: the identities are
-    cut into `FOLDS` groups, each predicted by a model trained on the others; the report
+def train_region_motion(pairs: Pairs, seed: int = 0):
+    """The region-motion classifier (`baselines.RegionMotion`) trained on `pairs`."""
+    return train_recognizer(pairs, "region-motion", seed)
+
+
+def cross_fitted_calibration(pairs: Pairs, seed: int = 0, kind: str = "region-motion") -> dict:
+    """The temperature for model `kind`'s probabilities, fitted on predictions of training
+    identities by models that never saw them: the identities are cut into `FOLDS` groups,
+    each predicted by a model trained on the others; the report
     (`calibration.calibration_report`) also gives the ECE before and after."""
     subjects = np.unique(pairs.subjects)
     rng = np.random.default_rng(seed)
@@ -135,7 +145,7 @@ def cross_fitted_calibration(pairs: Pairs, seed: int = 0) -> dict:
     probs = np.zeros((len(pairs), len(pairs.classes)), np.float64)
     for k in range(FOLDS):
         test = folds == k
-        model = train_region_motion(pairs.subset(np.flatnonzero(~test)), seed)
+        model = train_recognizer(pairs.subset(np.flatnonzero(~test)), kind, seed)
         probs[test] = predict(model, pairs.subset(np.flatnonzero(test)))
     report = calibration_report(probs, pairs.labels, folds)
     report["fitted_on"] = (
@@ -186,15 +196,18 @@ def evaluate(root: Path, classify, classes, cache=None, min_confidence=0.0, work
     }
 
 
-def train_shipped(root: Path, out: Path, cache: Path | None = None, workers=None) -> Path:
-    """The region-motion recognizer with its veto class: calibrated (cross-fitted on the
-    tuning identities), then trained on every tuning pair, saved at `out`."""
+def train_shipped(
+    root: Path, out: Path, cache: Path | None = None, workers=None, kind: str = "region-motion"
+) -> Path:
+    """Recognizer `kind` with the veto class (`RECOGNIZERS`; the shipped one is
+    region-motion): calibrated (cross-fitted on the tuning identities), then trained on
+    every tuning pair, saved at `out`."""
     from mfvan.model.weights import save_weights
 
     pairs = tuning_pairs(root, VETO_CLASSES, cache=cache, workers=workers)
     counts = {c: int((pairs.labels == k).sum()) for k, c in enumerate(pairs.classes)}
-    calibration = cross_fitted_calibration(pairs)
-    model = train_region_motion(pairs)
+    calibration = cross_fitted_calibration(pairs, kind=kind)
+    model = train_recognizer(pairs, kind)
     save_weights(
         model,
         out,
@@ -261,14 +274,31 @@ def write_docs(results: dict, path: Path, took: str, machine: str = "") -> Path:
         "video).",
         "",
     ]
+    lines += [
+        "Every model side by side, as published (after the veto for those with one): "
+        "STRS / UF1 on spotted true positives / false events a minute / ECE. Those with a "
+        "veto were trained, calibrated and chosen on the tuning identities' spotted pairs "
+        "alone (`mfvan heldout --compare`), the same pairs, classes and recipe of "
+        "calibration for each:",
+        "",
+        *summary_table(results),
+        "",
+    ]
+    diagram = write_reliability(results, Path(path).parent / "images" / "heldout-reliability.png")
+    lines += [
+        "Reliability on the held-out spotted true positives (the calibration's check: "
+        "points on the diagonal mean a confidence of p is right p of the time):",
+        "",
+        f"![reliability diagrams](images/{diagram.name})",
+        "",
+    ]
     for weights, r in results.items():
         name = Path(weights).name
         lines += [f"### {r['version']}", "", f"`{name}`, classes {r['classes']}", "", HEADER]
-        for cell, c in r.items():
-            if isinstance(c, dict) and "before" in c:
-                lines.append(_row(f"{cell}, before the veto", c["before"]))
-                if "none" in r["classes"]:
-                    lines.append(_row(f"{cell}, after", c["after"]))
+        for cell, c in _cells(r).items():
+            lines.append(_row(f"{cell}, before the veto", c["before"]))
+            if NONE in r["classes"]:
+                lines.append(_row(f"{cell}, after", c["after"]))
         lines.append("")
     sheet = Path(path).parent / "images" / "heldout-identities.png"
     write_identity_sheet(sheet)
@@ -289,6 +319,67 @@ def write_docs(results: dict, path: Path, took: str, machine: str = "") -> Path:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
+    return path
+
+
+def _cells(result: dict) -> dict:
+    return {cell: c for cell, c in result.items() if isinstance(c, dict) and "before" in c}
+
+
+def summary_table(results: dict) -> list[str]:
+    """Every model's STRS, UF1 on spotted true positives, false events a minute and ECE in
+    each held-out cell, as published (after the veto where it has one)."""
+    cells = list(_cells(next(iter(results.values()))))
+    lines = [
+        "| model | " + " | ".join(cells) + " |",
+        "|---|" + "---|" * len(cells),
+    ]
+    for r in results.values():
+        side = "after" if NONE in r["classes"] else "before"
+        row = []
+        for cell in cells:
+            c = r[cell][side]
+            row.append(
+                f"{c['strs']:.3f} / {c['uf1']:.3f} / {c['false_per_minute']:.2f} / {c['ece']:.3f}"
+            )
+        lines.append(f"| {r['version']} | " + " | ".join(row) + " |")
+    return lines
+
+
+def write_reliability(results: dict, path: Path) -> Path:
+    """Reliability diagrams of every model on the held-out spotted true positives, one
+    panel per cell: accuracy against mean confidence in each confidence bin (marker area:
+    the bin's count), the diagonal being a recognizer whose confidence means what it says."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(_cells(next(iter(results.values()))))
+    cols = 3
+    rows = -(-len(cells) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    for ax, cell in zip(axes.flat, cells, strict=False):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        for r in results.values():
+            c = r[cell]["after" if NONE in r["classes"] else "before"]
+            bins = c.get("reliability", [])
+            if not bins:
+                continue
+            conf = [b["confidence"] for b in bins]
+            acc = [b["accuracy"] for b in bins]
+            ax.plot(conf, acc, marker="o", lw=1, label=f"{r['version']} (ECE {c['ece']:.3f})")
+            ax.scatter(conf, acc, s=[4 + 2 * b["count"] for b in bins], alpha=0.25)
+        ax.set(title=cell, xlim=(0, 1.02), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy")
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(cells) :]:
+        ax.axis("off")
+    fig.suptitle("Held-out identities, spotted true positives: reliability")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
     return path
 
 

@@ -91,7 +91,9 @@ import torch.nn.functional as F
 from torch import nn
 
 SCALES = ("image", "s1", "s2")
-ARCHITECTURES = ("mfvan", "region-motion")
+ARCHITECTURES = ("mfvan", "region-motion", "off-apexnet")
+# the baselines the recognizer can serve: they read the spot stage's motion, not pixels
+MOTION_ARCHITECTURES = ("region-motion", "off-apexnet")
 # Where the onset-to-apex motion enters (see "Motion" in the module's docstring).
 MOTIONS = ("none", "branch", "global", "both")
 MOTION_CHANNELS = 3  # horizontal and vertical flow, optical strain
@@ -104,9 +106,10 @@ class MFVANConfig:
     """Every hyperparameter of MFVAN. Named presets are in `CONFIGS`."""
 
     name: str = "paper"
-    # the network this config builds (`build_network`): "mfvan", or "region-motion", the
+    # the network this config builds (`build_network`): "mfvan"; "region-motion", the
     # interpretable baseline on per-region motion alone (`baselines.RegionMotion`), which
-    # reads only num_classes, image_size, motion (not "none") and dropout
+    # reads only num_classes, image_size, motion (not "none") and dropout; "off-apexnet",
+    # the flow CNN baseline on the same motion input (`baselines.OffApexNet`)
     arch: str = "mfvan"
     num_classes: int = 3
     image_size: int = 224
@@ -142,8 +145,8 @@ class MFVANConfig:
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
-        if self.arch == "region-motion" and self.motion == "none":
-            raise ValueError("a region-motion config needs the motion input (motion != 'none')")
+        if self.arch in MOTION_ARCHITECTURES and self.motion == "none":
+            raise ValueError(f"a {self.arch} config needs the motion input (motion != 'none')")
         bad = [s for s in self.scales if s not in SCALES]
         if bad:
             raise ValueError(f"unknown scale(s) {bad}; choose from {SCALES}")
@@ -493,10 +496,10 @@ class MFVAN(nn.Module):
 
 def build_network(cfg: MFVANConfig) -> nn.Module:
     """The network `cfg.arch` names, built from `cfg` (weights files record it)."""
-    if cfg.arch == "region-motion":
-        from mfvan.model.baselines import RegionMotion
+    if cfg.arch in MOTION_ARCHITECTURES:
+        from mfvan.model.baselines import MotionOffApexNet, RegionMotion
 
-        return RegionMotion(cfg)
+        return {"region-motion": RegionMotion, "off-apexnet": MotionOffApexNet}[cfg.arch](cfg)
     return MFVAN(cfg)
 
 

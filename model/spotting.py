@@ -426,7 +426,12 @@ def chain(
     ]
     pooled = score_str(videos, classes)
     pooled["ci"] = bootstrap(videos, classes)
-    pooled["ece"] = _true_positive_ece(runs, videos, every_class)
+    from mfvan.model.calibration import ece, reliability
+
+    # how far the confidence is from how often it is right, on the true positives
+    tp_probs, tp_labels = _true_positive_predictions(runs, videos, every_class)
+    pooled["ece"] = ece(tp_probs, tp_labels)
+    pooled["reliability"] = reliability(tp_probs, tp_labels)
     pooled["vetoed"] = vetoed
     minutes = sum(run.frames / run.fps for run in runs) / 60
     pooled["false_per_minute"] = pooled["fp"] / minutes if minutes else float("nan")
@@ -544,11 +549,9 @@ def spot_runs(
     return runs
 
 
-def _true_positive_ece(runs, videos, classes: list[str]) -> float:
-    """Expected calibration error of the recognizer's probabilities on the labelled true
-    positives (how far its confidence is from how often it is right, on live-like pairs)."""
-    from mfvan.model.calibration import ece
-
+def _true_positive_predictions(runs, videos, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The recognizer's probabilities on the labelled true positives and their labels
+    (live-like pairs: what its confidence is measured on)."""
     probs, labels = [], []
     for run, (predicted, truth) in zip(runs, videos, strict=True):
         for i, j in match(
@@ -557,7 +560,7 @@ def _true_positive_ece(runs, videos, classes: list[str]) -> float:
             if truth[j].label in classes and "probs" in run.intervals[i]:
                 probs.append(run.intervals[i]["probs"])
                 labels.append(classes.index(truth[j].label))
-    return ece(np.asarray(probs), np.asarray(labels)) if labels else float("nan")
+    return np.asarray(probs, np.float64).reshape(len(labels), -1), np.asarray(labels, int)
 
 
 def evaluate(

@@ -28,7 +28,7 @@ import torch
 from mfvan.model import losses
 from mfvan.model.baselines import ApexCNN, OffApexNet, RegionMotion
 from mfvan.model.data.pairs import Pairs, flow_features
-from mfvan.model.mfvan import MFVAN, SCALES, MFVANConfig, preprocess_motion
+from mfvan.model.mfvan import MFVAN, SCALES, MFVANConfig, build_network, preprocess_motion
 
 MODELS = {
     "mfvan": MFVAN,
@@ -69,6 +69,16 @@ TRAIN_PRESETS = {
     "paper": TrainConfig(epochs_teacher=10, epochs_ri=10, epochs=60, batch_size=32, lr=1e-3),
 }
 TRAIN_PRESETS["motion"] = TRAIN_PRESETS["demo"]  # the demo network with the motion input
+# models with a training recipe of their own, whatever the config (a small MLP on
+# per-region motion has no teacher phases and wants a larger step)
+MODEL_PRESETS = {
+    "region-motion": TrainConfig(epochs=60, batch_size=64, lr=3e-3, weight_decay=0.01),
+}
+
+
+def train_preset(kind: str, config: str) -> TrainConfig:
+    """The training recipe of model `kind` with network config `config`."""
+    return MODEL_PRESETS.get(kind, TRAIN_PRESETS[config])
 
 
 def build_model(kind: str, cfg: MFVANConfig, ablation: str = "full") -> torch.nn.Module:
@@ -76,10 +86,11 @@ def build_model(kind: str, cfg: MFVANConfig, ablation: str = "full") -> torch.nn
         raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
     if kind == "mfvan":
         cfg = cfg.ablation(*ABLATIONS[ablation])
-    if kind == "region-motion":
-        cfg = replace(
-            cfg, arch="region-motion", motion="both" if cfg.motion == "none" else cfg.motion
-        )
+    if kind == "region-motion" or (kind == "off-apexnet" and cfg.motion != "none"):
+        # the motion baselines as the recognizer serves them (OFF-ApexNet without the
+        # motion input reads the pairs' own flow, as in LOSO)
+        cfg = replace(cfg, arch=kind, motion="both" if cfg.motion == "none" else cfg.motion)
+        return build_network(cfg)
     return MODELS[kind](cfg)
 
 

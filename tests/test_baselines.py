@@ -1,4 +1,5 @@
-"""The region-motion baseline: a small classifier on the spotter's per-region motion."""
+"""The baselines the recognizer serves: region motion (a small classifier on the spotter's
+per-region motion) and OFF-ApexNet on the same motion input."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 from mfvan.kernels.motion import LIVE_CROP
 from mfvan.kernels.signals import ROIS
 from mfvan.model.data.pairs import Pairs
-from mfvan.model.heldout import VETO_CLASSES, train_region_motion
+from mfvan.model.heldout import VETO_CLASSES, train_recognizer, train_region_motion
 from mfvan.model.train import predict
 
 # where each class moves, and which way (px of a 128 px crop, per unit of intensity)
@@ -68,13 +69,16 @@ def test_region_motion_ignores_the_pixels(trained):
     assert torch.equal(a, b)
 
 
-def test_region_motion_weights_round_trip_and_export(trained, tmp_path):
+@pytest.mark.parametrize("kind", ["region-motion", "off-apexnet"])
+def test_motion_baselines_round_trip_through_weights_and_export(trained, kind, tmp_path):
     from mfvan.deploy.export import export_onnx, onnx_session
     from mfvan.model.weights import load_weights, save_weights
 
-    save_weights(trained, tmp_path / "rm.safetensors", list(VETO_CLASSES), training_data="test")
+    model = trained if kind == "region-motion" else train_recognizer(_pairs(3, seed=4), kind)
+    save_weights(model, tmp_path / "rm.safetensors", list(VETO_CLASSES), training_data="test")
     loaded, meta = load_weights(tmp_path / "rm.safetensors")
-    assert type(loaded).__name__ == "RegionMotion" and meta["classes"][-1] == "none"
+    assert loaded.cfg.arch == kind and type(loaded) is type(model)
+    assert meta["classes"][-1] == "none"
     session = onnx_session(export_onnx(loaded, tmp_path / "rm.onnx"))
     motion = np.random.default_rng(3).normal(0, 1, (2, 3, 64, 64)).astype(np.float32)
     blank = np.zeros((2, 1, 64, 64), np.float32)
@@ -82,3 +86,11 @@ def test_region_motion_weights_round_trip_and_export(trained, tmp_path):
     with torch.no_grad():
         eager = loaded(torch.from_numpy(blank), torch.from_numpy(blank), torch.from_numpy(motion))
     np.testing.assert_allclose(onnx_logits, eager.numpy(), atol=1e-4)
+
+
+def test_off_apexnet_served_reads_the_spot_stages_motion():
+    model = train_recognizer(_pairs(30, seed=0), "off-apexnet")
+    assert model.inputs == ("onset", "apex", "motion")
+    test = _pairs(15, seed=1)
+    accuracy = (predict(model, test).argmax(1) == test.labels).mean()
+    assert accuracy >= 0.9, accuracy

@@ -91,3 +91,18 @@ def test_temperature_scaling_recovers_the_temperature_that_spoiled_calibrated_pr
     assert report["ece_before"] > 0.08 and report["ece_after"] < 0.03
     assert report["ece_after"] == pytest.approx(ece(scale(overconfident, 2.0), labels), abs=0.02)
     assert (scale(overconfident, 2.0).argmax(1) == p.argmax(1)).all(), "never changes the class"
+
+
+def test_the_reliability_bins_hold_every_prediction_and_give_the_ece():
+    import numpy as np
+
+    from mfvan.model.calibration import ece, reliability
+
+    # confidences 0.95 (right 3 of 4) and 0.55 (right 1 of 2)
+    probs = np.array([[0.95, 0.05]] * 4 + [[0.55, 0.45]] * 2)
+    labels = np.array([0, 0, 0, 1, 0, 1])
+    bins = reliability(probs, labels)
+    assert [(b["low"], b["count"]) for b in bins] == [(0.5, 2), (0.9, 4)]
+    assert bins[1]["accuracy"] == 0.75 and bins[0]["accuracy"] == 0.5
+    gap = 4 / 6 * abs(0.75 - 0.95) + 2 / 6 * abs(0.5 - 0.55)
+    assert ece(probs, labels) == pytest.approx(gap)

@@ -30,6 +30,13 @@ def add(p: argparse.ArgumentParser) -> None:
         "sets' spotted pairs, calibrated on them (cross-fitted), and write it here",
     )
     p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also train the other recognizers (OFF-ApexNet and MFVAN on the spot stage's "
+        "motion) exactly as the shipped one, with its classes and calibration, under "
+        "OUT/models (kept), and score them beside it",
+    )
+    p.add_argument(
         "--evaluate",
         type=Path,
         action="append",
@@ -70,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
         heldout.train_shipped(args.out, args.train, cache, args.workers)
         print(f"weights: {args.train}")
     weights = args.evaluate or [DEMO_WEIGHTS, args.train or VETO_WEIGHTS]
+    if args.compare:
+        for kind in heldout.RECOGNIZERS[1:]:  # the first is the shipped one
+            path = args.out / "models" / f"{kind}-veto-synthme.safetensors"
+            if not path.exists():
+                print(f"training {kind} on the tuning identities' spotted pairs ...")
+                heldout.train_shipped(args.out, path, cache, args.workers, kind=kind)
+            weights.append(path)
     results = {}
     for path in weights:
         try:

@@ -31,9 +31,10 @@ def add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model",
-        choices=("mfvan", "off-apexnet", "apex-cnn"),
+        choices=("mfvan", "off-apexnet", "apex-cnn", "region-motion"),
         default="mfvan",
-        help="MFVAN or a baseline",
+        help="MFVAN or a baseline (region-motion: a small classifier on the spot stage's "
+        "per-region motion alone, with its own training recipe)",
     )
     p.add_argument(
         "--ablation",
@@ -116,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
     from mfvan.model import pipeline
     from mfvan.model.data.datasets import DatasetError
     from mfvan.model.evaluate import write_report
-    from mfvan.model.train import TRAIN_PRESETS, run_loso
+    from mfvan.model.train import run_loso, train_preset
 
     if args.accumulate < 1:
         print("mfvan train: --accumulate must be at least 1", file=sys.stderr)
@@ -126,13 +127,23 @@ def _train(args: argparse.Namespace) -> int:
     except (DatasetError, FileNotFoundError) as err:
         print(f"mfvan train: {err}", file=sys.stderr)
         return 2
+    if args.model == "region-motion" and cfg.motion == "none":
+        print(
+            f"mfvan train: region-motion reads the spot stage's motion, which config "
+            f"{args.config!r} does not compute; use --config motion",
+            file=sys.stderr,
+        )
+        return 2
     for note in data.notes:
         print(f"note: {note}")
     print(
         f"{data.name}: {len(data.samples)} samples, {len(data.subjects)} subjects, {data.counts()}"
     )
     tcfg = replace(
-        TRAIN_PRESETS[args.config], seed=args.seed, device=args.device, accumulate=args.accumulate
+        train_preset(args.model, args.config),
+        seed=args.seed,
+        device=args.device,
+        accumulate=args.accumulate,
     )
     if args.epochs is not None:
         tcfg = replace(tcfg, epochs=args.epochs)
@@ -160,9 +171,12 @@ def _train(args: argparse.Namespace) -> int:
             )
         print(f"report: {args.out / 'report.md'}")
         return 0
-    if args.model != "mfvan":
+    from mfvan.model.mfvan import MOTION_ARCHITECTURES
+
+    if args.model != "mfvan" and not (args.model in MOTION_ARCHITECTURES and cfg.motion != "none"):
         print(
-            "mfvan train: only MFVAN weights can be saved; use --loso for baselines",
+            "mfvan train: only networks the recognizer serves can be saved (MFVAN; "
+            "region-motion and off-apexnet with --config motion); use --loso for the others",
             file=sys.stderr,
         )
         return 2
