@@ -506,9 +506,11 @@ def test_the_onnx_export_runs_in_onnxruntime_and_matches_eager_torch(exported, b
 def test_bench_model_prints_both_engines_side_by_side(capsys):
     from mfvan.deploy.cli import main
 
-    assert main(["bench", "model", "--config", "tiny", "--runs", "3", "--batches", "1", "2"]) == 0
+    argv = ["bench", "model", "--config", "tiny", "--runs", "3", "--batches", "1", "2"]
+    assert main([*argv, "--models", "mfvan", "region-motion"]) == 0
     out = capsys.readouterr().out
-    assert "MFLOPs per (onset, apex) pair" in out
+    assert out.count("MFLOPs per (onset, apex) pair") == 2
     for engine in ("torch eager", "onnxruntime"):
-        assert out.count(engine) >= 2
+        assert out.count(engine) >= 4
     assert "x the speed of torch eager" in out
+    assert "onnxruntime, batch 1: region-motion costs" in out

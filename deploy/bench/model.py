@@ -1,13 +1,13 @@
-"""`mfvan bench model`: MFVAN's parameters, FLOPs and latency, eager PyTorch beside ONNX
-Runtime.
+"""`mfvan bench model`: the recognizer's networks' parameters, FLOPs and latency, eager
+PyTorch beside ONNX Runtime, and each network's cost beside the first's.
 
-It builds MFVAN from a config (random weights: speed does not depend on their values),
-counts parameters and FLOPs, and times one forward pass of a batch of its inputs (onset,
-apex, and the motion with a motion config) with
-eager PyTorch and with ONNX Runtime on the exported graph, in the same process and on the
-same inputs, alternating engines so that the machine's noise hits both. It reports p50 and
-p99 of the batch latency and the per-pair latency (batch latency / batch size) for batch 1
-and 8. Warm-up runs (and ONNX export) are outside the timings.
+It builds MFVAN (and, with `--models`, the baselines the recognizer serves) from a config
+(random weights: speed does not depend on their values), counts parameters and FLOPs, and
+times one forward pass of a batch of its inputs (onset, apex, and the motion with a motion
+config) with eager PyTorch and with ONNX Runtime on the exported graph, in the same process
+and on the same inputs, alternating networks and engines so that the machine's noise hits
+all. It reports p50 and p99 of the batch latency and the per-pair latency (batch latency /
+batch size) for batch 1 and 8. Warm-up runs (and ONNX export) are outside the timings.
 """
 
 from __future__ import annotations
@@ -34,60 +34,78 @@ def count_flops(model, batch: int = 1) -> int:
     return counter.get_total_flops()
 
 
-def bench_model(config_name: str, batches=(1, 8), runs: int = 200, warmup: int = 20) -> dict:
-    """Latency of eager torch and ONNX Runtime for one config; a dict of results."""
+def bench_model(
+    config_name: str,
+    batches=(1, 8),
+    runs: int = 200,
+    warmup: int = 20,
+    models: tuple[str, ...] = ("mfvan",),
+) -> dict:
+    """Latency of eager torch and ONNX Runtime for each of `models` (`train.MODELS` the
+    recognizer serves: mfvan, region-motion, off-apexnet) built on one config, timed in
+    the same loop (every network and engine in turn, so the machine's noise hits all);
+    a dict of results."""
     from mfvan.deploy.export import export_onnx, onnx_session
-    from mfvan.model.mfvan import CONFIGS, MFVAN
+    from mfvan.model.mfvan import CONFIGS
+    from mfvan.model.train import build_model
 
     cfg = CONFIGS[config_name]
-    torch.manual_seed(0)
-    model = MFVAN(cfg).eval()
-    params = sum(p.numel() for p in model.parameters())
-    inference_params = (
-        params - sum(p.numel() for p in model.teacher.parameters())
-        if (model.teacher is not None)
-        else params
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        session = onnx_session(export_onnx(model, Path(tmp) / "model.onnx"))
     results = {
         "config": config_name,
-        "params": params,
-        "inference_params": inference_params,
-        "flops_per_pair": count_flops(model, 1),
         "machine": f"{platform.machine()} {cpu_name()}, {torch.get_num_threads()} torch threads",
+        "models": {},
         "rows": [],
     }
+    built = {}
+    for kind in models:
+        torch.manual_seed(0)
+        model = build_model(kind, cfg).eval()
+        params = sum(p.numel() for p in model.parameters())
+        teacher = getattr(model, "teacher", None)
+        with tempfile.TemporaryDirectory() as tmp:
+            session = onnx_session(export_onnx(model, Path(tmp) / "model.onnx"))
+        built[kind] = (model, session)
+        results["models"][kind] = {
+            "params": params,
+            "inference_params": params - sum(p.numel() for p in teacher.parameters())
+            if teacher is not None
+            else params,
+            "flops_per_pair": count_flops(model, 1),
+        }
     rng = np.random.default_rng(0)
     for batch in batches:
-        feed = {
-            name: rng.standard_normal((batch, *cfg.input_shape(name))).astype(np.float32)
-            for name in cfg.inputs
-        }
-        tensors = [torch.from_numpy(x) for x in feed.values()]
+        engines = {}
+        for kind, (model, session) in built.items():
+            feed = {
+                name: rng.standard_normal((batch, *model.cfg.input_shape(name))).astype(np.float32)
+                for name in model.cfg.inputs
+            }
+            tensors = [torch.from_numpy(x) for x in feed.values()]
 
-        def run_torch(inputs=tensors):
-            with torch.inference_mode():
-                model(*inputs)
+            def run_torch(m=model, inputs=tensors):
+                with torch.inference_mode():
+                    m(*inputs)
 
-        def run_onnx(f=feed):
-            session.run(None, f)
+            def run_onnx(s=session, f=feed):
+                s.run(None, f)
 
-        engines = {"torch eager": run_torch, "onnxruntime": run_onnx}
+            engines[(kind, "torch eager")] = run_torch
+            engines[(kind, "onnxruntime")] = run_onnx
         for fn in engines.values():
             for _ in range(warmup):
                 fn()
-        times = {name: [] for name in engines}
+        times = {key: [] for key in engines}
         for _ in range(runs):
-            for name, fn in engines.items():
+            for key, fn in engines.items():
                 start = time.perf_counter()
                 fn()
-                times[name].append(time.perf_counter() - start)
-        for name, samples in times.items():
+                times[key].append(time.perf_counter() - start)
+        for (kind, engine), samples in times.items():
             p50, p99 = percentiles(samples)
             results["rows"].append(
                 {
-                    "engine": name,
+                    "model": kind,
+                    "engine": engine,
                     "batch": batch,
                     "p50_ms": p50,
                     "p99_ms": p99,
@@ -98,20 +116,35 @@ def bench_model(config_name: str, batches=(1, 8), runs: int = 200, warmup: int =
 
 
 def format_model_report(r: dict) -> str:
-    lines = [
-        f"MFVAN '{r['config']}': {r['params'] / 1e6:.3f} M parameters "
-        f"({r['inference_params'] / 1e6:.3f} M at inference, without the teacher), "
-        f"{r['flops_per_pair'] / 1e6:.1f} MFLOPs per (onset, apex) pair",
+    lines = []
+    for kind, m in r["models"].items():
+        lines.append(
+            f"{kind} '{r['config']}': {m['params'] / 1e6:.3f} M parameters "
+            f"({m['inference_params'] / 1e6:.3f} M at inference, without the teacher), "
+            f"{m['flops_per_pair'] / 1e6:.1f} MFLOPs per (onset, apex) pair"
+        )
+    lines += [
         f"machine: {r['machine']}",
-        f"{'engine':<14}{'batch':>6}{'p50 ms':>10}{'p99 ms':>10}{'per pair p50 ms':>18}",
+        f"{'model':<15}{'engine':<14}{'batch':>6}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'per pair p50 ms':>18}",
     ]
     for row in r["rows"]:
         lines.append(
-            f"{row['engine']:<14}{row['batch']:>6}{row['p50_ms']:>10.2f}"
+            f"{row['model']:<15}{row['engine']:<14}{row['batch']:>6}{row['p50_ms']:>10.2f}"
             f"{row['p99_ms']:>10.2f}{row['per_pair_p50_ms']:>18.2f}"
         )
-    by = {(row["engine"], row["batch"]): row["p50_ms"] for row in r["rows"]}
+    by = {(row["model"], row["engine"], row["batch"]): row["p50_ms"] for row in r["rows"]}
+    kinds = list(r["models"])
     for batch in sorted({row["batch"] for row in r["rows"]}):
-        ratio = by[("torch eager", batch)] / by[("onnxruntime", batch)]
-        lines.append(f"batch {batch}: onnxruntime is {ratio:.2f}x the speed of torch eager (p50)")
+        for kind in kinds:
+            ratio = by[(kind, "torch eager", batch)] / by[(kind, "onnxruntime", batch)]
+            lines.append(
+                f"{kind}, batch {batch}: onnxruntime is {ratio:.2f}x the speed of torch eager (p50)"
+            )
+        for kind in kinds[1:]:
+            for engine in ("onnxruntime", "torch eager"):
+                cost = by[(kind, engine, batch)] / by[(kinds[0], engine, batch)]
+                lines.append(
+                    f"{engine}, batch {batch}: {kind} costs {cost:.2f}x {kinds[0]} a pair (p50)"
+                )
     return "\n".join(lines)

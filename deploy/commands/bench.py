@@ -24,6 +24,14 @@ def add(p: argparse.ArgumentParser) -> None:
         default="motion",
         help="network config (motion: the one that ships)",
     )
+    model.add_argument(
+        "--models",
+        nargs="+",
+        choices=("mfvan", "region-motion", "off-apexnet"),
+        default=["mfvan"],
+        help="networks timed in the same loop; each after the first is also given as a "
+        "ratio of the first's cost",
+    )
     model.add_argument("--runs", type=int, default=200, help="timed runs per engine and batch")
     model.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
     flow = what.add_parser(
@@ -151,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
         from mfvan.deploy.bench import model
 
         report = model.format_model_report(
-            model.bench_model(args.config, batches=args.batches, runs=args.runs)
+            model.bench_model(
+                args.config, batches=args.batches, runs=args.runs, models=tuple(args.models)
+            )
         )
     elif args.target == "flow" and args.device == "cuda":
         from mfvan.deploy.bench import flow
