@@ -40,3 +40,34 @@ def test_the_shipped_veto_refuses_a_blink_and_a_key_frame_pulse_and_passes_a_mic
     assert labels[0] == "none", probs[0]
     assert labels[1] == "none", probs[1]
     assert labels[2] == kinds[2].removeprefix("micro:"), probs[2]
+
+
+def _scores(strs: float) -> dict:
+    ci = {"uf1": (0.8, 0.9), "strs": (strs - 0.05, strs + 0.05)}
+    return {
+        **dict(tp=9, fp=1, fn=1, f1=0.9, uf1=0.9, recognized=8, uar=0.9, strs=strs, ci=ci),
+        **dict(ece=0.05, false_per_minute=0.5, vetoed=2),
+        "reliability": [
+            {"low": 0.8, "high": 0.9, "count": 8, "accuracy": 0.875, "confidence": 0.85}
+        ],
+    }
+
+
+def test_the_docs_section_shows_every_model_side_by_side_and_their_reliability(tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text(f"# Results\n\nkept\n\n{heldout.MARK_BEGIN}\nold\n{heldout.MARK_END}\nafter\n")
+    results = {
+        f"{name}.safetensors": {
+            "version": name,
+            "classes": [*heldout.CLASSES, *(["none"] if veto else [])],
+            "200fps/ffv1": {"before": _scores(0.7), "after": _scores(strs)},
+        }
+        for name, veto, strs in (("plain", False, 0.6), ("vetoed", True, 0.8))
+    }
+    heldout.write_docs(results, page, took="1 s")
+    text = page.read_text()
+    assert text.startswith("# Results\n\nkept") and text.endswith("after\n") and "\nold\n" not in text
+    # the summary shows each model as published: without a veto its "before", else "after"
+    assert "| plain | 0.700 / 0.900 / 0.50 / 0.050 |" in text
+    assert "| vetoed | 0.800 / 0.900 / 0.50 / 0.050 |" in text
+    assert (tmp_path / "images" / "heldout-reliability.png").stat().st_size > 1000
