@@ -361,6 +361,7 @@ def write_reliability(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
     for ax, cell in zip(axes.flat, cells, strict=False):
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        eces = []
         for r in results.values():
             c = r[cell]["after" if NONE in r["classes"] else "before"]
             bins = c.get("reliability", [])
@@ -368,14 +369,24 @@ def write_reliability(results: dict, path: Path) -> Path:
                 continue
             conf = [b["confidence"] for b in bins]
             acc = [b["accuracy"] for b in bins]
-            ax.plot(conf, acc, marker="o", lw=1, label=f"{r['version']} (ECE {c['ece']:.3f})")
-            ax.scatter(conf, acc, s=[4 + 2 * b["count"] for b in bins], alpha=0.25)
+            name = r["version"].split("@")[0]
+            (line,) = ax.plot(conf, acc, marker="o", ms=3, lw=1, label=name)
+            ax.scatter(
+                conf, acc, s=[4 + 2 * b["count"] for b in bins], alpha=0.25, color=line.get_color()
+            )
+            eces.append(f"{c['ece']:.3f}")
         ax.set(title=cell, xlim=(0, 1.02), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.text(
+            0.98, 0.03, "ECE " + " / ".join(eces), ha="right", fontsize=7, transform=ax.transAxes
+        )
     for ax in list(axes.flat)[len(cells) :]:
         ax.axis("off")
-    fig.suptitle("Held-out identities, spotted true positives: reliability")
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(
+        "Held-out identities, spotted true positives: reliability (marker area: pairs in the bin)"
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
