@@ -66,7 +66,8 @@ def test_the_docs_section_shows_every_model_side_by_side_and_their_reliability(t
     }
     heldout.write_docs(results, page, took="1 s")
     text = page.read_text()
-    assert text.startswith("# Results\n\nkept") and text.endswith("after\n") and "\nold\n" not in text
+    assert text.startswith("# Results\n\nkept") and text.endswith("after\n")
+    assert "\nold\n" not in text
     # the summary shows each model as published: without a veto its "before", else "after"
     assert "| plain | 0.700 / 0.900 / 0.50 / 0.050 |" in text
     assert "| vetoed | 0.800 / 0.900 / 0.50 / 0.050 |" in text
