@@ -15,6 +15,7 @@ from __future__ import annotations
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,9 @@ def bench_model(
     built = {}
     for kind in models:
         torch.manual_seed(0)
-        model = build_model(kind, cfg).eval()
+        # the baselines as the recognizer serves them: on the spot stage's motion
+        served = cfg if kind == "mfvan" or cfg.motion != "none" else replace(cfg, motion="both")
+        model = build_model(kind, served).eval()
         params = sum(p.numel() for p in model.parameters())
         teacher = getattr(model, "teacher", None)
         with tempfile.TemporaryDirectory() as tmp:
