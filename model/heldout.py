@@ -128,11 +128,6 @@ def train_recognizer(pairs: Pairs, kind: str = "region-motion", seed: int = 0):
     return train(model, pairs, replace(train_preset(kind, "motion"), seed=seed)).eval()
 
 
-def train_region_motion(pairs: Pairs, seed: int = 0):
-    """The region-motion classifier (`baselines.RegionMotion`) trained on `pairs`."""
-    return train_recognizer(pairs, "region-motion", seed)
-
-
 def cross_fitted_calibration(pairs: Pairs, seed: int = 0, kind: str = "region-motion") -> dict:
     """The temperature for model `kind`'s probabilities, fitted on predictions of training
     identities by models that never saw them: the identities are cut into `FOLDS` groups,

@@ -8,7 +8,7 @@ import torch
 from mfvan.kernels.motion import LIVE_CROP
 from mfvan.kernels.signals import ROIS
 from mfvan.model.data.pairs import Pairs
-from mfvan.model.heldout import VETO_CLASSES, train_recognizer, train_region_motion
+from mfvan.model.heldout import VETO_CLASSES, train_recognizer
 from mfvan.model.train import predict
 
 # where each class moves, and which way (px of a 128 px crop, per unit of intensity)
@@ -50,7 +50,7 @@ def _pairs(n_per_class: int, seed: int) -> Pairs:
 
 @pytest.fixture(scope="module")
 def trained():
-    return train_region_motion(_pairs(30, seed=0))
+    return train_recognizer(_pairs(30, seed=0), "region-motion")
 
 
 def test_region_motion_learns_where_and_which_way_faces_move(trained):

@@ -281,18 +281,19 @@ def test_a_malformed_pair_is_dropped_and_counted_and_the_recognizer_goes_on(tmp_
     assert m.dropped.labels("recognize", "", "malformed")._value.get() >= 1
 
 
-class Alternating:
-    """A backend whose answers the test chooses: sure and unsure, in turn."""
+class InTurn:
+    """A backend whose answers the test chooses: each row of probabilities in turn, for
+    every pair of a batch."""
 
-    name = "alternating"
+    name = "in-turn"
 
-    def __init__(self):
+    def __init__(self, *rows):
+        self.rows = rows
         self.calls = 0
 
     def __call__(self, onset, apex, flow=None):
+        row = self.rows[self.calls % len(self.rows)]
         self.calls += 1
-        sure = self.calls % 2 == 1
-        row = [0.9, 0.05, 0.05] if sure else [0.4, 0.35, 0.25]
         return np.array([row] * len(onset), np.float32)
 
 
@@ -323,7 +324,9 @@ def test_unsure_events_are_held_back_and_counted(tmp_path):
     """--min-confidence: an event whose class probability is under it is not published,
     and is counted in mfvan_events_unsure_total."""
     classes = ["negative", "positive", "surprise"]
-    classifier = Classifier(Alternating(), classes, "test", min_confidence=0.5)
+    classifier = Classifier(
+        InTurn([0.9, 0.05, 0.05], [0.4, 0.35, 0.25]), classes, "test", min_confidence=0.5
+    )
     events, m = _published(tmp_path, classifier, 3)
     assert len(events) == 3 and all(e.confidence == pytest.approx(0.9) for e in events)
     assert all(e.label == "negative" for e in events)
@@ -512,27 +515,18 @@ def test_a_clip_of_the_wrong_shape_is_refused():
             protocol.encode("pair", "c", 0, [crop, crop, flow, bad], **fields)
 
 
-class Vetoing:
-    """A backend of a model with a veto class: 'none' and 'positive', in turn."""
-
-    name = "vetoing"
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, onset, apex, flow=None):
-        self.calls += 1
-        row = [0.05, 0.1, 0.05, 0.8] if self.calls % 2 == 1 else [0.1, 0.7, 0.1, 0.1]
-        return np.array([row] * len(onset), np.float32)
-
-
 @pytest.mark.parametrize("publish_vetoed", [False, True])
 def test_a_vetoed_spot_is_counted_and_published_only_when_asked(tmp_path, publish_vetoed):
     """A model with a 'none' class refuses what it finds most likely not a
     micro-expression: counted in mfvan_spots_vetoed_total{reason="none"}, not published
     (with --publish-vetoed: published, labelled 'none')."""
     classes = ["negative", "positive", "surprise", "none"]
-    classifier = Classifier(Vetoing(), classes, "test", publish_vetoed=publish_vetoed)
+    classifier = Classifier(
+        InTurn([0.05, 0.1, 0.05, 0.8], [0.1, 0.7, 0.1, 0.1]),
+        classes,
+        "test",
+        publish_vetoed=publish_vetoed,
+    )
     events, m = _published(tmp_path, classifier, 4)
     labels = [e.label for e in events]
     calls = classifier.backend.calls
