@@ -227,6 +227,12 @@ fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Li
       through step 2 (its original was never seen) fails it, because both frames are
       neutral frames after the original. Measured on the tuning seed: blocking after
       refused echoes and blinks (as before) hid 3 to 5 micro-expressions of 64 per cell.
+6. The pair. An interval carries the two crops the recognizer classifies, taken from the
+   spotter's own averaging rather than single decoded frames (`denoised_pairs`): the
+   onset's is the reference the spotter would use there (the denoised crops of
+   `reference_s` up to the onset: the face at rest, its noise averaged), the apex's the
+   denoised crop whose `denoise_s` window is centred on the apex. A codec's texture
+   noise, new in every frame, averages out of the pair's flow as it does of the signal.
 
 Parameters are in seconds and in px of a 128 px crop (scaled with the crop), never in
 frames, so the same settings work from 30 to 200 fps. Memory per stream is the crops of
@@ -402,6 +408,7 @@ class SpotterParams:
     confidence: bool = True  # each pixel's flow weighted by the reference's texture (1f)
     gop_reference: bool = True  # a key frame restarts the reference, as a stream's start (1h)
     measure_hz: float = 100.0  # the signal is measured at most this often (1i; 0: every frame)
+    denoised_pairs: bool = True  # a pair's crops from the denoised frames (step 6), not raw
     flow: _flow.FlowParams = field(default_factory=_flow.FlowParams)
 
 
@@ -421,7 +428,7 @@ class Interval:
     emitted: int  # frame index at which the interval was emitted
     latency_frames: int  # emitted - apex
     latency_ns: int
-    onset_crop: np.ndarray  # the crops to classify (uint8, as given)
+    onset_crop: np.ndarray  # the crops to classify (uint8; denoised, step 6)
     apex_crop: np.ndarray
 
 
@@ -929,8 +936,8 @@ class Spotter:
                 emitted=index,
                 latency_frames=index - apex,
                 latency_ns=ns - apex_ns,
-                onset_crop=self._crop_at(onset[0] - shift),
-                apex_crop=self._crop_at(apex),
+                onset_crop=self._pair_crop(onset[0] - shift, before=True),
+                apex_crop=self._pair_crop(apex),
             )
         ]
 
@@ -957,16 +964,30 @@ class Spotter:
                 return item
         return self._buffer[-1]
 
-    def _crop_at(self, index: int) -> np.ndarray:
-        return self._item_at(index).crop
+    def _pair_crop(self, index: int, before: bool = False) -> np.ndarray:
+        """The crop a pair carries for frame `index` (step 6): with `denoised_pairs`, the
+        onset's is the reference the spotter would compare with there (its denoised crops
+        of `reference_s` up to it: the face at rest), the apex's the denoised crop whose
+        window is centred on it; otherwise the frame as tracked."""
+        item = self._item_at(index)
+        if not self.params.denoised_pairs:
+            return item.crop
+        if before:
+            image = self._reference_image(item.ns)
+        else:
+            image = self._item_at_ns(item.ns + int(self.params.denoise_s * 5e8)).image
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+    def _item_at_ns(self, ns: int):
+        """The newest kept frame at or before `ns` (the oldest kept if none)."""
+        return self._reference(ns) or self._buffer[0]
 
     def _image_at(self, index: int) -> np.ndarray:
         return self._item_at(index).image
 
     def _image_before(self, ns: int) -> np.ndarray:
         """The denoised crop of the newest frame at or before `ns` (the oldest kept if none)."""
-        item = self._reference(ns)
-        return (item or self._buffer[0]).image
+        return self._item_at_ns(ns).image
 
 
 def _eye_weight(size: int, boxes: np.ndarray, margin: float = 0.0, ramp: float = 0.02):

@@ -407,6 +407,7 @@ def chain(
     from mfvan.model.strs import Labelled, bootstrap, score_str
 
     every_class, classes = list(classes), [c for c in classes if c not in (NONE, OTHERS)]
+    spotted = _spotted_predictions(runs, truth, every_class)  # before the veto: every spot
     kept = [[i for i in run.intervals if published(i, veto, min_confidence)] for run in runs]
     vetoed = sum(len(run.intervals) - len(k) for run, k in zip(runs, kept, strict=True))
     runs = [replace(run, intervals=k) for run, k in zip(runs, kept, strict=True)]
@@ -432,6 +433,9 @@ def chain(
     tp_probs, tp_labels = _true_positive_predictions(runs, videos, every_class)
     pooled["ece"] = ece(tp_probs, tp_labels)
     pooled["reliability"] = reliability(tp_probs, tp_labels)
+    # and on every spotted pair whose truth the recognizer has a class for (with a veto,
+    # a spot on no micro-expression is right only as "none"): what it was calibrated on
+    pooled["ece_spotted"] = ece(*spotted)
     pooled["vetoed"] = vetoed
     minutes = sum(run.frames / run.fps for run in runs) / 60
     pooled["false_per_minute"] = pooled["fp"] / minutes if minutes else float("nan")
@@ -475,18 +479,8 @@ def spotted_pairs(
     runs = spot_runs(long_dir, params, workers, pairs=True, cache_dir=cache_dir)
     rows: dict[str, list] = {k: [] for k in ("onset", "apex", "motion", "labels", "subjects")}
     rows["names"] = []
-    veto = NONE in classes
     for run in runs:
-        micro = [t for t in truth.get(run.video, []) if t.kind == "micro"]
-        spotted = [(i["onset"], i["offset"]) for i in run.intervals]
-        matched = dict(match(spotted, [(t.onset, t.offset) for t in micro]))
-        for i, (start, end) in enumerate(spotted):
-            if i in matched:
-                label = micro[matched[i]].label or OTHERS  # no scored class: "others"
-            elif veto and not any(iou((start, end), (t.onset, t.offset)) > 0 for t in micro):
-                label = NONE  # the spotter's own false positive: what the veto learns
-            else:  # a micro-expression spotted at the wrong time: neither class, left out
-                label = None
+        for i, label in enumerate(spot_labels(run, truth)):
             if label not in classes:
                 continue
             onset, apex, flow = run.intervals[i]["pair"]
@@ -547,6 +541,38 @@ def spot_runs(
         tmp.write_bytes(pickle.dumps(runs))
         tmp.replace(cache)
     return runs
+
+
+def spot_labels(run: VideoRun, truth: dict[str, list[Truth]]) -> list[str | None]:
+    """What each of a run's spots truly is: the label of the micro-expression it matched
+    (IoU >= 0.5; `OTHERS` for one without a scored class), `NONE` for a spot that
+    overlaps no micro-expression (the spotter's own false positive: a blink, a key-frame
+    pulse, a macro-expression's onset, a light change, a tracker jump), None for one that
+    overlaps a micro-expression without matching it (a real movement timed wrong: neither)."""
+    micro = [t for t in truth.get(run.video, []) if t.kind == "micro"]
+    spotted = [(i["onset"], i["offset"]) for i in run.intervals]
+    matched = dict(match(spotted, [(t.onset, t.offset) for t in micro]))
+    labels: list[str | None] = []
+    for i, span in enumerate(spotted):
+        if i in matched:
+            labels.append(micro[matched[i]].label or OTHERS)
+        elif not any(iou(span, (t.onset, t.offset)) > 0 for t in micro):
+            labels.append(NONE)
+        else:
+            labels.append(None)
+    return labels
+
+
+def _spotted_predictions(runs, truth, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The recognizer's probabilities on every spot whose truth is one of `classes`
+    (`spot_labels`), and that truth: the pairs the calibration was fitted on, as spotted."""
+    probs, labels = [], []
+    for run in runs:
+        for interval, label in zip(run.intervals, spot_labels(run, truth), strict=True):
+            if label in classes and "probs" in interval:
+                probs.append(interval["probs"])
+                labels.append(classes.index(label))
+    return np.asarray(probs, np.float64).reshape(len(labels), -1), np.asarray(labels, int)
 
 
 def _true_positive_predictions(runs, videos, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:

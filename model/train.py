@@ -28,7 +28,14 @@ import torch
 from mfvan.model import losses
 from mfvan.model.baselines import ApexCNN, OffApexNet, RegionMotion
 from mfvan.model.data.pairs import Pairs, flow_features
-from mfvan.model.mfvan import MFVAN, SCALES, MFVANConfig, build_network, preprocess_motion
+from mfvan.model.mfvan import (
+    MFVAN,
+    MOTION_ARCHITECTURES,
+    SCALES,
+    MFVANConfig,
+    build_network,
+    preprocess_motion,
+)
 
 MODELS = {
     "mfvan": MFVAN,
@@ -81,17 +88,28 @@ def train_preset(kind: str, config: str) -> TrainConfig:
     return MODEL_PRESETS.get(kind, TRAIN_PRESETS[config])
 
 
+def served_config(kind: str, cfg: MFVANConfig) -> MFVANConfig | None:
+    """The config with which the recognizer serves model `kind` built on `cfg`, or None
+    when it does not serve it (a LOSO-only baseline). MFVAN is served as it is; the motion
+    baselines (`MOTION_ARCHITECTURES`) read the spot stage's motion, so on a config
+    without it they are served with it ("both"). Weights can be saved only where this is
+    `cfg` itself (the inputs the recognizer sends are those trained on)."""
+    if kind == "mfvan":
+        return cfg
+    if kind in MOTION_ARCHITECTURES:
+        return replace(cfg, arch=kind, motion="both" if cfg.motion == "none" else cfg.motion)
+    return None
+
+
 def build_model(kind: str, cfg: MFVANConfig, ablation: str = "full") -> torch.nn.Module:
     if kind not in MODELS:
         raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
     if kind == "mfvan":
-        cfg = cfg.ablation(*ABLATIONS[ablation])
-    if kind == "region-motion" or (kind == "off-apexnet" and cfg.motion != "none"):
-        # the motion baselines as the recognizer serves them (OFF-ApexNet without the
-        # motion input reads the pairs' own flow, as in LOSO)
-        cfg = replace(cfg, arch=kind, motion="both" if cfg.motion == "none" else cfg.motion)
-        return build_network(cfg)
-    return MODELS[kind](cfg)
+        return MFVAN(cfg.ablation(*ABLATIONS[ablation]))
+    if kind == "off-apexnet" and cfg.motion == "none":
+        return OffApexNet(cfg)  # as in LOSO without the motion input: the pairs' own flow
+    served = served_config(kind, cfg)
+    return MODELS[kind](cfg) if served is None else build_network(served)
 
 
 def _normalise(images: np.ndarray) -> torch.Tensor:

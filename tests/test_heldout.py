@@ -46,7 +46,7 @@ def _scores(strs: float) -> dict:
     ci = {"uf1": (0.8, 0.9), "strs": (strs - 0.05, strs + 0.05)}
     return {
         **dict(tp=9, fp=1, fn=1, f1=0.9, uf1=0.9, recognized=8, uar=0.9, strs=strs, ci=ci),
-        **dict(ece=0.05, false_per_minute=0.5, vetoed=2),
+        **dict(ece=0.05, ece_spotted=0.04, false_per_minute=0.5, vetoed=2),
         "reliability": [
             {"low": 0.8, "high": 0.9, "count": 8, "accuracy": 0.875, "confidence": 0.85}
         ],
@@ -69,6 +69,6 @@ def test_the_docs_section_shows_every_model_side_by_side_and_their_reliability(t
     assert text.startswith("# Results\n\nkept") and text.endswith("after\n")
     assert "\nold\n" not in text
     # the summary shows each model as published: without a veto its "before", else "after"
-    assert "| plain | 0.700 / 0.900 / 0.50 / 0.050 |" in text
-    assert "| vetoed | 0.800 / 0.900 / 0.50 / 0.050 |" in text
+    assert "| plain | 0.700 / 0.900 / 0.50 / 0.050 / 0.040 |" in text
+    assert "| vetoed | 0.800 / 0.900 / 0.50 / 0.050 / 0.040 |" in text
     assert (tmp_path / "images" / "heldout-reliability.png").stat().st_size > 1000

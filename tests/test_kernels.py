@@ -547,6 +547,38 @@ def test_score_pools_videos_and_sorts_false_positives_by_cause():
     assert (causes["blink"], causes["macro"], causes["other"]) == (0.5, 0.5, 0.5)
 
 
+def test_each_spot_is_labelled_by_what_it_covers_and_every_spot_has_a_calibration_error():
+    """`spot_labels`: a matched micro-expression's class (`others` without one), `none` on
+    no micro-expression, nothing for a movement timed wrong; `chain`'s `ece_spotted` is
+    measured on every labelled spot, its `ece` on the true positives alone."""
+    from mfvan.model.spotting import Truth, VideoRun, chain, spot_labels
+
+    def interval(onset, offset, probs):
+        return {"onset": onset, "apex": onset + 5, "offset": offset, "probs": probs}
+
+    classes = ["negative", "positive", "others", "none"]
+    truth = {
+        "a": [
+            Truth("a", "micro", 100, 110, 130, "positive"),
+            Truth("a", "micro", 300, 310, 330),
+            Truth("a", "micro", 600, 610, 640, "negative"),
+            Truth("a", "blink", 500, 505, 515),
+        ]
+    }
+    sure, unsure = [0.0, 1.0, 0.0, 0.0], [0.1, 0.1, 0.2, 0.6]
+    intervals = [
+        interval(100, 128, sure),  # matches the positive
+        interval(300, 331, [0.0, 0.0, 1.0, 0.0]),  # matches the unlabelled: others
+        interval(498, 512, unsure),  # on the blink alone: none, right at 0.6
+        interval(620, 700, sure),  # overlaps the negative, IoU under 0.5: neither
+    ]
+    run = VideoRun("a", 100.0, 6000, intervals, np.zeros(1), np.zeros(1), {}, 1.0)
+    assert spot_labels(run, truth) == ["positive", "others", "none", None]
+    pooled = chain([run], truth, classes, veto=False)["pooled"]
+    assert pooled["ece"] == pytest.approx(0.0)  # two true positives, each right at 1.0
+    assert pooled["ece_spotted"] == pytest.approx(0.4 / 3)  # and the spot on the blink
+
+
 @pytest.mark.slow
 def test_spot_eval_cli_on_the_tiny_set(tiny_set, tmp_path, capsys):
     import json

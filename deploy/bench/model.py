@@ -15,7 +15,6 @@ from __future__ import annotations
 import platform
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,7 @@ def bench_model(
     a dict of results."""
     from mfvan.deploy.export import export_onnx, onnx_session
     from mfvan.model.mfvan import CONFIGS
-    from mfvan.model.train import build_model
+    from mfvan.model.train import build_model, served_config
 
     cfg = CONFIGS[config_name]
     results = {
@@ -61,8 +60,7 @@ def bench_model(
     for kind in models:
         torch.manual_seed(0)
         # the baselines as the recognizer serves them: on the spot stage's motion
-        served = cfg if kind == "mfvan" or cfg.motion != "none" else replace(cfg, motion="both")
-        model = build_model(kind, served).eval()
+        model = build_model(kind, served_config(kind, cfg)).eval()
         params = sum(p.numel() for p in model.parameters())
         teacher = getattr(model, "teacher", None)
         with tempfile.TemporaryDirectory() as tmp:

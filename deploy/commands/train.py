@@ -171,9 +171,10 @@ def _train(args: argparse.Namespace) -> int:
             )
         print(f"report: {args.out / 'report.md'}")
         return 0
-    from mfvan.model.mfvan import MOTION_ARCHITECTURES
+    from mfvan.model.train import served_config
 
-    if args.model != "mfvan" and not (args.model in MOTION_ARCHITECTURES and cfg.motion != "none"):
+    served = served_config(args.model, cfg)
+    if served is None or served.motion != cfg.motion:
         print(
             "mfvan train: only networks the recognizer serves can be saved (MFVAN; "
             "region-motion and off-apexnet with --config motion); use --loso for the others",
