@@ -43,7 +43,7 @@ CODECS = ("ffv1", "h264-crf23", "h264-cbr")
 # H.264 CRF 23 and costs a third less to spot (two cores); the held-out family has all three
 TUNING_CODECS = ("ffv1", "h264-crf23")
 RATES = (200.0, 30.0)
-VIDEOS = {HELD_OUT_SEED: 19, TUNING_SEED: 12}  # 8 micro-expressions a video: 152 and 96
+VIDEOS = {HELD_OUT_SEED: 19, TUNING_SEED: 24}  # 8 micro-expressions a video: 152 and 192
 
 
 def family(seed: int) -> str:
@@ -395,34 +395,43 @@ def write_reliability(results: dict, path: Path) -> Path:
     return path
 
 
-def write_veto_fixture(root: Path, path: Path, cache: Path | None = None) -> Path:
-    """Three pairs of a held-out H.264 CRF 23 cell at 200 fps, exactly as the spot stage
-    sends them (onset crop, apex crop, flow): a blink and a key-frame pulse the spotter
-    took for micro-expressions (`spotting.false_spot_cause`), and a micro-expression it
-    spotted right. The veto's acceptance test reads them (tests/data/veto-pairs.npz)."""
+FIXTURE_KINDS = ("blink", "keyframe", "micro")
+
+
+def write_veto_fixture(
+    root: Path, path: Path, cache: Path | None = None, per_kind: int = 3
+) -> Path:
+    """Pairs of the held-out H.264 CRF 23 cells at 200 and 30 fps, exactly as the spot
+    stage sends them (onset crop, apex crop, flow): in each cell the first `per_kind` (in
+    video and time order, whatever any model makes of them) of each of `FIXTURE_KINDS`:
+    blinks and key-frame pulses the spotter took for micro-expressions
+    (`spotting.false_spot_cause`), and micro-expressions it spotted right. The veto's
+    acceptance test reads them (tests/data/veto-pairs.npz)."""
     from mfvan.model.spotting import false_spot_cause, match
 
-    folder = cell_dir(root, HELD_OUT_SEED, "h264-crf23", 200.0)
-    truth = load_truth(folder)
-    found: dict[str, tuple] = {}
-    for run in spot_runs(folder, None, None, pairs=True, cache_dir=cache):
-        micro = [t for t in truth.get(run.video, []) if t.kind == "micro"]
-        others = [t for t in truth.get(run.video, []) if t.kind != "micro"]
-        spotted = [(i["onset"], i["offset"]) for i in run.intervals]
-        matched = dict(match(spotted, [(t.onset, t.offset) for t in micro]))
-        for k, it in enumerate(run.intervals):
-            if k in matched:
-                label = micro[matched[k]].label
-                kind = f"micro:{label}" if label in CLASSES else None
-            else:
-                kind = false_spot_cause(run, (it["onset"], it["apex"], it["offset"]), others)
-            if kind in ("blink", "keyframe") or (kind or "").startswith("micro:"):
-                name = "micro" if kind.startswith("micro:") else kind
-                found.setdefault(name, (kind, f"{run.video}@{it['onset']}", *it["pair"]))
-    missing = {"blink", "keyframe", "micro"} - set(found)
-    if missing:
-        raise ValueError(f"{folder}: no spotted {', '.join(sorted(missing))} to make a fixture of")
-    rows = [found[k] for k in ("blink", "keyframe", "micro")]
+    rows = []
+    for fps in RATES:
+        folder = cell_dir(root, HELD_OUT_SEED, "h264-crf23", fps)
+        truth = load_truth(folder)
+        found: dict[str, list] = {k: [] for k in FIXTURE_KINDS}
+        for run in spot_runs(folder, None, None, pairs=True, cache_dir=cache):
+            micro = [t for t in truth.get(run.video, []) if t.kind == "micro"]
+            others = [t for t in truth.get(run.video, []) if t.kind != "micro"]
+            spotted = [(i["onset"], i["offset"]) for i in run.intervals]
+            matched = dict(match(spotted, [(t.onset, t.offset) for t in micro]))
+            for k, it in enumerate(run.intervals):
+                if k in matched:
+                    label = micro[matched[k]].label
+                    kind = f"micro:{label}" if label in CLASSES else None
+                else:
+                    kind = false_spot_cause(run, (it["onset"], it["apex"], it["offset"]), others)
+                group = found.get((kind or "").split(":")[0])
+                if group is not None and len(group) < per_kind:
+                    group.append((kind, f"{fps:g}fps/{run.video}@{it['onset']}", *it["pair"]))
+        short = [k for k, group in found.items() if len(group) < per_kind]
+        if short:
+            raise ValueError(f"{folder}: fewer than {per_kind} spotted {', '.join(short)}")
+        rows += [row for group in found.values() for row in group]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(

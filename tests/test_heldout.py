@@ -27,7 +27,11 @@ def test_each_family_is_made_of_its_own_split_only(seed):
         assert len(used) >= 12, "the held-out family shows at least 12 held-out portraits"
 
 
-def test_the_shipped_veto_refuses_a_blink_and_a_key_frame_pulse_and_passes_a_micro_expression():
+def test_the_shipped_veto_refuses_blinks_and_key_frame_pulses_and_passes_micro_expressions():
+    """On pairs spotted in held-out H.264 CRF 23 video at 200 and 30 fps (the first three
+    of each kind in each cell, `heldout.write_veto_fixture`): at least two of three of the
+    blinks and of the key-frame pulses are refused (`none`), and at least five of six
+    micro-expressions pass with their own label."""
     from mfvan.deploy.backends import load_recognizer
     from mfvan.deploy.shipped import VETO_WEIGHTS
 
@@ -35,11 +39,16 @@ def test_the_shipped_veto_refuses_a_blink_and_a_key_frame_pulse_and_passes_a_mic
     classify, meta = load_recognizer(VETO_WEIGHTS, "onnxruntime")
     probs = np.asarray(classify(pairs["onset"], pairs["apex"], pairs["flow"]))
     labels = [meta["classes"][int(k)] for k in probs.argmax(1)]
-    kinds = list(pairs["kinds"])
-    assert kinds[:2] == ["blink", "keyframe"] and kinds[2].startswith("micro:")
-    assert labels[0] == "none", probs[0]
-    assert labels[1] == "none", probs[1]
-    assert labels[2] == kinds[2].removeprefix("micro:"), probs[2]
+    kinds = [str(k) for k in pairs["kinds"]]
+    assert len(kinds) == 18 and {k.split(":")[0] for k in kinds} == set(heldout.FIXTURE_KINDS)
+    outcome = {"blink": [], "keyframe": [], "micro": []}
+    for kind, label, name in zip(kinds, labels, pairs["names"], strict=True):
+        kind, _, truth = kind.partition(":")
+        outcome[kind].append((label == (truth or "none"), f"{name}: {label}"))
+    for kind, results in outcome.items():
+        right = sum(ok for ok, _ in results)
+        assert len(results) == 6
+        assert right >= (5 if kind == "micro" else 4), (kind, results)
 
 
 def _scores(strs: float) -> dict:

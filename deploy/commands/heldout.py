@@ -54,8 +54,9 @@ def add(p: argparse.ArgumentParser) -> None:
         "--veto-fixture",
         type=Path,
         metavar="NPZ",
-        help="write the veto test's pairs (a blink, a key-frame pulse, a micro-expression, "
-        "spotted in a held-out cell) here, as tests/data/veto-pairs.npz was made",
+        help="write the veto test's pairs (the first blinks, key-frame pulses and "
+        "micro-expressions spotted in the held-out H.264 CRF 23 cells) here, as "
+        "tests/data/veto-pairs.npz was made",
     )
     p.add_argument("--docs", type=Path, help="write the held-out section of this Markdown page")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
