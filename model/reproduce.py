@@ -498,7 +498,9 @@ def write_results(
         "## Spot then recognize (STRS)",
         "",
         "The live chain as one: the online spotter over SynthME's long videos, each spotted "
-        "interval classified by the shipped weights exactly as the live recognizer does (the "
+        "interval classified by the MFVAN weights this run trains (`mfvan-demo-synthme`; the "
+        "live default is region motion, see 'Faces it has never seen') exactly as the live "
+        "recognizer does (the "
         "spot stage's crops and flow, ONNX Runtime, calibrated), scored as MEGC 2023-2025 "
         "score it: spotting F1 (IoU >= 0.5) x recognition UF1 on the true positives. "
         "Intervals: 95% bootstrap over videos. `mfvan spot-eval --data DIR` gives the same "
