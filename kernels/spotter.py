@@ -1,329 +1,49 @@
 """The online micro-expression spotter: aligned face crops in, (onset, apex, offset)
 intervals out, one stream at a time, in bounded memory and time.
 
-Method (our choice, after the MEGC spotting baselines: ROI optical flow against a frame a
-fixed time back, Li et al. 2019, He et al. 2020, and main-directional motion, Liu et al.
-2016):
+The method follows the MEGC spotting baselines (ROI optical flow against a frame a fixed
+time back, Li et al. 2019, He et al. 2020; main-directional motion, Liu et al. 2016).
+What each step was measured to do, and what was tried and not kept, is in
+docs/spotting.md, "Design notes"; the steps are numbered alike there.
 
-1. Signal. Each new crop is compared with the crop `lag_s` seconds before it (the
-   reference): the head's rigid motion between them is fitted and undone
-   (`signals.rigid_motion` on the nose bridge, temples and forehead), the dense flow of
-   what is left is computed (`flow.dense_flow`), and each facial region's main-direction
-   motion is measured (`signals.roi_stats`). The signal is the largest of the
-   expression regions (brows, nose, mouth corners, chin), in px of a 128 px crop. With
-   `lag_s` longer than a micro-expression's rise (onset to apex: 40-250 ms in SynthME,
-   as in CASME II), the reference frame of every frame up to the apex is a neutral frame
-   before the onset, so the signal is the expression's own displacement: it rises at the
-   onset and peaks at the apex; after it, it falls as the face returns and as the
-   reference frame moves into the rise. A choice: 0.4 s, not the whole length of a
-   micro-expression (0.5 s, as before). Measured on the tuning seed (64
-   micro-expressions per cell; F1 with `lag_s` 0.5, 0.4, 0.35, 0.3): photographic H.264
-   CRF 23 at 200 fps 0.622, 0.655, 0.655, 0.672 (false spots 18, 12, 12, 15); at 30 fps
-   0.693, 0.741, 0.782, 0.703; parametric FFV1 0.741, 0.774, 0.774, 0.779 (false spots
-   4, 1, 1, 5). Less time between the two frames leaves less head drift and codec
-   texture change between them, and the faster fall confirms the apex sooner (p50 from
-   apex to emission 80-100 ms at 200 fps). 0.4 s keeps a margin over the longest rises;
-   an expression rising for longer than `lag_s` (some of SAMM's) peaks before its apex.
-   On the held-out seed (docs/spotting.md) the parametric cells rose with it, but both
-   photographic H.264 CRF 23 cells fell (F1 0.681 to 0.651 at 200 fps, 0.707 to 0.687
-   at 30 fps; inside their intervals), with more false spots: the tuning cells are too
-   small to settle it.
-   a. Denoising (for camera video): the crops are first averaged over the last
-      `denoise_s` of media time (20 ms: four frames at 200 fps, two at 60, one at 30).
-      Sensor noise is new in every frame and a codec re-quantises texture differently in
-      every frame; a micro-expression takes 40 ms or more to its apex and barely blurs.
-      The reference is the mean of those over `reference_s` more (50 ms: it is at rest
-      before the onset, so nothing of an expression is lost), which leaves less of the
-      reference's own noise in the comparison. Measured on the tuning seed (64
-      micro-expressions per cell; F1 without it, with 50 ms, with 100 ms): photographic
-      H.264 CRF 23 at 200 fps 0.571, 0.622, 0.581; at 30 fps 0.673, 0.693, 0.717;
-      parametric FFV1 0.778, 0.741, 0.745. 50 ms was kept for the camera-like cells. Its
-      cost: on a quiet photographic face in H.264 CRF 28 at 100 fps with head drift
-      (`test_spotting`), 7 false spots in 12 s against 4 without it.
-   b. Each region against its own floor: every region keeps its own resting mean and
-      deviation, one pair for comparisons within one GOP and one for comparisons across a
-      key frame (the decoder's key-frame flag; a stream that is all key frames, or has no
-      flags, has one state). The signal is each region's motion above its floor, scaled
-      down to a typical region's noise when it is noisier (textured skin, the glasses'
-      rims, a collar: where codecs shimmer), never up (a flat region's codec blocks would
-      be amplified), plus the typical floor. Measured on the tuning seed: the false spots
-      on a photographic face in H.264 that had no expression came from one noisy region
-      (the chin), and a key frame raised the floor of comparisons across it by 20%.
-      Each frame at rest moves its state's floors by one frame's weight (its time since
-      the frame before, over `noise_window_s`). Before, the weight was the time since the
-      state's own last update: the first comparison after a stretch in the other state
-      (0.4-0.6 s of a 1 s GOP) or after an interval counted as 0.2-0.3 of the floor, and
-      at a key frame that comparison is the noisiest.
-   c. Smoothing: each region's motion is averaged over the last `smooth_s` of media time
-      (25 ms: five frames at 200 fps, one at 30), so the apex is where the motion peaks,
-      not where one frame's noise topped it, and the fall after it is the expression's.
-      The averages of 1a and 1c make the signal late by half their spans; an interval is
-      moved back by that much when it is emitted.
-   d. Blinks: while the eyes (outside the signal) move more than `blink_ratio` times a
-      region next to them (brows, nose), or more than `blink_far_ratio` times a region
-      far from them (mouth corners, chin), that region is left out of the signal. A blink
-      reaches the regions next to the eyes through the lids' skin and the glasses' rims,
-      and the far ones through the dense flow itself: in textureless skin the flow is
-      what the coarse pyramid levels said, and there the eyes' 2 px reach the mouth as
-      0.2-0.3 px. A micro-expression of the mouth or chin larger than that is still seen
-      during a blink. Measured on the tuning seed (64 micro-expressions per cell): a blink
-      overlapped 10 to 12 of them; rejecting every candidate during a blink (as before)
-      found 1 to 3 of those, leaving out only the regions next to the eyes found 7 to 10
-      but let a blink fire on smooth skin (`test_kernels`), and with the far ratio 3 or 4.
-      That was the rule for small eye motion only. In a blink (the eyes moving more than
-      `still_eyes_px`, the `blink_px` of step 2a) the regions are measured again with the
-      eyes held still: the reference's eyes blended into the frame (over 3 px around the
-      eye boxes), and no region is left out. Two things had carried a blink into the
-      regions. The coarse levels of the dense flow, which spread the eyes' motion over the
-      brows and nose (0.2-0.3 px; 0.05 with the eyes held still). And the head's
-      brightness gain: the rigid fit scales the frame to the reference's mean grey level,
-      a lid over the eye changes that mean, and the fit read the changed gain as a slight
-      turn and shift of the head, which showed as 0.15-0.2 px at the mouth and chin, far
-      from the crop's centre; the gain is now measured without the eyes
-      (`signals.rigid_motion`'s `weight`). Measured on the tuning seed: of the 27
-      micro-expressions the spotter missed in photographic H.264 CRF 23 at 200 fps, 9
-      had been refused as blinks (a blink during the expression). F1 (parametric FFV1 at
-      200 fps; photographic H.264 CRF 23 at 200 and at 30 fps): before 0.774, 0.655,
-      0.741 (false spots 1, 12, 4); eyes held still from 0.2 px, gain as before 0.768,
-      0.695, 0.804 (5, 13, 3; the 4 new false spots on parametric faces were blinks seen
-      at the chin and mouth, through the gain); with the gain without the eyes 0.839,
-      0.695, 0.743 (1, 13, 7); the same from 0.35 px (kept) 0.829, 0.717, 0.748 (1, 13,
-      8). From 0.2 px a micro-expression whose own motion reached the eyes was found with
-      its apex 110 ms late (`test_kernels`): the measurement switched in the middle of
-      it. The cost: one more flow per frame during a blink (about one frame in ten).
-      That alone let the held-out photographic identities' blinks fire at the chin (see
-      the tried-and-not-kept part below): the rigid fit followed their lids. With its
-      residuals Huber-weighted (`signals.rigid_motion`) it does not, and on the
-      tuning seed F1 was 0.836, 0.706, 0.754 (false spots 0, 13, 7). Held-out seed
-      (docs/spotting.md), before and after the three changes: photographic H.264 CRF 23
-      0.651 to 0.687 at 200 fps, 0.687 to 0.730 at 30 fps; parametric FFV1 at 200 fps
-      0.799 to 0.804; photographic FFV1 at 200 fps 0.847 to 0.891, at 30 fps 0.874 to
-      0.935. The parametric faces' H.264 cells fell a little (200 fps: CRF 23 0.558 to
-      0.541, CRF 28 0.268 to 0.208; 48 micro-expressions each, inside their intervals).
-   e. Symmetric compensation: the head's rigid motion from the reference to the frame is
-      undone by moving each of them half the way, so both are resampled (and blurred by
-      the interpolation) alike. Measured on photographic faces in H.264 CRF 23 at 200 fps
-      (tuning seed): without any expression, head drift was the main source of false
-      spots (11 per minute with drift and light change, 2 without drift, 0 without
-      either), because the residual after compensation is texture resampled differently;
-      moving both halfway lowered the noise's 99th percentile from 0.145 to 0.139 px and
-      raised the micro-expressions' signal at their apex from 0.107 to 0.126 px (median).
-   f. Texture confidence: within a region, each pixel's flow counts by how well the
-      reference's texture pins it down (`signals.texture_weight`: the structure tensor's
-      smaller eigenvalue over 5 x 5 pixels, c / (c + the crop's median), measured again
-      every 0.25 s). On flat skin the flow is what the coarse levels and the smoothness
-      prior spread there, and a codec's blocks move it; where the texture is, the flow
-      was measured. Measured on the tuning seed with the floors' one-frame weight of 1b
-      (F1 without, with): photographic H.264 CRF 23 0.678, 0.689 at 200 fps and 0.789,
-      0.810 at 30 fps; parametric FFV1 0.857, 0.850; photographic FFV1 0.855, 0.883 (64
-      micro-expressions each). The two together against neither: 0.706 to 0.689, 0.754
-      to 0.810, 0.836 to 0.850, 0.832 to 0.883. Held-out seed (docs/spotting.md): the
-      headline cells 0.687 to 0.710 (photographic H.264 CRF 23, 200 fps), 0.730 to 0.745
-      (30 fps) and 0.804 to 0.852 (parametric FFV1, 200 fps, false spots 2.05 to 1.11
-      per minute); over the 36 cells the mean F1 rose from 0.686 to 0.702 (20 up, 16
-      down): the parametric cells by 0.039 on average, the photographic ones fell by
-      0.008 (their 48-micro-expression cells move by up to 0.04 either way).
-   g. A stream's start: until a stream (or a segment after `reset`) has `lag_s` of frames,
-      each frame is compared with its first frame, once that is `min_lag_s` old; and the
-      running estimates of 1b and 3 are plain means of what was seen until their window
-      (`noise_window_s`) has filled, then exponential: an exponential mean started from
-      its first sample leans on that sample for seconds, and the deviation, started
-      from 0, had reached a fifth of its value after 0.5 s. Before, nothing could start
-      until `lag_s` + `warmup_s` (0.9 s) into a stream, and in SynthME's 20 s videos, as
-      in short recordings, the first micro-expression often starts in that first second
-      (held-out seed: 10 or 11 of the 152 of each headline cell, all missed). With it an
-      interval can start from `min_lag_s` + `warmup_s` (0.4 s). Measured on the tuning
-      seed (64 micro-expressions per cell; F1 photographic H.264 CRF 23 at 200 and at 30
-      fps, parametric FFV1 at 200 fps): before 0.689, 0.810, 0.850; plain means first
-      alone 0.672, 0.772, 0.839; with the first frame as the reference 0.705, 0.797,
-      0.862; and the warm-up 0.3 s instead of 0.5 (kept) 0.705, 0.821, 0.862. Most of the
-      early micro-expressions still missed at 200 fps are below the threshold, as the
-      faint ones later in a video are.
-   h. A GOP's start, as a stream's (`gop_reference`, on by default; `False` restores the
-      spotter before it). A key frame re-codes the face's texture, so a comparison of a
-      frame after it with a reference before it carries that texture step for as long as
-      the reference stays behind it (`lag_s`: 0.4 s of every GOP of 1-2 s). From
-      `min_lag_s` after the first frames whose averages (1a) lie wholly after the key
-      frame (`denoise_s` + `reference_s` after it), the frames of a GOP are compared
-      with those until the plain reference is in the GOP too: a shorter lag (0.1-0.4 s),
-      the same codec state on both sides. Not while an interval is open (its rise is
-      measured against one reference to its end), nor when a blink is near the key
-      frame, nor in a stream of key frames only. Measured on the tuning seed (19 videos,
-      152 micro-expressions per cell; F1, true and false spots): photographic H.264 CRF
-      23 at 200 fps 0.703 (102, 36) to 0.746 (110, 33), at 30 fps 0.826 (114, 10) to
-      0.840 (118, 11); the parametric FFV1 cell has no GOPs. An expression that began
-      shortly before a key frame is compared with its own rise and is found smaller or
-      missed; more were found than lost (`test_kernels`: the first 0.2-0.4 s of a GOP
-      are as quiet as the rest of it). On the face without expression of `test_spotting`
-      (photographic, H.264 CRF 28, 100 fps, 12 s), 6 false spots became 3. On the
-      held-out matrix (docs/spotting.md), with `min_duration_s` 0.06 as well (step 5a):
-      photographic H.264 CRF 23 at 200 fps F1 0.725 to 0.774 (false spots 6.79 to 4.26
-      per minute), at 30 fps 0.790 to 0.815 (3.32 to 2.84); parametric FFV1 at 200 fps
-      0.888 to 0.876 (the longer `min_duration_s`).
-   i. The signal's rate (`measure_hz`, 100 Hz by default): every frame is cropped,
-      denoised (1a) and kept (references, the pairs' crops), but the signal is measured
-      (rigid fit, flow, regions: most of a frame's cost) at most `measure_hz`
-      times a second of media time, so a 200 fps stream is compared every other frame and
-      a 30 or 60 fps one at every frame. A micro-expression rises for 40 ms or more: four
-      or more samples at 100 Hz, and the 30 fps cells, one sample per 33 ms, spot as well
-      as the 200 fps ones. A frame is measured when at least three quarters of a period
-      has passed since the last one (a 120 fps stream is measured at every frame, 240
-      fps at every other). 0 measures every frame. Its cost on the held-out H.264 cells
-      at 200 fps (with the tracker of the time, `mfvan spot-eval --data DIR --measure-hz
-      0` against the default): photographic CRF 23 F1 0.774 to 0.758 (true spots 113 to
-      111, false 27 to 30), CBR 0.909 to 0.901, H.265 0.899 either way, parametric CRF 23
-      0.588 to 0.577: about 0.01 of F1, for the flow of every other frame.
-2. Echo. `lag_s` later the expression is in the reference frame instead, and the same
-   motion shows again, mirrored. A comparison whose reference falls inside an interval
-   already seen (detected, or refused as too long or too large: real motion) is not
-   trusted: no new interval starts on it.
-   a. Blinks leave no echo: a frame whose eyes moved more than `blink_px` from a
-      reference that was itself clear of blinks is marked as blinking, and a reference
-      within `blink_margin_s` of a marked frame is not used: the newest frame before the
-      blink is, up to `max_duration_s` further back. Measured on the tuning seed: half of
-      the candidates refused as blinks were a blink's echo `lag_s` after it, and a
-      micro-expression during an echo was refused with it (7 of 64 in the parametric
-      cell). Taking the reference before the blink raised F1 from 0.700 to 0.778
-      (parametric FFV1, 200 fps), 0.620 to 0.673 (photographic H.264 CRF 23, 30 fps) and
-      0.566 to 0.571 (the same at 200 fps). The eyes' motion of a blink is 0.6-1.4 px
-      (SynthME), at rest under 0.2 px (99th percentile) on photographic faces.
-3. Threshold adapted to each stream: an exponential running mean and mean absolute
-   deviation of the signal while the face is at rest (below mean + `z_quiet` x deviation;
-   time constant `noise_window_s`). An interval starts when the signal rises more than
-   max(`z` x deviation, `min_amplitude`) above the running mean.
-4. The apex is the signal's maximum. It is confirmed once the signal has fallen back below
-   `confirm_fraction` of the way from the mean to the peak; the interval is emitted then,
-   without waiting for the offset, with the number of frames (and ns) that took. The
-   edges are where a smooth (half-cosine) rise and fall through what was seen would
-   start and end: the onset extrapolated back from the last frame before the apex at
-   `edge_fraction` of the way up (read from the short signal history kept), the offset
-   extrapolated forward from the fall seen until confirmation. A choice: SynthME's
-   expressions have exactly that profile, and real ones (CASME II's onset-apex-offset
-   annotations) a similar smooth one; the threshold crossings themselves would make every
-   interval too short, and a short interval fails the IoU test.
-5. Refused, and marked so that their echo is ignored too (they were real motion), then
-   waited out until the face is at rest: intervals longer than `max_duration_s` from the
-   onset to confirmation, or whose estimated extent (onset to offset) is over 1.1 times
-   it (macro-expressions, slow drift; the 10% allows for the edge estimates), and peaks
-   above `max_amplitude` (macro-expressions). Refused, with nothing blocked after them
-   (they leave no motion in the reference frames), and a new interval may start as soon
-   as the signal is below the start threshold again:
-   a. blips, whose signal stayed above the start threshold for less than
-      `min_duration_s` (temporal consistency: sensor noise, a key frame, block flicker
-      flash for a frame or two; a micro-expression holds for tens of ms): 60 ms, was 40
-      before step 1h. On the tuning seed (with step 1h, 19 videos), the time from the start
-      crossing to confirmation was under 60 ms for 12 of the 33 false spots of
-      photographic H.264 CRF 23 at 200 fps and for 3 of its 110 true ones, and F1 went
-      from 0.746 (110 true, 33 false) to 0.774 (108, 19); at 30 fps nothing changes (a
-      frame is 33 ms: two frames are 67 ms either way);
-   b. blinks that reached the signal despite 1d: at the apex the eyes moved more than
-      the region's ratio times it, however large the peak (a blink refused as a
-      macro-expression, as before, blocked the 0.4 s after it: a micro-expression 0.1 s
-      after a blink was lost, `test_kernels`);
-   c. echoes, by a check that costs one more flow per interval: the motion from a frame
-      before the onset (the estimated onset, or `verify_s` before the apex if that is
-      earlier: a faint expression's noisy signal puts the estimate late, inside the rise)
-      to the apex must be at least `verify_fraction` of the rise. An echo that slipped
-      through step 2 (its original was never seen) fails it, because both frames are
-      neutral frames after the original. Measured on the tuning seed: blocking after
-      refused echoes and blinks (as before) hid 3 to 5 micro-expressions of 64 per cell.
-6. The pair. An interval carries the two crops the recognizer classifies, taken from the
-   spotter's own averaging rather than single decoded frames (`denoised_pairs`): the
-   onset's is the reference the spotter would use there (the denoised crops of
-   `reference_s` up to the onset: the face at rest, its noise averaged), the apex's the
-   denoised crop whose `denoise_s` window is centred on the apex. A codec's texture
-   noise, new in every frame, averages out of the pair's flow as it does of the signal.
+1. Signal. Each crop is compared with the crop `lag_s` (0.4 s) before it, the reference:
+   longer than a micro-expression's rise, so up to the apex the reference is the face at
+   rest and the signal is the expression's own displacement. The head's rigid motion
+   between them is fitted (`signals.rigid_motion`) and undone half on each side (e), the
+   dense flow of what is left is taken (`flow.dense_flow`), and each facial region's
+   main-direction motion is measured (`signals.roi_stats`), in px of a 128 px crop.
+   a. Denoising: crops are averaged over `denoise_s`, the reference over `reference_s`
+      more, so sensor and codec noise, new in every frame, averages out.
+   b. Each region is measured above its own resting floor, one per codec state (within
+      a GOP, across a key frame), and scaled down where it is noisier than a typical one.
+   c. The regions' motion is averaged over `smooth_s`, so the apex is where it peaks.
+   d. Blinks: while the eyes move, regions next to (or far from) them are left out, and
+      in a blink the regions are measured again with the eyes held still.
+   e. Symmetric compensation: both images are moved half the head's motion.
+   f. Texture confidence: each pixel's flow counts by how well texture pins it down.
+   g. A stream's start: the first frame is the reference until `lag_s` has passed;
+      running estimates are plain means until their window fills.
+   h. A GOP's start is treated as a stream's (`gop_reference`): frames after a key frame
+      are compared with frames after it, the same codec state on both sides.
+   i. The signal is measured at most `measure_hz` times a second of media time.
+2. Echo. `lag_s` later the expression is in the reference and shows again, mirrored: no
+   interval starts on a reference inside an interval already seen; (a) a reference near
+   a marked blink is not used, the frame before the blink is.
+3. Threshold, per stream: a running mean and mean absolute deviation of the signal at
+   rest; an interval starts `z` deviations (at least `min_amplitude`) above the mean.
+4. Apex and edges. The apex is the signal's maximum, confirmed when the signal falls
+   `confirm_fraction` of the way back; the interval is emitted then. Onset and offset are
+   where a smooth (half-cosine) rise and fall through what was seen start and end.
+5. Refused: too long or too large (macro-expressions, drift: their echo is blocked and
+   they are waited out); (a) blips shorter than `min_duration_s`; (b) blinks, by the eyes'
+   motion at the apex; (c) echoes, by one more flow from before the onset to the apex.
+6. The pair. An interval carries the crops the recognizer classifies, from the spotter's
+   own averaging (`denoised_pairs`): the onset's is the reference the spotter would use
+   there (the face at rest), the apex's the denoised crop centred on the apex.
 
-Parameters are in seconds and in px of a 128 px crop (scaled with the crop), never in
-frames, so the same settings work from 30 to 200 fps. Memory per stream is the crops of
-the last `lag_s + max_duration_s` seconds plus a few numbers, whatever the stream's length.
-
-Tried on the tuning seed and not kept: restarting the averages of 1a and 1c at each key
-frame (fewer frames averaged after it: more false spots, 1 to 6 on parametric FFV1 and 17
-to 21 on photographic H.264 at 200 fps); refusing an interval unless the mean of its rise
-and of the echo check's measurement clears the start threshold (photographic H.264 at
-200 fps: false spots 18 to 14, F1 0.622 to 0.632; parametric FFV1 and 30 fps lost 1-2
-micro-expressions each); measuring the echo check from the apex's own GOP when a key
-frame lies between (photographic H.264 at 200 fps: 6 of 37 micro-expressions lost, one
-false spot less); each region's plain mean flow vector instead of its main direction
-(photographic H.264 CRF 23 at 200 fps 0.622 to 0.602, at 30 fps 0.693 to 0.732,
-parametric H.264 CRF 23 0.318 to 0.336: codec noise is coherent over a region, and an
-expression that moves part of a region is diluted); carrying a key frame's texture step
-across it (the key frame minus the denoised frame before it, added to the reference of
-every comparison across that key frame, or taken from the newest frame when it is the
-nearer of the two to the key frame): at 200 fps the luma of a face at rest changes by 0.12
-grey levels from one predicted picture to the next and by 4.2 at a key frame, yet false
-spots near key frames rose (photographic H.264 CRF 23, 200 fps: 12 to 21 and 20, F1 0.655
-to 0.595 and 0.588; 30 fps: 4 to 12, F1 0.741 to 0.643): the step, measured where the
-face was at the key frame, is noise where it is added, a fraction of a px away.
-Holding the eyes still during a blink with the rigid fit weighting every pixel alike
-(step 1d before the fit's Huber weights): while the eyes moved more than 0.35 px, the
-regions measured again with the reference's eyes blended into the frame, no region left
-out for the blink, and the head's brightness gain measured without the eyes (a lid over
-the eye changes the crop's mean, and the rigid fit read the changed gain as head motion,
-0.15-0.2 px at the mouth and chin). On the tuning seed it found more micro-expressions
-during blinks (9 of the 27 missed in photographic H.264 CRF 23 at 200 fps had been
-refused as blinks): F1 0.774 to 0.829 (parametric FFV1, 200 fps), 0.655 to 0.717 and
-0.741 to 0.748 (photographic H.264 CRF 23 at 200 and 30 fps). On the held-out seed the
-headline cells barely moved (0.799 to 0.801, 0.651 to 0.673, 0.687 to 0.691) while the
-held-out photographic identities' blinks fired (the tuning seed has no photographic
-FFV1 cell, and its photographic H.264 cell at 200 fps had no false spot at a blink; FFV1 at
-200 fps: 0.5 to 4.0 false spots per minute, all blinks; F1 0.847 to 0.796; H.264 CRF 18
-0.886 to 0.817, H.265 0.864 to 0.791): their blinks still reached the chin (7 of the 8
-false spots at FFV1, 200 fps), where the masking of step 1d had caught them. Through the
-rigid fit: in one of them (held-out `sub01_long01`, FFV1 at 200 fps, frames 478-496) the
-fitted scale went from -0.1e-3 to +2.3e-3 and the rotation from 6.2e-3 to 11.2e-3 rad
-while the eyes moved 1.3 px, and back after: about 0.1 px at the chin and the mouth
-corners, 20-45 px from the centre, where the chin's motion reached 0.35 px (so the fit is
-one path there, not shown to be the only one). The lids of that face reach the rigid
-regions (temples, nose bridge); the fit's Huber weights were the fix (step 1d).
-Counting a comparison as across a key frame when the key frame lies up to the
-reference's averaging spans before the reference frame (steps 1a-1c: 95 ms), not only
-after it: photographic H.264 CRF 23 at 200 fps 0.655 to 0.614 (false spots 12 to 15), at
-30 fps 0.741 to 0.717. Confirming at 0.6 of the way down instead of 0.5 (sooner emission:
-apex to emission p50 100 to 90 ms on parametric FFV1, 80 to 70 on photographic H.264 at
-200 fps): F1 0.774 to 0.781, 0.655 to 0.632, 0.741 to 0.771; not settled on 64
-micro-expressions per cell. Again with step 1g (photographic H.264 CRF 23 at 200 and 30
-fps, parametric FFV1 and photographic FFV1 at 200 fps): 0.705 to 0.661 (false spots 15 to
-19), 0.821 to 0.817, 0.862 to 0.864 and 0.911 to 0.911, apex to emission p50 100 to 88
-and 90 ms on the two FFV1 cells: the FFV1 cells' latency would meet 100 ms, the
-photographic H.264 cell at 200 fps would lose 4 false spots' worth of precision.
-The start threshold at 5.5 deviations instead of 6 (with step 1g): 0.705 to 0.715, the
-30 fps and parametric cells unchanged, photographic FFV1 0.911 to 0.902: on these cells
-the threshold is mostly `min_amplitude` above the mean, not `z` deviations.
-And `min_amplitude` 0.04 px instead of 0.05: 0.705 to 0.657 (false spots 15 to 26), 0.821
-to 0.787 (5 to 13), 0.862 to 0.872, 0.911 to 0.913: codec noise's excursions reach just
-above 0.05 px over the floor, the lossless cells' do not.
-Correcting each comparison for its reference frame's own codec displacement, estimated
-by chaining the earlier comparisons `lag_s` apart (v(t) + the mean of the partial sums
-of v(t - k lag_s), k = 1..K, which telescopes to the displacement from the mean of K
-older frames): measured offline on the regions' main-direction vectors of the tuning
-photographic H.264 CRF 23 cell at 200 fps, the micro-expressions above the quiet frames'
-99.5th percentile fell from 51 of 60 (K = 0) to 40, 31, 25, 20 (K = 1..4); not built.
-A floor per position of the reference in its GOP: on the same cell the regions' resting
-motion is 0.063-0.069 px (largest region, mean) whatever the reference's position within
-a GOP and 0.072-0.076 across a key frame, which the two GOP states of step 1b already
-tell apart; not built.
-Taking a key frame's own flow out of the comparisons across it (the flow domain's
-version of carrying its texture step: the flow from the reference image of the frame
-before the key frame to the first frame whose denoising window lies wholly after it,
-measured once per key frame and subtracted from every comparison across it, times the
-share of the reference's averaged frames before the key frame; the first frames after
-it repeated the measurement of the frame before): photographic H.264 CRF 23 at 200 fps
-0.706 to 0.583 (false spots 13 to 21), at 30 fps 0.754 to 0.690 (7 to 10). One
-measurement, with its own noise, subtracted from every comparison of the 0.4 s after
-it, leaves that noise as a lasting offset in a region, which is what the start test
-fires on (our reading; not measured further). Starting no interval, and leaving the
-floors alone, while a key frame lies inside one of a comparison's averages (the
-reference's 70 ms, or the newest frame's denoising and smoothing, 45 ms): neither
-within one GOP nor across a key frame, such a comparison carries part of its texture
-step. Measured together with the floors' one-frame weight (step 1b): photographic
-H.264 CRF 23 at 200 fps 0.678 to 0.689 (false spots 16 to 14), at 30 fps 0.789 to 0.776
-(5 to 7): no change that 64 micro-expressions can show. Scaling the comparisons
-across a key frame down to the noise within one GOP as well (step 1b's typical
-deviation, the smaller of the two states'): photographic H.264 CRF 23 at 200 fps, the
-same intervals as without it, so across a key frame the regions were not the noisier by
-that measure; what fires there is not a wider spread.
+Parameters are in seconds and in px of a 128 px crop, never in frames, so the same
+settings work from 30 to 200 fps. Memory per stream is the crops of the last `lag_s +
+max_duration_s` plus a few numbers, whatever the stream's length.
 
 Imports nothing of this project.
 """

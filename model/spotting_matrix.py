@@ -245,11 +245,16 @@ def _row(name: str, r: dict, ffv1: dict | None = None) -> str:
     )
 
 
+# where the page's hand-written part begins (the spotter's design notes): kept as it is
+NOTES_MARK = "<!-- design notes: written by hand; `mfvan spot-eval --sweep --docs` keeps them -->"
+
+
 def write_docs(
     results: dict, legacy_results: dict | None, docs: Path, command: str, machine: str
 ) -> Path:
     """docs/spotting.md: the headline rows (held-out beside tuning), the whole matrix, the
-    earlier sets, and how each number was made."""
+    earlier sets, and how each number was made; the page's design notes (from
+    `NOTES_MARK` on) are kept."""
     header = [
         "| cell | videos | micro | precision | recall | F1 [95% CI] | F1, first "
         f"{CELL_VIDEOS} videos | vs FFV1 there | false / min | by cause: "
@@ -341,5 +346,7 @@ def write_docs(
         ]
     docs = Path(docs)
     docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text("\n".join(lines) + "\n")
+    kept = docs.read_text() if docs.exists() else ""
+    notes = NOTES_MARK + kept.split(NOTES_MARK, 1)[1] if NOTES_MARK in kept else ""
+    docs.write_text("\n".join(lines) + "\n" + (f"\n{notes}" if notes else ""))
     return docs

@@ -347,3 +347,17 @@ def test_spot_eval_and_the_live_spot_stage_find_the_same_intervals_even_under_lo
         pull.close(linger=0)
         ctx.term()
     assert live == offline
+
+
+def test_the_spotting_page_is_rewritten_and_its_design_notes_kept(tmp_path):
+    from mfvan.model import spotting_matrix
+
+    page = tmp_path / "spotting.md"
+    notes = f"{spotting_matrix.NOTES_MARK}\n## Design notes\n\n1. Signal. measured by hand\n"
+    page.write_text(f"# Spotting results\n\nan old table\n\n{notes}")
+    spotting_matrix.write_docs({}, None, page, "mfvan spot-eval --sweep", "a machine")
+    text = page.read_text()
+    assert "an old table" not in text and "Produced by `mfvan spot-eval --sweep`" in text
+    assert text.endswith(notes) and text.count(spotting_matrix.NOTES_MARK) == 1
+    spotting_matrix.write_docs({}, None, page, "mfvan spot-eval --sweep", "a machine")
+    assert page.read_text() == text, "written again: the same page"
