@@ -92,8 +92,8 @@ def served_config(kind: str, cfg: MFVANConfig) -> MFVANConfig | None:
     """The config with which the recognizer serves model `kind` built on `cfg`, or None
     when it does not serve it (a LOSO-only baseline). MFVAN is served as it is; the motion
     baselines (`MOTION_ARCHITECTURES`) read the spot stage's motion, so on a config
-    without it they are served with it ("both"). Weights can be saved only where this is
-    `cfg` itself (the inputs the recognizer sends are those trained on)."""
+    without it they are served with it ("both"). Weights can be saved only where its motion
+    is `cfg`'s (the inputs the recognizer sends are those trained on)."""
     if kind == "mfvan":
         return cfg
     if kind in MOTION_ARCHITECTURES:
