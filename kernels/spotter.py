@@ -695,7 +695,7 @@ class Spotter:
         if before:
             image = self._reference_image(item.ns)
         else:
-            image = self._item_at_ns(item.ns + int(self.params.denoise_s * 5e8)).image
+            image = self._item_at_ns(item.ns + int(self.params.denoise_s * 1e9 / 2)).image
         return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     def _item_at_ns(self, ns: int):

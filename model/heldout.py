@@ -407,7 +407,7 @@ def write_veto_fixture(
     blinks and key-frame pulses the spotter took for micro-expressions
     (`spotting.false_spot_cause`), and micro-expressions it spotted right. The veto's
     acceptance test reads them (tests/data/veto-pairs.npz)."""
-    from mfvan.model.spotting import false_spot_cause, match
+    from mfvan.model.spotting import false_spot_cause, spot_labels
 
     rows = []
     for fps in RATES:
@@ -415,16 +415,12 @@ def write_veto_fixture(
         truth = load_truth(folder)
         found: dict[str, list] = {k: [] for k in FIXTURE_KINDS}
         for run in spot_runs(folder, None, None, pairs=True, cache_dir=cache):
-            micro = [t for t in truth.get(run.video, []) if t.kind == "micro"]
             others = [t for t in truth.get(run.video, []) if t.kind != "micro"]
-            spotted = [(i["onset"], i["offset"]) for i in run.intervals]
-            matched = dict(match(spotted, [(t.onset, t.offset) for t in micro]))
-            for k, it in enumerate(run.intervals):
-                if k in matched:
-                    label = micro[matched[k]].label
-                    kind = f"micro:{label}" if label in CLASSES else None
-                else:
+            for it, label in zip(run.intervals, spot_labels(run, truth), strict=True):
+                if label in (NONE, None):  # matched no micro-expression: what caused it
                     kind = false_spot_cause(run, (it["onset"], it["apex"], it["offset"]), others)
+                else:
+                    kind = f"micro:{label}" if label in CLASSES else None
                 group = found.get((kind or "").split(":")[0])
                 if group is not None and len(group) < per_kind:
                     group.append((kind, f"{fps:g}fps/{run.video}@{it['onset']}", *it["pair"]))
