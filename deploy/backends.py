@@ -33,13 +33,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from mfvan.deploy.choices import BACKENDS, PRECISIONS
 from mfvan.model.mfvan import prepare_inputs
+from mfvan.stream.recognizer import Backend  # noqa: F401  (what the recognizer calls)
 
 log = logging.getLogger("mfvan.backends")
 
@@ -50,17 +50,6 @@ BATCH_SIZES = (1, 8, 32)
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here (library, device or server missing)."""
-
-
-class Backend(Protocol):
-    """What the recognizer calls: uint8 (onset, apex) crops, (B, H, W) or (B, H, W, 3), and
-    optionally their flow (B, H, W, 2), in; class probabilities, (B, classes) float32, out."""
-
-    name: str  # what runs, as logged and labelled ("onnxruntime (CPUExecutionProvider)")
-
-    def __call__(
-        self, onset: np.ndarray, apex: np.ndarray, flow: np.ndarray | None = None
-    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

@@ -429,3 +429,23 @@ def safe_name(text: str) -> str:
     """`text` with every character but letters, digits and `-_.` made `-`: safe as a
     stream id, a topic, a file name."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def load_classifier(args: argparse.Namespace, **options):
+    """The recognizer's `Classifier` (one for `mfvan recognize`, `analyze` and
+    `spot-eval`) from `--weights` (default: the shipped ones), `--backend` with `options`,
+    and `--min-confidence` / `--publish-vetoed` where the command has them; and the
+    weights' metadata. Raises `BackendUnavailable`, or a ValueError for refused weights."""
+    from mfvan.deploy.backends import load_recognizer
+    from mfvan.deploy.shipped import SHIPPED_WEIGHTS
+    from mfvan.stream.recognizer import Classifier
+
+    backend, meta = load_recognizer(args.weights or SHIPPED_WEIGHTS, args.backend, **options)
+    classifier = Classifier(
+        backend,
+        list(meta["classes"]),
+        meta["version"],
+        min_confidence=getattr(args, "min_confidence", 0.0),
+        publish_vetoed=getattr(args, "publish_vetoed", False),
+    )
+    return classifier, meta

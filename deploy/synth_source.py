@@ -143,11 +143,10 @@ class SynthSource:
                 capture = due
             else:
                 capture = frame.timestamp_ns
-            fields = {}
-            truth = self.truth(t)
-            if truth is not None and at is not None:
-                fields["truth"] = truth
-            yield Frame(t, capture, canvas, fields, t_media=frame.timestamp_ns)
+            truth = self.truth(t) if at is not None else None
+            yield Frame(
+                index=t, t_capture=capture, image=canvas, t_media=frame.timestamp_ns, truth=truth
+            )
             t += 1
             if t % int(fps) == 0:
                 self._forget(t - int(5 * fps))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mfvan.kernels.decide import VETO, decide
+
 LAYOUT = """\
 DIR holds the long videos and their ground truth (a SynthME set's long/ folder, or the
 set's root with long/ inside; `mfvan synth` writes it):
@@ -37,7 +39,7 @@ set's root with long/ inside; `mfvan synth` writes it):
                         FFmpeg decodes)"""
 
 TRUTH_COLUMNS = ("video", "kind", "onset", "apex", "offset")
-NONE = "none"  # the recognizer's veto class: a spot that is not a micro-expression
+NONE = VETO  # the recognizer's veto class: a spot that is not a micro-expression
 # a micro-expression outside the scored classes (SynthME's and CASME II's "others"): a
 # recognizer may name it, so that it is published (a spot that is right) rather than vetoed
 OTHERS = "others"
@@ -176,7 +178,8 @@ def spot_video(path: Path, params=None, size: int = 128, pairs: bool = False) ->
     (`kernels.motion.wire_flow`), for the recognizer."""
     import av
 
-    from mfvan.kernels.facespot import FaceSpotter, GopBoundaries, decoded_grey, media_time_ns
+    from mfvan.kernels.facespot import FaceSpotter, decoded_grey
+    from mfvan.kernels.media import decode
     from mfvan.kernels.motion import wire_flow
 
     spots = FaceSpotter(params, size)
@@ -184,17 +187,9 @@ def spot_video(path: Path, params=None, size: int = 128, pairs: bool = False) ->
     started = time.perf_counter()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate)
-        start_pts = media = None
-        gop = GopBoundaries()
-        for index, frame in enumerate(container.decode(stream)):
-            if start_pts is None and frame.pts is not None:
-                start_pts = frame.pts
-            media = media_time_ns(frame, start_pts, media, rate)
-            grey = decoded_grey(frame)
-            key = gop(frame)
-            for it in spots.push(grey, index, media, key):
+        fps = float(stream.average_rate or stream.guessed_rate)
+        for index, frame, media, key in decode(container, stream):
+            for it in spots.push(decoded_grey(frame), index, media, key):
                 d = asdict(it)
                 del d["onset_crop"], d["apex_crop"]
                 if pairs:
@@ -382,13 +377,13 @@ def recognize(runs: list[VideoRun], classify, classes: list[str]) -> None:
             interval["emotion"] = classes[emotions[int(np.argmax(p[emotions]))]]
 
 
-def published(interval: dict, veto: bool, min_confidence: float = 0.0) -> bool:
-    """Whether the live recognizer publishes a recognized interval: with `veto`, not when
-    its most probable class is `NONE` nor when that class's probability is under
-    `min_confidence`; without, always (as its best emotion)."""
+def published(interval: dict, classes: list[str], veto: bool, min_confidence: float = 0.0) -> bool:
+    """Whether the live recognizer publishes a recognized interval (`kernels.decide`, its
+    rule): with `veto`, not when its most probable class is `NONE` nor when that class's
+    probability is under `min_confidence`; without, always (as its best emotion)."""
     if not veto or "probs" not in interval:
         return True
-    return interval["label"] != NONE and max(interval["probs"]) >= min_confidence
+    return decide(interval["probs"], classes, min_confidence)[2] is None
 
 
 def chain(
@@ -408,7 +403,9 @@ def chain(
 
     every_class, classes = list(classes), [c for c in classes if c not in (NONE, OTHERS)]
     spotted = _spotted_predictions(runs, truth, every_class)  # before the veto: every spot
-    kept = [[i for i in run.intervals if published(i, veto, min_confidence)] for run in runs]
+    kept = [
+        [i for i in run.intervals if published(i, classes, veto, min_confidence)] for run in runs
+    ]
     vetoed = sum(len(run.intervals) - len(k) for run, k in zip(runs, kept, strict=True))
     runs = [replace(run, intervals=k) for run, k in zip(runs, kept, strict=True)]
     videos = [

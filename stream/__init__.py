@@ -5,4 +5,5 @@ Imports only mfvan.kernels of this project (tests/test_layout.py checks it); rea
 network only through a backend handed in by mfvan.deploy.
 """
 
+from . import messages  # noqa: F401  (first: it builds protocol.SCHEMAS)
 from .client import Event, Subscription, subscribe  # noqa: F401  (the client API)

@@ -5,11 +5,12 @@
     for event in mfvan.subscribe("tcp://127.0.0.1:5560", stream="cam1"):
         print(event.id, event.stream, event.label, event.confidence, event.apex_iso)
 
-An `Event` carries what the recognizer published: its id (a UUIDv7), the stream, the
-interval (onset, apex and offset frame indices, and their wall-clock times), the class
-and every class's probability, its `confidence` (the label's probability, calibrated on
-held-out folds), the face square, the model version, each stage's timestamps (`times`),
-and the (onset, apex) crops only when the recognizer runs with `--with-crops`. Malformed
+An `Event` (`mfvan.stream.messages.Event`: the message itself, typed) carries what the
+recognizer published: its id (a UUIDv7), the stream, the interval (onset, apex and offset
+frame indices, and their wall-clock times), the class and every class's probability, its
+`confidence` (the label's probability, calibrated on held-out folds), the face square,
+the spotter's measurements, the model version, each stage's timestamps (`times`), and the
+(onset, apex) crops only when the recognizer runs with `--with-crops`. Malformed
 or foreign messages on the socket are skipped and counted in `Subscription.dropped`.
 
 A subscriber whose CURVE key the recognizer refuses is told so: iterating raises
@@ -25,15 +26,13 @@ next event arrives; numbering restarts from 0 when the recognizer restarts.)
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol, security
+from .messages import EVENT_VERSION, Event, iso  # noqa: F401  (the client API)
 
 _REFUSALS = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -44,115 +43,6 @@ _REFUSALS = (
 
 class Refused(ConnectionError):
     """The publisher refused this subscriber's CURVE handshake."""
-
-
-EVENT_VERSION = 2  # of `Event.as_dict()` (`--json`, the event store): 2 added id and times
-
-
-def iso(t_ns: int) -> str:
-    """ns since the epoch as ISO 8601 in UTC, to the ms (`2026-12-03T13:54:01.655Z`)."""
-    stamp = datetime.datetime.fromtimestamp(t_ns / 1e9, datetime.timezone.utc)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class Event:
-    """One recognised micro-expression. Frame indices (`onset`, `apex`, `offset`) count
-    the stream's frames; `onset_time`, `apex_time`, `offset_time` are the same moments
-    on the capture wall clock (seconds since the epoch; `*_iso`: ISO 8601, UTC).
-    `confidence` is the class's calibrated probability; the spotter's own score (how far
-    the motion rose over its threshold, 1-6 or so) is `fields["spot_score"]`."""
-
-    stream: str
-    seq: int
-    label: str
-    probs: dict[str, float]
-    confidence: float  # the label's probability (calibrated); `spot_score` is the spotter's
-    onset: int
-    apex: int
-    offset: int
-    model: str
-    times: dict[str, int]  # ns: t_onset, t_apex, t_offset, t_capture, t_ingest, t_spot, ...
-    fields: dict = field(default_factory=dict)  # the rest (spot_score, region, truth, ...)
-    crops: list[np.ndarray] = field(default_factory=list)
-    id: str = ""  # a UUIDv7: unique, sortable by time
-    face: list[float] | None = None  # [x, y, w, h] px of the tracked face square
-    clip: np.ndarray | None = None  # (N, S, S) uint8 face crops (`mfvan run --with-clips`)
-
-    @property
-    def onset_time(self) -> float:
-        return self.times.get("t_onset", 0) / 1e9
-
-    @property
-    def apex_time(self) -> float:
-        return self.times.get("t_apex", 0) / 1e9
-
-    @property
-    def offset_time(self) -> float:
-        return self.times.get("t_offset", 0) / 1e9
-
-    @property
-    def onset_iso(self) -> str:
-        return iso(self.times.get("t_onset", 0))
-
-    @property
-    def apex_iso(self) -> str:
-        return iso(self.times.get("t_apex", 0))
-
-    @property
-    def offset_iso(self) -> str:
-        return iso(self.times.get("t_offset", 0))
-
-    def as_dict(self) -> dict:
-        """What `--json` prints and the event store keeps (version `EVENT_VERSION`)."""
-        return {
-            "v": EVENT_VERSION,
-            "id": self.id,
-            "stream": self.stream,
-            "seq": self.seq,
-            "label": self.label,
-            "confidence": self.confidence,
-            "probs": self.probs,
-            "onset": self.onset,
-            "apex": self.apex,
-            "offset": self.offset,
-            "onset_time": self.onset_time,
-            "apex_time": self.apex_time,
-            "offset_time": self.offset_time,
-            "onset_iso": self.onset_iso,
-            "apex_iso": self.apex_iso,
-            "offset_iso": self.offset_iso,
-            "face": self.face,
-            "model": self.model,
-            "times": self.times,
-            **self.fields,
-        }
-
-
-def to_event(msg: protocol.Message) -> Event:
-    f = dict(msg.fields)
-    try:
-        classes, probs = f.pop("classes"), f.pop("probs")
-        event = Event(
-            stream=msg.stream,
-            seq=msg.seq,
-            label=f.pop("label"),
-            probs=dict(zip(classes, probs, strict=True)),
-            confidence=f.pop("confidence"),
-            onset=f.pop("onset"),
-            apex=f.pop("apex"),
-            offset=f.pop("offset"),
-            model=f.pop("model"),
-            times={k: f.pop(k) for k in list(f) if k.startswith("t_")},
-            crops=[np.array(a) for a in msg.arrays[:2]],
-            clip=np.array(msg.arrays[2]) if len(msg.arrays) == 3 else None,
-            id=f.pop("id", ""),
-            face=f.pop("face", None),
-        )
-    except (KeyError, ValueError, TypeError) as e:
-        raise protocol.Malformed("malformed", f"not an event: {e}") from None
-    event.fields = f
-    return event
 
 
 class Subscription:
@@ -215,7 +105,7 @@ class Subscription:
                 msg = protocol.recv(self.socket, zmq.NOBLOCK)
                 if msg.kind != "event" or (self.stream and msg.stream != self.stream):
                     continue
-                event = to_event(msg)
+                event = Event.from_message(msg)
             except protocol.Malformed:
                 self.dropped += 1
                 continue

@@ -41,23 +41,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlparse, urlunparse
 
-import numpy as np
+from mfvan.kernels.facespot import decoded_grey
+from mfvan.kernels.media import Undecodable, decode
 
-from mfvan.kernels.facespot import GopBoundaries, decoded_grey, media_time_ns
-
-
-@dataclass
-class Frame:
-    index: int
-    t_capture: int  # ns, time.time_ns() clock
-    image: np.ndarray  # uint8, (H, W) grey or (H, W, 3) RGB
-    fields: dict = field(default_factory=dict)  # anything a source adds (e.g. ground truth)
-    t_media: int | None = None  # ns of media time (None: the source has none; use t_capture)
-    key_frame: bool = False
-
+from .messages import Frame  # what a source yields: the frame message, before its stream
 
 log = logging.getLogger("mfvan.ingest")
 
@@ -154,35 +144,37 @@ class PyAVSource:
         container = self._open()
         image = decoded_grey if self.grey else (lambda f: f.to_ndarray(format="rgb24"))
         start_wall = time.time_ns()
-        start_pts = previous = media = None
-        gop = GopBoundaries()
+        media = None
         try:
             stream = container.streams.video[0]
             # slice threads only: frame threads hold frames back (a frame per thread, 5 ms
             # each at 200 fps) and cost 40% more CPU on a 640 x 480 camera (0.63 against
             # 0.45-0.49 ms a frame); parallelism comes from a process per camera
             stream.thread_type = "SLICE"
-            rate = stream.average_rate or stream.guessed_rate or self.fps
-            for index, frame in enumerate(self._decode(container, stream)):
-                if start_pts is None and frame.pts is not None:
-                    start_pts = frame.pts
-                media = previous = media_time_ns(frame, start_pts, previous, rate)
-                if self.live:
-                    t = time.time_ns()
-                elif self.realtime:
+            for index, frame, media, key in decode(container, stream, self.fps, self._refused):
+                if self.realtime and not self.live:
                     t = start_wall + media
                     wait = t - time.time_ns()
                     if wait > 0:
                         time.sleep(wait / 1e9)
                 else:
                     t = time.time_ns()
-                yield Frame(index, t, image(frame), t_media=media, key_frame=gop(frame))
+                yield Frame(
+                    index=index, t_capture=t, image=image(frame), t_media=media, key_frame=key
+                )
             if not self.live:
                 self._check_whole(stream, media)
+        except Undecodable as e:
+            raise SourceError(f"{redact(self.url)}: {e}") from e
         except av.FFmpegError as e:
             raise SourceError(f"{redact(self.url)} stopped: {_reason(e)}") from None
         finally:
             container.close()
+
+    def _refused(self, error: Exception) -> None:
+        """A packet the decoder refused: skipped, counted."""
+        self.decode_errors += 1
+        self.on_decode_error(error)
 
     def _check_whole(self, stream, last_ns: int | None) -> None:
         """Warn when a file ended well before the duration its container declares (a
@@ -200,27 +192,6 @@ class PyAVSource:
                 (last_ns or 0) / 1e9,
                 declared / 1e9,
             )
-
-    def _decode(self, container, stream) -> Iterator:
-        """Decoded frames, packet by packet: a corrupt packet is skipped and counted
-        (`on_decode_error`) and decoding goes on; 100 in a row end the source."""
-        import av
-
-        bad = 0
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.InvalidDataError as e:
-                self.decode_errors += 1
-                self.on_decode_error(e)
-                bad += 1
-                if bad >= 100:
-                    raise SourceError(
-                        f"{redact(self.url)}: 100 undecodable packets in a row"
-                    ) from e
-                continue
-            bad = 0
-            yield from frames
 
 
 def _reason(error: Exception) -> str:

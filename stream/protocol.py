@@ -20,7 +20,9 @@
 `decode` refuses anything else with `Malformed` and a reason (a foreign or garbled
 header, another version, a missing field, a buffer whose size does not match its shape
 and dtype, and anything its kind's schema forbids: `SCHEMAS` says, per kind, the type of
-each header field, which are required, and the buffers' count, dtype, rank and sizes);
+each header field, which are required, and the buffers' count, dtype, rank and sizes; the
+schemas are built from the typed messages of `mfvan.stream.messages`, where each field is
+declared once);
 a stage drops such a message, counts it, and goes on. So no header or buffer a peer can
 send reaches a stage's logic with a type or shape it does not expect. Limits: a frame is
 at most MAX_SIDE px a side, a crop MIN_CROP to MAX_CROP, a header MAX_HEADER bytes, a
@@ -30,7 +32,8 @@ receiving sockets set as ZMQ_MAXMSGSIZE, so a larger part never even reaches mem
 when the peer's high-water mark is reached the message is dropped and `send` returns
 False, so a slow consumer costs the producer drops, never unbounded memory.
 
-Imports nothing of this project.
+Imports nothing of this project: `mfvan.stream.messages` fills `SCHEMAS` (the package
+imports it before any of its modules runs).
 """
 
 from __future__ import annotations
@@ -163,47 +166,6 @@ def _int(v) -> bool:
     return type(v) is int  # not bool, not float
 
 
-def _num(v) -> bool:
-    return type(v) in (int, float) and math.isfinite(v)
-
-
-def _str(v) -> bool:
-    return type(v) is str and len(v) <= 256
-
-
-def _bool(v) -> bool:
-    return type(v) is bool
-
-
-def _map_or_nil(v) -> bool:
-    return v is None or type(v) is dict
-
-
-def _nums(v) -> bool:
-    return type(v) is list and 0 < len(v) <= 1000 and all(_num(x) for x in v)
-
-
-def _box(v) -> bool:
-    return type(v) is list and len(v) == 4 and all(_num(x) and abs(x) <= 1e5 for x in v)
-
-
-def _samples(v) -> bool:
-    """A signal's samples: numbers, or nil where the signal was not measured."""
-    return type(v) is list and len(v) <= 1000 and all(x is None or _num(x) for x in v)
-
-
-def _num_or_nil(v) -> bool:
-    return v is None or _num(v)
-
-
-def _box_or_nil(v) -> bool:
-    return v is None or _box(v)
-
-
-def _strs(v) -> bool:
-    return type(v) is list and 0 < len(v) <= 1000 and all(_str(x) for x in v)
-
-
 @dataclass(frozen=True)
 class Schema:
     """What a kind of message may hold. `fields`: header field -> its type check (a field
@@ -222,87 +184,12 @@ class Schema:
     same_shape: bool = False
     flow: bool = False
     clip: int = 0  # with this many buffers, the last is a clip: (N, S, S) uint8 crops
+    consistent: object = None  # header -> None, or why its fields do not go together
 
 
-_TIMES = ("t_onset", "t_apex", "t_offset", "t_capture", "t_ingest", "t_spot")
-_INTERVAL = ("onset", "apex", "offset", "media_onset", "media_apex", "media_offset")
-_PAIR_FIELDS = {
-    **{k: _int for k in (*_INTERVAL, *_TIMES, "spot_latency_ns")},
-    "spot_score": _num,
-    "amplitude": _num,
-    "region": _str,
-    "truth": _map_or_nil,
-    "face": _box,
-    "clip_fps": _num,
-}
-SCHEMAS = {
-    "frame": Schema(
-        fields={
-            "index": _int,
-            "t_capture": _int,
-            "t_media": _int,
-            "t_ingest": _int,
-            "key_frame": _bool,
-            "truth": _map_or_nil,
-        },
-        buffers=(1,),
-        ranks=(2, 3),  # (H, W) grey or (H, W, 3) RGB
-    ),
-    "pair": Schema(
-        fields=_PAIR_FIELDS,
-        required=("onset", "apex", "offset"),
-        # the onset and apex crops, their flow (from the spot stage), and a clip of the
-        # face crops around the interval (`mfvan spot --clips`)
-        buffers=(2, 3, 4),
-        sides=(MIN_CROP, MAX_CROP),
-        square=True,
-        same_shape=True,
-        flow=True,
-        clip=4,
-    ),
-    "event": Schema(
-        fields={
-            **_PAIR_FIELDS,
-            "id": _str,
-            "label": _str,
-            "probs": _nums,
-            "confidence": _num,
-            "classes": _strs,
-            "model": _str,
-            "batch": _int,
-            "t_received": _int,
-            "t_recognize": _int,
-        },
-        required=("onset", "apex", "offset", "label", "probs", "confidence", "classes", "model"),
-        buffers=(0, 2, 3),  # the crops only with --with-crops; and the clip, if it came
-        sides=(MIN_CROP, MAX_CROP),
-        square=True,
-        same_shape=True,
-        clip=3,
-    ),
-    "eos": Schema(fields={}),
-    # a stream as its spot stage sees it, a few times a second: the face it tracks, the
-    # spotter's signal since the last status and its start threshold, the frame rate
-    "status": Schema(
-        fields={
-            "state": _str,
-            "face": _box_or_nil,
-            "signal": _samples,
-            "threshold": _num_or_nil,
-            "fps": _num,
-            "width": _int,
-            "height": _int,
-            "t_status": _int,
-        },
-        required=("state", "signal", "t_status"),
-    ),
-    # a downscaled frame (grey or RGB) with the face square in its own pixels
-    "preview": Schema(
-        fields={"face": _box_or_nil, "t_capture": _int, "scale": _num},
-        buffers=(1,),
-        ranks=(2, 3),
-    ),
-}
+# kind -> its Schema, built from the typed messages' declared fields (`mfvan.stream.messages`,
+# which the package imports first: importing this module imports it)
+SCHEMAS: dict[str, Schema] = {}
 
 
 def _check_stream(stream) -> None:
@@ -320,11 +207,9 @@ def _check_header(kind: str, header: dict) -> None:
     for key, ok in schema.fields.items():
         if key in header and not ok(header[key]):
             raise Malformed("schema", f"{kind} field {key!r} cannot be {header[key]!r:.40}")
-    if kind == "event":
-        if len(header["probs"]) != len(header["classes"]):
-            raise Malformed("schema", "an event's probs and classes differ in length")
-        if header["label"] not in header["classes"]:
-            raise Malformed("schema", f"label {header['label']!r:.40} is not one of the classes")
+    why = schema.consistent(header) if schema.consistent else None
+    if why:
+        raise Malformed("schema", f"a {kind}'s {why}")
 
 
 @functools.lru_cache(maxsize=256)

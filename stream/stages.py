@@ -32,13 +32,11 @@ Imports nothing of model/ or deploy/: the recognizer receives a backend object.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -48,7 +46,7 @@ from mfvan.kernels.motion import wire_flow
 from mfvan.kernels.spotter import REJECTIONS, SpotterParams
 
 from . import protocol, security
-from .messages import Pair, event_header, uuid7
+from .messages import Eos, Frame, Message, Pair, typed
 from .metrics import Metrics
 
 CLIP_MARGIN_S = 0.5  # a clip starts this long before the onset (`mfvan spot --clips`)
@@ -212,17 +210,26 @@ def _poll_loop(socket: zmq.Socket, stop: threading.Event, timeout_ms: int = 100)
 # ----------------------------------------------------------------------------- ingest
 
 
+@dataclass
+class IngestConfig:
+    """How an ingest stage runs: the stream's id, the endpoint it binds for its frames,
+    whether the source waits for the consumer (`block`), CURVE `keys` (a `mfvan keys`
+    folder) for its tcp:// endpoint."""
+
+    stream: str
+    out: str
+    block: bool = False
+    keys: object = None
+
+
 def run_ingest(
     source,
-    stream_id: str,
-    out: str,
+    config: IngestConfig,
     metrics: Metrics,
     stop: threading.Event,
     ctx: zmq.Context | None = None,
-    block: bool = False,
-    keys=None,
 ) -> None:
-    """Send every frame of `source` (an iterable of `ingest.Frame`) to `out`.
+    """Send every frame of `source` (an iterable of `messages.Frame`) to `config.out`.
 
     A live source never waits for the consumer: a frame that finds the queue full is
     dropped and counted. With `block` (a file played as fast as possible), the source
@@ -234,8 +241,9 @@ def run_ingest(
     sock = _socket(ctx, zmq.PUSH)
     guard = None
     seq = 0
+    stream_id, block = config.stream, config.block
     try:
-        guard = _serve(ctx, sock, out, keys, metrics, "ingest")
+        guard = _serve(ctx, sock, config.out, config.keys, metrics, "ingest")
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLOUT)
         metrics.init_stream(stream_id)
@@ -253,23 +261,10 @@ def run_ingest(
             if stop.is_set():
                 break
             counted.inc()
-            sent = protocol.send(
-                sock,
-                "frame",
-                stream_id,
-                seq,
-                [frame.image],
-                formats=["grey" if frame.image.ndim == 2 else "rgb24"],
-                index=frame.index,
-                t_capture=frame.t_capture,
-                t_media=frame.t_capture if frame.t_media is None else frame.t_media,
-                key_frame=frame.key_frame,
-                t_ingest=time.time_ns(),
-                **frame.fields,
-            )
+            frame.stream, frame.seq, frame.t_ingest = stream_id, seq, time.time_ns()
             seq += 1
-            (sent_out if sent else full).inc()
-        protocol.send(sock, "eos", stream_id, seq)
+            (sent_out if frame.send(sock) else full).inc()
+        Eos(stream=stream_id, seq=seq).send(sock)
     finally:
         _unguard(guard)
         # zero-copy frames must go out before their arrays do: wait for them here,
@@ -278,6 +273,38 @@ def run_ingest(
 
 
 # ----------------------------------------------------------------------------- spot
+
+
+class ClipBuffer:
+    """One stream's face crops of the last seconds, and an interval's clip from them: its
+    crops from `margin_s` before the onset to the latest frame (the one that confirmed
+    the interval: its offset or a little after; not `margin_s` after the offset, which
+    would hold every event back by as long). The one rule for a clip's extent, live (`mfvan
+    spot --clips`) and offline (`mfvan analyze --clips`)."""
+
+    def __init__(self, size: int, margin_s: float = CLIP_MARGIN_S):
+        self.margin_s = margin_s
+        self.blank = np.zeros((size, size), np.uint8)
+        self.recent: deque = deque(maxlen=protocol.MAX_CLIP)  # (media time, crop)
+
+    def push(self, t_media: int, crop: np.ndarray | None) -> None:
+        """A frame's face crop (black without a face, so a clip keeps its timing); only
+        the seconds a clip can need are kept."""
+        self.recent.append((t_media, crop if crop is not None else self.blank))
+        oldest = t_media - int((self.margin_s + CLIP_SPAN_S) * 1e9)
+        while self.recent and self.recent[0][0] < oldest:
+            self.recent.popleft()
+
+    def clip(self, onset_ns: int) -> tuple[np.ndarray | None, float | None]:
+        """The clip of an interval with this onset, (N, S, S) uint8, and its rate in frames
+        per second of media time; (None, None) for less than two frames."""
+        start = onset_ns - int(self.margin_s * 1e9)
+        kept = [(t, c) for t, c in self.recent if t >= start]
+        if len(kept) < 2:
+            return None, None
+        span_s = (kept[-1][0] - kept[0][0]) / 1e9
+        fps = round((len(kept) - 1) / span_s, 2) if span_s > 0 else 0.0
+        return np.stack([c for _, c in kept]), fps
 
 
 @dataclass
@@ -289,9 +316,41 @@ class _Track:
     seconds: object
     rejected: dict = field(default_factory=dict)
     seq: int = 0  # pairs sent
-    recent: deque | None = None  # (media time, face crop) of the last seconds, for clips
+    clips: ClipBuffer | None = None  # the face crops of the last seconds, for clips
     faceless: int = 0  # frames in a row without a face
     warned: bool = False  # that the stream shows no face
+
+
+def pair_of(it, frame: Frame, face: list | None, seq: int) -> Pair:
+    """The pair of a spotted interval (`kernels.spotter.Interval`), confirmed at `frame`:
+    its crops and their flow (`wire_flow`), its moments in media time and on the capture
+    clock (for latency), the spotter's measurements, the face square."""
+    t_capture = frame.t_capture
+    t_media = t_capture if frame.t_media is None else frame.t_media
+    return Pair(
+        stream=frame.stream,
+        seq=seq,
+        onset_crop=it.onset_crop,
+        apex_crop=it.apex_crop,
+        flow=wire_flow(it.onset_crop, it.apex_crop),
+        onset=it.onset,
+        apex=it.apex,
+        offset=it.offset,
+        media_onset=it.onset_ns,
+        media_apex=it.apex_ns,
+        media_offset=it.offset_ns,
+        t_onset=t_capture - (t_media - it.onset_ns),
+        t_apex=t_capture - (t_media - it.apex_ns),
+        t_offset=t_capture - (t_media - it.offset_ns),
+        t_capture=t_capture,
+        t_ingest=frame.t_ingest or 0,
+        spot_score=float(it.score),
+        amplitude=float(it.amplitude),
+        region=it.region,
+        spot_latency_ns=int(it.latency_ns),
+        truth=frame.truth,
+        face=face,
+    )
 
 
 class SpotStage:
@@ -333,14 +392,16 @@ class SpotStage:
             m.faces.labels(stream),
             m.transit.labels("spot", stream),
             m.stage_seconds.labels("spot", stream),
-            recent=deque(maxlen=protocol.MAX_CLIP) if self.clip_s else None,
+            clips=ClipBuffer(self.size, self.clip_s) if self.clip_s else None,
         )
 
     @property
     def tracks(self) -> dict[str, _Track]:
         return self.streams.state
 
-    def handle(self, msg: protocol.Message, now: float | None = None) -> list[Pair]:
+    def handle(self, msg: Message | protocol.Message, now: float | None = None) -> list[Pair]:
+        """The pairs a message completed: a frame's, none for the others (an eos ends
+        its stream)."""
         m, stream = self.metrics, msg.stream
         now = time.monotonic() if now is None else now
         if msg.kind == "eos":
@@ -354,46 +415,20 @@ class SpotStage:
             _too_many("spot", stream, m, self.streams.most)
             return []
         track.counted.inc()
-        f = msg.fields
-        t_capture = f.get("t_capture", 0)
+        frame = msg if isinstance(msg, Frame) else Frame.from_message(msg)
         # the spotter works in media time; a producer without it gets capture time
-        t_media = f.get("t_media", t_capture)
-        index = f.get("index", msg.seq)
-        intervals = track.spots.push(msg.arrays[0], index, t_media, bool(f.get("key_frame")))
+        t_media = frame.t_capture if frame.t_media is None else frame.t_media
+        intervals = track.spots.push(frame.image, frame.index, t_media, frame.key_frame)
         self._watch_face(stream, track)
-        if track.recent is not None:
-            self._keep(track, t_media)
+        if track.clips is not None:
+            track.clips.push(t_media, track.spots.crop)
         out = []
         for it in intervals:
             m.spots.labels(stream).inc()
-            out.append(
-                Pair(
-                    stream,
-                    track.seq,
-                    it.onset_crop,
-                    it.apex_crop,
-                    it.onset,
-                    it.apex,
-                    it.offset,
-                    # media times, and the same moments on the capture clock (latency)
-                    media_onset=it.onset_ns,
-                    media_apex=it.apex_ns,
-                    media_offset=it.offset_ns,
-                    t_onset=t_capture - (t_media - it.onset_ns),
-                    t_apex=t_capture - (t_media - it.apex_ns),
-                    t_offset=t_capture - (t_media - it.offset_ns),
-                    t_capture=t_capture,
-                    t_ingest=msg.fields.get("t_ingest", 0),
-                    spot_score=float(it.score),
-                    amplitude=float(it.amplitude),
-                    region=it.region,
-                    spot_latency_ns=int(it.latency_ns),
-                    truth=msg.fields.get("truth"),
-                    flow=wire_flow(it.onset_crop, it.apex_crop),
-                    face=track.spots.face_box(),
-                    **(self._clip(track, it.onset_ns) if track.recent is not None else {}),
-                )
-            )
+            pair = pair_of(it, frame, track.spots.face_box(), track.seq)
+            if track.clips is not None:
+                pair.clip, pair.clip_fps = track.clips.clip(it.onset_ns)
+            out.append(pair)
             track.seq += 1
         for reason, n in track.spots.rejected.items():
             seen = track.rejected.get(reason, 0)
@@ -401,32 +436,6 @@ class SpotStage:
                 m.spots_rejected.labels(stream, reason).inc(n - seen)
                 track.rejected[reason] = n
         return out
-
-    def _keep(self, track: _Track, t_media: int) -> None:
-        """This frame's face crop (black without a face, so a clip keeps its timing), and
-        only the seconds a clip can need."""
-        crop = track.spots.crop
-        track.recent.append((t_media, crop if crop is not None else self._blank))
-        oldest = t_media - int((self.clip_s + CLIP_SPAN_S) * 1e9)
-        while track.recent and track.recent[0][0] < oldest:
-            track.recent.popleft()
-
-    @functools.cached_property
-    def _blank(self) -> np.ndarray:
-        return np.zeros((self.size, self.size), np.uint8)
-
-    def _clip(self, track: _Track, onset_ns: int) -> dict:
-        """A pair's `clip` and `clip_fps`: the face crops from `clip_s` before the onset to
-        this frame (the one that confirmed the interval: its offset or a little after;
-        not `clip_s` after the offset, which would hold every event back by as long), and
-        their rate in frames per second of media time."""
-        start = onset_ns - int(self.clip_s * 1e9)
-        kept = [(t, c) for t, c in track.recent if t >= start]
-        if len(kept) < 2:
-            return {}
-        span_s = (kept[-1][0] - kept[0][0]) / 1e9
-        fps = round((len(kept) - 1) / span_s, 2) if span_s > 0 else 0.0
-        return {"clip": np.stack([c for _, c in kept]), "clip_fps": fps}
 
     def _watch_face(self, stream: str, track: _Track) -> None:
         """The face gauge, and one log line when a stream has shown no face for
@@ -448,88 +457,67 @@ class SpotStage:
             track.warned = True
 
 
+@dataclass
+class SpotConfig:
+    """How a spot stage runs (`mfvan spot`'s options): frames from `inputs` (connected),
+    pairs to `out` (bound); `params` the spotter's; CURVE `keys`; at most `max_streams`
+    streams, each forgotten after `idle_s` without a frame; with `clips`, each pair carries
+    its face crops from CLIP_MARGIN_S before the onset to the confirming frame; with
+    `watch` (an endpoint to bind), each stream's status and, for those watched, its preview
+    go there (`mfvan.stream.watch`); `flow_device` "cuda": the spotter's flow on the GPU
+    (`mfvan.kernels.flow_cuda`, the caller having checked that one is there)."""
+
+    inputs: list[str]
+    out: str
+    params: SpotterParams | None = None
+    keys: object = None
+    max_streams: int = 64
+    idle_s: float = 60.0
+    clips: bool = False
+    watch: str | None = None
+    flow_device: str = "cpu"
+
+    def stage(self, metrics: Metrics) -> SpotStage:
+        return SpotStage(
+            metrics,
+            params=self.params,
+            max_streams=self.max_streams,
+            idle_s=self.idle_s,
+            clip_s=CLIP_MARGIN_S if self.clips else 0.0,
+            flow_device=self.flow_device,
+        )
+
+
 def run_spot(
-    inputs: list[str],
-    out: str,
+    config: SpotConfig,
     metrics: Metrics,
     stop: threading.Event,
     ctx: zmq.Context | None = None,
-    params: SpotterParams | None = None,
-    keys=None,
-    max_streams: int = 64,
-    idle_s: float = 60.0,
-    clips: bool = False,
-    watch: str | None = None,
-    flow_device: str = "cpu",
 ) -> None:
-    """Frames from `inputs` (connected) -> pairs to `out` (bound); with `clips`, each pair
-    carries its face crops from CLIP_MARGIN_S before the onset to the confirming frame.
-    With `watch` (an endpoint to bind), each stream's status and, for those watched, its
-    preview go there (`mfvan.stream.watch`). `flow_device` "cuda": the spotter's flow on
-    the GPU (`mfvan.kernels.flow_cuda`, the caller having checked that one is there)."""
+    """Frames -> pairs until `stop` is set (`SpotConfig` says from and to where)."""
     from .watch import WATCH_HWM, Watch
 
     ctx = ctx or zmq.Context.instance()
-    clip_s = CLIP_MARGIN_S if clips else 0.0
-    stage = SpotStage(
-        metrics,
-        params=params,
-        max_streams=max_streams,
-        idle_s=idle_s,
-        clip_s=clip_s,
-        flow_device=flow_device,
-    )
+    stage = config.stage(metrics)
     pull = _socket(ctx, zmq.PULL)
     push = _socket(ctx, zmq.PUSH)
-    xpub = _socket(ctx, zmq.XPUB, hwm=WATCH_HWM) if watch else None
+    xpub = _socket(ctx, zmq.XPUB, hwm=WATCH_HWM) if config.watch else None
     guard = watch_guard = view = None
     try:
-        _dial(pull, inputs, keys)
-        guard = _serve(ctx, push, out, keys, metrics, "spot")
+        _dial(pull, config.inputs, config.keys)
+        guard = _serve(ctx, push, config.out, config.keys, metrics, "spot")
         if xpub is not None:
             # previews are frames: only a stage's key gets them, as only it gets frames
-            watch_guard = _serve(ctx, xpub, watch, keys, metrics, "spot", role="stage")
+            watch_guard = _serve(ctx, xpub, config.watch, config.keys, metrics, "spot")
             view = Watch(xpub)
         metrics.ready.set()
         next_expiry = time.monotonic() + 1.0
         for frames in _poll_loop(pull, stop):
             if frames is None or time.monotonic() >= next_expiry:  # idle streams go
-                expired = stage.streams.expire(time.monotonic())
-                if view is not None:
-                    for stream in expired:
-                        view.forget(stream)
-                    view.poll(time.monotonic())
+                _expire(stage, view)
                 next_expiry = time.monotonic() + 1.0
-                if frames is None:
-                    continue
-            started = time.time_ns()
-            msg = _decode(frames, "spot", metrics)
-            if msg is None:
-                continue
-            try:
-                pairs = stage.handle(msg)
-            except Exception:  # a frame the spotter fails on costs that frame, not the stage
-                metrics.dropped.labels("spot", "", "error").inc()
-                _warn.warning(
-                    "spot:error", "spot: failed on a frame of %.40r", msg.stream, exc_info=True
-                )
-                continue
-            track = stage.tracks.get(msg.stream)  # None once it ended (eos)
-            if track is not None and "t_ingest" in msg.fields:
-                track.transit.observe((started - msg.fields["t_ingest"]) / 1e9)
-            for pair in pairs:
-                pair.t_spot = time.time_ns()
-                # pairs are rare and precious: wait a little for a slow recognizer
-                if pair.send(push, wait_ms=1000):
-                    metrics.frames_out.labels("spot", pair.stream).inc()
-                else:
-                    metrics.dropped.labels("spot", pair.stream, "hwm").inc()
-            if track is not None:
-                if view is not None:  # its cost counts in the stage's own
-                    view.frame(
-                        msg.stream, track.spots, msg.arrays[0], msg.fields.get("t_capture", 0)
-                    )
-                track.seconds.observe((time.time_ns() - started) / 1e9)
+            if frames is not None:
+                _spot_message(frames, stage, push, view, metrics)
     finally:
         _unguard(guard)
         _unguard(watch_guard)
@@ -539,237 +527,41 @@ def run_spot(
             xpub.close(linger=0)
 
 
-# ----------------------------------------------------------------------------- recognize
+def _expire(stage: SpotStage, view) -> None:
+    """Forget the idle streams (and their watch), and let the watch send its statuses."""
+    expired = stage.streams.expire(time.monotonic())
+    if view is not None:
+        for stream in expired:
+            view.forget(stream)
+        view.poll(time.monotonic())
 
 
-class Batcher:
-    """Pairs from any streams, released as batches of at most `max_batch`, or sooner once
-    the oldest has waited `max_wait_s`."""
-
-    def __init__(self, max_batch: int = 8, max_wait_s: float = 0.01):
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError(f"max_batch >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self.items: list = []
-        self._oldest = 0.0
-
-    def add(self, item, now: float) -> None:
-        if not self.items:
-            self._oldest = now
-        self.items.append(item)
-
-    def due(self, now: float) -> bool:
-        return bool(self.items) and (
-            len(self.items) >= self.max_batch or now - self._oldest >= self.max_wait_s
-        )
-
-    def take(self) -> list:
-        batch, self.items = self.items[: self.max_batch], self.items[self.max_batch :]
-        return batch
-
-    def wait_s(self, now: float) -> float:
-        """How long until the current batch is due (the poll timeout)."""
-        if not self.items:
-            return self.max_wait_s
-        return max(0.0, self.max_wait_s - (now - self._oldest))
-
-
-VETO = "none"  # the class of a model that refuses what is not a micro-expression
-
-
-class Classifier(NamedTuple):
-    """What the recognizer classifies with: a backend (`mfvan.deploy.backends.Backend`:
-    uint8 onset and apex crops (and their flow) in, class probabilities out, calibrated:
-    `mfvan.deploy.backends.Calibrated`), its class names, the model version each event
-    names, and the least confidence an event needs to be published (`--min-confidence`).
-    A model with a `VETO` class refuses the spots it finds most likely to be that (counted
-    in `mfvan_spots_vetoed_total`), unless `publish_vetoed`."""
-
-    backend: object
-    classes: list[str]
-    version: str
-    min_confidence: float = 0.0
-    publish_vetoed: bool = False
-
-
-def run_recognize(
-    inputs: list[str],
-    out: str,
-    classifier: Classifier,
-    metrics: Metrics,
-    stop: threading.Event,
-    ctx: zmq.Context | None = None,
-    max_batch: int = 8,
-    max_wait_s: float = 0.0,
-    with_crops: bool = False,
-    keys=None,
-    event_hwm: int = 1000,
-    max_streams: int = 1024,
-    idle_s: float = 3600.0,
-) -> None:
-    """Pairs from `inputs` (connected) -> events published on `out` (bound PUB); with
-    `keys` (a `mfvan keys` folder) its tcp:// endpoints use CURVE: only authorized
-    subscribers get events, and it connects to CURVE-guarded spot stages.
-
-    Batching: a batch is whatever pairs are queued when the recognizer looks (at most
-    `max_batch`), so under load batches fill while the previous one runs; `max_wait_s`
-    (default 0: pairs are rare, each one's latency counts) makes a partial batch wait
-    that long for company.
-
-    Events go out on PUB, which never waits for a subscriber: one that falls `event_hwm`
-    events behind loses the next ones (it sees the gaps in their numbering). Per stream
-    the recognizer keeps only the events' numbering and metric series: at most
-    `max_streams` streams, forgotten after `idle_s` without a pair."""
-    ctx = ctx or zmq.Context.instance()
-    batcher = Batcher(max_batch, max_wait_s)
-
-    def new(stream: str) -> list[int]:
-        metrics.init_stream(stream, classifier.classes)
-        return [0]  # the stream's next event number
-
-    streams = Streams(new, metrics.forget_stream, max_streams, idle_s)
-    pull = _socket(ctx, zmq.PULL)
-    pub = _socket(ctx, zmq.PUB, hwm=event_hwm)
-    guard = None
-
-    def infer(batch):
-        _infer(batch, classifier, metrics, pub, streams, with_crops)
-
-    try:
-        _dial(pull, inputs, keys)
-        guard = _serve(ctx, pub, out, keys, metrics, "recognize", role="subscriber")
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        metrics.ready.set()
-        while not stop.is_set():
-            timeout = 100 if not batcher.items else batcher.wait_s(time.monotonic()) * 1000
-            if poller.poll(max(int(timeout), 0)):
-                # take everything already queued (up to a batch): under load, batches form
-                # while the previous one runs, without waiting
-                while len(batcher.items) < batcher.max_batch:
-                    try:
-                        frames = protocol.recv_parts(pull, zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    _take(frames, batcher, metrics, streams)
-            else:
-                streams.expire(time.monotonic())
-            metrics.queue_depth.labels("recognize").set(len(batcher.items))
-            while batcher.due(time.monotonic()):
-                infer(batcher.take())
-    finally:
-        while batcher.items:
-            infer(batcher.take())
-        _unguard(guard)
-        pull.close()
-        pub.close()
-
-
-def _take(frames, batcher: Batcher, metrics: Metrics, streams: Streams) -> None:
-    """One received message into the batch, or dropped and counted."""
-    received = time.time_ns()
-    msg = _decode(frames, "recognize", metrics)
+def _spot_message(frames, stage: SpotStage, push, view, metrics: Metrics) -> None:
+    """One received message through the spot stage; its pairs sent (each waits up to a
+    second for a slow recognizer: pairs are rare and precious)."""
+    started = time.time_ns()
+    msg = _decode(frames, "spot", metrics)
     if msg is None:
         return
-    if msg.kind != "pair":
-        metrics.dropped.labels("recognize", "", "unexpected").inc()
-        return
-    if streams.get(msg.stream, time.monotonic()) is None:
-        _too_many("recognize", msg.stream, metrics, streams.most)
-        return
-    metrics.frames_in.labels("recognize", msg.stream).inc()
-    if "t_spot" in msg.fields:
-        metrics.transit.labels("recognize", msg.stream).observe(
-            (received - msg.fields["t_spot"]) / 1e9
-        )
-    batcher.add((msg, received), time.monotonic())
-
-
-def _infer(batch, classifier: Classifier, metrics, pub, streams: Streams, with_crops) -> None:
-    """Classify one batch and publish an event per pair. Crops of one size (with or without
-    their flow) run together; a group the backend fails on runs again pair by pair, so one
-    bad pair costs only itself (dropped and counted, `reason="error"`)."""
-    sizes: dict[tuple, list] = {}
-    for item in batch:  # by crop size, and with or without their flow
-        arrays = item[0].arrays
-        sizes.setdefault((arrays[0].shape, len(arrays)), []).append(item)
-    for group in sizes.values():
-        probs = _classify(group, classifier, metrics)
-        if probs is not None:
-            _publish(group, probs, classifier, metrics, pub, streams, with_crops)
-        elif len(group) > 1:  # again pair by pair: only the pair it fails on is lost
-            for item in group:
-                _infer([item], classifier, metrics, pub, streams, with_crops)
-
-
-def _classify(group, classifier: Classifier, metrics) -> np.ndarray | None:
-    """The backend's class probabilities for a group of pairs of one crop size, or None
-    (counted and logged) when it fails on them."""
-    backend = classifier.backend
     try:
-        onset = np.stack([m.arrays[0] for m, _ in group])
-        apex = np.stack([m.arrays[1] for m, _ in group])
-        # the spot stage's flow; a pair without (an older spot stage) gets it from the backend
-        flow = np.stack([m.arrays[2] for m, _ in group]) if len(group[0][0].arrays) >= 3 else None
-        started = time.perf_counter()
-        probs = np.asarray(backend(onset, apex, flow))
-        if probs.shape != (len(group), len(classifier.classes)):
-            raise ValueError(f"the backend returned {probs.shape} probabilities")
-    except Exception:
-        if len(group) == 1:
-            metrics.dropped.labels("recognize", "", "error").inc()
-            _warn.warning(
-                "recognize:error",
-                "recognize: failed on a pair of %.40r",
-                group[0][0].stream,
-                exc_info=True,
-            )
-        return None
-    metrics.inference.labels(backend.name).observe(time.perf_counter() - started)
-    metrics.batch_size.observe(len(group))
-    return probs
-
-
-def _publish(group, probs, classifier: Classifier, metrics, pub, streams, with_crops) -> None:
-    classes = classifier.classes
-    for (msg, received), p in zip(group, probs, strict=True):
-        best = int(np.argmax(p))
-        label, confidence = classes[best], float(p[best])
-        if label == VETO:
-            metrics.vetoed.labels(msg.stream, VETO).inc()
-            if not classifier.publish_vetoed:
-                continue
-        elif confidence < classifier.min_confidence:
-            metrics.unsure.labels(msg.stream).inc()
-            continue
-        now = time.time_ns()
-        fields = event_header(
-            msg.fields,
-            id=uuid7(now),
-            label=label,
-            probs=[float(x) for x in p],
-            confidence=confidence,
-            classes=list(classes),
-            model=classifier.version,
-            batch=len(group),
-            t_received=received,
-            t_recognize=now,
-        )
-        counter = streams.get(msg.stream, time.monotonic())
-        if counter is None:  # forgotten while queued, and the stage is full now
-            _too_many("recognize", msg.stream, metrics, streams.most)
-            continue
-        n = counter[0]
-        counter[0] += 1
-        arrays = []
-        if with_crops:  # the onset and apex crops, and the clip if the pair has one
-            arrays = [np.array(a) for a in msg.arrays[:2] + msg.arrays[3:]]
-        protocol.send(pub, "event", msg.stream, n, arrays, **fields)
-        metrics.events.labels(msg.stream, label).inc()
-        metrics.frames_out.labels("recognize", msg.stream).inc()
-        metrics.stage_seconds.labels("recognize", msg.stream).observe((now - received) / 1e9)
-        if msg.fields.get("t_capture"):  # the capture of the frame that confirmed the apex
-            metrics.end_to_end.labels("recognize", msg.stream).observe(
-                (now - msg.fields["t_capture"]) / 1e9
-            )
+        frame = typed(msg)
+        pairs = stage.handle(frame)
+    except Exception:  # a frame the spotter fails on costs that frame, not the stage
+        metrics.dropped.labels("spot", "", "error").inc()
+        _warn.warning("spot:error", "spot: failed on a frame of %.40r", msg.stream, exc_info=True)
+        return
+    if not isinstance(frame, Frame):
+        return
+    track = stage.tracks.get(msg.stream)  # None once it ended (eos)
+    if track is not None and frame.t_ingest is not None:
+        track.transit.observe((started - frame.t_ingest) / 1e9)
+    for pair in pairs:
+        pair.t_spot = time.time_ns()
+        if pair.send(push, wait_ms=1000):
+            metrics.frames_out.labels("spot", pair.stream).inc()
+        else:
+            metrics.dropped.labels("spot", pair.stream, "hwm").inc()
+    if track is not None:
+        if view is not None:  # its cost counts in the stage's own
+            view.frame(msg.stream, track.spots, frame.image, frame.t_capture)
+        track.seconds.observe((time.time_ns() - started) / 1e9)

@@ -24,6 +24,7 @@ import numpy as np
 import zmq
 
 from . import protocol
+from .messages import Preview, Status
 
 STATUS_HZ = 4.0  # statuses per stream per second
 PREVIEW_FPS = 5.0  # previews per watched stream per second, at most
@@ -108,11 +109,9 @@ class Watch:
 
     def _status(self, stream: str, s: _Stream, spots, image: np.ndarray, now: float) -> None:
         threshold = spots.threshold()
-        protocol.send(
-            self.sock,
-            "status",
-            stream,
-            s.seq,
+        Status(
+            stream=stream,
+            seq=s.seq,
             state="tracking" if spots.has_face else "no face",
             face=spots.face_box(),
             signal=s.signal[-1000:],
@@ -121,7 +120,7 @@ class Watch:
             width=int(image.shape[1]),
             height=int(image.shape[0]),
             t_status=time.time_ns(),
-        )
+        ).send(self.sock)
         s.seq += 1
         s.signal, s.frames, s.since = [], 0, now
 
@@ -133,16 +132,14 @@ class Watch:
             size = (max(side, round(w * scale)), max(side, round(h * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         face = spots.face_box()
-        protocol.send(
-            self.sock,
-            "preview",
-            stream,
-            s.previews,
-            [image],
+        Preview(
+            stream=stream,
+            seq=s.previews,
+            image=image,
             face=None if face is None else [round(v * scale, 1) for v in face],
             t_capture=int(t_capture),
             scale=scale,
-        )
+        ).send(self.sock)
         s.previews += 1
 
     def forget(self, stream: str) -> None:

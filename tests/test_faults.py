@@ -331,7 +331,8 @@ def test_fuzz_10000_messages_while_a_real_stream_runs_beside_them(stage, tmp_pat
     cases crashed the spot stage, 9 of 30 the recognizer, and the subscriber crashed."""
     from mfvan.deploy.backends import TorchBackend
     from mfvan.stream import subscribe
-    from mfvan.stream.stages import Classifier, run_recognize, run_spot
+    from mfvan.stream.recognizer import Classifier, RecognizeConfig, run_recognize
+    from mfvan.stream.stages import SpotConfig, run_spot
 
     rng = np.random.default_rng(15)
     ctx = zmq.Context.instance()
@@ -342,12 +343,12 @@ def test_fuzz_10000_messages_while_a_real_stream_runs_beside_them(stage, tmp_pat
     inp, out = f"ipc://{tmp_path}/in.ipc", f"ipc://{tmp_path}/out.ipc"
     if stage == "spot":
         good = protocol.encode("frame", "cam1", 0, [np.full((120, 160), 90, np.uint8)], t_capture=1)
-        target, args = run_spot, ([inp], out, m, stop)
+        target, args = run_spot, (SpotConfig([inp], out), m, stop)
     else:
         model, meta = demo_weights
         good = protocol.encode("pair", "cam1", 0, [crop, crop], **pair_fields)
         classifier = Classifier(TorchBackend(model), meta["classes"], "demo")
-        target, args = run_recognize, ([inp], out, classifier, m, stop)
+        target, args = run_recognize, (RecognizeConfig([inp], out), classifier, m, stop)
     good = [bytes(f) for f in good]
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, 100_000)
@@ -406,7 +407,8 @@ def test_one_bad_pair_never_takes_its_batch_down(demo_weights):
     """Before: `_infer` stacked the whole batch; crops of mixed sizes (or a backend that
     failed on one pair) lost every pair of the batch, of every stream."""
     from mfvan.deploy.backends import TorchBackend
-    from mfvan.stream.stages import Classifier, Streams, _infer
+    from mfvan.stream.messages import Pair
+    from mfvan.stream.recognizer import Classifier, RecognizeConfig, RecognizeStage
 
     model, meta = demo_weights
     torch_backend = TorchBackend(model)
@@ -421,9 +423,7 @@ def test_one_bad_pair_never_takes_its_batch_down(demo_weights):
 
     def pair(stream, value, size):
         crop = np.full((size, size), value, np.uint8)
-        return protocol.decode(
-            protocol.encode("pair", stream, 0, [crop, crop], onset=1, apex=2, offset=3)
-        ), 0
+        return Pair(stream=stream, onset_crop=crop, apex_crop=crop, onset=1, apex=2, offset=3), 0
 
     batch = [pair("a", 90, 128), pair("b", 13, 128), pair("c", 90, 64), pair("d", 90, 128)]
     ctx = zmq.Context()
@@ -433,9 +433,10 @@ def test_one_bad_pair_never_takes_its_batch_down(demo_weights):
     sub.connect(f"tcp://127.0.0.1:{port}")
     time.sleep(0.3)
     m = Metrics("recognize")
-    streams = Streams(lambda s: [0], m.forget_stream)
+    stage = RecognizeStage(Classifier(Picky(), meta["classes"], "demo"), m, RecognizeConfig([], ""))
+    stage.publish = lambda event: event.send(pub)
     try:
-        _infer(batch, Classifier(Picky(), meta["classes"], "demo"), m, pub, streams, False)
+        stage.infer(batch)
         got = []
         while sub.poll(1000):
             got.append(protocol.recv(sub).stream)
@@ -449,14 +450,15 @@ def test_one_bad_pair_never_takes_its_batch_down(demo_weights):
 
 def test_a_part_larger_than_the_largest_frame_never_reaches_the_stage(tmp_path):
     """Before: a single 8000 x 8000 frame (64 MB) was accepted (ZMQ_MAXMSGSIZE unset)."""
-    from mfvan.stream.stages import run_spot
+    from mfvan.stream.stages import SpotConfig, run_spot
 
     ctx = zmq.Context.instance()
     m, stop = Metrics("spot"), threading.Event()
     inp = f"ipc://{tmp_path}/in.ipc"
     big, small = ctx.socket(zmq.PUSH), ctx.socket(zmq.PUSH)
     big.bind(inp)
-    thread = threading.Thread(target=run_spot, args=([inp], f"ipc://{tmp_path}/o.ipc", m, stop))
+    config = SpotConfig([inp], f"ipc://{tmp_path}/o.ipc")
+    thread = threading.Thread(target=run_spot, args=(config, m, stop))
     thread.start()
     try:
         huge = np.zeros((8000, 8000), np.uint8)

@@ -12,7 +12,8 @@ import zmq
 from mfvan.deploy.backends import TorchBackend
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.metrics import Metrics
-from mfvan.stream.stages import HWM, Classifier, run_recognize
+from mfvan.stream.recognizer import Classifier, RecognizeConfig, run_recognize
+from mfvan.stream.stages import HWM
 
 
 def _rss_mb() -> float:
@@ -66,13 +67,11 @@ def _recognizer(tmp_path, weights, backend, metrics, **kw):
     thread = threading.Thread(
         target=run_recognize,
         args=(
-            [pairs],
-            events,
+            RecognizeConfig([pairs], events, **kw),
             Classifier(backend(TorchBackend(model)), meta["classes"], "demo"),
             metrics,
             stop,
         ),
-        kwargs=kw,
     )
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, HWM)
@@ -184,7 +183,12 @@ def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path, demo_weight
     threads = [
         threading.Thread(
             target=run_recognize,
-            args=([pairs], out, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop),
+            args=(
+                RecognizeConfig([pairs], out),
+                Classifier(TorchBackend(model), meta["classes"], "demo"),
+                m,
+                stop,
+            ),
             kwargs={"ctx": zmq.Context()},
         )
         for out, m in zip(outs, metrics, strict=True)

@@ -127,8 +127,8 @@ def test_indices_keep_counting_across_reconnects_of_a_live_source():
 
     def flaky():
         calls.append(1)
-        yield Frame(0, 1, np.zeros((2, 2), np.uint8))
-        yield Frame(1, 2, np.zeros((2, 2), np.uint8))
+        yield Frame(index=0, t_capture=1, image=np.zeros((2, 2), np.uint8))
+        yield Frame(index=1, t_capture=2, image=np.zeros((2, 2), np.uint8))
         raise SourceError("camera dropped")
 
     source = Reconnecting(flaky, live=True, backoff_s=(0.001, 0.001))
@@ -161,7 +161,9 @@ def test_key_frames_mark_gop_boundaries_only_among_predicted_pictures(tmp_path):
 def test_media_time_never_runs_backwards_across_a_reconnect():
     def camera():
         for i in range(3):
-            yield Frame(i, 0, np.zeros((2, 2), np.uint8), t_media=i * 10_000_000)
+            yield Frame(
+                index=i, t_capture=0, image=np.zeros((2, 2), np.uint8), t_media=i * 10_000_000
+            )
         raise SourceError("camera dropped")
 
     source = Reconnecting(camera, live=True, backoff_s=(0.001, 0.001))
@@ -173,9 +175,11 @@ def test_media_time_never_runs_backwards_across_a_reconnect():
 
 def test_registered_schemes_open_with_their_factory_and_declare_their_kind():
     fake = Kind(live=True, reopen_at_end=False)
-    register("fake", lambda url: [Frame(0, 0, np.zeros((1, 1), np.uint8), {"url": url})], fake)
+    register(
+        "fake", lambda url: [Frame(image=np.zeros((1, 1), np.uint8), extra={"url": url})], fake
+    )
     (frame,) = list(open_source("fake://x?y=1"))
-    assert frame.fields == {"url": "fake://x?y=1"}
+    assert frame.extra == {"url": "fake://x?y=1"}
     assert kind_of("fake://x?y=1") == fake
     assert isinstance(open_source("/tmp/file.mp4"), PyAVSource)
     assert kind_of("/tmp/file.mp4") == Kind(live=False, reopen_at_end=False)

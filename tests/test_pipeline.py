@@ -19,8 +19,10 @@ from mfvan.kernels.spotter import SpotterParams
 from mfvan.model.data import synth
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.ingest import Frame
+from mfvan.stream.messages import Pair
 from mfvan.stream.metrics import Metrics
-from mfvan.stream.stages import Batcher, Classifier, run_ingest, run_recognize, run_spot
+from mfvan.stream.recognizer import Batcher, Classifier, RecognizeConfig, run_recognize
+from mfvan.stream.stages import IngestConfig, SpotConfig, run_ingest, run_spot
 
 
 def _endpoints(tmp_path, n):
@@ -35,7 +37,7 @@ def synth_frames(seconds: float, fps: float = 200.0, subject: int = 1, seed: int
     frames = []
     for t in range(int(seconds * fps)):
         f = stream.frame(t)
-        frames.append(Frame(t, f.timestamp_ns, to_grey(f.image)))
+        frames.append(Frame(index=t, t_capture=f.timestamp_ns, image=to_grey(f.image)))
     micro = [e for e in stream.expressions_until(len(frames)) if e.kind == "micro"]
     return frames, micro
 
@@ -54,9 +56,14 @@ def test_frames_become_events_across_three_stages(tmp_path, demo_weights):
     threads = [
         threading.Thread(
             target=run_recognize,
-            args=([b], c, Classifier(TorchBackend(model), meta["classes"], "demo"), m_rec, stop),
+            args=(
+                RecognizeConfig([b], c),
+                Classifier(TorchBackend(model), meta["classes"], "demo"),
+                m_rec,
+                stop,
+            ),
         ),
-        threading.Thread(target=run_spot, args=([a], b, m_spot, stop)),
+        threading.Thread(target=run_spot, args=(SpotConfig([a], b), m_spot, stop)),
     ]
     for t in threads:
         t.start()
@@ -64,7 +71,7 @@ def test_frames_become_events_across_three_stages(tmp_path, demo_weights):
     with mfvan.subscribe(c, stream="cam1", timeout_s=30) as sub:  # the users' API
         # a slow joiner: the ingest thread starts once the subscription is up
         feeder = threading.Thread(
-            target=run_ingest, args=(frames, "cam1", a, m_ingest, stop), kwargs={"block": True}
+            target=run_ingest, args=(frames, IngestConfig("cam1", a, block=True), m_ingest, stop)
         )
         feeder.start()
         for event in sub:
@@ -128,15 +135,14 @@ def test_one_spot_stage_keeps_three_streams_apart(tmp_path):
     *frames_in, pairs_out = _endpoints(tmp_path, 4)
     stop = threading.Event()
     m_spot = Metrics("spot")
-    spot = threading.Thread(target=run_spot, args=(frames_in, pairs_out, m_spot, stop))
+    spot = threading.Thread(target=run_spot, args=(SpotConfig(frames_in, pairs_out), m_spot, stop))
     spot.start()
     pull = zmq.Context.instance().socket(zmq.PULL)
     pull.connect(pairs_out)
     feeders = [
         threading.Thread(
             target=run_ingest,
-            args=(frames, name, endpoint, Metrics("ingest"), stop),
-            kwargs={"block": True},
+            args=(frames, IngestConfig(name, endpoint, block=True), Metrics("ingest"), stop),
         )
         for (name, frames), endpoint in zip(streams.items(), frames_in, strict=True)
     ]
@@ -186,9 +192,10 @@ def test_the_shipped_weights_classify_clear_micro_expressions_of_a_stream_right(
     classifier = Classifier(backend, meta["classes"], meta["version"])
     threads = [
         threading.Thread(
-            target=run_recognize, args=([b], c, classifier, Metrics("recognize"), stop)
+            target=run_recognize,
+            args=(RecognizeConfig([b], c), classifier, Metrics("recognize"), stop),
         ),
-        threading.Thread(target=run_spot, args=([a], b, Metrics("spot"), stop)),
+        threading.Thread(target=run_spot, args=(SpotConfig([a], b), Metrics("spot"), stop)),
     ]
     for t in threads:
         t.start()
@@ -196,8 +203,7 @@ def test_the_shipped_weights_classify_clear_micro_expressions_of_a_stream_right(
     with mfvan.subscribe(c, stream="cam1", timeout_s=20) as sub:
         feeder = threading.Thread(
             target=run_ingest,
-            args=(frames, "cam1", a, Metrics("ingest"), stop),
-            kwargs={"block": True},
+            args=(frames, IngestConfig("cam1", a, block=True), Metrics("ingest"), stop),
         )
         feeder.start()
         events = list(sub)  # until 20 s without an event
@@ -237,8 +243,12 @@ class Recognizer:
         self.metrics = Metrics("recognize")
         self.thread = threading.Thread(
             target=run_recognize,
-            args=([a], self.events, classifier, self.metrics, self.stop),
-            kwargs=options,
+            args=(
+                RecognizeConfig([a], self.events, **options),
+                classifier,
+                self.metrics,
+                self.stop,
+            ),
         )
         self.thread.start()
 
@@ -345,10 +355,10 @@ def test_synth_camera_frames_truth_and_bounded_memory():
     frames = list(source)
     assert len(frames) == 750 and frames[0].image.shape == (480, 640)
     assert [f.t_capture for f in frames[:3]] == [0, 40_000_000, 80_000_000]
-    kinds = {f.fields["truth"]["kind"] for f in frames if "truth" in f.fields}
+    kinds = {f.truth["kind"] for f in frames if f.truth is not None}
     assert "micro" in kinds
     away = [f for f in frames if source.position(f.index / 25) is None]
-    assert away and all("truth" not in f.fields for f in away), "no face, no truth"
+    assert away and all(f.truth is None for f in away), "no face, no truth"
     assert np.std(away[0].image) < 10, "the face has left the frame"
     timeline = source.stream.timeline
     assert all(e.offset >= 750 - 6 * 25 for e in timeline.expressions), "past events forgotten"
@@ -393,12 +403,13 @@ def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(
     stop = threading.Event()
     m = Metrics(stage)
     if stage == "spot":
-        target, args = run_spot, ([a], b, m, stop)
+        target, args = run_spot, (SpotConfig([a], b), m, stop)
         valid = ("frame", [np.full((64, 64), 100, np.uint8)])
     else:
         model, meta = demo_weights
         target = run_recognize
-        args = ([a], b, Classifier(TorchBackend(model), meta["classes"], "demo"), m, stop)
+        classifier = Classifier(TorchBackend(model), meta["classes"], "demo")
+        args = (RecognizeConfig([a], b), classifier, m, stop)
         crop = np.full((128, 128), 90, np.uint8)
         valid = ("pair", [crop, crop])
     thread = threading.Thread(target=target, args=args)
@@ -439,7 +450,7 @@ def test_fuzzed_inputs_are_dropped_and_counted_and_valid_messages_still_pass(
 def test_clips_run_from_before_the_onset_to_the_confirming_frame_and_reach_the_store(tmp_path):
     """`mfvan run --with-clips`: the spot stage's pairs carry their face crops, the
     recognizer passes them on with the event, the store writes them as MP4."""
-    from mfvan.stream.client import to_event
+    from mfvan.stream.messages import Event
     from mfvan.stream.outputs.store import EventStore
     from mfvan.stream.stages import CLIP_MARGIN_S, SpotStage
 
@@ -449,7 +460,7 @@ def test_clips_run_from_before_the_onset_to_the_confirming_frame_and_reach_the_s
     pairs, crops = [], {}
     for f in frames:
         msg = protocol.decode(
-            protocol.encode("frame", "cam1", f.index, [f.image], t_media=f.t_capture)
+            Frame(stream="cam1", seq=f.index, image=f.image, t_media=f.t_capture).encode()
         )
         for pair in stage.handle(msg, now=0.0):
             pairs.append((f.index, pair))
@@ -464,30 +475,15 @@ def test_clips_run_from_before_the_onset_to_the_confirming_frame_and_reach_the_s
         assert pair.clip.shape[1:] == (128, 128)
         assert (pair.clip[-1] == crops[confirmed]).all() and (pair.clip[0] == crops[first]).all()
         # over the wire, through the recognizer's event, to the store
-        sent = protocol.decode(
-            protocol.encode("pair", "cam1", 0, [pair.onset_crop, pair.apex_crop, pair.flow,
-                                                 pair.clip], **pair.header())
-        )  # fmt: skip
-        assert (sent.arrays[3] == pair.clip).all()
+        sent = Pair.from_message(protocol.decode(pair.encode()))
+        assert (sent.clip == pair.clip).all() and sent.clip_fps == pair.clip_fps
     confirmed, pair = pairs[0]
-    header = {k: v for k, v in pair.header().items() if k in protocol.SCHEMAS["event"].fields}
-    event = to_event(
-        protocol.decode(
-            protocol.encode(
-                "event",
-                "cam1",
-                0,
-                [pair.onset_crop, pair.apex_crop, pair.clip],
-                **header,
-                id="01a23c3e-770c-7b23-a333-f541985970fd",
-                label="x",
-                probs=[1.0],
-                classes=["x"],
-                confidence=1.0,
-                model="m",
-            )  # fmt: skip
-        )
-    )
+    made = Event.of(
+        pair, id="01a23c3e-770c-7b23-a333-f541985970fd", label="x", probs={"x": 1.0},
+        confidence=1.0, model="m", onset_crop=pair.onset_crop, apex_crop=pair.apex_crop,
+        clip=pair.clip,
+    )  # fmt: skip
+    event = Event.from_message(protocol.decode(made.encode()))
     assert len(event.crops) == 2 and event.clip.shape == pair.clip.shape
     with EventStore(tmp_path / "e.db") as store:
         store.add([event])
@@ -508,7 +504,7 @@ def test_a_clip_of_the_wrong_shape_is_refused():
     fields = {"onset": 1, "apex": 2, "offset": 3}
     ok = protocol.encode("pair", "c", 0, [crop, crop, flow, np.zeros((5, 64, 64), np.uint8)],
                          **fields)  # fmt: skip
-    assert protocol.decode(ok).arrays[3].shape == (5, 64, 64)
+    assert Pair.from_message(protocol.decode(ok)).clip.shape == (5, 64, 64)
     for bad in (np.zeros((5, 32, 32), np.uint8), np.zeros((5, 64, 64), np.float32),
                 np.zeros((0, 64, 64), np.uint8)):  # fmt: skip
         with pytest.raises(protocol.Malformed, match="clip is"):

@@ -56,16 +56,19 @@ def test_a_pair_with_its_flow_round_trips(pair):
         **times, t_capture=0, t_ingest=0, spot_score=2.5, amplitude=0.4, region="brow",
         spot_latency_ns=5,
     )  # fmt: skip
-    sent = Pair("cam1", 3, onset, apex, 10, 14, 30, **common, flow=flow)
+    crops = dict(onset_crop=onset, apex_crop=apex, onset=10, apex=14, offset=30)
+    sent = Pair(stream="cam1", seq=3, **crops, **common, flow=flow)
     assert sent.send(push, wait_ms=1000)
     msg = protocol.recv(pull)
     assert msg.kind == "pair" and msg.fields["spot_score"] == 2.5 and "flow" not in msg.fields
-    got_onset, got_apex, got_flow = msg.arrays
-    assert np.array_equal(got_onset, onset) and np.array_equal(got_apex, apex)
-    assert got_flow.dtype == np.float16 and np.array_equal(got_flow, flow)
+    got = Pair.from_message(msg)
+    assert np.array_equal(got.onset_crop, onset) and np.array_equal(got.apex_crop, apex)
+    assert got.flow.dtype == np.float16 and np.array_equal(got.flow, flow)
+    assert got == Pair(**{**sent.__dict__, "onset_crop": got.onset_crop, "apex_crop": got.apex_crop,
+                          "flow": got.flow}), "every field as sent"  # fmt: skip
     # an older spot stage's pair, without flow, still decodes
-    assert Pair("cam1", 4, onset, apex, 10, 14, 30, **common).send(push, wait_ms=1000)
-    assert len(protocol.recv(pull).arrays) == 2
+    assert Pair(stream="cam1", seq=4, **crops, **common).send(push, wait_ms=1000)
+    assert Pair.from_message(protocol.recv(pull)).flow is None
 
 
 def test_the_flow_bound_is_the_kernels_bound():

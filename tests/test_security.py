@@ -163,7 +163,8 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     from mfvan.deploy.backends import TorchBackend
     from mfvan.stream import subscribe
     from mfvan.stream.metrics import Metrics
-    from mfvan.stream.stages import Classifier, run_ingest, run_recognize, run_spot
+    from mfvan.stream.recognizer import Classifier, RecognizeConfig, run_recognize
+    from mfvan.stream.stages import IngestConfig, SpotConfig, run_ingest, run_spot
 
     keys, stranger = make_keys(tmp_path / "keys"), make_keys(tmp_path / "stranger")
     frames_ep, pairs_ep, events_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
@@ -176,24 +177,27 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
         threading.Thread(
             target=run_recognize,
             args=(
-                [pairs_ep],
-                events_ep,
+                RecognizeConfig([pairs_ep], events_ep, keys=keys),
                 Classifier(TorchBackend(model), meta["classes"], "demo"),
                 m_rec,
                 stop,
             ),
-            kwargs={"keys": keys, "ctx": zmq.Context()},
+            kwargs={"ctx": zmq.Context()},
         ),
         threading.Thread(
             target=run_spot,
-            args=([frames_ep], pairs_ep, m_spot, stop),
-            kwargs={"keys": keys, "ctx": zmq.Context()},
+            args=(SpotConfig([frames_ep], pairs_ep, keys=keys), m_spot, stop),
+            kwargs={"ctx": zmq.Context()},
         ),
         # a stranger's spot stage on the same frames: refused at the handshake
         threading.Thread(
             target=run_spot,
-            args=([frames_ep], f"tcp://127.0.0.1:{free_port()}", m_bad, stop),
-            kwargs={"keys": stranger, "ctx": zmq.Context()},
+            args=(
+                SpotConfig([frames_ep], f"tcp://127.0.0.1:{free_port()}", keys=stranger),
+                m_bad,
+                stop,
+            ),
+            kwargs={"ctx": zmq.Context()},
         ),
     ]
     for t in threads:
@@ -201,8 +205,8 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     with subscribe(events_ep, timeout_s=60, curve=client_curve(keys)) as sub:
         feeder = threading.Thread(
             target=run_ingest,
-            args=(frames, "cam1", frames_ep, m_in, stop),
-            kwargs={"block": True, "keys": keys, "ctx": zmq.Context()},
+            args=(frames, IngestConfig("cam1", frames_ep, block=True, keys=keys), m_in, stop),
+            kwargs={"ctx": zmq.Context()},
         )
         feeder.start()
         event = next(iter(sub), None)

@@ -300,7 +300,7 @@ def test_spot_eval_and_the_live_spot_stage_find_the_same_intervals_even_under_lo
     from mfvan.stream import protocol
     from mfvan.stream.ingest import PyAVSource
     from mfvan.stream.metrics import Metrics
-    from mfvan.stream.stages import run_ingest, run_spot
+    from mfvan.stream.stages import IngestConfig, SpotConfig, run_ingest, run_spot
 
     cfg = replace(synth.CONFIGS["photo"], fps=100.0, long_seconds=10.0, long_videos=1)
     folder = _write_set(tmp_path / "set", cfg)
@@ -321,13 +321,14 @@ def test_spot_eval_and_the_live_spot_stage_find_the_same_intervals_even_under_lo
     ]
     for b in burners:
         b.start()
-    spot = threading.Thread(target=run_spot, args=([frames_at], pairs_at, metrics, stop, ctx))
+    spot = threading.Thread(
+        target=run_spot, args=(SpotConfig([frames_at], pairs_at), metrics, stop, ctx)
+    )
     spot.start()
     source = PyAVSource(str(folder / video))
     ingest = threading.Thread(
         target=run_ingest,
-        args=(source, "cam", frames_at, metrics, stop, ctx),
-        kwargs={"block": True},
+        args=(source, IngestConfig("cam", frames_at, block=True), metrics, stop, ctx),
     )
     live = []
     try:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import zmq
 
-from mfvan.stream import protocol
 from mfvan.stream.client import Event
 from mfvan.stream.messages import uuid7
 from mfvan.stream.outputs.store import EventStore, StoreError, magnified_difference
@@ -40,9 +39,13 @@ def event(stream="cam1", seq=0, label="surprise", confidence=0.8, t=None, crops=
         apex=110 + seq,
         offset=130 + seq,
         model="demo-test",
-        times={"t_onset": t_ns - 50_000_000, "t_apex": t_ns, "t_offset": t_ns + 100_000_000},
-        fields={"spot_score": 2.5, "region": "brows"},
-        crops=[onset, apex] if crops else [],
+        t_onset=t_ns - 50_000_000,
+        t_apex=t_ns,
+        t_offset=t_ns + 100_000_000,
+        spot_score=2.5,
+        region="brows",
+        onset_crop=onset if crops else None,
+        apex_crop=apex if crops else None,
         id=uuid7(t_ns),
         face=[100.0, 80.0, 240.0, 240.0],
     )
@@ -131,14 +134,7 @@ def _publisher(endpoint: str, stop: threading.Event, sent: list, every_s: float 
     try:
         while not stop.is_set():
             e = event("cam1", seq)
-            header = {k: v for k, v in e.as_dict().items() if k not in ("v", "stream", "seq")}
-            fields = {
-                "onset": e.onset, "apex": e.apex, "offset": e.offset, "id": e.id,
-                "label": e.label, "probs": list(e.probs.values()), "classes": list(e.probs),
-                "confidence": e.confidence, "model": e.model, "face": e.face,
-                **e.times, "spot_score": header["spot_score"],
-            }  # fmt: skip
-            protocol.send(pub, "event", "cam1", seq, e.crops, **fields)
+            e.send(pub)
             sent.append((seq, time.monotonic()))
             seq += 1
             time.sleep(every_s)

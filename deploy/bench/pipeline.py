@@ -66,7 +66,7 @@ def _produce(endpoint: str, way: str, frames: int, ready) -> None:
     """Child process: bind a PUSH socket and send `frames` frames, `way` = bare | mfvan."""
     import zmq
 
-    from mfvan.stream import protocol
+    from mfvan.stream.messages import Frame
     from mfvan.stream.metrics import Metrics
 
     ctx = zmq.Context()
@@ -87,18 +87,11 @@ def _produce(endpoint: str, way: str, frames: int, ready) -> None:
             sock.send_multipart([image], copy=False)
             continue
         counted.inc()
-        while not protocol.send(
-            sock,
-            "frame",
-            "cam",
-            i,
-            [image],
-            formats=["rgb24"],
-            wait_ms=1000,
-            index=i,
-            t_capture=time.time_ns(),
-            t_ingest=time.time_ns(),
-        ):
+        frame = Frame(
+            stream="cam", seq=i, image=image, index=i, t_capture=time.time_ns()
+        )  # as ingest sends it
+        frame.t_ingest = time.time_ns()
+        while not frame.send(sock, wait_ms=1000):
             full.inc()
         sent_out.inc()
     sock.close(linger=-1)
@@ -110,6 +103,7 @@ def _consume(endpoint: str, way: str, frames: int) -> float:
     import zmq
 
     from mfvan.stream import protocol
+    from mfvan.stream.messages import Frame
     from mfvan.stream.metrics import Metrics
 
     ctx = zmq.Context.instance()
@@ -123,8 +117,8 @@ def _consume(endpoint: str, way: str, frames: int) -> float:
         if way == "bare":
             sock.recv_multipart(copy=False)
         else:
-            msg = protocol.decode(protocol.recv_parts(sock))
-            assert msg.arrays[0].shape == FRAME_SHAPE
+            msg = Frame.from_message(protocol.decode(protocol.recv_parts(sock)))
+            assert msg.image.shape == FRAME_SHAPE
             stream = msg.stream
             if stream not in counted:
                 counted[stream] = metrics.frames_in.labels("spot", stream)

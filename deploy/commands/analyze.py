@@ -48,10 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from mfvan.deploy.analyze import Recognizer, analyze_file, videos
-    from mfvan.deploy.backends import BackendUnavailable, load_recognizer
+    from mfvan.deploy.analyze import analyze_file, videos
+    from mfvan.deploy.backends import BackendUnavailable
     from mfvan.deploy.commands.events import write_csv
-    from mfvan.deploy.shipped import SHIPPED_WEIGHTS
 
     if args.out is not None and args.out.suffix not in (".jsonl", ".csv", ".json"):
         raise stage.Fatal(f"--out {args.out}: give a .jsonl or a .csv file")
@@ -60,10 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if not files and not missing:
         raise stage.Fatal(f"no video files in {', '.join(map(str, args.paths))}")
     try:
-        backend, meta = load_recognizer(args.weights or SHIPPED_WEIGHTS, args.backend)
+        recognizer, _ = stage.load_classifier(args)
     except (BackendUnavailable, ValueError) as e:
         raise stage.Fatal(str(e)) from None
-    recognizer = Recognizer(backend, list(meta["classes"]), meta["version"], args.min_confidence)
     store = None
     if args.db is not None:
         from mfvan.stream.outputs.store import EventStore, StoreError

@@ -78,11 +78,8 @@ def run(args: argparse.Namespace) -> int:
         "ingest",
         stages.run_ingest,
         source,
-        stream_id,
-        args.out,
+        stages.IngestConfig(stream_id, args.out, block=not kind.live, keys=args.keys),
         m,
         stop,
-        block=not kind.live,
-        keys=args.keys,
         errors=(ingest.SourceError, ValueError),
     )

@@ -80,18 +80,17 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy.backends import BackendUnavailable, load_recognizer
+    from mfvan.deploy.backends import BackendUnavailable
     from mfvan.deploy.shipped import SHIPPED_WEIGHTS
-    from mfvan.stream import stages
+    from mfvan.stream.recognizer import RecognizeConfig, run_recognize
 
     stage.setup_logging("recognize", "-", args.log_format)
     stage.check_endpoints(args, args.out, *args.inputs)  # keys too, before loading a backend
     stop = stage.stop_on_signals()
     weights = args.weights or SHIPPED_WEIGHTS
     try:  # refused weights (WeightsError is a ValueError) or no backend: one line each
-        backend, meta = load_recognizer(
-            weights,
-            args.backend,
+        classifier, meta = stage.load_classifier(
+            args,
             device=args.device,
             compile=args.compile,
             precision=args.precision,
@@ -114,23 +113,12 @@ def run(args: argparse.Namespace) -> int:
         "recognize: %s -> %s with %s, model %s",
         ", ".join(args.inputs),
         args.out,
-        backend.name,
+        classifier.backend.name,
         version,
     )
-    return stage.run_stage(
-        "recognize",
-        stages.run_recognize,
+    config = RecognizeConfig(
         args.inputs,
         args.out,
-        stages.Classifier(
-            backend,
-            list(meta["classes"]),
-            version,
-            min_confidence=args.min_confidence,
-            publish_vetoed=args.publish_vetoed,
-        ),
-        m,
-        stop,
         max_batch=args.max_batch,
         max_wait_s=args.max_wait_ms / 1000,
         with_crops=args.with_crops,
@@ -138,3 +126,4 @@ def run(args: argparse.Namespace) -> int:
         max_streams=args.max_streams,
         idle_s=args.idle_s,
     )
+    return stage.run_stage("recognize", run_recognize, config, classifier, m, stop)

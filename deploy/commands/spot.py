@@ -44,13 +44,9 @@ def run(args: argparse.Namespace) -> int:
     m = stage.metrics("spot", args.metrics_port)
     warm_up()
     stage.log.info("spot: %s -> %s", ", ".join(args.inputs), args.out)
-    return stage.run_stage(
-        "spot",
-        stages.run_spot,
+    config = stages.SpotConfig(
         args.inputs,
         args.out,
-        m,
-        stop,
         keys=args.keys,
         max_streams=args.max_streams,
         idle_s=args.idle_s,
@@ -59,3 +55,4 @@ def run(args: argparse.Namespace) -> int:
         watch=args.watch,
         flow_device=stage.flow_device(args),
     )
+    return stage.run_stage("spot", stages.run_spot, config, m, stop)

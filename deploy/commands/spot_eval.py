@@ -60,19 +60,17 @@ class RecognizerError(ValueError):
     """Weights or a backend spot-eval cannot use; the message is one line."""
 
 
-def _recognizer(args: argparse.Namespace) -> dict:
-    """The live recognizer for `evaluate`: its backend (`classify`), `classes`, `version`."""
-    from mfvan.deploy.backends import NAMES, BackendUnavailable, load_recognizer
-    from mfvan.deploy.shipped import SHIPPED_WEIGHTS
+def _classifier(args: argparse.Namespace):
+    """The live recognizer's `Classifier`, as `mfvan recognize` loads it."""
+    from mfvan.deploy.backends import NAMES, BackendUnavailable
     from mfvan.model.weights import WeightsError
 
     if args.backend not in NAMES:
         raise RecognizerError(f"unknown backend {args.backend!r}; choose from {NAMES}")
     try:
-        backend, meta = load_recognizer(args.weights or SHIPPED_WEIGHTS, args.backend)
+        return stage.load_classifier(args)[0]
     except (WeightsError, BackendUnavailable) as e:
         raise RecognizerError(str(e)) from None
-    return {"classify": backend, "classes": list(meta["classes"]), "version": meta["version"]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,21 +89,21 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         try:
             spotting.check_layout(args.data)
-            recognizer = {} if args.no_recognize else _recognizer(args)
+            classifier = None if args.no_recognize else _classifier(args)
             result = spotting.evaluate(
                 args.data,
                 args.out,
                 params=stage.spotter_params(args),
                 workers=args.workers,
-                classify=recognizer.get("classify"),
-                classes=recognizer.get("classes"),
+                classify=classifier and classifier.backend,
+                classes=classifier and classifier.classes,
             )
         except (spotting.LayoutError, RecognizerError) as e:
             print(f"mfvan spot-eval: {e}", file=sys.stderr)
             return 2
         print(spotting.format_score(result))
         if "str" in result:
-            print(f"recognizer: {recognizer['version']} ({recognizer['classify'].name})")
+            print(f"recognizer: {classifier.version} ({classifier.backend.name})")
             print(spotting.format_chain(result["str"]))
         print(f"traces and intervals: {args.out}")
     if args.sweep:

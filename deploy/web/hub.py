@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 
 from mfvan.stream import protocol, security
+from mfvan.stream.messages import Preview, Status
 from mfvan.stream.metrics import fetch
 from mfvan.stream.outputs.store import SNAPSHOTS, snapshot_images
 
@@ -49,7 +50,7 @@ class Camera:
     """One camera as the view knows it."""
 
     name: str
-    status: dict | None = None
+    status: Status | None = None
     status_at: float = 0.0  # monotonic
     signal: deque = field(default_factory=lambda: deque(maxlen=8192))  # (t_s, value|None)
     jpeg: bytes | None = None
@@ -62,7 +63,7 @@ class Camera:
 
     def state(self, now: float) -> str:
         if self.status is not None and now - self.status_at < STALE_S:
-            return self.status["state"]
+            return self.status.state
         return "reconnecting" if self.reconnecting else "no frames"
 
     def sparkline(self, now_s: float) -> list[float | None]:
@@ -78,17 +79,17 @@ class Camera:
         return bins
 
     def summary(self, now: float) -> dict:
-        s = self.status or {}
+        s = self.status
         return {
             "name": self.name,
             "state": self.state(now),
-            "face": s.get("face"),
-            "width": s.get("width"),
-            "height": s.get("height"),
-            "threshold": s.get("threshold"),
+            "face": s and s.face,
+            "width": s and s.width,
+            "height": s and s.height,
+            "threshold": s and s.threshold,
             "signal": self.sparkline(time.time()),
             "signal_s": SIGNAL_S,
-            "fps": self.fps if self.fps is not None else s.get("fps"),
+            "fps": self.fps if self.fps is not None else s and s.fps,
             "p99_ms": self.p99_ms,
             "previews": self.frame_no,
         }
@@ -212,28 +213,28 @@ class Hub:
                 log.debug("web: dropped a watch message: %s", e)
                 continue
             if msg.kind == "status":
-                self._on_status(msg)
+                self._on_status(Status.from_message(msg))
             elif msg.kind == "preview" and self.faces:
-                self._on_preview(msg)
+                self._on_preview(Preview.from_message(msg))
 
-    def _on_status(self, msg: protocol.Message) -> None:
+    def _on_status(self, status: Status) -> None:
         self.counts["statuses"] += 1
-        cam = self.camera(msg.stream)
-        cam.status, cam.status_at = msg.fields, time.monotonic()
-        samples = msg.fields["signal"]
-        end = msg.fields["t_status"] / 1e9
-        step = 1 / max(1.0, msg.fields.get("fps") or 1.0)
+        cam = self.camera(status.stream)
+        cam.status, cam.status_at = status, time.monotonic()
+        samples = status.signal
+        end = status.t_status / 1e9
+        step = 1 / max(1.0, status.fps or 1.0)
         for i, value in enumerate(samples):  # spread over the status's span, in order
             cam.signal.append((end - (len(samples) - 1 - i) * step, value))
         if self.clients:
             self.broadcast("status", cam.summary(time.monotonic()))
 
-    def _on_preview(self, msg: protocol.Message) -> None:
+    def _on_preview(self, preview: Preview) -> None:
         self.counts["previews"] += 1
-        cam = self.camera(msg.stream)
-        image = np.asarray(msg.arrays[0])
+        cam = self.camera(preview.stream)
+        image = np.asarray(preview.image)
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)
-        face = msg.fields.get("face")
+        face = preview.face
         if face is not None:
             x, y, w, h = (int(round(v)) for v in face)
             cv2.rectangle(image, (x, y), (x + w, y + h), (80, 220, 80), 2)
