@@ -135,20 +135,21 @@ class Child:
             self.proc.send_signal(signal.SIGTERM)
 
 
-def forwarded(args: argparse.Namespace) -> list[str]:
-    """`mfvan run`'s recognizer flags (`mfvan.deploy.commands.recognize.add_model_options`,
-    which `mfvan run` offers too) and security flags, as the recognizer's command line."""
-    from mfvan.deploy.commands.recognize import add_model_options
-    from mfvan.deploy.stage import add_security
-
+def forwarded(args: argparse.Namespace, *adders) -> list[str]:
+    """`mfvan run`'s flags that `adders` (functions adding options to a parser, which
+    `mfvan run` calls too) define, as a child's command line: given as given, a repeated
+    flag repeated, a flag left at None left out."""
     names = argparse.ArgumentParser(add_help=False)
-    add_model_options(names)
-    add_security(names)
+    for add in adders:
+        add(names)
     argv = []
     for action in names._actions:
-        value = getattr(args, action.dest)
+        value = getattr(args, action.dest, None)
         if isinstance(action, argparse._StoreTrueAction):
             argv += [action.option_strings[0]] if value else []
+        elif isinstance(value, list):
+            for item in value:
+                argv += [action.option_strings[0], str(item)]
         elif value is not None:
             argv += [action.option_strings[0], str(value)]
     return argv
@@ -158,93 +159,98 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     """The child processes of `mfvan run` (the recognizer last) and the event endpoint.
     Ports: ingest i on base + 2i, the spot process of streams i.. on base + 2i + 1 (so the
     layout of one spot per stream is unchanged), the recognizer on base + 2N, the
-    outputs' process (`forward`, with --mqtt or --webhook) on base + 2N + 1, the web view's
-    series (with --web) on base + 2N + 2."""
+    outputs' process (`forward`, when an output is asked for) on base + 2N + 1, the web
+    view's series (with --web) on base + 2N + 2."""
+    from mfvan.deploy.commands.recognize import add_model_options
+    from mfvan.deploy.stage import add_security
     from mfvan.stream.ingest import resolve
 
-    base = args.metrics_base_port
-    per_spot = args.streams_per_spot
     named = cameras(args.source)
     names = [name for name, _ in named]
     urls = [resolve(source) for _, source in named]
-    options = getattr(args, "camera_options", None) or {}
-    ingests, spots, pair_endpoints, watch_endpoints = [], [], [], []
-    for i, (url, stream) in enumerate(zip(urls, names, strict=True)):
-        own = options.get(stream, {})
-        frames = f"ipc://{runtime}/frames-{i}.ipc"
-        argv = ["ingest", "--source", "env:MFVAN_SOURCE", "--out", frames, "--stream", stream]
-        argv += ["--metrics-port", str(base + 2 * i)]
-        argv += ["--realtime"] if own.get("realtime", args.realtime) else []
-        argv += ["--fps", f"{own['fps']:g}"] if own.get("fps") else []
-        ingests.append(Child("ingest", stream, argv, env={"MFVAN_SOURCE": url}))
-    for first in range(0, len(urls), per_spot):
-        served = range(first, min(first + per_spot, len(urls)))
-        pairs = f"ipc://{runtime}/pairs-{first}.ipc"
-        pair_endpoints.append(pairs)
-        argv = ["spot"]
-        for i in served:
-            argv += ["--in", f"ipc://{runtime}/frames-{i}.ipc"]
-        argv += ["--out", pairs, "--metrics-port", str(base + 2 * first + 1)]
-        if getattr(args, "measure_hz", None) is not None:
-            argv += ["--measure-hz", f"{args.measure_hz:g}"]
-        if getattr(args, "flow_device", "cpu") != "cpu":
-            argv += ["--flow-device", args.flow_device]
-        argv += ["--clips"] if getattr(args, "with_clips", False) else []
-        if getattr(args, "web", None) is not None:
-            watch_endpoints.append(f"ipc://{runtime}/watch-{first}.ipc")
-            argv += ["--watch", watch_endpoints[-1]]
-        streams = tuple(names[i] for i in served)
-        spots.append(Child("spot", "+".join(streams), argv, streams=streams))
+    ingests = [_ingest(args, runtime, i, url, names[i]) for i, url in enumerate(urls)]
+    spots = [
+        _spot(args, runtime, first, names[first : first + args.streams_per_spot])
+        for first in range(0, len(urls), args.streams_per_spot)
+    ]
     children = []  # each stream's ingest, then its spot process once it serves them all
     for spot in spots:
         children += [c for c in ingests if c.stream in spot.streams] + [spot]
     events = args.events or f"ipc://{runtime}/events.ipc"
-    after = base + 2 * len(urls)  # the ports after the streams': recognizer, forward, view
+    after = args.metrics_base_port + 2 * len(urls)  # the ports after the streams'
+    children += _subscribers(args, runtime, events, after, names, len(spots))
     recognize = ["recognize", "--out", events, "--metrics-port", str(after)]
-    for endpoint in pair_endpoints:
-        recognize += ["--in", endpoint]
-    # where the run's own subscribers connect: a recognizer bound on every interface is
-    # reached on loopback
+    for first in range(0, len(urls), args.streams_per_spot):
+        recognize += ["--in", f"ipc://{runtime}/pairs-{first}.ipc"]
+    recognize += forwarded(args, add_model_options, add_security)
+    if getattr(args, "with_clips", False) and "--with-crops" not in recognize:
+        recognize.append("--with-crops")  # the clip travels with the crops
+    children.append(Child("recognize", "all", recognize))
+    return children, events
+
+
+def _ingest(args: argparse.Namespace, runtime: Path, i: int, url: str, stream: str) -> Child:
+    """Stream i's ingest process (its source in its environment: it may hold a password)."""
+    own = (getattr(args, "camera_options", None) or {}).get(stream, {})
+    frames = f"ipc://{runtime}/frames-{i}.ipc"
+    argv = ["ingest", "--source", "env:MFVAN_SOURCE", "--out", frames, "--stream", stream]
+    argv += ["--metrics-port", str(args.metrics_base_port + 2 * i)]
+    argv += ["--realtime"] if own.get("realtime", args.realtime) else []
+    argv += ["--fps", f"{own['fps']:g}"] if own.get("fps") else []
+    return Child("ingest", stream, argv, env={"MFVAN_SOURCE": url})
+
+
+def _spot(args: argparse.Namespace, runtime: Path, first: int, streams: list[str]) -> Child:
+    """The spot process of streams `first`, `first + 1`, ... (`streams`)."""
+    argv = ["spot"]
+    for i in range(first, first + len(streams)):
+        argv += ["--in", f"ipc://{runtime}/frames-{i}.ipc"]
+    argv += ["--out", f"ipc://{runtime}/pairs-{first}.ipc"]
+    argv += ["--metrics-port", str(args.metrics_base_port + 2 * first + 1)]
+    if getattr(args, "measure_hz", None) is not None:
+        argv += ["--measure-hz", f"{args.measure_hz:g}"]
+    if getattr(args, "flow_device", "cpu") != "cpu":
+        argv += ["--flow-device", args.flow_device]
+    argv += ["--clips"] if getattr(args, "with_clips", False) else []
+    if getattr(args, "web", None) is not None:
+        argv += ["--watch", f"ipc://{runtime}/watch-{first}.ipc"]
+    return Child("spot", "+".join(streams), argv, streams=tuple(streams))
+
+
+def _subscribers(args, runtime: Path, events: str, after: int, names: list, spots: int) -> list:
+    """The run's own subscribers: the event store's recorder (--db), the outputs'
+    forwarder (any output asked for), the web view (--web)."""
+    from mfvan.deploy.commands.forward import add_output_options
+    from mfvan.stream.outputs import kinds
+
+    # where they connect: a recognizer bound on every interface is reached on loopback
     local = events.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
+    keys = ["--keys", str(args.keys)] if getattr(args, "keys", None) is not None else []
     db = getattr(args, "db", None)
+    children = []
     if db is not None:  # the event store's recorder, a subscriber like any other
         record = ["record", local, "--db", str(db)]
         for flag in ("max_age_days", "max_gb"):
             if getattr(args, flag, None) is not None:
                 record += [f"--{flag.replace('_', '-')}", f"{getattr(args, flag):g}"]
-        if getattr(args, "keys", None) is not None:
-            record += ["--keys", str(args.keys)]
-        children.append(Child("record", "store", record))
-    if getattr(args, "mqtt", None) or getattr(args, "webhook", None):
+        children.append(Child("record", "store", record + keys))
+    if any(kind.wanted(args) for kind in kinds()):  # the outputs' flags, passed on as given
         forward = ["forward", local, "--metrics-port", str(after + 1)]
-        forward += ["--mqtt", args.mqtt] if args.mqtt else []
-        if args.mqtt:
-            forward += ["--mqtt-prefix", args.mqtt_prefix, "--mqtt-qos", str(args.mqtt_qos)]
-            forward += ["--mqtt-retain"] if args.mqtt_retain else []
-        for url in args.webhook or ():
-            forward += ["--webhook", url]
-        if getattr(args, "keys", None) is not None:
-            forward += ["--keys", str(args.keys)]
-        children.append(Child("forward", "outputs", forward))
+        forward += forwarded(args, add_output_options)
+        children.append(Child("forward", "outputs", forward + keys))
     if getattr(args, "web", None) is not None:  # the web view, a subscriber too
         web = ["web", "--bind", args.web, "--events", local]
-        web += ["--metrics", f"http://127.0.0.1:{base - 1}/metrics"]
+        web += ["--metrics", f"http://127.0.0.1:{args.metrics_base_port - 1}/metrics"]
         web += ["--metrics-port", str(after + 2)]  # in the run's aggregate
-        for endpoint in watch_endpoints:
-            web += ["--watch", endpoint]
+        for first in range(spots):
+            web += ["--watch", f"ipc://{runtime}/watch-{first * args.streams_per_spot}.ipc"]
         for name in names:
             web += ["--camera", name]
         web += ["--db", str(db)] if db is not None else []
         web += ["--faces"] if args.web_faces else []
         web += ["--token-file", str(args.token_file)] if args.token_file else []
-        if getattr(args, "keys", None) is not None:
-            web += ["--keys", str(args.keys)]
-        children.append(Child("web", "view", web))
-    recognize += forwarded(args)
-    if getattr(args, "with_clips", False) and "--with-crops" not in recognize:
-        recognize.append("--with-crops")  # the clip travels with the crops
-    children.append(Child("recognize", "all", recognize))
-    return children, events
+        children.append(Child("web", "view", web + keys))
+    return children
 
 
 class Aggregate:

@@ -19,7 +19,8 @@ from conftest import answering, free_port, scrape
 from test_store import event
 
 from mfvan.stream import subscribe
-from mfvan.stream.outputs.mqtt import MqttOutput
+from mfvan.stream.outputs import Counters
+from mfvan.stream.outputs.mqtt import MqttConfig, MqttOutput
 from mfvan.stream.outputs.webhook import WebhookOutput, signature
 
 MOSQUITTO = shutil.which("mosquitto") or (
@@ -99,8 +100,8 @@ def test_mqtt_events_survive_a_broker_restart_and_drops_are_counted(tmp_path):
     broker = Broker(tmp_path, free_port())
     broker.start()
     drops = []
-    out = MqttOutput("127.0.0.1", broker.port, qos=1, min_delay_s=1, max_delay_s=1,
-                     on_drop=drops.append)  # fmt: skip
+    config = MqttConfig("127.0.0.1", broker.port, qos=1, min_delay_s=1, max_delay_s=1)
+    out = MqttOutput(config, Counters(on_drop=drops.append))
     listener = Listener(broker.port)
     try:
         assert out.connected.wait(10) and listener.subscribed.wait(10)
@@ -176,7 +177,9 @@ def test_a_webhook_that_refuses_or_keeps_failing_drops_and_counts():
     refusing, url1 = _hook_server([400])
     failing, url2 = _hook_server([500] * 10)
     drops = []
-    out = WebhookOutput([url1, url2], first_delay_s=0.02, retries=2, on_drop=drops.append)
+    out = WebhookOutput(
+        [url1, url2], first_delay_s=0.02, retries=2, counters=Counters(on_drop=drops.append)
+    )
     try:
         out.send(event("door", 0))
         assert _until(lambda: len(drops) == 2)
@@ -195,7 +198,9 @@ def test_a_webhook_that_answers_garbage_is_retried_and_its_worker_lives_on():
     with answering(b"not http at all\r\n\r\n") as (port, answered):
         url = f"http://127.0.0.1:{port}/hook"
         drops = []
-        out = WebhookOutput([url], first_delay_s=0.02, retries=1, on_drop=drops.append)
+        out = WebhookOutput(
+            [url], first_delay_s=0.02, retries=1, counters=Counters(on_drop=drops.append)
+        )
         try:
             out.send(event("door", 0))
             assert _until(lambda: len(drops) == 1)
@@ -258,3 +263,71 @@ def test_a_hung_webhook_never_holds_events_back_from_subscribers(tmp_path):
         forward.wait(timeout=15)
         pub.close(linger=0)
         hung.close()
+
+
+FAKE_OUTPUT = '''
+"""An output that appends each event's id to a file: a whole output in one module."""
+from mfvan.stream.outputs import OutputKind
+
+
+class FileOutput:
+    name = "jsonfile"
+
+    def __init__(self, path, counters):
+        self.path, self.counters = path, counters
+
+    def send(self, event):
+        with open(self.path, "a") as f:
+            f.write(event.id + "\\n")
+        self.counters.on_sent()
+        return True
+
+    def close(self):
+        pass
+
+
+def add_options(p):
+    p.add_argument("--jsonfile", metavar="FILE", help="append each event's id here")
+
+
+KIND = OutputKind(
+    "jsonfile", add_options, lambda args: bool(args.jsonfile),
+    lambda args, counters: FileOutput(args.jsonfile, counters),
+)
+'''
+
+
+def test_a_new_output_is_one_module_and_one_registry_entry(tmp_path, monkeypatch):
+    """Registering an output (its module, one entry in REGISTRY) is all it takes: `mfvan
+    forward` offers its flag and builds it, `mfvan run` passes the flag to its forward
+    child unchanged, without either naming it."""
+    from pathlib import Path
+
+    from mfvan.deploy.cli import build_parser
+    from mfvan.deploy.commands.forward import outputs
+    from mfvan.deploy.supervisor import plan
+    from mfvan.stream import outputs as registry
+    from mfvan.stream.metrics import Metrics
+
+    (tmp_path / "fake_output.py").write_text(FAKE_OUTPUT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.REGISTRY, "jsonfile", "fake_output")
+    ids = tmp_path / "ids.txt"
+    args = build_parser().parse_args(["forward", "ipc:///x", "--jsonfile", str(ids)])
+    m = Metrics("forward")
+    (target,) = outputs(args, m)
+    e = event("door", 0)
+    assert target.send(e) and ids.read_text() == e.id + "\n"
+    assert m.outputs_sent.labels("jsonfile")._value.get() == 1, "counted under its name"
+    run = build_parser().parse_args(
+        ["run", "--source", "a=x.mp4", "--jsonfile", str(ids), "--webhook", "http://h/1"]
+        + ["--webhook", "http://h/2"]
+    )
+    children, _ = plan(run, Path("/run/x"))
+    (forward,) = [c for c in children if c.stage == "forward"]
+    again = build_parser().parse_args(forward.argv)
+    assert again.jsonfile == str(ids) and again.webhook == ["http://h/1", "http://h/2"]
+    built = outputs(again)
+    assert [t.name for t in built] == ["webhook", "jsonfile"]
+    for t in built:
+        t.close()

@@ -269,3 +269,56 @@ def test_a_send_that_waits_keeps_nothing_of_its_socket():
     gc.collect()
     assert alive() is None
     ctx.term()
+
+
+def test_every_message_field_is_declared_once():
+    """Each kind's wire schema is its typed class's declared fields (plus the wire-only
+    `classes` of an event), each declared in one class body: a pair and its event share
+    `Spotted`'s declarations (the same Field objects), nothing redeclares an inherited
+    field, and no module reads a message's buffers by position but protocol.py."""
+    import ast
+    import dataclasses
+    from pathlib import Path
+
+    from mfvan.stream import messages
+
+    for kind, cls in messages.KINDS.items():
+        schema = protocol.SCHEMAS[kind]
+        declared = {f.name for f in cls.header_fields()} | set(cls.wire_only())
+        assert set(schema.fields) == declared, kind
+        for base in cls.__mro__[1:]:
+            own = set(vars(cls).get("__annotations__", {}))
+            inherited = (
+                {f.name for f in dataclasses.fields(base)}
+                if dataclasses.is_dataclass(base)
+                else set()
+            )
+            assert not own & inherited, f"{cls.__name__} redeclares {own & inherited}"
+    for name in (f.name for f in messages.Spotted.spotted_fields()):
+        pair, event = messages.Pair.__dataclass_fields__, messages.Event.__dataclass_fields__
+        assert pair[name] is event[name] is messages.Spotted.__dataclass_fields__[name]
+    root = Path(messages.__file__).resolve().parents[1]
+    readers = []
+    for path in root.rglob("*.py"):
+        if {"tests", ".venv", "build"} & set(path.relative_to(root).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Subscript) and getattr(node.value, "attr", "") == "arrays":
+                readers.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert [r for r in readers if not r.startswith("stream/protocol.py")] == []
+
+
+def test_an_event_carries_every_field_of_its_pair():
+    """Before: `amplitude` was in the pair but not carried to the event (a list of the
+    fields to carry had drifted from the pair's)."""
+    from mfvan.stream.messages import Event, Pair
+
+    crop = np.zeros((64, 64), np.uint8)
+    values = {f.name: 7 for f in Pair.spotted_fields() if f.metadata["check"](7)}
+    values |= {"spot_score": 2.5, "amplitude": 0.4, "region": "brow", "truth": {"k": 1},
+               "face": [1.0, 2.0, 3.0, 4.0], "clip_fps": 100.0}  # fmt: skip
+    pair = Pair(stream="cam1", onset_crop=crop, apex_crop=crop, **values)
+    event = Event.of(pair, id="x", label="a", probs={"a": 1.0}, confidence=1.0, model="m")
+    got = Event.from_message(protocol.decode(event.encode()))
+    assert {k: getattr(got, k) for k in values} == values
+    assert set(pair.header()) <= set(got.header())

@@ -11,7 +11,6 @@ fails: `mfvan.stream.outputs.mqtt`, `mfvan.stream.outputs.webhook`.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from mfvan.deploy import stage
@@ -33,70 +32,29 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
-    """The outputs' flags, shared with `mfvan run` (which forwards them to its child)."""
-    p.add_argument(
-        "--mqtt",
-        metavar="HOST[:PORT]",
-        help="publish events to this MQTT broker (port 1883 unless given); user and password "
-        "from MFVAN_MQTT_USER and MFVAN_MQTT_PASSWORD",
-    )
-    p.add_argument(
-        "--mqtt-prefix", default="mfvan", help="topics PREFIX/events, PREFIX/CAMERA/events"
-    )
-    p.add_argument("--mqtt-qos", type=int, choices=(0, 1, 2), default=0, help="MQTT QoS")
-    p.add_argument("--mqtt-retain", action="store_true", help="publish events retained")
-    p.add_argument(
-        "--webhook",
-        action="append",
-        metavar="URL",
-        help="POST each event's JSON here (repeatable); signed when MFVAN_WEBHOOK_SECRET is "
-        "set (header X-Mfvan-Signature-256)",
-    )
+    """Every registered output's flags (`mfvan.stream.outputs.REGISTRY`), shared with
+    `mfvan run` (which forwards them to its child)."""
+    from mfvan.stream import outputs
+
+    outputs.add_options(p)
 
 
 def outputs(args: argparse.Namespace, metrics=None) -> list:
     """The outputs the flags ask for, their drops and deliveries counted in `metrics`."""
-    from mfvan.stream.outputs.mqtt import MqttOutput
-    from mfvan.stream.outputs.webhook import WebhookOutput
+    from mfvan.stream.outputs import Counters, build
 
-    def counted(name):
+    def counted(name: str) -> Counters:
         if metrics is None:
-            return {}
-        return {
-            "on_drop": lambda reason: metrics.outputs_dropped.labels(name, reason).inc(),
-            "on_sent": metrics.outputs_sent.labels(name).inc,
-        }
-
-    out = []
-    if args.mqtt:
-        host, _, port = args.mqtt.rpartition(":") if ":" in args.mqtt else (args.mqtt, "", "")
-        try:
-            port = int(port or 1883)
-        except ValueError:
-            raise stage.Fatal(f"--mqtt {args.mqtt}: the port is not a number") from None
-        out.append(
-            MqttOutput(
-                host,
-                port,
-                prefix=args.mqtt_prefix,
-                qos=args.mqtt_qos,
-                retain=args.mqtt_retain,
-                username=os.environ.get("MFVAN_MQTT_USER"),
-                password=os.environ.get("MFVAN_MQTT_PASSWORD"),
-                **counted("mqtt"),
-            )
+            return Counters()
+        return Counters(
+            lambda reason: metrics.outputs_dropped.labels(name, reason).inc(),
+            metrics.outputs_sent.labels(name).inc,
         )
-    if args.webhook:
-        secret = os.environ.get("MFVAN_WEBHOOK_SECRET")
-        try:
-            out.append(
-                WebhookOutput(
-                    args.webhook, secret.encode() if secret else None, **counted("webhook")
-                )
-            )
-        except ValueError as e:
-            raise stage.Fatal(str(e)) from None
-    return out
+
+    try:
+        return build(args, counted)
+    except ValueError as e:
+        raise stage.Fatal(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.stream.security import client_curve
 
     stage.setup_logging("forward", args.stream or "-", args.log_format)
-    if not (args.mqtt or args.webhook):
+    from mfvan.stream.outputs import kinds
+
+    if not any(kind.wanted(args) for kind in kinds()):
         raise stage.Fatal("nothing to forward to: give --mqtt HOST[:PORT] and/or --webhook URL")
     stop = stage.stop_on_signals()
     m = stage.metrics("forward", args.metrics_port)

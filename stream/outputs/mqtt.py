@@ -1,7 +1,7 @@
 """Events to an MQTT broker (paho-mqtt), in the spirit of Frigate's event messages, for
 Home Assistant, Node-RED and the like.
 
-    out = MqttOutput("127.0.0.1", 1883, prefix="mfvan")
+    out = MqttOutput(MqttConfig("127.0.0.1", 1883, prefix="mfvan"))
     out.send(event)          # never blocks: dropped and counted while the broker is away
 
 Topics: every event as JSON on `PREFIX/events` and on `PREFIX/CAMERA/events`; the event
@@ -20,51 +20,60 @@ they are dropped and counted too.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import threading
+from dataclasses import dataclass
+
+from . import NO_COUNTERS, Counters, OutputKind
 
 log = logging.getLogger("mfvan.outputs")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Where and how: the broker, the topics' prefix, QoS and retain; credentials; the
+    client's queue of unsent messages; the reconnection delays."""
+
+    host: str
+    port: int = 1883
+    prefix: str = "mfvan"
+    qos: int = 0
+    retain: bool = False
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    queue: int = 1000
+    min_delay_s: float = 1.0
+    max_delay_s: float = 30.0
 
 
 class MqttOutput:
     name = "mqtt"
 
-    def __init__(
-        self,
-        host: str,
-        port: int = 1883,
-        prefix: str = "mfvan",
-        qos: int = 0,
-        retain: bool = False,
-        username: str | None = None,
-        password: str | None = None,
-        client_id: str | None = None,
-        queue: int = 1000,
-        min_delay_s: float = 1.0,
-        max_delay_s: float = 30.0,
-        on_drop=None,
-        on_sent=None,
-    ):
+    def __init__(self, config: MqttConfig, counters: Counters = NO_COUNTERS):
         import paho.mqtt.client as mqtt
 
-        if qos not in (0, 1, 2):
-            raise ValueError(f"MQTT QoS is 0, 1 or 2, not {qos!r}")
-        self.prefix, self.qos, self.retain = prefix.rstrip("/"), qos, retain
+        if config.qos not in (0, 1, 2):
+            raise ValueError(f"MQTT QoS is 0, 1 or 2, not {config.qos!r}")
+        self.prefix, self.qos, self.retain = config.prefix.rstrip("/"), config.qos, config.retain
         self.dropped = self.sent = 0
-        self.on_drop = on_drop or (lambda reason: None)
-        self.on_sent = on_sent or (lambda: None)
+        self.on_drop, self.on_sent = counters.on_drop, counters.on_sent
         self.connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "")
-        if username:
-            self.client.username_pw_set(username, password)
-        self.client.max_queued_messages_set(queue)
-        self.client.reconnect_delay_set(min_delay=int(min_delay_s), max_delay=int(max_delay_s))
+        client_id = config.client_id or ""
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if config.username:
+            self.client.username_pw_set(config.username, config.password)
+        self.client.max_queued_messages_set(config.queue)
+        delays = {"min_delay": int(config.min_delay_s), "max_delay": int(config.max_delay_s)}
+        self.client.reconnect_delay_set(**delays)
         self.client.will_set(f"{self.prefix}/available", "offline", qos=1, retain=True)
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
-        self.where = f"{host}:{port}"
-        self.client.connect_async(host, port, keepalive=30)
+        self.where = f"{config.host}:{config.port}"
+        self.client.connect_async(config.host, config.port, keepalive=30)
         self.client.loop_start()
 
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
@@ -106,3 +115,38 @@ class MqttOutput:
             self.client.publish(f"{self.prefix}/available", "offline", qos=1, retain=True)
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mqtt",
+        metavar="HOST[:PORT]",
+        help="publish events to this MQTT broker (port 1883 unless given); user and password "
+        "from MFVAN_MQTT_USER and MFVAN_MQTT_PASSWORD",
+    )
+    p.add_argument(
+        "--mqtt-prefix", default="mfvan", help="topics PREFIX/events, PREFIX/CAMERA/events"
+    )
+    p.add_argument("--mqtt-qos", type=int, choices=(0, 1, 2), default=0, help="MQTT QoS")
+    p.add_argument("--mqtt-retain", action="store_true", help="publish events retained")
+
+
+def _build(args: argparse.Namespace, counters: Counters) -> MqttOutput:
+    host, _, port = args.mqtt.rpartition(":") if ":" in args.mqtt else (args.mqtt, "", "")
+    try:
+        port = int(port or 1883)
+    except ValueError:
+        raise ValueError(f"--mqtt {args.mqtt}: the port is not a number") from None
+    config = MqttConfig(
+        host,
+        port,
+        prefix=args.mqtt_prefix,
+        qos=args.mqtt_qos,
+        retain=args.mqtt_retain,
+        username=os.environ.get("MFVAN_MQTT_USER"),
+        password=os.environ.get("MFVAN_MQTT_PASSWORD"),
+    )
+    return MqttOutput(config, counters)
+
+
+KIND = OutputKind("mqtt", _add_options, lambda args: bool(args.mqtt), _build)

@@ -18,16 +18,20 @@ Standard library only (urllib), so nothing more to install for it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import http.client
 import json
 import logging
+import os
 import queue as queues
 import threading
 import time
 import urllib.error
 import urllib.request
+
+from . import NO_COUNTERS, Counters, OutputKind
 
 log = logging.getLogger("mfvan.outputs")
 
@@ -48,8 +52,7 @@ class WebhookOutput:
         retries: int = 5,
         first_delay_s: float = 0.5,
         queue: int = 1000,
-        on_drop=None,
-        on_sent=None,
+        counters: Counters = NO_COUNTERS,
     ):
         for url in urls:
             if not url.startswith(("http://", "https://")):
@@ -57,8 +60,7 @@ class WebhookOutput:
         self.secret, self.timeout_s = secret, timeout_s
         self.retries, self.first_delay_s = retries, first_delay_s
         self.dropped = self.sent = 0
-        self.on_drop = on_drop or (lambda reason: None)
-        self.on_sent = on_sent or (lambda: None)
+        self.on_drop, self.on_sent = counters.on_drop, counters.on_sent
         self._stop = threading.Event()
         self._queues = {url: queues.Queue(queue) for url in urls}
         self._threads = [
@@ -130,3 +132,21 @@ class WebhookOutput:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=self.timeout_s + 1)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--webhook",
+        action="append",
+        metavar="URL",
+        help="POST each event's JSON here (repeatable); signed when MFVAN_WEBHOOK_SECRET is "
+        "set (header X-Mfvan-Signature-256)",
+    )
+
+
+def _build(args: argparse.Namespace, counters: Counters) -> WebhookOutput:
+    secret = os.environ.get("MFVAN_WEBHOOK_SECRET")
+    return WebhookOutput(args.webhook, secret.encode() if secret else None, counters=counters)
+
+
+KIND = OutputKind("webhook", _add_options, lambda args: bool(args.webhook), _build)
