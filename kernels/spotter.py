@@ -51,6 +51,7 @@ Imports nothing of this project.
 from __future__ import annotations
 
 import bisect
+import enum
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -152,6 +153,28 @@ class Interval:
     apex_crop: np.ndarray
 
 
+class State(enum.Enum):
+    """The spotter's state between frames (its state machine; step numbers as above)."""
+
+    IDLE = "idle"  # no interval open: a rise over the start threshold opens one
+    OPEN = "open"  # an interval is open (`Spotter._candidate`): its peak is followed
+    # after an interval or a refused large motion: until the signal falls to rest
+    SETTLING = "settling"
+    # after a refused blip, blink or echo: until the signal falls below the start threshold
+    RECOVERING = "recovering"
+
+
+class _Now(NamedTuple):
+    """One measured frame, as the state machine sees it."""
+
+    index: int
+    ns: int
+    signal: float  # the normalised signal (step 1b)
+    region: int  # the region that moved most
+    eyes: float  # the eyes' motion, px (0 when measured with the eyes held still, 1d)
+    main: np.ndarray  # each region's motion, px
+
+
 @dataclass
 class _Candidate:
     onset: int
@@ -195,12 +218,10 @@ class Spotter:
         self._prev_ns = 0
         self._measured_ns = None  # the last frame that passed the rate gate (1i)
         self._gate_ns = None  # the one before it (a frame at rest's weight, 1b)
-        self._falling_since = 0
+        self._settling_since = 0  # when the last interval closed (`State.SETTLING`)
         self._last_ns = None
-        self._candidate: _Candidate | None = None
-        # after an interval or a refused motion: the level the signal must fall to before
-        # another interval can start (rest, or below the start threshold), else None
-        self._falling: str | None = None
+        self._state = State.IDLE
+        self._candidate: _Candidate | None = None  # the open interval (`State.OPEN`)
         self._floors: list = [None, None]  # per GOP state: (mean, dev) per region, samples
         self._tex = None  # (ns, the reference's texture weight), step 1f
         self._recent: deque = deque()  # (ns, float crop) of the denoising window
@@ -221,7 +242,7 @@ class Spotter:
         self._blinks.clear()
         self._history.clear()
         self._candidate = None
-        self._falling = None
+        self._state = State.IDLE
         self._tex = None
         self._measured_ns = self._gate_ns = None
 
@@ -317,7 +338,7 @@ class Spotter:
         signal, region = self._normalise(main, gop, seen)
         self.last_signal = signal
         trusted = not any(a <= ref_ns <= b for a, b in self._blocked)
-        found = self._step(index, timestamp_ns, signal, region, seen, trusted, main)
+        found = self._step(_Now(index, timestamp_ns, signal, region, seen, main), trusted)
         if self._candidate is None and signal <= self._thresholds()[0]:
             self._update_floors(main, gop, timestamp_ns)
         return found
@@ -541,91 +562,88 @@ class Spotter:
         margin = int(self.params.block_margin_s * 1e9)
         self._blocked.append(_Span(start_ns - margin, end_ns + margin))
 
-    def _step(self, index, ns, signal, region, eyes, trusted, main):
+    def _step(self, now: _Now, trusted: bool) -> list[Interval]:
+        """One measured frame through the state machine (`State`): the interval it
+        confirms, if any. `trusted`: its reference is not inside an interval already seen
+        (step 2)."""
         p = self.params
-        self._history.append(_Sample(index, ns, signal))
+        self._history.append(_Sample(now.index, now.ns, now.signal))
         if self._mean is None or self._seen_ns < p.warmup_s * 1e9:
-            self._update_noise(ns, signal)
+            self._update_noise(now.ns, now.signal)
             return []
+        if self._state is not State.OPEN:
+            self._wait(now, trusted)
+            return []
+        return self._follow(now)
+
+    def _wait(self, now: _Now, trusted: bool) -> None:
+        """No interval open (step 3): the noise estimate follows the signal, clipped a
+        little above the resting level (a Huber-like update: a macro-expression or a long
+        head turn barely moves it, while a baseline that really rises is followed,
+        slowly); a settling state ends when the signal falls to its level, or after
+        `max_duration_s` at most; then a rise over the start threshold opens an interval."""
+        p = self.params
         start, quiet = self._thresholds()
-        c = self._candidate
-        if c is None:
-            # the noise estimate follows the signal whenever no interval is open, clipped a
-            # little above the resting level (a Huber-like update: a macro-expression or a
-            # long head turn barely moves it, while a baseline that really rises is
-            # followed, slowly); a rejected motion is waited out until the face is at rest
-            # or for at most `max_duration_s`
-            clip = self._mean + max(p.z_quiet * self._dev, 0.5 * p.min_amplitude)
-            self._update_noise(ns, min(signal, clip))
-            level = quiet if self._falling == "rest" else start
-            if signal <= level or ns - self._falling_since > p.max_duration_s * 1e9:
-                self._falling = None
-            if self._falling or not trusted or signal <= start:
-                return []
-            self._candidate = _Candidate(
-                onset=index,
-                onset_ns=ns,
-                apex=index,
-                apex_ns=ns,
-                peak=signal,
-                threshold=start,
-                region=region,
-                eyes_at_peak=eyes,
-                peak_px=float(main[region]),
-                floor_px=self._floor_of(region),
-                delay_ns=self._delay_ns(ns),
-            )
-            return []
-        if signal > c.peak:
-            c.peak, c.apex, c.apex_ns, c.region, c.eyes_at_peak = signal, index, ns, region, eyes
-            c.peak_px, c.floor_px = float(main[region]), self._floor_of(region)
-            c.delay_ns = self._delay_ns(ns)
+        clip = self._mean + max(p.z_quiet * self._dev, 0.5 * p.min_amplitude)
+        self._update_noise(now.ns, min(now.signal, clip))
+        if self._state is not State.IDLE:
+            level = quiet if self._state is State.SETTLING else start
+            if now.signal <= level or now.ns - self._settling_since > p.max_duration_s * 1e9:
+                self._state = State.IDLE
+        if self._state is not State.IDLE or not trusted or now.signal <= start:
+            return
+        self._state = State.OPEN
+        self._candidate = _Candidate(
+            onset=now.index,
+            onset_ns=now.ns,
+            apex=now.index,
+            apex_ns=now.ns,
+            peak=now.signal,
+            threshold=start,
+            region=now.region,
+            eyes_at_peak=now.eyes,
+            peak_px=float(now.main[now.region]),
+            floor_px=self._floor_of(now.region),
+            delay_ns=self._delay_ns(now.ns),
+        )
+
+    def _follow(self, now: _Now) -> list[Interval]:
+        """An interval is open (step 4): follow its peak until the signal falls
+        `confirm_fraction` of the way back (or it is refused as too large or too long
+        before that), then close it."""
+        p, c = self.params, self._candidate
+        if now.signal > c.peak:
+            c.peak, c.apex, c.apex_ns = now.signal, now.index, now.ns
+            c.region, c.eyes_at_peak = now.region, now.eyes
+            c.peak_px, c.floor_px = float(now.main[now.region]), self._floor_of(now.region)
+            c.delay_ns = self._delay_ns(now.ns)
         rise = c.peak - self._mean
-        edge = self._mean + p.edge_fraction * rise
-        onset = self._onset(c.apex, edge)
+        onset = self._onset(c.apex, self._mean + p.edge_fraction * rise)
         reason = None
-        blink = c.eyes_at_peak > self._blink_ratios[c.region] * c.peak_px
         if c.peak > p.max_amplitude:
             # a blink that reached the signal is a blink, however large: it leaves no
             # motion to wait out or echo to ignore (a macro-expression does)
-            reason = "blink" if blink else "macro"
-        elif onset is None or (ns - onset[1]) * 1e-9 > p.max_duration_s:
+            reason = "blink" if self._is_blink(c) else "macro"
+        elif onset is None or (now.ns - onset[1]) * 1e-9 > p.max_duration_s:
             reason = "long"
-        if reason is None and signal >= self._mean + p.confirm_fraction * rise:
+        if reason is None and now.signal >= self._mean + p.confirm_fraction * rise:
             return []
         self._candidate = None
-        self._falling, self._falling_since = "rest", ns
-        if reason is None and blink:
-            reason = "blink"
-        # temporal consistency: a micro-expression holds its region's motion for tens of
-        # ms; sensor noise, a codec's key frame or block flicker flash for a frame or two
-        if reason is None and (ns - c.onset_ns) * 1e-9 < p.min_duration_s:
-            reason = "short"
+        self._state, self._settling_since = State.SETTLING, now.ns
+        found = self._close(c, onset, now, rise, reason)
+        return [] if found is None else [found]
+
+    def _close(self, c: _Candidate, onset, now: _Now, rise: float, reason) -> Interval | None:
+        """The closed candidate's interval, or None once it is refused (step 5, `reason`
+        when already known) and the refusal counted."""
+        offset = None
         if reason is None:
-            # an echo (or a motion that started before the onset) does not hold between a
-            # frame before the interval's onset and its apex, in the region's own px above
-            # its own floor; a micro-expression does. The frame: the onset as estimated, or
-            # `verify_s` before the apex if that is earlier (a faint expression's noisy
-            # signal puts the estimated onset late, inside the rise)
-            before = self._image_before(min(onset[1], c.apex_ns - int(p.verify_s * 1e9)))
-            moved = self._measure(before, self._image_at(c.apex))[0]
-            if moved[c.region] - c.floor_px < p.verify_fraction * (c.peak_px - c.floor_px):
-                reason = "echo"
+            reason = self._refusal(c, onset, now.ns)
         if reason is None:
-            # onset and offset where a half-cosine rise and fall through the levels seen
-            # would start and end
-            level = min(max((signal - self._mean) / rise, 0.0), 0.99)
-            back = 1 / (1 - _cosine_time(p.edge_fraction))
-            ahead = 1 / (1 - _cosine_time(level))
-            onset = (
-                max(c.apex - round((c.apex - onset[0]) * back), self._history[0].index),
-                max(c.apex_ns - round((c.apex_ns - onset[1]) * back), self._history[0].ns),
-            )
-            offset = c.apex + round((index - c.apex) * ahead)
-            offset_ns = c.apex_ns + round((ns - c.apex_ns) * ahead)
+            onset, offset = self._extent(c, onset, now, rise)
             # a motion whose whole extent, as estimated, is longer than a micro-expression
             # (a macro-expression's part, a slow drift), with 10% allowed for the estimate
-            if (offset_ns - onset[1]) * 1e-9 > 1.1 * p.max_duration_s:
+            if (offset[1] - onset[1]) * 1e-9 > 1.1 * self.params.max_duration_s:
                 reason = "long"
         if reason is not None:
             self.rejected[reason] += 1
@@ -633,33 +651,77 @@ class Spotter:
             # out; a blip, a blink (its echo is a blink again) or an echo leave nothing in
             # the reference frames that could fire later
             if reason in ("macro", "long"):
-                self._block(onset[1] if onset else c.onset_ns, ns)
+                self._block(onset[1] if onset else c.onset_ns, now.ns)
             else:
-                self._falling = "start"
-            return []
-        self._block(onset[1], offset_ns)
-        # the averaging windows (steps 1a, 1c) make the signal late by half their span:
-        # the interval is moved back by that much, to the frame nearest
+                self._state = State.RECOVERING
+            return None
+        self._block(onset[1], offset[1])
+        return self._interval(c, onset, offset, now)
+
+    def _is_blink(self, c: _Candidate) -> bool:
+        """The eyes moved more than the region at the peak (step 5b)."""
+        return c.eyes_at_peak > self._blink_ratios[c.region] * c.peak_px
+
+    def _refusal(self, c: _Candidate, onset: tuple[int, int], ns: int) -> str | None:
+        """Why a closed candidate is no micro-expression: a blink (5b), a blip (5a), an
+        echo (5c); None when it is none of them."""
+        p = self.params
+        if self._is_blink(c):
+            return "blink"
+        # temporal consistency: a micro-expression holds its region's motion for tens of
+        # ms; sensor noise, a codec's key frame or block flicker flash for a frame or two
+        if (ns - c.onset_ns) * 1e-9 < p.min_duration_s:
+            return "short"
+        # an echo (or a motion that started before the onset) does not hold between a
+        # frame before the interval's onset and its apex, in the region's own px above its
+        # own floor; a micro-expression does. The frame: the onset as estimated, or
+        # `verify_s` before the apex if that is earlier (a faint expression's noisy signal
+        # puts the estimated onset late, inside the rise)
+        before = self._image_before(min(onset[1], c.apex_ns - int(p.verify_s * 1e9)))
+        moved = self._measure(before, self._image_at(c.apex))[0]
+        if moved[c.region] - c.floor_px < p.verify_fraction * (c.peak_px - c.floor_px):
+            return "echo"
+        return None
+
+    def _extent(self, c: _Candidate, onset, now: _Now, rise: float):
+        """((onset index, ns), (offset index, ns)): where a half-cosine rise and fall
+        through the levels seen would start and end (step 4)."""
+        p = self.params
+        level = min(max((now.signal - self._mean) / rise, 0.0), 0.99)
+        back = 1 / (1 - _cosine_time(p.edge_fraction))
+        ahead = 1 / (1 - _cosine_time(level))
+        first = self._history[0]
+        onset = (
+            max(c.apex - round((c.apex - onset[0]) * back), first.index),
+            max(c.apex_ns - round((c.apex_ns - onset[1]) * back), first.ns),
+        )
+        offset = (
+            c.apex + round((now.index - c.apex) * ahead),
+            c.apex_ns + round((now.ns - c.apex_ns) * ahead),
+        )
+        return onset, offset
+
+    def _interval(self, c: _Candidate, onset, offset, now: _Now) -> Interval:
+        """The interval, moved back by how late the averaging windows (steps 1a, 1c) made
+        the signal (half their span), to the frame nearest, with its pair (step 6)."""
         apex, apex_ns = self._frame_near(c.apex_ns - c.delay_ns)
         shift, shift_ns = c.apex - apex, c.apex_ns - apex_ns
-        return [
-            Interval(
-                onset=onset[0] - shift,
-                apex=apex,
-                offset=offset - shift,
-                onset_ns=onset[1] - shift_ns,
-                apex_ns=apex_ns,
-                offset_ns=offset_ns - shift_ns,
-                score=c.peak / c.threshold,
-                amplitude=c.peak,
-                region=self._signal_names[c.region],
-                emitted=index,
-                latency_frames=index - apex,
-                latency_ns=ns - apex_ns,
-                onset_crop=self._pair_crop(onset[0] - shift, before=True),
-                apex_crop=self._pair_crop(apex),
-            )
-        ]
+        return Interval(
+            onset=onset[0] - shift,
+            apex=apex,
+            offset=offset[0] - shift,
+            onset_ns=onset[1] - shift_ns,
+            apex_ns=apex_ns,
+            offset_ns=offset[1] - shift_ns,
+            score=c.peak / c.threshold,
+            amplitude=c.peak,
+            region=self._signal_names[c.region],
+            emitted=now.index,
+            latency_frames=now.index - apex,
+            latency_ns=now.ns - apex_ns,
+            onset_crop=self._onset_crop(onset[0] - shift),
+            apex_crop=self._apex_crop(apex),
+        )
 
     def _frame_near(self, ns: int) -> tuple[int, int]:
         """(index, ns) of the kept frame whose time is nearest `ns`."""
@@ -684,19 +746,22 @@ class Spotter:
                 return item
         return self._buffer[-1]
 
-    def _pair_crop(self, index: int, before: bool = False) -> np.ndarray:
-        """The crop a pair carries for frame `index` (step 6): with `denoised_pairs`, the
-        onset's is the reference the spotter would compare with there (its denoised crops
-        of `reference_s` up to it: the face at rest), the apex's the denoised crop whose
-        window is centred on it; otherwise the frame as tracked."""
+    def _onset_crop(self, index: int) -> np.ndarray:
+        """The onset crop a pair carries (step 6): with `denoised_pairs`, the reference the
+        spotter would compare with at frame `index` (its denoised crops of `reference_s`
+        up to it: the face at rest); otherwise the frame as tracked."""
         item = self._item_at(index)
         if not self.params.denoised_pairs:
             return item.crop
-        if before:
-            image = self._reference_image(item.ns)
-        else:
-            image = self._item_at_ns(item.ns + int(self.params.denoise_s * 1e9 / 2)).image
-        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        return _as_crop(self._reference_image(item.ns))
+
+    def _apex_crop(self, index: int) -> np.ndarray:
+        """The apex crop a pair carries (step 6): with `denoised_pairs`, the denoised crop
+        whose window is centred on frame `index`; otherwise the frame as tracked."""
+        item = self._item_at(index)
+        if not self.params.denoised_pairs:
+            return item.crop
+        return _as_crop(self._item_at_ns(item.ns + int(self.params.denoise_s * 1e9 / 2)).image)
 
     def _item_at_ns(self, ns: int):
         """The newest kept frame at or before `ns` (the oldest kept if none)."""
@@ -708,6 +773,11 @@ class Spotter:
     def _image_before(self, ns: int) -> np.ndarray:
         """The denoised crop of the newest frame at or before `ns` (the oldest kept if none)."""
         return self._item_at_ns(ns).image
+
+
+def _as_crop(image: np.ndarray) -> np.ndarray:
+    """A float image as a uint8 crop, rounded."""
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def _eye_weight(size: int, boxes: np.ndarray, margin: float = 0.0, ramp: float = 0.02):

@@ -82,4 +82,10 @@ def test_analyze_gives_the_live_pipelines_events_and_skips_a_broken_file(videos,
     assert sorted(map(_key, events)) == sorted(map(_key, analyzed)), (
         "the same intervals and labels as the live pipeline"
     )
+    # and the same fields: one Event, made by one Classifier from one kind of Pair (before:
+    # live events lacked `amplitude`, which analyze's had); analyze adds where it read them
+    fields = {frozenset(e) for e in events}
+    assert fields == {frozenset(e) - {"source"} for e in repeat}, "every event alike"
+    assert {"amplitude", "spot_score", "region", "face", "times"} <= set(events[0])
+    assert set(events[0]["times"]) == set(repeat[0]["times"])
     assert len(analyzed) >= 4
