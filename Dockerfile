@@ -1,7 +1,7 @@
 # mfvan on CPU: `mfvan run` and its stages, ONNX Runtime for the network.
 # UNVERIFIED: no Docker daemon on the machines this was written on (see docs/deploy.md).
 #   docker build -t mfvan .
-#   docker run --rm -v $PWD/deploy/mfvan.toml:/etc/mfvan/mfvan.toml:ro -v mfvan-data:/var/lib/mfvan \
+#   docker run --rm -v $PWD/deploy/ops/mfvan.toml:/etc/mfvan/mfvan.toml:ro -v mfvan-data:/var/lib/mfvan \
 #       -p 127.0.0.1:9100:9100 mfvan
 FROM python:3.11-slim
 

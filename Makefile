@@ -60,7 +60,7 @@ reproduce: $(STAMP)
 # the GPU figures (docs/benchmarks.md, "GPU"), on a machine with a GPU and its own Python:
 # no venv there (`PYTHON=.venv/bin/python GPU_CHECK_ARGS=--cpu` for a dry run here)
 gpu-check:
-	PYTHON=$(PYTHON) bash deploy/gpu-check.sh $(GPU_CHECK_ARGS)
+	PYTHON=$(PYTHON) bash deploy/ops/gpu-check.sh $(GPU_CHECK_ARGS)
 
 # what the GPU machine's Python lacks of what gpu-check imports, as wheels for it (carried),
 # and mfvan's own wheel (used there if building from the source cannot be done offline)

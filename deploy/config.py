@@ -15,7 +15,7 @@ flags (`--insecure`) are TOML booleans, or 1/0, true/false, yes/no in the enviro
 unknown key, a value of the wrong type or an unreadable file is refused with one line
 naming it; a typo never falls back to a default silently.
 
-An example, `deploy/mfvan.toml`, lists every key of `mfvan run`.
+An example, `deploy/ops/mfvan.toml`, lists every key of `mfvan run`.
 """
 
 from __future__ import annotations

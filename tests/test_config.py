@@ -42,7 +42,9 @@ def test_file_then_environment_then_command_line(tmp_path):
 
 def test_the_shipped_example_names_only_real_flags():
     parser = cli.build_parser()
-    values = config.load_file(REPO / "deploy" / "mfvan.toml", config.subparser(parser, "run"))
+    values = config.load_file(
+        REPO / "deploy" / "ops" / "mfvan.toml", config.subparser(parser, "run")
+    )
     assert values["source"] == ["door=env:CAMERA_DOOR_URL"], "the disabled camera is left out"
     assert values["metrics_base_port"] == 9101
 

@@ -11,7 +11,7 @@ from conftest import REPO
 from mfvan.deploy import cli
 from mfvan.stream.security import check
 
-MANIFESTS = sorted((REPO / "deploy" / "k8s").glob("*.yaml"))
+MANIFESTS = sorted((REPO / "deploy" / "ops" / "k8s").glob("*.yaml"))
 DOCS = [(path.name, doc) for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text())]
 
 

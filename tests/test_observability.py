@@ -17,8 +17,8 @@ import yaml
 from conftest import REPO, free_port
 from test_prometheus import _query
 
-PROM = REPO / "deploy" / "prometheus"
-DASHBOARD = REPO / "deploy" / "grafana" / "mfvan.json"
+PROM = REPO / "deploy" / "ops" / "prometheus"
+DASHBOARD = REPO / "deploy" / "ops" / "grafana" / "mfvan.json"
 
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None,

@@ -18,7 +18,8 @@ from conftest import REPO
 
 from mfvan.deploy import cli, config
 
-SYSTEMD = REPO / "deploy" / "systemd"
+OPS = REPO / "deploy" / "ops"
+SYSTEMD = OPS / "systemd"
 
 
 @pytest.mark.skipif(
@@ -58,20 +59,20 @@ def test_each_dockerfile_copies_what_the_package_is_built_from(dockerfile):
 
 
 def test_compose_mounts_files_that_exist():
-    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    compose = yaml.safe_load((OPS / "compose.yaml").read_text())
     assert set(compose["services"]) == {"mfvan", "prometheus", "grafana"}
     named = set(compose.get("volumes", {}))
     for service in compose["services"].values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            assert source in named or (REPO / source).exists(), volume
+            assert source in named or (OPS / source).exists(), volume
 
 
 def test_compose_keeps_the_store_and_publishes_events_only_with_curve():
-    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    compose = yaml.safe_load((OPS / "compose.yaml").read_text())
     mfvan = compose["services"]["mfvan"]
     assert "mfvan-data:/var/lib/mfvan" in mfvan["volumes"]
-    toml = tomllib.loads((REPO / "deploy" / "mfvan.toml").read_text())
+    toml = tomllib.loads((OPS / "mfvan.toml").read_text())
     assert Path(toml["db"]).parent == Path("/var/lib/mfvan"), "the store is on the volume"
     env = mfvan["environment"]
     assert env["MFVAN_EVENTS"].startswith("tcp://") and env["MFVAN_KEYS"].startswith(
