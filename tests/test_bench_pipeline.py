@@ -49,15 +49,17 @@ def test_the_end_to_end_run_takes_h264_cameras_over_rtsp(tmp_path):
     from conftest import free_port
 
     r = bp.bench_pipeline(
-        fps=30.0,
-        warmup_s=3.0,
-        window_s=8.0,
-        rounds=0,
-        source="rtsp",
-        counts=[2],
-        streams_per_spot=2,
-        data=tmp_path,
-        base_port=free_port() + 2,
+        bp.PipelineRun(
+            fps=30.0,
+            warmup_s=3.0,
+            window_s=8.0,
+            rounds=0,
+            source="rtsp",
+            counts=[2],
+            streams_per_spot=2,
+            data=tmp_path,
+            base_port=free_port() + 2,
+        )
     )
     (run,) = r["runs"]
     assert run["streams"] == 2 and run["streams_per_spot"] == 2
@@ -101,6 +103,8 @@ def test_the_report_tells_streams_kept_up_with_from_streams_within_the_latency_g
 
 
 def test_transport_only_starts_no_camera(tmp_path):
-    r = bp.bench_pipeline(max_streams=0, rounds=0, source="rtsp", data=tmp_path / "cams")
+    r = bp.bench_pipeline(
+        bp.PipelineRun(max_streams=0, rounds=0, source="rtsp", data=tmp_path / "cams")
+    )
     assert r["runs"] == [] and r["transport"] is None
     assert not (tmp_path / "cams").exists(), "no camera file made, no RTSP server started"

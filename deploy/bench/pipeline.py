@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -204,64 +205,46 @@ def _scrape(ports: list[int]) -> dict[str, float]:
 SOURCES = ("rtsp", "file", "synth")  # the kinds of camera the end-to-end runs take
 
 
-def run_end_to_end(
-    sources: list[str],
-    fps: float = 200.0,
-    warmup_s: float = 10.0,
-    window_s: float = 30.0,
-    base_port: int = 9301,
-    backend: str = "onnxruntime",
-    streams_per_spot: int = 1,
-    realtime: bool = False,
-) -> dict:
-    """One `mfvan run` of the cameras `sources` (URLs or files, `realtime`: play files at
-    their rate); latency, drops and CPU over the window."""
+@dataclass
+class PipelineRun:
+    """What `mfvan bench pipeline` runs: `mfvan run` with each number of cameras in
+    `counts` (default 1 to `max_streams`) of the kind `source` (`SOURCES`; the H.264 files
+    made once under `data`) at `fps`, measured over `window_s` after `warmup_s`, with
+    `backend` and `streams_per_spot`; before them the transport comparison (`frames` a
+    round, `rounds` rounds; none with 0). Ports from `base_port`."""
+
+    max_streams: int = 4
+    fps: float = 200.0
+    warmup_s: float = 10.0
+    window_s: float = 30.0
+    frames: int = 2000
+    rounds: int = 15
+    backend: str = "onnxruntime"
+    source: str = "rtsp"
+    counts: list[int] | None = None
+    streams_per_spot: int = 1
+    data: Path = Path("runs/bench/cameras")
+    base_port: int = 9301
+
+
+def run_end_to_end(sources: list[str], run: PipelineRun) -> dict:
+    """One `mfvan run` of the cameras `sources` (URLs or files, played at their rate when
+    `run.source` is "file"); latency, drops and CPU over the window."""
     from mfvan.stream import subscribe
 
-    streams = len(sources)
-
     runtime = Path(tempfile.mkdtemp(prefix="mfvan-bench-"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "mfvan.deploy.cli",
-        "run",
-        "--backend",
-        backend,
-        "--runtime-dir",
-        str(runtime),
-        "--metrics-base-port",
-        str(base_port),
-        "--streams-per-spot",
-        str(streams_per_spot),
-    ] + (["--realtime"] if realtime else [])
+    cmd = [sys.executable, "-m", "mfvan.deploy.cli", "run", "--backend", run.backend]
+    cmd += ["--runtime-dir", str(runtime), "--metrics-base-port", str(run.base_port)]
+    cmd += ["--streams-per-spot", str(run.streams_per_spot)]
+    cmd += ["--realtime"] if run.source == "file" else []
     for source in sources:
         cmd += ["--source", source]
-    ports = [base_port - 1, *range(base_port, base_port + 2 * streams + 1)]
+    ports = [run.base_port - 1, *range(run.base_port, run.base_port + 2 * len(sources) + 1)]
     env = {**os.environ, "MFVAN_LOG": "WARNING"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latency, apex_latency, arrivals = [], [], []
     try:
         with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=0.5) as sub:
-            # the run is up once the cameras' frames flow
-            deadline = time.monotonic() + 180
-            while not _scrape(ports)["captured"] and time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"mfvan run exited: {proc.stderr.read().decode()}")
-                time.sleep(0.5)
-            end_warmup = time.monotonic() + warmup_s
-            while time.monotonic() < end_warmup:
-                for _ in sub:
-                    break
-            before, start, cpu0 = _scrape(ports), time.monotonic(), stage_cpu(proc.pid)
-            while time.monotonic() < start + window_s:
-                for event in sub:
-                    now = time.time_ns()
-                    latency.append((now - event.times["t_capture"]) / 1e6)
-                    apex_latency.append((now - event.times["t_apex"]) / 1e6)
-                    arrivals.append(time.monotonic() - start)
-                    break
-            after, elapsed, cpu1 = _scrape(ports), time.monotonic() - start, stage_cpu(proc.pid)
+            seen = _window(sub, proc, ports, run)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -269,15 +252,49 @@ def run_end_to_end(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    return _summary(seen, len(sources), run)
+
+
+def _window(sub, proc, ports: list[int], run: PipelineRun) -> dict:
+    """Once the cameras' frames flow and `warmup_s` has passed: each event's latency
+    over `window_s`, and the stages' counters and CPU before and after it."""
+    deadline = time.monotonic() + 180
+    while not _scrape(ports)["captured"] and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mfvan run exited: {proc.stderr.read().decode()}")
+        time.sleep(0.5)
+    end_warmup = time.monotonic() + run.warmup_s
+    while time.monotonic() < end_warmup:
+        for _ in sub:
+            break
+    seen = {"latency": [], "apex_latency": [], "arrivals": []}
+    before, start, cpu0 = _scrape(ports), time.monotonic(), stage_cpu(proc.pid)
+    while time.monotonic() < start + run.window_s:
+        for event in sub:
+            now = time.time_ns()
+            seen["latency"].append((now - event.times["t_capture"]) / 1e6)
+            seen["apex_latency"].append((now - event.times["t_apex"]) / 1e6)
+            seen["arrivals"].append(time.monotonic() - start)
+            break
+    after, elapsed, cpu1 = _scrape(ports), time.monotonic() - start, stage_cpu(proc.pid)
+    seen.update(before=before, after=after, elapsed=elapsed, cpu0=cpu0, cpu1=cpu1)
+    return seen
+
+
+def _summary(seen: dict, streams: int, run: PipelineRun) -> dict:
+    before, after, elapsed = seen["before"], seen["after"], seen["elapsed"]
+    latency, apex_latency = seen["latency"], seen["apex_latency"]
+    cpu0, cpu1 = seen["cpu0"], seen["cpu1"]
     rates = [(after["captured"].get(s, 0) - n) / elapsed for s, n in before["captured"].items()]
     p50, p99 = np.percentile(latency, [50, 99]) if latency else (float("nan"),) * 2
     dropped = after["dropped"] - before["dropped"]
     restarts = after["restarts"] - before["restarts"]
+    fps = run.fps
     kept_up = dropped == 0 and restarts == 0 and len(rates) == streams and min(rates) >= 0.98 * fps
     sustained = kept_up and bool(latency) and p99 <= GOAL_P99_MS
     return {
         "streams": streams,
-        "streams_per_spot": streams_per_spot,
+        "streams_per_spot": run.streams_per_spot,
         "fps": fps,
         "window_s": elapsed,
         "events": len(latency),
@@ -291,69 +308,45 @@ def run_end_to_end(
         "kept_up": kept_up,
         "sustained": sustained,
         "latency_ms": latency,  # each event's, in arrival order (for the plots)
-        "arrival_s": arrivals,
+        "arrival_s": seen["arrivals"],
         # cores busy per stage over the window (ingest and spot: all streams together)
         "cores": {k: (cpu1[k] - cpu0.get(k, 0.0)) / elapsed for k in cpu1},
     }
 
 
-def bench_pipeline(
-    max_streams: int = 4,
-    fps: float = 200.0,
-    warmup_s: float = 10.0,
-    window_s: float = 30.0,
-    frames: int = 2000,
-    rounds: int = 15,
-    backend: str = "onnxruntime",
-    source: str = "rtsp",
-    counts: list[int] | None = None,
-    streams_per_spot: int = 1,
-    data: Path = Path("runs/bench/cameras"),
-    base_port: int = 9301,
-) -> dict:
-    """The transport comparison, then `mfvan run` with each number of cameras in `counts`
-    (default 1 to `max_streams`) until one is not kept up with. `source`: the kind of camera
-    (`SOURCES`); the H.264 files are made once under `data`."""
+def bench_pipeline(run: PipelineRun) -> dict:
+    """The transport comparison, then `mfvan run` with each number of cameras in
+    `run.counts` until one is not kept up with (`PipelineRun`)."""
     from contextlib import nullcontext
 
     from mfvan.deploy.bench import cameras, cpu_name
 
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    counts = counts or list(range(1, max_streams + 1))
-    transport = bench_transport(frames, rounds) if rounds else None
-    most = max(counts, default=0)
-    if source == "synth" or not most:  # (no cameras: the transport comparison only)
+    if run.source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {run.source!r}")
+    counts = run.counts or list(range(1, run.max_streams + 1))
+    transport = bench_transport(run.frames, run.rounds) if run.rounds else None
+    most, fps = max(counts, default=0), run.fps
+    if run.source == "synth" or not most:  # (no cameras: the transport comparison only)
         urls = [f"synth://?fps={fps:g}&seed={11 + i}&micro={MICRO}" for i in range(most)]
         server = nullcontext()
     else:
-        files = [cameras.camera_file(data, 11 + i, fps) for i in range(most)]
+        files = [cameras.camera_file(run.data, 11 + i, fps) for i in range(most)]
         urls = [str(f) for f in files]
-        server = cameras.RtspServer(base_port - 2, files) if source == "rtsp" else nullcontext()
+        rtsp = run.source == "rtsp"
+        server = cameras.RtspServer(run.base_port - 2, files) if rtsp else nullcontext()
     runs = []
     with server as served:
         if served is not None:
             urls = served.urls
         for n in counts:
-            runs.append(
-                run_end_to_end(
-                    urls[:n],
-                    fps,
-                    warmup_s,
-                    window_s,
-                    base_port=base_port,
-                    backend=backend,
-                    streams_per_spot=streams_per_spot,
-                    realtime=source == "file",
-                )
-            )
+            runs.append(run_end_to_end(urls[:n], run))
             if not runs[-1]["kept_up"]:
                 break
     return {
         "machine": cpu_name(),
         "cores": os.cpu_count(),
-        "backend": backend,
-        "source": source,
+        "backend": run.backend,
+        "source": run.source,
         "transport": transport,
         "runs": runs,
     }

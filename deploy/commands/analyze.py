@@ -43,14 +43,12 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from collections import Counter
 
     from tqdm import tqdm
 
     from mfvan.deploy.analyze import analyze_file, videos
     from mfvan.deploy.backends import BackendUnavailable
-    from mfvan.deploy.commands.events import write_csv
 
     if args.out is not None and args.out.suffix not in (".jsonl", ".csv", ".json"):
         raise stage.Fatal(f"--out {args.out}: give a .jsonl or a .csv file")
@@ -98,15 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     events = [e.as_dict() for r in results for e in r.events]
-    if args.out is not None:
-        with open(args.out, "w", newline="") as out:
-            if args.out.suffix == ".csv":
-                write_csv(events, out)
-            else:
-                out.writelines(json.dumps(e) + "\n" for e in events)
-    elif store is None:
-        for e in events:
-            print(json.dumps(e))
+    _write(events, args.out, store is None)
     if store is not None:
         store.close()
     video_s = sum(r.seconds_of_video for r in results)
@@ -131,3 +121,21 @@ def _streams(files: list[Path]) -> list[str]:
     `-i` (its place) added where two would be the same."""
     names = [stage.safe_name(f.stem) or "video" for f in files]
     return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _write(events: list[dict], out: Path | None, to_stdout: bool) -> None:
+    """The events to `out` (CSV or JSON lines, by its suffix), else to standard output
+    when `to_stdout` (no store to keep them)."""
+    import json
+
+    from mfvan.deploy.commands.events import write_csv
+
+    if out is not None:
+        with open(out, "w", newline="") as f:
+            if out.suffix == ".csv":
+                write_csv(events, f)
+            else:
+                f.writelines(json.dumps(e) + "\n" for e in events)
+    elif to_stdout:
+        for e in events:
+            print(json.dumps(e))

@@ -207,17 +207,19 @@ def run(args: argparse.Namespace) -> int:
         from mfvan.deploy.bench import pipeline
 
         result = pipeline.bench_pipeline(
-            args.max_streams,
-            args.fps,
-            args.warmup,
-            args.window,
-            args.frames,
-            args.rounds,
-            args.backend,
-            source=args.source,
-            counts=args.streams,
-            streams_per_spot=args.streams_per_spot,
-            data=args.data,
+            pipeline.PipelineRun(
+                args.max_streams,
+                args.fps,
+                args.warmup,
+                args.window,
+                args.frames,
+                args.rounds,
+                args.backend,
+                source=args.source,
+                counts=args.streams,
+                streams_per_spot=args.streams_per_spot,
+                data=args.data,
+            )
         )
         report = pipeline.format_pipeline_report(result)
         if args.plot:
