@@ -124,6 +124,19 @@ class Metrics:
                 registry=r,
             ).labels(stage)
         )
+        self._flow(r)
+        self._sources(r)
+        self._recognition(r)
+        self._timing(r)
+        self._outputs_and_supervision(r)
+
+        if stage in STAGES:
+            for reason in ("malformed", "version", "schema", "streams", "error"):
+                self.dropped.labels(stage, "", reason)
+            self.queue_depth.labels(stage)
+
+    def _flow(self, r: CollectorRegistry) -> None:
+        """Messages through the stages and what was dropped."""
         self.frames_in = Counter(
             "mfvan_frames_in", "Messages received by a stage.", ["stage", "stream"], registry=r
         )
@@ -138,6 +151,9 @@ class Metrics:
             ["stage", "stream", "reason"],
             registry=r,
         )
+
+    def _sources(self, r: CollectorRegistry) -> None:
+        """What the sources and the tracker report."""
         self.decode_errors = Counter(
             "mfvan_decode_errors", "Frames the decoder failed on.", ["stream"], registry=r
         )
@@ -159,6 +175,9 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+
+    def _recognition(self, r: CollectorRegistry) -> None:
+        """What the spotter and the recognizer found and refused."""
         self.spots = Counter(
             "mfvan_spots", "Micro-expression intervals emitted.", ["stream"], registry=r
         )
@@ -188,6 +207,9 @@ class Metrics:
             ["stream", "reason"],
             registry=r,
         )
+
+    def _timing(self, r: CollectorRegistry) -> None:
+        """Batches and the times inside and between stages."""
         self.batch_size = Histogram(
             "mfvan_batch_size", "Pairs per inference batch.", buckets=BATCH_BUCKETS, registry=r
         )
@@ -219,6 +241,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _outputs_and_supervision(self, r: CollectorRegistry) -> None:
+        """The outputs' deliveries, queues, restarts."""
         self.outputs_sent = Counter(
             "mfvan_outputs_sent",
             "Events delivered to an output (mqtt, webhook).",
@@ -242,11 +267,6 @@ class Metrics:
             ["stage", "stream"],
             registry=r,
         )
-
-        if stage in STAGES:
-            for reason in ("malformed", "version", "schema", "streams", "error"):
-                self.dropped.labels(stage, "", reason)
-            self.queue_depth.labels(stage)
 
     def set_model(self, model: str) -> None:
         """Name the model the stage runs in `mfvan_build_info`."""

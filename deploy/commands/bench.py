@@ -10,9 +10,16 @@ HELP = "measure speed, side by side with a reference"
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    from mfvan.deploy.stage import positive
-
     what = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    _add_model(what)
+    _add_flow(what)
+    _add_spotter(what)
+    _add_backends(what)
+    _add_pipeline(what)
+    _add_web(what)
+
+
+def _add_model(what) -> None:
     model = what.add_parser(
         "model",
         help="MFVAN's parameters, FLOPs and latency: eager torch and ONNX Runtime side by side",
@@ -34,6 +41,9 @@ def add(p: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--runs", type=int, default=200, help="timed runs per engine and batch")
     model.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
+
+
+def _add_flow(what) -> None:
     flow = what.add_parser(
         "flow",
         help="dense flow: EPE against SynthME's exact flow and time per pair, ours beside "
@@ -61,6 +71,9 @@ def add(p: argparse.ArgumentParser) -> None:
     )
     flow.add_argument("--runs", type=int, default=20, help="cuda: timed batches per K")
     flow.add_argument("--crop", type=int, default=128, help="cuda: the crops' side, px")
+
+
+def _add_spotter(what) -> None:
     spotter = what.add_parser(
         "spotter",
         help="the spotter's frames per second on one core (flow included), with our flow and "
@@ -70,6 +83,9 @@ def add(p: argparse.ArgumentParser) -> None:
     spotter.add_argument("--fps", type=float, default=200.0, help="the stream's frame rate")
     spotter.add_argument("--seconds", type=float, default=10.0, help="stream length")
     spotter.add_argument("--size", type=int, default=128, help="crop size")
+
+
+def _add_backends(what) -> None:
     backends = what.add_parser(
         "backends",
         help="every backend that runs here, as the recognizer calls it, at batch 1/8/32: "
@@ -93,6 +109,11 @@ def add(p: argparse.ArgumentParser) -> None:
     backends.add_argument(
         "--rows", metavar="REGEX", default=".", help="only the rows whose name matches"
     )
+
+
+def _add_pipeline(what) -> None:
+    from mfvan.deploy.stage import positive
+
     pipeline = what.add_parser(
         "pipeline",
         help="transport (640x480 frames, mfvan's protocol beside bare pyzmq, ipc and tcp) and "
@@ -139,6 +160,11 @@ def add(p: argparse.ArgumentParser) -> None:
         help="where the cameras' H.264 files are made (once)",
     )
     pipeline.add_argument("--plot", type=Path, help="also write PNG plots into this folder")
+
+
+def _add_web(what) -> None:
+    from mfvan.deploy.stage import positive
+
     web = what.add_parser(
         "web",
         help="the web view with every camera previewed for minutes: its memory over time, and "
