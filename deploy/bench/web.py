@@ -80,20 +80,7 @@ def bench_web(
     base = f"http://127.0.0.1:{port}"
     readers: list[_Reader] = []
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            text = fetch(base + "/api/cameras", timeout_s=2)
-            try:
-                if (
-                    text is not None
-                    and sum(c["state"] == "tracking" for c in json.loads(text)) == cameras
-                ):
-                    break
-            except ValueError:
-                pass
-            time.sleep(1)
-        else:
-            raise RuntimeError(f"the cameras were not tracked in 180 s; see {runtime}/run.log")
+        _wait_tracked(base, cameras, runtime)
 
         spot_metrics = [
             f"http://127.0.0.1:{metrics_base_port + 2 * i + 1}/metrics" for i in range(cameras)
@@ -115,22 +102,9 @@ def bench_web(
         readers.append(_Reader(f"{base}/live", b"event: event"))
         for r in readers:
             r.start()
-        samples = []
         started = time.monotonic()
         before = spot_now()
-        while time.monotonic() - started < minutes * 60:
-            time.sleep(sample_s)
-            rss = _metric(f"{base}/metrics", "process_resident_memory_bytes")
-            samples.append(
-                {
-                    "t_s": round(time.monotonic() - started),
-                    "rss_mb": round(rss / 2**20, 1),
-                    "frames": [r.count for r in readers[:-1]],
-                    "events": readers[-1].count,
-                    "web_cpu_s": round(stage_cpu(run.pid).get("web", 0.0), 1),
-                }
-            )
-            print("  " + json.dumps(samples[-1]), flush=True)
+        samples = _watch(base, readers, run.pid, minutes * 60, sample_s)
         watched = ms_per_frame(before)
         return {
             "machine": cpu_name(),
@@ -151,6 +125,43 @@ def bench_web(
             run.wait(timeout=30)
         except subprocess.TimeoutExpired:
             run.kill()
+
+
+def _wait_tracked(base: str, cameras: int, runtime: Path, timeout_s: float = 180) -> None:
+    """Until the view says every camera's face is tracked."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = fetch(base + "/api/cameras", timeout_s=2)
+        try:
+            if (
+                text is not None
+                and sum(c["state"] == "tracking" for c in json.loads(text)) == cameras
+            ):
+                return
+        except ValueError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the cameras were not tracked in {timeout_s:g} s; see {runtime}/run.log")
+
+
+def _watch(base: str, readers: list, pid: int, seconds: float, sample_s: float) -> list[dict]:
+    """While `readers` watch: every `sample_s`, the view's memory, what each reader got, and
+    the view's CPU."""
+    samples, started = [], time.monotonic()
+    while time.monotonic() - started < seconds:
+        time.sleep(sample_s)
+        rss = _metric(f"{base}/metrics", "process_resident_memory_bytes")
+        samples.append(
+            {
+                "t_s": round(time.monotonic() - started),
+                "rss_mb": round(rss / 2**20, 1),
+                "frames": [r.count for r in readers[:-1]],
+                "events": readers[-1].count,
+                "web_cpu_s": round(stage_cpu(pid).get("web", 0.0), 1),
+            }
+        )
+        print("  " + json.dumps(samples[-1]), flush=True)
+    return samples
 
 
 def format_web_report(r: dict) -> str:

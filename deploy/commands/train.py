@@ -154,24 +154,37 @@ def _train(args: argparse.Namespace) -> int:
     print(f"faces found on {pairs.found.mean():.1%} of onset frames (others centre-cropped)")
     if args.loso:
         run_loso(args.model, cfg, pairs, tcfg, args.out, args.ablation)
-        summary = write_report(args.out)
-        p = summary["pooled"]
-        print(f"LOSO pooled: accuracy {p['accuracy']:.4f}  UF1 {p['uf1']:.4f}  UAR {p['uar']:.4f}")
-        if summary["spotted"]:
-            s = summary["spotted"]
-            print(
-                f"at a spotter's (onset, apex): accuracy {s['accuracy']:.4f}  UF1 "
-                f"{s['uf1']:.4f}  UAR {s['uar']:.4f}"
-            )
-        if summary["calibration"]:
-            c = summary["calibration"]
-            print(
-                f"calibration: temperature {c['temperature']:.3f}, ECE {c['ece_before']:.4f} "
-                f"-> {c['ece_after']:.4f}"
-            )
+        _print_summary(write_report(args.out))
         print(f"report: {args.out / 'report.md'}")
         return 0
+    return _save(args, pipeline.Prepared(data, cfg, pairs), tcfg)
+
+
+def _print_summary(summary: dict) -> None:
+    """A LOSO run's pooled scores, at a spotter's pairs, and its calibration."""
+    p = summary["pooled"]
+    print(f"LOSO pooled: accuracy {p['accuracy']:.4f}  UF1 {p['uf1']:.4f}  UAR {p['uar']:.4f}")
+    if summary["spotted"]:
+        s = summary["spotted"]
+        print(
+            f"at a spotter's (onset, apex): accuracy {s['accuracy']:.4f}  UF1 "
+            f"{s['uf1']:.4f}  UAR {s['uar']:.4f}"
+        )
+    if summary["calibration"]:
+        c = summary["calibration"]
+        print(
+            f"calibration: temperature {c['temperature']:.3f}, ECE {c['ece_before']:.4f} "
+            f"-> {c['ece_after']:.4f}"
+        )
+
+
+def _save(args: argparse.Namespace, prepared, tcfg) -> int:
+    """Train on every sample and save the weights the recognizer serves (with the
+    calibration of an earlier --loso run, `--calibration`)."""
+    from mfvan.model import pipeline
     from mfvan.model.train import served_config
+
+    data, cfg = prepared.dataset, prepared.cfg
 
     served = served_config(args.model, cfg)
     if served is None or served.motion != cfg.motion:
@@ -194,7 +207,7 @@ def _train(args: argparse.Namespace) -> int:
         fitted_on = f"LOSO held-out predictions of {args.calibration}"
         calibration = {**calibration, "fitted_on": fitted_on}
     weights = pipeline.train_weights(
-        pipeline.Prepared(data, cfg, pairs),
+        prepared,
         tcfg,
         args.out / f"mfvan-{args.config}-{args.dataset}.safetensors",
         training_data=f"{args.dataset} ({args.labels}) at {args.data}, "
