@@ -249,21 +249,9 @@ def _row(name: str, r: dict, ffv1: dict | None = None) -> str:
 NOTES_MARK = "<!-- design notes: written by hand; `mfvan spot-eval --sweep --docs` keeps them -->"
 
 
-def write_docs(
-    results: dict, legacy_results: dict | None, docs: Path, command: str, machine: str
-) -> Path:
-    """docs/spotting.md: the headline rows (held-out beside tuning), the whole matrix, the
-    earlier sets, and how each number was made; the page's design notes (from
-    `NOTES_MARK` on) are kept."""
-    header = [
-        "| cell | videos | micro | precision | recall | F1 [95% CI] | F1, first "
-        f"{CELL_VIDEOS} videos | vs FFV1 there | false / min | by cause: "
-        + " / ".join(spotting.CAUSES)
-        + " | apex error ms | apex to emission p50 ms |",
-        "|---" * 12 + "|",
-    ]
-    held, tuning = results.get(HELD_OUT_SEED, {}), results.get(TUNING_SEED, {})
-    lines = [
+def _method(command: str, machine: str) -> list[str]:
+    """docs/spotting.md's opening: what made it, and how each number is measured."""
+    return [
         "# Spotting results",
         "",
         f"Produced by `{command}` on {machine} (2 cores). Each cell's videos are spotted by "
@@ -307,6 +295,25 @@ def write_docs(
         "- **Apex to emission**: media time from the apex frame to the frame that confirmed "
         "it (the spotter's own delay; the pipeline adds milliseconds, docs/benchmarks.md).",
         "",
+    ]
+
+
+def write_docs(
+    results: dict, legacy_results: dict | None, docs: Path, command: str, machine: str
+) -> Path:
+    """docs/spotting.md: the headline rows (held-out beside tuning), the whole matrix, the
+    earlier sets, and how each number was made; the page's design notes (from
+    `NOTES_MARK` on) are kept."""
+    header = [
+        "| cell | videos | micro | precision | recall | F1 [95% CI] | F1, first "
+        f"{CELL_VIDEOS} videos | vs FFV1 there | false / min | by cause: "
+        + " / ".join(spotting.CAUSES)
+        + " | apex error ms | apex to emission p50 ms |",
+        "|---" * 12 + "|",
+    ]
+    held, tuning = results.get(HELD_OUT_SEED, {}), results.get(TUNING_SEED, {})
+    lines = [
+        *_method(command, machine),
         "## Headline (held-out seed, then the tuning seed)",
         "",
         *header,

@@ -209,6 +209,42 @@ class _PhaseLoss(torch.nn.Module):
         return _loss(self.model, phase, batch, target, class_weights)
 
 
+def _phase_setup(model, phase: str, tcfg: TrainConfig, state: dict | None, world: int):
+    """A phase's optimiser (its state restored from a checkpoint of the same phase) and
+    loss (under DistributedDataParallel with several processes)."""
+    optimiser = torch.optim.AdamW(
+        _phase_parameters(model, phase), lr=tcfg.lr, weight_decay=tcfg.weight_decay
+    )
+    if state is not None and state["phase"] == phase:
+        optimiser.load_state_dict(state["optimiser"])
+    loss_fn = _PhaseLoss(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # a phase trains part of the model: the rest has no gradient to reduce
+        loss_fn = DistributedDataParallel(loss_fn, find_unused_parameters=True)
+    return optimiser, loss_fn
+
+
+def _save_checkpoint(checkpoint: Path, model, optimiser, at: tuple[int, str], rng) -> None:
+    """Everything a resumed run needs after epoch `at` = (epoch, phase), written atomically:
+    an interrupt never leaves half a checkpoint."""
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    tmp = checkpoint.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "epoch": at[0],
+            "phase": at[1],
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": rng.bit_generator.state,
+        },
+        tmp,
+    )
+    tmp.replace(checkpoint)
+
+
 def train(
     model,
     pairs: Pairs,
@@ -254,17 +290,7 @@ def train(
         phase = schedule[epoch][0]
         if phase != current:
             current = phase
-            optimiser = torch.optim.AdamW(
-                _phase_parameters(model, phase), lr=tcfg.lr, weight_decay=tcfg.weight_decay
-            )
-            if state is not None and state["phase"] == phase:
-                optimiser.load_state_dict(state["optimiser"])
-            loss_fn = _PhaseLoss(model)
-            if world > 1:
-                from torch.nn.parallel import DistributedDataParallel
-
-                # a phase trains part of the model: the rest has no gradient to reduce
-                loss_fn = DistributedDataParallel(loss_fn, find_unused_parameters=True)
+            optimiser, loss_fn = _phase_setup(model, phase, tcfg, state, world)
         model.train()
         order = rng.permutation(_epoch_rows(groups, rng) if groups is not None else len(pairs))
         total = 0.0
@@ -288,20 +314,7 @@ def train(
                 total += float(loss.detach()) * len(sub)
             optimiser.step()
         if checkpoint is not None and rank == 0:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "epoch": epoch,
-                    "phase": phase,
-                    "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": rng.bit_generator.state,
-                },
-                tmp,
-            )
-            tmp.replace(checkpoint)  # atomic: an interrupt never leaves half a checkpoint
+            _save_checkpoint(checkpoint, model, optimiser, (epoch, phase), rng)
         bar.update(1)
         if on_epoch is not None:
             on_epoch(epoch, phase, total / len(pairs))
