@@ -114,3 +114,43 @@ def test_building_the_command_line_imports_neither_torch_nor_numba():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# The functions still over the limits below (issue 37 split the others: 14 over 80 lines
+# and 14 with more than 7 parameters before it). A new one fails; one split comes off.
+LONG_YET = {"create_app", "write_results", "render_texture"}
+MANY_PARAMETERS_YET = {"reproduce", "train_weights", "record", "write_results", "evaluate",
+                       "export_triton", "FaceTracker.__init__"}  # fmt: skip
+NUMBA = {"_flow", "_solve_level"}  # Numba kernels take their arrays one by one
+MAX_LINES, MAX_PARAMETERS = 80, 7
+
+
+def function_sizes(root: Path) -> list[tuple[str, int, int]]:
+    """(place, lines, parameters) of every function outside tests/ (self and cls not
+    counted as parameters)."""
+    out = []
+    for top in ALLOWED.keys() | {"deploy"}:
+        for path in sorted((root / top).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for cls in [None, *[n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]]:
+                body = tree.body if cls is None else cls.body
+                for node in body:
+                    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        continue
+                    a = node.args
+                    names = [x.arg for x in a.posonlyargs + a.args]
+                    n = len(names) + len(a.kwonlyargs) + (a.vararg is not None)
+                    n += (a.kwarg is not None) - (names[:1] in (["self"], ["cls"]))
+                    name = node.name if cls is None else f"{cls.name}.{node.name}"
+                    out.append((f"{path.relative_to(root)}:{node.lineno} {name}",
+                                node.end_lineno - node.lineno + 1, n))  # fmt: skip
+    return out
+
+
+def test_functions_stay_short_and_take_few_parameters():
+    sizes = function_sizes(ROOT)
+    long = [(p, n) for p, n, _ in sizes if n > MAX_LINES]
+    many = [(p, k) for p, _, k in sizes if k > MAX_PARAMETERS and p.split()[-1] not in NUMBA]
+    print(f"over {MAX_LINES} lines: {len(long)}, over {MAX_PARAMETERS} parameters: {len(many)}")
+    assert {p.split()[-1] for p, _ in long} <= LONG_YET, long
+    assert {p.split()[-1] for p, _ in many} <= MANY_PARAMETERS_YET, many
