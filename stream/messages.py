@@ -257,7 +257,7 @@ class Frame(Message):
     LIMITS: ClassVar[dict] = {"buffers": (1,), "ranks": (2, 3)}
 
     image: np.ndarray = buffer("image")
-    index: int = header(is_int, 0)
+    index: int | None = header(is_int)  # None (a producer without it): its `seq` stands
     t_capture: int = header(is_int, 0)
     t_media: int | None = header(is_int)
     t_ingest: int | None = header(is_int)

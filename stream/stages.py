@@ -418,6 +418,8 @@ class SpotStage:
         frame = msg if isinstance(msg, Frame) else Frame.from_message(msg)
         # the spotter works in media time; a producer without it gets capture time
         t_media = frame.t_capture if frame.t_media is None else frame.t_media
+        if frame.index is None:  # a producer without indices: its numbering stands
+            frame.index = frame.seq
         intervals = track.spots.push(frame.image, frame.index, t_media, frame.key_frame)
         self._watch_face(stream, track)
         if track.clips is not None:
