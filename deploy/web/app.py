@@ -63,6 +63,35 @@ def create_app(hub: Hub, token: str | None = None, metrics=None, ready=None) -> 
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["iso"] = _iso
 
+    metrics = metrics or ViewMetrics(hub)
+    routes = [
+        *_live_routes(hub, templates, metrics),
+        *_preview_routes(hub, metrics),
+        *_history_routes(hub, templates),
+        *_api_routes(hub, metrics),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    middleware = []
+    if token is None:  # loopback only: answer only requests that name a loopback host
+        middleware.append(Middleware(LoopbackHosts))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await hub.start()
+        if ready is not None:
+            ready.set()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return TokenGate(app, token) if token else app
+
+
+def _live_routes(hub: Hub, templates, metrics) -> list[Route]:
+    """The cameras page, the live feed (SSE) and the previews."""
+
     async def cameras_page(request: Request):
         now = time.monotonic()
         return templates.TemplateResponse(
@@ -107,6 +136,15 @@ def create_app(hub: Hub, token: str | None = None, metrics=None, ready=None) -> 
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(feed(), media_type="text/event-stream", headers=headers)
 
+    return [
+        Route("/", cameras_page),
+        Route("/live", live),
+    ]
+
+
+def _preview_routes(hub: Hub, metrics) -> list[Route]:
+    """Each camera's preview: MJPEG while it is watched, or its latest JPEG."""
+
     async def preview_mjpeg(request: Request):
         if not hub.faces:
             return PlainTextResponse(NO_FACES, 403)
@@ -143,6 +181,15 @@ def create_app(hub: Hub, token: str | None = None, metrics=None, ready=None) -> 
         if cam is None or cam.jpeg is None:
             return PlainTextResponse("no preview of this camera yet (is a tile open?)", 404)
         return Response(cam.jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    return [
+        Route("/cameras/{name}/preview.mjpg", preview_mjpeg),
+        Route("/cameras/{name}/preview.jpg", preview_jpeg),
+    ]
+
+
+def _history_routes(hub: Hub, templates) -> list[Route]:
+    """The stored events: their pages and their images and clips."""
 
     async def media(request: Request):
         if not hub.faces:
@@ -200,6 +247,16 @@ def create_app(hub: Hub, token: str | None = None, metrics=None, ready=None) -> 
             },
         )
 
+    return [
+        Route("/media/{id}/{name}", media),
+        Route("/history", history),
+        Route("/history/{id}", history_event),
+    ]
+
+
+def _api_routes(hub: Hub, metrics) -> list[Route]:
+    """The JSON API, health and the view's own metrics."""
+
     async def api_cameras(request: Request):
         now = time.monotonic()
         return JSONResponse(finite([c.summary(now) for c in _sorted(hub.cameras.values())]))
@@ -215,37 +272,12 @@ def create_app(hub: Hub, token: str | None = None, metrics=None, ready=None) -> 
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    metrics = metrics or ViewMetrics(hub)
-    routes = [
-        Route("/", cameras_page),
-        Route("/live", live),
-        Route("/cameras/{name}/preview.mjpg", preview_mjpeg),
-        Route("/cameras/{name}/preview.jpg", preview_jpeg),
-        Route("/media/{id}/{name}", media),
-        Route("/history", history),
-        Route("/history/{id}", history_event),
+    return [
         Route("/api/cameras", api_cameras),
         Route("/api/events", api_events),
         Route("/healthz", healthz),
         Route("/metrics", metrics_page),
-        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    middleware = []
-    if token is None:  # loopback only: answer only requests that name a loopback host
-        middleware.append(Middleware(LoopbackHosts))
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        await hub.start()
-        if ready is not None:
-            ready.set()
-        try:
-            yield
-        finally:
-            await hub.stop()
-
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    return TokenGate(app, token) if token else app
 
 
 class ViewMetrics:
