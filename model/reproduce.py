@@ -367,52 +367,19 @@ def motion_findings(pooled: dict, spotted: dict) -> list[str]:
     return lines + [""]
 
 
-def write_results(
-    runs: dict,
-    chains: dict,
-    out: Path,
-    docs: Path,
-    weights: Path,
-    data: Path,
-    cache: Path,
-    seconds: float,
-    machine: str,
-) -> Path:
-    from mfvan.model.evaluate import plot_attention
-    from mfvan.model.train import make_batch
-    from mfvan.model.weights import load_weights
+def _row_of(runs: dict, name: str) -> str:
+    if name not in runs:
+        return f"| {name} | not run in this invocation (see the top of the page) | | | |"
+    p, s = runs[name]["pooled"], runs[name]["spotted"]
+    spotted = f"{s['uf1']:.4f}" if s else "-"
+    return f"| {name} | {p['accuracy']:.4f} | {p['uf1']:.4f} | {p['uar']:.4f} | {spotted} |"
 
-    docs = Path(docs)
-    images = docs.parent / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    shown = {
-        shipped_variant(): "mfvan-motion",
-        "MFVAN (full)": "mfvan",
-        "OFF-ApexNet (flow baseline)": "off-apexnet",
-        "Apex CNN (apex-only baseline)": "apex-cnn",
-    }
-    for name, kind, ablation, motion in VARIANTS:
-        if name in shown and name in runs:
-            shutil.copy(
-                out / run_folder(kind, ablation, motion) / "confusion.png",
-                images / f"results-confusion-{shown[name]}.png",
-            )
-    model, meta = load_weights(weights)
-    pairs = _prepared(data, cache).pairs.annotated()
-    picks = [int(next(i for i, y in enumerate(pairs.labels) if y == k)) for k in range(3)]
-    plot_attention(
-        model,
-        make_batch(pairs, picks, "cpu"),
-        images / "results-attention.png",
-        "MFVAN motion (SynthME weights): class-token attention and kept patches",
-    )
+
+def _page(runs: dict, chains: dict, calibration: dict, shown: dict, seconds: float, machine: str):
+    """docs/results.md's lines."""
 
     def row(name):
-        if name not in runs:
-            return f"| {name} | not run in this invocation (see the top of the page) | | | |"
-        p, s = runs[name]["pooled"], runs[name]["spotted"]
-        spotted = f"{s['uf1']:.4f}" if s else "-"
-        return f"| {name} | {p['accuracy']:.4f} | {p['uf1']:.4f} | {p['uar']:.4f} | {spotted} |"
+        return _row_of(runs, name)
 
     header = [
         "| model | accuracy | UF1 | UAR | UF1 at a spotter's (onset, apex) |",
@@ -420,10 +387,18 @@ def write_results(
     ]
     first = runs[shipped_variant()]
     n, folds = first["pooled"]["n"], len(first["folds"])
+    return [
+        *_intro(runs, seconds, machine, folds, n),
+        *_tables(runs, calibration, header, row, folds),
+        *_chain_and_figures(chains, shown, runs),
+    ]
+
+
+def _intro(runs: dict, seconds: float, machine: str, folds: int, n: int) -> list[str]:
+    """What made the page, and the protocol."""
     skipped = [name for name, *_ in VARIANTS if name not in runs]
     reused = [name for name, r in runs.items() if r.get("reused")]
-    calibration = meta.get("calibration", {})
-    lines = [
+    return [
         "# Results on SynthME",
         "",
         "Produced by `mfvan reproduce` (what `make reproduce` runs: `mfvan reproduce --data "
@@ -462,6 +437,12 @@ def write_results(
         "These are numbers on synthetic faces: they check the code and compare the "
         "methods on one controlled problem, and say nothing of real micro-expressions.",
         "",
+    ]
+
+
+def _tables(runs: dict, calibration: dict, header: list, row, folds: int) -> list[str]:
+    """MFVAN against the baselines, the motion ablation, the paper's ablations."""
+    return [
         "## MFVAN against the baselines",
         "",
         *header,
@@ -495,6 +476,12 @@ def write_results(
         *[row(name) for name, kind, _, motion in VARIANTS if kind == "mfvan" and motion == "none"],
         "",
         *findings({name: r["pooled"] for name, r in runs.items()}, folds),
+    ]
+
+
+def _chain_and_figures(chains: dict, shown: dict, runs: dict) -> list[str]:
+    """Spot then recognize, the confusion matrices, the attention."""
+    return [
         "## Spot then recognize (STRS)",
         "",
         "The live chain as one: the online spotter over SynthME's long videos, each spotted "
@@ -540,6 +527,50 @@ def write_results(
         "[spotting.md](spotting.md), written by `mfvan spot-eval --sweep --docs "
         "docs/spotting.md`.",
     ]
+
+
+def write_results(
+    runs: dict,
+    chains: dict,
+    out: Path,
+    docs: Path,
+    weights: Path,
+    data: Path,
+    cache: Path,
+    seconds: float,
+    machine: str,
+) -> Path:
+    from mfvan.model.evaluate import plot_attention
+    from mfvan.model.train import make_batch
+    from mfvan.model.weights import load_weights
+
+    docs = Path(docs)
+    images = docs.parent / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    shown = {
+        shipped_variant(): "mfvan-motion",
+        "MFVAN (full)": "mfvan",
+        "OFF-ApexNet (flow baseline)": "off-apexnet",
+        "Apex CNN (apex-only baseline)": "apex-cnn",
+    }
+    for name, kind, ablation, motion in VARIANTS:
+        if name in shown and name in runs:
+            shutil.copy(
+                out / run_folder(kind, ablation, motion) / "confusion.png",
+                images / f"results-confusion-{shown[name]}.png",
+            )
+    model, meta = load_weights(weights)
+    pairs = _prepared(data, cache).pairs.annotated()
+    picks = [int(next(i for i, y in enumerate(pairs.labels) if y == k)) for k in range(3)]
+    plot_attention(
+        model,
+        make_batch(pairs, picks, "cpu"),
+        images / "results-attention.png",
+        "MFVAN motion (SynthME weights): class-token attention and kept patches",
+    )
+
+    calibration = meta.get("calibration", {})
+    lines = _page(runs, chains, calibration, shown, seconds, machine)
     docs.write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(
         json.dumps(
