@@ -1,6 +1,8 @@
-"""The three stages' loops: ingest (source -> frames), spot (frames -> pairs) and
-recognize (pairs -> events). Each runs alone in its own process (`mfvan ingest|spot|
-recognize`), or as a child of `mfvan run`.
+"""The ingest (source -> frames) and spot (frames -> pairs) stages' loops, and what every
+stage's loop shares (sockets, decoding and dropping, bounded per-stream state); the third,
+recognize (pairs -> events), is `mfvan.stream.recognizer`. Each runs alone in its own
+process (`mfvan ingest|spot|recognize`), or as a child of `mfvan run`; each loop takes one
+config object (`IngestConfig`, `SpotConfig`, `RecognizeConfig`).
 
 Sockets: a stage binds its output and connects to its inputs, so stages start in any
 order and a restarted one is found again. Frames and pairs travel PUSH -> PULL (one
@@ -24,10 +26,10 @@ address in use, an endpoint ZeroMQ refuses, unusable keys) raises
 without waiting on the unbound sockets (`mfvan.deploy.stage.run_stage`). Once bound,
 the stage sets `metrics.ready` (its `/ready` answers 200).
 
-The stage logic (`SpotStage.handle`, `Batcher`) is separate from the socket loops, so
-tests drive it directly as well as over real sockets.
+The stage logic (`SpotStage.handle`, `RecognizeStage`) is separate from the socket loops,
+so tests drive it directly as well as over real sockets.
 
-Imports nothing of model/ or deploy/: the recognizer receives a backend object.
+Imports nothing of model/ or deploy/.
 """
 
 from __future__ import annotations
