@@ -4,9 +4,9 @@ Each file is decoded as ingest decodes a camera (`PyAVSource`: the decoder's lum
 media time from PTS, packets the decoder refuses skipped and counted), tracked and
 spotted by the spot stage's `FaceSpotter` (its face search on the same media-time
 schedule as live, so the intervals are the live pipeline's, frame for frame), made into
-the spot stage's pairs (`stages.pair_of`: crops, their flow, the interval's times) and
-classified by the recognizer's own `Classifier` (the same backend call, the same veto and
-confidence rule, the same `Event`s, with the same fields).
+the spot stage's pairs by its own `stages.StreamPairs` (crops, their flow, the
+interval's times, the clip) and classified by the recognizer's own `Classifier` (the same
+backend call, the same veto and confidence rule, the same `Event`s, with the same fields).
 
 Choices where the live pipeline has no answer:
 - Wall-clock times: a recording's frames were captured when it was made, not now. A
@@ -18,9 +18,10 @@ Choices where the live pipeline has no answer:
   interval, so analysing the same file twice gives the same ids (and a store keeps each
   event once).
 - Stream: the file's name without its extension (`-i` added when two files share one).
-- Clips (`clips`): the live rule (`stages.ClipBuffer`: the aligned face crops from half a
-  second before the onset to the frame that confirmed the interval), H.264 in MP4 at the
-  video's rate, one file per published event, named by its id; `source` names the file.
+- Clips (`clips`): the live rule (`stages.ClipBuffer`, through `StreamPairs`: the aligned
+  face crops from half a second before the onset to the frame that confirmed the
+  interval), H.264 in MP4 at the video's rate, one file per published event, named by
+  its id; `source` names the file.
 - A file that cannot be opened or decoded is reported and skipped (its events dropped);
   the others go on.
 """
@@ -37,7 +38,7 @@ from mfvan.stream.ingest import PyAVSource, SourceError
 from mfvan.stream.messages import Event, Pair, uuid7
 from mfvan.stream.outputs.store import write_clip
 from mfvan.stream.recognizer import Classifier
-from mfvan.stream.stages import CLIP_MARGIN_S, ClipBuffer, pair_of
+from mfvan.stream.stages import CLIP_MARGIN_S, StreamPairs
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg"}
 SIZE = 128  # px, the face crops' side (as the spot stage's)
@@ -145,9 +146,8 @@ def analyze_file(
     except Exception as e:  # PyAV raises many kinds for a file that is not a video
         result.error = f"cannot open it: {e}"
         return result
-    spots = FaceSpotter(params, SIZE)
+    pairs = StreamPairs(FaceSpotter(params, SIZE), SIZE, CLIP_MARGIN_S if clips else 0.0)
     job = _Analysis(path, stream, classifier, int(start_s * 1e9), fps, clips, result)
-    buffer = ClipBuffer(SIZE, CLIP_MARGIN_S) if clips else None
 
     def errors(_):
         result.decode_errors += 1
@@ -158,14 +158,8 @@ def analyze_file(
             frame.stream, frame.t_ingest = stream, time.time_ns()
             last_media = frame.t_media or 0
             frame.t_capture = job.base_ns + last_media  # the recording's clock
-            intervals = spots.push(frame.image, frame.index, last_media, frame.key_frame)
-            if buffer is not None:
-                buffer.push(last_media, spots.crop)
-            for it in intervals:
-                pair = pair_of(it, frame, spots.face_box(), 0)
+            for pair in pairs.push(frame):
                 pair.t_spot = time.time_ns()
-                if buffer is not None:
-                    pair.clip, pair.clip_fps = buffer.clip(it.onset_ns)
                 job.add(pair)
             result.frames += 1
             if progress and result.frames % 50 == 0:

@@ -6,11 +6,11 @@ view) and `Eos` (a stream's end).
 A class's fields are the message's header fields, each declared with `header(check)`: the
 check is the wire schema's type test for it, and `protocol.SCHEMAS` is built from these
 declarations (`schema()`), so a field is named in one place: the class that carries it.
-Buffers are fields too, declared with `buffer(format)` in their wire order (`BUFFERS`); a
-message carries a prefix of them (a pair's clip only after its flow). `to_message()` and
-`from_message()` turn an object into a `protocol.Message` and back; `send()` sends one.
-Header fields a class does not declare travel in `extra`, so a newer producer's fields
-reach an older consumer.
+Buffers are fields too, declared with `buffer(format)` in their wire order
+(`buffer_fields()`); a message carries a prefix of them (a pair's clip only after its
+flow). `to_message()` and `from_message()` turn an object into a `protocol.Message` and
+back; `send()` sends one. Header fields a class does not declare travel in `extra`, so a
+newer producer's fields reach an older consumer.
 
 A `Pair` and its `Event` share their fields through `Spotted`: the interval, its times and
 the spotter's measurements. An event carries all of them over (`Event.of`), so what the
@@ -185,7 +185,7 @@ class Message:
         return {**out, **self.extra}
 
     def arrays(self) -> tuple[list[np.ndarray], list[str]]:
-        """The buffers sent (a prefix of `BUFFERS`) and their pixel formats."""
+        """The buffers sent (a prefix of `buffer_fields()`) and their pixel formats."""
         arrays, formats = [], []
         for f in self.buffer_fields():
             array = getattr(self, f.name)
@@ -264,10 +264,14 @@ class Frame(Message):
     key_frame: bool = header(is_bool, False)
     truth: dict | None = header(nil_or(is_map))
 
+    @property
+    def media_ns(self) -> int:
+        """Its media time: what the spotter works in (capture time stands in for a source
+        without one)."""
+        return self.t_capture if self.t_media is None else self.t_media
+
     def header(self) -> dict:
-        out = super().header()
-        out.setdefault("t_media", self.t_capture)  # the spotter works in media time
-        return out
+        return {**super().header(), "t_media": self.media_ns}
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -309,26 +309,55 @@ class ClipBuffer:
         return np.stack([c for _, c in kept]), fps
 
 
+class StreamPairs:
+    """One stream's frames -> its pairs: the spotter (`FaceSpotter`), each interval it
+    confirms made a `Pair` (`pair_of`), numbered from 0, with its clip when `clip_s` keeps
+    them (`ClipBuffer`). What the spot stage and `mfvan analyze` share."""
+
+    def __init__(self, spots: FaceSpotter, size: int = 128, clip_s: float = 0.0):
+        self.spots = spots
+        self.clips = ClipBuffer(size, clip_s) if clip_s else None
+        self.seq = 0  # pairs made
+
+    def push(self, frame: Frame) -> list[Pair]:
+        """The pairs `frame` completed (a frame without an index takes its `seq`)."""
+        if frame.index is None:  # a producer without indices: its numbering stands
+            frame.index = frame.seq
+        t_media = frame.media_ns
+        intervals = self.spots.push(frame.image, frame.index, t_media, frame.key_frame)
+        if self.clips is not None:
+            self.clips.push(t_media, self.spots.crop)
+        out = []
+        for it in intervals:
+            pair = pair_of(it, frame, self.spots.face_box(), self.seq)
+            if self.clips is not None:
+                pair.clip, pair.clip_fps = self.clips.clip(it.onset_ns)
+            out.append(pair)
+            self.seq += 1
+        return out
+
+
 @dataclass
 class _Track:
-    spots: FaceSpotter
+    pairs: StreamPairs
     counted: object  # the stream's frames_in, faces and latency series, bound once
     face: object  # (`labels()` costs 2 us a call)
     transit: object
     seconds: object
     rejected: dict = field(default_factory=dict)
-    seq: int = 0  # pairs sent
-    clips: ClipBuffer | None = None  # the face crops of the last seconds, for clips
     faceless: int = 0  # frames in a row without a face
     warned: bool = False  # that the stream shows no face
+
+    @property
+    def spots(self) -> FaceSpotter:
+        return self.pairs.spots
 
 
 def pair_of(it, frame: Frame, face: list | None, seq: int) -> Pair:
     """The pair of a spotted interval (`kernels.spotter.Interval`), confirmed at `frame`:
     its crops and their flow (`wire_flow`), its moments in media time and on the capture
     clock (for latency), the spotter's measurements, the face square."""
-    t_capture = frame.t_capture
-    t_media = t_capture if frame.t_media is None else frame.t_media
+    t_capture, t_media = frame.t_capture, frame.media_ns
     return Pair(
         stream=frame.stream,
         seq=seq,
@@ -389,12 +418,11 @@ class SpotStage:
         m.init_stream(stream, rejections=REJECTIONS)
         spots = FaceSpotter(self.params, self.size, background=True, flow_fn=self.flow_fn)
         return _Track(
-            spots,
+            StreamPairs(spots, self.size, self.clip_s),
             m.frames_in.labels("spot", stream),
             m.faces.labels(stream),
             m.transit.labels("spot", stream),
             m.stage_seconds.labels("spot", stream),
-            clips=ClipBuffer(self.size, self.clip_s) if self.clip_s else None,
         )
 
     @property
@@ -418,22 +446,10 @@ class SpotStage:
             return []
         track.counted.inc()
         frame = msg if isinstance(msg, Frame) else Frame.from_message(msg)
-        # the spotter works in media time; a producer without it gets capture time
-        t_media = frame.t_capture if frame.t_media is None else frame.t_media
-        if frame.index is None:  # a producer without indices: its numbering stands
-            frame.index = frame.seq
-        intervals = track.spots.push(frame.image, frame.index, t_media, frame.key_frame)
+        out = track.pairs.push(frame)
         self._watch_face(stream, track)
-        if track.clips is not None:
-            track.clips.push(t_media, track.spots.crop)
-        out = []
-        for it in intervals:
-            m.spots.labels(stream).inc()
-            pair = pair_of(it, frame, track.spots.face_box(), track.seq)
-            if track.clips is not None:
-                pair.clip, pair.clip_fps = track.clips.clip(it.onset_ns)
-            out.append(pair)
-            track.seq += 1
+        if out:
+            m.spots.labels(stream).inc(len(out))
         for reason, n in track.spots.rejected.items():
             seen = track.rejected.get(reason, 0)
             if n > seen:
