@@ -169,19 +169,17 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     names = [name for name, _ in named]
     urls = [resolve(source) for _, source in named]
     ingests = [_ingest(args, runtime, i, url, names[i]) for i, url in enumerate(urls)]
-    spots = [
-        _spot(args, runtime, first, names[first : first + args.streams_per_spot])
-        for first in range(0, len(urls), args.streams_per_spot)
-    ]
+    firsts = range(0, len(urls), args.streams_per_spot)  # each spot process's first stream
+    spots = [_spot(args, runtime, i, names[i : i + args.streams_per_spot]) for i in firsts]
     children = []  # each stream's ingest, then its spot process once it serves them all
     for spot in spots:
         children += [c for c in ingests if c.stream in spot.streams] + [spot]
     events = args.events or f"ipc://{runtime}/events.ipc"
     after = args.metrics_base_port + 2 * len(urls)  # the ports after the streams'
-    children += _subscribers(args, runtime, events, after, names, len(spots))
+    children += _subscribers(args, runtime, events, after, names, firsts)
     recognize = ["recognize", "--out", events, "--metrics-port", str(after)]
-    for first in range(0, len(urls), args.streams_per_spot):
-        recognize += ["--in", f"ipc://{runtime}/pairs-{first}.ipc"]
+    for first in firsts:
+        recognize += ["--in", _ipc(runtime, "pairs", first)]
     recognize += forwarded(args, add_model_options, add_security)
     if getattr(args, "with_clips", False) and "--with-crops" not in recognize:
         recognize.append("--with-crops")  # the clip travels with the crops
@@ -189,10 +187,16 @@ def plan(args: argparse.Namespace, runtime: Path) -> tuple[list[Child], str]:
     return children, events
 
 
+def _ipc(runtime: Path, kind: str, i: int) -> str:
+    """The endpoint of stream i's frames, or of the spot process of streams i.. (its pairs,
+    its watch), in the run's folder."""
+    return f"ipc://{runtime}/{kind}-{i}.ipc"
+
+
 def _ingest(args: argparse.Namespace, runtime: Path, i: int, url: str, stream: str) -> Child:
     """Stream i's ingest process (its source in its environment: it may hold a password)."""
     own = (getattr(args, "camera_options", None) or {}).get(stream, {})
-    frames = f"ipc://{runtime}/frames-{i}.ipc"
+    frames = _ipc(runtime, "frames", i)
     argv = ["ingest", "--source", "env:MFVAN_SOURCE", "--out", frames, "--stream", stream]
     argv += ["--metrics-port", str(args.metrics_base_port + 2 * i)]
     argv += ["--realtime"] if own.get("realtime", args.realtime) else []
@@ -204,8 +208,8 @@ def _spot(args: argparse.Namespace, runtime: Path, first: int, streams: list[str
     """The spot process of streams `first`, `first + 1`, ... (`streams`)."""
     argv = ["spot"]
     for i in range(first, first + len(streams)):
-        argv += ["--in", f"ipc://{runtime}/frames-{i}.ipc"]
-    argv += ["--out", f"ipc://{runtime}/pairs-{first}.ipc"]
+        argv += ["--in", _ipc(runtime, "frames", i)]
+    argv += ["--out", _ipc(runtime, "pairs", first)]
     argv += ["--metrics-port", str(args.metrics_base_port + 2 * first + 1)]
     if getattr(args, "measure_hz", None) is not None:
         argv += ["--measure-hz", f"{args.measure_hz:g}"]
@@ -213,11 +217,11 @@ def _spot(args: argparse.Namespace, runtime: Path, first: int, streams: list[str
         argv += ["--flow-device", args.flow_device]
     argv += ["--clips"] if getattr(args, "with_clips", False) else []
     if getattr(args, "web", None) is not None:
-        argv += ["--watch", f"ipc://{runtime}/watch-{first}.ipc"]
+        argv += ["--watch", _ipc(runtime, "watch", first)]
     return Child("spot", "+".join(streams), argv, streams=tuple(streams))
 
 
-def _subscribers(args, runtime: Path, events: str, after: int, names: list, spots: int) -> list:
+def _subscribers(args, runtime: Path, events: str, after: int, names: list, firsts) -> list:
     """The run's own subscribers: the event store's recorder (--db), the outputs'
     forwarder (any output asked for), the web view (--web)."""
     from mfvan.deploy.commands.forward import add_output_options
@@ -242,8 +246,8 @@ def _subscribers(args, runtime: Path, events: str, after: int, names: list, spot
         web = ["web", "--bind", args.web, "--events", local]
         web += ["--metrics", f"http://127.0.0.1:{args.metrics_base_port - 1}/metrics"]
         web += ["--metrics-port", str(after + 2)]  # in the run's aggregate
-        for first in range(spots):
-            web += ["--watch", f"ipc://{runtime}/watch-{first * args.streams_per_spot}.ipc"]
+        for first in firsts:  # each spot process's watch
+            web += ["--watch", _ipc(runtime, "watch", first)]
         for name in names:
             web += ["--camera", name]
         web += ["--db", str(db)] if db is not None else []
