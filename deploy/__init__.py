@@ -1,9 +1,9 @@
-"""mfvan.deploy: running mfvan. The `mfvan` command (`cli.py`, the table, and `commands/`,
-one module per command), what the live stage processes share (`stage.py`) and `mfvan
-run`'s supervisor (`supervisor.py`), inference backends (`backends.py`), export, the
-benchmarks (`bench/`), the `synth://` camera, flags from files (`config.py`), the shipped
-weights (`shipped.py`, `weights/`) and the ops files (prometheus/, grafana/, k8s/,
-systemd/).
+"""mfvan.deploy: running mfvan, one sub-package per job: the `mfvan` command (`cli.py`, the
+table, and `commands/`, one module per command), the run-time (`runtime/`: what the stage
+processes share, `mfvan run`'s supervisor, flags from files, the `synth://` camera, the
+offline `analyze`), inference (`inference/`: backends, export), the benchmarks (`bench/`),
+the web view (`web/`), the shipped weights (`shipped.py`, `weights/`) and the operations
+files (`ops/`: prometheus, grafana, k8s, systemd, compose, the example TOML).
 
 The top of the dependency graph: may import mfvan.stream, mfvan.model and mfvan.kernels.
 """

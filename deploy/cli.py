@@ -73,7 +73,7 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mfvan.deploy import config
+    from mfvan.deploy.runtime import config
 
     parser = argparse.ArgumentParser(
         prog="mfvan",
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mfvan.deploy import config
+    from mfvan.deploy.runtime import config
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args = parser.parse_args(argv)
     config.fill(args, lists)
-    from mfvan.deploy.stage import EXIT_FATAL, Fatal
+    from mfvan.deploy.runtime.stage import EXIT_FATAL, Fatal
     from mfvan.stream.security import EndpointError
 
     try:

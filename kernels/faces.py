@@ -112,7 +112,7 @@ class FaceDetector:
         at the 90th percentile), inside the tracker's median of five pairs and its `hold`
         of 6% of the crop (16 px). A narrower band (15-55%, 12.7 ms) moved the crops of
         two seed-0 spotter tests enough to lose a borderline micro-expression and add two
-        false spots (tests/test_kernels.py), so it was not taken."""
+        false spots (tests/kernels/test_spotter.py), so it was not taken."""
         grey = to_grey(image)
         x0, y0 = int(max(box.x, 0)), int(max(box.y, 0))
         upper = grey[y0 : int(box.y + box.h * 0.55), x0 : int(box.x + box.w)]

@@ -9,7 +9,7 @@ never one per stream: a level costs about a dozen launches whatever K is. Thread
 pixel for the pointwise steps, one per row (then one per column) for the running-sum box
 filters, whose sums run in the CPU kernel's order and precision (rows in float64, columns
 in float32), so the flow matches the CPU kernel's within float32 rounding
-(`tests/test_kernels.py` checks it under Numba's CUDA simulator, `NUMBA_ENABLE_CUDASIM=1`,
+(`tests/kernels/test_flow.py` checks it under Numba's CUDA simulator, `NUMBA_ENABLE_CUDASIM=1`,
 and the GPU check on a GPU). The images' means (the gain) are summed in float64 by a block
 per image.
 

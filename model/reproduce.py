@@ -210,7 +210,7 @@ def reproduce(
     `mfvan spot-eval --sweep` left the realistic cells (their tuning cells train the
     shipped weights, their held-out cells are scored for STRS); `load_recognizer(weights)`:
     the live recognizer's (classifier, sidecar) for the written weights
-    (`mfvan.deploy.backends.load_recognizer`, which this package cannot import);
+    (`mfvan.deploy.inference.backends.load_recognizer`, which this package cannot import);
     `variants`: the rows to run (names of `VARIANTS`; default all), the shipped one always."""
     names = [v[0] for v in VARIANTS]
     chosen = set(variants or names) | {shipped_variant()}

@@ -361,7 +361,7 @@ def _spot_one(path: str, params, pairs: bool = False) -> VideoRun:
 
 def recognize(runs: list[VideoRun], classify, classes: list[str]) -> None:
     """Each spotted interval's class, as the live recognizer gives it: `classify(onset,
-    apex, flow)` (a backend of `mfvan.deploy.backends`) on the pair the spot stage would
+    apex, flow)` (a backend of `mfvan.deploy.inference.backends`) on the pair the spot stage would
     have sent. Sets `label` (the most probable class, `NONE` included), `emotion` (the most
     probable class that is not `NONE`) and `probs` on each interval and drops its pixels."""
     emotions = [k for k, c in enumerate(classes) if c != NONE]

@@ -38,7 +38,7 @@ __all__ = ["VETO", "Backend", "Batcher", "Classifier", "RecognizeConfig", "Recog
 
 
 class Backend(Protocol):
-    """What the recognizer calls (`mfvan.deploy.backends` has one per runtime): uint8
+    """What the recognizer calls (`mfvan.deploy.inference.backends` has one per runtime): uint8
     (onset, apex) crops, (B, H, W) or (B, H, W, 3), and optionally their flow (B, H, W, 2),
     in; class probabilities, (B, classes) float32, out."""
 
@@ -52,7 +52,7 @@ class Backend(Protocol):
 @dataclass
 class Classifier:
     """What the recognizer classifies with: a backend (calibrated:
-    `mfvan.deploy.backends.Calibrated`), its class names, the model version each event
+    `mfvan.deploy.inference.backends.Calibrated`), its class names, the model version each event
     names, the least confidence an event needs (`--min-confidence`). A model with a
     `VETO` class refuses the spots it finds most likely to be that (counted in
     `mfvan_spots_vetoed_total`), unless `publish_vetoed`."""

@@ -23,7 +23,7 @@ forgotten with its metric series.
 A stage binds its sockets inside its guarded path: a failure to bind or connect (an
 address in use, an endpoint ZeroMQ refuses, unusable keys) raises
 `security.EndpointError` to the caller, which reports it in one line and ends ZeroMQ
-without waiting on the unbound sockets (`mfvan.deploy.stage.run_stage`). Once bound,
+without waiting on the unbound sockets (`mfvan.deploy.runtime.stage.run_stage`). Once bound,
 the stage sets `metrics.ready` (its `/ready` answers 200).
 
 The stage logic (`SpotStage.handle`, `RecognizeStage`) is separate from the socket loops,

@@ -12,12 +12,13 @@ from mfvan.deploy.bench import cpu_name, percentiles
 
 
 def variants(device: str = "cpu") -> list[tuple[str, str, object]]:
-    """(row name, registry name, options): every backend of `mfvan.deploy.backends.REGISTRY`
-    at least once, and the torch settings worth comparing. On the CPU: eager (the
+    """(row name, registry name, options): every backend of the registry
+    (`mfvan.deploy.inference.backends.REGISTRY`) at least once, and the torch settings
+    worth comparing. On the CPU: eager (the
     reference), `torch.compile`, the AOTInductor package. On CUDA: eager FP32 (the
     reference), FP16 and BF16 autocast, CUDA graphs (FP32, FP16), `torch.compile`
     (max-autotune), the AOTInductor package for CUDA, and the rest as they fall."""
-    from mfvan.deploy.backends import REGISTRY, Options
+    from mfvan.deploy.inference.backends import REGISTRY, Options
 
     if device.startswith("cuda"):
         cuda = dict(device=device)
@@ -55,7 +56,7 @@ def backend_candidates(model, device: str = "cpu", rows: str | None = None) -> t
     what it names or is left out, with its reason."""
     import re
 
-    from mfvan.deploy.backends import REGISTRY, BackendUnavailable
+    from mfvan.deploy.inference.backends import REGISTRY, BackendUnavailable
 
     made, missing = {}, {}
     for row, name, options in variants(device):

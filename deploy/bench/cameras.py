@@ -33,7 +33,7 @@ def camera_file(folder: Path, seed: int, fps: float, seconds: float = 20.0) -> P
     for more latency samples) in H.264 at `fps`; made once, then reused."""
     import av
 
-    from mfvan.deploy.synth_source import SynthSource
+    from mfvan.deploy.runtime.synth_source import SynthSource
 
     folder = Path(folder)
     path = folder / f"camera-seed{seed}-{fps:g}fps-{seconds:g}s-crf{CRF}.mp4"

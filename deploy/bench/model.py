@@ -27,7 +27,7 @@ def count_flops(model, batch: int = 1) -> int:
     """Floating-point operations of one forward pass (a multiply-add counts 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mfvan.deploy.export import example_inputs
+    from mfvan.deploy.inference.export import example_inputs
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(*example_inputs(model.cfg, batch))
@@ -45,7 +45,7 @@ def bench_model(
     recognizer serves: mfvan, region-motion, off-apexnet) built on one config, timed in
     the same loop (every network and engine in turn, so the machine's noise hits all);
     a dict of results."""
-    from mfvan.deploy.export import export_onnx, onnx_session
+    from mfvan.deploy.inference.export import export_onnx, onnx_session
     from mfvan.model.mfvan import CONFIGS
     from mfvan.model.train import build_model, served_config
 

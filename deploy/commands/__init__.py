@@ -2,6 +2,6 @@
 
 Each module has `HELP` (one line for `mfvan --help`), `add(parser)` (its flags) and
 `run(args)` (its body, returning the exit status). The stage commands (ingest, spot,
-recognize) share `mfvan.deploy.stage`; `run` supervises them with
-`mfvan.deploy.supervisor`.
+recognize) share `mfvan.deploy.runtime.stage`; `run` supervises them with
+`mfvan.deploy.runtime.supervisor`.
 """

@@ -3,7 +3,7 @@ videos, as fast as the CPU goes; events to a file, an event store, or standard o
 
     mfvan analyze interview.mp4 sessions/ --out events.csv --db events.db --clips clips/
 
-See `mfvan.deploy.analyze` for what it does where the live pipeline has no answer (the
+See `mfvan.deploy.runtime.analyze` for what it does where the live pipeline has no answer (the
 events' wall-clock times, reproducible ids, clips).
 """
 
@@ -13,13 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from mfvan.deploy import stage
+from mfvan.deploy.runtime import stage
 
 HELP = "spot and recognize micro-expressions in recorded videos (files or folders)"
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    from mfvan.deploy.choices import BACKENDS as NAMES
+    from mfvan.deploy.inference.choices import BACKENDS as NAMES
 
     p.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR", help="videos, folders")
     p.add_argument(
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from mfvan.deploy.analyze import analyze_file, videos
-    from mfvan.deploy.backends import BackendUnavailable
+    from mfvan.deploy.inference.backends import BackendUnavailable
+    from mfvan.deploy.runtime.analyze import analyze_file, videos
 
     if args.out is not None and args.out.suffix not in (".jsonl", ".csv", ".json"):
         raise stage.Fatal(f"--out {args.out}: give a .jsonl or a .csv file")

@@ -112,7 +112,7 @@ def _add_backends(what) -> None:
 
 
 def _add_pipeline(what) -> None:
-    from mfvan.deploy.stage import positive
+    from mfvan.deploy.runtime.stage import positive
 
     pipeline = what.add_parser(
         "pipeline",
@@ -163,7 +163,7 @@ def _add_pipeline(what) -> None:
 
 
 def _add_web(what) -> None:
-    from mfvan.deploy.stage import positive
+    from mfvan.deploy.runtime.stage import positive
 
     web = what.add_parser(
         "web",

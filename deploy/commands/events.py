@@ -74,7 +74,7 @@ def add(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from mfvan.deploy.stage import Fatal
+    from mfvan.deploy.runtime.stage import Fatal
     from mfvan.stream.outputs.store import EventStore, StoreError
 
     try:

@@ -39,8 +39,8 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy import export
-    from mfvan.deploy.backends import BackendUnavailable
+    from mfvan.deploy.inference import export
+    from mfvan.deploy.inference.backends import BackendUnavailable
     from mfvan.deploy.shipped import DEMO_WEIGHTS
     from mfvan.model.weights import WeightsError, load_weights
 

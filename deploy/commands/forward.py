@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mfvan.deploy import stage
+from mfvan.deploy.runtime import stage
 
 HELP = "send events to an MQTT broker and to webhooks"
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from mfvan.deploy import stage
+from mfvan.deploy.runtime import stage
 
 HELP = "held-out identities: build the sets, train the veto recognizer, score weights"
 
@@ -63,7 +63,7 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy.backends import load_recognizer
+    from mfvan.deploy.inference.backends import load_recognizer
     from mfvan.deploy.shipped import DEMO_WEIGHTS, VETO_WEIGHTS
     from mfvan.model import heldout
     from mfvan.model.weights import WeightsError

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from mfvan.deploy import stage
+from mfvan.deploy.runtime import stage
 
 HELP = "stage: decode a source, publish frames"
 
@@ -36,7 +36,7 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy import synth_source
+    from mfvan.deploy.runtime import synth_source
     from mfvan.stream import ingest, stages
 
     synth_source.register()

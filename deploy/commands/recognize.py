@@ -7,16 +7,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from mfvan.deploy import stage
+from mfvan.deploy.runtime import stage
 
 HELP = "stage: classify pairs in batches, publish events"
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The recognizer's own flags: `mfvan run` offers them too and forwards them as given
-    (`mfvan.deploy.supervisor.forwarded`)."""
-    from mfvan.deploy.choices import BACKENDS as NAMES
-    from mfvan.deploy.choices import PRECISIONS
+    (`mfvan.deploy.runtime.supervisor.forwarded`)."""
+    from mfvan.deploy.inference.choices import BACKENDS as NAMES
+    from mfvan.deploy.inference.choices import PRECISIONS
 
     p.add_argument("--backend", choices=NAMES, default="onnxruntime", help="inference backend")
     p.add_argument(
@@ -80,7 +80,7 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy.backends import BackendUnavailable
+    from mfvan.deploy.inference.backends import BackendUnavailable
     from mfvan.deploy.shipped import SHIPPED_WEIGHTS
     from mfvan.stream.recognizer import RecognizeConfig, run_recognize
 

@@ -53,8 +53,8 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy.backends import load_recognizer
     from mfvan.deploy.bench import cpu_name
+    from mfvan.deploy.inference.backends import load_recognizer
     from mfvan.deploy.shipped import DEMO_WEIGHTS
     from mfvan.model.reproduce import CORE, VARIANTS, reproduce
 

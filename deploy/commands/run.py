@@ -1,6 +1,6 @@
 """`mfvan run`: the live pipeline. Starts one ingest process per `--source`, one spot
 process per `--streams-per-spot` of them, and one recognizer for all of them; supervises
-them (`mfvan.deploy.supervisor`: a child that dies is restarted with backoff and counted),
+them (`mfvan.deploy.runtime.supervisor`: a child that dies is restarted with backoff and counted),
 and on SIGINT / SIGTERM stops them all.
 """
 
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from mfvan.deploy import stage
+from mfvan.deploy.runtime import stage
 
 HELP = "the live pipeline: ingest, spot and recognize, supervised"
 
@@ -76,7 +76,7 @@ def add(p: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     """What can be known wrong before anything starts: `stage.Fatal` naming it."""
-    from mfvan.deploy import synth_source
+    from mfvan.deploy.runtime import synth_source
 
     synth_source.register()
     base, n = args.metrics_base_port, len(args.source)
@@ -103,7 +103,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfvan.deploy.supervisor import (
+    from mfvan.deploy.runtime.supervisor import (
         Aggregate,
         Child,
         RuntimeDir,

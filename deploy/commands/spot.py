@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from mfvan.deploy import stage
+from mfvan.deploy.runtime import stage
 
 HELP = "stage: track faces, spot micro-expressions, publish pairs"
 

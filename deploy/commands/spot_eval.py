@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mfvan.deploy import stage
+from mfvan.deploy.runtime import stage
 
 HELP = "spot and recognize micro-expressions in long videos; score them (MEGC, STRS)"
 
@@ -62,7 +62,7 @@ class RecognizerError(ValueError):
 
 def _classifier(args: argparse.Namespace):
     """The live recognizer's `Classifier`, as `mfvan recognize` loads it."""
-    from mfvan.deploy.backends import NAMES, BackendUnavailable
+    from mfvan.deploy.inference.backends import NAMES, BackendUnavailable
     from mfvan.model.weights import WeightsError
 
     if args.backend not in NAMES:

@@ -32,7 +32,7 @@ def add(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from mfvan.deploy import stage
+    from mfvan.deploy.runtime import stage
     from mfvan.stream import subscribe
     from mfvan.stream.client import Refused
     from mfvan.stream.security import client_curve

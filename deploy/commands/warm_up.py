@@ -18,7 +18,7 @@ HELP = "compile the spot stage's kernels into the cache, so later starts are qui
 
 
 def add(p: argparse.ArgumentParser) -> None:
-    from mfvan.deploy.stage import positive
+    from mfvan.deploy.runtime.stage import positive
 
     p.add_argument(
         "--jobs",

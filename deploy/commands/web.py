@@ -15,7 +15,7 @@ import os
 import socket
 from pathlib import Path
 
-from mfvan.deploy import stage
+from mfvan.deploy.runtime import stage
 
 HELP = "the live web view: cameras, events as they happen, history"
 DEFAULT_BIND = "127.0.0.1:8321"

@@ -63,7 +63,7 @@ MFVAN=("$PY" -m mfvan)
 if [ "$DEVICE" = cuda ]; then
     # CUDA parity (FP32 1e-4, FP16/BF16 2e-2, CUDA graphs at 1/8/32, torch.compile, the AOT
     # package, the batched flow) and the figures, each against eager CUDA FP32 in the same run
-    step pytest-gpu 200 "$PY" -m pytest -m gpu tests/test_backends.py tests/test_kernels.py -q -rs -p no:cacheprovider \
+    step pytest-gpu 200 "$PY" -m pytest -m gpu tests/deploy/test_backends.py tests/kernels/test_flow.py -q -rs -p no:cacheprovider \
         --junitxml="$OUT/pytest-gpu.xml"
     step bench-demo 170 "${MFVAN[@]}" bench backends --config demo --device cuda \
         --batches 1 8 32 64 128 256 --runs 50
@@ -71,7 +71,7 @@ if [ "$DEVICE" = cuda ]; then
         --batches 1 8 --runs 30 --rows 'eager|fp16|bf16'
     step bench-flow 50 "${MFVAN[@]}" bench flow --device cuda --streams 1 16 64 256 --runs 20
 else
-    step pytest-gpu 120 "$PY" -m pytest -m gpu tests/test_backends.py tests/test_kernels.py -q -rs -p no:cacheprovider \
+    step pytest-gpu 120 "$PY" -m pytest -m gpu tests/deploy/test_backends.py tests/kernels/test_flow.py -q -rs -p no:cacheprovider \
         --junitxml="$OUT/pytest-gpu.xml"
     step bench-demo 300 "${MFVAN[@]}" bench backends --config demo --device cpu \
         --batches 1 8 --runs 3 --rows 'eager|aoti'

@@ -1,0 +1,59 @@
+"""Helpers the tests share (imported by name: `from helpers import free_port`); the shared
+fixtures are in conftest.py."""
+
+import contextlib
+import hashlib
+import socket
+import threading
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int, name: str) -> float:
+    """The sum of a metric's series on a stage's /metrics (`name` without labels)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+@contextlib.contextmanager
+def answering(answer: bytes):
+    """A real loopback TCP server that reads each request and answers `answer`, whatever
+    it is, then closes (HTTP cut off mid-answer, or not HTTP at all). Yields (port, a list
+    that grows by one per answer)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    answered: list[int] = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+                answered.append(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1], answered
+    finally:
+        server.close()
