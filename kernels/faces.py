@@ -266,6 +266,18 @@ class _Pending(NamedTuple):
     due_ns: int
 
 
+@dataclass(frozen=True)
+class TrackerParams:
+    """The tracker's settings (the reasons are `FaceTracker`'s docstring's)."""
+
+    redetect_s: float = 0.2  # media seconds between two face searches
+    hold: float = 0.06  # a new crop only past this fraction of the side (or 2 degrees)
+    max_misses: int = 3  # searches in a row that find nothing before a face is lost
+    scale: float = 1.2  # a face box's side times this is the crop's, without eyes
+    detect_delay_s: float = 0.1  # media seconds from a searched frame to its result
+    frame_ns: int = 5_000_000  # the frames' spacing when they come without times
+
+
 class FaceTracker:
     """Detects every `redetect_s` seconds of media time (or when the face was lost) and
     keeps the crop still in between.
@@ -316,24 +328,19 @@ class FaceTracker:
         self,
         detector: FaceDetector | None = None,
         size: int = 128,
-        redetect_s: float = 0.2,
-        hold: float = 0.06,
-        max_misses: int = 3,
-        scale: float = 1.2,
+        params: TrackerParams = TrackerParams(),
         background: bool = False,
-        detect_delay_s: float = 0.1,
-        frame_ns: int = 5_000_000,
         scheduled: bool = False,
     ):
         self.detector = detector or FaceDetector()
         self.size = size
-        self.redetect_ns = int(redetect_s * 1e9)
-        self.hold = hold
-        self.max_misses = max_misses
-        self.scale = scale
+        self.redetect_ns = int(params.redetect_s * 1e9)
+        self.hold = params.hold
+        self.max_misses = params.max_misses
+        self.scale = params.scale
         scheduled = scheduled or background
-        self.detect_delay_ns = int(detect_delay_s * 1e9) if scheduled else 0
-        self.frame_ns = frame_ns
+        self.detect_delay_ns = int(params.detect_delay_s * 1e9) if scheduled else 0
+        self.frame_ns = params.frame_ns
         self.crop: Crop | None = None
         self.version = 0
         self._geometry: Geometry | None = None  # the current crop's square

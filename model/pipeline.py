@@ -74,40 +74,45 @@ def prepare(
     return Prepared(data, cfg, crop(data, cfg, cache, jitter=jitter))
 
 
-def train_weights(
-    prepared: Prepared,
-    tcfg,
-    out: Path,
-    training_data: str,
-    seed: int = 0,
-    model_kind: str = "mfvan",
-    ablation: str = "full",
-    checkpoint: Path | None = None,
-    progress: bool = False,
-    calibration: dict | None = None,
-) -> Path | None:
-    """Train on every pair and save the weights (+ sidecar) at `out`; None on ranks other
-    than 0 (they train; rank 0 writes). `seed` draws the initial weights; `calibration` (a
-    temperature fitted on held-out folds) goes into the sidecar."""
+@dataclass(frozen=True)
+class WeightsRun:
+    """What `train_weights` trains and where it writes: the network (`model_kind`,
+    `ablation`, `seed` drawing its initial weights), the weights' path `out` and what the
+    sidecar says of them (`training_data`, `calibration`: a temperature fitted on held-out
+    folds), a `checkpoint` to resume from, and whether to show `progress`."""
+
+    out: Path
+    training_data: str
+    seed: int = 0
+    model_kind: str = "mfvan"
+    ablation: str = "full"
+    checkpoint: Path | None = None
+    progress: bool = False
+    calibration: dict | None = None
+
+
+def train_weights(prepared: Prepared, tcfg, run: WeightsRun) -> Path | None:
+    """Train on every pair and save the weights (+ sidecar) at `run.out`; None on ranks
+    other than 0 (they train; rank 0 writes)."""
     import torch
     import torch.distributed as dist
 
     from mfvan.model.train import build_model, train
     from mfvan.model.weights import save_weights
 
-    torch.manual_seed(seed)
-    model = build_model(model_kind, prepared.cfg, ablation)
-    train(model, prepared.pairs, tcfg, checkpoint, progress=progress)
+    torch.manual_seed(run.seed)
+    model = build_model(run.model_kind, prepared.cfg, run.ablation)
+    train(model, prepared.pairs, tcfg, run.checkpoint, progress=run.progress)
     if dist.is_initialized() and dist.get_rank() > 0:
         return None
     save_weights(
         model,
-        out,
+        run.out,
         list(prepared.dataset.classes),
-        training_data=training_data,
-        calibration=calibration,
+        training_data=run.training_data,
+        calibration=run.calibration,
     )
-    return out
+    return run.out
 
 
 @contextlib.contextmanager

@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 MOTIONS = ("both", "branch", "global")  # where the motion enters, as `MFVANConfig.motion`
@@ -152,7 +153,7 @@ def train_shipped_weights(
     pairs too) and on the spotter's own pairs in the realistic tuning cells under `matrix`
     (what the live recognizer receives from camera-like video), seed 0; `calibration`
     (from its LOSO run) in the sidecar."""
-    from mfvan.model.pipeline import Prepared, train_weights
+    from mfvan.model.pipeline import Prepared, WeightsRun, train_weights
 
     prepared = _prepared(data, cache, SHIPPED)
     clips = int((~prepared.pairs.jittered).sum())
@@ -171,9 +172,8 @@ def train_shipped_weights(
             f"realistic tuning videos ({', '.join(cells)})"
         )
     training_data += ": SYNTHETIC faces, not for real faces"
-    return train_weights(
-        prepared, _preset("mfvan", epochs), out, training_data, seed=0, calibration=calibration
-    )
+    run = WeightsRun(out, training_data, seed=0, calibration=calibration)
+    return train_weights(prepared, _preset("mfvan", epochs), run)
 
 
 def spot_then_recognize(recognizer, long_dir: Path, workers: int, cache: Path) -> dict:
@@ -187,31 +187,40 @@ def spot_then_recognize(recognizer, long_dir: Path, workers: int, cache: Path) -
         long_dir,
         None,
         workers=workers,
-        classify=backend,
-        classes=list(meta["classes"]),
+        recognizer=(backend, list(meta["classes"])),
         cache_dir=cache,
     )
 
 
-def reproduce(
-    data: Path,
-    out: Path,
-    docs: Path,
-    weights: Path,
-    machine: str,
-    workers: int = 2,
-    epochs: int | None = None,
-    matrix: Path | None = None,
-    load_recognizer=None,
-    variants: tuple[str, ...] | None = None,
-) -> Path:
-    """Everything above, the weights written to `weights`; `machine` names the computer in
-    the page; `epochs` overrides the main phase's (for a quick smoke run); `matrix`: where
-    `mfvan spot-eval --sweep` left the realistic cells (their tuning cells train the
-    shipped weights, their held-out cells are scored for STRS); `load_recognizer(weights)`:
-    the live recognizer's (classifier, sidecar) for the written weights
+@dataclass(frozen=True)
+class Reproduction:
+    """What `reproduce` runs and where it writes. `data`: SynthME standard (generated when
+    missing); `out`: the runs and their cache; `docs`: the results page; `weights`: where
+    the shipped weights are written; `machine` names the computer in the page; `epochs`
+    overrides the main phase's (for a quick smoke run); `matrix`: where `mfvan spot-eval
+    --sweep` left the realistic cells (their tuning cells train the shipped weights, their
+    held-out cells are scored for STRS); `load_recognizer(weights)`: the live recognizer's
+    (classifier, sidecar) for the written weights
     (`mfvan.deploy.inference.backends.load_recognizer`, which this package cannot import);
     `variants`: the rows to run (names of `VARIANTS`; default all), the shipped one always."""
+
+    data: Path
+    out: Path
+    docs: Path
+    weights: Path
+    machine: str
+    workers: int = 2
+    epochs: int | None = None
+    matrix: Path | None = None
+    load_recognizer: Callable | None = None
+    variants: tuple[str, ...] | None = None
+
+
+def reproduce(job: Reproduction) -> Path:
+    """Everything above: the variants' LOSO runs, the shipped weights, spot-then-recognize
+    on the long videos, and the results page; its path."""
+    data, out, weights, matrix = Path(job.data), Path(job.out), job.weights, job.matrix
+    workers, epochs, variants = job.workers, job.epochs, job.variants
     names = [v[0] for v in VARIANTS]
     chosen = set(variants or names) | {shipped_variant()}
     unknown = chosen - set(names)
@@ -222,7 +231,7 @@ def reproduce(
     from mfvan.model.data import synth
 
     started = time.perf_counter()
-    data, out, cache = Path(data), Path(out), Path(out) / "cache"
+    cache = out / "cache"
     if not (data / "synthme.json").exists():
         print(f"generating SynthME standard into {data}")
         synth.generate(synth.CONFIGS["standard"], data, seed=0)
@@ -265,10 +274,10 @@ def reproduce(
     for cell, name in HELD_OUT.items():
         if matrix and (matrix / cell / "ground_truth.csv").exists():
             sets[name] = matrix / cell
-    recognizer = load_recognizer(weights)  # the live recognizer's, as spot-eval loads it
+    recognizer = job.load_recognizer(weights)  # the live recognizer's, as spot-eval loads it
     chains = {name: spot_then_recognize(recognizer, d, workers, cache) for name, d in sets.items()}
     seconds = time.perf_counter() - started
-    path = write_results(runs, chains, out, docs, weights, data, cache, seconds, machine)
+    path = write_results(runs, chains, replace(job, weights=weights), seconds)
     print(f"results: {path}")
     return path
 
@@ -529,22 +538,16 @@ def _chain_and_figures(chains: dict, shown: dict, runs: dict) -> list[str]:
     ]
 
 
-def write_results(
-    runs: dict,
-    chains: dict,
-    out: Path,
-    docs: Path,
-    weights: Path,
-    data: Path,
-    cache: Path,
-    seconds: float,
-    machine: str,
-) -> Path:
+def write_results(runs: dict, chains: dict, job: Reproduction, seconds: float) -> Path:
+    """docs/results.md (at `job.docs`), its images and `results.json` from the runs and
+    the spot-then-recognize chains; `job.weights` are the weights written."""
     from mfvan.model.evaluate import plot_attention
     from mfvan.model.train import make_batch
     from mfvan.model.weights import load_weights
 
-    docs = Path(docs)
+    out, data, weights, machine = Path(job.out), Path(job.data), job.weights, job.machine
+    cache = out / "cache"
+    docs = Path(job.docs)
     images = docs.parent / "images"
     images.mkdir(parents=True, exist_ok=True)
     shown = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -592,22 +593,23 @@ def evaluate(
     params=None,
     workers: int | None = 1,
     traces: bool = True,
-    classify=None,
-    classes: list[str] | None = None,
+    recognizer: tuple[Callable, list[str]] | None = None,
     cache_dir: Path | None = None,
 ) -> dict:
     """Spot every video of a folder in `LAYOUT`; score; write `spotting.json` (scores,
     per-video counts, intervals) and, with `traces`, a trace PNG per video under `out`.
-    `workers`: videos spotted in that many processes at once (None: one per core). With
-    `classify` (a recognizer backend) and its `classes`, every spotted interval is
-    classified as the live pipeline would, and the result has `str`: spot-then-recognize
-    (`chain`). `cache_dir`: keep the spotter's runs there (`spot_runs`)."""
+    `workers`: videos spotted in that many processes at once (None: one per core). With a
+    `recognizer`, (classify, classes): a recognizer backend and its class names, every
+    spotted interval is classified as the live pipeline would, and the result has `str`:
+    spot-then-recognize (`chain`). `cache_dir`: keep the spotter's runs there
+    (`spot_runs`)."""
     long_dir = check_layout(long_dir)
     truth = load_truth(long_dir)
-    runs = spot_runs(long_dir, params, workers, classify is not None, cache_dir)
+    runs = spot_runs(long_dir, params, workers, recognizer is not None, cache_dir)
     per_video = [score_video(r, truth.get(r.video, [])) for r in runs]
     result = pool_scores(per_video)
-    if classify is not None:
+    if recognizer is not None:
+        classify, classes = recognizer
         recognize(runs, classify, list(classes))
         result["str"] = chain(runs, truth, list(classes))
     if out is not None:

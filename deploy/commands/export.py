@@ -63,15 +63,10 @@ def run(args: argparse.Namespace) -> int:
         elif args.format == "tensorrt":
             out = export.export_tensorrt(model, args.out, args.precision)
         else:
-            out = export.export_triton(
-                model,
-                args.out,
-                list(meta["classes"]),
-                args.name,
-                args.max_batch,
-                delay_us=args.max_queue_delay_us,
-                kind=args.kind,
+            serving = export.TritonServing(
+                args.name, args.max_batch, delay_us=args.max_queue_delay_us, kind=args.kind
             )
+            out = export.export_triton(model, args.out, list(meta["classes"]), serving)
     except BackendUnavailable as e:
         print(f"mfvan export: {e}", file=sys.stderr)
         return 2

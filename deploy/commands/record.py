@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mfvan.stream import subscribe
     from mfvan.stream.client import Refused
-    from mfvan.stream.outputs.store import EventStore, StoreError, record
+    from mfvan.stream.outputs.store import EventStore, Keeping, StoreError, record
     from mfvan.stream.security import client_curve
 
     stage.setup_logging("record", args.stream or "-", args.log_format)
@@ -75,15 +75,13 @@ def run(args: argparse.Namespace) -> int:
     sub = subscribe(args.endpoint, args.stream, timeout_s=0.2, curve=curve)
     stage.log.info("record: events of %s -> %s", args.endpoint, args.db)
     try:
-        added = record(
-            sub,
-            store,
-            stop,
+        keeping = Keeping(
             batch_s=args.batch_s,
             batch_n=args.batch,
             max_age_s=args.max_age_days * 86400 if args.max_age_days else None,
             max_bytes=args.max_gb * 1e9 if args.max_gb else None,
         )
+        added = record(sub, store, stop, keeping)
     except Refused as e:
         print(f"mfvan record: {e}", file=sys.stderr)
         return stage.EXIT_FATAL

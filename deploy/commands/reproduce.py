@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.deploy.bench import cpu_name
     from mfvan.deploy.inference.backends import load_recognizer
     from mfvan.deploy.shipped import DEMO_WEIGHTS
-    from mfvan.model.reproduce import CORE, VARIANTS, reproduce
+    from mfvan.model.reproduce import CORE, VARIANTS, Reproduction, reproduce
 
     names = [v[0] for v in VARIANTS]
     unknown = [v for v in args.variants or () if v not in (*names, "core")]
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     weights = args.weights or args.out / "weights" / DEMO_WEIGHTS.name
-    reproduce(
+    job = Reproduction(
         args.data,
         args.out,
         args.docs,
@@ -79,4 +79,5 @@ def run(args: argparse.Namespace) -> int:
         load_recognizer,
         tuple(CORE) if args.variants == ["core"] else args.variants,
     )
+    reproduce(job)
     return 0

@@ -95,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 args.out,
                 params=stage.spotter_params(args),
                 workers=args.workers,
-                classify=classifier and classifier.backend,
-                classes=classifier and classifier.classes,
+                recognizer=classifier and (classifier.backend, classifier.classes),
             )
         except (spotting.LayoutError, RecognizerError) as e:
             print(f"mfvan spot-eval: {e}", file=sys.stderr)

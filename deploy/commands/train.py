@@ -206,9 +206,7 @@ def _save(args: argparse.Namespace, prepared, tcfg) -> int:
             return 2
         fitted_on = f"LOSO held-out predictions of {args.calibration}"
         calibration = {**calibration, "fitted_on": fitted_on}
-    weights = pipeline.train_weights(
-        prepared,
-        tcfg,
+    run = pipeline.WeightsRun(
         args.out / f"mfvan-{args.config}-{args.dataset}.safetensors",
         training_data=f"{args.dataset} ({args.labels}) at {args.data}, "
         f"{len(data.samples)} samples, seed {args.seed}",
@@ -219,6 +217,7 @@ def _save(args: argparse.Namespace, prepared, tcfg) -> int:
         progress=True,
         calibration=calibration,
     )
+    weights = pipeline.train_weights(prepared, tcfg, run)
     if weights is not None:  # rank 0
         print(f"weights: {weights} (+ {weights.with_suffix('.json').name})")
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -144,20 +145,26 @@ instance_group [ {{ count: 1 kind: {kind} }} ]
 """
 
 
+@dataclass(frozen=True)
+class TritonServing:
+    """How Triton serves the model: under `name`; requests from every recognizer batched
+    by the server up to `max_batch`, waiting at most `delay_us` for the `preferred` sizes;
+    on `kind` instances (KIND_GPU, or KIND_CPU for a server without GPUs)."""
+
+    name: str = "mfvan"
+    max_batch: int = 32
+    preferred: tuple[int, ...] = (8, 32)
+    delay_us: int = 1000
+    kind: str = "KIND_GPU"
+
+
 def export_triton(
-    model: MFVAN,
-    folder: Path,
-    classes: list[str],
-    name: str = "mfvan",
-    max_batch: int = 32,
-    preferred=(8, 32),
-    delay_us: int = 1000,
-    kind: str = "KIND_GPU",
+    model: MFVAN, folder: Path, classes: list[str], serving: TritonServing = TritonServing()
 ) -> Path:
-    """A Triton model repository at `folder` serving `model` as `name`; returns the
-    model's folder. Requests from every recognizer are batched by the server (up to
-    `max_batch`, waiting at most `delay_us` for the preferred sizes). `kind`: KIND_GPU,
-    or KIND_CPU for a server without GPUs."""
+    """A Triton model repository at `folder` serving `model` as `serving` says; returns
+    the model's folder."""
+    name, max_batch, preferred = serving.name, serving.max_batch, serving.preferred
+    delay_us, kind = serving.delay_us, serving.kind
     if len(classes) != model.cfg.num_classes:
         raise ValueError(f"{len(classes)} class names for {model.cfg.num_classes} classes")
     cfg = model.cfg

@@ -407,7 +407,7 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
         return np.clip(img * skin_detail(ident, shape, place, face)[..., None], 0, 1)
     x, y = _grid(shape, place)
     soft = 1.2 / place.h
-    rng = np.random.default_rng(ident.texture_seed)
+    rng = np.random.default_rng(ident.texture_seed)  # skin texture first, then the hair's
     img = np.empty((*shape, 3), np.float32)
     img[:] = np.asarray(ident.background, np.float32)
     img *= (1.0 + 0.15 * (y - x) * 0.5)[..., None]  # a gentle gradient, as in a real room
@@ -420,8 +420,19 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
     face = _ellipse_alpha(x, y, 0.0, 0.0, half_w, 0.5, soft)
     neck = np.clip(0.5 - (np.abs(x) - ident.half_width * 0.55) / soft, 0, 1) * (y > 0.3)
     skin_alpha = np.maximum(face, neck * 0.92)
+    shade = _lambert(ident, x, y)
+    _blend_img(img, skin_alpha, _skin(ident, x, y, place, rng, shade))
+    _paint_eyes(img, ident, x, y, soft, shade)
+    _paint_brows(img, ident, x, y, soft)
+    _paint_mouth(img, ident, x, y, soft, shade)
+    _paint_fringe(img, ident, x, y, soft, rng)
+    img *= skin_detail(ident, shape, place, skin_alpha)[..., None]
+    return np.clip(img, 0.0, 1.0)
 
-    # Lambertian shading of the ellipsoid under the face.
+
+def _lambert(ident: Identity, x, y) -> np.ndarray:
+    """Lambertian shading of the ellipsoid under the face, lit from the identity's light
+    direction, over its ambient light."""
     nx = x / ident.half_width
     ny = y / 0.5
     nz = np.sqrt(np.clip(1.0 - nx**2 - ny**2, 0.05, 1.0))
@@ -429,8 +440,13 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
     az, el = ident.light_azimuth, ident.light_elevation
     light = np.array([np.sin(az) * np.cos(el), -np.sin(el), np.cos(az) * np.cos(el)])
     lambert = np.clip((nx * light[0] + ny * light[1] + nz * light[2]) / norm, 0, 1)
-    shade = ident.ambient + (1 - ident.ambient) * lambert
+    return ident.ambient + (1 - ident.ambient) * lambert
 
+
+def _skin(ident: Identity, x, y, place: Placement, rng, shade) -> np.ndarray:
+    """The skin layer (float32): its colour and texture (two draws of `rng`), eye sockets,
+    nose sides, lit bridge and cheek shadows, under `shade`."""
+    shape = x.shape
     skin = np.asarray(ident.skin, np.float32)
     tex = ident.texture_amp * (
         0.6 * _smooth_noise(shape, rng, 0.012 * place.h) + 0.4 * _smooth_noise(shape, rng, 1.2)
@@ -462,9 +478,12 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
         )
         skin_img *= (1.0 - 0.08 * cheek)[..., None]
     skin_img *= shade[..., None]
-    _blend_img(img, skin_alpha, skin_img)
+    return skin_img
 
-    # Eyes: sclera, iris, pupil, upper lid line and crease.
+
+def _paint_eyes(img, ident: Identity, x, y, soft, shade) -> None:
+    """Eyes: sclera, iris, pupil, upper lid line and crease."""
+    marks = ident.landmarks()
     for s in (-1, 1):
         ex, ey = marks["eye_r" if s > 0 else "eye_l"]
         eye = _eye_alpha(x, y, ex, ey, ident.eye_w, ident.eye_h, soft)
@@ -484,8 +503,11 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
         )
         _blend(img, 0.35 * crease * (y < ey), np.asarray(ident.skin) * 0.45)
 
-    # Brows: thick arcs, thinning toward the outer end.
-    # Brows are always well darker than the skin (and at most as light as the hair).
+
+def _paint_brows(img, ident: Identity, x, y, soft) -> None:
+    """Brows: thick arcs, thinning toward the outer end, always well darker than the skin
+    (and at most as light as the hair)."""
+    marks = ident.landmarks()
     brow_colour = np.minimum(
         np.asarray(ident.hair), np.asarray(ident.skin) * (1.0 - ident.brow_dark)
     )
@@ -501,14 +523,14 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
         alpha = np.clip(0.5 - (np.abs(y - arc) - thick / 2) / soft, 0, 1) * inside * beyond
         _blend(img, 0.92 * alpha, brow_colour)
 
-    # Nostrils.
+
+def _paint_mouth(img, ident: Identity, x, y, soft, shade) -> None:
+    """Nostrils, then the lips: upper and lower, with a dark line between them."""
     for s in (-1, 1):
         nostril = _ellipse_alpha(
             x, y, s * ident.nose_w * 0.45, ident.nose_y + 0.005, 0.016, 0.008, soft
         )
         _blend(img, 0.8 * nostril, np.asarray(ident.skin) * 0.25)
-
-    # Lips: upper and lower, with a dark line between them.
     mx, my, mw, lt = 0.0, ident.mouth_y, ident.mouth_w, ident.lip_thick
     upper = _eye_alpha(x, y, mx, my - lt * 0.55, mw, lt * 0.8, soft) * (y < my)
     lower = _eye_alpha(x, y, mx, my + lt * 0.6, mw * 0.9, lt * 1.0, soft) * (y >= my)
@@ -518,15 +540,15 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
     line = np.clip(0.5 - (np.abs(y - my) - 0.003) / soft, 0, 1) * (np.abs(x) < mw * 0.97)
     _blend(img, 0.8 * line, lip_colour * 0.3)
 
-    # Hair fringe over the forehead.
+
+def _paint_fringe(img, ident: Identity, x, y, soft, rng) -> None:
+    """The hair fringe over the forehead, textured by one draw of `rng`."""
     fringe = np.clip(
         0.5 - (y - (ident.hairline - 0.02 * np.cos(x / ident.half_width * 3))) / soft, 0, 1
     )
     fringe *= _ellipse_alpha(x, y, 0.0, -0.05, ident.half_width * 1.13, 0.58, soft)
-    hair_tex = 1.0 + 0.06 * _smooth_noise(shape, rng, 1.0)
+    hair_tex = 1.0 + 0.06 * _smooth_noise(x.shape, rng, 1.0)
     _blend_img(img, fringe, np.asarray(ident.hair, np.float32) * hair_tex[..., None])
-    img *= skin_detail(ident, shape, place, skin_alpha)[..., None]
-    return np.clip(img, 0.0, 1.0)
 
 
 def _blend_img(img, alpha, layer):

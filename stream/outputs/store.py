@@ -32,6 +32,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -316,23 +317,28 @@ class EventStore:
         return event
 
 
+@dataclass(frozen=True)
+class Keeping:
+    """How `record` commits and prunes: a batch is committed at most `batch_s` after its
+    first event or once `batch_n` wait (one transaction each: a killed recorder loses at
+    most the batch it was gathering); retention (`EventStore.prune` to `max_age_s` and
+    `max_bytes`, each None for no limit) runs every `prune_every_s`."""
+
+    batch_s: float = 1.0
+    batch_n: int = 100
+    max_age_s: float | None = None
+    max_bytes: float | None = None
+    prune_every_s: float = 60.0
+
+
 def record(
-    subscription,
-    store: EventStore,
-    stop,
-    batch_s: float = 1.0,
-    batch_n: int = 100,
-    max_age_s: float | None = None,
-    max_bytes: float | None = None,
-    prune_every_s: float = 60.0,
-    on_commit=None,
+    subscription, store: EventStore, stop, keeping: Keeping = Keeping(), on_commit=None
 ) -> int:
     """Keep every event `subscription` (a `mfvan.stream.Subscription` with a short
-    `timeout_s`) delivers, until `stop` is set: committed in batches, at most `batch_s`
-    after the first event of a batch or once `batch_n` wait (one transaction each: a
-    killed recorder loses at most the batch it was gathering). Retention (`prune`) runs
-    every `prune_every_s`. `on_commit(n_added)` after each commit. Returns the events
-    added."""
+    `timeout_s`) delivers, until `stop` is set, committed and pruned as `keeping` says.
+    `on_commit(n_added)` after each commit. Returns the events added."""
+    batch_s, batch_n, prune_every_s = keeping.batch_s, keeping.batch_n, keeping.prune_every_s
+    max_age_s, max_bytes = keeping.max_age_s, keeping.max_bytes
     pending: list[Event] = []
     first = 0.0
     added = 0

@@ -47,7 +47,9 @@ def test_triton_repository_is_valid_and_its_model_matches_eager(shipped, inputs,
 
     model, meta = shipped
     named, expected = inputs
-    root = export.export_triton(model, tmp_path, list(meta["classes"]), max_batch=16)
+    root = export.export_triton(
+        model, tmp_path, list(meta["classes"]), export.TritonServing(max_batch=16)
+    )
     config = text_format.Parse((root / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.name == "mfvan" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 16

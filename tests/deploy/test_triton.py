@@ -71,7 +71,9 @@ def server(tmp_path_factory, demo_weights):
     root = _tritonserver()
     model, meta = demo_weights
     repo = tmp_path_factory.mktemp("triton")
-    folder = export.export_triton(model, repo, list(meta["classes"]), kind="KIND_CPU")
+    folder = export.export_triton(
+        model, repo, list(meta["classes"]), export.TritonServing(kind="KIND_CPU")
+    )
     config = folder / "config.pbtxt"
     config.write_text(
         config.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"')

@@ -127,7 +127,7 @@ def test_faces_are_found_aligned_and_cropped_on_synthme_frames():
 
 
 def test_the_tracker_detects_on_a_media_time_schedule_and_keeps_a_steady_crop_between():
-    from mfvan.kernels.faces import FaceTracker
+    from mfvan.kernels.faces import FaceTracker, TrackerParams
 
     class CountingDetector(FaceDetector):
         calls = 0
@@ -136,7 +136,7 @@ def test_the_tracker_detects_on_a_media_time_schedule_and_keeps_a_steady_crop_be
             CountingDetector.calls += 1
             return super().detect(image, near)
 
-    tracker = FaceTracker(CountingDetector(), size=64, redetect_s=0.05)
+    tracker = FaceTracker(CountingDetector(), size=64, params=TrackerParams(redetect_s=0.05))
     stream = synth.SynthStream(synth.CONFIGS["tiny"], subject=1, seed=2)  # 200 fps
     frames = [stream.frame(t) for t in range(25)]
     crops = [tracker.update(f.image, f.timestamp_ns) for f in frames]
