@@ -29,10 +29,10 @@ import zmq
 
 from mfvan.kernels.decide import VETO, decide
 
-from . import protocol
+from . import protocol, sockets
 from .messages import Event, Pair, uuid7
 from .metrics import Metrics
-from .stages import Streams, _decode, _dial, _serve, _socket, _too_many, _unguard, _warn
+from .sockets import Streams
 
 __all__ = ["VETO", "Backend", "Batcher", "Classifier", "RecognizeConfig", "RecognizeStage"]
 
@@ -169,14 +169,14 @@ class RecognizeStage:
     def take(self, frames) -> None:
         """One received message into the batch, or dropped and counted."""
         received, m = time.time_ns(), self.metrics
-        msg = _decode(frames, "recognize", m)
+        msg = sockets.decode(frames, "recognize", m)
         if msg is None:
             return
         if msg.kind != "pair":
             m.dropped.labels("recognize", "", "unexpected").inc()
             return
         if self.streams.get(msg.stream, time.monotonic()) is None:
-            _too_many("recognize", msg.stream, m, self.streams.most)
+            sockets.too_many("recognize", msg.stream, m, self.streams.most)
             return
         pair = Pair.from_message(msg)
         m.frames_in.labels("recognize", pair.stream).inc()
@@ -208,7 +208,7 @@ class RecognizeStage:
         except Exception:
             if len(group) == 1:
                 self.metrics.dropped.labels("recognize", "", "error").inc()
-                _warn.warning(
+                sockets.warn.warning(
                     "recognize:error",
                     "recognize: failed on a pair of %.40r",
                     group[0][0].stream,
@@ -233,7 +233,7 @@ class RecognizeStage:
             m.vetoed.labels(stream, VETO).inc()
         counter = self.streams.get(stream, time.monotonic())
         if counter is None:  # forgotten while queued, and the stage is full now
-            _too_many("recognize", stream, m, self.streams.most)
+            sockets.too_many("recognize", stream, m, self.streams.most)
             return
         event.seq, counter[0] = counter[0], counter[0] + 1
         if self.config.with_crops:  # the onset and apex crops, and the clip if it has one
@@ -263,13 +263,15 @@ def run_recognize(
     ctx = ctx or zmq.Context.instance()
     stage = RecognizeStage(classifier, metrics, config)
     batcher = stage.batcher
-    pull = _socket(ctx, zmq.PULL)
-    pub = _socket(ctx, zmq.PUB, hwm=config.event_hwm)
+    pull = sockets.socket(ctx, zmq.PULL)
+    pub = sockets.socket(ctx, zmq.PUB, hwm=config.event_hwm)
     stage.publish = lambda event: event.send(pub)
     guard = None
     try:
-        _dial(pull, config.inputs, config.keys)
-        guard = _serve(ctx, pub, config.out, config.keys, metrics, "recognize", role="subscriber")
+        sockets.dial(pull, config.inputs, config.keys)
+        guard = sockets.serve(
+            ctx, pub, config.out, config.keys, metrics, "recognize", role="subscriber"
+        )
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         metrics.ready.set()
@@ -291,6 +293,6 @@ def run_recognize(
     finally:
         while batcher.items:
             stage.infer(batcher.take())
-        _unguard(guard)
+        sockets.unguard(guard)
         pull.close()
         pub.close()

@@ -1,8 +1,8 @@
-"""The ingest (source -> frames) and spot (frames -> pairs) stages' loops, and what every
-stage's loop shares (sockets, decoding and dropping, bounded per-stream state); the third,
-recognize (pairs -> events), is `mfvan.stream.recognizer`. Each runs alone in its own
-process (`mfvan ingest|spot|recognize`), or as a child of `mfvan run`; each loop takes one
-config object (`IngestConfig`, `SpotConfig`, `RecognizeConfig`).
+"""The ingest (source -> frames) and spot (frames -> pairs) stages' loops; the third,
+recognize (pairs -> events), is `mfvan.stream.recognizer`, and what every stage's loop
+shares (sockets, decoding and dropping, bounded per-stream state) is `sockets`. Each runs
+alone in its own process (`mfvan ingest|spot|recognize`), or as a child of `mfvan run`;
+each loop takes one config object (`IngestConfig`, `SpotConfig`, `RecognizeConfig`).
 
 Sockets: a stage binds its output and connects to its inputs, so stages start in any
 order and a restarted one is found again. Frames and pairs travel PUSH -> PULL (one
@@ -34,7 +34,6 @@ Imports nothing of model/ or deploy/.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -47,166 +46,15 @@ from mfvan.kernels.facespot import FaceSpotter
 from mfvan.kernels.motion import wire_flow
 from mfvan.kernels.spotter import REJECTIONS, SpotterParams
 
-from . import protocol, security
+from . import protocol, sockets
 from .messages import Eos, Frame, Message, Pair, typed
 from .metrics import Metrics
+from .sockets import Streams, log
 
 CLIP_MARGIN_S = 0.5  # a clip starts this long before the onset (`mfvan spot --clips`)
 CLIP_SPAN_S = 3.0  # and a spot stage keeps this much more of each stream's crops for it
 
-log = logging.getLogger("mfvan.stream")
-HWM = 64  # messages queued per socket at most (frames at 200 fps: a third of a second)
-
-
 DRAIN_S = 60.0  # how long a file's ingest waits at its end for its queued frames to go
-
-
-def _socket(ctx: zmq.Context, kind: int, hwm: int = HWM) -> zmq.Socket:
-    s = ctx.socket(kind)
-    s.setsockopt(zmq.SNDHWM, hwm)
-    s.setsockopt(zmq.RCVHWM, hwm)
-    s.setsockopt(zmq.LINGER, 500)
-    # no part larger than the largest legal frame reaches memory (ZeroMQ drops the peer)
-    s.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
-    security.keepalive(s)
-    return s
-
-
-class RateLimited:
-    """Warnings at most once per `every_s` per key, with a count of those held back: a
-    flood of bad messages must not become a flood of log lines."""
-
-    def __init__(self, logger: logging.Logger = log, every_s: float = 10.0):
-        self.logger, self.every_s = logger, every_s
-        self.last: dict[str, float] = {}
-        self.held: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args, exc_info=False) -> None:
-        now = time.monotonic()
-        if now - self.last.get(key, -self.every_s) < self.every_s:
-            self.held[key] = self.held.get(key, 0) + 1
-            return
-        held = self.held.pop(key, 0)
-        self.last[key] = now
-        more = f" ({held} more like it in the last {self.every_s:.0f} s)" if held else ""
-        self.logger.warning(message + more, *args, exc_info=exc_info)
-
-
-_warn = RateLimited()
-
-
-def _decode(frames, stage: str, metrics: Metrics) -> protocol.Message | None:
-    """The message, or None after counting and logging why it was dropped."""
-    try:
-        return protocol.decode(frames)
-    except protocol.Malformed as e:
-        metrics.dropped.labels(stage, "", e.reason).inc()
-        _warn.warning(f"{stage}:{e.reason}", "%s: dropped a message: %s", stage, e)
-        return None
-
-
-class Streams:
-    """A stage's state per stream, bounded: at most `most` streams known at once (`get`
-    returns None for one more, and the caller drops its message). A stream that ended
-    (`drop`, on eos) loses its state at once; a stream that sent nothing for `idle_s` is
-    forgotten altogether (`expire`): state, and its metric series through `forget(stream)`
-    (kept until then, so that a scrape after a file's end still sees its final counts).
-    `new(stream)` makes a stream's state."""
-
-    def __init__(self, new, forget, most: int = 64, idle_s: float = 60.0):
-        if most < 1 or idle_s <= 0:
-            raise ValueError(f"max streams >= 1 and idle time > 0, got {most}, {idle_s}")
-        self.new, self.forget, self.most, self.idle_s = new, forget, most, idle_s
-        self.state: dict[str, object] = {}
-        self.seen: dict[str, float] = {}  # every known stream: when it last sent
-
-    def get(self, stream: str, now: float):
-        if stream not in self.state:
-            if stream not in self.seen and len(self.seen) >= self.most:
-                self.expire(now)
-                if len(self.seen) >= self.most:
-                    return None
-            self.state[stream] = self.new(stream)
-        self.seen[stream] = now
-        return self.state[stream]
-
-    def expire(self, now: float) -> list[str]:
-        """Forget the streams idle for longer than `idle_s`; returns them."""
-        idle = [s for s, t in self.seen.items() if now - t > self.idle_s]
-        for stream in idle:
-            self.state.pop(stream, None)
-            del self.seen[stream]
-            self.forget(stream)
-        return idle
-
-    def drop(self, stream: str) -> None:
-        """The stream ended: its state goes now, its series once it is idle."""
-        self.state.pop(stream, None)
-
-    def __len__(self) -> int:
-        return len(self.seen)
-
-
-def _too_many(stage: str, stream: str, metrics: Metrics, most: int) -> None:
-    metrics.dropped.labels(stage, "", "streams").inc()
-    _warn.warning(
-        f"{stage}:streams",
-        "%s: dropped a message of stream %.40r: already %d streams (--max-streams)",
-        stage,
-        stream,
-        most,
-    )
-
-
-def _serve(ctx, sock, out: str, keys, metrics: Metrics, stage: str, role: str = "stage"):
-    """Bind `sock` to `out`, under CURVE when `keys` are given and it is tcp:// (the guard
-    is set up before the bind, as CURVE needs), letting in the clients of `role`; each
-    refused handshake is counted (`reason="unauthorized"`) and logged, rate-limited, as
-    it happens. Returns the guard (None without CURVE), for `_unguard`."""
-
-    def refused():
-        metrics.dropped.labels(stage, "", "unauthorized").inc()
-        _warn.warning(
-            f"{stage}:unauthorized",
-            "%s: refused a CURVE handshake on %s (a key not in authorized/%s)",
-            stage,
-            out,
-            security.ROLES[role],
-        )
-
-    guard = security.guard(ctx, sock, out, keys, refused, role)
-    try:
-        security.bind(sock, out)
-    except BaseException:
-        _unguard(guard)
-        raise
-    return guard
-
-
-def _dial(sock, inputs: list[str], keys) -> None:
-    """Connect `sock` to every endpoint of `inputs`, as a stage (CURVE with `keys` on
-    tcp://)."""
-    security.secure_client(sock, inputs, keys, role="stage")
-    for endpoint in inputs:
-        security.connect(sock, endpoint)
-
-
-def _unguard(guard) -> None:
-    """Stop a bound socket's CURVE guard (it counted refused clients as they came)."""
-    if guard is not None:
-        guard.stop()
-
-
-def _poll_loop(socket: zmq.Socket, stop: threading.Event, timeout_ms: int = 100):
-    """Yield each received multipart message (raw frames) until `stop` is set, and None
-    after each `timeout_ms` without one."""
-    poller = zmq.Poller()
-    poller.register(socket, zmq.POLLIN)
-    while not stop.is_set():
-        if poller.poll(timeout_ms):
-            yield protocol.recv_parts(socket)
-        else:
-            yield None
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -237,15 +85,15 @@ def run_ingest(
     dropped and counted. With `block` (a file played as fast as possible), the source
     waits for the consumer instead, so no frame is lost, not even the file's last ones:
     at the end the socket lingers up to `DRAIN_S` for the frames still queued (two queues
-    of `HWM` frames, which a loaded spot stage serving several streams can take seconds
-    to work through), where a live source's gets 2 s."""
+    of `sockets.HWM` frames, which a loaded spot stage serving several streams can take
+    seconds to work through), where a live source's gets 2 s."""
     ctx = ctx or zmq.Context.instance()
-    sock = _socket(ctx, zmq.PUSH)
+    sock = sockets.socket(ctx, zmq.PUSH)
     guard = None
     seq = 0
     stream_id, block = config.stream, config.block
     try:
-        guard = _serve(ctx, sock, config.out, config.keys, metrics, "ingest")
+        guard = sockets.serve(ctx, sock, config.out, config.keys, metrics, "ingest")
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLOUT)
         metrics.init_stream(stream_id)
@@ -268,7 +116,7 @@ def run_ingest(
             (sent_out if frame.send(sock) else full).inc()
         Eos(stream=stream_id, seq=seq).send(sock)
     finally:
-        _unguard(guard)
+        sockets.unguard(guard)
         # zero-copy frames must go out before their arrays do: wait for them here,
         # not in the interpreter's teardown
         sock.close(linger=int(1000 * (DRAIN_S if block and not stop.is_set() else 2.0)))
@@ -442,7 +290,7 @@ class SpotStage:
             return []
         track = self.streams.get(stream, now)
         if track is None:
-            _too_many("spot", stream, m, self.streams.most)
+            sockets.too_many("spot", stream, m, self.streams.most)
             return []
         track.counted.inc()
         frame = msg if isinstance(msg, Frame) else Frame.from_message(msg)
@@ -519,28 +367,28 @@ def run_spot(
 
     ctx = ctx or zmq.Context.instance()
     stage = config.stage(metrics)
-    pull = _socket(ctx, zmq.PULL)
-    push = _socket(ctx, zmq.PUSH)
-    xpub = _socket(ctx, zmq.XPUB, hwm=WATCH_HWM) if config.watch else None
+    pull = sockets.socket(ctx, zmq.PULL)
+    push = sockets.socket(ctx, zmq.PUSH)
+    xpub = sockets.socket(ctx, zmq.XPUB, hwm=WATCH_HWM) if config.watch else None
     guard = watch_guard = view = None
     try:
-        _dial(pull, config.inputs, config.keys)
-        guard = _serve(ctx, push, config.out, config.keys, metrics, "spot")
+        sockets.dial(pull, config.inputs, config.keys)
+        guard = sockets.serve(ctx, push, config.out, config.keys, metrics, "spot")
         if xpub is not None:
             # previews are frames: only a stage's key gets them, as only it gets frames
-            watch_guard = _serve(ctx, xpub, config.watch, config.keys, metrics, "spot")
+            watch_guard = sockets.serve(ctx, xpub, config.watch, config.keys, metrics, "spot")
             view = Watch(xpub)
         metrics.ready.set()
         next_expiry = time.monotonic() + 1.0
-        for frames in _poll_loop(pull, stop):
+        for frames in sockets.poll_loop(pull, stop):
             if frames is None or time.monotonic() >= next_expiry:  # idle streams go
                 _expire(stage, view)
                 next_expiry = time.monotonic() + 1.0
             if frames is not None:
                 _spot_message(frames, stage, push, view, metrics)
     finally:
-        _unguard(guard)
-        _unguard(watch_guard)
+        sockets.unguard(guard)
+        sockets.unguard(watch_guard)
         pull.close()
         push.close()
         if xpub is not None:
@@ -560,7 +408,7 @@ def _spot_message(frames, stage: SpotStage, push, view, metrics: Metrics) -> Non
     """One received message through the spot stage; its pairs sent (each waits up to a
     second for a slow recognizer: pairs are rare and precious)."""
     started = time.time_ns()
-    msg = _decode(frames, "spot", metrics)
+    msg = sockets.decode(frames, "spot", metrics)
     if msg is None:
         return
     try:
@@ -568,7 +416,9 @@ def _spot_message(frames, stage: SpotStage, push, view, metrics: Metrics) -> Non
         pairs = stage.handle(frame)
     except Exception:  # a frame the spotter fails on costs that frame, not the stage
         metrics.dropped.labels("spot", "", "error").inc()
-        _warn.warning("spot:error", "spot: failed on a frame of %.40r", msg.stream, exc_info=True)
+        sockets.warn.warning(
+            "spot:error", "spot: failed on a frame of %.40r", msg.stream, exc_info=True
+        )
         return
     if not isinstance(frame, Frame):
         return

@@ -55,7 +55,7 @@ from mfvan.deploy.bench import stage_cpu
 from mfvan.stream.metrics import fetch
 
 FRAME_SHAPE = (480, 640, 3)
-HWM = 64  # the stages' high-water mark (stream/stages.py)
+HWM = 64  # the stages' high-water mark (stream/sockets.py)
 GOAL_P99_MS = 50.0
 MICRO = 8  # micro-expressions per 10 s of each camera: more latency samples per second
 

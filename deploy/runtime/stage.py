@@ -269,7 +269,7 @@ def close_context(flush: bool = True) -> None:
 
 def add_stream_limits(p: argparse.ArgumentParser, most: int, idle_s: float, what: str) -> None:
     """`--max-streams` and `--idle-s`: how many streams a stage keeps state for, and when
-    it forgets a quiet one (`mfvan.stream.stages.Streams`)."""
+    it forgets a quiet one (`mfvan.stream.sockets.Streams`)."""
     p.add_argument(
         "--max-streams",
         type=positive(int),

@@ -20,7 +20,8 @@ from helpers import free_port
 from mfvan.deploy.runtime.supervisor import RuntimeDir, plan
 from mfvan.stream import protocol
 from mfvan.stream.metrics import Metrics
-from mfvan.stream.stages import SpotStage, Streams
+from mfvan.stream.sockets import Streams
+from mfvan.stream.stages import SpotStage
 
 MFVAN = [sys.executable, "-m", "mfvan.deploy.cli"]
 
@@ -479,12 +480,12 @@ def test_a_part_larger_than_the_largest_frame_never_reaches_the_stage(tmp_path):
 
 
 def test_malformed_messages_are_logged_at_a_limited_rate(caplog):
-    from mfvan.stream.stages import _decode
+    from mfvan.stream.sockets import decode
 
     m = Metrics("spot")
     with caplog.at_level(logging.WARNING, logger="mfvan.stream"):
         for _ in range(1000):
-            _decode([b"x", b"garbage"], "spot", m)
+            decode([b"x", b"garbage"], "spot", m)
     assert m.dropped.labels("spot", "", "malformed")._value.get() == 1000
     assert len([r for r in caplog.records if "dropped a message" in r.message]) <= 1
 

@@ -13,7 +13,7 @@ from mfvan.deploy.inference.backends import TorchBackend
 from mfvan.stream import protocol, subscribe
 from mfvan.stream.metrics import Metrics
 from mfvan.stream.recognizer import Classifier, RecognizeConfig, run_recognize
-from mfvan.stream.stages import HWM
+from mfvan.stream.sockets import HWM
 
 
 def _rss_mb() -> float:

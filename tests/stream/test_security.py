@@ -112,14 +112,14 @@ def test_a_subscribers_key_cannot_pull_frames_from_a_stage(tmp_path):
     frames in 5 s from ingest. Now ingest lets in stage keys only, and counts the rest
     as they come."""
     from mfvan.stream.metrics import Metrics
-    from mfvan.stream.stages import _serve, _unguard
+    from mfvan.stream.sockets import serve, unguard
 
     keys = make_keys(tmp_path / "keys")
     ctx = zmq.Context()
     m = Metrics("ingest")
     push = ctx.socket(zmq.PUSH)
     port = free_port()
-    g = _serve(ctx, push, f"tcp://127.0.0.1:{port}", keys, m, "ingest")  # as ingest binds
+    g = serve(ctx, push, f"tcp://127.0.0.1:{port}", keys, m, "ingest")  # as ingest binds
     pulls = {}
     try:
         for role in ("subscriber", "stage"):
@@ -142,7 +142,7 @@ def test_a_subscribers_key_cannot_pull_frames_from_a_stage(tmp_path):
         refused = m.dropped.labels("ingest", "", "unauthorized")._value.get()
         assert refused >= 1, "counted while running, not at shutdown"
     finally:
-        _unguard(g)
+        unguard(g)
         for pull in pulls.values():
             pull.close(linger=0)
         push.close(linger=0)
