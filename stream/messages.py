@@ -58,7 +58,8 @@ def is_bool(v) -> bool:
 
 
 def is_map(v) -> bool:
-    return type(v) is dict
+    """A map that JSON can say as it is (`protocol.plain`): it passes through to events."""
+    return type(v) is dict and protocol.plain(v) is None
 
 
 def is_nums(v) -> bool:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
+import reprlib
 from dataclasses import dataclass, field
 
 import msgpack
@@ -63,6 +64,8 @@ MAX_STREAM_ID = 128  # characters
 MAX_MESSAGE = MAX_SIDE * MAX_SIDE * 3  # bytes in one part: the largest legal RGB frame
 MAX_FLOW = 64.0  # px: a pair's flow beyond this is not a face's motion (nor inf, nan)
 MAX_CLIP = 2000  # frames of face crops a pair or an event may carry (10 s at 200 fps)
+MAX_DEPTH = 8  # levels of maps and lists in a pass-through field (ground truth has 3)
+MAX_ITEMS = 1000  # values in a pass-through field, all levels together
 
 
 class Malformed(ValueError):
@@ -195,18 +198,68 @@ SCHEMAS: dict[str, Schema] = {}
 def _check_stream(stream) -> None:
     if type(stream) is not str or not 0 < len(stream) <= MAX_STREAM_ID or "\0" in stream:
         raise Malformed(
-            "schema", f"stream id {stream!r:.40} is not 1-{MAX_STREAM_ID} characters without NUL"
+            "schema", f"stream id {_show(stream)} is not 1-{MAX_STREAM_ID} characters without NUL"
         )
+
+
+_SHOW = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict = 3, 40, 40, 4, 4
+
+
+def _show(value) -> str:
+    """A peer's value, short, for an error message (a full repr of 1,000 nested lists
+    is a RecursionError, of a 60 KB string a log flood)."""
+    return _SHOW.repr(value)
+
+
+def plain(value) -> str | None:
+    """None when `value` is what JSON can say as it is: maps with string keys, lists,
+    strings, finite numbers, booleans and nil, at most MAX_DEPTH levels and MAX_ITEMS values
+    deep; else why not. Every pass-through field (a field a kind does not declare, or one
+    declared as a map, such as a synthetic source's ground truth) must be plain, so that
+    every consumer (JSON lines, the event store, webhooks, MQTT, the web view) can render
+    any event that decodes: msgpack also carries bytes, extension types and timestamps,
+    and nests 1,000 levels deep."""
+    todo, items = [(value, 1)], 0
+    while todo:
+        v, depth = todo.pop()
+        items += 1
+        if items > MAX_ITEMS:
+            return f"more than {MAX_ITEMS} values"
+        if v is None or type(v) in (bool, int, str):
+            continue
+        if type(v) is float:
+            if not math.isfinite(v):
+                return f"a number that is not finite ({v})"
+            continue
+        if type(v) not in (dict, list):
+            return f"{type(v).__name__}, which JSON cannot hold"
+        if depth >= MAX_DEPTH:
+            return f"more than {MAX_DEPTH} levels"
+        if type(v) is dict:
+            if any(type(k) is not str for k in v):
+                return "a map key that is not a string"
+            todo.extend((x, depth + 1) for x in v.values())
+        else:
+            todo.extend((x, depth + 1) for x in v)
+    return None
 
 
 def _check_header(kind: str, header: dict) -> None:
     schema = SCHEMAS[kind]
+    for key, value in header.items():  # what a kind does not declare passes through
+        if key not in schema.fields and key not in RESERVED:
+            why = plain(value) if type(key) is str else "its name is not a string"
+            if why:
+                raise Malformed("schema", f"{kind} field {_show(key)} holds {why}")
     missing = [k for k in schema.required if k not in header]
     if missing:
         raise Malformed("schema", f"a {kind} lacks {missing}")
     for key, ok in schema.fields.items():
         if key in header and not ok(header[key]):
-            raise Malformed("schema", f"{kind} field {key!r} cannot be {header[key]!r:.40}")
+            value = header[key]
+            why = f" ({plain(value)})" if type(value) is dict and plain(value) else ""
+            raise Malformed("schema", f"{kind} field {key!r} cannot be {_show(value)}{why}")
     why = schema.consistent(header) if schema.consistent else None
     if why:
         raise Malformed("schema", f"a {kind}'s {why}")
@@ -272,21 +325,21 @@ def decode(frames) -> Message:
     if not isinstance(header, dict):
         raise Malformed("malformed", "header is not a map")
     if header.get("v") != VERSION:
-        raise Malformed("version", f"protocol version {header.get('v')!r}, expected {VERSION}")
+        raise Malformed("version", f"protocol version {_show(header.get('v'))}, expected {VERSION}")
     missing = [k for k in RESERVED if k not in header]
     if missing:
         raise Malformed("malformed", f"header lacks {missing}")
     if header["kind"] not in KINDS:
-        raise Malformed("malformed", f"unknown kind {header['kind']!r}")
+        raise Malformed("malformed", f"unknown kind {_show(header['kind'])}")
     stream, seq, kind = header["stream"], header["seq"], header["kind"]
     _check_stream(stream)
     if topic_frame != topic(stream, kind):
         raise Malformed("malformed", "topic and header stream differ")
     if not _int(seq) or seq < 0:
-        raise Malformed("schema", f"seq {seq!r:.40} is not a count")
+        raise Malformed("schema", f"seq {_show(seq)} is not a count")
     specs = header["buffers"]
     if type(specs) is not list or len(specs) != len(frames) - 2:
-        raise Malformed("malformed", f"header lists {specs!r:.80} buffers, got {len(frames) - 2}")
+        raise Malformed("malformed", f"header lists {_show(specs)} buffers, got {len(frames) - 2}")
     shapes, names = [], []
     for spec in specs:
         shape, name = _spec(spec)
@@ -325,7 +378,7 @@ def _spec(spec) -> tuple[tuple, str]:
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
-        raise Malformed("malformed", f"bad buffer spec {spec!r:.80}")
+        raise Malformed("malformed", f"bad buffer spec {_show(spec)}")
     return shape, dtype
 
 

@@ -1,5 +1,7 @@
 """The fixtures every test folder shares (helpers to import are in helpers.py)."""
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,17 @@ def demo_weights():
     from mfvan.model.weights import load_weights
 
     return load_weights(DEMO_WEIGHTS)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB file system (tmpfs), mounted for the test (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)])
+    if done.returncode != 0:
+        pytest.skip("could not mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -3,6 +3,7 @@ fixtures are in conftest.py."""
 
 import contextlib
 import hashlib
+import os
 import socket
 import threading
 import urllib.request
@@ -57,3 +58,17 @@ def answering(answer: bytes):
         yield server.getsockname()[1], answered
     finally:
         server.close()
+
+
+def fill(disk):
+    """Fill `disk` with a ballast file; returns it (unlink it to give the space back)."""
+    ballast = disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
+    return ballast

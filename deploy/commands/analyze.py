@@ -60,17 +60,21 @@ def run(args: argparse.Namespace) -> int:
         recognizer, _ = stage.load_classifier(args)
     except (BackendUnavailable, ValueError) as e:
         raise stage.Fatal(str(e)) from None
-    store = None
+    store, unkept = None, None
     if args.db is not None:
-        from mfvan.stream.outputs.store import EventStore, StoreError
+        from mfvan.stream.outputs.store import EventStore, StoreError, StoreFull
 
         try:
             store = EventStore(args.db)
+        except StoreFull as e:  # a full disk: the events still go to --out
+            print(f"mfvan analyze: {e}; the events will not be kept there", file=sys.stderr)
+            unkept = f"its events could not be kept in {args.db}"
         except (StoreError, OSError) as e:
             raise stage.Fatal(str(e)) from None
     names = _streams(files)
     params = stage.spotter_params(args)
     results, failed = [], [(p, "no such file or folder") for p in missing]
+    not_kept: list[tuple[Path, str]] = []  # analysed, but the store could not keep them
     for path, stream in zip(files, names, strict=True):
         with (
             tqdm(  # a bar on a terminal only (None), none with --quiet
@@ -87,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"mfvan analyze: {path}: {result.error}; skipped", file=sys.stderr)
             continue
         results.append(result)
-        if store is not None:
-            store.add(result.events)
+        if store is not None and not _kept(store, result.events, path):
+            unkept = f"its events could not be kept in {args.db} (disk full)"
+        if unkept:
+            not_kept.append((path, unkept))
         if not args.quiet:
             print(
                 f"{path}: {len(result.events)} events in {result.seconds_of_video:.1f} s of "
@@ -96,24 +102,33 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     events = [e.as_dict() for r in results for e in r.events]
-    _write(events, args.out, store is None)
+    try:
+        _write(events, args.out, store is None)
+    except OSError as e:
+        failed.append((args.out, f"could not write it: {e.strerror or e}"))
     if store is not None:
+        if store.media_failed:
+            print(
+                f"mfvan analyze: {store.media_failed} events kept without their snapshots "
+                "(they could not be written)",
+                file=sys.stderr,
+            )
         store.close()
     video_s = sum(r.seconds_of_video for r in results)
     taken = sum(r.seconds_taken for r in results)
     classes = Counter(e["label"] for e in events)
     print(
-        f"mfvan analyze: {len(results)} of {len(results) + len(failed)} files, "
+        f"mfvan analyze: {len(results)} of {len(files) + len(missing)} files, "
         f"{video_s / 60:.1f} min of video in {taken:.0f} s "
         f"({taken / max(video_s / 60, 1e-9):.0f} s per minute of video); {len(events)} events"
         + (f" ({', '.join(f'{k} {v}' for k, v in sorted(classes.items()))})" if events else "")
         + (f" -> {args.out}" if args.out else "")
-        + (f"; kept in {args.db}" if args.db else ""),
+        + (f"; kept in {args.db}" if args.db and not not_kept else ""),
         file=sys.stderr,
     )
-    for path, why in failed:
+    for path, why in failed + not_kept:
         print(f"mfvan analyze: failed: {path}: {why}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or not_kept else 0
 
 
 def _streams(files: list[Path]) -> list[str]:
@@ -121,6 +136,19 @@ def _streams(files: list[Path]) -> list[str]:
     `-i` (its place) added where two would be the same."""
     names = [stage.safe_name(f.stem) or "video" for f in files]
     return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _kept(store, events, path: Path) -> bool:
+    """Whether `store` kept the events of `path` (it keeps them without snapshots when
+    only those do not fit); False, said in one line, when the disk refused them."""
+    from mfvan.stream.outputs.store import StoreFull
+
+    try:
+        store.add(events)
+    except StoreFull as e:
+        print(f"mfvan analyze: {path}: its events were not kept: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def _write(events: list[dict], out: Path | None, to_stdout: bool) -> None:

@@ -21,6 +21,14 @@ PNG files, and its clip when it has one (`mfvan run --with-clips`) as `clip.mp4`
 media folder). Retention by age and by size removes rows and their files together, oldest
 first.
 
+A full disk loses the least it can: an event whose snapshots cannot be written (a full
+disk, a read-only media folder) is kept without them, its partial folder removed
+(`media_failed`, logged once per failure kind); an event that cannot be rendered as JSON is
+skipped alone (`skipped`); a commit that fails for want of space raises `StoreFull` with
+the events still pending, and the recorder retries them when space returns. Snapshot
+folders that no row names (left by a write that failed or a process killed between its
+files and its commit) are removed at open and at each prune (`orphans_removed`).
+
 Standard library (sqlite3) and OpenCV (PNG) only; imports nothing of mfvan but
 `mfvan.stream`.
 """
@@ -28,6 +36,7 @@ Standard library (sqlite3) and OpenCV (PNG) only; imports nothing of mfvan but
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
 import time
@@ -65,8 +74,16 @@ COLUMNS += ("apex_time", "offset_time", "model", "snapshots", "bytes", "event")
 MAGNIFY = 8.0  # the difference image's gain: a 4-grey-level change shows as 32
 
 
+log = logging.getLogger("mfvan.store")
+
+
 class StoreError(RuntimeError):
     """A file that is not an mfvan event store (or one of a newer schema)."""
+
+
+class StoreFull(StoreError):
+    """A commit failed for want of space (or of a writable file): nothing of the batch
+    was kept; the caller keeps it and tries again later."""
 
 
 def magnified_difference(onset: np.ndarray, apex: np.ndarray, gain: float = MAGNIFY):
@@ -133,6 +150,9 @@ class EventStore:
         try:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.OperationalError as e:  # an I/O error, a full disk: not its content
+            self.db.close()
+            raise StoreFull(f"{self.path}: cannot be opened for writing: {e}") from None
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise StoreError(f"{self.path} is not an event store: {e}") from None
@@ -145,6 +165,11 @@ class EventStore:
         if tables and "events" not in tables:
             self.db.close()
             raise StoreError(f"{self.path} is an SQLite database, but not an event store")
+        self.media_failed = 0  # events kept without their snapshots
+        self.skipped = 0  # events that could not be kept at all (not renderable)
+        self.lost = 0  # events given up while the disk stayed full (`record`)
+        self.orphans_removed = 0  # snapshot folders no row named
+        self._told: set[str] = set()  # what was logged once
         if not readonly:
             if not tables:  # before the first table, or never: freed pages given back
                 self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -153,6 +178,7 @@ class EventStore:
             self.db.executescript(_SCHEMA)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.commit()
+            self.remove_orphans()
 
     def close(self) -> None:
         self.db.close()
@@ -167,22 +193,52 @@ class EventStore:
 
     def add(self, events: Iterable[Event]) -> int:
         """Keep `events` (their snapshots first, then their rows in one transaction); an
-        id already kept is left as it is. Returns how many rows were added."""
-        rows = [self._row(event) for event in events]
-        with self.db:
-            before = self.db.total_changes
-            self.db.executemany(
-                f"INSERT OR IGNORE INTO events ({', '.join(COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(COLUMNS))})",
-                rows,
-            )
-            return self.db.total_changes - before
+        id already kept is left as it is. Returns how many rows were added. An event
+        that cannot be kept is skipped alone (counted); one whose snapshots cannot be
+        written is kept without them (counted). Raises `StoreFull` when the commit fails
+        for want of space: then nothing of `events` was kept."""
+        rows = []
+        for event in events:
+            try:
+                rows.append(self._row(event))
+            except (TypeError, ValueError, RecursionError) as e:
+                self.skipped += 1
+                self.warn_once("skipped", "event store: skipped an event it cannot keep: %s", e)
+        try:
+            with self.db:
+                before = self.db.total_changes
+                self.db.executemany(
+                    f"INSERT OR IGNORE INTO events ({', '.join(COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                    rows,
+                )
+                added = self.db.total_changes - before
+        except sqlite3.OperationalError as e:  # SQLITE_FULL, SQLITE_IOERR, read-only
+            for row in rows:  # their snapshots go too: no folder that no row names
+                for folder in {Path(f).parent for f in json.loads(row[10] or "[]")}:
+                    shutil.rmtree(self.media / folder, ignore_errors=True)
+            raise StoreFull(f"{self.path}: {e}") from None
+        self._told.discard("full")
+        return added
+
+    def warn_once(self, kind: str, message: str, *args) -> None:
+        """Log `message` the first time `kind` happens (again only after it stopped)."""
+        if kind not in self._told:
+            self._told.add(kind)
+            log.warning(message, *args)
 
     def _row(self, event: Event) -> tuple:
         if not event.id:
             raise ValueError(f"event {event.stream}#{event.seq} has no id (an old recognizer?)")
-        files, size = self._snapshots(event)
-        d = event.as_dict()
+        d = json.dumps(event.as_dict(), allow_nan=False)  # what cannot be kept fails here
+        try:
+            files, size = self._snapshots(event)
+        except Exception as e:  # OSError, cv2.error, PyAV's: a full disk, a read-only folder
+            self.media_failed += 1
+            self.warn_once("media", "event store: keeping events without snapshots: %s", e)
+            files, size = [], 0
+        else:
+            self._told.discard("media")
         return (
             event.id,
             event.stream,
@@ -196,7 +252,7 @@ class EventStore:
             event.model,
             json.dumps(files) if files else None,
             size,
-            json.dumps(d),
+            d,
         )
 
     def _snapshots(self, event: Event) -> tuple[list[str], int]:
@@ -209,25 +265,53 @@ class EventStore:
         onset, apex = (np.asarray(c) for c in event.crops[:2])
         day = time.strftime("%Y-%m-%d", time.gmtime(event.apex_time or time.time()))
         folder = Path(day) / event.id
-        (self.media / folder).mkdir(parents=True, exist_ok=True)
         files, size = [], 0
-        for name, image in snapshot_images(onset, apex):
-            path = self.media / folder / f"{name}.png"
-            if not cv2.imwrite(str(path), image):
-                raise OSError(f"could not write {path}")
-            files.append(str(folder / path.name))
-            size += path.stat().st_size
-        if event.clip is not None and len(event.clip):
-            path = self.media / folder / "clip.mp4"
-            write_clip(path, event.clip, _clip_rate(event))
-            files.append(str(folder / "clip.mp4"))
-            size += path.stat().st_size
+        try:
+            (self.media / folder).mkdir(parents=True, exist_ok=True)
+            for name, image in snapshot_images(onset, apex):
+                path = self.media / folder / f"{name}.png"
+                if not cv2.imwrite(str(path), image):
+                    raise OSError(f"could not write {path}")
+                files.append(str(folder / path.name))
+                size += path.stat().st_size
+            if event.clip is not None and len(event.clip):
+                path = self.media / folder / "clip.mp4"
+                write_clip(path, event.clip, _clip_rate(event))
+                files.append(str(folder / "clip.mp4"))
+                size += path.stat().st_size
+        except BaseException:
+            shutil.rmtree(self.media / folder, ignore_errors=True)  # no half-written folder
+            raise
         return files, size
+
+    def remove_orphans(self) -> int:
+        """Remove the snapshot folders (`<media>/<day>/<id>/`) that no row names; returns
+        how many."""
+        if not self.media.is_dir():
+            return 0
+        named = set()
+        for (snapshots,) in self.db.execute(
+            "SELECT snapshots FROM events WHERE snapshots IS NOT NULL"
+        ):
+            named.update(str(Path(f).parent) for f in json.loads(snapshots))
+        removed = 0
+        for day in self.media.iterdir():
+            if not day.is_dir() or day.is_symlink():
+                continue
+            for folder in day.iterdir():
+                if str(folder.relative_to(self.media)) not in named:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+            if not any(day.iterdir()):
+                day.rmdir()
+        self.orphans_removed += removed
+        return removed
 
     def prune(self, max_age_s: float | None = None, max_bytes: float | None = None) -> int:
         """Remove events older than `max_age_s` (by apex time), then the oldest until the
         database and the snapshots together hold at most `max_bytes`. Their snapshot
         folders go with them. Returns how many events were removed."""
+        self.remove_orphans()
         removed = 0
         if max_age_s is not None:
             cutoff = time.time() - max_age_s
@@ -329,6 +413,7 @@ class Keeping:
     max_age_s: float | None = None
     max_bytes: float | None = None
     prune_every_s: float = 60.0
+    most_waiting: int = 10_000  # events held in memory while the disk is full (then oldest lost)
 
 
 def record(
@@ -336,7 +421,9 @@ def record(
 ) -> int:
     """Keep every event `subscription` (a `mfvan.stream.Subscription` with a short
     `timeout_s`) delivers, until `stop` is set, committed and pruned as `keeping` says.
-    `on_commit(n_added)` after each commit. Returns the events added."""
+    `on_commit(n_added)` after each commit. Returns the events added. While the disk is
+    full the events wait in memory (up to `keeping.most_waiting`, the oldest then lost and
+    counted in `store.lost`), and each batch interval the commit is tried again."""
     batch_s, batch_n, prune_every_s = keeping.batch_s, keeping.batch_n, keeping.prune_every_s
     max_age_s, max_bytes = keeping.max_age_s, keeping.max_bytes
     pending: list[Event] = []
@@ -344,9 +431,26 @@ def record(
     added = 0
     pruned = time.monotonic() - prune_every_s  # prune once at the start
 
+    retry_at = 0.0  # while the disk is full: when to try the next commit
+
+    def due() -> bool:
+        now = time.monotonic()
+        if not pending or now < retry_at:
+            return False
+        return len(pending) >= batch_n or now - first >= batch_s
+
     def commit():
-        nonlocal added, pending
-        n = store.add(pending)
+        nonlocal added, pending, retry_at
+        try:
+            n = store.add(pending)
+        except StoreFull as e:
+            store.warn_once("full", "event store: %s; events wait for space", e)
+            over = len(pending) - keeping.most_waiting
+            if over > 0:
+                store.lost += over
+                pending = pending[over:]
+            retry_at = time.monotonic() + batch_s
+            return
         added += n
         pending = []
         if on_commit is not None:
@@ -357,15 +461,19 @@ def record(
             if not pending:
                 first = time.monotonic()
             pending.append(event)
-            if len(pending) >= batch_n or time.monotonic() - first >= batch_s:
+            if due() or stop.is_set():
                 break
-            if stop.is_set():
-                break
-        if pending and (len(pending) >= batch_n or time.monotonic() - first >= batch_s):
+        if due():
             commit()
-        if (max_age_s or max_bytes) and time.monotonic() - pruned >= prune_every_s:
-            store.prune(max_age_s, max_bytes)
+        if time.monotonic() - pruned >= prune_every_s:
+            try:
+                store.prune(max_age_s, max_bytes)
+            except sqlite3.OperationalError as e:  # a full disk: next time
+                store.warn_once("prune", "event store: retention failed: %s", e)
             pruned = time.monotonic()
     if pending:
         commit()
+    if pending:
+        store.lost += len(pending)
+        log.error("event store: stopped with %d events it could not keep", len(pending))
     return added

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import fill
 
 from mfvan.deploy.bench.cameras import camera_file
 from mfvan.stream import subscribe
@@ -89,3 +90,26 @@ def test_analyze_gives_the_live_pipelines_events_and_skips_a_broken_file(videos,
     assert {"amplitude", "spot_score", "region", "face", "times"} <= set(events[0])
     assert set(events[0]["times"]) == set(repeat[0]["times"])
     assert len(analyzed) >= 4
+
+
+@pytest.mark.slow
+def test_analyze_on_a_full_disk_reports_it_and_still_writes_its_events(
+    videos, tmp_path, small_disk
+):
+    """The store's disk is full: analyze says so in one line, writes `--out` all the same,
+    and its exit status says a file's events were not kept. (Before: a traceback, and
+    `--out` never written.)"""
+    EventStore(small_disk / "e.db").close()
+    fill(small_disk)
+    out = tmp_path / "events.jsonl"
+    run = subprocess.run(
+        [*MFVAN, "analyze", str(videos / "cam1.mp4"), "--out", str(out)]
+        + ["--db", str(small_disk / "e.db"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == 1 and "could not be kept" in run.stderr, run.stderr
+    assert "1 of 1 files" in run.stderr and "kept in" not in run.stderr.splitlines()[-2]
+    assert out.read_text().count("\n") > 0, "the events are written all the same"

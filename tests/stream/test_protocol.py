@@ -219,6 +219,60 @@ def test_malformed_and_foreign_messages_are_refused_with_a_reason(frames, reason
     assert words in str(e.value)
 
 
+def _deep(levels: int) -> bytes:
+    """A pair whose `truth` nests `levels` lists deep, packed by hand (msgpack's own
+    packer refuses past 512 levels; a peer's bytes need not come from it)."""
+    raw = _pair((64, 64), (64, 64), truth="MARKER")
+    nested = b"\x91" * levels + b"\xc0"  # [[[...[nil]...]]]
+    return [raw[0], raw[1].replace(b"\xa6MARKER", nested), *raw[2:]]
+
+
+@pytest.mark.parametrize(
+    "frames, reason, words",
+    [
+        (_pair((64, 64), (64, 64), truth={"a": b"bytes"}), "schema", "'truth' cannot be"),
+        (
+            _pair((64, 64), (64, 64), truth={"a": msgpack.ExtType(5, b"x")}),
+            "schema",
+            "'truth' cannot be",
+        ),
+        (_deep(1000), "schema", "'truth' cannot be"),
+        (_pair((64, 64), (64, 64), truth={"a": float("inf")}), "schema", "'truth' cannot be"),
+        (_pair((64, 64), (64, 64), truth={1: "int key"}), "malformed", "not msgpack"),
+        (_pair((64, 64), (64, 64), truth={"a": list(range(2000))}), "schema", "'truth' cannot be"),
+        (_pair((64, 64), (64, 64), note=b"bytes"), "schema", "'note' holds bytes"),
+        (
+            _pair((64, 64), (64, 64), note=msgpack.ExtType(5, b"x")),
+            "schema",
+            "'note' holds ExtType",
+        ),
+        (_pair((64, 64), (64, 64), note=[[[[[[[[["deep"]]]]]]]]]), "schema", "more than 8 levels"),
+        (_pair((64, 64), (64, 64), note=float("nan")), "schema", "not finite"),
+        (_event(note={2: "x"}), "malformed", "not msgpack"),
+        ([b"cam1\0", _header(**{"1": 1, "x": {"y": [1, 2, {"z": b""}]}})], "schema", "holds bytes"),
+    ],
+)
+def test_a_pass_through_field_holding_bytes_an_ext_type_or_deep_nesting_is_refused(
+    frames, reason, words
+):
+    """A field a kind does not declare (or declares as a map: a source's ground truth)
+    passes through to events and to every consumer, which write JSON: what JSON cannot say
+    as it is (bytes, msgpack extension types, non-finite numbers, keys that are not
+    strings, 1,000 levels of nesting) is refused at decode, so no consumer ever meets it
+    (a key that is not a string msgpack itself refuses to unpack).
+    (Before, the recognizer published it and subscribe --json, record and forward exited
+    with a traceback, the recorder losing its whole batch.)"""
+    with pytest.raises(protocol.Malformed) as e:
+        protocol.decode(frames)
+    assert e.value.reason == reason and words in str(e.value), e.value
+
+
+def test_plain_pass_through_fields_still_pass():
+    truth = {"label": "positive", "onset": 10, "apex": 14, "aus": [4, 7], "x": {"y": None}}
+    msg = protocol.decode(_pair((64, 64), (64, 64), truth=truth, note=[1.5, "a", True]))
+    assert msg.fields["truth"] == truth and msg.fields["note"] == [1.5, "a", True]
+
+
 def test_a_malformed_message_over_a_socket_does_not_stop_the_next(pair):
     push, pull = pair
     push.send_multipart([b"cam1\0", b"garbage"])

@@ -2,6 +2,7 @@
 a process (killed mid-write, the database stays whole), and `mfvan events`."""
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -12,10 +13,11 @@ import time
 import numpy as np
 import pytest
 import zmq
+from helpers import fill
 
 from mfvan.stream.client import Event
 from mfvan.stream.messages import uuid7
-from mfvan.stream.outputs.store import EventStore, StoreError, magnified_difference
+from mfvan.stream.outputs.store import EventStore, StoreError, StoreFull, magnified_difference
 
 MFVAN = [sys.executable, "-m", "mfvan"]
 CLASSES = ["negative", "positive", "surprise"]
@@ -110,6 +112,66 @@ def test_retention_by_age_and_by_size(tmp_path):
         kept = [e["seq"] for e in store.query()]
         assert kept and kept == sorted(kept) and kept[-1] == 139, "the newest are kept"
         assert sum(1 for _ in media.rglob("apex.png")) == len(kept)
+
+
+def test_the_disk_filling_while_events_arrive_loses_the_least_it_can(small_disk):
+    """600 events with crops into a 2 MB file system, 20 a commit (as `mfvan record`):
+    every batch is committed while the database fits, an event whose snapshots do not fit
+    is kept without them (counted, logged once), no half-written folder stays, and once
+    space returns writing resumes. (Before: libpng's write error was a traceback that
+    lost the whole batch, and 45 folders no row named stayed on the disk.)"""
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * 400_000)  # room to give back later
+    store = EventStore(small_disk / "events.db")
+    now, kept, full = time.time(), 0, 0
+    for b in range(30):
+        try:
+            kept += store.add([event("cam1", 20 * b + i, t=now + b) for i in range(20)])
+        except StoreFull:
+            full += 1
+    assert store.media_failed > 0, "the snapshots filled the disk first"
+    assert kept == store.count() > 0
+    for row in store.query():  # every row's files are whole, every folder is a row's
+        assert all(os.path.getsize(f) > 0 for f in row["snapshots"])
+    named = {os.path.dirname(f) for r in store.query() for f in r["snapshots"]}
+    assert {str(p) for p in store.media.glob("*/*")} == named
+    ballast.unlink()  # space returns
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert store.add([event("cam2", 0, t=now + 60, crops=False)]) == 1
+    assert store.count() == kept + 1
+    store.close()
+
+
+def test_a_recorder_retries_what_a_full_disk_refused(small_disk):
+    """`record` keeps the events of a commit the full disk refused, tries again each batch
+    interval, and commits them all once space returns."""
+    from mfvan.stream.outputs.store import Keeping, record
+
+    store = EventStore(small_disk / "events.db")
+    ballast = fill(small_disk)
+    stop = threading.Event()
+    seen = {}
+
+    class Source:  # a subscription: its events, then quiet intervals until stopped
+        calls = 0
+        events = [event("cam1", i, crops=False) for i in range(50)]
+
+        def __iter__(self):
+            if self.events:
+                yield self.events.pop(0)  # one at a time: record breaks off at each batch
+                return
+            self.calls += 1
+            time.sleep(0.1)
+            if self.calls == 6:
+                seen["while full"] = store.count()
+                ballast.unlink()  # space returns
+            if store.count() == 50 or self.calls > 200:
+                stop.set()
+
+    added = record(Source(), store, stop, Keeping(batch_s=0.1, batch_n=10))
+    assert seen["while full"] == 0, "the full disk refused the commits"
+    assert added == 50 and store.count() == 50 and store.lost == 0
+    store.close()
 
 
 def test_a_file_that_is_not_an_event_store_is_refused(tmp_path):
