@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.stream.security import client_curve
 
     stage.setup_logging("forward", args.stream or "-", args.log_format)
-    from mfvan.stream.outputs import kinds
+    from mfvan.stream.outputs import kinds, secrets_from_env
+
+    secrets_from_env(args)  # what `mfvan run` hands over in the environment
 
     if not any(kind.wanted(args) for kind in kinds()):
         raise stage.Fatal("nothing to forward to: give --mqtt HOST[:PORT] and/or --webhook URL")

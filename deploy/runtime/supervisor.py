@@ -135,15 +135,18 @@ class Child:
             self.proc.send_signal(signal.SIGTERM)
 
 
-def forwarded(args: argparse.Namespace, *adders) -> list[str]:
+def forwarded(args: argparse.Namespace, *adders, hidden: frozenset = frozenset()) -> list[str]:
     """`mfvan run`'s flags that `adders` (functions adding options to a parser, which
     `mfvan run` calls too) define, as a child's command line: given as given, a repeated
-    flag repeated, a flag left at None left out."""
+    flag repeated, a flag left at None left out, and the dests in `hidden` (secrets, which
+    go by the environment) left out."""
     names = argparse.ArgumentParser(add_help=False)
     for add in adders:
         add(names)
     argv = []
     for action in names._actions:
+        if action.dest in hidden:
+            continue
         value = getattr(args, action.dest, None)
         if isinstance(action, argparse._StoreTrueAction):
             argv += [action.option_strings[0]] if value else []
@@ -225,7 +228,7 @@ def _subscribers(args, runtime: Path, events: str, after: int, names: list, firs
     """The run's own subscribers: the event store's recorder (--db), the outputs'
     forwarder (any output asked for), the web view (--web)."""
     from mfvan.deploy.commands.forward import add_output_options
-    from mfvan.stream.outputs import kinds
+    from mfvan.stream.outputs import kinds, secrets_to_env
 
     # where they connect: a recognizer bound on every interface is reached on loopback
     local = events.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
@@ -240,8 +243,9 @@ def _subscribers(args, runtime: Path, events: str, after: int, names: list, firs
         children.append(Child("record", "store", record + keys))
     if any(kind.wanted(args) for kind in kinds()):  # the outputs' flags, passed on as given
         forward = ["forward", local, "--metrics-port", str(after + 1)]
-        forward += forwarded(args, add_output_options)
-        children.append(Child("forward", "outputs", forward + keys))
+        secret = {dest for kind in kinds() for dest in kind.secrets}
+        forward += forwarded(args, add_output_options, hidden=frozenset(secret))
+        children.append(Child("forward", "outputs", forward + keys, env=secrets_to_env(args)))
     if getattr(args, "web", None) is not None:  # the web view, a subscriber too
         web = ["web", "--bind", args.web, "--events", local]
         web += ["--metrics", f"http://127.0.0.1:{args.metrics_base_port - 1}/metrics"]

@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +143,19 @@ class EventStore:
         if readonly:
             if not self.path.is_file():
                 raise StoreError(f"{self.path}: no such event store")
-            uri = f"file:{self.path}?mode=ro"
+            # the path quoted: '#', '?' and '%' are URI syntax ("ev%41.db" is not "evA.db")
+            uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+            if not os.access(self.path.parent, os.W_OK):  # read-only media: no WAL index
+                uri += "&immutable=1"
             self.db = sqlite3.connect(uri, uri=True, timeout=10.0)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # faces are biometric data: the store is its owner's alone (0600 files, 0700
+            # folders), whatever the umask
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fresh = not self.path.exists()
             self.db = sqlite3.connect(self.path, timeout=10.0)
+            if fresh:
+                os.chmod(self.path, 0o600)
         self.db.row_factory = sqlite3.Row
         try:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -267,7 +277,8 @@ class EventStore:
         folder = Path(day) / event.id
         files, size = [], 0
         try:
-            (self.media / folder).mkdir(parents=True, exist_ok=True)
+            self.media.mkdir(mode=0o700, exist_ok=True)
+            (self.media / folder).mkdir(parents=True, exist_ok=True, mode=0o700)
             for name, image in snapshot_images(onset, apex):
                 path = self.media / folder / f"{name}.png"
                 if not cv2.imwrite(str(path), image):

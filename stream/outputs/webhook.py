@@ -29,11 +29,32 @@ import queue as queues
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from . import NO_COUNTERS, Counters, OutputKind
 
 log = logging.getLogger("mfvan.outputs")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx answer is not followed: urllib would re-send a POST as a GET without its
+    body (and count it sent); the endpoint moved, which its owner must say in the flags."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError with the 3xx code
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def shown(url: str) -> str:
+    """A webhook's URL as logs show it: scheme and host only (its path and query often
+    hold a secret token)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/..."
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -56,7 +77,7 @@ class WebhookOutput:
     ):
         for url in urls:
             if not url.startswith(("http://", "https://")):
-                raise ValueError(f"webhook {url!r}: an http:// or https:// URL")
+                raise ValueError(f"webhook {shown(url)!r}: an http:// or https:// URL")
         self.secret, self.timeout_s = secret, timeout_s
         self.retries, self.first_delay_s = retries, first_delay_s
         self.dropped = self.sent = 0
@@ -102,14 +123,26 @@ class WebhookOutput:
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(url, body, headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s):
+                with _OPENER.open(request, timeout=self.timeout_s):
                     pass
                 self.sent += 1
                 self.on_sent()
                 return
             except urllib.error.HTTPError as e:
+                if 300 <= e.code < 400:
+                    log.warning(
+                        "webhook %s answered HTTP %d (a redirect, not followed): event %s "
+                        "not delivered",
+                        shown(url),
+                        e.code,
+                        event_id,
+                    )
+                    self._drop("failed")
+                    return
                 if e.code < 500 and e.code != 429:
-                    log.warning("webhook %s refused event %s: HTTP %d", url, event_id, e.code)
+                    log.warning(
+                        "webhook %s refused event %s: HTTP %d", shown(url), event_id, e.code
+                    )
                     self._drop("refused")
                     return
                 why = f"HTTP {e.code}"
@@ -117,11 +150,11 @@ class WebhookOutput:
             except (OSError, ValueError, http.client.HTTPException) as e:
                 why = str(getattr(e, "reason", e))
             if attempt < self.retries:
-                log.info("webhook %s: %s; again in %.1f s", url, why, delay)
+                log.info("webhook %s: %s; again in %.1f s", shown(url), why, delay)
                 if self._stop.wait(delay):
                     break
                 delay *= 2
-        log.warning("webhook %s: gave up on event %s", url, event_id)
+        log.warning("webhook %s: gave up on event %s", shown(url), event_id)
         self._drop("failed")
 
     def close(self, drain_s: float = 2.0) -> None:
@@ -149,4 +182,6 @@ def _build(args: argparse.Namespace, counters: Counters) -> WebhookOutput:
     return WebhookOutput(args.webhook, secret.encode() if secret else None, counters=counters)
 
 
-KIND = OutputKind("webhook", _add_options, lambda args: bool(args.webhook), _build)
+KIND = OutputKind(
+    "webhook", _add_options, lambda args: bool(args.webhook), _build, secrets=("webhook",)
+)

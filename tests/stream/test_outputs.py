@@ -5,6 +5,7 @@ from other subscribers."""
 import hashlib
 import hmac
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -141,6 +142,14 @@ class Hook(BaseHTTPRequestHandler):
         status = server.script.pop(0) if server.script else 200
         server.seen.append((status, body, dict(self.headers)))
         self.send_response(status)
+        if 300 <= status < 400:
+            self.send_header("Location", "/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):  # where a followed redirect would land, as urllib re-sends it
+        self.server.seen.append(("GET", b"", dict(self.headers)))
+        self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -190,6 +199,27 @@ def test_a_webhook_that_refuses_or_keeps_failing_drops_and_counts():
         out.close()
         refusing.shutdown()
         failing.shutdown()
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_webhook_that_answers_a_redirect_is_not_followed_and_counts_as_failed(status, caplog):
+    """A 3xx is not followed (urllib re-sent a 302'd POST as a GET without its body and
+    counted it sent), and the URL's path and query (often a secret token) are in no log
+    line."""
+    server, url = _hook_server([status])
+    url += "?token=T0PS3CRET"
+    drops = []
+    out = WebhookOutput([url], first_delay_s=0.02, counters=Counters(on_drop=drops.append))
+    try:
+        with caplog.at_level(logging.INFO, "mfvan.outputs"):
+            out.send(event("door", 0))
+            assert _until(lambda: drops == ["failed"])
+        assert out.sent == 0 and [s for s, _, _ in server.seen] == [status], server.seen
+        assert "redirect" in caplog.text and "T0PS3CRET" not in caplog.text
+        assert "/hook" not in caplog.text, "the path is not shown either"
+    finally:
+        out.close()
+        server.shutdown()
 
 
 def test_a_webhook_that_answers_garbage_is_retried_and_its_worker_lives_on():
@@ -325,7 +355,9 @@ def test_a_new_output_is_one_module_and_one_registry_entry(tmp_path, monkeypatch
     )
     children, _ = plan(run, Path("/run/x"))
     (forward,) = [c for c in children if c.stage == "forward"]
+    assert not any("http://h/" in a for c in children for a in c.argv), "secrets not in argv"
     again = build_parser().parse_args(forward.argv)
+    registry.secrets_from_env(again, forward.env)  # the webhook URLs go by the environment
     assert again.jsonfile == str(ids) and again.webhook == ["http://h/1", "http://h/2"]
     built = outputs(again)
     assert [t.name for t in built] == ["webhook", "jsonfile"]

@@ -174,6 +174,48 @@ def test_a_recorder_retries_what_a_full_disk_refused(small_disk):
     store.close()
 
 
+@pytest.mark.parametrize("name", ["ev#1.db", "ev?x=1.db", "ev%41.db", "ev 1.db"])
+def test_an_event_store_path_with_uri_characters_is_read_as_it_is(tmp_path, name):
+    """The read-only store is opened by a URI: its path is quoted, so '#', '?' and '%'
+    name the file they name. (Before: an empty file created and a traceback, or
+    `ev%41.db` silently read `evA.db`.)"""
+    with EventStore(tmp_path / name) as store:
+        store.add([event("cam1", 1)])
+    with EventStore(tmp_path / "evA.db") as other:
+        other.add([event("cam9", 2), event("cam9", 3)])
+    with EventStore(tmp_path / name, readonly=True) as store:
+        assert [e["stream"] for e in store.query()] == ["cam1"]
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == sorted([name, "evA.db"])
+
+
+def test_a_valid_store_on_read_only_media_is_read(small_disk):
+    """A store on read-only media (a mounted archive) is read, not called "not an event
+    store" (SQLite cannot make its WAL index there: it is opened immutable)."""
+    with EventStore(small_disk / "e.db") as store:
+        store.add([event("cam1", 1)])
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with EventStore(small_disk / "e.db", readonly=True) as store:
+        assert store.count() == 1 and store.query()[0]["stream"] == "cam1"
+
+
+def test_the_store_is_its_owners_alone(tmp_path):
+    """Faces are biometric data: the database is 0600 and its media folders 0700 whatever
+    the umask, so another local user reads neither. (Before: 0644 and 0755.)"""
+    old = os.umask(0o022)
+    try:
+        with EventStore(tmp_path / "s" / "e.db") as store:
+            store.add([event("cam1", 1)])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s" / "e.db").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o700
+    media = tmp_path / "s" / "e.db.media"
+    assert media.stat().st_mode & 0o777 == 0o700
+    for folder in media.rglob("*"):
+        if folder.is_dir():
+            assert folder.stat().st_mode & 0o077 == 0 or folder.parent == media, folder
+
+
 def test_a_file_that_is_not_an_event_store_is_refused(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="junk.db"):
