@@ -68,6 +68,15 @@ def videos(paths: list[Path]) -> list[Path]:
     return out
 
 
+def _why(e: Exception) -> str:
+    """What a PyAV error says, without its raw errno (`[Errno 1094995529]`)."""
+    import av
+
+    if isinstance(e, av.FFmpegError) and e.strerror:
+        return e.strerror
+    return str(e)
+
+
 def _probe(path: Path) -> tuple[float, int | None, float]:
     """(start on the wall clock in s, frames declared or None, fps) of a video."""
     import datetime
@@ -75,6 +84,8 @@ def _probe(path: Path) -> tuple[float, int | None, float]:
     import av
 
     with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("it has no video stream")
         stream = container.streams.video[0]
         duration = float(container.duration or 0) / 1e6
         tag = container.metadata.get("creation_time") or stream.metadata.get("creation_time")
@@ -141,10 +152,13 @@ def analyze_file(
     frames. Never raises for a file it cannot read: the result's `error` says why."""
     result = FileResult(path, stream)
     started = time.perf_counter()
+    if not path.is_file():  # a FIFO would be read until its writer closes it: forever
+        result.error = "not a regular file (a pipe, a device or a socket)"
+        return result
     try:
         start_s, _, fps = _probe(path)
     except Exception as e:  # PyAV raises many kinds for a file that is not a video
-        result.error = f"cannot open it: {e}"
+        result.error = f"cannot open it: {_why(e)}"
         return result
     pairs = StreamPairs(FaceSpotter(params, SIZE), SIZE, CLIP_MARGIN_S if clips else 0.0)
     job = _Analysis(path, stream, classifier, int(start_s * 1e9), fps, clips, result)

@@ -17,6 +17,7 @@ faces are biometric data, and nothing leaves the machine unless the operator say
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import re
@@ -422,13 +423,22 @@ def stream_name(source: str) -> str:
 
         o = parse(source)
         return f"synth-{o['seed']}-{o['subject']}"
-    return safe_name(Path(source.split("?")[0].rstrip("/")).name or "stream")
+    return safe_name(Path(source.split("?")[0].rstrip("/")).name) or "stream"
 
 
 def safe_name(text: str) -> str:
-    """`text` with every character but letters, digits and `-_.` made `-`: safe as a
-    stream id, a topic, a file name."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+    """`text` with every character but letters, digits and `-_.` made `-`, without a
+    leading `-` or `.` (it would read as a flag, or a hidden file), and at most
+    `SAFE_NAME_MAX` characters (a longer one keeps its start and a hash of the whole):
+    safe as a stream id (of at most 128), a topic, a file name. May be empty."""
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in text).lstrip("-.")
+    if len(name) > SAFE_NAME_MAX:
+        digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        name = f"{name[: SAFE_NAME_MAX - 9]}-{digest}"
+    return name
+
+
+SAFE_NAME_MAX = 100  # characters: room for `-i` and a camera name's own within 128
 
 
 def load_classifier(args: argparse.Namespace, **options):

@@ -200,7 +200,7 @@ def _ingest(args: argparse.Namespace, runtime: Path, i: int, url: str, stream: s
     """Stream i's ingest process (its source in its environment: it may hold a password)."""
     own = (getattr(args, "camera_options", None) or {}).get(stream, {})
     frames = _ipc(runtime, "frames", i)
-    argv = ["ingest", "--source", "env:MFVAN_SOURCE", "--out", frames, "--stream", stream]
+    argv = ["ingest", "--source", "env:MFVAN_SOURCE", "--out", frames, f"--stream={stream}"]
     argv += ["--metrics-port", str(args.metrics_base_port + 2 * i)]
     argv += ["--realtime"] if own.get("realtime", args.realtime) else []
     argv += ["--fps", f"{own['fps']:g}"] if own.get("fps") else []

@@ -113,3 +113,40 @@ def test_analyze_on_a_full_disk_reports_it_and_still_writes_its_events(
     assert run.returncode == 1 and "could not be kept" in run.stderr, run.stderr
     assert "1 of 1 files" in run.stderr and "kept in" not in run.stderr.splitlines()[-2]
     assert out.read_text().count("\n") > 0, "the events are written all the same"
+
+
+def _audio_only(path):
+    """An MP4 with one AAC audio stream and no video."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=8000)
+        samples = np.zeros((1, 8000), np.float32)
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_analyze_reports_a_fifo_an_audio_file_and_garbage_in_one_line_each(tmp_path):
+    """A FIFO named `.mp4` is not read (before: analyze hung on it), an audio-only file
+    has "no video stream" (before: "tuple index out of range"), garbage says what FFmpeg
+    says without its raw errno; the summary counts the files given."""
+    os.mkfifo(tmp_path / "pipe.mp4")
+    _audio_only(tmp_path / "voice.mp4")
+    (tmp_path / "noise.mp4").write_bytes(os.urandom(20_000))
+    run = subprocess.run(
+        [*MFVAN, "analyze", str(tmp_path / "pipe.mp4"), str(tmp_path / "voice.mp4")]
+        + [str(tmp_path / "noise.mp4"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "pipe.mp4: not a regular file" in run.stderr
+    assert "voice.mp4: cannot open it: it has no video stream" in run.stderr
+    assert "noise.mp4: cannot open it: Invalid data" in run.stderr
+    assert "Errno" not in run.stderr and "0 of 3 files" in run.stderr, run.stderr

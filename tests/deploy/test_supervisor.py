@@ -231,9 +231,32 @@ def test_named_cameras_are_their_stream_ids_and_only_unnamed_ones_are_derived(mo
     assert ingests[0].env["MFVAN_SOURCE"] == "rtsp://10.0.0.5/Streaming/Channels/101"
     assert ingests[2].env["MFVAN_SOURCE"] == "rtsp://10.0.0.7/s?channel=1&subtype=0"
     assert ingests[4].env["MFVAN_SOURCE"] == "rtsp://10.0.0.9/live"
-    assert [a for c in ingests for a in c.argv if a == "--stream"] == ["--stream"] * 5
+    assert [a for c in ingests for a in c.argv if a.startswith("--stream=")] == [
+        f"--stream={c.stream}" for c in ingests
+    ]
     spot = next(c for c in children if c.stage == "spot")
     assert spot.streams == ("door",)
+
+
+def test_a_source_file_named_like_a_flag_or_too_long_for_a_stream_id_still_runs(tmp_path):
+    """A file named `-take1.mp4`, or one whose name would give a stream id over 128
+    characters: each gets a stream id its ingest takes (before: `argument --stream:
+    expected one argument` with a usage dump, and a schema error)."""
+    from mfvan.stream.protocol import MAX_STREAM_ID
+
+    long = "interview-" + "x" * 300 + ".mp4"
+    args = build_parser().parse_args(
+        ["run", "--source", "./-take1.mp4", "--source", long, "--source", "./--.mp4"]
+    )
+    children, _ = plan(args, tmp_path)
+    ingests = [c for c in children if c.stage == "ingest"]
+    streams = [c.stream for c in ingests]
+    assert streams[0] == "take1.mp4" and streams[2] == "mp4", streams
+    assert all(0 < len(s) <= MAX_STREAM_ID and not s.startswith("-") for s in streams)
+    assert streams[1].startswith("interview-xxx") and len(streams[1]) <= 100
+    for child in ingests:  # each command line parses, with the stream id it was given
+        again = build_parser().parse_args(child.argv)
+        assert again.stream == child.stream
 
 
 def test_db_plans_a_recorder_that_subscribes_to_the_events():
@@ -256,6 +279,8 @@ def test_db_plans_a_recorder_that_subscribes_to_the_events():
 
 
 def test_mqtt_and_webhooks_plan_a_forward_process_after_the_recognizers_port():
+    from mfvan.stream.outputs import secrets_from_env
+
     args = build_parser().parse_args(
         ["run", "--source", "a=x.mp4", "--source", "b=y.mp4", "--metrics-base-port", "9301"]
         + ["--mqtt", "broker.lan:1884", "--mqtt-qos", "1", "--webhook", "http://h/1"]
@@ -264,6 +289,8 @@ def test_mqtt_and_webhooks_plan_a_forward_process_after_the_recognizers_port():
     children, events = plan(args, Path("/run/x"))
     (forward,) = [c for c in children if c.stage == "forward"]
     parsed = build_parser().parse_args(forward.argv)
+    assert parsed.webhook is None, "a webhook's URL (often a secret) is not on argv"
+    secrets_from_env(parsed, forward.env)
     assert parsed.endpoint == events and parsed.mqtt == "broker.lan:1884"
     assert parsed.mqtt_qos == 1 and parsed.webhook == ["http://h/1", "http://h/2"]
     assert parsed.metrics_port == 9306, "after the recognizer's (9305): no port moves"
