@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import re
 import sys
 import time
@@ -32,9 +33,13 @@ def when(text: str) -> float:
         seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}[span[2]]
         return time.time() - float(span[1]) * seconds
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # `nan` matched nothing, silently
+            raise argparse.ArgumentTypeError(f"{text!r} is not a time")
+        return seconds
     try:
         stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -44,6 +49,28 @@ def when(text: str) -> float:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=datetime.timezone.utc)
     return stamp.timestamp()
+
+
+def count(text: str) -> int:
+    """A number of events: 1 or more (SQLite's LIMIT -1 means no limit at all)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of 1 or more")
+    return n
+
+
+def fraction(text: str) -> float:
+    """A probability, 0 to 1."""
+    try:
+        p = float(text)
+    except ValueError:
+        p = math.nan
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability from 0 to 1")
+    return p
 
 
 def add(p: argparse.ArgumentParser) -> None:
@@ -62,9 +89,9 @@ def add(p: argparse.ArgumentParser) -> None:
         a.add_argument("--label", help="one class's")
         a.add_argument("--since", type=when, help="apex at or after this")
         a.add_argument("--until", type=when, help="apex before this")
-        a.add_argument("--min-confidence", type=float, help="class probability at least")
+        a.add_argument("--min-confidence", type=fraction, help="class probability at least")
         if name == "list":
-            a.add_argument("--limit", type=int, default=50, help="the newest this many")
+            a.add_argument("--limit", type=count, default=50, help="the newest this many")
             a.add_argument("--json", action="store_true", help="one JSON object per line")
         else:
             a.add_argument("--format", choices=("csv", "jsonl"), default="csv")
@@ -104,13 +131,18 @@ def run(args: argparse.Namespace) -> int:
                 print(_table(events))
             return 0
         events = store.query(**filters)
-        out = open(args.out, "w", newline="") if args.out else sys.stdout
+        try:
+            out = open(args.out, "w", newline="") if args.out else sys.stdout
+        except OSError as e:
+            raise Fatal(f"--out {args.out}: {e.strerror or e}") from None
         try:
             if args.format == "jsonl":
                 for e in events:
                     out.write(json.dumps(e) + "\n")
             else:
                 write_csv(events, out)
+        except OSError as e:  # a full disk
+            raise Fatal(f"--out {args.out or 'standard output'}: {e.strerror or e}") from None
         finally:
             if args.out:
                 out.close()

@@ -77,9 +77,11 @@ def _one(action: argparse.Action, value, where: str):
 def load_file(path: Path, parser: argparse.ArgumentParser) -> dict:
     """The file's values by dest; refuses keys that are not flags of this command."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8
+        raise ConfigError(f"{path} is not UTF-8 (byte {e.start}): TOML files are") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     actions = _actions(parser)

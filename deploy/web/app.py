@@ -344,15 +344,16 @@ class TokenGate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        bearer = request.headers.get("authorization", "")
-        if self._ok(bearer[7:] if bearer.startswith("Bearer ") else None) or self._ok(
-            request.cookies.get(COOKIE)
-        ):
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        bearer = credentials.strip() if scheme.lower() == "bearer" else None  # RFC 7235: any case
+        if self._ok(bearer) or self._ok(request.cookies.get(COOKIE)):
             return await self.app(scope, receive, send)
         query = parse_qs(scope.get("query_string", b"").decode())
         if self._ok((query.pop("token", [None]))[0]):
             rest = urlencode(query, doseq=True)
-            response = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), 303)
+            # this site's own path: `//host/x` (or `/\\host`) would send the browser away
+            path = "/" + scope["path"].lstrip("/\\")
+            response = RedirectResponse(path + (f"?{rest}" if rest else ""), 303)
             response.set_cookie(COOKIE, self.token.decode(), httponly=True, samesite="strict")
             return await response(scope, receive, send)
         response = PlainTextResponse("401: this view needs its token (?token=...)", 401)

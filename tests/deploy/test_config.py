@@ -90,11 +90,12 @@ realtime = true
         ("[cameras.door]\nsource = 'x'\nenabled = 'no'\n", {}, "enabled cannot be 'no'"),
         ("[cameras.'front door']\nsource = 'x'\n", {}, "a camera name is letters"),
         ("cameras = 'x'\n", {}, "expected [cameras.NAME] tables"),
+        (b"source = ['caf\xe9.mp4']\n", {}, "is not UTF-8"),  # Latin-1: was a traceback
     ],
 )
 def test_mistakes_are_one_clear_line(toml, env, words, tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text(toml)
+    path.write_bytes(toml if isinstance(toml, bytes) else toml.encode())
     run = subprocess.run(
         [sys.executable, "-m", "mfvan.deploy.cli", "run", "--config", str(path)],
         capture_output=True,

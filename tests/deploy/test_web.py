@@ -208,6 +208,26 @@ def test_with_a_token_every_request_needs_it(lone_view):
     assert status == 200 and b"no such event store" in body, "the store's absence, said"
 
 
+def test_the_token_redirect_stays_on_this_site_and_any_case_of_bearer_is_taken(lone_view):
+    """`//evil.example/x?token=T` was answered `303 Location: //evil.example/x`: a
+    redirect off the site after the token was checked (an open redirect); and `bearer`
+    in lower case was refused (RFC 7235 makes the scheme case-insensitive)."""
+    import http.client
+
+    base, secret = lone_view
+    port = int(base.rsplit(":", 1)[1])
+    for path in ("//evil.example/x", "/\\evil.example/x", "///evil.example/x"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", f"{path}?token={secret}")
+        answer = conn.getresponse()
+        location = answer.getheader("Location")
+        conn.close()
+        assert answer.status == 303 and location.startswith("/"), location
+        assert not location.startswith(("//", "/\\")), location
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        assert _get(base + "/api/events", {"Authorization": f"{scheme} {secret}"})[0] == 200
+
+
 def test_without_a_token_only_requests_naming_a_loopback_host_are_answered():
     port = free_port()
     view = _mfvan("web", "--bind", f"127.0.0.1:{port}", env={"MFVAN_WEB_TOKEN": ""},

@@ -298,6 +298,28 @@ def _count(db) -> int:
         return 0
 
 
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["list", "--limit", "-1"], "not a count of 1 or more"),
+        (["list", "--limit", "0"], "not a count of 1 or more"),
+        (["list", "--since", "nan"], "'nan' is not a time"),
+        (["list", "--min-confidence", "nan"], "not a probability"),
+        (["export", "--out", "/proc/no/such/dir/x.csv"], "--out /proc/no/such/dir/x.csv"),
+    ],
+)
+def test_mfvan_events_refuses_what_would_list_all_or_nothing_in_one_line(tmp_path, argv, words):
+    """`--limit -1` listed everything (SQLite's LIMIT -1), `--since nan` silently nothing,
+    an `--out` it cannot write was a traceback."""
+    with EventStore(tmp_path / "e.db") as store:
+        store.add([event("door", 0)])
+    run = subprocess.run(
+        [*MFVAN, "events", *argv, "--db", str(tmp_path / "e.db")], capture_output=True, text=True
+    )
+    assert run.returncode != 0 and words in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_mfvan_events_lists_shows_and_exports(tmp_path):
     now = time.time()
     events = [event("door", i, ["surprise", "negative"][i % 2], 0.6 + i / 100, now - 100 + i)
