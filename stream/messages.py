@@ -45,6 +45,21 @@ def is_int(v) -> bool:
     return type(v) is int  # not bool, not float
 
 
+MAX_CLOCK_NS = 7_258_118_400 * 10**9  # 2200-01-01: a wall-clock time past it is a bug
+MAX_MEDIA_NS = 2**62  # 146 years of media time, either way
+
+
+def is_clock(v) -> bool:
+    """A wall-clock time, ns since the epoch: from 1970 to 2200 (before: 2^64 - 1 gave an
+    event in the year 2554, a negative one a snapshot folder named 1677-09-21)."""
+    return type(v) is int and 0 <= v <= MAX_CLOCK_NS
+
+
+def is_media(v) -> bool:
+    """A media time or a span of it, ns (a stream's own clock: may start below 0)."""
+    return type(v) is int and -MAX_MEDIA_NS <= v <= MAX_MEDIA_NS
+
+
 def is_num(v) -> bool:
     return type(v) in (int, float) and math.isfinite(v)
 
@@ -259,9 +274,9 @@ class Frame(Message):
 
     image: np.ndarray = buffer("image")
     index: int | None = header(is_int)  # None (a producer without it): its `seq` stands
-    t_capture: int = header(is_int, 0)
-    t_media: int | None = header(is_int)
-    t_ingest: int | None = header(is_int)
+    t_capture: int = header(is_clock, 0)
+    t_media: int | None = header(is_media)
+    t_ingest: int | None = header(is_clock)
     key_frame: bool = header(is_bool, False)
     truth: dict | None = header(nil_or(is_map))
 
@@ -293,19 +308,19 @@ class Spotted(Message):
     onset: int = header(is_int, 0, required=True)  # frame indices in the stream
     apex: int = header(is_int, 0, required=True)
     offset: int = header(is_int, 0, required=True)
-    media_onset: int | None = header(is_int)
-    media_apex: int | None = header(is_int)
-    media_offset: int | None = header(is_int)
-    t_onset: int | None = header(is_int)
-    t_apex: int | None = header(is_int)
-    t_offset: int | None = header(is_int)
-    t_capture: int | None = header(is_int)  # the frame that confirmed the apex
-    t_ingest: int | None = header(is_int)
-    t_spot: int | None = header(is_int)  # set when it is sent
+    media_onset: int | None = header(is_media)
+    media_apex: int | None = header(is_media)
+    media_offset: int | None = header(is_media)
+    t_onset: int | None = header(is_clock)
+    t_apex: int | None = header(is_clock)
+    t_offset: int | None = header(is_clock)
+    t_capture: int | None = header(is_clock)  # the frame that confirmed the apex
+    t_ingest: int | None = header(is_clock)
+    t_spot: int | None = header(is_clock)  # set when it is sent
     spot_score: float | None = header(is_num)  # the spotter's peak over its threshold
     amplitude: float | None = header(is_num)  # px (128 px crop)
     region: str | None = header(is_str)  # the face region that moved most
-    spot_latency_ns: int | None = header(is_int)  # media time from the apex to confirming
+    spot_latency_ns: int | None = header(is_media)  # media time from the apex to confirming
     truth: dict | None = header(nil_or(is_map))  # a synthetic source's ground truth
     face: list | None = header(is_box)  # [x, y, w, h] px: the tracked face square
     clip_fps: float | None = header(is_num)  # the clip's frames per second (media time)
@@ -373,8 +388,8 @@ class Event(Spotted):
     confidence: float = header(is_num, 0.0, required=True)
     model: str = header(is_str, "", required=True)  # the model's version
     batch: int | None = header(is_int)  # the batch it ran in
-    t_received: int | None = header(is_int)
-    t_recognize: int | None = header(is_int)
+    t_received: int | None = header(is_clock)
+    t_recognize: int | None = header(is_clock)
     onset_crop: np.ndarray | None = buffer("grey")
     apex_crop: np.ndarray | None = buffer("grey")
     clip: np.ndarray | None = buffer("clip")
@@ -514,7 +529,7 @@ class Status(Message):
     fps: float = header(is_num, 0.0)
     width: int = header(is_int, 0)
     height: int = header(is_int, 0)
-    t_status: int = header(is_int, 0, required=True)
+    t_status: int = header(is_clock, 0, required=True)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -527,7 +542,7 @@ class Preview(Message):
 
     image: np.ndarray = buffer("image")
     face: list | None = header(is_box, nil=True)
-    t_capture: int = header(is_int, 0)
+    t_capture: int = header(is_clock, 0)
     scale: float = header(is_num, 1.0)
 
 

@@ -188,6 +188,11 @@ def _pair_with_flow(shape, dtype="float16", value=0.0):
         (_frame((32, 32), (32, 32)), "schema", "a frame has 2 buffers"),
         (_frame((32, 32), t_ingest="now"), "schema", "'t_ingest' cannot be 'now'"),
         (_frame((32, 32), t_capture=None), "schema", "'t_capture' cannot be None"),
+        # wall-clock times from 1970 to 2200 (2^64 - 1 made an event of the year 2554)
+        (_frame((32, 32), t_capture=2**64 - 1), "schema", "'t_capture' cannot be"),
+        (_frame((32, 32), t_capture=-1), "schema", "'t_capture' cannot be -1"),
+        (_pair((64, 64), (64, 64), t_apex=2**63), "schema", "'t_apex' cannot be"),
+        (_pair((64, 64), (64, 64), media_apex=2**63), "schema", "'media_apex' cannot be"),
         (_frame((32, 32), key_frame=1), "schema", "'key_frame' cannot be 1"),
         (_pair((64, 64), (128, 128)), "schema", "differ in shape"),
         (_pair((64, 48), (64, 48)), "schema", "not square"),
