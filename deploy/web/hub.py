@@ -307,13 +307,18 @@ class Hub:
 
     def stored_file(self, event_id: str, name: str) -> Path | None:
         """A snapshot file of an event in the store (onset.png, apex.png, difference.png,
-        clip.mp4), or None."""
+        clip.mp4), or None: only a regular file inside the store's media folder, never
+        through a symbolic link (one planted there would serve any file the view can read)."""
         event = self.stored_event(event_id)
         if event is None:
             return None
-        for path in event.get("snapshots", []):
-            if Path(path).name == name:
-                return Path(path)
+        media = Path(str(self.db) + ".media")  # as the store names it
+        for path in map(Path, event.get("snapshots", [])):
+            if path.name != name or not path.is_relative_to(media):
+                continue
+            steps = [media.joinpath(*path.relative_to(media).parts[: i + 1]) for i in range(3)]
+            if path.is_file() and not any(step.is_symlink() for step in steps):
+                return path
         return None
 
     def stored_event(self, event_id: str) -> dict | None:

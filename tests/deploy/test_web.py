@@ -478,3 +478,37 @@ def test_docs_screenshots_exist_for_the_readme():
         hint = "MFVAN_SCREENSHOTS=1 pytest -m browser tests/deploy/test_web.py"
         assert path.is_file(), f"{path} ({hint})"
     assert "docs/images/web-cameras.png" in (REPO / "README.md").read_text()
+
+
+def test_a_snapshot_that_is_a_symbolic_link_is_not_served(tmp_path):
+    """A snapshot replaced by a link (to /etc/passwd, say) is not served: only regular
+    files inside the store's media folder are (before: the view served what it pointed
+    at)."""
+    import time as _time
+
+    import numpy as np
+
+    from mfvan.deploy.web.hub import Hub
+    from mfvan.stream.client import Event
+    from mfvan.stream.messages import uuid7
+    from mfvan.stream.outputs.store import EventStore
+
+    t_ns = _time.time_ns()
+    crop = np.full((64, 64), 100, np.uint8)
+    event = Event(stream="door", seq=0, label="x", probs={"x": 1.0}, confidence=1.0,
+                  onset=1, apex=2, offset=3, model="m", t_onset=t_ns, t_apex=t_ns,
+                  t_offset=t_ns, onset_crop=crop, apex_crop=crop, id=uuid7(t_ns))  # fmt: skip
+    with EventStore(tmp_path / "e.db") as store:
+        store.add([event])
+    hub = Hub(db=tmp_path / "e.db", faces=True)
+    apex = hub.stored_file(event.id, "apex.png")
+    assert apex is not None and apex.read_bytes().startswith(b"\x89PNG")
+    apex.unlink()
+    apex.symlink_to("/etc/passwd")
+    assert hub.stored_file(event.id, "apex.png") is None
+    assert hub.image(event.id, "apex") is None
+    day = apex.parent.parent
+    moved = tmp_path / "elsewhere"
+    day.rename(moved)
+    day.symlink_to(moved)  # a linked folder on the way: not served either
+    assert hub.stored_file(event.id, "onset.png") is None
