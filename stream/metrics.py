@@ -32,6 +32,8 @@ Imports nothing of this project.
 from __future__ import annotations
 
 import functools
+import logging
+import sys
 import threading
 from http.server import ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -45,6 +47,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.exposition import MetricsHandler
+
+log = logging.getLogger("mfvan.metrics")
 
 # from 0.5 ms to 10 s: inference of one pair is ms, end to end includes the apex's wait
 LATENCY_BUCKETS = (
@@ -78,6 +82,48 @@ def fetch(url: str, timeout_s: float) -> str | None:
             return r.read().decode()
     except (OSError, ValueError, http.client.HTTPException):
         return None
+
+
+class Server(ThreadingHTTPServer):
+    """The stages' HTTP server (/metrics, /live, /ready), hardened for a port anyone on
+    the host can reach: at most `MAX_CONNECTIONS` at once (one more is closed at once,
+    before any thread is made for it), each given `TIMEOUT_S` a read or write (a client
+    that trickles, or never finishes its request, is cut off), and a client that goes away
+    mid-answer is no traceback (a scraper's timeout, `make demo`'s /ready poll)."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst is accepted (and refused) at once
+    MAX_CONNECTIONS = 32
+    TIMEOUT_S = 10.0
+
+    def __init__(self, address, handler):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+        self.refused = 0  # connections closed at once: too many open
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        request.settimeout(self.TIMEOUT_S)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return  # the client went away or stalled: its loss alone
+        log.warning("metrics server: %s from %s", error, client_address[0], exc_info=True)
 
 
 class _Ready(threading.Event):
@@ -331,6 +377,9 @@ class Metrics:
                     return self._plain(200 if ok else 503, b"ready\n" if ok else b"starting\n")
                 return self._plain(404, b"not found: try /metrics, /live or /ready\n")
 
+            def log_message(self, format, *args):  # not a line on stderr per request
+                log.debug("metrics %s: " + format, self.client_address[0], *args)
+
             def _plain(self, code: int, body: bytes) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -338,7 +387,6 @@ class Metrics:
                 self.end_headers()
                 self.wfile.write(body)
 
-        server = ThreadingHTTPServer((host, port), Handler)
-        server.daemon_threads = True
+        server = Server((host, port), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server, server.server_address[1]

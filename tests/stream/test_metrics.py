@@ -38,3 +38,37 @@ def test_metrics_are_served_on_loopback_with_conventional_names():
     assert sample.value == 3 and sample.labels == {"stage": "spot", "stream": "cam1"}
     drop = [s for s in families["mfvan_frames_dropped"].samples if s.name.endswith("_total")]
     assert drop[0].labels["reason"] == "malformed"
+
+
+def test_half_open_connections_cannot_exhaust_a_stages_metrics_port(monkeypatch):
+    """Slowloris: 200 connections that never finish their request. The server makes at
+    most `MAX_CONNECTIONS` threads (before: one per connection, never timed out: 6 ->
+    4,269 threads), cuts each off after `TIMEOUT_S`, and answers /metrics again once they
+    are gone."""
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    from mfvan.stream.metrics import Metrics, Server
+
+    monkeypatch.setattr(Server, "TIMEOUT_S", 1.0)
+    server, port = Metrics("spot").serve(0)
+    before = threading.active_count()
+    hogs = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            hogs.append(s)
+        time.sleep(0.3)
+        assert threading.active_count() <= before + Server.MAX_CONNECTIONS
+        assert server.refused > 100, "the rest closed at once, no thread made"
+        time.sleep(Server.TIMEOUT_S + 1.0)  # each is cut off
+        answer = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert b"mfvan_" in answer
+        assert threading.active_count() <= before + 1
+    finally:
+        for s in hogs:
+            s.close()
+        server.shutdown()
