@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except (Fatal, EndpointError) as e:  # a mistake the user can mend: one line, no traceback
         print(f"mfvan {args.command}: {e}", file=sys.stderr)
         return EXIT_FATAL
+    except KeyboardInterrupt:  # Ctrl-C: what was finished stays, the rest is said
+        print(f"mfvan {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

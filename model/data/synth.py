@@ -1161,7 +1161,17 @@ def _pool(workers: int | None):
         return _SerialPool()
     import multiprocessing
 
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=quiet_worker
+    )
+
+
+def quiet_worker() -> None:
+    """A worker process leaves Ctrl-C to its parent (which stops the pool and says so in
+    one line): each worker's own KeyboardInterrupt traceback was some 30 lines."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _progress(enabled: bool, total: int, unit: str):
