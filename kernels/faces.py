@@ -418,6 +418,16 @@ class FaceTracker:
                 self._settle(self._search(image, self._near()))
         return self.crop
 
+    def restart_clock(self) -> None:
+        """The stream's media time jumped (a camera restarted, two recordings joined): a
+        detection under way takes effect now, and the next frame is searched, instead of
+        waiting for a media time the new clock may not reach for hours. The crop and the
+        face's track are kept."""
+        if self._pending is not None:
+            self._settle(self._pending.future.result())
+            self._pending = None
+        self._searched_ns = None
+
     def _search(self, image: np.ndarray, near: Box | None):
         """(face box, eyes or None), or None without a face (in the worker thread when
         detecting in the background)."""

@@ -103,8 +103,18 @@ def media_time_ns(frame, start_pts: int | None, previous_ns: int | None, rate) -
     return int((frame.pts - start_pts) * frame.time_base * 1_000_000_000)
 
 
+MAX_STEP_NS = 5_000_000_000  # media time forward past this between two frames is a jump
+
+
 class FaceSpotter:
     """`push(image, index, t_media_ns)` -> the intervals that frame confirmed.
+
+    Media time that jumps (back at all, or forward by more than `MAX_STEP_NS`: a camera
+    that restarted, two recordings joined, a clock stepped) starts the time-dependent
+    state again: the tracker's search schedule and the spotter's windows (its noise
+    estimate is kept), so nothing waits for a media time the new clock will not reach;
+    `clock_jumps` counts them and `jumped` says the last frame came after one. What was
+    under way at the jump is lost; what follows is spotted after the spotter's warm-up.
 
     `background`: face detection in a worker thread (the live stage), with results taking
     effect on a media-time schedule, so the intervals are the same as without it.
@@ -125,11 +135,20 @@ class FaceSpotter:
         self.has_face = False
         self.crop = None  # the latest aligned grey crop (uint8), or None without a face
         self.spot_seconds = 0.0  # the spotter's share of the last push (for benchmarks)
+        self.clock_jumps = 0  # times the media time jumped (see `push`)
+        self.jumped = False  # whether the last frame came after a jump
+        self._last_ns: int | None = None
 
     def push(self, image, index: int, t_media_ns: int, key_frame: bool = False) -> list[Interval]:
         """One decoded frame (grey or RGB uint8), its index and media time in ns.
         `key_frame`: the frame starts a GOP (`GopBoundaries`)."""
         grey = to_grey(image)
+        last, self._last_ns = self._last_ns, t_media_ns
+        self.jumped = last is not None and not 0 <= t_media_ns - last <= MAX_STEP_NS
+        if self.jumped:  # back, or forward past any gap a stream has: a new clock
+            self.clock_jumps += 1
+            self.tracker.restart_clock()
+            self.spotter.reset()
         crop = self.tracker.update(grey, t_media_ns)
         self.has_face = crop is not None
         if crop is None:

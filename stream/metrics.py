@@ -233,6 +233,13 @@ class Metrics:
             ["stream", "reason"],
             registry=r,
         )
+        self.clock_jumps = Counter(
+            "mfvan_clock_jumps",
+            "Times a stream's media time jumped back, or forward past 5 s (a camera that "
+            "restarted, recordings joined); its tracking and spotting started again.",
+            ["stream"],
+            registry=r,
+        )
         self.events = Counter(
             "mfvan_events",
             "Recognition events published, by class.",

@@ -137,6 +137,10 @@ class ClipBuffer:
         self.blank = np.zeros((size, size), np.uint8)
         self.recent: deque = deque(maxlen=protocol.MAX_CLIP)  # (media time, crop)
 
+    def clear(self) -> None:
+        """Forget the crops (the media time jumped: they are of another clock)."""
+        self.recent.clear()
+
     def push(self, t_media: int, crop: np.ndarray | None) -> None:
         """A frame's face crop (black without a face, so a clip keeps its timing); only
         the seconds a clip can need are kept."""
@@ -174,6 +178,8 @@ class StreamPairs:
         t_media = frame.media_ns
         intervals = self.spots.push(frame.image, frame.index, t_media, frame.key_frame)
         if self.clips is not None:
+            if self.spots.jumped:
+                self.clips.clear()
             self.clips.push(t_media, self.spots.crop)
         out = []
         for it in intervals:
@@ -295,6 +301,14 @@ class SpotStage:
         track.counted.inc()
         frame = msg if isinstance(msg, Frame) else Frame.from_message(msg)
         out = track.pairs.push(frame)
+        if track.spots.jumped:
+            m.clock_jumps.labels(stream).inc()
+            sockets.warn.warning(
+                f"spot:clock:{stream}",
+                "spot %s: its media time jumped (a camera that restarted, or recordings "
+                "joined): tracking and spotting start again",
+                stream,
+            )
         self._watch_face(stream, track)
         if out:
             m.spots.labels(stream).inc(len(out))

@@ -95,6 +95,13 @@ def run(args: argparse.Namespace) -> int:
             unkept = f"its events could not be kept in {args.db} (disk full)"
         if unkept:
             not_kept.append((path, unkept))
+        if result.clock_jumps:
+            print(
+                f"mfvan analyze: {path}: its media time jumped {result.clock_jumps} time(s) "
+                "(joined recordings, or a camera that restarted): spotting started again "
+                "after each",
+                file=sys.stderr,
+            )
         if not args.quiet:
             print(
                 f"{path}: {len(result.events)} events in {result.seconds_of_video:.1f} s of "

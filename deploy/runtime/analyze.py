@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mfvan.kernels.facespot import FaceSpotter
+from mfvan.kernels.facespot import MAX_STEP_NS, FaceSpotter
 from mfvan.stream.ingest import PyAVSource, SourceError
 from mfvan.stream.messages import Event, Pair, uuid7
 from mfvan.stream.outputs.store import write_clip
@@ -54,6 +54,7 @@ class FileResult:
     seconds_of_video: float = 0.0
     seconds_taken: float = 0.0
     decode_errors: int = 0
+    clock_jumps: int = 0  # times its media time jumped (joined recordings, a restart)
     error: str | None = None  # why the file was skipped
 
 
@@ -166,12 +167,17 @@ def analyze_file(
     def errors(_):
         result.decode_errors += 1
 
-    last_media = 0
+    covered, last = 0, None  # ns of video so far, the last frame's media time
+    period = int(1e9 / fps) if fps else 0
     try:
         for frame in PyAVSource(str(path), grey=True, on_decode_error=errors):
             frame.stream, frame.t_ingest = stream, time.time_ns()
-            last_media = frame.t_media or 0
-            frame.t_capture = job.base_ns + last_media  # the recording's clock
+            t_media = frame.t_media or 0
+            if last is not None:  # a jump counts as one frame: the clock goes on
+                step = t_media - last
+                covered += step if 0 <= step <= MAX_STEP_NS else period
+            last = t_media
+            frame.t_capture = job.base_ns + covered  # the recording's clock
             for pair in pairs.push(frame):
                 pair.t_spot = time.time_ns()
                 job.add(pair)
@@ -185,7 +191,8 @@ def analyze_file(
     job.classify()
     if progress:
         progress(result.frames % 50)
-    result.seconds_of_video = last_media / 1e9 + (1 / fps if fps else 0)
+    result.seconds_of_video = covered / 1e9 + (1 / fps if fps else 0)
+    result.clock_jumps = pairs.spots.clock_jumps
     result.seconds_taken = time.perf_counter() - started
     return result
 
