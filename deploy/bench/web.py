@@ -71,7 +71,7 @@ def bench_web(
     runtime = Path(tempfile.mkdtemp(prefix="mfvan-bench-web-"))
     seconds = baseline_s + minutes * 60 + 120
     names = [f"cam{i + 1}" for i in range(cameras)]
-    argv = [sys.executable, "-m", "mfvan", "run", "--seconds", f"{seconds:g}"]
+    argv = [sys.executable, "-m", "mfvan", "run", "--seconds", f"{seconds:g}", "--overcommit"]
     for i, name in enumerate(names):
         argv += ["--source", f"{name}=synth://?fps={fps:g}&seed={10 + i}&seconds={seconds:g}"]
     argv += ["--web", f"127.0.0.1:{port}", "--web-faces", "--with-crops"]

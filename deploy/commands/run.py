@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from mfvan.deploy.runtime import stage
+from mfvan.deploy.runtime import capacity, stage
 
 HELP = "the live pipeline: ingest, spot and recognize, supervised"
 
@@ -69,6 +69,12 @@ def add(p: argparse.ArgumentParser) -> None:
     add_web_options(p, bind_flag="--web", faces_flag="--web-faces", default=None)
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--realtime", action="store_true", help="play files at their native rate")
+    p.add_argument(
+        "--overcommit",
+        action="store_true",
+        help="start even when the plan needs more cores, memory or file descriptors than "
+        "this machine has (refused otherwise, in one line)",
+    )
     add_model_options(p)  # the recognizer's, forwarded to it as given
     stage.add_security(p)
     stage.add_logging(p)
@@ -102,6 +108,21 @@ def _check(args: argparse.Namespace) -> None:
             raise stage.Fatal(f"--db {args.db}: {e}") from None
 
 
+def _rates(args: argparse.Namespace) -> list[float]:
+    """Each camera's frame rate as far as it is known before it is opened: its own `fps`
+    (a TOML camera's), a `synth://` source's, else `capacity.ASSUMED_FPS`."""
+    from mfvan.deploy.runtime import synth_source
+
+    options = getattr(args, "camera_options", None) or {}
+    rates = []
+    for name, source in stage.cameras(args.source):
+        fps = options.get(name, {}).get("fps")
+        if fps is None and source.startswith("synth://"):
+            fps = synth_source.parse(source)["fps"]
+        rates.append(float(fps or capacity.ASSUMED_FPS))
+    return rates
+
+
 def run(args: argparse.Namespace) -> int:
     from mfvan.deploy.runtime.supervisor import (
         Aggregate,
@@ -122,6 +143,11 @@ def run(args: argparse.Namespace) -> int:
     metrics = stage.metrics("run", -1)  # served below, with its stages' metrics
     with RuntimeDir(args.runtime_dir) as runtime:
         children, events = plan(args, runtime)
+        why = capacity.refusal(capacity.needs(children, _rates(args)))
+        if why and not args.overcommit:
+            raise stage.Fatal(why)
+        if why:
+            stage.log.warning("run: --overcommit: %s", why)
         # one endpoint for the whole run: its own series and every stage's, fetched at
         # each scrape; Prometheus scrapes only this port, however many cameras
         stage.serve_metrics(

@@ -384,3 +384,39 @@ def test_a_stage_cut_off_mid_answer_is_not_ready_and_not_up():
         registry = Aggregate(Metrics("run").registry, [child]).registry
         up = {"process": "spot-cam1", "stage": "spot"}
         assert registry.get_sample_value("mfvan_stage_up", up) == 0.0
+
+
+def test_a_plan_the_machine_cannot_hold_is_refused_in_one_line(tmp_path):
+    """200 cameras on this box: one line naming what is short, exit status 2, nothing
+    started (before: 401 processes planned, 110 started, load 47, none ready after 75 s);
+    `--overcommit` goes on (here: only as far as the plan, then stopped)."""
+    import os
+    import subprocess
+    import sys
+
+    toml = tmp_path / "many.toml"
+    toml.write_text(
+        "".join(f"[cameras.cam{i}]\nsource = 'rtsp://127.0.0.1:9/c{i}'\n" for i in range(200))
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "mfvan", "run", "--config", str(toml)]
+        + ["--runtime-dir", str(tmp_path / "rt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    (line,) = [x for x in run.stderr.splitlines() if "would need" in x]
+    assert "401 processes" in line and "--overcommit" in line
+    assert f"on {os.cpu_count()}" in line or "GB" in line, line
+    assert not (tmp_path / "rt").exists() or not any((tmp_path / "rt").iterdir())
+
+
+def test_the_capacity_rule_counts_cores_memory_and_descriptors():
+    from mfvan.deploy.runtime.capacity import Needs, needs, refusal
+
+    two_cameras = needs(range(7), [50.0, 50.0])
+    assert two_cameras == Needs(7, 2100, 1.0, 7 * 8 + 64)
+    assert refusal(two_cameras, cores=2, memory_mb=8000) is None, "what the tests run"
+    assert "cores of work on 2" in refusal(needs(range(9), [200.0] * 4), 2, 8000)
+    assert "GB available" in refusal(needs(range(40), [30.0]), 64, 4000)
