@@ -82,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
         while not stop.is_set():
             for event in sub:
                 for target in targets:
-                    target.send(event)
+                    try:  # an event an output cannot render costs that event alone
+                        target.send(event)
+                    except (TypeError, ValueError, RecursionError) as e:
+                        m.outputs_dropped.labels(target.name, "unrenderable").inc()
+                        stage.log.warning("forward: %s skipped an event: %s", target.name, e)
                 if stop.is_set():
                     break
     except Refused as e:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     # SIGINT / SIGTERM end it within stage.STOP_S whatever it is blocked in (a watchdog
     # exits the process past that), and the wait below wakes every 0.2 s to see them
     stop = stage.stop_on_signals()
-    n = 0
+    n = skipped = 0
     curve = client_curve(args.keys, "subscriber") if args.keys else None
     sub = subscribe(args.endpoint, args.stream, 0.2, curve=curve)
     absent = nobody_there(args.endpoint)
@@ -50,10 +50,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         while not stop.is_set():
             for event in sub:
-                if args.json:
-                    print(json.dumps(event.as_dict()), flush=True)
-                else:
-                    print(format_event(event), flush=True)
+                try:  # an event it cannot render costs that event alone
+                    line = (
+                        json.dumps(event.as_dict(), allow_nan=False)
+                        if args.json
+                        else format_event(event)
+                    )
+                except (TypeError, ValueError, RecursionError) as e:
+                    skipped += 1
+                    print(f"mfvan subscribe: skipped an event: {e}", file=sys.stderr)
+                    continue
+                print(line, flush=True)
                 n += 1
                 last = time.monotonic()
                 if args.count and n >= args.count:
@@ -77,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     finally:
         sub.close()
-        if sub.missed or sub.dropped:
+        if sub.missed or sub.dropped or skipped:
             print(
                 f"mfvan subscribe: {n} events; {sub.missed} missed (this subscriber was too "
-                f"slow), {sub.dropped} malformed messages dropped",
+                f"slow), {sub.dropped} malformed messages dropped, {skipped} not renderable",
                 file=sys.stderr,
             )
 

@@ -368,3 +368,66 @@ def test_uuid7_sorts_by_time_and_can_be_reproduced():
     assert int(ids[0].replace("-", "")[:12], 16) == t // 1_000_000, "ms since the epoch first"
     assert uuid7(t, b"0123456789") == uuid7(t, b"0123456789") != uuid7(t, b"0123456788")
     assert uuid7(t) != uuid7(t)
+
+
+def test_bad_pass_through_events_cost_themselves_alone_in_every_consumer(tmp_path):
+    """1,000 events on a real PUB socket, every tenth carrying a pass-through field JSON
+    cannot say (bytes, a msgpack extension type, 100 levels of nesting, infinity): the
+    subscriber drops and counts exactly those, the store keeps every other one, and the
+    JSON of each kept event renders. (Before: the recognizer published them and subscribe
+    --json, record and forward exited with a traceback, the recorder losing its batch.)"""
+    import msgpack
+
+    from mfvan.stream import subscribe
+    from mfvan.stream.outputs.store import Keeping, record
+
+    bad_values = [b"raw", msgpack.ExtType(3, b"x"), [[[[[[[[[[[1]]]]]]]]]]], float("inf")]
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub = subscribe(f"tcp://127.0.0.1:{port}", timeout_s=0.2)
+    EventStore(tmp_path / "e.db").close()
+    stop = threading.Event()
+    skipped = []
+
+    def recording():  # the store is its thread's (SQLite's rule)
+        with EventStore(tmp_path / "e.db") as store:
+            record(sub, store, stop, Keeping(batch_s=0.1, batch_n=50))
+            skipped.append(store.skipped)
+
+    recorder = threading.Thread(target=recording)
+    store = EventStore(tmp_path / "e.db", readonly=True)
+    try:
+        for _ in range(100):  # until the subscription has reached the publisher
+            pub.send_multipart(event("warm", 0, crops=False).encode())
+            if sub.socket.poll(100):
+                break
+        recorder.start()
+        time.sleep(0.5)
+        good = 0
+        for i in range(1000):
+            e = event("cam1", i, crops=False)
+            frames = e.encode()
+            if i % 10 == 0:  # the header re-packed with one bad pass-through field
+                header = msgpack.unpackb(frames[1])
+                header["note"] = bad_values[(i // 10) % len(bad_values)]
+                frames[1] = msgpack.packb(header)
+            else:
+                good += 1
+            pub.send_multipart(frames)
+            if i % 50 == 0:
+                time.sleep(0.01)  # a camera's pace, not a flood: nothing is lost to HWM
+        deadline = time.monotonic() + 30
+        while store.count() < good and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        recorder.join(timeout=10)
+        pub.close(linger=0)
+    assert store.query(stream="cam1") and len(store.query(stream="cam1")) == good == 900
+    assert sub.dropped == 100 and skipped == [0]
+    for row in store.query(stream="cam1"):
+        json.dumps(row, allow_nan=False)
+    store.close()
+    sub.close()
+    ctx.term()
