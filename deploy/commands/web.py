@@ -11,6 +11,7 @@ variable MFVAN_WEB_TOKEN, or --token-file), which every request must then carry.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 from pathlib import Path
@@ -155,5 +156,29 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, lifespan="on"
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    server = _server_class()(config)
+    server.hub = hub
+    server.run(sockets=[sock])
     return 0
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which ends the view's feeds when it is told to stop, before
+        waiting for its connections: a feed never ends on its own, and uvicorn cancelled
+        them after its grace period, with an error line and their tracebacks."""
+
+        hub = None
+
+        def handle_exit(self, sig, frame) -> None:
+            try:  # a signal handler, in the loop's own thread
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if self.hub is not None and loop is not None:
+                loop.call_soon_threadsafe(self.hub.close_feeds)
+            super().handle_exit(sig, frame)
+
+    return Server

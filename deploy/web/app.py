@@ -127,6 +127,8 @@ def _live_routes(hub: Hub, templates, metrics) -> list[Route]:
                     except asyncio.TimeoutError:
                         yield b": still here\n\n"
                         continue
+                    if kind == "bye":  # the server is stopping (`Hub.close_feeds`)
+                        return
                     yield sse(kind, data)
             finally:
                 hub.clients.discard(client)
@@ -156,7 +158,7 @@ def _preview_routes(hub: Hub, metrics) -> list[Route]:
         async def frames():
             sent = -1
             try:
-                while True:
+                while not hub.closing:
                     if cam.jpeg is not None and cam.frame_no != sent:
                         sent, jpeg = cam.frame_no, cam.jpeg
                         head = b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"

@@ -137,6 +137,7 @@ class Hub:
         self.recent: deque = deque(maxlen=RECENT)  # event dicts, newest last
         self.images: OrderedDict[str, dict[str, bytes]] = OrderedDict()  # id -> name -> PNG
         self.clients: set[Client] = set()
+        self.closing = False  # the server is stopping: every feed ends
         self.counts = {"events": 0, "statuses": 0, "previews": 0, "dropped": 0}
         self._stop = threading.Event()
         self._tasks: list[asyncio.Task] = []
@@ -295,6 +296,17 @@ class Hub:
     def broadcast(self, kind: str, data: dict) -> None:
         for client in self.clients:
             client.put(kind, data)
+
+    def close_feeds(self) -> None:
+        """End every live feed and preview now (the server is stopping), so that none is
+        cancelled mid-send (`Cancel N running task(s)` and their tracebacks)."""
+        self.closing = True
+        for client in list(self.clients):
+            while not client.queue.empty():  # what it had not sent yet is moot
+                client.queue.get_nowait()
+            client.queue.put_nowait(("bye", {}))
+        for cam in self.cameras.values():
+            cam.new_frame.set()
 
     def image(self, event_id: str, name: str) -> bytes | None:
         """An event's image (onset, apex, difference) as PNG, from the live events or,

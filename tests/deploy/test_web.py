@@ -512,3 +512,28 @@ def test_a_snapshot_that_is_a_symbolic_link_is_not_served(tmp_path):
     day.rename(moved)
     day.symlink_to(moved)  # a linked folder on the way: not served either
     assert hub.stored_file(event.id, "onset.png") is None
+
+
+def test_a_view_stopped_with_browsers_connected_says_nothing_more(tmp_path):
+    """Three live feeds open when the view is told to stop: each ends at once, so uvicorn
+    cancels none (before: `Cancel 3 running task(s)` and their CancelledError tracebacks,
+    some 140 lines)."""
+    port = free_port()
+    view = _mfvan("web", "--bind", f"127.0.0.1:{port}", "--db", str(tmp_path / "none.db"),
+                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert _until(lambda: _port_open(port), 60), "the view came up"
+        feeds = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            feeds.append(s)
+        for s in feeds:
+            s.settimeout(10)
+            assert s.recv(100).startswith(b"HTTP/1.1 200"), "the feed is open"
+        view.terminate()
+        _, err = view.communicate(timeout=30)
+    finally:
+        if view.poll() is None:
+            view.kill()
+    assert "Cancel" not in err and "Traceback" not in err and "Error" not in err, err
