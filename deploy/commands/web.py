@@ -154,12 +154,66 @@ def run(args: argparse.Namespace) -> int:
         ", token required" if secret else "",
     )
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, lifespan="on"
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        lifespan="on",
+        http=_guarded_protocol(),
     )
     server = _server_class()(config)
     server.hub = hub
     server.run(sockets=[sock])
     return 0
+
+
+HEADER_TIMEOUT_S = 10.0  # a request's headers must be whole this long after it starts
+
+
+def _guarded_protocol():
+    """uvicorn's HTTP/1.1 protocol with what it lacks against half-open requests
+    (slowloris held every connection until the process ran out of its 20,000 file
+    descriptors, before any token check): a connection is closed when its request's
+    headers are not whole within `HEADER_TIMEOUT_S` (the first request, or the next one on
+    a kept-alive connection), and one past the cap (`max_connections`) is closed at once."""
+    import resource
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cap = 1000 if soft == resource.RLIM_INFINITY else max(16, min(1000, soft - 64))
+
+    class Guarded(H11Protocol):
+        max_connections = cap
+        _deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > self.max_connections:
+                transport.close()
+                return
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()  # the next request on this connection, as well
+
+        def connection_lost(self, exc) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._expired)
+
+        def _expired(self) -> None:
+            waiting = self.cycle is None or self.cycle.response_complete  # no whole request
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+    return Guarded
 
 
 def _server_class():

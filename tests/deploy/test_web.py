@@ -537,3 +537,31 @@ def test_a_view_stopped_with_browsers_connected_says_nothing_more(tmp_path):
         if view.poll() is None:
             view.kill()
     assert "Cancel" not in err and "Traceback" not in err and "Error" not in err, err
+
+
+@pytest.mark.slow
+def test_half_open_requests_are_closed_and_the_view_answers_on(lone_view):
+    """Slowloris: 100 connections that never finish their headers. Each is closed once
+    `HEADER_TIMEOUT_S` has passed (before: held until the process ran out of file
+    descriptors, before the token check), and the view answers throughout."""
+    from mfvan.deploy.commands.web import HEADER_TIMEOUT_S
+
+    base, secret = lone_view
+    port = int(base.rsplit(":", 1)[1])
+    hogs = []
+    for _ in range(100):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # never ends
+        hogs.append(s)
+    assert _get(base + "/api/events", {"Authorization": f"Bearer {secret}"})[0] == 200
+    time.sleep(HEADER_TIMEOUT_S + 2)
+    closed = 0
+    for s in hogs:
+        s.settimeout(2)
+        try:
+            closed += s.recv(100) == b""
+        except (ConnectionResetError, TimeoutError):
+            closed += isinstance(sys.exc_info()[1], ConnectionResetError)
+        s.close()
+    assert closed == 100, closed
+    assert _get(base + "/api/events", {"Authorization": f"Bearer {secret}"})[0] == 200
