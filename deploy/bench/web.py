@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -72,11 +73,16 @@ def bench_web(
     seconds = baseline_s + minutes * 60 + 120
     names = [f"cam{i + 1}" for i in range(cameras)]
     argv = [sys.executable, "-m", "mfvan", "run", "--seconds", f"{seconds:g}", "--overcommit"]
+    token = secrets.token_urlsafe(24)  # faces on: the view needs one, even on loopback
+    opener = urllib.request.build_opener()
+    opener.addheaders = [("Authorization", f"Bearer {token}")]
+    urllib.request.install_opener(opener)  # every request of this benchmark carries it
     for i, name in enumerate(names):
         argv += ["--source", f"{name}=synth://?fps={fps:g}&seed={10 + i}&seconds={seconds:g}"]
     argv += ["--web", f"127.0.0.1:{port}", "--web-faces", "--with-crops"]
     argv += ["--runtime-dir", str(runtime / "run"), "--metrics-base-port", str(metrics_base_port)]
-    run = subprocess.Popen(argv, stderr=open(runtime / "run.log", "w"))
+    env = {**os.environ, "MFVAN_WEB_TOKEN": token}
+    run = subprocess.Popen(argv, stderr=open(runtime / "run.log", "w"), env=env)
     base = f"http://127.0.0.1:{port}"
     readers: list[_Reader] = []
     try:

@@ -14,6 +14,8 @@ capture to the event and from the confirming frame's capture to the event.
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -96,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
         "--with-crops",  # so that the store keeps each event's snapshots
     ]
     web = _free(args.web) if args.web else None
-    if web:  # SynthME's faces, not people's: shown
+    env = dict(os.environ)
+    if web:  # SynthME's faces, not people's: shown, behind a token made for this demo
         cmd += ["--web", web, "--web-faces"]
+        env.setdefault("MFVAN_WEB_TOKEN", secrets.token_urlsafe(24))
     print(f"mfvan demo: {' '.join(cmd[3:])}")
     ports = range(args.metrics_base_port, args.metrics_base_port + 3)
     print(
@@ -111,13 +115,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"event store: {args.db} (query it: mfvan events list --db {args.db})")
     if web:
         print(
-            f"web view: open http://{web}/ in a browser while the demo runs (cameras, live "
-            "events with their images; history at /history)"
+            f"web view: open http://{web}/?token={env['MFVAN_WEB_TOKEN']} in a browser while "
+            "the demo runs (cameras, live events with their images; history at /history)"
         )
     print("events (as `mfvan subscribe` prints them; weights trained on SynthME, not real faces):")
     # SIGTERM ends the demo as Ctrl-C does: its pipeline stopped, its runtime folder removed
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    pipeline = subprocess.Popen(cmd)
+    pipeline = subprocess.Popen(cmd, env=env)
     events = []
     try:
         with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=1.0) as sub:

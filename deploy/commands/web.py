@@ -62,7 +62,9 @@ def add_web_options(p, bind_flag: str, faces_flag: str, default: str | None = DE
     p.add_argument(
         faces_flag,
         action="store_true",
-        help="show camera previews and face images (off by default: they show people's faces)",
+        help="show camera previews and face images (off by default: they show people's "
+        "faces); then a token is needed even on loopback: without one given, one is made and "
+        "the address to open (with it) is logged",
     )
     p.add_argument(
         "--token-file",
@@ -119,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
     stage.setup_logging("web", "-", args.log_format)
     secret = token(args.token_file)
     host, port = check_bind(args.bind, secret)
+    made = args.faces and secret is None
+    if made:  # faces even on loopback: another user of this machine must not see them
+        import secrets
+
+        secret = secrets.token_urlsafe(24)
     stage.check_endpoints(args, *([args.events] if args.events else []), *args.watch)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -147,11 +154,14 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(hub, secret, metrics=view_metrics, ready=ready)
     shown = f"[{host}]" if ":" in host else host
     stage.log.info(
-        "web: http://%s:%d/ (faces %s%s)",
+        "web: http://%s:%d/%s (faces %s%s)",
         shown,
         port,
+        f"?token={secret}" if made else "",  # the address to open: it sets the cookie
         "on" if args.faces else "off",
-        ", token required" if secret else "",
+        ", token required: this one was made for this run"
+        if made
+        else (", token required" if secret else ""),
     )
     config = uvicorn.Config(
         app,

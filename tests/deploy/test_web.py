@@ -23,8 +23,14 @@ from mfvan.stream.watch import Watch
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
+VIEW_TOKEN = "the-module-views-token"  # faces on: a token even on loopback
+
+
 def _get(url: str, headers: dict | None = None, timeout: float = 5.0):
-    """(status, headers, body) of a GET, without following redirects."""
+    """(status, headers, body) of a GET, without following redirects; with the module
+    view's token unless `headers` are given."""
+    if headers is None:
+        headers = {"Authorization": f"Bearer {VIEW_TOKEN}"}
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
@@ -277,7 +283,7 @@ def view(tmp_path_factory):
         "--db", str(db), "--with-crops",
         "--runtime-dir", str(runtime), "--metrics-base-port", str(base_port),
         "--seconds", "400",
-        stderr=open(tmp / "run.log", "w"),
+        stderr=open(tmp / "run.log", "w"), env={"MFVAN_WEB_TOKEN": VIEW_TOKEN},
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
 
@@ -387,7 +393,7 @@ def test_a_camera_tile_shows_frames_and_the_spotters_signal(view, browser, tmp_p
     from selenium.webdriver.common.by import By
 
     base, _, _ = view
-    browser.get(base + "/")
+    browser.get(base + f"/?token={VIEW_TOKEN}")
     tiles = {
         t.get_attribute("data-camera"): t for t in browser.find_elements(By.CSS_SELECTOR, ".tile")
     }
@@ -416,7 +422,7 @@ def test_an_event_appears_on_the_page_within_2_s_with_its_images(view, browser, 
     from selenium.webdriver.common.by import By
 
     base, runtime, _ = view
-    browser.get(base + "/")
+    browser.get(base + f"/?token={VIEW_TOKEN}")
     time.sleep(1.0)  # the live feed is open
     with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=60) as sub:
         event = next(iter(sub), None)  # the next event the pipeline publishes
@@ -451,7 +457,7 @@ def test_the_history_filter_narrows_the_list_and_an_event_opens(view, browser, t
             return {e["stream"] for e in store.query()} == {"camA", "camB"}
 
     assert _until(both_cameras, 90), "both cameras have events in the store"
-    browser.get(base + "/history")
+    browser.get(base + f"/history?token={VIEW_TOKEN}")
     rows = browser.find_elements(By.CSS_SELECTOR, "#history tr.row")
     streams = {r.get_attribute("data-stream") for r in rows}
     assert streams == {"camA", "camB"}
@@ -565,3 +571,21 @@ def test_half_open_requests_are_closed_and_the_view_answers_on(lone_view):
         s.close()
     assert closed == 100, closed
     assert _get(base + "/api/events", {"Authorization": f"Bearer {secret}"})[0] == 200
+
+
+def test_faces_on_loopback_need_a_token_one_is_made_and_its_address_logged(tmp_path):
+    """With faces on, another user of the machine could open the view on loopback and see
+    every face (before: yes). Without a token given, the view makes one and logs the
+    address to open; without it every request is refused."""
+    port = free_port()
+    view = _mfvan("web", "--bind", f"127.0.0.1:{port}", "--faces", "--db", str(tmp_path / "x.db"),
+                  stderr=subprocess.PIPE, text=True, env={"MFVAN_WEB_TOKEN": ""})  # fmt: skip
+    try:
+        assert _until(lambda: _port_open(port), 60), "the view came up"
+        assert _get(f"http://127.0.0.1:{port}/api/events", {})[0] == 401
+    finally:
+        view.terminate()
+        _, err = view.communicate(timeout=30)
+    (line,) = [x for x in err.splitlines() if f"127.0.0.1:{port}/?token=" in x]
+    made = line.split("?token=")[1].split()[0]
+    assert len(made) >= 24 and "made for this run" in line
