@@ -72,6 +72,8 @@ class MqttOutput:
         self.client.will_set(f"{self.prefix}/available", "offline", qos=1, retain=True)
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
+        self.client.on_connect_fail = self._unreachable
+        self._told_unreachable = False
         self.where = f"{config.host}:{config.port}"
         self.client.connect_async(config.host, config.port, keepalive=30)
         self.client.loop_start()
@@ -81,8 +83,16 @@ class MqttOutput:
             log.warning("mqtt: %s refused the connection: %s", self.where, reason_code)
             return
         self.connected.set()
+        self._told_unreachable = False
         client.publish(f"{self.prefix}/available", "online", qos=1, retain=True)
         log.info("mqtt: connected to %s", self.where)
+
+    def _unreachable(self, client, userdata) -> None:
+        """A connection attempt failed (no broker there, refused, unresolvable): said once
+        until it connects (before: never said; events dropped as `disconnected`)."""
+        if not self._told_unreachable:
+            self._told_unreachable = True
+            log.warning("mqtt: cannot reach %s; events are dropped until it answers", self.where)
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set():

@@ -363,3 +363,18 @@ def test_a_new_output_is_one_module_and_one_registry_entry(tmp_path, monkeypatch
     assert [t.name for t in built] == ["webhook", "jsonfile"]
     for t in built:
         t.close()
+
+
+def test_an_unreachable_mqtt_broker_is_said_once(caplog):
+    """No broker listens where --mqtt points: one warning says so (before: nothing was
+    ever logged, and every event was dropped as `disconnected` in silence)."""
+    port = free_port()  # nothing listens there
+    with caplog.at_level(logging.WARNING, "mfvan.outputs"):
+        out = MqttOutput(MqttConfig("127.0.0.1", port, min_delay_s=1, max_delay_s=1))
+        try:
+            assert _until(lambda: "cannot reach" in caplog.text, 15), caplog.text
+            time.sleep(2.5)  # further failed attempts are not said again
+            assert caplog.text.count("cannot reach") == 1
+            assert not out.send(event("door", 0)) and out.dropped == 1
+        finally:
+            out.close()
