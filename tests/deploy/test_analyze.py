@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import fill
+from helpers import fill, ts_segment
 
 from mfvan.deploy.bench.cameras import camera_file
 from mfvan.stream import subscribe
@@ -152,28 +152,6 @@ def test_analyze_reports_a_fifo_an_audio_file_and_garbage_in_one_line_each(tmp_p
     assert "Errno" not in run.stderr and "0 of 3 files" in run.stderr, run.stderr
 
 
-def _ts_segment(path, seed: int, fps: float = 60.0, seconds: float = 15.0):
-    """A camera-like H.264 MPEG-TS segment of SynthME's camera; its media time starts
-    at 0, as each segment of a recording that was cut does."""
-    import av
-
-    from mfvan.deploy.bench.cameras import CRF, SIZE
-    from mfvan.deploy.runtime.synth_source import SynthSource
-
-    url = f"synth://?fps={fps:g}&seed={seed}&micro=8&realtime=0&seconds={seconds:g}"
-    with av.open(str(path), "w", format="mpegts") as out:
-        st = out.add_stream("libx264", rate=int(round(fps)))
-        st.width, st.height = SIZE
-        st.pix_fmt = "yuv420p"
-        st.options = {"crf": str(CRF), "preset": "veryfast", "bf": "0", "g": str(int(fps))}
-        for frame in SynthSource(url):
-            for packet in st.encode(av.VideoFrame.from_ndarray(frame.image, format="gray")):
-                out.mux(packet)
-        for packet in st.encode():
-            out.mux(packet)
-    return path
-
-
 def _analyzed(path, tmp_path) -> tuple[list[dict], str]:
     out = tmp_path / f"{path.stem}.jsonl"
     run = subprocess.run(
@@ -193,8 +171,8 @@ def test_two_joined_recordings_lose_no_micro_expression_of_the_second(tmp_path):
     all found as in the segment alone (before: 4 of its 14, the tracker waiting for the
     first segment's media time to come back), the jump is said, and the summary counts
     30 s of video (before: 0.3 min, the second segment's end)."""
-    first = _ts_segment(tmp_path / "a.ts", 41)
-    second = _ts_segment(tmp_path / "b.ts", 42)
+    first = ts_segment(tmp_path / "a.ts", 41)
+    second = ts_segment(tmp_path / "b.ts", 42)
     joined = tmp_path / "joined.ts"
     joined.write_bytes(first.read_bytes() + second.read_bytes())
     alone, _ = _analyzed(second, tmp_path)

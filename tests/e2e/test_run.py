@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import scrape
+from helpers import scrape, ts_segment
 
 from mfvan.stream import subscribe
 
@@ -187,3 +187,36 @@ def test_bad_input_is_one_clear_line_not_a_traceback(argv, words, tmp_path):
     )
     assert r.returncode == 2
     assert words in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_a_live_file_whose_media_time_jumps_is_spotted_on_after_the_jump(tmp_path):
+    """`mfvan run` of two TS recordings joined (the media time back to 0 at the join):
+    the jump is counted on the run's /metrics (`mfvan_clock_jumps_total`) and events come
+    from the second recording as well (before: the tracker waited for the first one's
+    media time to come back)."""
+    first = ts_segment(tmp_path / "a.ts", 41)
+    second = ts_segment(tmp_path / "b.ts", 42)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    runtime, base = tmp_path / "rt", 19800 + os.getpid() % 100
+    cmd = [sys.executable, "-m", "mfvan.deploy.cli", "run", "--source", f"cam={joined}"]
+    cmd += ["--realtime", "--runtime-dir", str(runtime), "--metrics-base-port", str(base)]
+    run = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    onsets, jumps = [], 0.0
+    try:
+        with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=0.5) as sub:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and run.poll() is None:
+                onsets += [e.onset for e in sub]
+                try:
+                    jumps = scrape(base - 1, "mfvan_clock_jumps_total")
+                except OSError:
+                    pass
+                if jumps and any(o >= 15 * 60 for o in onsets) and len(onsets) >= 3:
+                    break
+    finally:
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    assert jumps == 1, err[-3000:]
+    assert any(o >= 15 * 60 for o in onsets), (onsets, err[-3000:])
