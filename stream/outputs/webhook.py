@@ -26,26 +26,51 @@ import json
 import logging
 import os
 import queue as queues
+import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from . import NO_COUNTERS, Counters, OutputKind
 
 log = logging.getLogger("mfvan.outputs")
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A 3xx answer is not followed: urllib would re-send a POST as a GET without its
-    body (and count it sent); the endpoint moved, which its owner must say in the flags."""
+def post(url: str, body: bytes, headers: dict, timeout_s: float) -> int:
+    """POST `body` to `url`; the answer's status. A 3xx is not followed (urllib re-sent a
+    POST as a GET without its body, and it was counted sent). Each read or write may take
+    `timeout_s`, and the whole exchange at most 3x that: an endpoint that trickles its
+    answer a byte at a time is cut off (`TimeoutError`), where a per-read timeout alone
+    held the worker forever."""
+    parts = urllib.parse.urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(parts.hostname, parts.port, timeout=timeout_s)
+    cut = threading.Event()
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # urllib then raises HTTPError with the 3xx code
+    def cut_off():
+        cut.set()
+        if conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read
+            except OSError:
+                pass
 
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
+    watchdog = threading.Timer(3 * timeout_s, cut_off)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", path, body, headers)
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status
+    except (OSError, http.client.HTTPException):
+        if cut.is_set():
+            raise TimeoutError(f"no whole answer within {3 * timeout_s:g} s") from None
+        raise
+    finally:
+        watchdog.cancel()
+        conn.close()
 
 
 def shown(url: str) -> str:
@@ -121,34 +146,31 @@ class WebhookOutput:
             headers["X-Mfvan-Signature-256"] = signature(self.secret, body)
         delay = self.first_delay_s
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(url, body, headers, method="POST")
             try:
-                with _OPENER.open(request, timeout=self.timeout_s):
-                    pass
+                code = post(url, body, headers, self.timeout_s)
+            # refused, reset, timed out, or an answer that is not HTTP
+            except (OSError, ValueError, http.client.HTTPException) as e:
+                code, why = None, str(e) or type(e).__name__
+            if code is not None and 200 <= code < 300:
                 self.sent += 1
                 self.on_sent()
                 return
-            except urllib.error.HTTPError as e:
-                if 300 <= e.code < 400:
-                    log.warning(
-                        "webhook %s answered HTTP %d (a redirect, not followed): event %s "
-                        "not delivered",
-                        shown(url),
-                        e.code,
-                        event_id,
-                    )
-                    self._drop("failed")
-                    return
-                if e.code < 500 and e.code != 429:
-                    log.warning(
-                        "webhook %s refused event %s: HTTP %d", shown(url), event_id, e.code
-                    )
-                    self._drop("refused")
-                    return
-                why = f"HTTP {e.code}"
-            # refused, reset, timed out, or an answer that is not HTTP
-            except (OSError, ValueError, http.client.HTTPException) as e:
-                why = str(getattr(e, "reason", e))
+            if code is not None and 300 <= code < 400:
+                log.warning(
+                    "webhook %s answered HTTP %d (a redirect, not followed): event %s not "
+                    "delivered",
+                    shown(url),
+                    code,
+                    event_id,
+                )
+                self._drop("failed")
+                return
+            if code is not None and code < 500 and code != 429:
+                log.warning("webhook %s refused event %s: HTTP %d", shown(url), event_id, code)
+                self._drop("refused")
+                return
+            if code is not None:
+                why = f"HTTP {code}"
             if attempt < self.retries:
                 log.info("webhook %s: %s; again in %.1f s", shown(url), why, delay)
                 if self._stop.wait(delay):

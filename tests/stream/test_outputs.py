@@ -378,3 +378,45 @@ def test_an_unreachable_mqtt_broker_is_said_once(caplog):
             assert not out.send(event("door", 0)) and out.dropped == 1
         finally:
             out.close()
+
+
+def test_a_webhook_that_trickles_its_answer_is_cut_off_and_counted(caplog):
+    """An endpoint that answers one byte every 0.3 s never trips a per-read timeout; the
+    whole exchange is cut off at 3x the timeout, retried, then counted failed and said
+    (before: the worker was held forever, with no log line nor metric)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\n" * 100:
+                    if stop.wait(0.3):
+                        return
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+
+    threading.Thread(target=trickle, daemon=True).start()
+    drops = []
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    out = WebhookOutput(
+        [url], timeout_s=0.5, retries=1, first_delay_s=0.05, counters=Counters(drops.append)
+    )
+    try:
+        with caplog.at_level(logging.INFO, "mfvan.outputs"):
+            started = time.monotonic()
+            out.send(event("door", 0))
+            assert _until(lambda: drops == ["failed"], 20), drops
+            assert time.monotonic() - started < 10
+        assert "no whole answer within 1.5 s" in caplog.text and out.sent == 0
+    finally:
+        out.close()
+        stop.set()
+        server.close()
