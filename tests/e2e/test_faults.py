@@ -291,13 +291,23 @@ def test_streams_cap_and_expiry_are_exact():
 
 def _mutations(rng, good: list[bytes], n: int):
     """Random and mutated messages: random bytes, truncated or bit-flipped parts of a
-    good message, and headers with typed fields and shapes a stage cannot take."""
+    good message, headers with typed fields and shapes a stage cannot take, and
+    pass-through fields that JSON cannot say."""
     import msgpack
 
     header = msgpack.unpackb(good[1])
     bad_values = [None, "abc", -1, 1.5, True, [], {}, "x" * 300, 2**63, float("nan")]
+    # what JSON cannot say, in a pass-through field (one the kind does not declare, or
+    # the source's ground truth): every consumer writes JSON
+    opaque = [b"raw", msgpack.ExtType(7, b"x"), [[[[[[[[[[1]]]]]]]]]], float("inf"), {"k": b""}]
     for i in range(n):
-        kind = i % 6
+        kind = i % 7
+        if kind == 6:
+            h = dict(header)
+            value = opaque[int(rng.integers(0, len(opaque)))]
+            h["truth" if i % 2 else "note"] = {"v": value} if i % 2 else value
+            yield [good[0], msgpack.packb(h), *good[2:]]
+            continue
         if kind == 0:
             yield [rng.bytes(int(rng.integers(0, 64))) for _ in range(int(rng.integers(1, 5)))]
         elif kind == 1:
