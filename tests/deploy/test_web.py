@@ -333,21 +333,23 @@ def test_a_stalled_browser_does_not_hold_back_events(view):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(("127.0.0.1", int(base.rsplit(":", 1)[1])))
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        auth = f"Authorization: Bearer {VIEW_TOKEN}"
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n\r\n".encode())
         stalled.append(s)  # and never read
     try:
-        lags, seen = [], []
+        lags = []
         deadline = time.monotonic() + 25
         with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=1.0) as sub:
             while time.monotonic() < deadline:
                 for event in sub:
                     now = time.time_ns()
                     lags.append((now - event.times["t_recognize"]) / 1e9)
-                    seen.append((now - event.times["t_capture"]) / 1e9)
                     break
         assert len(lags) >= 3, "events kept coming"
+        # what the view could hold back: from the recognizer's send to the subscriber (the
+        # pipeline's own latency before it grows with the box's load, and is not the
+        # view's: a loaded box once took 4.4 s from capture)
         assert max(lags) < 0.5, f"published to received: {max(lags):.3f} s"
-        assert max(seen) < 3.0, f"confirming frame's capture to received: {max(seen):.3f} s"
         status, _, body = _get(base + "/api/cameras", timeout=3)
         assert status == 200 and b"camA" in body, "the view answers the others meanwhile"
     finally:

@@ -28,9 +28,9 @@ def test_run_of_two_cameras_publishes_restarts_a_crashed_stage_and_stops_on_sigt
         "mfvan.deploy.cli",
         "run",
         "--source",
-        "cam1=synth://?fps=50&seed=3&seconds=120",  # named cameras, one name a prefix of
+        "cam1=synth://?fps=50&seed=3&seconds=600",  # named cameras, one name a prefix of
         "--source",  # the other's: a subscription to cam1 must not get cam10's events
-        "cam10=synth://?fps=50&seed=4&seconds=120",
+        "cam10=synth://?fps=50&seed=4&seconds=600",
         "--backend",
         "torch",
         "--runtime-dir",
