@@ -72,3 +72,29 @@ def test_half_open_connections_cannot_exhaust_a_stages_metrics_port(monkeypatch)
         for s in hogs:
             s.close()
         server.shutdown()
+
+
+def test_a_client_gone_before_its_answer_is_no_traceback(capfd):
+    """`make demo` polls /ready and gives up on slow answers: a client that closes before
+    the answer was written made the server print a BrokenPipeError traceback (20 lines
+    each). Now it is that client's loss alone, and nothing is printed."""
+    import socket
+    import struct
+    import time
+    import urllib.request
+
+    from mfvan.stream.metrics import Metrics
+
+    server, port = Metrics("spot").serve(0)
+    try:
+        for _ in range(50):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.close()  # at once, with a reset: the answer meets a closed socket
+        time.sleep(1.0)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=5).status == 200
+    finally:
+        server.shutdown()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Broken pipe" not in err, err[-2000:]
