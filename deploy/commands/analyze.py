@@ -43,7 +43,6 @@ def add(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from collections import Counter
 
     from tqdm import tqdm
 
@@ -60,17 +59,7 @@ def run(args: argparse.Namespace) -> int:
         recognizer, _ = stage.load_classifier(args)
     except (BackendUnavailable, ValueError) as e:
         raise stage.Fatal(str(e)) from None
-    store, unkept = None, None
-    if args.db is not None:
-        from mfvan.stream.outputs.store import EventStore, StoreError, StoreFull
-
-        try:
-            store = EventStore(args.db)
-        except StoreFull as e:  # a full disk: the events still go to --out
-            print(f"mfvan analyze: {e}; the events will not be kept there", file=sys.stderr)
-            unkept = f"its events could not be kept in {args.db}"
-        except (StoreError, OSError) as e:
-            raise stage.Fatal(str(e)) from None
+    store, unkept = _store(args.db)
     names = _streams(files)
     params = stage.spotter_params(args)
     results, failed = [], [(p, "no such file or folder") for p in missing]
@@ -95,19 +84,7 @@ def run(args: argparse.Namespace) -> int:
             unkept = f"its events could not be kept in {args.db} (disk full)"
         if unkept:
             not_kept.append((path, unkept))
-        if result.clock_jumps:
-            print(
-                f"mfvan analyze: {path}: its media time jumped {result.clock_jumps} time(s) "
-                "(joined recordings, or a camera that restarted): spotting started again "
-                "after each",
-                file=sys.stderr,
-            )
-        if not args.quiet:
-            print(
-                f"{path}: {len(result.events)} events in {result.seconds_of_video:.1f} s of "
-                f"video ({result.frames} frames, {result.seconds_taken:.1f} s)",
-                file=sys.stderr,
-            )
+        _report(path, result, args.quiet)
     events = [e.as_dict() for r in results for e in r.events]
     try:
         _write(events, args.out, store is None)
@@ -121,18 +98,8 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         store.close()
-    video_s = sum(r.seconds_of_video for r in results)
-    taken = sum(r.seconds_taken for r in results)
-    classes = Counter(e["label"] for e in events)
-    print(
-        f"mfvan analyze: {len(results)} of {len(files) + len(missing)} files, "
-        f"{video_s / 60:.1f} min of video in {taken:.0f} s "
-        f"({taken / max(video_s / 60, 1e-9):.0f} s per minute of video); {len(events)} events"
-        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(classes.items()))})" if events else "")
-        + (f" -> {args.out}" if args.out else "")
-        + (f"; kept in {args.db}" if args.db and not not_kept else ""),
-        file=sys.stderr,
-    )
+    summary = _summary(args, results, len(files) + len(missing), events, kept=not not_kept)
+    print(summary, file=sys.stderr)
     for path, why in failed + not_kept:
         print(f"mfvan analyze: failed: {path}: {why}", file=sys.stderr)
     return 1 if failed or not_kept else 0
@@ -143,6 +110,57 @@ def _streams(files: list[Path]) -> list[str]:
     `-i` (its place) added where two would be the same."""
     names = [stage.safe_name(f.stem) or "video" for f in files]
     return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _store(db: Path | None):
+    """(the event store at `db` or None, why its events will not be kept or None): a
+    store that cannot be opened for want of space is said, and the events still go to
+    --out; one that is not a store is `Fatal`."""
+    if db is None:
+        return None, None
+    from mfvan.stream.outputs.store import EventStore, StoreError, StoreFull
+
+    try:
+        return EventStore(db), None
+    except StoreFull as e:  # a full disk: the events still go to --out
+        print(f"mfvan analyze: {e}; the events will not be kept there", file=sys.stderr)
+        return None, f"its events could not be kept in {db}"
+    except (StoreError, OSError) as e:
+        raise stage.Fatal(str(e)) from None
+
+
+def _report(path: Path, result, quiet: bool) -> None:
+    """One file's lines: a clock jump (always), its counts (unless `quiet`)."""
+    if result.clock_jumps:
+        print(
+            f"mfvan analyze: {path}: its media time jumped {result.clock_jumps} time(s) "
+            "(joined recordings, or a camera that restarted): spotting started again after "
+            "each",
+            file=sys.stderr,
+        )
+    if not quiet:
+        print(
+            f"{path}: {len(result.events)} events in {result.seconds_of_video:.1f} s of "
+            f"video ({result.frames} frames, {result.seconds_taken:.1f} s)",
+            file=sys.stderr,
+        )
+
+
+def _summary(args, results, given: int, events: list[dict], kept: bool) -> str:
+    """The closing line: files analysed of those given, video time, events by class."""
+    from collections import Counter
+
+    video_s = sum(r.seconds_of_video for r in results)
+    taken = sum(r.seconds_taken for r in results)
+    classes = Counter(e["label"] for e in events)
+    return (
+        f"mfvan analyze: {len(results)} of {given} files, "
+        f"{video_s / 60:.1f} min of video in {taken:.0f} s "
+        f"({taken / max(video_s / 60, 1e-9):.0f} s per minute of video); {len(events)} events"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(classes.items()))})" if events else "")
+        + (f" -> {args.out}" if args.out else "")
+        + (f"; kept in {args.db}" if args.db and kept else "")
+    )
 
 
 def _kept(store, events, path: Path) -> bool:

@@ -123,6 +123,27 @@ def _rates(args: argparse.Namespace) -> list[float]:
     return rates
 
 
+def _fits(args: argparse.Namespace, children) -> None:
+    """The plan against this machine: `Fatal` in one line when it cannot hold it, unless
+    --overcommit (then a warning)."""
+    why = capacity.refusal(capacity.needs(children, _rates(args)))
+    if why and not args.overcommit:
+        raise stage.Fatal(why)
+    if why:
+        stage.log.warning("run: --overcommit: %s", why)
+
+
+def _announce(args: argparse.Namespace, processes: int, events: str) -> None:
+    """Where to find what the run makes: its events, the store, the web view."""
+    stage.log.info("run: %d stage processes; events on %s", processes, events)
+    stage.log.info("run: subscribe with `mfvan subscribe %s`", events)
+    if args.db is not None:
+        db = args.db
+        stage.log.info("run: events kept in %s (`mfvan events list --db %s`)", db, db)
+    if args.web is not None:
+        stage.log.info("run: web view on http://%s/", args.web)
+
+
 def run(args: argparse.Namespace) -> int:
     from mfvan.deploy.runtime.supervisor import (
         Aggregate,
@@ -143,11 +164,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = stage.metrics("run", -1)  # served below, with its stages' metrics
     with RuntimeDir(args.runtime_dir) as runtime:
         children, events = plan(args, runtime)
-        why = capacity.refusal(capacity.needs(children, _rates(args)))
-        if why and not args.overcommit:
-            raise stage.Fatal(why)
-        if why:
-            stage.log.warning("run: --overcommit: %s", why)
+        _fits(args, children)
         # one endpoint for the whole run: its own series and every stage's, fetched at
         # each scrape; Prometheus scrapes only this port, however many cameras
         stage.serve_metrics(
@@ -176,13 +193,7 @@ def run(args: argparse.Namespace) -> int:
                 stage.log.warning("run: mfvan warm-up failed; each spot stage compiles itself")
             for child in children[:-1]:
                 child.start()
-            stage.log.info("run: %d stage processes; events on %s", len(children), events)
-            stage.log.info("run: subscribe with `mfvan subscribe %s`", events)
-            if args.db is not None:
-                db = args.db
-                stage.log.info("run: events kept in %s (`mfvan events list --db %s`)", db, db)
-            if args.web is not None:
-                stage.log.info("run: web view on http://%s/", args.web)
+            _announce(args, len(children), events)
             # until each stage says it is ready (/ready); the recorder has none
             starting = [c for c in children[:-1] if c.stage != "record"]
             deadline = None if args.seconds is None else time.monotonic() + args.seconds
