@@ -123,9 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     except (Fatal, EndpointError) as e:  # a mistake the user can mend: one line, no traceback
         print(f"mfvan {args.command}: {e}", file=sys.stderr)
         return EXIT_FATAL
-    except KeyboardInterrupt:  # Ctrl-C: what was finished stays, the rest is said
+    except BaseException as e:  # Ctrl-C: what was finished stays, the rest is said
+        if not _interrupted(e):
+            raise
         print(f"mfvan {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether Ctrl-C caused `error`: a KeyboardInterrupt, or one that it set off (Numba
+    turns one raised while it loads a compiled kernel into a SystemError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -210,8 +210,13 @@ class _Track:
 def pair_of(it, frame: Frame, face: list | None, seq: int) -> Pair:
     """The pair of a spotted interval (`kernels.spotter.Interval`), confirmed at `frame`:
     its crops and their flow (`wire_flow`), its moments in media time and on the capture
-    clock (for latency), the spotter's measurements, the face square."""
+    clock (for latency), the spotter's measurements, the face square. A moment before the
+    epoch on the capture clock (a producer that sent no capture time: 0) is the epoch."""
     t_capture, t_media = frame.t_capture, frame.media_ns
+
+    def clock(t_ns: int) -> int:
+        return max(0, t_capture - (t_media - t_ns))
+
     return Pair(
         stream=frame.stream,
         seq=seq,
@@ -224,9 +229,9 @@ def pair_of(it, frame: Frame, face: list | None, seq: int) -> Pair:
         media_onset=it.onset_ns,
         media_apex=it.apex_ns,
         media_offset=it.offset_ns,
-        t_onset=t_capture - (t_media - it.onset_ns),
-        t_apex=t_capture - (t_media - it.apex_ns),
-        t_offset=t_capture - (t_media - it.offset_ns),
+        t_onset=clock(it.onset_ns),
+        t_apex=clock(it.apex_ns),
+        t_offset=clock(it.offset_ns),
         t_capture=t_capture,
         t_ingest=frame.t_ingest or 0,
         spot_score=float(it.score),
