@@ -37,7 +37,7 @@ def _interrupted(argv, after_s: float, ready: str | None = None) -> tuple[int, s
 @pytest.mark.slow
 def test_ctrl_c_in_synth_analyze_and_spot_eval_is_one_line(tmp_path):
     code, err = _interrupted(
-        ["synth", "--config", "tiny", "--out", str(tmp_path / "set"), "--workers", "2"], 6.0
+        ["synth", "--config", "standard", "--out", str(tmp_path / "set"), "--workers", "2"], 6.0
     )
     assert "Traceback" not in err and code == 130 and "interrupted" in err, (code, err[-3000:])
     video = camera_file(tmp_path / "videos", 3, 30.0, seconds=90.0)  # longer than the test
