@@ -75,22 +75,10 @@ def fill(disk):
 
 
 def ts_segment(path, seed: int, fps: float = 60.0, seconds: float = 15.0):
-    """A camera-like H.264 MPEG-TS segment of SynthME's camera; its media time starts
-    at 0, as each segment of a recording that was cut does."""
-    import av
+    """A camera-like H.264 MPEG-TS segment of SynthME's camera at `path`; its media time
+    starts at 0, as each segment of a recording that was cut does."""
+    from mfvan.deploy.bench.cameras import camera_file
 
-    from mfvan.deploy.bench.cameras import CRF, SIZE
-    from mfvan.deploy.runtime.synth_source import SynthSource
-
-    url = f"synth://?fps={fps:g}&seed={seed}&micro=8&realtime=0&seconds={seconds:g}"
-    with av.open(str(path), "w", format="mpegts") as out:
-        st = out.add_stream("libx264", rate=int(round(fps)))
-        st.width, st.height = SIZE
-        st.pix_fmt = "yuv420p"
-        st.options = {"crf": str(CRF), "preset": "veryfast", "bf": "0", "g": str(int(fps))}
-        for frame in SynthSource(url):
-            for packet in st.encode(av.VideoFrame.from_ndarray(frame.image, format="gray")):
-                out.mux(packet)
-        for packet in st.encode():
-            out.mux(packet)
-    return path
+    made = camera_file(Path(path).parent / f"made-{seed}", seed, fps, seconds, "mpegts")
+    made.rename(path)
+    return Path(path)

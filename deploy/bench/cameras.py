@@ -28,21 +28,25 @@ def gst_rtsp_available() -> bool:
     return subprocess.run([DEBIAN_PYTHON, "-c", probe], capture_output=True).returncode == 0
 
 
-def camera_file(folder: Path, seed: int, fps: float, seconds: float = 20.0) -> Path:
-    """An MP4 of `seconds` of SynthME's camera (seed `seed`, 8 micro-expressions per 10 s,
-    for more latency samples) in H.264 at `fps`; made once, then reused."""
+def camera_file(
+    folder: Path, seed: int, fps: float, seconds: float = 20.0, container: str = "mp4"
+) -> Path:
+    """An MP4 (or `container`: "mpegts" for a TS segment) of `seconds` of SynthME's camera
+    (seed `seed`, 8 micro-expressions per 10 s, for more latency samples) in H.264 at
+    `fps`; made once, then reused."""
     import av
 
     from mfvan.deploy.runtime.synth_source import SynthSource
 
     folder = Path(folder)
-    path = folder / f"camera-seed{seed}-{fps:g}fps-{seconds:g}s-crf{CRF}.mp4"
+    ext = "ts" if container == "mpegts" else container
+    path = folder / f"camera-seed{seed}-{fps:g}fps-{seconds:g}s-crf{CRF}.{ext}"
     if path.exists():
         return path
     folder.mkdir(parents=True, exist_ok=True)
     url = f"synth://?fps={fps:g}&seed={seed}&micro=8&realtime=0&seconds={seconds:g}"
-    part = path.with_suffix(".part.mp4")
-    with av.open(str(part), "w") as out:
+    part = path.with_suffix(f".part.{ext}")
+    with av.open(str(part), "w", format=container) as out:
         st = out.add_stream("libx264", rate=int(round(fps)))
         st.width, st.height = SIZE
         st.pix_fmt = "yuv420p"
