@@ -30,6 +30,7 @@ import datetime
 import functools
 import math
 import os
+import re
 import time
 import uuid
 from typing import Any, ClassVar
@@ -42,7 +43,18 @@ from . import protocol
 
 
 def is_int(v) -> bool:
-    return type(v) is int  # not bool, not float
+    """An integer in 64 bits (not bool, not float): what SQLite and every consumer hold
+    (before: 2^63 as a frame index took the recorder down with an OverflowError)."""
+    return type(v) is int and -(2**63) <= v < 2**63
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_id(v) -> bool:
+    """An event id as `uuid7` writes it, or none yet (before: a CR in an id made the
+    webhook's header invalid, and each such event held the worker 31 s in retries)."""
+    return type(v) is str and (v == "" or _UUID.fullmatch(v) is not None)
 
 
 MAX_CLOCK_NS = 7_258_118_400 * 10**9  # 2200-01-01: a wall-clock time past it is a bug
@@ -61,7 +73,9 @@ def is_media(v) -> bool:
 
 
 def is_num(v) -> bool:
-    return type(v) in (int, float) and math.isfinite(v)
+    """A finite number; an integer one in 64 bits (2^63 as a confidence took the recorder
+    down: SQLite holds no larger integer)."""
+    return (type(v) is float and math.isfinite(v)) or is_int(v)
 
 
 def is_str(v) -> bool:
@@ -382,7 +396,7 @@ class Event(Spotted):
     LIMITS: ClassVar[dict] = {"buffers": (0, 2, 3), **_CROPS}
     COPY: ClassVar[bool] = True  # a subscriber keeps events past the socket's frames
 
-    id: str = header(is_str, "")  # a UUIDv7: unique, sortable by time
+    id: str = header(is_id, "")  # a UUIDv7: unique, sortable by time
     label: str = header(is_str, "", required=True)
     probs: dict = header(is_nums, {}, required=True)
     confidence: float = header(is_num, 0.0, required=True)

@@ -196,9 +196,10 @@ SCHEMAS: dict[str, Schema] = {}
 
 
 def _check_stream(stream) -> None:
-    if type(stream) is not str or not 0 < len(stream) <= MAX_STREAM_ID or "\0" in stream:
+    # printable: an id goes into log lines, MQTT topics, file names (no NUL, CR, LF, ...)
+    if type(stream) is not str or not 0 < len(stream) <= MAX_STREAM_ID or not stream.isprintable():
         raise Malformed(
-            "schema", f"stream id {_show(stream)} is not 1-{MAX_STREAM_ID} characters without NUL"
+            "schema", f"stream id {_show(stream)} is not 1-{MAX_STREAM_ID} printable characters"
         )
 
 
@@ -335,7 +336,7 @@ def decode(frames) -> Message:
     _check_stream(stream)
     if topic_frame != topic(stream, kind):
         raise Malformed("malformed", "topic and header stream differ")
-    if not _int(seq) or seq < 0:
+    if not _int(seq) or not 0 <= seq < 2**63:  # a count SQLite (and every consumer) can hold
         raise Malformed("schema", f"seq {_show(seq)} is not a count")
     specs = header["buffers"]
     if type(specs) is not list or len(specs) != len(frames) - 2:

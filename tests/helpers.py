@@ -3,11 +3,17 @@ fixtures are in conftest.py."""
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
 import socket
+import subprocess
 import threading
+import time
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,3 +88,78 @@ def ts_segment(path, seed: int, fps: float = 60.0, seconds: float = 15.0):
     made = camera_file(Path(path).parent / f"made-{seed}", seed, fps, seconds, "mpegts")
     made.rename(path)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- MQTT
+
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if shutil.os.path.exists("/usr/sbin/mosquitto") else None
+)
+needs_mosquitto = pytest.mark.skipif(
+    MOSQUITTO is None, reason="mosquitto is not installed (apt: mosquitto; .ci/run does it)"
+)
+
+
+def until(check, timeout: float = 15.0) -> bool:
+    """Whether `check()` came true within `timeout` seconds (asked every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Broker:
+    """Mosquitto on 127.0.0.1:`port`, anonymous, no persistence; start and stop at will."""
+
+    def __init__(self, tmp_path, port: int):
+        self.config = tmp_path / "mosquitto.conf"
+        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        self.port, self.proc = port, None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert until(self._listening), "mosquitto did not start"
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+class Listener:
+    """A plain paho subscriber to `mfvan/#` that resubscribes after each reconnect."""
+
+    def __init__(self, port: int):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.reconnect_delay_set(1, 1)
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("mfvan/#", qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_disconnect = lambda *a: self.subscribed.clear()
+        self.client.on_message = lambda c, u, m: self.messages.append(
+            (m.topic, m.payload, m.retain)
+        )
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+
+    def events(self, topic="mfvan/events") -> list[dict]:
+        return [json.loads(p) for t, p, _ in self.messages if t == topic]
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     sub = subscribe(args.endpoint, args.stream, timeout_s=0.2, curve=curve)
     m.ready.set()
     stage.log.info("forward: events of %s -> %s", args.endpoint, ", ".join(t.name for t in targets))
+    counted = 0  # the subscription's malformed messages already in the metric
     try:
         while not stop.is_set():
             for event in sub:
@@ -87,8 +88,10 @@ def run(args: argparse.Namespace) -> int:
                     except (TypeError, ValueError, RecursionError) as e:
                         m.outputs_dropped.labels(target.name, "unrenderable").inc()
                         stage.log.warning("forward: %s skipped an event: %s", target.name, e)
+                counted = _count_malformed(sub, counted, m)
                 if stop.is_set():
                     break
+            counted = _count_malformed(sub, counted, m)
     except Refused as e:
         print(f"mfvan forward: {e}", file=sys.stderr)
         return stage.EXIT_FATAL
@@ -96,4 +99,13 @@ def run(args: argparse.Namespace) -> int:
         sub.close()
         for target in targets:
             target.close()
+    if sub.dropped:
+        stage.log.info("forward: %d malformed messages dropped", sub.dropped)
     return 0
+
+
+def _count_malformed(sub, counted: int, m) -> int:
+    """Add what decode refused since `counted` to the dropped metric; the new count."""
+    if sub.dropped > counted:
+        m.dropped.labels("forward", "", "malformed").inc(sub.dropped - counted)
+    return sub.dropped

@@ -88,5 +88,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sub.close()
         store.close()
-    stage.log.info("record: %d events kept in %s", added, args.db)
+    stage.log.info(
+        "record: %d events kept in %s; %d malformed messages dropped", added, args.db, sub.dropped
+    )
     return 0

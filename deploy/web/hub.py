@@ -138,7 +138,8 @@ class Hub:
         self.images: OrderedDict[str, dict[str, bytes]] = OrderedDict()  # id -> name -> PNG
         self.clients: set[Client] = set()
         self.closing = False  # the server is stopping: every feed ends
-        self.counts = {"events": 0, "statuses": 0, "previews": 0, "dropped": 0}
+        # dropped: watch messages the view could not use; malformed: events decode refused
+        self.counts = {"events": 0, "statuses": 0, "previews": 0, "dropped": 0, "malformed": 0}
         self._stop = threading.Event()
         self._tasks: list[asyncio.Task] = []
         self._thread: threading.Thread | None = None
@@ -257,8 +258,10 @@ class Hub:
                     for event in sub:
                         record = self._record(event)
                         loop.call_soon_threadsafe(self._on_event, record)
+                        self.counts["malformed"] = sub.dropped  # refused by decode: counted
                         if self._stop.is_set():
                             break
+                    self.counts["malformed"] = sub.dropped
         except Refused as e:
             log.error("web: %s", e)
         except RuntimeError:  # the loop closed under it: the view is stopping

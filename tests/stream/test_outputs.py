@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import json
 import logging
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,84 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import zmq
-from helpers import answering, free_port, scrape
+from helpers import Broker, Listener, answering, free_port, needs_mosquitto, scrape, until
 from test_store import event
 
 from mfvan.stream import subscribe
 from mfvan.stream.outputs import Counters
 from mfvan.stream.outputs.mqtt import MqttConfig, MqttOutput
 from mfvan.stream.outputs.webhook import WebhookOutput, signature
-
-MOSQUITTO = shutil.which("mosquitto") or (
-    "/usr/sbin/mosquitto" if shutil.os.path.exists("/usr/sbin/mosquitto") else None
-)
-needs_mosquitto = pytest.mark.skipif(
-    MOSQUITTO is None, reason="mosquitto is not installed (apt: mosquitto; .ci/run does it)"
-)
-
-
-def _until(check, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-class Broker:
-    """Mosquitto on 127.0.0.1:`port`, anonymous, no persistence; start and stop at will."""
-
-    def __init__(self, tmp_path, port: int):
-        self.config = tmp_path / "mosquitto.conf"
-        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        self.port, self.proc = port, None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert _until(self._listening), "mosquitto did not start"
-
-    def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
-class Listener:
-    """A plain paho subscriber to `mfvan/#` that resubscribes after each reconnect."""
-
-    def __init__(self, port: int):
-        import paho.mqtt.client as mqtt
-
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.reconnect_delay_set(1, 1)
-        self.subscribed = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("mfvan/#", qos=1)
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_disconnect = lambda *a: self.subscribed.clear()
-        self.client.on_message = lambda c, u, m: self.messages.append(
-            (m.topic, m.payload, m.retain)
-        )
-        self.client.connect_async("127.0.0.1", port)
-        self.client.loop_start()
-
-    def events(self, topic="mfvan/events") -> list[dict]:
-        return [json.loads(p) for t, p, _ in self.messages if t == topic]
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @needs_mosquitto
@@ -108,7 +36,7 @@ def test_mqtt_events_survive_a_broker_restart_and_drops_are_counted(tmp_path):
         assert out.connected.wait(10) and listener.subscribed.wait(10)
         sent = [event("door", i) for i in range(3)]
         assert all(out.send(e) for e in sent)
-        assert _until(lambda: len(listener.events()) == 3)
+        assert until(lambda: len(listener.events()) == 3)
         got = listener.events()
         assert [e["id"] for e in got] == [e.id for e in sent] and got[0]["type"] == "new"
         assert got[0]["label"] == "surprise" and "crops" not in got[0]
@@ -116,7 +44,7 @@ def test_mqtt_events_survive_a_broker_restart_and_drops_are_counted(tmp_path):
         assert b"online" in [p for t, p, _ in listener.messages if t == "mfvan/available"]
 
         broker.stop()  # the broker goes away: events are dropped and counted, not queued
-        assert _until(lambda: not out.connected.is_set())
+        assert until(lambda: not out.connected.is_set())
         assert not out.send(event("door", 3)) and not out.send(event("door", 4))
         assert out.dropped == 2 and drops == ["disconnected", "disconnected"]
 
@@ -124,7 +52,7 @@ def test_mqtt_events_survive_a_broker_restart_and_drops_are_counted(tmp_path):
         assert out.connected.wait(15) and listener.subscribed.wait(15)
         after = [event("door", 5 + i) for i in range(2)]
         assert all(out.send(e) for e in after)
-        assert _until(lambda: len(listener.events()) == 5)
+        assert until(lambda: len(listener.events()) == 5)
         assert [e["seq"] for e in listener.events()] == [0, 1, 2, 5, 6]
         assert out.sent == 5
     finally:
@@ -170,7 +98,7 @@ def test_a_webhook_that_fails_is_retried_and_its_posts_are_signed():
     try:
         e = event("door", 0)
         assert out.send(e)
-        assert _until(lambda: out.sent == 1)
+        assert until(lambda: out.sent == 1)
         assert [status for status, _, _ in server.seen] == [500, 503, 200]
         _, body, headers = server.seen[-1]
         assert json.loads(body)["id"] == e.id == headers["X-Mfvan-Event"]
@@ -191,7 +119,7 @@ def test_a_webhook_that_refuses_or_keeps_failing_drops_and_counts():
     )
     try:
         out.send(event("door", 0))
-        assert _until(lambda: len(drops) == 2)
+        assert until(lambda: len(drops) == 2)
         assert sorted(drops) == ["failed", "refused"]
         assert len(refusing.seen) == 1, "a 4xx is not retried"
         assert len(failing.seen) == 3, "a 5xx is, `retries` times"
@@ -213,7 +141,7 @@ def test_a_webhook_that_answers_a_redirect_is_not_followed_and_counts_as_failed(
     try:
         with caplog.at_level(logging.INFO, "mfvan.outputs"):
             out.send(event("door", 0))
-            assert _until(lambda: drops == ["failed"])
+            assert until(lambda: drops == ["failed"])
         assert out.sent == 0 and [s for s, _, _ in server.seen] == [status], server.seen
         assert "redirect" in caplog.text and "T0PS3CRET" not in caplog.text
         assert "/hook" not in caplog.text, "the path is not shown either"
@@ -233,9 +161,9 @@ def test_a_webhook_that_answers_garbage_is_retried_and_its_worker_lives_on():
         )
         try:
             out.send(event("door", 0))
-            assert _until(lambda: len(drops) == 1)
+            assert until(lambda: len(drops) == 1)
             out.send(event("door", 1))
-            assert _until(lambda: len(drops) == 2), "the worker died on the first garbage answer"
+            assert until(lambda: len(drops) == 2), "the worker died on the first garbage answer"
             assert drops == ["failed", "failed"] and len(answered) == 4
         finally:
             out.close()
@@ -372,7 +300,7 @@ def test_an_unreachable_mqtt_broker_is_said_once(caplog):
     with caplog.at_level(logging.WARNING, "mfvan.outputs"):
         out = MqttOutput(MqttConfig("127.0.0.1", port, min_delay_s=1, max_delay_s=1))
         try:
-            assert _until(lambda: "cannot reach" in caplog.text, 15), caplog.text
+            assert until(lambda: "cannot reach" in caplog.text, 15), caplog.text
             time.sleep(2.5)  # further failed attempts are not said again
             assert caplog.text.count("cannot reach") == 1
             assert not out.send(event("door", 0)) and out.dropped == 1
@@ -413,7 +341,7 @@ def test_a_webhook_that_trickles_its_answer_is_cut_off_and_counted(caplog):
         with caplog.at_level(logging.INFO, "mfvan.outputs"):
             started = time.monotonic()
             out.send(event("door", 0))
-            assert _until(lambda: drops == ["failed"], 20), drops
+            assert until(lambda: drops == ["failed"], 20), drops
             assert time.monotonic() - started < 10
         assert "no whole answer within 1.5 s" in caplog.text and out.sent == 0
     finally:

@@ -101,9 +101,12 @@ def test_a_subscription_to_a_stream_gets_that_stream_only():
         ctx.term()
 
 
-def test_a_stream_id_with_nul_is_refused():
-    with pytest.raises(protocol.Malformed, match="without NUL"):
-        protocol.encode("eos", "cam\0", 0)
+@pytest.mark.parametrize("stream", ["cam\0", "cam\r\nINFO forged log line", "cam\x1b[2J"])
+def test_a_stream_id_with_nul_or_a_control_character_is_refused(stream):
+    """A stream id goes into log lines, MQTT topics and file names: before, a CR LF in
+    one forged a log line."""
+    with pytest.raises(protocol.Malformed, match="printable"):
+        protocol.encode("eos", stream, 0)
     frames = protocol.encode("eos", "cam1", 0)
     frames[0] = b"cam1"  # version 1's bare topic
     with pytest.raises(protocol.Malformed, match="topic"):
@@ -177,6 +180,14 @@ def _pair_with_flow(shape, dtype="float16", value=0.0):
         ([b"cam1\0", _header(seq=None)], "schema", "seq None is not a count"),
         ([b"cam1\0", _header(seq=-1)], "schema", "seq -1"),
         ([b"cam1\0", _header(seq=1.5)], "schema", "seq 1.5"),
+        # integers SQLite cannot hold, ids a header cannot carry (each took a consumer
+        # process down, or held a webhook worker in retries: the consumer fuzz found them)
+        ([b"cam1\0", _header(seq=2**63)], "schema", "seq 9223372036854775808"),
+        (_pair((64, 64), (64, 64), clip_fps=2**63), "schema", "'clip_fps' cannot be"),
+        (_event(probs=[1.0], classes=["x"], batch=2**63), "schema", "'batch' cannot be"),
+        (_event(probs=[2**63], classes=["x"]), "schema", "'probs' cannot be"),
+        (_event(probs=[1.0], classes=["x"], id="0190-\r\nX: y"), "schema", "'id' cannot be"),
+        ([b"cam\r\n1\0", _header(stream="cam\r\n1")], "schema", "printable"),
         ([b"", _header(stream="")], "schema", "stream id"),
         ([b"1", _header(stream=1)], "schema", "stream id"),
         (_frame((32, 32), dtype="float64"), "schema", "float64, not uint8"),
@@ -370,14 +381,14 @@ def test_every_message_field_is_declared_once():
 def test_an_event_carries_every_field_of_its_pair():
     """Before: `amplitude` was in the pair but not carried to the event (a list of the
     fields to carry had drifted from the pair's)."""
-    from mfvan.stream.messages import Event, Pair
+    from mfvan.stream.messages import Event, Pair, uuid7
 
     crop = np.zeros((64, 64), np.uint8)
     values = {f.name: 7 for f in Pair.spotted_fields() if f.metadata["check"](7)}
     values |= {"spot_score": 2.5, "amplitude": 0.4, "region": "brow", "truth": {"k": 1},
                "face": [1.0, 2.0, 3.0, 4.0], "clip_fps": 100.0}  # fmt: skip
     pair = Pair(stream="cam1", onset_crop=crop, apex_crop=crop, **values)
-    event = Event.of(pair, id="x", label="a", probs={"a": 1.0}, confidence=1.0, model="m")
+    event = Event.of(pair, id=uuid7(), label="a", probs={"a": 1.0}, confidence=1.0, model="m")
     got = Event.from_message(protocol.decode(event.encode()))
     assert {k: getattr(got, k) for k in values} == values
     assert set(pair.header()) <= set(got.header())
