@@ -43,9 +43,11 @@ def video(tmp_path_factory):
     return path
 
 
-def _serve(port: int, video: Path) -> subprocess.Popen:
+def _serve(port: int, video: Path, *options: str) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [DEBIAN_PYTHON, str(SERVER), str(port), str(video)], stdout=subprocess.PIPE, text=True
+        [DEBIAN_PYTHON, str(SERVER), str(port), str(video), *options],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "ready"
     return proc
@@ -200,3 +202,80 @@ def test_the_pipeline_recognizes_an_rtsp_camera_and_resumes_after_it_dies(camera
         for s in servers:
             s.kill()
             s.wait()
+
+
+@pytest.fixture(scope="module")
+def moved_video(tmp_path_factory):
+    """20 s of SynthME's camera as `camera_video`, whose picture moves 200 px to the right
+    8 s in (a camera that restarted pointing elsewhere): the face must be found again."""
+    import numpy as np
+
+    from mfvan.deploy.runtime.synth_source import SynthSource
+
+    path = tmp_path_factory.mktemp("rtsp") / "moved.mp4"
+    source = SynthSource("synth://?fps=50&seed=6&micro=8&realtime=0&seconds=20&leave_every_s=0")
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=50)
+        st.width, st.height, st.pix_fmt = 640, 480, "yuv420p"
+        st.options = {"preset": "ultrafast", "crf": "18", "g": "25"}
+        for i, frame in enumerate(source):
+            image = np.roll(frame.image, 200, axis=1) if i >= 400 else frame.image
+            for packet in st.encode(av.VideoFrame.from_ndarray(image, format="gray")):
+                out.mux(packet)
+        for packet in st.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.slow
+def test_an_rtsp_camera_whose_clock_jumps_back_is_spotted_on_after_the_jump(moved_video, tmp_path):
+    """A camera whose RTP clock goes back 6 s, 8 s into its session as its picture moves
+    (it restarted; its frames keep their pace): `mfvan run` counts the jump (`mfvan_clock_jumps_total`)
+    and recognizes micro-expressions after it, past the spotter's warm-up (before: the
+    tracker waited until the media time came back to where it had been, 6 s without an
+    event). The camera sends one every 1.25 s."""
+    import contextlib
+    import os
+    import signal
+    import sys
+    import time
+
+    from mfvan.stream import subscribe
+
+    port = free_port()
+    server = _serve(port, moved_video, "--jump", "8:6")  # as the picture moves
+    runtime, base = tmp_path / "rt", 20300 + os.getpid() % 300
+    cmd = [sys.executable, "-m", "mfvan.deploy.cli", "run", "--source",
+           f"rtsp://127.0.0.1:{port}/test", "--backend", "onnxruntime",
+           "--runtime-dir", str(runtime), "--metrics-base-port", str(base)]  # fmt: skip
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    replayed, jumps, log = [], 0.0, ""  # events in media time the camera played again
+    try:
+        with subscribe(f"ipc://{runtime}/events.ipc", timeout_s=1.0) as sub:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and run.poll() is None and len(replayed) < 2:
+                # the frame index runs on while media time went back: after the jump, an
+                # apex's index is 6 s (300 frames) ahead of its media time; and of the
+                # first session (media time 0..8 s, then 2..14 s; after the video ends at
+                # 20 s, a new one, its media time continued past 14 s)
+                replayed += [
+                    e.media_apex / 1e9
+                    for e in sub
+                    if e.media_apex < 8e9 and e.apex - e.media_apex * 50 / 1e9 > 150
+                ]
+                with contextlib.suppress(OSError):
+                    jumps = scrape(base - 1, "mfvan_clock_jumps_total")
+        if not jumps or len(replayed) < 2:
+            run.send_signal(signal.SIGTERM)
+            log = run.communicate(timeout=30)[0][-4000:]
+        assert jumps >= 1, f"the jump was seen and counted: {log}"
+        # those of the 6 s the camera plays again (4.8 micro-expressions), past the warm-up
+        assert len(replayed) >= 2, f"micro-expressions after the jump: {replayed} {log}"
+        assert scrape(base - 1, "mfvan_restarts_total") == 0, "no stage died"
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+        server.kill()
+        server.wait()
