@@ -961,7 +961,7 @@ def test_fuzz_10000_events_to_every_consumer_process_loses_only_the_bad_ones(con
             protocol.send(pub, "event", "good", k, id=uuid7(), **fields)
             for frames in bad[k * 100 : (k + 1) * 100]:
                 pub.send_multipart(frames)
-            assert until(lambda: k in goods(), 60), f"good event {k} of 100 lost: {goods()}"
+            assert until(lambda k=k: k in goods(), 60), f"good event {k} of 100 lost: {goods()}"
         assert until(lambda: len(goods()) == 100, 10), sorted(goods())
         assert target.proc.poll() is None, "the consumer lives on"
         # a mutation may still be a legal event (a bit flipped in a probability): delivered

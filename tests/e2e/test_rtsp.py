@@ -230,10 +230,11 @@ def moved_video(tmp_path_factory):
 @pytest.mark.slow
 def test_an_rtsp_camera_whose_clock_jumps_back_is_spotted_on_after_the_jump(moved_video, tmp_path):
     """A camera whose RTP clock goes back 6 s, 8 s into its session as its picture moves
-    (it restarted; its frames keep their pace): `mfvan run` counts the jump (`mfvan_clock_jumps_total`)
-    and recognizes micro-expressions after it, past the spotter's warm-up (before: the
-    tracker waited until the media time came back to where it had been, 6 s without an
-    event). The camera sends one every 1.25 s."""
+    (it restarted; its frames keep their pace): `mfvan run` counts the jump
+    (`mfvan_clock_jumps_total`) and recognizes micro-expressions in the 6 s played again,
+    past the spotter's warm-up (before: the tracker searched for the face again only once
+    the media time came back to where it had been, 6 s without an event). The camera
+    sends one every 1.25 s."""
     import contextlib
     import os
     import signal
