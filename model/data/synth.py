@@ -1154,6 +1154,24 @@ class _SerialPool:
         return False
 
 
+class _StoppingPool(ProcessPoolExecutor):
+    """A process pool that, left by an exception (Ctrl-C above all), stops its workers
+    instead of waiting for them: they ignore SIGINT (`quiet_worker`), and a task of
+    spot-eval's sweep renders and encodes a whole cell, minutes (before: Ctrl-C there
+    waited for every running cell to finish)."""
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return super().__exit__(exc_type, exc, tb)
+        workers = list((self._processes or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(10)
+        return False
+
+
 def _pool(workers: int | None):
     """Worker processes (one per core by default); `workers=1` runs in this process."""
     workers = workers or os.cpu_count() or 1
@@ -1161,7 +1179,7 @@ def _pool(workers: int | None):
         return _SerialPool()
     import multiprocessing
 
-    return ProcessPoolExecutor(
+    return _StoppingPool(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=quiet_worker
     )
 
