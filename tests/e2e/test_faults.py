@@ -878,13 +878,22 @@ class _Consumer:
             self.extras += [self.listener, broker]
             argv = ["forward", endpoint, "--mqtt", f"127.0.0.1:{broker.port}",
                     "--metrics-port", str(self.port)]  # fmt: skip
+        elif kind == "subscribe":  # its JSON lines, read as a script reads them
+            argv = ["subscribe", endpoint, "--json"]
         else:  # the web view, read as a browser reads its live feed
             argv = ["web", "--events", endpoint, "--bind", f"127.0.0.1:{self.port}"]
         self.log = tmp_path / "consumer.log"
-        self.proc = subprocess.Popen([*MFVAN, *argv], stderr=open(self.log, "w"))
+        out = subprocess.PIPE if kind == "subscribe" else None
+        self.proc = subprocess.Popen([*MFVAN, *argv], stderr=open(self.log, "w"), stdout=out)
+        if kind == "subscribe":
+            threading.Thread(target=self._lines, daemon=True).start()
         if kind == "web":
             assert until(lambda: _connects(self.port), 60), "the view came up"
             threading.Thread(target=_sse_events, args=(self.port, self.got), daemon=True).start()
+
+    def _lines(self) -> None:
+        for line in self.proc.stdout:
+            self.got.append(json.loads(line))
 
     def received(self) -> list[dict]:
         if self.kind == "record":
@@ -905,7 +914,7 @@ class _Consumer:
         if self.kind == "web":
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
                 return json.load(r)["counts"]["malformed"]
-        self.proc.send_signal(signal.SIGINT)  # the recorder says it at its end
+        self.proc.send_signal(signal.SIGINT)  # record and subscribe say it at their end
         self.proc.wait(timeout=30)
         words = self.log.read_text().split("malformed messages dropped")[0].split()
         return float(words[-1])
@@ -924,12 +933,13 @@ def _connects(port: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("consumer", ["record", "webhook", "mqtt", "web"])
+@pytest.mark.parametrize("consumer", ["record", "webhook", "mqtt", "web", "subscribe"])
 def test_fuzz_10000_events_to_every_consumer_process_loses_only_the_bad_ones(consumer, tmp_path):
     """10,000 random and mutated events (pass-through fields JSON cannot say among them)
-    published beside 100 good ones to `mfvan record`, `mfvan forward` (webhook, MQTT) and
-    the web view's live feed, each a real process: every good event reaches the far side
-    (the store, the webhook's server, the MQTT broker's subscriber, a browser's feed), the
+    published beside 100 good ones to `mfvan record`, `mfvan forward` (webhook, MQTT), the
+    web view's live feed and `mfvan subscribe --json`, each a real process: every good
+    event reaches the far side (the store, the webhook's server, the MQTT broker's
+    subscriber, a browser's feed, the JSON lines), the
     process lives on, and what decode refused is counted. Before: one event with bytes in
     `truth` took each of them down with a traceback."""
     if consumer == "mqtt" and MOSQUITTO is None:
