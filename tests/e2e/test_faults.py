@@ -939,9 +939,10 @@ def test_fuzz_10000_events_to_every_consumer_process_loses_only_the_bad_ones(con
     published beside 100 good ones to `mfvan record`, `mfvan forward` (webhook, MQTT), the
     web view's live feed and `mfvan subscribe --json`, each a real process: every good
     event reaches the far side (the store, the webhook's server, the MQTT broker's
-    subscriber, a browser's feed, the JSON lines), the
-    process lives on, and what decode refused is counted. Before: one event with bytes in
-    `truth` took each of them down with a traceback."""
+    subscriber, a browser's feed, the JSON lines), the process lives on, and what decode
+    refused is counted. Before: one event with bytes in `truth` took each of them down
+    with a traceback; the fuzz then found integers beyond 64 bits (the recorder's
+    OverflowError) and event ids with a CR (a webhook worker held 31 s in retries)."""
     if consumer == "mqtt" and MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (apt: mosquitto; .ci/run does it)")
     rng = np.random.default_rng(38)
