@@ -133,24 +133,33 @@ def test_after_a_5_s_outage_frames_come_within_a_second_of_the_server_being_back
     print(f"outage: frames {gap:.2f} s after the server came back")
 
 
-@pytest.fixture(scope="module")
-def camera_video(tmp_path_factory):
+def _camera_mp4(path: Path, seed: int, moved_at: int | None = None) -> Path:
     """20 s of SynthME's camera (640 x 480, 50 fps, a micro-expression every 1.25 s) as
-    H.264: what an IP camera would send."""
+    H.264, what an IP camera would send; from frame `moved_at` on, the picture 200 px to
+    the right."""
+    import numpy as np
+
     from mfvan.deploy.runtime.synth_source import SynthSource
 
-    path = tmp_path_factory.mktemp("rtsp") / "camera.mp4"
-    source = SynthSource("synth://?fps=50&seed=5&micro=8&realtime=0&seconds=20&leave_every_s=0")
+    url = f"synth://?fps=50&seed={seed}&micro=8&realtime=0&seconds=20&leave_every_s=0"
     with av.open(str(path), "w") as out:
         st = out.add_stream("libx264", rate=50)
         st.width, st.height, st.pix_fmt = 640, 480, "yuv420p"
         st.options = {"preset": "ultrafast", "crf": "18", "g": "25"}
-        for frame in source:
-            for packet in st.encode(av.VideoFrame.from_ndarray(frame.image, format="gray")):
+        for i, frame in enumerate(SynthSource(url)):
+            image = frame.image
+            if moved_at is not None and i >= moved_at:
+                image = np.roll(image, 200, axis=1)
+            for packet in st.encode(av.VideoFrame.from_ndarray(image, format="gray")):
                 out.mux(packet)
         for packet in st.encode():
             out.mux(packet)
     return path
+
+
+@pytest.fixture(scope="module")
+def camera_video(tmp_path_factory):
+    return _camera_mp4(tmp_path_factory.mktemp("rtsp") / "camera.mp4", seed=5)
 
 
 @pytest.mark.slow
@@ -206,25 +215,9 @@ def test_the_pipeline_recognizes_an_rtsp_camera_and_resumes_after_it_dies(camera
 
 @pytest.fixture(scope="module")
 def moved_video(tmp_path_factory):
-    """20 s of SynthME's camera as `camera_video`, whose picture moves 200 px to the right
-    8 s in (a camera that restarted pointing elsewhere): the face must be found again."""
-    import numpy as np
-
-    from mfvan.deploy.runtime.synth_source import SynthSource
-
-    path = tmp_path_factory.mktemp("rtsp") / "moved.mp4"
-    source = SynthSource("synth://?fps=50&seed=6&micro=8&realtime=0&seconds=20&leave_every_s=0")
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("libx264", rate=50)
-        st.width, st.height, st.pix_fmt = 640, 480, "yuv420p"
-        st.options = {"preset": "ultrafast", "crf": "18", "g": "25"}
-        for i, frame in enumerate(source):
-            image = np.roll(frame.image, 200, axis=1) if i >= 400 else frame.image
-            for packet in st.encode(av.VideoFrame.from_ndarray(image, format="gray")):
-                out.mux(packet)
-        for packet in st.encode():
-            out.mux(packet)
-    return path
+    """`camera_video`'s like, whose picture moves 8 s in (a camera that restarted pointing
+    elsewhere): the face must be found again."""
+    return _camera_mp4(tmp_path_factory.mktemp("rtsp") / "moved.mp4", seed=6, moved_at=400)
 
 
 @pytest.mark.slow
