@@ -767,7 +767,9 @@ def test_a_run_whose_recognizer_cannot_bind_stops_with_its_reason(tmp_path):
 def test_a_10_minute_soak_keeps_every_stage_within_10_percent_of_its_memory(tmp_path):
     """`mfvan run` on a 100 fps synthetic camera for 10 minutes (MFVAN_SOAK_S to change it,
     for a quick look): after a minute's warm-up, no stage's resident memory grows by more
-    than 10%, and no stage restarts."""
+    than 10%, no stage restarts, and every frame ingest sends on reaches spot. (Before
+    issue 38 it also wanted 90% of 100 fps: a bound of the box, not of the pipeline, that
+    failed with two busy loops beside it.)"""
     seconds = float(os.environ.get("MFVAN_SOAK_S", 600))
     warm_up = min(60.0, seconds / 4)
     base = 23300 + os.getpid() % 500
@@ -811,8 +813,12 @@ def test_a_10_minute_soak_keeps_every_stage_within_10_percent_of_its_memory(tmp_
         from helpers import scrape
 
         assert scrape(base - 1, "mfvan_restarts_total") == 0
+        # what the pipeline counts, not what an idle box renders: every frame ingest sent
+        # on reached spot (but those in flight between the two scrapes), and it ran
         frames = scrape(base + 1, "mfvan_frames_in_total")
-        assert frames >= 100 * (seconds - 30) * 0.9, f"only {frames} frames reached spot"
+        sent = scrape(base, "mfvan_frames_out_total")
+        assert frames <= sent <= frames + 300, f"ingest sent {sent} frames, {frames} reached spot"
+        assert frames >= 10 * (seconds - 30), f"only {frames} frames reached spot"
         growth = {s: peak[s] / first[s] - 1 for s in first}
         print("soak: RSS after warm-up (kB)", first, "peak", peak, "growth", growth)
         assert all(g <= 0.10 for g in growth.values()), growth
