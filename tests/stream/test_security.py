@@ -219,7 +219,17 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     stop.set()
     for t in threads:
         t.join(timeout=30)
-    assert m_spot.frames_in.labels("spot", "cam1")._value.get() == len(frames)
+
+    def said(m) -> dict:  # every non-zero series of a stage's metrics, for a failure
+        return {
+            f"{s.name}{sorted(s.labels.items())}": s.value
+            for metric in m.registry.collect()
+            for s in metric.samples
+            if s.value and s.name.startswith("mfvan_") and not s.name.endswith("_created")
+        }
+
+    got = m_spot.frames_in.labels("spot", "cam1")._value.get()
+    assert got == len(frames), (said(m_in), said(m_spot), event)
     assert m_spot.spots.labels("cam1")._value.get() >= 1
     assert event is not None and event.label in event.probs, "events through three CURVE hops"
     assert m_bad.frames_in.labels("spot", "cam1")._value.get() == 0, "the stranger got nothing"
