@@ -13,12 +13,24 @@ from mfvan.deploy.bench.cameras import camera_file
 MFVAN = [sys.executable, "-m", "mfvan"]
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT's default action in the child, as a command typed at a terminal has it: a
+    test run started in the background by a shell without job control (a CI script's
+    `cmd &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+    (which made both tests fail there, not the commands)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupted(argv, after_s: float, ready: str | None = None) -> tuple[int, str]:
     """Run `mfvan argv`, send SIGINT (as Ctrl-C sends it to the whole process group)
     `after_s` after `ready` shows on stderr (or after start), and return (status,
     stderr)."""
     proc = subprocess.Popen(
-        [*MFVAN, *argv], stderr=subprocess.PIPE, text=True, start_new_session=True
+        [*MFVAN, *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_ctrl_c_as_at_a_terminal,
     )
     time.sleep(after_s)
     import os
@@ -75,6 +87,7 @@ def test_ctrl_c_in_a_run_with_a_browser_on_its_live_feed_says_nothing_more(tmp_p
         [*MFVAN, "run", "--source", "cam=synth://?fps=30&seed=3", "--web", f"127.0.0.1:{port}",
          "--runtime-dir", str(tmp_path / "rt"), "--metrics-base-port", str(base)],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=_ctrl_c_as_at_a_terminal,
     )  # fmt: skip
     feed = None
     try:
