@@ -100,6 +100,12 @@ needs_mosquitto = pytest.mark.skipif(
 )
 
 
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` now."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def until(check, timeout: float = 15.0) -> bool:
     """Whether `check()` came true within `timeout` seconds (asked every 50 ms)."""
     deadline = time.monotonic() + timeout
@@ -124,14 +130,7 @@ class Broker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        assert until(self._listening), "mosquitto did not start"
-
-    def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
+        assert until(lambda: port_open(self.port)), "mosquitto did not start"
 
     def stop(self):
         self.proc.terminate()

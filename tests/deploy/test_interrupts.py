@@ -65,13 +65,6 @@ def test_ctrl_c_in_spot_eval_is_one_line(tmp_path):
     assert "Traceback" not in err and code == 130 and "interrupted" in err, (code, err[-3000:])
 
 
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.mark.slow
 def test_ctrl_c_in_a_run_with_a_browser_on_its_live_feed_says_nothing_more(tmp_path):
     """`mfvan run` with its web view, a browser on `/live`, stopped by Ctrl-C to its whole
@@ -80,7 +73,7 @@ def test_ctrl_c_in_a_run_with_a_browser_on_its_live_feed_says_nothing_more(tmp_p
     import os
     import socket
 
-    from helpers import free_port
+    from helpers import free_port, port_open
 
     port, base = free_port(), 21000 + os.getpid() % 300
     proc = subprocess.Popen(
@@ -92,7 +85,7 @@ def test_ctrl_c_in_a_run_with_a_browser_on_its_live_feed_says_nothing_more(tmp_p
     feed = None
     try:
         deadline = time.monotonic() + 90
-        while not _port_open(port) and time.monotonic() < deadline and proc.poll() is None:
+        while not port_open(port) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         feed = socket.create_connection(("127.0.0.1", port))
         feed.sendall(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 import zmq
-from helpers import REPO, free_port
+from helpers import REPO, free_port, port_open
 
 from mfvan.kernels.facespot import FaceSpotter
 from mfvan.stream import protocol, subscribe
@@ -189,15 +189,10 @@ def lone_view(tmp_path):
         env={"MFVAN_WEB_TOKEN": secret}, stderr=subprocess.PIPE,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    assert _until(lambda: _port_open(port), 60), "the view came up"
+    assert _until(lambda: port_open(port), 60), "the view came up"
     yield base, secret
     view.terminate()
     view.wait(timeout=15)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_with_a_token_every_request_needs_it(lone_view):
@@ -239,7 +234,7 @@ def test_without_a_token_only_requests_naming_a_loopback_host_are_answered():
     view = _mfvan("web", "--bind", f"127.0.0.1:{port}", env={"MFVAN_WEB_TOKEN": ""},
                   stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        assert _until(lambda: _port_open(port), 60)
+        assert _until(lambda: port_open(port), 60)
         base = f"http://127.0.0.1:{port}/api/events"
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
             assert _get(base, {"Host": host})[0] == 200, host
@@ -530,7 +525,7 @@ def test_a_view_stopped_with_browsers_connected_says_nothing_more(tmp_path):
     view = _mfvan("web", "--bind", f"127.0.0.1:{port}", "--db", str(tmp_path / "none.db"),
                   stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        assert _until(lambda: _port_open(port), 60), "the view came up"
+        assert _until(lambda: port_open(port), 60), "the view came up"
         feeds = []
         for _ in range(3):
             s = socket.create_connection(("127.0.0.1", port))
@@ -583,7 +578,7 @@ def test_faces_on_loopback_need_a_token_one_is_made_and_its_address_logged(tmp_p
     view = _mfvan("web", "--bind", f"127.0.0.1:{port}", "--faces", "--db", str(tmp_path / "x.db"),
                   stderr=subprocess.PIPE, text=True, env={"MFVAN_WEB_TOKEN": ""})  # fmt: skip
     try:
-        assert _until(lambda: _port_open(port), 60), "the view came up"
+        assert _until(lambda: port_open(port), 60), "the view came up"
         assert _get(f"http://127.0.0.1:{port}/api/events", {})[0] == 401
     finally:
         view.terminate()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers import MOSQUITTO, Broker, Listener, free_port, scrape, until
+from helpers import MOSQUITTO, Broker, Listener, free_port, port_open, scrape, until
 
 from mfvan.deploy.runtime.supervisor import RuntimeDir, plan
 from mfvan.stream import protocol
@@ -866,7 +866,7 @@ class _Consumer:
 
     def __init__(self, kind: str, endpoint: str, tmp_path: Path):
         self.kind, self.port, self.got = kind, free_port(), []
-        self.extras = []  # servers and threads to stop
+        self.stops = []  # how to stop the servers beside it
         if kind == "record":
             self.db = tmp_path / "events.db"
             argv = ["record", endpoint, "--db", str(self.db), "--batch-s", "0.2"]
@@ -874,14 +874,14 @@ class _Consumer:
             hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
             hook.bodies = self.got
             threading.Thread(target=hook.serve_forever, daemon=True).start()
-            self.extras.append(hook)
+            self.stops.append(hook.shutdown)
             url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
             argv = ["forward", endpoint, "--webhook", url, "--metrics-port", str(self.port)]
         elif kind == "mqtt":
             broker = Broker(tmp_path, free_port())
             broker.start()
             self.listener = Listener(broker.port)
-            self.extras += [self.listener, broker]
+            self.stops += [self.listener.close, broker.stop]
             argv = ["forward", endpoint, "--mqtt", f"127.0.0.1:{broker.port}",
                     "--metrics-port", str(self.port)]  # fmt: skip
         elif kind == "subscribe":  # its JSON lines, read as a script reads them
@@ -894,7 +894,7 @@ class _Consumer:
         if kind == "subscribe":
             threading.Thread(target=self._lines, daemon=True).start()
         if kind == "web":
-            assert until(lambda: _connects(self.port), 60), "the view came up"
+            assert until(lambda: port_open(self.port), 60), "the view came up"
             threading.Thread(target=_sse_events, args=(self.port, self.got), daemon=True).start()
 
     def _lines(self) -> None:
@@ -929,13 +929,8 @@ class _Consumer:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
-        for extra in self.extras:
-            getattr(extra, "shutdown", getattr(extra, "close", getattr(extra, "stop", None)))()
-
-
-def _connects(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        for stop in self.stops:
+            stop()
 
 
 @pytest.mark.slow
