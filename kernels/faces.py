@@ -62,7 +62,7 @@ class Box:
 
 
 class FaceDetector:
-    """Finds the largest face in a frame."""
+    """Finds faces in a frame: the largest (`detect`), or all (`detect_all`)."""
 
     def __init__(self, min_size_fraction: float = 0.2):
         self.min_size_fraction = min_size_fraction
@@ -89,6 +89,20 @@ class FaceDetector:
             side = max(side, int(0.6 * half))  # nor does it shrink by half between searches
         box = self._detect(image, side)
         return None if box is None else Box(box.x + x0, box.y + y0, box.w, box.h)
+
+    def detect_all(self, image: np.ndarray) -> list[Box]:
+        """Every face in the frame at least `min_size_fraction` of its shorter side, the
+        largest first (alt2 only when the default cascade finds none, as `detect`)."""
+        grey = cv2.equalizeHist(to_grey(image))
+        side = min(int(min(grey.shape) * self.min_size_fraction), *grey.shape)
+        for cascade in self._faces:
+            faces = cascade.detectMultiScale(grey, 1.1, 4, minSize=(side, side))
+            if len(faces):
+                return [
+                    Box(float(x), float(y), float(w), float(h))
+                    for x, y, w, h in sorted(faces, key=lambda f: -f[2] * f[3])
+                ]
+        return []
 
     def _detect(self, image: np.ndarray, side: int) -> Box | None:
         grey = cv2.equalizeHist(to_grey(image))
@@ -260,10 +274,18 @@ def centre_crop(shape: tuple[int, int], size: int) -> Crop:
 
 
 class _Pending(NamedTuple):
-    """A face detection under way, and the media time at which its result takes effect."""
+    """A face search under way, and the media time at which its result takes effect."""
 
     future: Future
     due_ns: int
+
+
+class Found(NamedTuple):
+    """One face a search found: its box, its eyes (or None), its appearance (`appearance`)."""
+
+    box: Box
+    eyes: tuple | None
+    look: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -276,11 +298,152 @@ class TrackerParams:
     scale: float = 1.2  # a face box's side times this is the crop's, without eyes
     detect_delay_s: float = 0.1  # media seconds from a searched frame to its result
     frame_ns: int = 5_000_000  # the frames' spacing when they come without times
+    max_faces: int = 1  # faces tracked at once, each with its own id
+    discover_s: float = 1.0  # with several faces: seconds between whole-frame searches
+    forget_s: float = 2.0  # a lost face's id is given back to it if it returns within this
+
+
+MIN_LOOK = 0.4  # two looks less alike than this are two faces (`appearance`)
+LOOK_SIDE = 24  # px: a face's appearance is its aligned crop at this side
+
+
+def appearance(grey: np.ndarray, box: Box, eyes=None) -> np.ndarray | None:
+    """A face's look, to tell two faces apart: its crop (`make_crop`: eye-anchored when
+    the eyes were found, so the same face gives the same look whatever its box's jitter)
+    at 24 x 24, zero mean, unit norm, so the dot product of two looks is their correlation
+    (1 for the same face under any brightness and contrast). None for a flat patch."""
+    v = make_crop(box, LOOK_SIDE, eyes).apply(grey).astype(np.float32).ravel()
+    v -= v.mean()
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 1e-6 else None
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    ix = max(0.0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0.0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    inter = ix * iy
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union > 0 else 0.0
+
+
+class FaceTrack:
+    """One face: its id, its crop, and the detections behind it.
+
+    The crop is `make_crop`'s eye-anchored one, from the median of the last 5 plausible
+    eye pairs (a pair whose distance is off the track's by more than 15% is ignored).
+    Without eyes, the face box is used only to start a track or when the face has clearly
+    moved. A new geometry replaces the crop only when it differs by more than `hold` of
+    the side (or 2 degrees): smaller head motion stays in the crop as rigid motion, which
+    the spotter subtracts. `version` changes with every new crop (numbered by the tracker,
+    so no two tracks' crops share one). The face is lost after `max_misses` searches in a
+    row find nothing."""
+
+    def __init__(self, track_id: int, size: int, params: TrackerParams):
+        self.id = track_id
+        self.size = size
+        self.hold, self.scale, self.max_misses = params.hold, params.scale, params.max_misses
+        self.crop: Crop | None = None
+        self.version = 0
+        self.geometry: Geometry | None = None  # the current crop's square
+        self.last: Geometry | None = None  # the latest square it had (kept when lost)
+        self.look: np.ndarray | None = None  # the face's appearance, averaged
+        self.seen: tuple[float, float] | None = None  # the last face box's centre
+        self.velocity = (0.0, 0.0)  # px per search, of that centre (smoothed)
+        self.lost_ns: int | None = None  # media time it was lost at (None: in view)
+        self._eyes: deque = deque(maxlen=5)  # eye geometries of the last detections
+        self._misses = 0
+
+    def near(self) -> Box | None:
+        """The face as a box, where its next search looks (None: lost)."""
+        if self.geometry is None:
+            return None
+        cx, cy, side, _ = self.geometry
+        return Box(cx - side / 2, cy - side / 2, side, side)
+
+    def predicted(self) -> tuple[float, float]:
+        """Where the face's box centre should be at the next search (its motion carried
+        on; through a miss too)."""
+        cx, cy = self.seen if self.seen is not None else self.geometry[:2]
+        return cx + self.velocity[0], cy + self.velocity[1]
+
+    def _propose(self, box: Box, eyes):
+        """The crop geometry this detection suggests, or None to keep the current one."""
+        if eyes is None:
+            cx, cy = box.centre
+            fallback = Geometry(cx, cy, self.scale * max(box.w, box.h), 0.0)
+            if self.geometry is None:
+                return fallback, False
+            g = self.geometry
+            far = max(abs(cx - g.cx), abs(cy - g.cy)) > 0.25 * g.side
+            return (fallback, False) if far else None
+        geometry = eye_geometry(eyes)
+        if self._eyes and abs(geometry.side / np.median([e.side for e in self._eyes]) - 1) > 0.15:
+            return None  # an implausible pair for this face (a brow or a nostril)
+        if self._eyes:
+            m = np.median(np.asarray(self._eyes), axis=0)
+            if max(abs(geometry.cx - m[0]), abs(geometry.cy - m[1])) > 0.25 * m[2]:
+                self._eyes.clear()  # the face has moved: the pairs before are of elsewhere
+        self._eyes.append(geometry)
+        return Geometry(*np.median(np.asarray(self._eyes), axis=0)), True
+
+    def _moved(self, proposal) -> bool:
+        cx, cy, side, angle = self.geometry
+        tol = self.hold * side
+        return (
+            abs(proposal.cx - cx) > tol
+            or abs(proposal.cy - cy) > tol
+            or abs(proposal.side - side) > tol
+            or abs(proposal.angle - angle) > 2.0
+        )
+
+    def settle(self, found: Found | None, version: int) -> bool:
+        """Take a search's result for this face: a new crop (numbered `version`; True is
+        returned when it is taken), the same one, or a miss (the face lost after
+        `max_misses`)."""
+        if found is None:
+            self._misses += 1
+            if self.seen is not None:  # hidden, it goes on moving
+                self.seen = (self.seen[0] + self.velocity[0], self.seen[1] + self.velocity[1])
+            if self.crop is None or self._misses >= self.max_misses:
+                self.crop = self.geometry = None  # lost
+                self._eyes.clear()
+            return False
+        self._misses = 0
+        if found.look is not None:
+            self.look = found.look if self.look is None else _blend(self.look, found.look)
+        bx, by = found.box.centre
+        if self.seen is not None:
+            vx, vy = self.velocity
+            self.velocity = (0.5 * (vx + bx - self.seen[0]), 0.5 * (vy + by - self.seen[1]))
+        self.seen = (bx, by)
+        proposed = self._propose(found.box, found.eyes)
+        if proposed is None:
+            return False
+        proposal, aligned = proposed
+        if self.geometry is None or self._moved(proposal):
+            self.geometry = self.last = proposal
+            self.crop = crop_at(*proposal, self.size, aligned)
+            self.version = version
+            return True
+        return False
+
+    def forget_motion(self) -> None:
+        """A lost face's last motion says nothing of where it comes back."""
+        self.velocity = (0.0, 0.0)
+        self.seen = None
+        self._misses = 0
+
+
+def _blend(a: np.ndarray, b: np.ndarray, keep: float = 0.8) -> np.ndarray:
+    """A running average of two looks, renormalised."""
+    v = keep * a + (1 - keep) * b
+    return v / max(float(np.linalg.norm(v)), 1e-6)
 
 
 class FaceTracker:
-    """Detects every `redetect_s` seconds of media time (or when the face was lost) and
-    keeps the crop still in between.
+    """Searches for faces every `redetect_s` seconds of media time (or when one was lost)
+    and keeps each face's crop still in between (`FaceTrack`).
 
     `redetect_s` is 0.2 s (it was 0.1 s): a search (the face near the last one, then its
     eyes) costs about 43 ms of CPU on a 640 x 480 frame, whatever the stream's frame rate,
@@ -296,21 +459,30 @@ class FaceTracker:
     jitter would look like motion to the spotter, larger than a micro-expression. Haar face
     boxes jitter badly (on some SynthME faces their width jumps between 100 and 200 px from
     one detection to the next) while the eyes found inside them move by a pixel or two. So
-    the crop is `make_crop`'s eye-anchored one, from the median of the last 5 plausible eye
-    pairs (a pair whose distance is off the track's by more than 15% is ignored). Without
-    eyes, the face box is used only to start a track or when the face has clearly moved.
-    A new geometry replaces the crop only when it differs by more than `hold` of the side
-    (or 2 degrees): smaller head motion stays in the crop as rigid motion, which the spotter
-    subtracts. `version` counts crop changes, so a consumer can tell when crops stop being
-    comparable. A face is lost after `max_misses` detections in a row find nothing.
+    each face's crop is anchored on its eyes and moves only past `hold` (`FaceTrack`).
+
+    **Several faces** (`max_faces` > 1). Each search looks near every tracked face (as
+    with one) and, every `discover_s` (1 s) or when a face was not found near its place,
+    over the whole frame for faces not yet tracked. The faces found are matched to the
+    tracks by an assignment (`scipy.optimize.linear_sum_assignment`) whose cost adds the
+    distance from the track's predicted centre (its last motion carried on) in sides, the
+    log ratio of sizes, and one minus the correlation of their looks (`appearance`); a match
+    further than 0.6 of a side or 0.5 in log size is refused. A face no track takes starts a
+    new track (up to `max_faces`, the largest first), with a new id, unless it looks like a
+    face lost in the last `forget_s` (2 s; correlation over 0.6, within two sides of where it
+    was lost): then that face's id comes back, so a face hidden for a moment by another
+    passing in front, or by a hand, keeps its id. Ids count from 1 per tracker and are
+    never reused for another face. With one face (`max_faces` 1, the default) nothing is
+    matched: the one face found is the face, and a face found after one was lost takes its
+    id back (there is no other it could be).
 
     Time is the frames' media time (`update(image, t_ns)`), never the wall clock, so a
     file gives the same crops at any CPU load and replay speed. Without times, frames are
     taken to be `frame_ns` apart.
 
-    `background`: detect in a worker thread, so that the frames in between do not wait for
+    `background`: search in a worker thread, so that the frames in between do not wait for
     it (the face near the last one and its eyes: about 43 ms of CPU on a 640 x 480 frame,
-    eight frames at 200 fps). A detection takes effect at the first frame `detect_delay_s`
+    eight frames at 200 fps). A search takes effect at the first frame `detect_delay_s`
     of media time after the frame it searched, waiting for the search there if it has not
     ended: later frames never depend on how fast the thread ran. `detect_delay_s` is 0.1 s
     (it was 0.025 s, less than a search takes: every search stalled the stream for 20 ms or
@@ -322,6 +494,9 @@ class FaceTracker:
     `scheduled` (always true with `background`) gives a
     tracker without a thread the same schedule: it searches at once, and the result takes
     effect `detect_delay_s` later, so offline crops are the live ones frame for frame.
+
+    `crop`, `version` and `geometry` are the first tracked face's (the oldest in view);
+    `tracks` holds every face in view.
     """
 
     def __init__(
@@ -332,124 +507,211 @@ class FaceTracker:
         background: bool = False,
         scheduled: bool = False,
     ):
+        if params.max_faces < 1:
+            raise ValueError(f"max_faces must be at least 1, got {params.max_faces}")
         self.detector = detector or FaceDetector()
         self.size = size
+        self.params = params
         self.redetect_ns = int(params.redetect_s * 1e9)
-        self.hold = params.hold
-        self.max_misses = params.max_misses
-        self.scale = params.scale
+        self.discover_ns = int(params.discover_s * 1e9)
+        self.forget_ns = int(params.forget_s * 1e9)
+        self.max_faces = params.max_faces
         scheduled = scheduled or background
         self.detect_delay_ns = int(params.detect_delay_s * 1e9) if scheduled else 0
         self.frame_ns = params.frame_ns
-        self.crop: Crop | None = None
-        self.version = 0
-        self._geometry: Geometry | None = None  # the current crop's square
-        self._eyes: deque = deque(maxlen=5)  # eye geometries of the last detections
+        self.tracks: list[FaceTrack] = []  # the faces in view, oldest first
+        self.lost: list[FaceTrack] = []  # faces lost less than `forget_s` ago
+        self.versions = 0  # crops made, over all faces: each crop's `version`
+        self.ids = 0  # ids given
         self._searched_ns: int | None = None  # media time of the last search's frame
+        self._discovered_ns: int | None = None  # and of the last whole-frame search
         self._frames = 0
-        self._misses = 0
-        # detection in a worker thread (OpenCV releases the GIL): frames go on with the
-        # current crop meanwhile, and a new one takes effect when the search is due
+        self._now_ns = 0
+        # searches in a worker thread (OpenCV releases the GIL): frames go on with the
+        # current crops meanwhile, and new ones take effect when the search is due
         self._pool = (
             # at the process's own priority: the frame a search is due at waits for it, so
             # a search starved by a lowered priority (nice +10 got a tenth of a busy core)
             # stalled the whole stream; a busy box ran its spot stage at a third of real time
             ThreadPoolExecutor(1, "mfvan-detect") if background else None
         )
-        self._pending: _Pending | None = None  # a detection under way
+        self._pending: _Pending | None = None  # a search under way
 
-    def _propose(self, box: Box, eyes):
-        """The crop geometry this detection suggests, or None to keep the current one."""
-        if eyes is None:
-            cx, cy = box.centre
-            fallback = Geometry(cx, cy, self.scale * max(box.w, box.h), 0.0)
-            if self._geometry is None:
-                return fallback, False
-            g = self._geometry
-            far = max(abs(cx - g.cx), abs(cy - g.cy)) > 0.25 * g.side
-            return (fallback, False) if far else None
-        geometry = eye_geometry(eyes)
-        if self._eyes and abs(geometry.side / np.median([e.side for e in self._eyes]) - 1) > 0.15:
-            return None  # an implausible pair for this face (a brow or a nostril)
-        self._eyes.append(geometry)
-        return Geometry(*np.median(np.asarray(self._eyes), axis=0)), True
+    # the first face's crop, for one-face callers
+    @property
+    def _first(self) -> FaceTrack | None:
+        return next((t for t in self.tracks if t.crop is not None), None)
 
-    def _moved(self, proposal) -> bool:
-        cx, cy, side, angle = self._geometry
-        tol = self.hold * side
-        return (
-            abs(proposal.cx - cx) > tol
-            or abs(proposal.cy - cy) > tol
-            or abs(proposal.side - side) > tol
-            or abs(proposal.angle - angle) > 2.0
-        )
+    @property
+    def crop(self) -> Crop | None:
+        first = self._first
+        return None if first is None else first.crop
+
+    @property
+    def version(self) -> int:
+        """The first face's crop's number (the latest crop's while no face is in view)."""
+        first = self._first
+        return self.versions if first is None else first.version
 
     @property
     def geometry(self) -> Geometry | None:
-        """The current crop's square in the frame (None without a face)."""
-        return self._geometry
+        """The first face's crop square in the frame (None without a face)."""
+        first = self._first
+        return None if first is None else first.geometry
 
-    def _near(self) -> Box | None:
-        """The current face as a box, where re-detection searches (None: the whole frame)."""
-        if self._geometry is None:
-            return None
-        cx, cy, side, _ = self._geometry
-        return Box(cx - side / 2, cy - side / 2, side, side)
+    @property
+    def in_view(self) -> list[FaceTrack]:
+        """The faces with a crop now, oldest first."""
+        return [t for t in self.tracks if t.crop is not None]
 
     def update(self, image: np.ndarray, t_ns: int | None = None) -> Crop | None:
-        """The crop for this frame (media time `t_ns`), or None while no face is found."""
+        """Track the faces of this frame (media time `t_ns`); the first face's crop, or
+        None while no face is found (every face's: `in_view`)."""
         if t_ns is None:
             t_ns = self._frames * self.frame_ns
         self._frames += 1
+        self._now_ns = t_ns
         if self._pending is not None and t_ns >= self._pending.due_ns:
             self._settle(self._pending.future.result())
             self._pending = None
         due = self._searched_ns is None or t_ns - self._searched_ns >= self.redetect_ns
-        if (self.crop is None or due) and self._pending is None:
+        if (not self.in_view or due) and self._pending is None:
             self._searched_ns = t_ns
+            nears = [t.near() for t in self.tracks if t.geometry is not None]
+            discover = self.max_faces > 1 and (
+                self._discovered_ns is None or t_ns - self._discovered_ns >= self.discover_ns
+            )
+            if discover:
+                self._discovered_ns = t_ns
             if self._pool is not None:
-                future = self._pool.submit(self._search, np.array(image), self._near())
+                future = self._pool.submit(self._search, np.array(image), nears, discover)
                 self._pending = _Pending(future, t_ns + self.detect_delay_ns)
             elif self.detect_delay_ns:
                 future: Future = Future()
-                future.set_result(self._search(image, self._near()))
+                future.set_result(self._search(image, nears, discover))
                 self._pending = _Pending(future, t_ns + self.detect_delay_ns)
             else:
-                self._settle(self._search(image, self._near()))
+                self._settle(self._search(image, nears, discover))
         return self.crop
 
     def restart_clock(self) -> None:
         """The stream's media time jumped (a camera restarted, two recordings joined): a
-        detection under way takes effect now, and the next frame is searched, instead of
-        waiting for a media time the new clock may not reach for hours. The crop and the
-        face's track are kept."""
+        search under way takes effect now, and the next frame is searched, instead of
+        waiting for a media time the new clock may not reach for hours. The crops and the
+        faces' tracks are kept; lost faces are forgotten (their times are of the old clock)."""
         if self._pending is not None:
             self._settle(self._pending.future.result())
             self._pending = None
-        self._searched_ns = None
+        self._searched_ns = self._discovered_ns = None
+        self.lost.clear()
 
-    def _search(self, image: np.ndarray, near: Box | None):
-        """(face box, eyes or None), or None without a face (in the worker thread when
-        detecting in the background)."""
-        box = self.detector.detect(image, near=near)
-        if box is None and near is not None:  # it moved further: search everywhere
-            box = self.detector.detect(image)
-        return None if box is None else (box, self.detector.eyes(image, box))
+    def _search(self, image: np.ndarray, nears: list[Box], discover: bool) -> list[Found]:
+        """The faces found near each tracked one and, with `discover` or when one is not
+        found near its place, over the whole frame (in the worker thread when searching in
+        the background). With one face: the face near the last one, else the largest in
+        the frame; at most one."""
+        grey = to_grey(image)
+        if self.max_faces == 1:
+            box = self.detector.detect(grey, near=nears[0] if nears else None)
+            if box is None and nears:  # it moved further: search everywhere
+                box = self.detector.detect(grey)
+            return [] if box is None else [self._found(grey, box)]
+        boxes = [b for b in (self.detector.detect(grey, near=n) for n in nears) if b is not None]
+        if discover or len(boxes) < len(nears) or not nears:
+            boxes += self.detector.detect_all(grey)
+        kept: list[Box] = []
+        for box in boxes:  # the near ones first: a face found twice is kept once
+            if all(iou(box, k) < 0.4 for k in kept):
+                kept.append(box)
+        return [self._found(grey, b) for b in kept[: self.max_faces + 2]]
 
-    def _settle(self, found) -> None:
-        """Take a detection's result: a new crop, the same one, or the face lost."""
-        if found is None:
-            self._misses += 1
-            if self.crop is None or self._misses >= self.max_misses:
-                self.crop = self._geometry = None  # lost: detect again next frame
-                self._eyes.clear()
+    def _found(self, grey: np.ndarray, box: Box) -> Found:
+        eyes = self.detector.eyes(grey, box)
+        return Found(box, eyes, appearance(grey, box, eyes) if self.max_faces > 1 else None)
+
+    def _settle(self, found: list[Found]) -> None:
+        """Take a search's result: each face's new crop, the same one, or a miss; new
+        faces tracked, returning ones given their ids back."""
+        if self.max_faces == 1:
+            if not self.tracks and found:
+                self.tracks.append(self.lost.pop() if self.lost else self._new_track())
+            if self.tracks:
+                self._settle_one(self.tracks[0], found[0] if found else None)
             return
-        self._misses = 0
-        proposed = self._propose(*found)
-        if proposed is None:
-            return
-        proposal, aligned = proposed
-        if self._geometry is None or self._moved(proposal):
-            self._geometry = proposal
-            self.crop = crop_at(*proposal, self.size, aligned)
-            self.version += 1
+        matched, free = self._match(found)
+        for track in list(self.tracks):
+            self._settle_one(track, matched.get(track.id))
+        self.lost = [t for t in self.lost if self._now_ns - t.lost_ns < self.forget_ns]
+        for f in sorted(free, key=lambda f: -f.box.w * f.box.h):
+            if len(self.tracks) >= self.max_faces:
+                break
+            track = self._returning(f) or self._new_track()
+            self.tracks.append(track)
+            self._settle_one(track, f)
+
+    def _settle_one(self, track: FaceTrack, found: Found | None) -> None:
+        if track.settle(found, self.versions + 1):
+            self.versions += 1
+        if track.crop is None and found is None:  # lost (or never started)
+            self.tracks.remove(track)
+            track.lost_ns = self._now_ns
+            track.forget_motion()
+            self.lost.append(track)
+
+    def _new_track(self) -> FaceTrack:
+        self.ids += 1
+        return FaceTrack(self.ids, self.size, self.params)
+
+    def _match(self, found: list[Found]) -> tuple[dict[int, Found], list[Found]]:
+        """Which face found is which tracked face: {track id: face}, and the faces no
+        track took."""
+        live = [t for t in self.tracks if t.geometry is not None]
+        if not live or not found:
+            return {}, list(found)
+        from scipy.optimize import linear_sum_assignment
+
+        cost = np.full((len(live), len(found)), 1e6)
+        for i, track in enumerate(live):
+            for j, f in enumerate(found):
+                cost[i, j] = _match_cost(track, f)
+        rows, cols = linear_sum_assignment(cost)
+        pairs = zip(rows, cols, strict=True)
+        matched = {live[i].id: found[j] for i, j in pairs if cost[i, j] < 1e6}
+        taken = {id(f) for f in matched.values()}
+        return matched, [f for f in found if id(f) not in taken]
+
+    def _returning(self, f: Found) -> FaceTrack | None:
+        """A face lost less than `forget_s` ago that this one looks like, near where it was
+        lost (the best such), taken out of `lost`; None if none."""
+        best, best_corr = None, 0.6
+        for track in self.lost:
+            if track.look is None or f.look is None:
+                continue
+            cx, cy, side, _ = track.last
+            bx, by = f.box.centre
+            if max(abs(bx - cx), abs(by - cy)) > 2 * side:
+                continue
+            corr = float(track.look @ f.look)
+            if corr > best_corr:
+                best, best_corr = track, corr
+        if best is not None:
+            self.lost.remove(best)
+            best.lost_ns = None
+        return best
+
+
+def _match_cost(track: FaceTrack, f: Found) -> float:
+    """The cost of taking face `f` for `track` (1e6: refused)."""
+    px, py = track.predicted()
+    side = track.geometry.side
+    bx, by = f.box.centre
+    distance = math.hypot(bx - px, by - py) / side
+    size = abs(math.log(track.scale * max(f.box.w, f.box.h) / side))
+    if distance > 0.6 or size > 0.5:
+        return 1e6
+    if track.look is None or f.look is None:
+        return distance + size + 1.0
+    corr = float(track.look @ f.look)
+    if corr < MIN_LOOK:
+        return 1e6  # another face, however near
+    return distance + size + 2.0 * (1.0 - corr)

@@ -22,7 +22,7 @@ import time
 import cv2
 import numpy as np
 
-from .faces import FaceDetector, FaceTracker, to_grey
+from .faces import FaceDetector, FaceTracker, TrackerParams, to_grey
 from .spotter import Interval, Spotter, SpotterParams
 
 
@@ -109,10 +109,16 @@ MAX_STEP_NS = 5_000_000_000  # media time forward past this between two frames i
 class FaceSpotter:
     """`push(image, index, t_media_ns)` -> the intervals that frame confirmed.
 
+    Every face in view (up to `max_faces`, `faces.FaceTracker`) has its own spotter, fed its
+    own aligned crop; an interval carries its face's track id (`Interval.face`). A face that
+    leaves takes its spotter's state with it; one that comes back with its id (a short
+    occlusion) starts its spotter again (windows empty, noise estimate kept). With one face
+    (the default) this is the one-face path that every spotting figure was measured on.
+
     Media time that jumps (back at all, or forward by more than `MAX_STEP_NS`: a camera
     that restarted, two recordings joined, a clock stepped) starts the time-dependent
-    state again: the tracker's search schedule and the spotter's windows (its noise
-    estimate is kept), so nothing waits for a media time the new clock will not reach;
+    state again: the tracker's search schedule and the spotters' windows (their noise
+    estimates are kept), so nothing waits for a media time the new clock will not reach;
     `clock_jumps` counts them and `jumped` says the last frame came after one. What was
     under way at the jump is lost; what follows is spotted after the spotter's warm-up.
 
@@ -128,16 +134,40 @@ class FaceSpotter:
         background: bool = False,
         detector: FaceDetector | None = None,
         flow_fn=None,
+        max_faces: int = 1,
     ):
         # the same detection schedule with or without the worker thread: offline = live
-        self.tracker = FaceTracker(detector, size=size, background=background, scheduled=True)
-        self.spotter = Spotter(params, flow_fn=flow_fn)
-        self.has_face = False
-        self.crop = None  # the latest aligned grey crop (uint8), or None without a face
-        self.spot_seconds = 0.0  # the spotter's share of the last push (for benchmarks)
+        self.tracker = FaceTracker(
+            detector,
+            size=size,
+            params=TrackerParams(max_faces=max_faces),
+            background=background,
+            scheduled=True,
+        )
+        self.params, self.flow_fn = params, flow_fn
+        self.spotters: dict[int, Spotter] = {}  # a face's track id -> its spotter
+        self.crops: dict[int, np.ndarray] = {}  # -> its latest aligned grey crop (uint8)
+        self.spot_seconds = 0.0  # the spotters' share of the last push (for benchmarks)
         self.clock_jumps = 0  # times the media time jumped (see `push`)
         self.jumped = False  # whether the last frame came after a jump
         self._last_ns: int | None = None
+        self._rejected_gone: dict[str, int] = {}  # what forgotten faces' spotters refused
+        self._first = Spotter(params, flow_fn=flow_fn)  # the first face's, before any face
+
+    @property
+    def spotter(self) -> Spotter:
+        """The first face's spotter (the oldest face in view; the one face's, with one)."""
+        ids = list(self.spotters)
+        return self.spotters[ids[0]] if ids else self._first
+
+    @property
+    def has_face(self) -> bool:
+        return bool(self.crops)
+
+    @property
+    def crop(self) -> np.ndarray | None:
+        """The first face's latest aligned grey crop (uint8), or None without a face."""
+        return next(iter(self.crops.values()), None)
 
     def push(self, image, index: int, t_media_ns: int, key_frame: bool = False) -> list[Interval]:
         """One decoded frame (grey or RGB uint8), its index and media time in ns.
@@ -148,32 +178,67 @@ class FaceSpotter:
         if self.jumped:  # back, or forward past any gap a stream has: a new clock
             self.clock_jumps += 1
             self.tracker.restart_clock()
-            self.spotter.reset()
-        crop = self.tracker.update(grey, t_media_ns)
-        self.has_face = crop is not None
-        if crop is None:
-            self.crop = None
-            self.spotter.reset()
-            return []
-        self.crop = crop.apply(grey)
+            for spotter in self.spotters.values():
+                spotter.reset()
+        self.tracker.update(grey, t_media_ns)
+        in_view = self.tracker.in_view
+        self._forget({t.id for t in in_view})
+        self.crops = {}
+        found: list[Interval] = []
         started = time.perf_counter()
-        found = self.spotter.push(
-            self.crop, index, t_media_ns, self.tracker.version, key_frame=key_frame
-        )
+        for track in in_view:
+            spotter = self.spotters.get(track.id)
+            if spotter is None:
+                spotter = self.spotters[track.id] = self._spotter_for(track.id)
+            crop = self.crops[track.id] = track.crop.apply(grey)
+            for it in spotter.push(crop, index, t_media_ns, track.version, key_frame=key_frame):
+                it.face = track.id
+                found.append(it)
         self.spot_seconds = time.perf_counter() - started
         return found
 
-    def face_box(self) -> list[float] | None:
-        """[x, y, w, h] in frame pixels (1 decimal) of the face square the crop is cut
-        from (before its rotation, if the eyes were not level), or None without a face."""
-        g = self.tracker.geometry
-        if g is None or not self.has_face:
+    def _spotter_for(self, face: int) -> Spotter:
+        """A face's spotter: a new one, or the one-face path's (kept across a loss)."""
+        if self.tracker.max_faces == 1:
+            return self._first
+        return Spotter(self.params, flow_fn=self.flow_fn)
+
+    def _forget(self, in_view: set[int]) -> None:
+        """Spotters of faces out of view start again (a face that was lost, even for a
+        frame, has a gap in its frames); those of faces the tracker forgot are dropped."""
+        keep = in_view | {t.id for t in self.tracker.lost}
+        for face in list(self.spotters):
+            if face not in in_view:
+                self.spotters[face].reset()
+            if face not in keep:
+                gone = self.spotters.pop(face)
+                if gone is not self._first:
+                    for reason, n in gone.rejected.items():
+                        self._rejected_gone[reason] = self._rejected_gone.get(reason, 0) + n
+
+    def face_box(self, face: int | None = None) -> list[float] | None:
+        """[x, y, w, h] in frame pixels (1 decimal) of the square a face's crop is cut from
+        (before its rotation, if the eyes were not level): face `face` (a track id), or
+        the first face in view; None without that face."""
+        tracks = self.tracker.in_view
+        track = next((t for t in tracks if face is None or t.id == face), None)
+        if track is None:
             return None
+        g = track.geometry
         return [round(float(v), 1) for v in (g.cx - g.side / 2, g.cy - g.side / 2, g.side, g.side)]
+
+    def faces(self) -> list[tuple[int, list[float]]]:
+        """Every face in view: (track id, its square as `face_box` gives it)."""
+        return [(t.id, self.face_box(t.id)) for t in self.tracker.in_view]
 
     @property
     def rejected(self) -> dict[str, int]:
-        return self.spotter.rejected
+        """What the spotters refused, by reason, over every face since the start."""
+        out = dict(self._rejected_gone)
+        for spotter in {id(s): s for s in [*self.spotters.values(), self._first]}.values():
+            for reason, n in spotter.rejected.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
 
     @property
     def last_signal(self) -> float:

@@ -151,6 +151,7 @@ class Interval:
     latency_ns: int
     onset_crop: np.ndarray  # the crops to classify (uint8; denoised, step 6)
     apex_crop: np.ndarray
+    face: int = 1  # the face's track id (`faces.FaceTracker`; 1: a stream's first face)
 
 
 class State(enum.Enum):

@@ -95,4 +95,5 @@ def test_a_camera_frame_is_filtered_and_searched_only_around_the_face():
     away = np.full_like(frame, 30)
     away[:, 360:] = frame[:, 180:460]  # the face jumped far right: found all the same
     tracker.update(away, tracker.redetect_ns)
-    assert tracker._misses == 0 and tracker._geometry.cx > frame.shape[1] / 2
+    (face,) = tracker.in_view
+    assert face._misses == 0 and face.geometry.cx > frame.shape[1] / 2
