@@ -227,6 +227,11 @@ class FaceSpotter:
         g = track.geometry
         return [round(float(v), 1) for v in (g.cx - g.side / 2, g.cy - g.side / 2, g.side, g.side)]
 
+    def tracked(self) -> set[int]:
+        """The ids of the faces in view and of those lost for a moment (whose ids come back
+        if they do)."""
+        return {t.id for t in self.tracker.tracks} | {t.id for t in self.tracker.lost}
+
     def faces(self) -> list[tuple[int, list[float]]]:
         """Every face in view: (track id, its square as `face_box` gives it)."""
         return [(t.id, self.face_box(t.id)) for t in self.tracker.in_view]

@@ -56,6 +56,7 @@ class Subscription:
         ctx: zmq.Context | None = None,
         curve: dict | None = None,
         hwm: int = 1000,
+        face: int | None = None,
     ):
         self.ctx = ctx or zmq.Context.instance()
         self.endpoint, self.timeout_s = endpoint, timeout_s
@@ -72,7 +73,7 @@ class Subscription:
             self._monitor = self.socket.get_monitor_socket(_REFUSALS)
         # the topic ends the id (`cam1` is not `cam10`), and events are checked again below
         self.socket.setsockopt(zmq.SUBSCRIBE, protocol.topic(stream) if stream else b"")
-        self.stream = stream
+        self.stream, self.face = stream, face
         try:
             security.connect(self.socket, endpoint)
         except security.EndpointError:
@@ -115,6 +116,8 @@ class Subscription:
             if last is not None and msg.seq > last + 1:
                 self.missed += msg.seq - last - 1
             self._last[msg.stream] = msg.seq
+            if self.face is not None and event.face_id != self.face:
+                continue  # after the count: another face's event is not a missed one
             yield event
 
     def close(self) -> None:
@@ -132,5 +135,6 @@ class Subscription:
 
 
 def subscribe(endpoint: str, stream: str | None = None, timeout_s: float | None = None, **kw):
-    """Events published at `endpoint` (optionally one stream's), as they arrive."""
+    """Events published at `endpoint` (optionally one stream's; with `face=N`, only those
+    of the face with track id N, which is per stream), as they arrive."""
     return Subscription(endpoint, stream, timeout_s, **kw)

@@ -103,6 +103,23 @@ def is_box(v) -> bool:
     return type(v) is list and len(v) == 4 and all(is_num(x) and abs(x) <= 1e5 for x in v)
 
 
+MAX_FACES = 16  # faces a status or a preview lists (a stage tracks its --max-faces)
+
+
+def is_face_id(v) -> bool:
+    """A face's track id in its stream: 1, 2, ... (`kernels.faces.FaceTracker`)."""
+    return is_int(v) and 0 < v < 2**31
+
+
+def is_faces(v) -> bool:
+    """The faces in view: [[id, x, y, w, h], ...] (px), at most `MAX_FACES`."""
+    return (
+        type(v) is list
+        and len(v) <= MAX_FACES
+        and all(type(f) is list and len(f) == 5 and is_face_id(f[0]) and is_box(f[1:]) for f in v)
+    )
+
+
 def is_samples(v) -> bool:
     """A signal's samples: numbers, or nil where the signal was not measured."""
     return type(v) is list and len(v) <= 1000 and all(x is None or is_num(x) for x in v)
@@ -337,6 +354,7 @@ class Spotted(Message):
     spot_latency_ns: int | None = header(is_media)  # media time from the apex to confirming
     truth: dict | None = header(nil_or(is_map))  # a synthetic source's ground truth
     face: list | None = header(is_box)  # [x, y, w, h] px: the tracked face square
+    face_id: int | None = header(is_face_id)  # the face's track id in its stream (1, 2, ...)
     clip_fps: float | None = header(is_num)  # the clip's frames per second (media time)
 
     @classmethod
@@ -462,7 +480,7 @@ class Event(Spotted):
     def fields(self) -> dict:
         """The fields not listed on their own by `as_dict` (spot_score, region, ...), and
         `extra`."""
-        own = {*_LEADING, "model", "face"}
+        own = {*_LEADING, "model", "face", "face_id"}
         rest = {
             f.name: getattr(self, f.name)
             for f in self.header_fields()
@@ -506,6 +524,7 @@ class Event(Spotted):
             "apex_iso": self.apex_iso,
             "offset_iso": self.offset_iso,
             "face": self.face,
+            "face_id": self.face_id,
             "model": self.model,
             "times": self.times,
             **self.fields,
@@ -531,13 +550,15 @@ def uuid7(t_ns: int | None = None, entropy: bytes | None = None) -> str:
 @dataclasses.dataclass(kw_only=True)
 class Status(Message):
     """A stream as its spot stage sees it, a few times a second: whether it tracks a face
-    and where, the spotter's signal since the last status and its start threshold (nil
+    and where (`face`: the first face's square; `faces`: every face in view with its id),
+    the first face's spotter signal since the last status and its start threshold (nil
     where not measured), the frame rate, the frame's size."""
 
     KIND: ClassVar[str] = "status"
 
     state: str = header(is_str, "", required=True)
     face: list | None = header(is_box, nil=True)
+    faces: list = header(is_faces, [])
     signal: list = header(is_samples, [], required=True)
     threshold: float | None = header(is_num, nil=True)
     fps: float = header(is_num, 0.0)
@@ -548,14 +569,16 @@ class Status(Message):
 
 @dataclasses.dataclass(kw_only=True)
 class Preview(Message):
-    """A downscaled frame (grey or RGB), the face square in its own pixels (nil: no face)
-    and the scale from the frame."""
+    """A downscaled frame (grey or RGB), the first face's square in its own pixels (nil:
+    no face), every face in view with its id (`faces`, the same pixels) and the scale from
+    the frame."""
 
     KIND: ClassVar[str] = "preview"
     LIMITS: ClassVar[dict] = {"buffers": (1,), "ranks": (2, 3)}
 
     image: np.ndarray = buffer("image")
     face: list | None = header(is_box, nil=True)
+    faces: list = header(is_faces, [])
     t_capture: int = header(is_clock, 0)
     scale: float = header(is_num, 1.0)
 

@@ -217,7 +217,7 @@ class Metrics:
         )
         self.faces = Gauge(
             "mfvan_faces_tracked",
-            "1 while a face is tracked in the stream.",
+            "Faces in view and tracked in the stream (at most its spot stage's --max-faces).",
             ["stream"],
             registry=r,
         )

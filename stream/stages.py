@@ -162,13 +162,15 @@ class ClipBuffer:
 
 
 class StreamPairs:
-    """One stream's frames -> its pairs: the spotter (`FaceSpotter`), each interval it
-    confirms made a `Pair` (`pair_of`), numbered from 0, with its clip when `clip_s` keeps
-    them (`ClipBuffer`). What the spot stage and `mfvan analyze` share."""
+    """One stream's frames -> its pairs: the spotter (`FaceSpotter`, one per face in view),
+    each interval it confirms made a `Pair` (`pair_of`) of its face, numbered from 0 over
+    the stream's faces, with its clip when `clip_s` keeps them (a `ClipBuffer` per face,
+    dropped when the face is). What the spot stage and `mfvan analyze` share."""
 
     def __init__(self, spots: FaceSpotter, size: int = 128, clip_s: float = 0.0):
         self.spots = spots
-        self.clips = ClipBuffer(size, clip_s) if clip_s else None
+        self.size, self.clip_s = size, clip_s
+        self.clips: dict[int, ClipBuffer] = {}  # a face's id -> its crops' buffer
         self.seq = 0  # pairs made
 
     def push(self, frame: Frame) -> list[Pair]:
@@ -177,18 +179,30 @@ class StreamPairs:
             frame.index = frame.seq
         t_media = frame.media_ns
         intervals = self.spots.push(frame.image, frame.index, t_media, frame.key_frame)
-        if self.clips is not None:
-            if self.spots.jumped:
-                self.clips.clear()
-            self.clips.push(t_media, self.spots.crop)
+        if self.clip_s:
+            self._keep_crops(t_media)
         out = []
         for it in intervals:
-            pair = pair_of(it, frame, self.spots.face_box(), self.seq)
-            if self.clips is not None:
-                pair.clip, pair.clip_fps = self.clips.clip(it.onset_ns)
+            pair = pair_of(it, frame, self.spots.face_box(it.face), self.seq)
+            if it.face in self.clips:
+                pair.clip, pair.clip_fps = self.clips[it.face].clip(it.onset_ns)
             out.append(pair)
             self.seq += 1
         return out
+
+    def _keep_crops(self, t_media: int) -> None:
+        """Each face's crop into its clip buffer (black while the face is out of view but
+        still tracked, so a clip keeps its timing); buffers of forgotten faces dropped."""
+        tracked = self.spots.tracked()
+        for face in [f for f in self.clips if f not in tracked]:
+            del self.clips[face]
+        for face in tracked:
+            clips = self.clips.get(face)
+            if clips is None:
+                clips = self.clips[face] = ClipBuffer(self.size, self.clip_s)
+            if self.spots.jumped:
+                clips.clear()
+            clips.push(t_media, self.spots.crops.get(face))
 
 
 @dataclass
@@ -240,6 +254,7 @@ def pair_of(it, frame: Frame, face: list | None, seq: int) -> Pair:
         spot_latency_ns=int(it.latency_ns),
         truth=frame.truth,
         face=face,
+        face_id=it.face,
     )
 
 
@@ -259,11 +274,13 @@ class SpotStage:
         idle_s: float = 60.0,
         clip_s: float = 0.0,
         flow_device: str = "cpu",
+        max_faces: int = 4,
     ):
         self.metrics = metrics
         self.size = size
         self.params = params
         self.clip_s = clip_s
+        self.max_faces = max_faces
         self.flow_fn = None  # the spotter's own CPU kernel
         if flow_device == "cuda":  # the same method on the GPU (mfvan.kernels.flow_cuda)
             from mfvan.kernels import flow_cuda
@@ -275,7 +292,13 @@ class SpotStage:
     def _new(self, stream: str) -> _Track:
         m = self.metrics
         m.init_stream(stream, rejections=REJECTIONS)
-        spots = FaceSpotter(self.params, self.size, background=True, flow_fn=self.flow_fn)
+        spots = FaceSpotter(
+            self.params,
+            self.size,
+            background=True,
+            flow_fn=self.flow_fn,
+            max_faces=self.max_faces,
+        )
         return _Track(
             StreamPairs(spots, self.size, self.clip_s),
             m.frames_in.labels("spot", stream),
@@ -328,7 +351,7 @@ class SpotStage:
         """The face gauge, and one log line when a stream has shown no face for
         NO_FACE_FRAMES frames (and one when a face comes back)."""
         face = track.spots.has_face
-        track.face.set(1 if face else 0)
+        track.face.set(len(track.spots.crops))
         track.faceless = 0 if face else track.faceless + 1
         if face and track.warned:
             log.info("spot %s: a face is tracked again", stream, extra={"stream": stream})
@@ -363,6 +386,7 @@ class SpotConfig:
     clips: bool = False
     watch: str | None = None
     flow_device: str = "cpu"
+    max_faces: int = 4
 
     def stage(self, metrics: Metrics) -> SpotStage:
         return SpotStage(
@@ -372,6 +396,7 @@ class SpotConfig:
             idle_s=self.idle_s,
             clip_s=CLIP_MARGIN_S if self.clips else 0.0,
             flow_device=self.flow_device,
+            max_faces=self.max_faces,
         )
 
 

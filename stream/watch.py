@@ -114,6 +114,7 @@ class Watch:
             seq=s.seq,
             state="tracking" if spots.has_face else "no face",
             face=spots.face_box(),
+            faces=[[face, *box] for face, box in spots.faces()],
             signal=s.signal[-1000:],
             threshold=round(threshold, 4) if math.isfinite(threshold) else None,
             fps=round(s.frames / (now - s.since), 2),
@@ -137,6 +138,7 @@ class Watch:
             seq=s.previews,
             image=image,
             face=None if face is None else [round(v * scale, 1) for v in face],
+            faces=[[i, *(round(v * scale, 1) for v in box)] for i, box in spots.faces()],
             t_capture=int(t_capture),
             scale=scale,
         ).send(self.sock)

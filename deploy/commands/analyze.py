@@ -40,6 +40,7 @@ def add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     stage.add_measure_hz(p)
+    stage.add_max_faces(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             ) as bar
         ):
-            result = analyze_file(path, stream, recognizer, params, args.clips, bar.update)
+            result = analyze_file(
+                path, stream, recognizer, params, args.clips, bar.update, args.max_faces
+            )
         if result.error:
             failed.append((path, result.error))
             print(f"mfvan analyze: {path}: {result.error}; skipped", file=sys.stderr)

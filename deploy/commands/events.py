@@ -21,7 +21,7 @@ from pathlib import Path
 
 HELP = "list, show and export the events of an event store"
 CSV_COLUMNS = (
-    "id", "stream", "label", "confidence", "apex_iso", "onset_time", "apex_time",
+    "id", "stream", "face_id", "label", "confidence", "apex_iso", "onset_time", "apex_time",
     "offset_time", "onset", "apex", "offset", "spot_score", "model", "snapshots", "clip",
 )  # fmt: skip
 
@@ -86,6 +86,7 @@ def add(p: argparse.ArgumentParser) -> None:
             a.add_argument("id", help="an event id, or enough of its start to be one")
             continue
         a.add_argument("--stream", help="one camera's")
+        a.add_argument("--face", type=int, metavar="ID", help="one face's (its track id)")
         a.add_argument("--label", help="one class's")
         a.add_argument("--since", type=when, help="apex at or after this")
         a.add_argument("--until", type=when, help="apex before this")
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             since=args.since,
             until=args.until,
             min_confidence=args.min_confidence,
+            face=args.face,
         )
         if args.action == "list":
             events = store.query(**filters, limit=args.limit, newest_first=True)[::-1]
@@ -154,10 +156,14 @@ def run(args: argparse.Namespace) -> int:
 def _table(events: list[dict]) -> str:
     if not events:
         return "no events"
-    lines = [f"{'id':<13} {'time (UTC)':<23} {'stream':<12} {'label':<10} {'conf':>5}  snapshots"]
+    lines = [
+        f"{'id':<13} {'time (UTC)':<23} {'stream':<12} {'face':>4} {'label':<10} {'conf':>5}"
+        "  snapshots"
+    ]
     for e in events:
+        face = e.get("face_id") or "-"
         lines.append(
-            f"{e['id'][:13]:<13} {e['apex_iso'][:23]:<23} {e['stream'][:12]:<12} "
+            f"{e['id'][:13]:<13} {e['apex_iso'][:23]:<23} {e['stream'][:12]:<12} {face:>4} "
             f"{e['label'][:10]:<10} {e['confidence']:>5.2f}  {len(e['snapshots']) or '-'}"
         )
     return "\n".join(lines)

@@ -56,6 +56,7 @@ def add(p: argparse.ArgumentParser) -> None:
         "all its streams resume",
     )
     stage.add_measure_hz(p)  # forwarded to every spot process
+    stage.add_max_faces(p)  # and this
     stage.add_flow_device(p)  # and this
     add_store_options(p)  # a recorder child keeps every event (`mfvan record`)
     p.add_argument(

@@ -18,6 +18,7 @@ def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=stage.port, default=stage.DEFAULT_PORTS["spot"])
     stage.add_stream_limits(p, most=64, idle_s=60.0, what="frames")
     stage.add_measure_hz(p)
+    stage.add_max_faces(p)
     stage.add_flow_device(p)
     p.add_argument(
         "--clips",
@@ -54,5 +55,6 @@ def run(args: argparse.Namespace) -> int:
         clips=args.clips,
         watch=args.watch,
         flow_device=stage.flow_device(args),
+        max_faces=args.max_faces,
     )
     return stage.run_stage("spot", stages.run_spot, config, m, stop)

@@ -14,6 +14,13 @@ HELP = "print recognition events as they arrive"
 def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("endpoint", help="the recognizer's event endpoint")
     p.add_argument("--stream", help="only this stream's events")
+    p.add_argument(
+        "--face",
+        type=int,
+        metavar="ID",
+        help="only the events of the face with this track id (ids are per stream: use with "
+        "--stream)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, help="stop after this many events")
     p.add_argument(
@@ -42,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     stop = stage.stop_on_signals()
     n = skipped = 0
     curve = client_curve(args.keys, "subscriber") if args.keys else None
-    sub = subscribe(args.endpoint, args.stream, 0.2, curve=curve)
+    sub = subscribe(args.endpoint, args.stream, 0.2, curve=curve, face=args.face)
     absent = nobody_there(args.endpoint)
     if absent:
         print(f"mfvan subscribe: warning: {absent}; waiting for it", file=sys.stderr)
@@ -125,8 +132,10 @@ def format_event(event) -> str:
     probs = " ".join(f"{k} {v:.2f}" for k, v in event.probs.items())
     t = event.times
     latency = (t.get("t_recognize", 0) - t.get("t_apex", 0)) / 1e6
+    face = f" face {event.face_id}" if event.face_id is not None else ""
     return (
-        f"[{event.stream}] {event.label:<9} {event.confidence:.0%} sure  apex frame {event.apex} "
+        f"[{event.stream}]{face} {event.label:<9} {event.confidence:.0%} sure  "
+        f"apex frame {event.apex} "
         f"(onset {event.onset}, offset {event.offset})  {probs}  "
         f"apex->event {latency:.0f} ms  model {event.model}"
     )

@@ -148,6 +148,7 @@ def analyze_file(
     params=None,
     clips: Path | None = None,
     progress=None,
+    max_faces: int = 4,
 ) -> FileResult:
     """One video's events (see the module's docstring); `progress(n)` after every n
     frames. Never raises for a file it cannot read: the result's `error` says why."""
@@ -161,7 +162,8 @@ def analyze_file(
     except Exception as e:  # PyAV raises many kinds for a file that is not a video
         result.error = f"cannot open it: {_why(e)}"
         return result
-    pairs = StreamPairs(FaceSpotter(params, SIZE), SIZE, CLIP_MARGIN_S if clips else 0.0)
+    spots = FaceSpotter(params, SIZE, max_faces=max_faces)
+    pairs = StreamPairs(spots, SIZE, CLIP_MARGIN_S if clips else 0.0)
     job = _Analysis(path, stream, classifier, int(start_s * 1e9), fps, clips, result)
 
     def errors(_):

@@ -285,6 +285,21 @@ def add_stream_limits(p: argparse.ArgumentParser, most: int, idle_s: float, what
     )
 
 
+MAX_FACES = 4  # faces tracked per stream by default (`--max-faces`)
+
+
+def add_max_faces(p: argparse.ArgumentParser) -> None:
+    """`--max-faces`: faces tracked and spotted per stream, each with its own id."""
+    p.add_argument(
+        "--max-faces",
+        type=positive(int),
+        default=MAX_FACES,
+        metavar="N",
+        help=f"faces tracked per stream, each with its own id and spotter (default {MAX_FACES}; "
+        "1: the largest face only)",
+    )
+
+
 def add_measure_hz(p: argparse.ArgumentParser) -> None:
     """`--measure-hz`: the spotter's signal rate (`SpotterParams.measure_hz`)."""
     p.add_argument(

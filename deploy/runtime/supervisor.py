@@ -214,6 +214,8 @@ def _spot(args: argparse.Namespace, runtime: Path, first: int, streams: list[str
         argv += ["--in", _ipc(runtime, "frames", i)]
     argv += ["--out", _ipc(runtime, "pairs", first)]
     argv += ["--metrics-port", str(args.metrics_base_port + 2 * first + 1)]
+    if getattr(args, "max_faces", None) is not None:
+        argv += ["--max-faces", str(args.max_faces)]
     if getattr(args, "measure_hz", None) is not None:
         argv += ["--measure-hz", f"{args.measure_hz:g}"]
     if getattr(args, "flow_device", "cpu") != "cpu":

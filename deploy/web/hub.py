@@ -84,6 +84,7 @@ class Camera:
             "name": self.name,
             "state": self.state(now),
             "face": s and s.face,
+            "faces": s.faces if s else [],
             "width": s and s.width,
             "height": s and s.height,
             "threshold": s and s.threshold,
@@ -236,10 +237,22 @@ class Hub:
         cam = self.camera(preview.stream)
         image = np.asarray(preview.image)
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)
-        face = preview.face
-        if face is not None:
-            x, y, w, h = (int(round(v)) for v in face)
+        # every face in view with its id (an older spot stage sends only the first face)
+        faces = preview.faces or ([[0, *preview.face]] if preview.face is not None else [])
+        for face_id, *box in faces:
+            x, y, w, h = (int(round(v)) for v in box)
             cv2.rectangle(image, (x, y), (x + w, y + h), (80, 220, 80), 2)
+            if face_id:
+                cv2.putText(
+                    image,
+                    str(face_id),
+                    (x + 3, y + 16),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5,
+                    (80, 220, 80),
+                    1,
+                    cv2.LINE_AA,
+                )
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if ok:
             cam.jpeg, cam.frame_no = jpeg.tobytes(), cam.frame_no + 1

@@ -366,10 +366,13 @@ class EventStore:
         min_confidence: float | None = None,
         limit: int | None = None,
         newest_first: bool = False,
+        face: int | None = None,
     ) -> list[dict]:
         """Events (as `Event.as_dict()` gives them, with `snapshots`: the files' absolute
         paths) matching every filter given: `since`/`until` bound the apex time (seconds
-        since the epoch), `min_confidence` the class probability."""
+        since the epoch), `min_confidence` the class probability, `face` the face's track id
+        (in the event's JSON: no column, so stores of before multi-face tracking answer too;
+        their events have none)."""
         where, params = [], []
         for column, op, value in (
             ("stream", "=", stream),
@@ -377,6 +380,7 @@ class EventStore:
             ("apex_time", ">=", since),
             ("apex_time", "<", until),
             ("confidence", ">=", min_confidence),
+            ("json_extract(event, '$.face_id')", "=", face),
         ):
             if value is not None:
                 where.append(f"{column} {op} ?")

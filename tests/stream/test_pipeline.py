@@ -531,3 +531,69 @@ def test_a_vetoed_spot_is_counted_and_published_only_when_asked(tmp_path, publis
         assert set(labels) == {"none", "positive"}
     else:
         assert labels == ["positive"] * 4
+
+
+@pytest.mark.slow
+def test_two_faces_in_one_camera_give_pairs_and_events_of_each_face_with_its_id(tmp_path):
+    """An interview scene (two faces, SynthME's held-out portraits) through a spot stage:
+    each pair carries its face's track id and square, the two faces' pairs fall on their
+    own sides of the frame, the ids survive the wire, the event's JSON and the store's
+    query, and a subscriber asking for one face gets that face's events only."""
+    from mfvan.model.data import scenes
+    from mfvan.stream.messages import Event, Status, uuid7
+    from mfvan.stream.outputs.store import EventStore
+    from mfvan.stream.stages import SpotStage
+
+    config = replace(synth.CONFIGS["morph-heldout"], fps=30.0)
+    scene = scenes.SceneStream(config, scenes.layouts(10.0)["two-still"], seed=5)
+    stage = SpotStage(Metrics("spot"), max_faces=4)
+    pairs = []
+    for t in range(scene.frames()):
+        f = scene.frame(t)
+        msg = Frame(stream="cam1", seq=t, image=to_grey(f.image), t_media=f.timestamp_ns)
+        pairs += stage.handle(protocol.decode(msg.encode()), now=0.0)
+    spots = stage.tracks["cam1"].spots
+    assert [face for face, _ in spots.faces()] == [1, 2]
+    assert stage.metrics.faces.labels("cam1")._value.get() == 2
+    by_face = {}
+    for pair in pairs:
+        sent = Pair.from_message(protocol.decode(pair.encode()))
+        assert sent.face_id == pair.face_id and sent.face == pair.face
+        by_face.setdefault(pair.face_id, []).append(pair)
+    assert sorted(by_face) == [1, 2], "both faces were spotted"
+    left, right = (scene.boxes(0)[i][0] for i in (0, 1))  # the scene's faces 0 and 1
+    for face, mine in by_face.items():
+        x = {1: left[0] + left[2] / 2, 2: right[0] + right[2] / 2}[face]  # id 1: the larger
+        assert all(abs(p.face[0] + p.face[2] / 2 - x) < 40 for p in mine), (face, mine)
+    events = [
+        Event.of(p, id=uuid7(), label="x", probs={"x": 1.0}, confidence=1.0, model="m", seq=i)
+        for i, p in enumerate(pairs)
+    ]
+    assert all(e.as_dict()["face_id"] == e.face_id for e in events)
+    with EventStore(tmp_path / "e.db") as store:
+        store.add(events)
+        assert {e["face_id"] for e in store.query(face=2)} == {2}
+        assert len(store.query(face=2)) == len(by_face[2])
+    # a subscriber for face 2 over a real socket
+    endpoint = f"ipc://{tmp_path}/events.ipc"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(endpoint)
+    got = []
+    try:
+        with subscribe(endpoint, "cam1", timeout_s=1.0, face=2) as sub:
+            deadline = time.monotonic() + 30
+            while not got and time.monotonic() < deadline:
+                for e in events:
+                    e.send(pub)
+                got = list(sub)
+    finally:
+        pub.close(linger=0)
+    assert got and {e.face_id for e in got} == {2}
+    # the web view's status lists every face; a malformed list is refused
+    status = Status(stream="cam1", state="tracking", signal=[], t_status=time.time_ns(),
+                    faces=[[i, *box] for i, box in spots.faces()])  # fmt: skip
+    back = Status.from_message(protocol.decode(status.encode()))
+    assert [f[0] for f in back.faces] == [1, 2]
+    bad = Status(stream="cam1", state="tracking", signal=[], t_status=1, faces=[[0, 1, 2, 3, 4]])
+    with pytest.raises(protocol.Malformed):
+        Status.from_message(protocol.decode(bad.encode()))

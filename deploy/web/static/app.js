@@ -27,7 +27,8 @@ function tile(name) {
   }
   t.append(el("canvas", { class: "signal", width: 320, height: 60 }));
   const dl = el("dl");
-  for (const [label, cls] of [["state", "state"], ["fps", "fps"], ["p99 spot", "p99"]]) {
+  for (const [label, cls] of [["state", "state"], ["faces", "faces"], ["fps", "fps"],
+                             ["p99 spot", "p99"]]) {
     dl.append(el("dt", {}, label), el("dd", { class: cls }, "–"));
   }
   t.append(dl);
@@ -67,6 +68,8 @@ function showStatus(s) {
   const state = t.querySelector(".state");
   state.textContent = s.state;
   state.className = "state state-" + s.state.replace(/ /g, "-");
+  const ids = (s.faces || []).map((f) => f[0]);
+  t.querySelector(".faces").textContent = ids.length ? ids.join(", ") : "–";
   t.querySelector(".fps").textContent = s.fps === null || s.fps === undefined ? "–" : s.fps.toFixed(0);
   t.querySelector(".p99").textContent = s.p99_ms === null || s.p99_ms === undefined ? "–" : s.p99_ms + " ms";
   drawSignal(t.querySelector("canvas.signal"), s.signal, s.threshold);
@@ -84,6 +87,7 @@ function showEvent(e) {
   what.append(el("span", { class: "label" }, e.label), " ",
               el("span", { class: "conf" }, e.confidence.toFixed(2)), " ",
               el("span", { class: "cam" }, e.stream));
+  if (e.face_id) what.append(" ", el("span", { class: "face" }, "face " + e.face_id));
   const latency = e.apex_to_event_ms !== undefined ? ` · apex → event ${e.apex_to_event_ms} ms` : "";
   card.append(what, el("div", { class: "when" }, iso(e.apex_time) + latency));
   if (faces && e.images && e.images.length) {
