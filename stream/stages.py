@@ -264,11 +264,11 @@ class SpotStage:
     ended (`eos`) is forgotten (`Streams`)."""
 
     NO_FACE_FRAMES = 500  # frames without a face before the stage says so in the log
+    size = 128  # px, the side of a face's crop (what the model was trained on)
 
     def __init__(
         self,
         metrics: Metrics,
-        size: int = 128,
         params: SpotterParams | None = None,
         max_streams: int = 64,
         idle_s: float = 60.0,
@@ -277,7 +277,6 @@ class SpotStage:
         max_faces: int = 4,
     ):
         self.metrics = metrics
-        self.size = size
         self.params = params
         self.clip_s = clip_s
         self.max_faces = max_faces

@@ -73,6 +73,15 @@ CREATE INDEX IF NOT EXISTS events_label ON events (label, apex_time);
 """
 COLUMNS = ("id", "stream", "seq", "label", "confidence", "spot_score", "onset_time")
 COLUMNS += ("apex_time", "offset_time", "model", "snapshots", "bytes", "event")
+# `EventStore.query`'s filters: each a condition on one value
+FILTERS = {
+    "stream": "stream = ?",
+    "label": "label = ?",
+    "since": "apex_time >= ?",
+    "until": "apex_time < ?",
+    "min_confidence": "confidence >= ?",
+    "face": "json_extract(event, '$.face_id') = ?",
+}
 MAGNIFY = 8.0  # the difference image's gain: a 4-grey-level change shows as 32
 
 
@@ -357,33 +366,20 @@ class EventStore:
 
     # ------------------------------------------------------------------ reading
 
-    def query(
-        self,
-        stream: str | None = None,
-        label: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        min_confidence: float | None = None,
-        limit: int | None = None,
-        newest_first: bool = False,
-        face: int | None = None,
-    ) -> list[dict]:
+    def query(self, limit: int | None = None, newest_first: bool = False, **filters) -> list[dict]:
         """Events (as `Event.as_dict()` gives them, with `snapshots`: the files' absolute
-        paths) matching every filter given: `since`/`until` bound the apex time (seconds
-        since the epoch), `min_confidence` the class probability, `face` the face's track id
-        (in the event's JSON: no column, so stores of before multi-face tracking answer too;
-        their events have none)."""
+        paths) matching every filter given (`FILTERS`: stream, label, since, until,
+        min_confidence, face; None: not filtered): `since`/`until` bound the apex time
+        (seconds since the epoch), `min_confidence` the class probability, `face` the face's
+        track id (read from the event's JSON: no column, so stores from before several faces
+        were tracked answer too, their events having none)."""
+        unknown = set(filters) - set(FILTERS)
+        if unknown:
+            raise TypeError(f"no such filter: {', '.join(sorted(unknown))}")
         where, params = [], []
-        for column, op, value in (
-            ("stream", "=", stream),
-            ("label", "=", label),
-            ("apex_time", ">=", since),
-            ("apex_time", "<", until),
-            ("confidence", ">=", min_confidence),
-            ("json_extract(event, '$.face_id')", "=", face),
-        ):
+        for name, value in filters.items():
             if value is not None:
-                where.append(f"{column} {op} ?")
+                where.append(FILTERS[name])
                 params.append(value)
         sql = "SELECT event, snapshots FROM events"
         sql += f" WHERE {' AND '.join(where)}" if where else ""
