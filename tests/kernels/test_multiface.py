@@ -115,3 +115,23 @@ def _params(n: int):
     from mfvan.kernels.faces import TrackerParams
 
     return TrackerParams(max_faces=n)
+
+
+@pytest.mark.slow
+def test_scene_evaluation_scores_each_face_against_itself_alone(tmp_path):
+    """`mfvan spot-eval --scenes`' one video: encoded as a camera would, spotted by the live
+    path, each face's spots scored against its own ground truth, and the same face alone."""
+    from mfvan.model import scene_eval
+
+    config = replace(synth.CONFIGS["morph-heldout"], fps=FPS, codec=scene_eval.CODEC)
+    layout = scenes.layouts(8.0)["two-still"]
+    result = scene_eval.run_video(config, layout, seed=5, work=tmp_path)
+    assert len(result["faces"]) == 2 and result["frames"] == 240
+    for face in result["faces"]:
+        for condition in ("scene", "alone"):
+            tp, fp, truths = face[condition]
+            assert truths >= 2 and 0 <= tp <= truths and fp >= 0
+    assert sum(f["scene"][0] for f in result["faces"]) >= 2, "faces spotted in the scene"
+    assert [r["switches"] for r in result["ids"]] == [0, 0]
+    row = scene_eval._row("two-still", FPS, [result])
+    assert "two-still, 30 fps" in scene_eval.format_rows([row])
