@@ -17,6 +17,13 @@ def add(p: argparse.ArgumentParser) -> None:
     _add_backends(what)
     _add_pipeline(what)
     _add_web(what)
+    detectors = what.add_parser(
+        "detectors",
+        help="face detectors with landmarks (OpenCV's Haar cascades, dlib's HOG and 68-point "
+        "predictor) on SynthME scene frames: recall by face size, eye error, ms per frame",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    detectors.add_argument("--per-size", type=int, default=8, help="frames per face size")
 
 
 def _add_model(what) -> None:
@@ -215,6 +222,10 @@ def run(args: argparse.Namespace) -> int:
         report = spotter.format_spotter_report(
             spotter.bench_spotter(args.fps, args.seconds, args.size)
         )
+    elif args.target == "detectors":
+        from mfvan.deploy.bench import detectors
+
+        report = detectors.format_detectors_report(detectors.bench_detectors(args.per_size))
     elif args.target == "web":
         from mfvan.deploy.bench import web
 

@@ -522,13 +522,38 @@ def test_a_stream_without_a_face_says_so_once(caplog):
 
 
 @pytest.mark.slow  # a process each: in make test, not make test-fast
+class _Stderr:
+    """A child's standard error, read as it comes (a thread), so a test waits for what the
+    child says it is doing instead of sleeping a guessed time: on a busy box the imports
+    alone took over 4 s, and a test that slept 4 s signalled a child still importing."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lines = proc, []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout_s: float = 120.0) -> bool:
+        return until(lambda: any(text in line for line in self.lines), timeout_s)
+
+    def text(self) -> str:
+        self.thread.join(timeout=10)
+        return "".join(self.lines)
+
+
 def test_ingest_stops_on_sigterm_within_2_s_while_its_camera_is_down(tmp_path):
     """Before: `Reconnecting` never checked `stop`; a standalone ingest needed SIGKILL
     after 14 minutes. Two dead cameras: one refusing connections, one that accepts and
-    never answers (the open blocks in FFmpeg for its whole timeout)."""
+    never answers (the open blocks in FFmpeg for its whole timeout). The signal goes once
+    the child is retrying (it said so) or blocked in the open (it connected): the 2 s are
+    the stop's, not the imports'."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()
+    silent.settimeout(120)
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     dead = closed.getsockname()[1]
@@ -540,17 +565,21 @@ def test_ingest_stops_on_sigterm_within_2_s_while_its_camera_is_down(tmp_path):
                  "--out", f"ipc://{tmp_path}/f{port}.ipc", "--metrics-port", "-1"],
                 stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            time.sleep(4.0)  # imports, and some attempts
+            stderr = _Stderr(proc)
+            if port == dead:  # refused at once: retried, each time with its reason
+                assert stderr.wait_for("Connection refused; trying again"), stderr.lines
+            else:
+                connection, _ = silent.accept()  # it is in the open, which never ends
+                connection.close()
+            time.sleep(0.5)  # inside the retry wait, or the open
             assert proc.poll() is None, "a camera that is down is retried, not fatal"
             sent = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=10)
             took = time.monotonic() - sent
-            err = proc.stderr.read()
+            err = stderr.text()
             assert took < 2.0, f"stopped {took:.1f} s after SIGTERM"
             assert "None" not in err and "Traceback" not in err
-            if port == dead:  # refused at once: retried, each time with its reason
-                assert "Connection refused; trying again" in err, err
     finally:
         silent.close()
 
@@ -575,9 +604,11 @@ def test_passwords_never_reach_argv_or_logs(tmp_path):
          "--metrics-port", "-1"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "CAM": url},
     )  # fmt: skip
-    time.sleep(4.0)
+    stderr = _Stderr(proc)
+    assert stderr.wait_for("trying again"), stderr.lines  # not a guessed 4 s: its own word
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
+    proc.wait(timeout=10)
+    err = stderr.text()
     assert "trying again" in err and "***" in err and "hunter2" not in err, err
 
 
