@@ -9,8 +9,9 @@ scored against the same faces rendered one per frame.
 
 Layering: each person is cut from its own rendering by a soft head-and-shoulders mask
 (hair, face, neck, the top of the torso, in face-height units as `synth_face` paints them)
-and moved by a sub-pixel translation (`cv2.warpAffine`, bilinear) to its place; the one
-with the larger `depth` is in front. The background is a smooth, lit wall with its own
+and laid at its place in whole pixels (its own pixels, never resampled: a sub-pixel shift
+would blur them, and with them what there is to spot); the one with the larger `depth` is
+in front. The background is a smooth, lit wall with its own
 camera noise (`synth.SubjectRenderer`'s people carry theirs).
 
 Ground truth per face: the subject's expressions (frame indices are the scene's: the same
@@ -204,6 +205,18 @@ class SceneStream:
         cx, cy = layer.person.path.at(t / self.config.fps)
         return cx - layer.place.cx, cy - layer.place.cy
 
+    @staticmethod
+    def _mask_at(layer: _Layer, t: int) -> np.ndarray:
+        """The person's mask where the head is at frame t: moved with the head's own drift
+        (the renderer's backward map, as its pixels are), so the outline moves with the face
+        as a real one does, instead of the face sliding under a still outline (which the
+        spotter saw as motion at the face's edge)."""
+        state = layer.stream.timeline.state(t)
+        if state.tx == state.ty == state.angle_deg == 0.0:
+            return layer.mask
+        pmap = layer.stream.renderer.backward_map(replace(state, au_px={}))
+        return cv2.remap(layer.mask, pmap[..., 0], pmap[..., 1], cv2.INTER_LINEAR, borderValue=0.0)
+
     def frame(self, t: int) -> synth.SynthFrame:
         h, w = self.scene.frame_size
         img = self.background.copy()
@@ -213,12 +226,18 @@ class SceneStream:
         )
         for i in self._order:
             layer = self.layers[i]
-            dx, dy = self._offset(i, t)
-            m = np.float32([[1, 0, dx], [0, 1, dy]])
+            dx, dy = (int(round(v)) for v in self._offset(i, t))
             person = layer.stream.frame(t).image.astype(np.float32)
-            moved = cv2.warpAffine(person, m, (w, h), flags=cv2.INTER_LINEAR)
-            alpha = cv2.warpAffine(layer.mask, m, (w, h), flags=cv2.INTER_LINEAR)[..., None]
-            img = moved * alpha + img * (1 - alpha)
+            mask = self._mask_at(layer, t)
+            # whole pixels: the person's own pixels, not resampled (a sub-pixel shift would
+            # blur them, and with them the movements to spot); a path moves in 1 px steps
+            ph, pw = person.shape[:2]
+            x0, y0, x1, y1 = max(dx, 0), max(dy, 0), min(dx + pw, w), min(dy + ph, h)
+            if x1 <= x0 or y1 <= y0:
+                continue  # wholly off the frame
+            src = (slice(y0 - dy, y1 - dy), slice(x0 - dx, x1 - dx))
+            alpha = mask[src][..., None]
+            img[y0:y1, x0:x1] = person[src] * alpha + img[y0:y1, x0:x1] * (1 - alpha)
         image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
         return synth.SynthFrame(t, round(t * 1e9 / self.config.fps), image)
 

@@ -131,7 +131,9 @@ def test_scene_evaluation_scores_each_face_against_itself_alone(tmp_path):
         for condition in ("scene", "alone"):
             tp, fp, truths = face[condition]
             assert truths >= 2 and 0 <= tp <= truths and fp >= 0
-    assert sum(f["scene"][0] for f in result["faces"]) >= 2, "faces spotted in the scene"
+    # every face's spots were told apart and given to it (right or wrong is the
+    # evaluation's figure, not this test's)
+    assert all(sum(f["scene"][:2]) > 0 for f in result["faces"]) and result["orphans"] == 0
     assert [r["switches"] for r in result["ids"]] == [0, 0]
     row = scene_eval._row("two-still", FPS, [result])
     assert "two-still, 30 fps" in scene_eval.format_rows([row])
