@@ -8,7 +8,10 @@ video and each of its faces rendered alone (the same person doing the same thing
 a frame of its own) are encoded alike, decoded with PyAV and spotted by the live path
 (`FaceSpotter`: `max_faces` 4 for the scene, 1 alone).
 
-Scoring, per face: a tracked face is the scene face it is matched to on that frame
+Scoring, per face, on the frames where it is in view (at least half of it) and has been
+for 1.5 s (`WARM_S`: the next search for new faces and the spotter's warm-up), in the scene
+and alone alike: a micro-expression counts when all its frames are, a spot when its apex
+is. A tracked face is the scene face it is matched to on that frame
 (`scenes.match_faces`: the nearest centre, within half a face); a spot belongs to the
 scene face its track was on at the spot's apex frame, and is right when it matches one
 of that face's micro-expressions at IoU >= 0.5 (MEGC; `spotting.match`). A spot whose
@@ -55,12 +58,34 @@ def _spot(path: Path, max_faces: int):
     return intervals, faces
 
 
-def _counts(spotted: list[tuple[int, int]], truth: list[synth.Expression]) -> tuple[int, int, int]:
-    """(true, false, ground truths) of one face's spots (onset, offset) against its micro-
-    expressions."""
-    micro = [(e.onset, e.offset) for e in truth if e.kind == "micro"]
-    tp = len(match(spotted, micro))
-    return tp, len(spotted) - tp, len(micro)
+WARM_S = 1.5  # s in view before a micro-expression is scored: a search for new faces (1 s)
+# and the spotter's warm-up (0.4 s)
+
+
+def _counts(
+    spotted: list[tuple[int, int, int]], truth: list[synth.Expression], scored: np.ndarray
+) -> tuple[int, int, int]:
+    """(true, false, ground truths) of one face's spots (onset, apex, offset) against its
+    micro-expressions, on the frames `scored` says (a micro-expression whose every frame is
+    scored; a spot whose apex is)."""
+    micro = [
+        (e.onset, e.offset)
+        for e in truth
+        if e.kind == "micro" and scored[max(e.onset, 0) : e.offset + 1].all()
+    ]
+    spots = [(o, f) for o, a, f in spotted if scored[min(a, len(scored) - 1)]]
+    tp = len(match(spots, micro))
+    return tp, len(spots) - tp, len(micro)
+
+
+def scored_frames(scene: scenes.SceneStream, face: int, n: int) -> np.ndarray:
+    """The frames a face is scored on: in view (at least half of it) since `WARM_S`
+    before, so that a face that enters, or comes out from behind another, is scored alike in
+    the scene and alone."""
+    shown = np.array([scene.boxes(t)[face][1] >= 0.5 for t in range(n)])
+    warm = int(round(WARM_S * scene.config.fps))
+    # shown on every frame of the last `warm` as well (from the video's start: alone too)
+    return np.array([shown[max(0, t - warm) : t + 1].all() for t in range(n)])
 
 
 def run_video(config: synth.SynthConfig, layout: scenes.Scene, seed: int, work: Path) -> dict:
@@ -75,8 +100,9 @@ def run_video(config: synth.SynthConfig, layout: scenes.Scene, seed: int, work: 
     out = {"video": video.name, "frames": n, "faces": []}
     for i in range(len(layout.people)):
         truth = scene.expressions_until(i, n)
+        scored = scored_frames(scene, i, n)
         mine = [
-            (onset, offset)
+            (onset, apex, offset)
             for face, onset, apex, offset in intervals
             if per_frame[min(apex, n - 1)].get(i) == face
         ]
@@ -86,8 +112,8 @@ def run_video(config: synth.SynthConfig, layout: scenes.Scene, seed: int, work: 
         solo, _ = _spot(path, max_faces=1)
         out["faces"].append(
             {
-                "scene": _counts(mine, truth),
-                "alone": _counts([(o, f) for _, o, _, f in solo], truth),
+                "scene": _counts(mine, truth, scored),
+                "alone": _counts([(o, a, f) for _, o, a, f in solo], truth, scored),
             }
         )
     out["orphans"] = sum(  # spots whose track was on no scene face at their apex
