@@ -195,5 +195,19 @@ def write_docs(rows: list[dict], path: Path, command: str, machine: str) -> None
         "",
         format_rows(rows),
         "",
+        "## The tracker",
+        "",
+        _tracker_doc(),
+        "",
     ]
     Path(path).write_text("\n".join(text))
+
+
+def _tracker_doc() -> str:
+    """How several faces are tracked: `FaceTracker`'s own paragraph on it."""
+    import inspect
+
+    from mfvan.kernels.faces import FaceTracker
+
+    doc = inspect.getdoc(FaceTracker) or ""
+    return next(p for p in doc.split("\n\n") if p.startswith("**Several faces**"))
