@@ -465,16 +465,21 @@ class FaceTracker:
     with one) and, every `discover_s` (1 s) or when a face was not found near its place,
     over the whole frame for faces not yet tracked. The faces found are matched to the
     tracks by an assignment (`scipy.optimize.linear_sum_assignment`) whose cost adds the
-    distance from the track's predicted centre (its last motion carried on) in sides, the
-    log ratio of sizes, and one minus the correlation of their looks (`appearance`); a match
-    further than 0.6 of a side or 0.5 in log size is refused. A face no track takes starts a
+    distance from the track's predicted centre (its last motion carried on, through misses
+    too) in sides, the log ratio of sizes, and twice one minus the correlation of their
+    looks (`appearance`: eye-aligned crops, so a box's jitter barely changes a look); a
+    match further than 0.6 of a side, 0.5 in log size, or less alike than `MIN_LOOK` (0.4:
+    another face, however near) is refused. A face no track takes starts a
     new track (up to `max_faces`, the largest first), with a new id, unless it looks like a
     face lost in the last `forget_s` (2 s; correlation over 0.6, within two sides of where it
     was lost): then that face's id comes back, so a face hidden for a moment by another
     passing in front, or by a hand, keeps its id. Ids count from 1 per tracker and are
-    never reused for another face. With one face (`max_faces` 1, the default) nothing is
-    matched: the one face found is the face, and a face found after one was lost takes its
-    id back (there is no other it could be).
+    never reused for another face. A face's eye history is cleared when a new pair lies
+    more than a quarter of a side from its median (the face has moved: a median of pairs
+    from before a crossing put the crop where the face had been). With one face
+    (`max_faces` 1, this class's default; the spot stage's is 4) nothing is matched: the
+    one face found is the face, and a face found after one was lost takes its id back
+    (there is no other it could be).
 
     Time is the frames' media time (`update(image, t_ns)`), never the wall clock, so a
     file gives the same crops at any CPU load and replay speed. Without times, frames are
