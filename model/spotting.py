@@ -171,7 +171,9 @@ class VideoRun:
     brightness: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # crop mean
 
 
-def spot_video(path: Path, params=None, size: int = 128, pairs: bool = False) -> VideoRun:
+def spot_video(
+    path: Path, params=None, size: int = 128, pairs: bool = False, max_faces: int = 1
+) -> VideoRun:
     """The spotter over one video file, frame by frame, through the same `FaceSpotter` as
     the live spot stage, on the same clock (media time: PTS x time base) and the same grey
     (the decoder's luma plane, as ingest sends it). With `pairs`, each interval keeps
@@ -183,7 +185,7 @@ def spot_video(path: Path, params=None, size: int = 128, pairs: bool = False) ->
     from mfvan.kernels.media import decode
     from mfvan.kernels.motion import wire_flow
 
-    spots = FaceSpotter(params, size)
+    spots = FaceSpotter(params, size, max_faces=max_faces)
     intervals, signal, threshold, keys, versions, brightness = [], [], [], [], [], []
     started = time.perf_counter()
     with av.open(str(path)) as container:
@@ -350,14 +352,14 @@ def plot_trace(run: VideoRun, truth: list[Truth], path: Path) -> None:
     plt.close(fig)
 
 
-def _spot_one(path: str, params, pairs: bool = False) -> VideoRun:
+def _spot_one(path: str, params, pairs: bool = False, max_faces: int = 1) -> VideoRun:
     import cv2
 
     from mfvan.kernels.spotter import warm_up
 
     cv2.setNumThreads(1)
     warm_up()
-    return spot_video(Path(path), params, pairs=pairs)
+    return spot_video(Path(path), params, pairs=pairs, max_faces=max_faces)
 
 
 def recognize(runs: list[VideoRun], classify, classes: list[str]) -> None:

@@ -4,10 +4,15 @@ hash of the whole signal trace, and the rejection counts, per video, as JSON (co
 runs' files byte for byte). Not a test: run it before and after a change.
 
     .venv/bin/python tests/spot_fingerprint.py after.json VIDEO...
+
+`MFVAN_MAX_FACES=4` spots with the live stage's several-face tracker instead of the one-face
+one (what `mfvan spot-eval` measures). A face's id is left out, so fingerprints from before
+several faces were tracked compare byte for byte.
 """
 
 import hashlib
 import json
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,10 +27,11 @@ def _hash(a) -> str:
 
 
 def fingerprint(path: str) -> tuple[str, list]:
-    run = _spot_one(path, None, pairs=True)
+    run = _spot_one(path, None, pairs=True, max_faces=int(os.environ.get("MFVAN_MAX_FACES", 1)))
     intervals = []
     for d in run.intervals:
         onset, apex, flow = d.pop("pair")
+        d.pop("face", None)
         d = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in d.items()}
         intervals.append({**d, "crops": [_hash(onset), _hash(apex), _hash(flow)]})
     return path, [intervals, _hash(run.signal), run.rejected]
