@@ -479,7 +479,10 @@ class FaceTracker:
     from before a crossing put the crop where the face had been). With one face
     (`max_faces` 1, this class's default; the spot stage's is 4) nothing is matched: the
     one face found is the face, and a face found after one was lost takes its id back
-    (there is no other it could be).
+    (there is no other it could be). A face found far from every track (past the gate)
+    that looks like a tracked face not found this time (correlation of 0.7 or more) is that
+    face, moved: a camera that restarted with another view, a picture that jumped; it keeps
+    its id and spotter.
 
     Time is the frames' media time (`update(image, t_ns)`), never the wall clock, so a
     file gives the same crops at any CPU load and replay speed. Without times, frames are
@@ -644,6 +647,15 @@ class FaceTracker:
                 self._settle_one(self.tracks[0], found[0] if found else None)
             return
         matched, free = self._match(found)
+        # a face found far from every track that looks like a tracked face not found this
+        # time is that face, moved (a camera that restarted with another view, a jump):
+        # it keeps its id and its spotter, as the one face does
+        for f in sorted(free, key=lambda f: -f.box.w * f.box.h):
+            missed = [t for t in self.tracks if t.id not in matched and t.geometry is not None]
+            moved = _most_alike(f, missed, MOVED_LOOK)
+            if moved is not None:
+                matched[moved.id] = f
+                free.remove(f)
         for track in list(self.tracks):
             self._settle_one(track, matched.get(track.id))
         self.lost = [t for t in self.lost if self._now_ns - t.lost_ns < self.forget_ns]
@@ -703,6 +715,21 @@ class FaceTracker:
             self.lost.remove(best)
             best.lost_ns = None
         return best
+
+
+MOVED_LOOK = 0.7  # a face found far from a missed track is that face when this alike
+
+
+def _most_alike(f: Found, tracks: list[FaceTrack], least: float) -> FaceTrack | None:
+    """The track whose look is most like `f`'s, if at least `least` alike."""
+    best, best_corr = None, least
+    for track in tracks:
+        if track.look is None or f.look is None:
+            continue
+        corr = float(track.look @ f.look)
+        if corr >= best_corr:
+            best, best_corr = track, corr
+    return best
 
 
 def _match_cost(track: FaceTrack, f: Found) -> float:
