@@ -79,7 +79,7 @@ def _still(cx: float, cy: float) -> Route:
 
 
 def layouts(seconds: float = 20.0) -> dict[str, Scene]:
-    """The scenes `mfvan synth --scenes` writes, at 640 x 480 (a camera's VGA):
+    """The scenes `mfvan spot-eval --scenes` measures, at 640 x 480 (a camera's VGA):
 
     - `two-still`: an interview, two faces side by side (180 and 140 px), still but for
       their own head drift; they never cross.
