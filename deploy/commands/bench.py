@@ -17,6 +17,10 @@ def add(p: argparse.ArgumentParser) -> None:
     _add_backends(what)
     _add_pipeline(what)
     _add_web(what)
+    _add_detectors(what)
+
+
+def _add_detectors(what) -> None:
     detectors = what.add_parser(
         "detectors",
         help="face detectors with landmarks (OpenCV's Haar cascades, dlib's HOG and 68-point "
