@@ -647,10 +647,11 @@ class FaceTracker:
                 self._settle_one(self.tracks[0], found[0] if found else None)
             return
         matched, free = self._match(found)
+        free.sort(key=lambda f: -f.box.w * f.box.h)  # the largest first
         # a face found far from every track that looks like a tracked face not found this
         # time is that face, moved (a camera that restarted with another view, a jump):
         # it keeps its id and its spotter, as the one face does
-        for f in sorted(free, key=lambda f: -f.box.w * f.box.h):
+        for f in list(free):
             missed = [t for t in self.tracks if t.id not in matched and t.geometry is not None]
             moved = _most_alike(f, missed, MOVED_LOOK)
             if moved is not None:
@@ -659,7 +660,7 @@ class FaceTracker:
         for track in list(self.tracks):
             self._settle_one(track, matched.get(track.id))
         self.lost = [t for t in self.lost if self._now_ns - t.lost_ns < self.forget_ns]
-        for f in sorted(free, key=lambda f: -f.box.w * f.box.h):
+        for f in free:
             if len(self.tracks) >= self.max_faces:
                 break
             track = self._returning(f) or self._new_track()
@@ -700,23 +701,18 @@ class FaceTracker:
     def _returning(self, f: Found) -> FaceTrack | None:
         """A face lost less than `forget_s` ago that this one looks like, near where it was
         lost (the best such), taken out of `lost`; None if none."""
-        best, best_corr = None, 0.6
-        for track in self.lost:
-            if track.look is None or f.look is None:
-                continue
-            cx, cy, side, _ = track.last
-            bx, by = f.box.centre
-            if max(abs(bx - cx), abs(by - cy)) > 2 * side:
-                continue
-            corr = float(track.look @ f.look)
-            if corr > best_corr:
-                best, best_corr = track, corr
+        bx, by = f.box.centre
+        near = [
+            t for t in self.lost if max(abs(bx - t.last.cx), abs(by - t.last.cy)) <= 2 * t.last.side
+        ]
+        best = _most_alike(f, near, RETURN_LOOK)
         if best is not None:
             self.lost.remove(best)
             best.lost_ns = None
         return best
 
 
+RETURN_LOOK = 0.6  # a face found near where one was lost is that face when this alike
 MOVED_LOOK = 0.7  # a face found far from a missed track is that face when this alike
 
 

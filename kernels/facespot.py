@@ -157,8 +157,7 @@ class FaceSpotter:
     @property
     def spotter(self) -> Spotter:
         """The first face's spotter (the oldest face in view; the one face's, with one)."""
-        ids = list(self.spotters)
-        return self.spotters[ids[0]] if ids else self._first
+        return next(iter(self.spotters.values()), self._first)
 
     @property
     def has_face(self) -> bool:

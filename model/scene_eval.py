@@ -31,6 +31,7 @@ import numpy as np
 
 from .data import scenes, synth
 from .spotting import match
+from .strs import spotting_f1
 
 CODEC = "h264-crf23"
 SEEDS = (11, 12)  # held out: no parameter of the spotter or the tracker was tuned on them
@@ -78,12 +79,13 @@ def _counts(
     return tp, len(spots) - tp, len(micro)
 
 
-def scored_frames(scene: scenes.SceneStream, face: int, n: int) -> np.ndarray:
-    """The frames a face is scored on: in view (at least half of it) since `WARM_S`
-    before, so that a face that enters, or comes out from behind another, is scored alike in
-    the scene and alone."""
-    shown = np.array([scene.boxes(t)[face][1] >= 0.5 for t in range(n)])
-    warm = int(round(WARM_S * scene.config.fps))
+def scored_frames(boxes: list, face: int, fps: float) -> np.ndarray:
+    """The frames a face is scored on (`boxes`: `SceneStream.boxes` of every frame): in
+    view (at least half of it) since `WARM_S` before, so that a face that enters, or comes
+    out from behind another, is scored alike in the scene and alone."""
+    n = len(boxes)
+    shown = np.array([b[face][1] >= 0.5 for b in boxes])
+    warm = int(round(WARM_S * fps))
     # shown on every frame of the last `warm` as well (from the video's start: alone too)
     return np.array([shown[max(0, t - warm) : t + 1].all() for t in range(n)])
 
@@ -96,11 +98,12 @@ def run_video(config: synth.SynthConfig, layout: scenes.Scene, seed: int, work: 
     video = work / f"{layout.name}-{seed}.mp4"
     _encode(video, (scene.frame(t).image for t in range(n)), fps, layout.frame_size)
     intervals, faces = _spot(video, max_faces=4)
-    per_frame = [scenes.match_faces(f, scene.boxes(t)) for t, f in enumerate(faces)]
+    boxes = [scene.boxes(t) for t in range(n)]  # once a frame: each costs frame-sized masks
+    per_frame = [scenes.match_faces(f, boxes[t]) for t, f in enumerate(faces)]
     out = {"video": video.name, "frames": n, "faces": []}
     for i in range(len(layout.people)):
         truth = scene.expressions_until(i, n)
-        scored = scored_frames(scene, i, n)
+        scored = scored_frames(boxes, i, fps)
         mine = [
             (onset, apex, offset)
             for face, onset, apex, offset in intervals
@@ -123,12 +126,6 @@ def run_video(config: synth.SynthConfig, layout: scenes.Scene, seed: int, work: 
     return out
 
 
-def f1(tp: int, fp: int, truths: int) -> float:
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / truths if truths else 0.0
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
 def evaluate(
     fps_list=(30.0,), seconds: float = 20.0, seeds=SEEDS, identities: str = "morph-heldout"
 ) -> list[dict]:
@@ -148,7 +145,7 @@ def _row(name: str, fps: float, videos: list[dict]) -> dict:
     pooled = {}
     for condition in ("scene", "alone"):
         tp, fp, n = (sum(f[condition][k] for v in videos for f in v["faces"]) for k in range(3))
-        pooled[condition] = {"tp": tp, "fp": fp, "micro": n, "f1": f1(tp, fp, n)}
+        pooled[condition] = {"tp": tp, "fp": fp, "micro": n, "f1": spotting_f1(tp, fp, n - tp)}
     ids = [r for v in videos for r in v["ids"]]
     return {
         "cell": f"{name}, {fps:g} fps",
