@@ -35,7 +35,7 @@ set's root with long/ inside; `mfvan synth` writes it):
   DIR/ground_truth.csv  one row per expression: video, kind (micro | macro), onset, apex,
                         offset (0-based frame indices in the video, inclusive), and
                         optionally class (its label, for recognition; empty: none)
-  DIR/nuisances.csv     optional: video, kind (blink), start, end
+  DIR/nuisances.csv     optional: video, kind (blink, turn, hand), start, end
   DIR/<video>           every video named in ground_truth.csv (.mkv or .mp4, any codec
                         FFmpeg decodes)"""
 
@@ -219,22 +219,21 @@ def spot_video(
     )
 
 
-CAUSES = ("blink", "macro", "tracker", "keyframe", "light", "other")
+CAUSES = ("blink", "macro", "turn", "hand", "tracker", "keyframe", "light", "other")
 
 
 def false_spot_cause(run: VideoRun, p: tuple[int, int, int], others: list[Truth]) -> str:
     """Why a false spot (onset, apex, offset) fired, as far as the data tell: it overlaps a
-    blink or a macro-expression; the crop geometry changed between its reference frame
-    and its offset (tracker); a GOP boundary (a key frame among predicted pictures,
-    `GopBoundaries`) fell near its onset or near its reference frame's (keyframe); the
-    crop's mean brightness changed by more than 1% from onset to apex (light); else other (codec
-    block noise, texture shimmer, sensor noise)."""
+    blink, a macro-expression, a head turn or a hand over the mouth; the crop geometry
+    changed between its reference frame and its offset (tracker); a GOP boundary (a key
+    frame among predicted pictures, `GopBoundaries`) fell near its onset or near its
+    reference frame's (keyframe); the crop's mean brightness changed by more than 1% from
+    onset to apex (light); else other (codec block noise, texture shimmer, sensor noise)."""
     onset, apex, offset = p
     hit = [t.kind for t in others if min(offset, t.offset) >= max(onset, t.onset)]
-    if "blink" in hit:
-        return "blink"
-    if "macro" in hit:
-        return "macro"
+    for kind in ("blink", "macro", "turn", "hand"):
+        if kind in hit:
+            return kind
     lag = int(round(0.5 * run.fps))
     near = max(1, int(round(0.1 * run.fps)))
     first = max(onset - lag, 0)
@@ -330,7 +329,13 @@ def plot_trace(run: VideoRun, truth: list[Truth], path: Path) -> None:
 
     t = np.arange(run.frames) / run.fps
     fig, ax = plt.subplots(figsize=(14, 3.2))
-    colours = {"micro": "tab:green", "macro": "tab:red", "blink": "tab:blue"}
+    colours = {
+        "micro": "tab:green",
+        "macro": "tab:red",
+        "blink": "tab:blue",
+        "turn": "tab:purple",
+        "hand": "tab:brown",
+    }
     for g in truth:
         ax.axvspan(g.onset / run.fps, g.offset / run.fps, color=colours[g.kind], alpha=0.25)
     ax.plot(t, run.signal, lw=0.7, color="k", label="signal (px, 128 px crop)")

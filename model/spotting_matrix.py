@@ -30,7 +30,7 @@ import csv
 import hashlib
 import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +82,10 @@ def build(out: Path, seed: int, quick: bool = False, workers: int | None = None)
         n = max(_videos(k, c, f, seed) for k, c, f in todo if (k, f) == (kind, fps))
         master = root / f"{kind}-{fps:g}fps" / "master"
         cfg = replace(synth.CONFIGS[IDENTITIES[kind]], fps=fps, codec="ffv1", long_videos=n)
+        _check_generator(master, cfg)
         if not _complete(master, n):
             synth.write_long_videos(cfg, master, seed=seed, workers=workers, progress=False)
+            (master / GENERATOR_JSON).write_text(_generator(cfg) + "\n")
         jobs = []
         for k, codec, f in todo:
             if (k, f) != (kind, fps):
@@ -95,6 +97,31 @@ def build(out: Path, seed: int, quick: bool = False, workers: int | None = None)
         if jobs:  # no worker processes are started for a group that is complete
             with synth._pool(workers) as pool:
                 list(pool.map(_make_cell, *zip(*jobs, strict=True)))
+
+
+GENERATOR_JSON = "generator.json"  # a master's config, all but its count of videos
+
+
+class StaleMatrix(ValueError):
+    """The matrix folder holds sets another generator config made."""
+
+
+def _generator(cfg: synth.SynthConfig) -> str:
+    return json.dumps(asdict(replace(cfg, long_videos=0)), sort_keys=True)
+
+
+def _check_generator(master: Path, cfg: synth.SynthConfig) -> None:
+    """Refuse a master made by another generator config (an older SynthME, or another
+    preset): its cells would be scored as if they were this one's."""
+    if not (master / "ground_truth.csv").exists():
+        return
+    made = master / GENERATOR_JSON
+    if not made.exists() or made.read_text().strip() != _generator(cfg):
+        raise StaleMatrix(
+            f"{master} was generated with another SynthME config than this version's "
+            f"{cfg.name!r} preset (or before {GENERATOR_JSON} was kept); delete "
+            f"{master.parents[2]} to generate the matrix again"
+        )
 
 
 def _complete(master: Path, n: int) -> bool:
@@ -262,7 +289,8 @@ def _method(command: str, machine: str) -> list[str]:
         "",
         "- **Sets** (`mfvan.model.spotting_matrix`): SynthME long videos of 20 s in realistic "
         "mode: 4 micro-expressions and 1 macro-expression per 10 s among blinks, head "
-        "drift, flicker, light change; photographic skin detail (pores, fine hair, fabric); "
+        "drift, head turns and hands over the mouth (one of each per 20 s), flicker, light "
+        "change; photographic skin detail (pores, fine hair, fabric); "
         "camera noise (spatially correlated, signal-dependent). *parametric*: SynthME's "
         "drawn faces (`camera` preset). *photo*: faces warped from a real photograph "
         "(`photo` preset; matplotlib's public-domain portrait of Grace Hopper) with the same "
@@ -285,7 +313,8 @@ def _method(command: str, machine: str) -> list[str]:
         "micro-expression is at least 0.5, each ground truth matched once; precision, "
         "recall, F1 pooled over videos. 95% interval: bootstrap over videos "
         f"({BOOTSTRAP} resamples).",
-        "- **False spots by cause**: overlaps a blink or a macro-expression; the tracker "
+        "- **False spots by cause**: overlaps a blink, a macro-expression, a head turn or "
+        "a hand over the mouth (the realistic mode's gestures, docs/synthme.md); the tracker "
         "changed the crop between the spot's reference frame and its end; a GOP boundary "
         "(a key frame among predicted pictures: never in FFV1, whose pictures are all "
         "intra-coded) fell within 0.1 s before its onset (or its reference frame's); the "

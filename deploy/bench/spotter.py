@@ -73,6 +73,77 @@ def bench_spotter(fps: float = 200.0, seconds: float = 10.0, size: int = 128) ->
     }
 
 
+def bench_faces(fps: float = 30.0, seconds: float = 6.0) -> dict:
+    """What a second face costs: `FaceSpotter.push` timed whole (face search, tracking,
+    cropping, spotting) per frame on one core, on SynthME's `two-still` scene (640 x 480,
+    held-out morphs, two faces side by side) and on the same scene with its first person
+    alone, with up to 4 faces tracked; and that one person with the one-face tracker
+    (`max_faces=1`, the path every spotting figure was measured on), side by side on the
+    same frames. Only frames where every person is in view are counted."""
+    import time
+    from dataclasses import replace
+
+    import cv2
+
+    from mfvan.kernels.faces import to_grey
+    from mfvan.kernels.facespot import FaceSpotter
+    from mfvan.kernels.spotter import warm_up
+    from mfvan.model.data import scenes, synth
+
+    cv2.setNumThreads(1)
+    warm_up()
+    config = replace(synth.CONFIGS["morph-heldout"], fps=fps)
+    both = scenes.layouts(seconds)["two-still"]
+    runs = (
+        ("1 face, max_faces 1", replace(both, people=both.people[:1]), 1),
+        ("1 face, max_faces 4", replace(both, people=both.people[:1]), 4),
+        ("2 faces, max_faces 4", both, 4),
+    )
+    rows = []
+    for name, scene, max_faces in runs:
+        stream = scenes.SceneStream(config, scene, seed=11)
+        frames = [to_grey(f.image) for f in (stream.frame(t) for t in range(stream.frames()))]
+        spotter = FaceSpotter(max_faces=max_faces)
+        per_frame = []
+        for index, grey in enumerate(frames):
+            started = time.perf_counter()
+            spotter.push(grey, index, round(index * 1e9 / fps))
+            spent = time.perf_counter() - started
+            if len(spotter.tracker.in_view) == len(scene.people):
+                per_frame.append(spent)
+        p50, p99 = percentiles(per_frame)
+        rows.append(
+            {
+                "run": name,
+                "faces": len(scene.people),
+                "frames": len(per_frame),
+                "ms": 1e3 * float(np.mean(per_frame)) if per_frame else float("nan"),
+                "p50_ms": p50,
+                "p99_ms": p99,
+            }
+        )
+    return {"machine": cpu_name(), "fps_in": fps, "seconds": seconds, "rows": rows}
+
+
+def format_faces_report(r: dict) -> str:
+    lines = [
+        f"FaceSpotter.push whole (search, tracking, crops, spotting) on {r['seconds']:g} s of "
+        f"SynthME's two-still scene at {r['fps_in']:g} fps, one core; machine: {r['machine']}",
+        f"{'run':<24}{'frames':>8}{'ms/frame':>10}{'p50 ms':>9}{'p99 ms':>9}",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"{row['run']:<24}{row['frames']:>8}{row['ms']:>10.2f}{row['p50_ms']:>9.2f}"
+            f"{row['p99_ms']:>9.2f}"
+        )
+    one_old, one, two = (row["ms"] for row in r["rows"])
+    lines.append(
+        f"the second face costs {(two - one) / one:.2f}x the first; one face with up to 4 "
+        f"tracked costs {one / one_old:.2f}x the one-face tracker"
+    )
+    return "\n".join(lines)
+
+
 def _uint8_flow(fn):
     def flow(first, second):
         a = np.clip(first, 0, 255).astype(np.uint8)

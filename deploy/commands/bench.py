@@ -94,6 +94,12 @@ def _add_spotter(what) -> None:
     spotter.add_argument("--fps", type=float, default=200.0, help="the stream's frame rate")
     spotter.add_argument("--seconds", type=float, default=10.0, help="stream length")
     spotter.add_argument("--size", type=int, default=128, help="crop size")
+    spotter.add_argument(
+        "--faces",
+        action="store_true",
+        help="instead: what a second face costs (the whole push, on a two-face scene at "
+        "--fps, against its first face alone and the one-face tracker)",
+    )
 
 
 def _add_backends(what) -> None:
@@ -223,9 +229,12 @@ def run(args: argparse.Namespace) -> int:
     elif args.target == "spotter":
         from mfvan.deploy.bench import spotter
 
-        report = spotter.format_spotter_report(
-            spotter.bench_spotter(args.fps, args.seconds, args.size)
-        )
+        if args.faces:
+            report = spotter.format_faces_report(spotter.bench_faces(args.fps, args.seconds))
+        else:
+            report = spotter.format_spotter_report(
+                spotter.bench_spotter(args.fps, args.seconds, args.size)
+            )
     elif args.target == "detectors":
         from mfvan.deploy.bench import detectors
 

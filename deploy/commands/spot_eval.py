@@ -129,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
         from mfvan.model import spotting_matrix as matrix
 
         root = args.out / "matrix"
-        results = matrix.sweep(root, quick=args.quick, workers=args.workers)
+        try:
+            results = matrix.sweep(root, quick=args.quick, workers=args.workers)
+        except matrix.StaleMatrix as e:
+            print(f"mfvan spot-eval: {e}", file=sys.stderr)
+            return 2
         earlier = matrix.legacy(root, workers=args.workers)
         if args.docs:
             from mfvan.deploy.bench import cpu_name

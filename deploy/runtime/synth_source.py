@@ -107,17 +107,13 @@ class SynthSource:
                     "offset": e.offset,
                     "label": e.label3 or "",
                 }
-        for b in reversed(self.stream.timeline.blinks):
-            if b.start < horizon:
-                break
-            if b.start <= t <= b.end:
-                return {
-                    "kind": "blink",
-                    "onset": b.start,
-                    "apex": b.start,
-                    "offset": b.end,
-                    "label": "",
-                }
+        timeline = self.stream.timeline
+        for n in (
+            *_under_way(timeline.blinks, t, horizon),
+            *_under_way(timeline.gestures, t, horizon),
+        ):
+            kind = getattr(n, "kind", "blink")
+            return {"kind": kind, "onset": n.start, "apex": n.start, "offset": n.end, "label": ""}
         return None
 
     def __iter__(self):
@@ -164,3 +160,15 @@ def register() -> None:
     from mfvan.stream import ingest
 
     ingest.register("synth", SynthSource, ingest.Kind(live=True, reopen_at_end=False))
+
+
+def _under_way(spans: list, t: int, horizon: int) -> list:
+    """Those of `spans` (blinks or gestures, in order of start) under way at frame t,
+    scanning back no further than `horizon`."""
+    out = []
+    for n in reversed(spans):
+        if n.start < horizon:
+            break
+        if n.start <= t <= n.end:
+            out.append(n)
+    return out

@@ -141,9 +141,18 @@ def layouts(seconds: float = 20.0) -> dict[str, Scene]:
 
 def person_config(config: synth.SynthConfig, person: Person) -> synth.SynthConfig:
     """A person's own rendering: the scene's config at the person's face size, in a frame
-    that holds the head and shoulders."""
+    that holds the head and shoulders. Without the realistic mode's gestures (head turns,
+    a hand over the mouth): a person's outline is a fixed mask moved with the head's drift,
+    which a turned head or a raised hand would cross (scenes measure tracking and spotting
+    of several faces; the gestures are measured on one face, docs/spotting.md)."""
     fh = person.face_height
-    return replace(config, face_height=fh, frame_size=(int(math.ceil(2.0 * fh)), int(2 * fh)))
+    calm = replace(config.nuisances, turn_rate_hz=0.0, hand_rate_hz=0.0)
+    return replace(
+        config,
+        face_height=fh,
+        frame_size=(int(math.ceil(2.0 * fh)), int(2 * fh)),
+        nuisances=calm,
+    )
 
 
 def _mask(config: synth.SynthConfig, half_width: float) -> np.ndarray:

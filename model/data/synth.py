@@ -58,9 +58,11 @@ from mfvan.model.data.synth_face import (
     Identity,
     Placement,
     au_field,
+    ellipse_alpha,
     morph_identity,
     photo_identity,
     render_texture,
+    smooth_noise,
 )
 
 EMOTIONS_5 = casme2.EMOTIONS
@@ -100,6 +102,16 @@ class Nuisances:
     flicker_hz: tuple[float, float] = (2.0, 12.0)  # aliased lamp flicker
     light_change: float = 0.06  # relative amplitude of slow illumination change
     macro_per_segment: int = 1  # macro-expressions per 10 s of long video
+    # gestures (long videos only; the realistic presets turn them on): a head turned aside
+    # and back (yaw, each way `turn_ms`, held `turn_hold_ms`), a hand raised over the mouth
+    # and lowered (each way `hand_ms`, held `hand_hold_ms`); rates per second of video
+    turn_rate_hz: float = 0.0
+    turn_deg: tuple[float, float] = (10.0, 30.0)
+    turn_ms: tuple[float, float] = (250.0, 500.0)
+    turn_hold_ms: tuple[float, float] = (200.0, 800.0)
+    hand_rate_hz: float = 0.0
+    hand_ms: tuple[float, float] = (200.0, 400.0)
+    hand_hold_ms: tuple[float, float] = (300.0, 1000.0)
 
     def scaled(self, k: float) -> Nuisances:
         """Every nuisance's strength times `k` (rates and amplitudes; durations kept)."""
@@ -112,6 +124,8 @@ class Nuisances:
             flicker=self.flicker * k,
             light_change=self.light_change * k,
             macro_per_segment=round(self.macro_per_segment * k),
+            turn_rate_hz=self.turn_rate_hz * k,
+            hand_rate_hz=self.hand_rate_hz * k,
         )
 
     @classmethod
@@ -241,7 +255,9 @@ CONFIGS["camera"] = replace(
     name="camera",
     skin_detail=1.0,
     noise_model="camera",
-    nuisances=replace(Nuisances(), noise_std=2.0),
+    # a head turn and a hand over the mouth about every 20 s each (issue 39: the spotter
+    # must neither fire on them nor lose the face)
+    nuisances=replace(Nuisances(), noise_std=2.0, turn_rate_hz=0.05, hand_rate_hz=0.05),
     codec="h264-crf23",
     micro_per_segment=4,
 )
@@ -305,13 +321,38 @@ class Blink:
 
 
 @dataclass(frozen=True)
+class Gesture:
+    """A head turn ("turn": `amount` degrees of yaw, + to the image's right) or a hand over
+    the mouth ("hand": `amount` 1): from `start` it moves there over `rise` frames, holds,
+    and moves back over the last `rise` frames before `end`."""
+
+    kind: str
+    start: int
+    end: int
+    rise: int
+    amount: float
+
+    def intensity(self, t: float) -> float:
+        """0 outside, 1 while held; half-cosine ways there and back."""
+        if t <= self.start or t >= self.end:
+            return 0.0
+        u = min(t - self.start, self.end - t, self.rise) / self.rise
+        return 0.5 - 0.5 * math.cos(math.pi * u)
+
+
+@dataclass(frozen=True)
 class FrameState:
-    """Everything that makes one frame: AU displacements in px, pose, light, noise seed."""
+    """Everything that makes one frame: AU displacements in px, pose, light, noise seed;
+    `hand`: how far a hand is raised over the mouth (0: not in view, 1: over it), moved by
+    `hand_sway` px while held."""
 
     au_px: dict[int, float]
     tx: float = 0.0
     ty: float = 0.0
     angle_deg: float = 0.0
+    yaw_deg: float = 0.0
+    hand: float = 0.0
+    hand_sway: tuple[float, float] = (0.0, 0.0)
     gain: float = 1.0
     noise_std: float = 0.0
     noise_seed: tuple[int, ...] = (0,)
@@ -371,7 +412,7 @@ class SubjectRenderer:
 
         on_grid = at is None
         at = self.grid if at is None else at
-        posed = not state.tx == state.ty == state.angle_deg == 0.0
+        posed = not state.tx == state.ty == state.angle_deg == state.yaw_deg == 0.0
         if posed:
             # y = S^-1 x: undo the head's translation and rotation about the face centre.
             cx, cy = self.placement.cx, self.placement.cy
@@ -382,6 +423,8 @@ class SubjectRenderer:
             y = np.empty_like(at)
             y[..., 0] = cos * gx + sin * gy + np.float32(cx)
             y[..., 1] = cos * gy - sin * gx + np.float32(cy)
+            if state.yaw_deg:
+                self._unturn(y, state.yaw_deg)
         else:
             y = at.copy()
         if state.au_px:
@@ -392,6 +435,66 @@ class SubjectRenderer:
                 )
             y -= disp
         return y
+
+    def _unturn(self, y: np.ndarray, yaw_deg: float) -> None:
+        """Undo a head turn of `yaw_deg`, in place on the texture coordinates `y`.
+
+        Our model (the paper and the datasets say nothing of it): the head is a vertical
+        cylinder of radius half the face height through the face's centre, seen from the
+        front; the texture is that cylinder seen unturned, so a frame point at
+        u = (x - cx) / R shows the texture's point at cx + R sin(asin(u) - yaw). The hidden
+        side is clamped to the cylinder's edge; what lies beyond it (the wall, the hair's
+        outline) does not move. The light stays on the texture (the shading turns with
+        the face) and only the cylinder has depth (the nose does not stand out): a turn
+        here is a smooth sideways squeeze of the face, as large as a real one.
+        """
+        cx, r = np.float32(self.placement.cx), np.float32(0.5 * self.placement.h)
+        u = (y[..., 0] - cx) / r
+        phi = np.arcsin(np.clip(u, -1.0, 1.0)) - np.float32(math.radians(yaw_deg))
+        turned = cx + r * np.sin(np.clip(phi, -np.pi / 2, np.pi / 2))
+        y[..., 0] = np.where(np.abs(u) < 1.0, turned, y[..., 0])
+
+    def _hand_sprite(self) -> np.ndarray:
+        """A hand seen from the back, fingers up, in the face's own skin colour (the mean of
+        its cheeks in the texture) with soft shading: (H, W, 4) float32, colour
+        premultiplied by coverage in the last channel; its centre goes over the mouth."""
+        if not hasattr(self, "_hand"):
+            h = self.placement.h
+            side = int(round(0.7 * h)) | 1
+            ys, xs = (np.mgrid[0:side, 0:side].astype(np.float32) - side // 2) / np.float32(h)
+            soft = 1.2 / h
+            cover = ellipse_alpha(xs, ys, 0.0, 0.08, 0.19, 0.15, soft)  # the palm
+            for fx in (-0.12, -0.04, 0.04, 0.12):  # four fingers, the middle two longer
+                reach = 0.13 if abs(fx) < 0.1 else 0.11
+                cover = np.maximum(cover, ellipse_alpha(xs, ys, fx, -0.1, 0.04, reach, soft))
+            cover = np.maximum(cover, ellipse_alpha(xs, ys, 0.2, 0.02, 0.09, 0.04, soft))
+            cx, cy = int(self.placement.cx), int(self.placement.cy + 0.05 * h)
+            dx, d = int(0.2 * h), max(2, int(0.03 * h))
+            cheeks = [self.texture[cy - d : cy + d, x - d : x + d] for x in (cx - dx, cx + dx)]
+            skin = np.concatenate([c.reshape(-1, 3) for c in cheeks]).mean(axis=0)
+            rng = np.random.default_rng([self.identity.texture_seed, 0x4A])
+            grain = smooth_noise((side, side), rng, 2.0) * np.float32(0.03)
+            shade = (0.95 - 0.25 * ys + grain)[..., None]  # lit from above, darker below
+            self._hand = np.dstack([skin * shade * cover[..., None], cover]).astype(np.float32)
+        return self._hand
+
+    def _raise_hand(self, img: np.ndarray, state: FrameState) -> None:
+        """Put the hand `state.hand` of the way from below the frame to over the mouth, in
+        place on the texture-lit frame `img` (before the light's gain)."""
+        import cv2
+
+        sprite = self._hand_sprite()
+        side = sprite.shape[0]
+        place, (fh, fw) = self.placement, self.config.frame_size
+        rest_y = place.cy + self.identity.mouth_y * place.h + state.hand_sway[1]
+        below = fh + side / 2
+        centre_y = below + (rest_y - below) * state.hand
+        shift = np.float32(
+            [[1, 0, place.cx + state.hand_sway[0] - side // 2], [0, 1, centre_y - side // 2]]
+        )
+        layer = cv2.warpAffine(sprite, shift, (fw, fh), flags=cv2.INTER_LINEAR, borderValue=0)
+        img *= 1.0 - layer[..., 3:]
+        img += layer[..., :3]
 
     def render(self, state: FrameState, noise: bool = True) -> np.ndarray:
         """The frame for `state`: uint8 RGB, (H, W, 3)."""
@@ -418,6 +521,8 @@ class SubjectRenderer:
             cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REFLECT,
         )
+        if state.hand > 0:
+            self._raise_hand(img, state)
         img *= np.float32(state.gain * 255.0)
         return img
 
@@ -488,6 +593,7 @@ class Timeline:
         rng = np.random.default_rng([*rng_seed, 0x7E])
         self.expressions: list[Expression] = []
         self.blinks: list[Blink] = []
+        self.gestures: list[Gesture] = []
         # Smooth head motion and light: sums of slow sinusoids with random phases.
         self._drift = rng.uniform(0.03, 0.4, (3, 3)), rng.uniform(0, 2 * math.pi, (3, 3))
         self._flicker = rng.uniform(*nuisances.flicker_hz), rng.uniform(0, 2 * math.pi)
@@ -511,11 +617,19 @@ class Timeline:
         l_hz, l_phase = self._light
         gain = 1.0 + nz.flicker * math.sin(2 * math.pi * f_hz * secs + f_phase)
         gain += nz.light_change * math.sin(2 * math.pi * l_hz * secs + l_phase)
+        yaw = sum(g.intensity(t) * g.amount for g in self.gestures if g.kind == "turn")
+        hand = max((g.intensity(t) for g in self.gestures if g.kind == "hand"), default=0.0)
+        # a raised hand is never quite still: it sways by about 1% of the face's height
+        sway = cfg.face_height * hand * np.array([0.012, 0.008])
+        sway *= np.sin(2 * math.pi * np.array([0.45, 0.65]) * secs + np.array([0.0, 1.0]))
         return FrameState(
             au_px=au_px,
             tx=float(wave[0]) * nz.drift_px * cfg.px_scale,
             ty=float(wave[1]) * nz.drift_px * cfg.px_scale,
             angle_deg=float(wave[2]) * nz.drift_deg,
+            yaw_deg=float(yaw),
+            hand=hand,
+            hand_sway=(float(sway[0]), float(sway[1])),
             gain=gain,
             noise_std=nz.noise_std,
             noise_seed=(*self.rng_seed, t),
@@ -579,6 +693,34 @@ def _draw_blinks(
             blinks.append(b)
         t = b.end + rng.exponential(config.fps / nuisances.blink_rate_hz)
     return blinks
+
+
+def _draw_gestures(
+    rng, config: SynthConfig, nuisances: Nuisances, start: int, stop: int, busy: list
+) -> list[Gesture]:
+    """Head turns and hands over the mouth in [start, stop): a Poisson count of each at its
+    rate, each placed at random where it meets no span of `busy` (the micro-expressions,
+    with a margin) nor a gesture placed before it; one that finds no such place in 20 tries
+    is left out (so a busy segment has fewer)."""
+    nz, out, spans = nuisances, [], list(busy)
+    kinds = (
+        ("turn", nz.turn_rate_hz, nz.turn_ms, nz.turn_hold_ms),
+        ("hand", nz.hand_rate_hz, nz.hand_ms, nz.hand_hold_ms),
+    )
+    for kind, rate, way_ms, hold_ms in kinds:
+        if rate <= 0:
+            continue
+        for _ in range(rng.poisson(rate * (stop - start) / config.fps)):
+            rise = config.frames(rng.uniform(*way_ms))
+            length = 2 * rise + config.frames(rng.uniform(*hold_ms))
+            amount = rng.uniform(*nz.turn_deg) * rng.choice((-1.0, 1.0)) if kind == "turn" else 1.0
+            for _ in range(20):
+                first = int(rng.integers(start, max(start + 1, stop - length)))
+                if not any(first <= b and a <= first + length for a, b in spans):
+                    out.append(Gesture(kind, first, first + length, rise, float(amount)))
+                    spans.append((first, first + length))
+                    break
+    return out
 
 
 # ----------------------------------------------------------------------------- clips
@@ -811,6 +953,21 @@ class SynthStream:
                 )
             self.timeline.expressions.append(expr)
         self.timeline.blinks += _draw_blinks(rng, cfg, nz, start, stop)
+        # from their own seed: the expressions and blinks are those of a config without them
+        margin = cfg.frames(200.0)
+        busy = [
+            (e.onset - margin, e.offset + margin)
+            for e in self.timeline.expressions
+            if e.kind == "micro" and start <= e.onset < stop
+        ]
+        self.timeline.gestures += _draw_gestures(
+            np.random.default_rng([self.seed, self.subject, self.video, segment, 0x6E]),
+            cfg,
+            nz,
+            start,
+            stop,
+            busy,
+        )
 
     def frame(self, t: int) -> SynthFrame:
         self._schedule_until(t)
@@ -831,6 +988,10 @@ class SynthStream:
     def blinks_until(self, t: int) -> list[Blink]:
         self._schedule_until(t)
         return [b for b in self.timeline.blinks if b.start < t]
+
+    def gestures_until(self, t: int) -> list[Gesture]:
+        self._schedule_until(t)
+        return [g for g in self.timeline.gestures if g.start < t]
 
 
 # ----------------------------------------------------------------------------- long videos
@@ -965,12 +1126,16 @@ def _long_video(config: SynthConfig, seed: int, video: int, out: str):
         for e in stream.expressions_until(n)
         if e.offset < n
     ]
-    blinks = [
+    nuisances = [
         {"video": name, "kind": "blink", "start": b.start, "end": b.end}
         for b in stream.blinks_until(n)
         if b.end < n
+    ] + [
+        {"video": name, "kind": g.kind, "start": g.start, "end": g.end}
+        for g in stream.gestures_until(n)
+        if g.end < n
     ]
-    return truth, blinks
+    return truth, nuisances
 
 
 def write_long_videos(
@@ -978,7 +1143,7 @@ def write_long_videos(
 ) -> list[dict]:
     """Write `config.long_videos` long videos for spotting under `out`, with
     `ground_truth.csv` (LONG_CSV_COLUMNS; frames are 0-based indices in the video) and
-    `nuisances.csv` (the blinks)."""
+    `nuisances.csv` (the blinks, head turns and hands over the mouth)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     truth, blinks = [], []

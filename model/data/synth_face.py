@@ -312,7 +312,7 @@ def skin_detail(
     )
     pores = cv2.GaussianBlur(dots, (0, 0), 0.7 * scale)
     pores /= pores.max() + 1e-6
-    grain = _smooth_noise(shape, rng, 0.6 * scale)
+    grain = smooth_noise(shape, rng, 0.6 * scale)
     out = 1.0 - 0.10 * pores * skin_alpha + 0.025 * grain * skin_alpha
     # fine hairs: thin dark strokes, oriented along the hair's flow, near the hairline and
     # on the brows
@@ -348,7 +348,7 @@ def skin_detail(
     xs, ys = np.mgrid[0:h, 0:w].astype(np.float32)[::-1]
     weave = np.sin(2 * np.pi * (xs + ys) / period) * np.sin(2 * np.pi * (xs - ys) / period)
     cloth = np.clip((y - 0.62) / 0.03, 0, 1) * (1 - skin_alpha)
-    out *= 1.0 + 0.08 * weave * cloth + 0.03 * _smooth_noise(shape, rng, 0.8) * cloth
+    out *= 1.0 + 0.08 * weave * cloth + 0.03 * smooth_noise(shape, rng, 0.8) * cloth
     return (out * ident.detail + (1 - ident.detail)).astype(np.float32)
 
 
@@ -367,14 +367,14 @@ def _grid(shape: tuple[int, int], place: Placement) -> tuple[np.ndarray, np.ndar
     return (xs - place.cx) / place.h, (ys - place.cy) / place.h
 
 
-def _ellipse_alpha(x, y, cx, cy, ax, ay, soft):
+def ellipse_alpha(x, y, cx, cy, ax, ay, soft):
     """Coverage of an ellipse with a soft edge `soft` wide (face-height units)."""
     r = np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
     dist = (r - 1.0) * np.minimum(ax, ay)
     return np.clip(0.5 - dist / soft, 0.0, 1.0)
 
 
-def _smooth_noise(shape, rng, sigma_px):
+def smooth_noise(shape, rng, sigma_px):
     """Band-limited noise (zero mean, unit std) by Gaussian-blurring white noise."""
     import cv2
 
@@ -403,7 +403,7 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
     if ident.photo is not None:
         img = _render_photo(ident, shape, place)
         x, y = _grid(shape, place)
-        face = _ellipse_alpha(x, y, 0.0, 0.02, ident.half_width, 0.5, 0.05)
+        face = ellipse_alpha(x, y, 0.0, 0.02, ident.half_width, 0.5, 0.05)
         return np.clip(img * skin_detail(ident, shape, place, face)[..., None], 0, 1)
     x, y = _grid(shape, place)
     soft = 1.2 / place.h
@@ -413,11 +413,11 @@ def render_texture(ident: Identity, shape: tuple[int, int], place: Placement) ->
     img *= (1.0 + 0.15 * (y - x) * 0.5)[..., None]  # a gentle gradient, as in a real room
 
     # Hair behind the head, then the face oval (the lower half narrower: the jaw).
-    _blend(img, _ellipse_alpha(x, y, 0.0, -0.08, ident.half_width * 1.12, 0.56, soft), ident.hair)
+    _blend(img, ellipse_alpha(x, y, 0.0, -0.08, ident.half_width * 1.12, 0.56, soft), ident.hair)
     half_w = np.where(
         y > 0, ident.half_width * (1 - (1 - ident.jaw) * np.clip(y / 0.5, 0, 1)), ident.half_width
     )
-    face = _ellipse_alpha(x, y, 0.0, 0.0, half_w, 0.5, soft)
+    face = ellipse_alpha(x, y, 0.0, 0.0, half_w, 0.5, soft)
     neck = np.clip(0.5 - (np.abs(x) - ident.half_width * 0.55) / soft, 0, 1) * (y > 0.3)
     skin_alpha = np.maximum(face, neck * 0.92)
     shade = _lambert(ident, x, y)
@@ -449,7 +449,7 @@ def _skin(ident: Identity, x, y, place: Placement, rng, shade) -> np.ndarray:
     shape = x.shape
     skin = np.asarray(ident.skin, np.float32)
     tex = ident.texture_amp * (
-        0.6 * _smooth_noise(shape, rng, 0.012 * place.h) + 0.4 * _smooth_noise(shape, rng, 1.2)
+        0.6 * smooth_noise(shape, rng, 0.012 * place.h) + 0.4 * smooth_noise(shape, rng, 1.2)
     )
     skin_img = (skin[None, None, :] * (1.0 + tex)[..., None]).astype(np.float32)
     marks = ident.landmarks()
@@ -459,7 +459,7 @@ def _skin(ident: Identity, x, y, place: Placement, rng, shade) -> np.ndarray:
     for s in (-1, 1):
         ex, ey = marks["eye_r" if s > 0 else "eye_l"]
         socket = np.maximum(
-            socket, _ellipse_alpha(x, y, ex, ey - 0.01, ident.eye_w * 1.7, ident.eye_h * 2.6, 0.05)
+            socket, ellipse_alpha(x, y, ex, ey - 0.01, ident.eye_w * 1.7, ident.eye_h * 2.6, 0.05)
         )
     # Nose: darker sides, lit bridge, dark nostrils.
     nose_side = np.zeros(shape, np.float32)
@@ -473,7 +473,7 @@ def _skin(ident: Identity, x, y, place: Placement, rng, shade) -> np.ndarray:
     skin_img *= (1.0 - 0.35 * socket - 0.25 * nose_side + 0.08 * bridge)[..., None]
     # Cheek shading below the cheekbones, which also separates the mouth area.
     for s in (-1, 1):
-        cheek = _ellipse_alpha(
+        cheek = ellipse_alpha(
             x, y, s * (ident.half_width * 0.8), ident.nose_y + 0.04, 0.06, 0.12, 0.08
         )
         skin_img *= (1.0 - 0.08 * cheek)[..., None]
@@ -488,9 +488,9 @@ def _paint_eyes(img, ident: Identity, x, y, soft, shade) -> None:
         ex, ey = marks["eye_r" if s > 0 else "eye_l"]
         eye = _eye_alpha(x, y, ex, ey, ident.eye_w, ident.eye_h, soft)
         _blend(img, eye, np.array([0.88, 0.86, 0.82]) * shade.mean())
-        iris = _ellipse_alpha(x, y, ex, ey, ident.eye_h * 1.05, ident.eye_h * 1.05, soft) * eye
+        iris = ellipse_alpha(x, y, ex, ey, ident.eye_h * 1.05, ident.eye_h * 1.05, soft) * eye
         _blend(img, iris, ident.iris)
-        pupil = _ellipse_alpha(x, y, ex, ey, ident.eye_h * 0.45, ident.eye_h * 0.45, soft) * eye
+        pupil = ellipse_alpha(x, y, ex, ey, ident.eye_h * 0.45, ident.eye_h * 0.45, soft) * eye
         _blend(img, pupil, (0.03, 0.03, 0.03))
         lid = _eye_alpha(x, y, ex, ey - 0.003, ident.eye_w * 1.08, ident.eye_h * 1.25, soft) * (
             1 - eye
@@ -527,7 +527,7 @@ def _paint_brows(img, ident: Identity, x, y, soft) -> None:
 def _paint_mouth(img, ident: Identity, x, y, soft, shade) -> None:
     """Nostrils, then the lips: upper and lower, with a dark line between them."""
     for s in (-1, 1):
-        nostril = _ellipse_alpha(
+        nostril = ellipse_alpha(
             x, y, s * ident.nose_w * 0.45, ident.nose_y + 0.005, 0.016, 0.008, soft
         )
         _blend(img, 0.8 * nostril, np.asarray(ident.skin) * 0.25)
@@ -546,8 +546,8 @@ def _paint_fringe(img, ident: Identity, x, y, soft, rng) -> None:
     fringe = np.clip(
         0.5 - (y - (ident.hairline - 0.02 * np.cos(x / ident.half_width * 3))) / soft, 0, 1
     )
-    fringe *= _ellipse_alpha(x, y, 0.0, -0.05, ident.half_width * 1.13, 0.58, soft)
-    hair_tex = 1.0 + 0.06 * _smooth_noise(x.shape, rng, 1.0)
+    fringe *= ellipse_alpha(x, y, 0.0, -0.05, ident.half_width * 1.13, 0.58, soft)
+    hair_tex = 1.0 + 0.06 * smooth_noise(x.shape, rng, 1.0)
     _blend_img(img, fringe, np.asarray(ident.hair, np.float32) * hair_tex[..., None])
 
 

@@ -19,3 +19,17 @@ def test_the_detector_bench_scores_each_detector_on_the_same_faces():
         assert rows[name]["eye_error_p50"] < 10.0, "eyes within a tenth of their distance"
     report = detectors.format_detectors_report(r)
     assert "| dlib HOG x2 |" in report and "ms per frame" in report
+
+
+@pytest.mark.slow
+def test_the_faces_bench_times_one_face_and_two_on_the_same_scene(capsys):
+    """`mfvan bench spotter --faces`: the two-face scene and its first person alone, each
+    timed whole on the frames where every person is tracked, and the second face's share."""
+    from mfvan.deploy.cli import main
+
+    assert main(["bench", "spotter", "--faces", "--fps", "30", "--seconds", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = {line[:24].strip(): int(line[24:32]) for line in out.splitlines() if "max_faces" in line}
+    assert set(rows) == {"1 face, max_faces 1", "1 face, max_faces 4", "2 faces, max_faces 4"}
+    assert all(frames >= 40 for frames in rows.values()), rows  # of 60: the faces are found
+    assert "the second face costs" in out and "x the first" in out

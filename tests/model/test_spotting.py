@@ -20,8 +20,10 @@ from mfvan.model.data import synth
 
 
 def _quiet(config: synth.SynthConfig, **changes) -> synth.SynthConfig:
-    """`config` with no expression and no blink (noise, drift and light are kept)."""
-    nuisances = replace(config.nuisances, blink_rate_hz=0.0, macro_per_segment=0)
+    """`config` with no expression, blink or gesture (noise, drift and light are kept)."""
+    nuisances = replace(
+        config.nuisances, blink_rate_hz=0.0, macro_per_segment=0, turn_rate_hz=0, hand_rate_hz=0
+    )
     return replace(config, nuisances=nuisances, micro_per_segment=0, **changes)
 
 
@@ -213,7 +215,7 @@ def test_spot_eval_help_documents_the_folder_layout(capsys):
 
 
 def test_the_bootstrap_interval_brackets_the_pooled_f1():
-    from mfvan.model.spotting import pool_scores
+    from mfvan.model.spotting import CAUSES, pool_scores
     from mfvan.model.spotting_matrix import bootstrap_f1
 
     rng = np.random.default_rng(0)
@@ -241,9 +243,7 @@ def test_the_bootstrap_interval_brackets_the_pooled_f1():
         [
             dict(
                 v,
-                fp_causes=dict.fromkeys(
-                    ("blink", "macro", "tracker", "keyframe", "light", "other"), 0
-                ),
+                fp_causes=dict.fromkeys(CAUSES, 0),
             )
             for v in videos
         ]
@@ -279,6 +279,36 @@ def test_a_face_without_any_expression_in_h264_crf28_gives_no_spot(tmp_path):
     assert not list(csv.DictReader(open(folder / "ground_truth.csv"))), "nothing to find"
     result = evaluate(folder, tmp_path / "report")
     assert result["predicted"] == 0, result
+
+
+@pytest.mark.slow
+def test_the_spotter_neither_fires_on_head_turns_and_hands_nor_loses_the_face():
+    """A held-out photographic face at 30 fps whose first 26 s hold three head turns
+    (11-29 degrees of yaw) and three hands over the mouth (up to 1.2 s): no interval
+    overlaps any of them, and the face stays in view from its first search to the end."""
+    from mfvan.kernels.facespot import FaceSpotter
+
+    cfg = replace(synth.CONFIGS["photo"], fps=30.0)
+    stream = synth.SynthStream(cfg, subject=3, seed=7)
+    n = int(26 * cfg.fps)
+    gestures = [g for g in stream.gestures_until(n) if g.end < n]
+    assert [g.kind for g in gestures].count("turn") == 3
+    assert [g.kind for g in gestures].count("hand") == 3
+    spotter, spots, unseen = FaceSpotter(), [], []
+    for t in range(n):
+        frame = stream.frame(t)
+        spots += spotter.push(frame.image, t, frame.timestamp_ns)
+        if not spotter.has_face and t >= 3:  # the first search's result is due at 0.1 s
+            unseen.append(t)
+    assert spots, "the micro-expressions between the gestures are found"
+    on = [
+        (i.onset, i.offset, g)
+        for i in spots
+        for g in gestures
+        if i.onset <= g.end and g.start <= i.offset
+    ]
+    assert not on, on
+    assert not unseen, f"the face was lost at frames {unseen}"
 
 
 def _burn(seconds: float) -> None:
@@ -362,6 +392,23 @@ def test_the_spotting_page_is_rewritten_and_its_design_notes_kept(tmp_path):
     assert text.endswith(notes) and text.count(spotting_matrix.NOTES_MARK) == 1
     spotting_matrix.write_docs({}, None, page, "mfvan spot-eval --sweep", "a machine")
     assert page.read_text() == text, "written again: the same page"
+
+
+def test_a_sweep_refuses_sets_an_older_generator_made_in_one_line(tmp_path, capsys):
+    """A matrix folder whose masters another SynthME config rendered (before the realistic
+    mode's gestures, say) is not scored as this version's: `mfvan spot-eval --sweep`
+    exits 2 with one line naming the folder to delete, before rendering anything."""
+    from mfvan.deploy.cli import main
+    from mfvan.model import spotting_matrix
+
+    seed = spotting_matrix.HELD_OUT_SEED
+    for kind, _, fps in spotting_matrix.cells(seed, quick=True):
+        master = tmp_path / "matrix" / f"seed{seed}" / f"{kind}-{fps:g}fps" / "master"
+        master.mkdir(parents=True, exist_ok=True)
+        (master / "ground_truth.csv").write_text("video,kind\n")
+    assert main(["spot-eval", "--sweep", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"delete {tmp_path / 'matrix'} to" in err, err
 
 
 # ----------------------------------------------------------------------------- evaluation

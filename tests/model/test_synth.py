@@ -414,3 +414,50 @@ def test_opencvs_haar_cascade_finds_the_face_in_95_percent_of_frames(config):
             found += len(faces) > 0
             total += 1
     assert found / total >= 0.95, f"{found}/{total}"
+
+
+def test_realistic_mode_turns_heads_and_raises_hands_clear_of_micro_expressions():
+    """The realistic presets' gestures: both kinds drawn, none within 0.2 s of a
+    micro-expression, and none in a preset without them; the long videos' nuisances.csv
+    lists them."""
+    camera = replace(synth.CONFIGS["camera"], frame_size=(192, 160), face_height=128.0)
+    stream = synth.SynthStream(camera, subject=1, seed=3)
+    n = int(120 * camera.fps)
+    gestures = stream.gestures_until(n)
+    assert {g.kind for g in gestures} == {"turn", "hand"}
+    assert all(10.0 <= abs(g.amount) <= 30.0 for g in gestures if g.kind == "turn")
+    margin = camera.frames(200.0)
+    for e in stream.expressions_until(n):
+        if e.kind == "micro":
+            near = [
+                g for g in gestures if g.start <= e.offset + margin and e.onset - margin <= g.end
+            ]
+            assert not near, f"a gesture over the micro-expression at {e.onset}"
+    spans = sorted((g.start, g.end) for g in gestures)
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False)), "one at a time"
+    assert not synth.SynthStream(STANDARD, subject=1, seed=3).gestures_until(n)
+
+
+def test_a_turned_head_and_a_raised_hand_render_as_drawn():
+    """Yaw moves the face's middle sideways by the cylinder's R sin(yaw) and squeezes its
+    far side; a raised hand covers the mouth and leaves the eyes alone; at 0 neither
+    changes a pixel."""
+    config = replace(QUIET, frame_size=(192, 160), face_height=128.0)
+    r = synth.SubjectRenderer(1, 0, config)
+    still = r.render(synth.FrameState({}), noise=False).astype(np.float32)
+    place = r.placement
+    turned = r.backward_map(synth.FrameState({}, yaw_deg=25.0))
+    row = turned[int(place.cy), :, 0]
+    seen_at = float(np.interp(place.cx, row, np.arange(row.size)))  # where the middle shows
+    assert abs(seen_at - (place.cx + 0.5 * place.h * np.sin(np.radians(25.0)))) < 0.5
+    assert np.array_equal(
+        r.render(synth.FrameState({}, yaw_deg=0.0, hand=0.0), noise=False), still.astype(np.uint8)
+    )
+    hand = r.render(synth.FrameState({}, hand=1.0), noise=False).astype(np.float32)
+    mouth_y = int(place.cy + r.identity.mouth_y * place.h)
+    eye_y = int(place.cy + r.identity.eye_y * place.h)
+    cx, d = int(place.cx), 6
+    mouth = np.abs(hand - still)[mouth_y - d : mouth_y + d, cx - 2 * d : cx + 2 * d]
+    eyes = np.abs(hand - still)[eye_y - d : eye_y + d, :]
+    assert mouth.mean() > 10.0, "the mouth is under the hand"
+    assert eyes.max() == 0.0, "the eyes are not"
