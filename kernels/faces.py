@@ -483,8 +483,13 @@ class FaceTracker:
 
     **Several faces** (`max_faces` > 1). Each search looks near every tracked face (as
     with one) and, every `discover_s` (1 s) or when a face was not found near its place,
-    over the whole frame for faces not yet tracked. The faces found are matched to the
-    tracks by an assignment (`scipy.optimize.linear_sum_assignment`) whose cost adds the
+    over the whole frame for faces not yet tracked (at 0.75 of the frame's size,
+    `DISCOVER_SCALE`, while every face was found where it was; at full size when one was
+    not, or none is tracked yet, so that one face gets the crops of `max_faces` 1). A face
+    not found is held, its crop kept and its spotter fed, for `max_misses` searches (8:
+    1.6 s, so that a hand over the mouth does not lose it), then lost. The faces found are
+    matched to the tracks by an assignment (`scipy.optimize.linear_sum_assignment`) whose
+    cost adds the
     distance from the track's predicted centre (its last motion carried on, through misses
     too) in sides, the log ratio of sizes, and twice one minus the correlation of their
     looks (`appearance`: eye-aligned crops, so a box's jitter barely changes a look); a

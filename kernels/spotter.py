@@ -108,7 +108,7 @@ class SpotterParams:
     fast_start: bool = True  # running estimates: plain means until their window fills (1g)
     z: float = 6.0  # start threshold, in deviations above the running mean
     z_quiet: float = 2.0  # below this the face is at rest (onset search, noise update)
-    settle_holds_noise: bool = True  # no noise update while a large motion settles (3)
+    settle_holds_noise: bool = False  # no noise update while a large motion settles (3)
     min_amplitude: float = 0.05  # px (128 px crop) above the running mean, at least
     max_amplitude: float = 0.8  # px: above this it is a macro-expression
     min_duration_s: float = 0.06  # above the start threshold to confirmation, at least
@@ -248,7 +248,6 @@ class Spotter:
         self._state = State.IDLE
         self._tex = None
         self._measured_ns = self._gate_ns = None
-        self._prev_ns = None  # the noise estimate's clock: a jump back must not freeze it
 
     def state_size(self) -> int:
         """Frames held now (bounded by the stream's rate times lag + max duration)."""
@@ -546,7 +545,7 @@ class Spotter:
         if self._mean is None:
             self._mean, self._dev, self._seen_ns, self._count = signal, 0.0, 0, 1
         else:
-            dt = max(ns - self._prev_ns, 0) if self._prev_ns is not None else 0
+            dt = max(ns - self._prev_ns, 0)
             self._seen_ns += dt
             # falls fast, rises slowly: a start inside an expression (or a calm face after
             # a long one) must not hold the threshold high for seconds. Until the window
@@ -584,18 +583,20 @@ class Spotter:
         """No interval open (step 3): the noise estimate follows the signal, clipped a
         little above the resting level (a Huber-like update: a macro-expression or a long
         head turn barely moves it, while a baseline that really rises is followed,
-        slowly), but not while settling after a refused large motion
-        (`settle_holds_noise`): a hand over the mouth or a head turn of a second or more
-        settles for that long, and its clipped updates, a little above the mean every
-        frame, had doubled the start threshold by its end (0.075 to 0.183), which then
-        took a second to fall back, over the next micro-expression (4 photographic faces,
-        seeds 5-8, 40 s each at 30 fps, raw frames: 54 of 64 micro-expressions found with
-        gestures, 56 with the hold, 62 without gestures either way; false spots 1 in all).
-        Holding it after accepted intervals too found 57, but with 8 micro-expressions per
-        10 s the estimate then learnt too seldom: after two joined recordings
-        (`tests/deploy/test_analyze.py`) it found 3 of the second's 6. A settling state
-        ends when the signal falls to its level, or after `max_duration_s` at most; then a
-        rise over the start threshold opens an interval."""
+        slowly). `settle_holds_noise` (off: not settled) holds it while a refused large
+        motion settles: a hand over the mouth or a head turn of a second or more settles
+        for that long, and its clipped updates, a little above the mean every frame, had
+        doubled the start threshold by its end (0.075 to 0.183), which then took a second
+        to fall back, over the next micro-expression. `mfvan spot-eval --gestures` (4
+        photographic faces, 40 s at 30 fps): 54 of 64 micro-expressions found with
+        gestures, 56 with the hold, 62 without gestures either way, 1 false spot in all;
+        but on the scenes' faces alone (`--scenes`, two-still, 30 fps) 14 right and 27
+        false became 12 and 30. Holding it after accepted intervals too found 57, but with
+        8 micro-expressions per 10 s the estimate then learnt too seldom: after two joined
+        recordings (`tests/deploy/test_analyze.py`) it found 3 of the second's 6. Issue 39's
+        sweep of the matrix decides. A settling state ends when the signal falls to its
+        level, or after `max_duration_s` at most; then a rise over the start threshold
+        opens an interval."""
         p = self.params
         start, quiet = self._thresholds()
         clip = self._mean + max(p.z_quiet * self._dev, 0.5 * p.min_amplitude)

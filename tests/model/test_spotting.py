@@ -525,3 +525,18 @@ def test_the_spotters_own_true_positives_become_labelled_training_pairs(tiny_set
     assert not pairs.jittered.any() and list(tmp_path.glob("runs-long-*.pkl"))
     again = spotted_pairs(tiny_set / "long", classes, 32, tmp_path, workers=1)
     assert np.array_equal(again.motion, pairs.motion), "the cached runs give the same pairs"
+
+
+@pytest.mark.slow
+def test_the_gestures_evaluation_compares_the_same_faces_with_and_without_them(capsys):
+    """`mfvan spot-eval --gestures`: three conditions on the same faces and expressions;
+    only the gesture conditions have gestures."""
+    from mfvan.deploy.cli import main
+    from mfvan.model.gesture_eval import CONDITIONS
+
+    assert main(["spot-eval", "--gestures", "--gesture-seconds", "10"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()]
+    rows = {r[0].strip(): [c.strip() for c in r[1:]] for r in rows if len(r) == 7}
+    with_, off, without = (rows[c] for c in CONDITIONS)
+    assert int(with_[0]) == int(off[0]) > 0 and int(without[0]) == 0, rows
+    assert with_[1] == off[1] == without[1], "the same micro-expressions in all three"
