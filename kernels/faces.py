@@ -487,9 +487,10 @@ class FaceTracker:
     `DISCOVER_SCALE`, while every face was found where it was; at full size when one was
     not, or none is tracked yet, so that one face gets the crops of `max_faces` 1). A face
     not found is held, its crop kept and its spotter fed, for `max_misses` searches (8:
-    1.6 s, so that a hand over the mouth does not lose it), then lost. The faces found are
-    matched to the tracks by an assignment (`scipy.optimize.linear_sum_assignment`) whose
-    cost adds the
+    1.6 s, so that a hand over the mouth does not lose it), then lost; at once if another
+    face was found over its place (`_covered`: a held track that moved on with its last
+    motion swapped ids with a face crossing it). The faces found are matched to the tracks
+    by an assignment (`scipy.optimize.linear_sum_assignment`) whose cost adds the
     distance from the track's predicted centre (its last motion carried on, through misses
     too) in sides, the log ratio of sizes, and twice one minus the correlation of their
     looks (`appearance`: eye-aligned crops, so a box's jitter barely changes a look); a
