@@ -180,6 +180,9 @@ def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path, demo_weight
     outs = [f"ipc://{tmp_path}/events-{i}.ipc" for i in range(2)]
     stop = threading.Event()
     metrics = [Metrics("recognize"), Metrics("recognize")]
+    # each recognizer's own context, ended here once both are done (not by the garbage
+    # collector, in whichever thread it runs: test_security's split pipeline)
+    contexts = [zmq.Context(), zmq.Context()]
     threads = [
         threading.Thread(
             target=run_recognize,
@@ -189,9 +192,9 @@ def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path, demo_weight
                 m,
                 stop,
             ),
-            kwargs={"ctx": zmq.Context()},
+            kwargs={"ctx": ctx},
         )
-        for out, m in zip(outs, metrics, strict=True)
+        for out, m, ctx in zip(outs, metrics, contexts, strict=True)
     ]
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, HWM)
@@ -216,6 +219,9 @@ def test_two_recognizers_share_the_pairs_of_one_spot_stage(tmp_path, demo_weight
         for t in threads:
             t.join(timeout=20)
         push.close(linger=0)
+        if not any(t.is_alive() for t in threads):  # never under a running stage
+            for ctx in contexts:
+                ctx.destroy(linger=0)
     taken = [m.frames_in.labels("recognize", "cam1")._value.get() for m in metrics]
     assert sum(taken) == n and min(taken) >= n // 4, f"both took pairs: {taken}"
     assert sorted(e.onset for e in events) == list(range(n)), "every pair's event, once"

@@ -172,6 +172,17 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     stop = threading.Event()
     m_in, m_spot, m_rec, m_bad = (Metrics(s) for s in ("ingest", "spot", "recognize", "spot"))
     frames, _ = synth_frames(6.0)
+    contexts = []
+
+    def own(ctx: zmq.Context) -> zmq.Context:
+        """A stage's context, held here and ended here once every stage is done. Left to
+        the garbage collector, 16 of 1,200 frames went missing between ingest and spot in
+        3 of 16 runs with both cores busy (none in 12 since): our reading is that a
+        context was destroyed in whichever thread collected it, its `term()` waiting out
+        ingest's 60 s linger for frames queued to a spot stage that thread had to take."""
+        contexts.append(ctx)
+        return ctx
+
     # one context per stage, as in their own processes (a context has one ZAP handler)
     threads = [
         threading.Thread(
@@ -182,12 +193,12 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
                 m_rec,
                 stop,
             ),
-            kwargs={"ctx": zmq.Context()},
+            kwargs={"ctx": own(zmq.Context())},
         ),
         threading.Thread(
             target=run_spot,
             args=(SpotConfig([frames_ep], pairs_ep, keys=keys), m_spot, stop),
-            kwargs={"ctx": zmq.Context()},
+            kwargs={"ctx": own(zmq.Context())},
         ),
         # a stranger's spot stage on the same frames: refused at the handshake
         threading.Thread(
@@ -197,7 +208,7 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
                 m_bad,
                 stop,
             ),
-            kwargs={"ctx": zmq.Context()},
+            kwargs={"ctx": own(zmq.Context())},
         ),
     ]
     for t in threads:
@@ -206,7 +217,7 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
         feeder = threading.Thread(
             target=run_ingest,
             args=(frames, IngestConfig("cam1", frames_ep, block=True, keys=keys), m_in, stop),
-            kwargs={"ctx": zmq.Context()},
+            kwargs={"ctx": own(zmq.Context())},
         )
         feeder.start()
         event = next(iter(sub), None)
@@ -238,6 +249,9 @@ def test_a_pipeline_split_over_tcp_runs_under_curve_and_a_stranger_gets_nothing(
     stop.set()
     for t in threads:
         t.join(timeout=30)
+    if not any(t.is_alive() for t in [*threads, feeder]):  # never under a running stage
+        for ctx in contexts:
+            ctx.destroy(linger=0)
     print("ingest, spot, stranger:", *counts, sep="\n")  # whole, when an assert fails
     # what the pipeline counts: every frame sent on reached spot, and every frame was sent
     # on or dropped and counted (a full queue)
