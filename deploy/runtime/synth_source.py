@@ -108,12 +108,16 @@ class SynthSource:
                     "label": e.label3 or "",
                 }
         timeline = self.stream.timeline
-        for n in (
-            *_under_way(timeline.blinks, t, horizon),
-            *_under_way(timeline.gestures, t, horizon),
-        ):
-            kind = getattr(n, "kind", "blink")
-            return {"kind": kind, "onset": n.start, "apex": n.start, "offset": n.end, "label": ""}
+        for kind, spans in (("blink", timeline.blinks), (None, timeline.gestures)):
+            n = _under_way(spans, t, horizon)
+            if n is not None:
+                return {
+                    "kind": kind or n.kind,
+                    "onset": n.start,
+                    "apex": n.start,
+                    "offset": n.end,
+                    "label": "",
+                }
         return None
 
     def __iter__(self):
@@ -148,11 +152,12 @@ class SynthSource:
                 self._forget(t - int(5 * fps))
 
     def _forget(self, before: int) -> None:
-        """Drop expressions and blinks over before frame `before`: the timeline scans them
-        all for every frame, so an endless stream must not keep them."""
+        """Drop expressions, blinks and gestures over before frame `before`: the timeline
+        scans them all for every frame, so an endless stream must not keep them."""
         timeline = self.stream.timeline
         timeline.expressions[:] = [e for e in timeline.expressions if e.offset >= before]
         timeline.blinks[:] = [b for b in timeline.blinks if b.end >= before]
+        timeline.gestures[:] = [g for g in timeline.gestures if g.end >= before]
 
 
 def register() -> None:
@@ -162,13 +167,12 @@ def register() -> None:
     ingest.register("synth", SynthSource, ingest.Kind(live=True, reopen_at_end=False))
 
 
-def _under_way(spans: list, t: int, horizon: int) -> list:
-    """Those of `spans` (blinks or gestures, in order of start) under way at frame t,
-    scanning back no further than `horizon`."""
-    out = []
+def _under_way(spans: list, t: int, horizon: int):
+    """The newest of `spans` (blinks or gestures, in order of start) under way at frame t,
+    scanning back no further than `horizon`; None if none is."""
     for n in reversed(spans):
         if n.start < horizon:
             break
         if n.start <= t <= n.end:
-            out.append(n)
-    return out
+            return n
+    return None

@@ -620,8 +620,12 @@ class Timeline:
         yaw = sum(g.intensity(t) * g.amount for g in self.gestures if g.kind == "turn")
         hand = max((g.intensity(t) for g in self.gestures if g.kind == "hand"), default=0.0)
         # a raised hand is never quite still: it sways by about 1% of the face's height
-        sway = cfg.face_height * hand * np.array([0.012, 0.008])
-        sway *= np.sin(2 * math.pi * np.array([0.45, 0.65]) * secs + np.array([0.0, 1.0]))
+        sway = (0.0, 0.0)
+        if hand:
+            sway = (
+                cfg.face_height * hand * 0.012 * math.sin(2 * math.pi * 0.45 * secs),
+                cfg.face_height * hand * 0.008 * math.sin(2 * math.pi * 0.65 * secs + 1.0),
+            )
         return FrameState(
             au_px=au_px,
             tx=float(wave[0]) * nz.drift_px * cfg.px_scale,
@@ -629,7 +633,7 @@ class Timeline:
             angle_deg=float(wave[2]) * nz.drift_deg,
             yaw_deg=float(yaw),
             hand=hand,
-            hand_sway=(float(sway[0]), float(sway[1])),
+            hand_sway=sway,
             gain=gain,
             noise_std=nz.noise_std,
             noise_seed=(*self.rng_seed, t),
