@@ -1,7 +1,8 @@
 """`mfvan demo`: the live pipeline on SynthME's camera for about a minute, watched by a
 subscriber, then scored against SynthME's ground truth.
 
-It starts `mfvan run --source synth://?fps=F&seed=S&seconds=T` (the shipped demo weights,
+It starts `mfvan run --source synth://?fps=F&seed=S&seconds=T&faces=2` (two people in view, each
+scored against its own ground truth; the shipped demo weights,
 ONNX Runtime), subscribes to its events and prints each as it arrives, says where each
 stage's /metrics is, keeps every event in an event store (`--db`, with its snapshot
 images), serves the web view (`--web`, faces on: they are SynthME's) for its duration,
@@ -32,7 +33,15 @@ HELP = "the live pipeline on SynthME's camera for a minute, scored"
 
 def add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="how long the camera runs")
-    p.add_argument("--fps", type=float, default=100.0, help="the camera's frame rate")
+    p.add_argument("--fps", type=float, default=50.0, help="the camera's frame rate")
+    p.add_argument(
+        "--faces",
+        type=int,
+        default=2,
+        choices=(1, 2, 3),
+        help="people in the camera's view (an interview's two by default), each its own "
+        "subject with its own expressions, tracked and spotted apart",
+    )
     p.add_argument("--seed", type=int, default=7, help="SynthME seed (the weights saw seed 0)")
     p.add_argument(
         "--config",
@@ -75,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from mfvan.stream import subscribe
 
     runtime = Path(tempfile.mkdtemp(prefix="mfvan-demo-"))
-    source = (
-        f"synth://?fps={args.fps:g}&seed={args.seed}&seconds={args.seconds:g}&config={args.config}"
-    )
+    source = _source(args)
     cmd = [
         sys.executable,
         "-m",
@@ -149,25 +156,54 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source(args) -> str:
+    return (
+        f"synth://?fps={args.fps:g}&seed={args.seed}&seconds={args.seconds:g}&config={args.config}"
+        f"&faces={args.faces}"
+    )
+
+
+def _face_of(source, event) -> int | None:
+    """The scene's face (0, 1, ...) whose box at the event's apex holds the centre of the
+    event's face square; 0 for a one-face camera, None when no box holds it."""
+    if source.scene is None:
+        return 0
+    if event.face is None:
+        return None
+    x, y, w, h = event.face
+    cx, cy = x + w / 2, y + h / 2
+    for i, (bx, by, bw, bh) in enumerate(source.scene_boxes(event.apex)):
+        if bx <= cx <= bx + bw and by <= cy <= by + bh:
+            return i
+    return None
+
+
 def score(events, args) -> str:
-    """The demo's closing report, against the SynthME stream's own schedule."""
-    from dataclasses import replace
+    """The demo's closing report, against the SynthME stream's own schedule: each event is
+    the face's whose box holds the centre of its face square (one face: that face's)."""
+    from mfvan.deploy.runtime.synth_source import SynthSource
 
-    from mfvan.model.data import synth
-
-    cfg = replace(synth.CONFIGS[args.config], fps=args.fps)
-    stream = synth.SynthStream(cfg, subject=1, seed=args.seed)
+    source = SynthSource(_source(args))
     n = int(args.seconds * args.fps)
-    truth = [e for e in stream.expressions_until(n) if e.offset < n]
-    micro = [e for e in truth if e.kind == "micro"]
+    streams = [source.stream] if source.scene is None else [x.stream for x in source.scene.layers]
+    micro = [
+        (face, e)
+        for face, stream in enumerate(streams)
+        for e in stream.expressions_until(n)
+        if e.offset < n and e.kind == "micro"
+    ]
     spotted, right, other = set(), 0, 0
     for ev in events:
-        hit = next((i for i, e in enumerate(micro) if e.onset <= ev.apex <= e.offset), None)
+        face = _face_of(source, ev)
+        hit = next(
+            (i for i, (f, e) in enumerate(micro) if f == face and e.onset <= ev.apex <= e.offset),
+            None,
+        )
         if hit is None:
             other += 1
         elif hit not in spotted:
             spotted.add(hit)
-            right += ev.label == micro[hit].label3
+            right += ev.label == micro[hit][1].label3
     apex = [(e.times["t_recognize"] - e.times["t_apex"]) / 1e6 for e in events]
     system = [(e.times["t_recognize"] - e.times["t_capture"]) / 1e6 for e in events]
 
@@ -177,7 +213,7 @@ def score(events, args) -> str:
         p50, p90, p99 = np.percentile(values, [50, 90, 99])
         return f"p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms"
 
-    labelled = [e for e in micro if e.label3]
+    labelled = [e for _, e in micro if e.label3]
     from mfvan.model.spotting import NONE, OTHERS
     from mfvan.model.strs import Labelled, score_str
 
@@ -185,17 +221,19 @@ def score(events, args) -> str:
     chain = score_str(
         [
             (
-                [Labelled(e.onset, e.offset, e.label) for e in events],
-                [Labelled(e.onset, e.offset, e.label3 or None) for e in micro],
+                [Labelled(e.onset, e.offset, e.label) for e in events if _face_of(source, e) == f],
+                [Labelled(e.onset, e.offset, e.label3 or None) for g, e in micro if g == f],
             )
+            for f in range(len(streams))
         ],
         classes,
     )
     return "\n".join(
         [
             f"score against SynthME's ground truth ({args.seconds:g} s at {args.fps:g} fps, "
-            f"seed {args.seed}, {args.config} faces"
+            f"seed {args.seed}, {args.faces} {args.config} face{'s' * (args.faces > 1)}"
             + (", identities never trained on" if args.config == "morph-heldout" else "")
+            + (", each event scored against its own face's" if args.faces > 1 else "")
             + "):",
             f"  micro-expressions shown: {len(micro)} ({len(labelled)} with a 3-class label)",
             f"  spotted: {len(spotted)}; classified right: {right}; other spots "

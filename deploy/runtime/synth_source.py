@@ -18,6 +18,14 @@ always the stream's own clock (frame t at t / fps s).
 `seconds` ends the stream (default: endless; memory stays bounded, past events are
 forgotten). `micro`: micro-expressions per 10 s (default 3, as SynthME's `standard`; the
 pipeline benchmark raises it to gather latency samples sooner).
+
+`faces=2` (or 3): a scene of that many people (`model.data.scenes`, as `mfvan spot-eval
+--scenes` composites them): an interview's two faces side by side, subjects `subject` and
+`subject + 1` at different sizes, each with its own expressions, drift and noise, and a
+third, smaller, in a corner; they stay in view (a scene has no `leave_every_s`). Each
+frame's truth is then `{"faces": {"0": {...}, "1": {...}}}`, the items under way per face
+(the scene's order: left, right, corner), and `scene_boxes(t)` gives each face's box.
+`make demo` shows two.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ def parse(url: str) -> dict:
             "leave_s": float(q.get("leave_s", 1.5)),
             "micro": int(q["micro"]) if "micro" in q else None,
             "config": q.get("config", "standard"),
+            "faces": int(q.get("faces", 1)),
         }
     except ValueError as e:
         raise ValueError(f"bad synth:// URL {url!r}: {e}") from None
@@ -57,6 +66,8 @@ def parse(url: str) -> dict:
 
     if o["config"] not in CONFIGS:
         raise ValueError(f"bad synth:// URL {url!r}: config must be one of {', '.join(CONFIGS)}")
+    if not 1 <= o["faces"] <= 3:
+        raise ValueError(f"bad synth:// URL {url!r}: faces must be 1, 2 or 3")
     if o["seconds"] is not None and not o["seconds"] > 0:
         raise ValueError(f"bad synth:// URL {url!r}: seconds must be above 0")
     return o
@@ -74,6 +85,7 @@ class SynthSource:
             cfg = replace(cfg, micro_per_segment=o["micro"])
         self.stream = synth.SynthStream(cfg, subject=o["subject"], seed=o["seed"])
         self.config = cfg
+        self.scene = _scene(cfg, o) if o["faces"] > 1 else None
         fh, fw = cfg.frame_size
         w, h = o["size"]
         if w < fw or h < fh:
@@ -95,30 +107,34 @@ class SynthSource:
     def truth(self, t: int) -> dict | None:
         """What is under way at frame t (scanning back only as far as an expression can
         last, so the cost does not grow with the stream's length)."""
-        horizon = t - int(4 * self.opts["fps"])
-        for e in reversed(self.stream.timeline.expressions):
-            if e.onset < horizon:
-                break
-            if e.onset <= t <= e.offset:
-                return {
-                    "kind": e.kind,
-                    "onset": e.onset,
-                    "apex": e.apex,
-                    "offset": e.offset,
-                    "label": e.label3 or "",
-                }
-        timeline = self.stream.timeline
-        for kind, spans in (("blink", timeline.blinks), (None, timeline.gestures)):
-            n = _under_way(spans, t, horizon)
-            if n is not None:
-                return {
-                    "kind": kind or n.kind,
-                    "onset": n.start,
-                    "apex": n.start,
-                    "offset": n.end,
-                    "label": "",
-                }
-        return None
+        return _truth(self.stream, t, self.opts["fps"])
+
+    def scene_truth(self, t: int) -> dict:
+        """What is under way at frame t on each face of a scene (`faces` > 1)."""
+        items = {}
+        for i, layer in enumerate(self.scene.layers):
+            item = _truth(layer.stream, t, self.opts["fps"])
+            if item is not None:
+                items[str(i)] = item
+        return {"faces": items} if items else None
+
+    def scene_boxes(self, t: int) -> list[tuple[float, float, float, float]]:
+        """Each face's box (x, y, w, h, frame px) at frame t of a scene."""
+        return [box for box, _ in self.scene.boxes(t)]
+
+    def _image(self, t: int):
+        """(frame t's media time, ns; the camera's grey image; whether a face is in it)."""
+        if self.scene is not None:
+            return round(t * 1e9 / self.opts["fps"]), self.scene.grey(t), True
+        frame = self.stream.frame(t)
+        grey = to_grey(frame.image)  # OpenCV: NumPy's matmul would wake BLAS threads
+        canvas = self.background.copy()
+        at = self.position(t / self.opts["fps"])
+        if at is not None:
+            x, y = at
+            fh, fw = grey.shape
+            canvas[y : y + fh, x : x + fw] = grey
+        return frame.timestamp_ns, canvas, at is not None
 
     def __iter__(self):
         o = self.opts
@@ -127,26 +143,20 @@ class SynthSource:
         start = time.time_ns()
         t = 0
         while n is None or t < n:
-            frame = self.stream.frame(t)
-            grey = to_grey(frame.image)  # OpenCV: NumPy's matmul would wake BLAS threads
-            canvas = self.background.copy()
-            at = self.position(t / fps)
-            if at is not None:
-                x, y = at
-                fh, fw = grey.shape
-                canvas[y : y + fh, x : x + fw] = grey
+            media_ns, canvas, seen = self._image(t)
             if o["realtime"]:
-                due = start + frame.timestamp_ns
+                due = start + media_ns
                 wait = due - time.time_ns()
                 if wait > 0:
                     time.sleep(wait / 1e9)
                 capture = due
             else:
-                capture = frame.timestamp_ns
-            truth = self.truth(t) if at is not None else None
-            yield Frame(
-                index=t, t_capture=capture, image=canvas, t_media=frame.timestamp_ns, truth=truth
-            )
+                capture = media_ns
+            if self.scene is not None:
+                truth = self.scene_truth(t)
+            else:
+                truth = self.truth(t) if seen else None
+            yield Frame(index=t, t_capture=capture, image=canvas, t_media=media_ns, truth=truth)
             t += 1
             if t % int(fps) == 0:
                 self._forget(t - int(5 * fps))
@@ -154,10 +164,32 @@ class SynthSource:
     def _forget(self, before: int) -> None:
         """Drop expressions, blinks and gestures over before frame `before`: the timeline
         scans them all for every frame, so an endless stream must not keep them."""
-        timeline = self.stream.timeline
-        timeline.expressions[:] = [e for e in timeline.expressions if e.offset >= before]
-        timeline.blinks[:] = [b for b in timeline.blinks if b.end >= before]
-        timeline.gestures[:] = [g for g in timeline.gestures if g.end >= before]
+        streams = [self.stream] if self.scene is None else [x.stream for x in self.scene.layers]
+        for stream in streams:
+            timeline = stream.timeline
+            timeline.expressions[:] = [e for e in timeline.expressions if e.offset >= before]
+            timeline.blinks[:] = [b for b in timeline.blinks if b.end >= before]
+            timeline.gestures[:] = [g for g in timeline.gestures if g.end >= before]
+
+
+def _scene(config, o: dict):
+    """A `faces`-person scene at the camera's size: two faces side by side (an interview,
+    the left one larger), a third smaller in the top right corner; each its own subject."""
+    from mfvan.model.data import scenes
+
+    w, h = o["size"]
+    fh = min(config.face_height, 0.4 * h)  # a head and shoulders fit the frame's height
+    places = [
+        (0.27 * w, 0.5 * h, fh),
+        (0.73 * w, 0.52 * h, 0.8 * fh),
+        (0.88 * w, 0.2 * h, 0.6 * fh),
+    ]
+    people = tuple(
+        scenes.Person(o["subject"] + i, size, scenes.Route(((0.0, x, y),)))
+        for i, (x, y, size) in enumerate(places[: o["faces"]])
+    )
+    scene = scenes.Scene("synth", (h, w), people, o["seconds"] or math.inf)
+    return scenes.SceneStream(config, scene, seed=o["seed"])
 
 
 def register() -> None:
@@ -165,6 +197,35 @@ def register() -> None:
     from mfvan.stream import ingest
 
     ingest.register("synth", SynthSource, ingest.Kind(live=True, reopen_at_end=False))
+
+
+def _truth(stream, t: int, fps: float) -> dict | None:
+    """What is under way at frame t of a SynthME stream: an expression, else a blink or a
+    gesture (scanning back only as far as an expression can last)."""
+    horizon = t - int(4 * fps)
+    for e in reversed(stream.timeline.expressions):
+        if e.onset < horizon:
+            break
+        if e.onset <= t <= e.offset:
+            return {
+                "kind": e.kind,
+                "onset": e.onset,
+                "apex": e.apex,
+                "offset": e.offset,
+                "label": e.label3 or "",
+            }
+    timeline = stream.timeline
+    for kind, spans in (("blink", timeline.blinks), (None, timeline.gestures)):
+        n = _under_way(spans, t, horizon)
+        if n is not None:
+            return {
+                "kind": kind or n.kind,
+                "onset": n.start,
+                "apex": n.start,
+                "offset": n.end,
+                "label": "",
+            }
+    return None
 
 
 def _under_way(spans: list, t: int, horizon: int):

@@ -194,6 +194,7 @@ class SceneStream:
             half = stream.renderer.identity.half_width
             self.layers.append(_Layer(person, stream, _mask(cfg, half), cfg.placement()))
         self._order = sorted(range(len(self.layers)), key=lambda i: scene.people[i].depth)
+        self._wall = None  # `grey`'s wall, its noise drawn once
 
     @cached_property
     def background(self) -> np.ndarray:
@@ -249,6 +250,35 @@ class SceneStream:
             img[y0:y1, x0:x1] = person[src] * alpha + img[y0:y1, x0:x1] * (1 - alpha)
         image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
         return synth.SynthFrame(t, round(t * 1e9 / self.config.fps), image)
+
+    def grey(self, t: int) -> np.ndarray:
+        """Frame t in grey (uint8), for a live source (`synth://?faces=2`): the people as
+        `frame` lays them, on the wall with its noise drawn once (each person carries their
+        own sensor noise), blended only where a person is: a fifth of `frame`'s cost."""
+        if self._wall is None:
+            rng = np.random.default_rng([self.seed, self.video, 0xB7])
+            wall = self.background + rng.standard_normal(self.background.shape, np.float32) * (
+                np.float32(self.config.nuisances.noise_std)
+            )
+            self._wall = cv2.cvtColor(
+                np.clip(wall + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY
+            )
+        h, w = self.scene.frame_size
+        img = self._wall.copy()
+        for i in self._order:
+            layer = self.layers[i]
+            dx, dy = (int(round(v)) for v in self._offset(i, t))
+            person = cv2.cvtColor(layer.stream.frame(t).image, cv2.COLOR_RGB2GRAY)
+            mask = self._mask_at(layer, t)
+            ph, pw = person.shape[:2]
+            x0, y0, x1, y1 = max(dx, 0), max(dy, 0), min(dx + pw, w), min(dy + ph, h)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            src = (slice(y0 - dy, y1 - dy), slice(x0 - dx, x1 - dx))
+            alpha, under = mask[src], img[y0:y1, x0:x1].astype(np.float32)
+            mixed = person[src] * alpha + under * (1 - alpha)
+            img[y0:y1, x0:x1] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+        return img
 
     def __iter__(self):
         t = 0

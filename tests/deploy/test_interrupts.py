@@ -1,6 +1,7 @@
 """Ctrl-C in a long command: it stops, says so in one line, and prints no traceback
 (before: 116 lines from `mfvan synth`'s workers)."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -125,3 +126,7 @@ def test_make_demos_path_prints_no_traceback(tmp_path):
         assert run.returncode == 0, said[-3000:]
     assert "Traceback" not in said and "Error" not in said.replace("ErrorCount", ""), said[-3000:]
     assert "spotted" in said, said[-3000:]
+    # the demo's camera shows two people, each tracked with its own id and scored apart
+    assert "2 morph-heldout faces" in said, said[-3000:]
+    ids = set(re.findall(r"\] face (\d+) ", said))
+    assert len(ids) >= 2, f"events of one face only: {ids}\n{said[-3000:]}"

@@ -364,6 +364,38 @@ def test_synth_camera_frames_truth_and_bounded_memory():
     assert all(e.offset >= 750 - 6 * 25 for e in timeline.expressions), "past events forgotten"
 
 
+@pytest.mark.slow
+def test_a_two_face_synth_camera_gives_each_face_its_own_truth_and_track():
+    """`synth://?faces=2` (what `make demo` shows): two people side by side, each with its
+    own expressions in the frame's truth, and the tracker follows both with two ids, each
+    inside its own face's box."""
+    from mfvan.deploy.runtime.synth_source import SynthSource, parse
+    from mfvan.kernels.faces import FaceTracker, TrackerParams
+
+    with pytest.raises(ValueError, match="faces must be 1, 2 or 3"):
+        parse("synth://?faces=5")
+    source = SynthSource("synth://?fps=25&seed=7&realtime=0&seconds=12&faces=2")
+    frames = list(source)
+    assert len(frames) == 300 and frames[0].image.shape == (480, 640)
+    faces = {k for f in frames if f.truth for k in f.truth["faces"]}
+    assert faces == {"0", "1"}, "both faces show expressions, each in its own truth"
+    own = [source.scene.layers[i].stream.expressions_until(300) for i in (0, 1)]
+    assert own[0] != own[1], "each face is its own subject"
+    tracker = FaceTracker(params=TrackerParams(max_faces=4))
+    for f in frames[:50]:
+        tracker.update(f.image, f.t_media)
+    boxes = source.scene_boxes(49)
+    inside = {}
+    for track in tracker.in_view:
+        cx, cy = track.geometry.cx, track.geometry.cy
+        inside[track.id] = [
+            i
+            for i, (bx, by, bw, bh) in enumerate(boxes)
+            if bx <= cx <= bx + bw and by <= cy <= by + bh
+        ]
+    assert sorted(v for ids in inside.values() for v in ids) == [0, 1], inside
+
+
 def _fuzz_messages(rng, n=60):
     """Random and truncated multipart messages, some built from real headers."""
     good = protocol.encode("frame", "cam1", 0, [np.zeros((16, 16), np.uint8)], t_capture=1)
