@@ -26,6 +26,10 @@ docs/spotting.md, "Design notes"; the steps are numbered alike there.
    h. A GOP's start is treated as a stream's (`gop_reference`): frames after a key frame
       are compared with frames after it, the same codec state on both sides.
    i. The signal is measured at most `measure_hz` times a second of media time.
+   j. Never across a key frame (`gop_bridge`, off: measured worse, docs/spotting.md): a
+      comparison whose reference and frame lie in different GOPs is chained from
+      comparisons within each GOP; frames whose averages straddle a key frame are not
+      measured.
 2. Echo. `lag_s` later the expression is in the reference and shows again, mirrored: no
    interval starts on a reference inside an interval already seen; (a) a reference near
    a marked blink is not used, the frame before the blink is.
@@ -58,6 +62,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 
 from . import flow as _flow
@@ -74,6 +79,7 @@ class _Frame(NamedTuple):
     crop: np.ndarray  # uint8, as tracked (what a pair carries)
     image: np.ndarray  # float32, denoised (step 1a)
     key_frame: bool
+    first_ns: int  # the oldest frame averaged into `image` (step 1a)
 
 
 class _Sample(NamedTuple):
@@ -89,6 +95,15 @@ class _Span(NamedTuple):
 
     start_ns: int
     end_ns: int
+
+
+@dataclass
+class _Key:
+    """A key frame among predicted pictures, and the frames that bridge it (step 1j)."""
+
+    ns: int
+    before: _Frame  # the newest frame before it (its denoising window wholly before it)
+    after: _Frame | None = None  # the first frame whose denoising window starts at it
 
 
 class _Sum(NamedTuple):
@@ -129,6 +144,8 @@ class SpotterParams:
     still_eyes_px: float = 0.35  # eyes moving more than this: regions measured eyes held still
     confidence: bool = True  # each pixel's flow weighted by the reference's texture (1f)
     gop_reference: bool = True  # a key frame restarts the reference, as a stream's start (1h)
+    gop_bridge: bool = False  # comparisons across a key frame chained within GOPs (1j)
+    bridge_ratio: float = 4.0  # ... a key frame whose picture changes this times a P-frame's
     measure_hz: float = 100.0  # the signal is measured at most this often (1i; 0: every frame)
     denoised_pairs: bool = True  # a pair's crops from the denoised frames (step 6), not raw
     flow: _flow.FlowParams = field(default_factory=_flow.FlowParams)
@@ -210,6 +227,9 @@ class Spotter:
         self._keys = 0  # key frames in the buffer
         self._ref_sum: _Sum | None = None  # the reference's running sum (`_reference_image`)
         self._last_key_ns = 0  # the newest key frame's time
+        self._key_frames: deque[_Key] = deque()  # the key frames kept, bridged (step 1j)
+        self._last_crop = None  # the previous crop, float32 (a key frame's step, 1j)
+        self._p_change = None  # a predicted picture's mean change, running mean (1j)
         self._blocked: deque[_Span] = deque()  # intervals seen (with their margins)
         self._blinks: deque = deque()  # ns of the frames whose eyes blinked (step 2a)
         self._mean = None
@@ -237,6 +257,8 @@ class Spotter:
         estimate is kept."""
         self._buffer.clear()
         self._keys = 0
+        self._key_frames.clear()
+        self._last_crop = None
         self._ref_sum = None
         self._recent.clear()
         self._recent_sum = None
@@ -298,20 +320,23 @@ class Spotter:
         self.frames += 1
         p = self.params
         lag_ns = int(p.lag_s * 1e9)
-        image = self._denoised(np.asarray(crop, dtype=np.float32), timestamp_ns)
-        self._buffer.append(_Frame(index, timestamp_ns, crop, image, key_frame))
-        if key_frame:
-            self._keys += 1
-            self._last_key_ns = timestamp_ns
+        raw = np.asarray(crop, dtype=np.float32)
+        image = self._denoised(raw, timestamp_ns)
+        self._remember(_Frame(index, timestamp_ns, crop, image, key_frame, self._recent[0][0]), raw)
+        keys = self._key_frames
         keep_ns = int((p.lag_s + p.max_duration_s) * 1e9) + lag_ns // 4
         while self._buffer and self._buffer[0].ns < timestamp_ns - keep_ns:
             self._keys -= self._buffer.popleft().key_frame
+        while keys and keys[0].ns < self._buffer[0].ns:
+            keys.popleft()
         while self._blocked and self._blocked[0].end_ns < timestamp_ns - keep_ns:
             self._blocked.popleft()
         while self._history and self._history[0].ns < timestamp_ns - keep_ns:
             self._history.popleft()
         while self._blinks and self._blinks[0] < timestamp_ns - keep_ns:
             self._blinks.popleft()
+        if p.gop_bridge and keys and keys[-1].after is None and self._has_gops():
+            return []  # the frame's denoising window straddles a key frame (step 1j)
         if (
             p.measure_hz
             and self._measured_ns is not None
@@ -330,8 +355,9 @@ class Spotter:
         if reference is None:
             self.last_signal = float("nan")
             return []
+        reference, bridges = self._bridges(reference, timestamp_ns)
         ref_ns, ref_image = reference.ns, self._reference_image(reference.ns)
-        main, eyes, still = self._measure(ref_image, image)
+        main, eyes, still = self._measure(ref_image, image, bridges)
         main, eyes = self._smoothed(main, eyes, timestamp_ns)
         if clear and eyes > p.blink_px:
             self._blinks.append(timestamp_ns)
@@ -345,6 +371,39 @@ class Spotter:
         if self._candidate is None and signal <= self._thresholds()[0]:
             self._update_floors(main, gop, timestamp_ns)
         return found
+
+    def _remember(self, frame: _Frame, raw: np.ndarray) -> None:
+        """Buffer the frame; count its key frame, and keep it to bridge (step 1j) when it
+        re-codes the texture."""
+        stepped = self._key_step(raw, frame.key_frame)
+        if frame.key_frame:
+            self._keys += 1
+            self._last_key_ns = frame.ns
+            if self._buffer and stepped:
+                self._key_frames.append(_Key(frame.ns, self._buffer[-1]))
+        keys = self._key_frames
+        if keys and keys[-1].after is None and frame.first_ns >= keys[-1].ns:
+            keys[-1].after = frame  # its denoising window lies wholly after the key frame
+        self._buffer.append(frame)
+
+    def _key_step(self, raw: np.ndarray, key_frame: bool) -> bool:
+        """Whether a key frame re-codes the face's texture beyond a predicted picture's
+        change (step 1j): its mean absolute change from the crop before it over
+        `bridge_ratio` times the running mean of the predicted pictures'. At 200 fps a
+        predicted picture of a face at rest changes by 0.1 grey levels and a key frame by
+        3.8 (H.264 CRF 23); at 30 fps by 1.6 and 3.5, and there a bridge's two flows are
+        noisier than the one across the key frame (`tests/kernels`)."""
+        last, self._last_crop = self._last_crop, raw
+        if last is None or not self.params.gop_bridge:
+            return False
+        change = float(cv2.absdiff(raw, last).mean())
+        if key_frame:
+            return self._p_change is not None and change > self.params.bridge_ratio * self._p_change
+        rate = 0.05 if self._p_change is not None else 1.0
+        self._p_change = (
+            change if self._p_change is None else self._p_change + rate * (change - self._p_change)
+        )
+        return False
 
     def _denoised(self, image: np.ndarray, ns: int) -> np.ndarray:
         """The mean of the crops of the last `denoise_s` of media time (step 1a): sensor
@@ -415,6 +474,16 @@ class Spotter:
         margin = int(self.params.blink_margin_s * 1e9)
         return [b for b in self._blinks if b - margin <= at <= b + margin]
 
+    def _reference_start(self, ns: int) -> _Frame:
+        """The oldest buffered frame whose denoised crop `_reference_image(ns)` averages."""
+        buffer = self._buffer
+        end = bisect.bisect_right(buffer, ns, key=_ns_of)
+        return buffer[
+            min(
+                bisect.bisect_right(buffer, ns - self.params.reference_s * 1e9, key=_ns_of), end - 1
+            )
+        ]
+
     def _reference_image(self, ns: int) -> np.ndarray:
         """The mean of the denoised crops of the `reference_s` up to `ns`, the one at `ns`
         (a buffered frame's time) always included (step 1a)."""
@@ -448,14 +517,43 @@ class Spotter:
         k = bisect.bisect_right(self._buffer, at_ns, key=_ns_of)
         return self._buffer[k - 1] if k else None
 
-    def _measure(self, ref: np.ndarray, cur: np.ndarray):
+    def _bridges(self, reference: _Frame, ns: int) -> tuple[_Frame, list[_Key]]:
+        """The reference to compare the frame at `ns` with, and the key frames between
+        them to bridge (step 1j): a comparison across a key frame is chained from the
+        reference to the frame before the key frame and from the first frame after it
+        (whose denoising window lies wholly after it) to the newest, so that no flow sees
+        a key frame's re-coded texture; the face's motion during the key frame's
+        denoising window (20 ms; one frame below 50 fps) is left out with it. A reference
+        whose averages straddle a key frame (step 1a) is moved back to the frame before
+        it. None bridged without `gop_bridge` or GOPs."""
+        p = self.params
+        if not (p.gop_bridge and self._key_frames and self._has_gops()):
+            return reference, []
+        oldest = self._reference_start(reference.ns).first_ns
+        for key in self._key_frames:
+            if oldest < key.ns <= reference.ns:
+                reference = key.before
+        return reference, [k for k in self._key_frames if reference.ns < k.ns <= ns]
+
+    def _measure(self, ref: np.ndarray, cur: np.ndarray, bridges=()):
         """Each signal region's main-direction motion (px of a 128 px crop) from `ref` to
         `cur`, head motion undone; the eyes' largest; and whether the regions were measured
-        with the eyes held still (step 1d)."""
-        rigid = _signals.rigid_motion(ref, cur, self._rigid_boxes, weight=self._gain_weight)
-        # each image is moved half the way, so both are resampled alike (step 1e)
-        a, b = _signals.warp_halves(ref, cur, rigid)
-        flow = self._flow_fn(a, b)
+        with the eyes held still (step 1d). Across the key frames `bridges` (step 1j) the
+        flow is the sum of the flows within each GOP."""
+        images = [ref]
+        for key in bridges:
+            images += [key.before.image, key.after.image]
+        images.append(cur)
+        halves = []
+        for first, second in zip(images[::2], images[1::2], strict=True):
+            rigid = _signals.rigid_motion(
+                first, second, self._rigid_boxes, weight=self._gain_weight
+            )
+            # each image is moved half the way, so both are resampled alike (step 1e)
+            halves.append(_signals.warp_halves(first, second, rigid))
+        flow = self._flow_fn(*halves[0])
+        for a, b in halves[1:]:
+            flow = flow + self._flow_fn(a, b)
         eye_stats = _signals.roi_stats(flow, self._eye_boxes)
         eyes = float(np.hypot(eye_stats[:, 1], eye_stats[:, 2]).max()) * self._scale
         still = eyes > self.params.still_eyes_px
@@ -464,7 +562,9 @@ class Spotter:
             # held still, the reference's eyes in the frame, so that no motion of theirs
             # reaches the regions through the flow's coarse levels
             w = self._eye_weight
-            flow = self._flow_fn(a, np.ascontiguousarray(b * (1 - w) + a * w))
+            flows = [self._flow_fn(a, np.ascontiguousarray(b * (1 - w) + a * w)) for a, b in halves]
+            flow = flows[0] if len(flows) == 1 else sum(flows[1:], flows[0])
+        a = halves[0][0]
         texture = self._texture(a) if self.params.confidence else None  # step 1f
         stats = _signals.roi_stats(flow, self._signal_boxes, texture)
         main = np.hypot(stats[:, 1], stats[:, 2]) * self._scale
@@ -697,8 +797,16 @@ class Spotter:
         # own floor; a micro-expression does. The frame: the onset as estimated, or
         # `verify_s` before the apex if that is earlier (a faint expression's noisy signal
         # puts the estimated onset late, inside the rise)
-        before = self._image_before(min(onset[1], c.apex_ns - int(p.verify_s * 1e9)))
-        moved = self._measure(before, self._image_at(c.apex))[0]
+        before = self._item_at_ns(min(onset[1], c.apex_ns - int(p.verify_s * 1e9)))
+        apex = self._item_at(c.apex)
+        before, bridges = self._bridges(before, apex.ns)
+        if bridges and (bridges[-1].after is None or apex.ns < bridges[-1].after.ns):
+            # the apex's denoising window straddles a key frame (1j): the nearest clean frame
+            last = bridges[-1]
+            apex = last.before if last.after is None else last.after
+            if last.after is None:
+                bridges.pop()
+        moved = self._measure(before.image, apex.image, bridges)[0]
         if moved[c.region] - c.floor_px < p.verify_fraction * (c.peak_px - c.floor_px):
             return "echo"
         return None
@@ -786,13 +894,6 @@ class Spotter:
     def _item_at_ns(self, ns: int):
         """The newest kept frame at or before `ns` (the oldest kept if none)."""
         return self._reference(ns) or self._buffer[0]
-
-    def _image_at(self, index: int) -> np.ndarray:
-        return self._item_at(index).image
-
-    def _image_before(self, ns: int) -> np.ndarray:
-        """The denoised crop of the newest frame at or before `ns` (the oldest kept if none)."""
-        return self._item_at_ns(ns).image
 
 
 def _as_crop(image: np.ndarray) -> np.ndarray:

@@ -217,9 +217,50 @@ def summarise(result: dict, first: int | None = None) -> dict:
     return s
 
 
-def sweep(out: Path, params=None, quick: bool = False, workers: int | None = None) -> dict:
+def parse_change(text: str) -> tuple[str, object]:
+    """`NAME=VALUE` of a `SpotterParams` field (`mfvan spot-eval --sweep --compare`), the
+    value of the field's own type (true/false for a flag); ValueError naming what is
+    wrong."""
+    from dataclasses import fields
+
+    from mfvan.kernels.spotter import SpotterParams
+
+    name, sep, value = text.partition("=")
+    known = {f.name: f.default for f in fields(SpotterParams) if not callable(f.default)}
+    if not sep or name not in known:
+        raise ValueError(
+            f"--compare takes NAME=VALUE of a spotter parameter ({', '.join(sorted(known))}), "
+            f"got {text!r}"
+        )
+    default = known[name]
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"--compare {name} takes true or false, got {value!r}")
+        return name, value.lower() == "true"
+    try:
+        return name, type(default)(value)
+    except ValueError:
+        raise ValueError(
+            f"--compare {name} takes a {type(default).__name__}, got {value!r}"
+        ) from None
+
+
+def sweep(
+    out: Path,
+    params=None,
+    quick: bool = False,
+    workers: int | None = None,
+    compare: dict | None = None,
+) -> dict:
     """Build (or reuse) every set and evaluate each cell. Returns {seed: {cell: summary}},
-    each summary with `matched` (its first CELL_VIDEOS videos) for the FFV1 comparison."""
+    each summary with `matched` (its first CELL_VIDEOS videos) for the FFV1 comparison.
+    `compare` ({spotter parameter: value}): the headline cells are evaluated with those
+    changes too, as each summary's `compared` (a change's before and after)."""
+    from dataclasses import replace as _replace
+
+    from mfvan.kernels.spotter import SpotterParams
+
+    other = _replace(params or SpotterParams(), **compare) if compare else None
     results: dict = {}
     for seed in (HELD_OUT_SEED, TUNING_SEED):
         build(out, seed, quick, workers)
@@ -229,6 +270,9 @@ def sweep(out: Path, params=None, quick: bool = False, workers: int | None = Non
             raw = evaluate_cell(Path(out) / f"seed{seed}" / name, params, workers)
             summary = summarise(raw)
             summary["matched"] = summarise(raw, CELL_VIDEOS)
+            if other is not None and (kind, codec, fps) in HEADLINE:
+                before = evaluate_cell(Path(out) / f"seed{seed}" / name, other, workers)
+                summary["compared"] = summarise(before)
             results[seed][name] = summary
             print(f"seed {seed} {name:<32} {spotting.one_line(summary)}", flush=True)
     (Path(out) / "matrix.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -327,8 +371,39 @@ def _method(command: str, machine: str) -> list[str]:
     ]
 
 
+def _compared(results: dict, compare: dict) -> list[str]:
+    """The headline cells with the spotter as it is and with `compare`'s changes."""
+    change = ", ".join(f"`{k}={v}`" for k, v in compare.items())
+    lines = [
+        f"## The headline cells with {change} (before) and with the defaults (after)",
+        "",
+        "| cell | F1 before | F1 after | true spots | false / min | key-frame false / min "
+        "| other false / min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for seed, label in ((HELD_OUT_SEED, "held out"), (TUNING_SEED, "tuning")):
+        for kind, codec, fps in HEADLINE:
+            r = results.get(seed, {}).get(cell_name(kind, codec, fps))
+            if r is None or "compared" not in r:
+                continue
+            b = r["compared"]
+            bc, ac = b["fp_causes_per_minute"], r["fp_causes_per_minute"]
+            lines.append(
+                f"| {cell_name(kind, codec, fps)} ({label}) | {b['f1']:.3f} | **{r['f1']:.3f}** "
+                f"| {b['tp']} → {r['tp']} | {b['fp_per_minute']:.2f} → {r['fp_per_minute']:.2f} "
+                f"| {bc['keyframe']:.2f} → {ac['keyframe']:.2f} "
+                f"| {bc['other']:.2f} → {ac['other']:.2f} |"
+            )
+    return [*lines, ""]
+
+
 def write_docs(
-    results: dict, legacy_results: dict | None, docs: Path, command: str, machine: str
+    results: dict,
+    legacy_results: dict | None,
+    docs: Path,
+    command: str,
+    machine: str,
+    compare: dict | None = None,
 ) -> Path:
     """docs/spotting.md: the headline rows (held-out beside tuning), the whole matrix, the
     earlier sets, and how each number was made; the page's design notes (from
@@ -354,6 +429,8 @@ def write_docs(
         if name in tuning:
             lines.append(_row(f"{name} (tuning)", tuning[name]))
     lines += ["", "Goals, on the held-out seed:", "", GOALS, ""]
+    if compare:
+        lines += _compared(results, compare)
     lines += ["## The matrix (held-out seed)", ""]
     for kind in IDENTITIES:
         for fps in RATES:

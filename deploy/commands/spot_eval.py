@@ -81,6 +81,14 @@ def add(p: argparse.ArgumentParser) -> None:
         help="with --gestures: seconds of each face (default 40)",
     )
     p.add_argument("--quick", action="store_true", help="with --sweep: the headline cells only")
+    p.add_argument(
+        "--compare",
+        action="append",
+        metavar="NAME=VALUE",
+        help="with --sweep: also evaluate the headline cells with this spotter parameter "
+        "changed (e.g. gop_bridge=false: the spotter before key frames were bridged), and "
+        "show both side by side (repeatable)",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.add_argument(
         "--docs", type=Path, help="with --sweep or --scenes: write the results as a Markdown page"
@@ -145,8 +153,11 @@ def run(args: argparse.Namespace) -> int:
 
         root = args.out / "matrix"
         try:
-            results = matrix.sweep(root, quick=args.quick, workers=args.workers)
-        except matrix.StaleMatrix as e:
+            compare = dict(matrix.parse_change(c) for c in args.compare or ())
+            results = matrix.sweep(
+                root, quick=args.quick, workers=args.workers, compare=compare or None
+            )
+        except (matrix.StaleMatrix, ValueError) as e:
             print(f"mfvan spot-eval: {e}", file=sys.stderr)
             return 2
         earlier = matrix.legacy(root, workers=args.workers)
@@ -154,8 +165,11 @@ def run(args: argparse.Namespace) -> int:
             from mfvan.deploy.bench import cpu_name
 
             command = "mfvan spot-eval --sweep" + (" --quick" if args.quick else "")
+            command += "".join(f" --compare {c}" for c in args.compare or ())
             command += f" --docs {args.docs}"
-            path = matrix.write_docs(results, earlier, args.docs, command, cpu_name())
+            path = matrix.write_docs(
+                results, earlier, args.docs, command, cpu_name(), compare=compare or None
+            )
             print(f"results: {path}")
     return 0
 

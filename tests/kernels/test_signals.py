@@ -163,7 +163,9 @@ def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
 
     ms = 1_000_000
     spotter = Spotter()
-    spotter._buffer.extend(_Frame(i, 10 * ms * i, None, None, i == 100) for i in range(100, 130))
+    spotter._buffer.extend(
+        _Frame(i, 10 * ms * i, None, None, i == 100, 10 * ms * i) for i in range(100, 130)
+    )
     spotter._keys, spotter._last_key_ns = 1, 1000 * ms
     assert spotter._gop_reference(1160 * ms) is None, "the first frames not min_lag_s old yet"
     assert spotter._gop_reference(1170 * ms)[0] == 107, "the first whose average is after it"
@@ -172,6 +174,75 @@ def test_after_a_key_frame_the_reference_is_the_new_gops_own_first_frame(face):
     spotter._blinks.clear()
     spotter._keys = len(spotter._buffer)
     assert spotter._gop_reference(1170 * ms) is None, "every frame a key frame (FFV1)"
+
+
+def _gops(face, fps: int, p_noise: float, seconds: int = 4, push=None):
+    """Crops as a codec at `fps` gives them with a key frame every second: each GOP its own
+    texture (a key frame re-codes it), `p_noise` grey levels of change between predicted
+    pictures; `push(i)`: px of a local push at the mouth at frame i (an expression)."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+    bump = np.exp(-((xx - 64) ** 2 + (yy - 96) ** 2) / (2 * 12.0**2))
+    textures = [
+        cv2.GaussianBlur(rng.normal(0, 12, face.shape).astype(np.float32), (0, 0), 1.0)
+        for _ in range(seconds)
+    ]
+    out = []
+    for i in range(seconds * fps):
+        img = face.astype(np.float32)
+        d = push(i) if push else 0.0
+        if d:
+            img = cv2.remap(img, xx - d * bump, yy, cv2.INTER_CUBIC, None, cv2.BORDER_REPLICATE)
+        out.append(img + textures[i // fps] + rng.normal(0, p_noise, face.shape).astype(np.float32))
+    return out
+
+
+def test_a_key_frame_that_re_codes_the_texture_is_bridged_not_compared_across(face):
+    """Step 1j (`gop_bridge`, off by default: on SynthME's camera-like cells it spotted
+    worse, docs/spotting.md): at 200 fps a predicted picture barely changes and a key
+    frame re-codes the whole texture. A comparison across it is chained from the flows
+    within each GOP: the first 0.2 s of a GOP are as quiet as the rest, the frames whose
+    averages straddle the key frame are not measured, and an expression that rises across
+    a key frame is found with its apex. Where the predicted pictures change nearly as much
+    as the key frame (30 fps), the key frame is not bridged."""
+    fps, ms = 200, 1_000_000
+    frames = _gops(face, fps, 0.1)
+    quiet = {}
+    for bridge in (False, True):
+        spotter = Spotter(SpotterParams(gop_bridge=bridge, gop_reference=False))
+        signal = []
+        for i, crop in enumerate(frames):
+            assert not spotter.push(crop, i, i * 5 * ms, key_frame=i % fps == 0)
+            signal.append(spotter.last_signal)
+        signal = np.array(signal)
+        early = np.concatenate([signal[k * fps + 4 : k * fps + 40] for k in (1, 2, 3)])
+        later = np.concatenate([signal[k * fps + 100 : k * fps + 180] for k in (1, 2, 3)])
+        quiet[bridge] = np.nanmean(early) / np.nanmean(later)
+        if bridge:
+            # the frames whose denoising window (20 ms) straddles a key frame are not
+            # measured: the signal stays the one before until the window is past it
+            for k in (fps, 2 * fps):
+                assert (signal[k : k + 3] == signal[k - 1]).all(), signal[k - 2 : k + 5]
+                assert signal[k + 3] != signal[k - 1]
+            assert [k.ns for k in spotter._key_frames] == [3000 * ms], "the newest is bridged"
+    assert quiet[False] > 3, quiet  # across a key frame: its texture step
+    assert quiet[True] < 1.5, quiet
+
+    # an expression of the mouth rising for 60 ms across the key frame at 2 s
+    apex = 2 * fps + 6
+
+    def push(i):
+        return 0.8 * max(0.0, 1 - abs(i - apex) / 12) if abs(i - apex) < 12 else 0.0
+
+    spotter, found = Spotter(SpotterParams(gop_bridge=True, gop_reference=False)), []
+    for i, crop in enumerate(_gops(face, fps, 0.1, 3, push)):
+        found += spotter.push(crop, i, i * 5 * ms, key_frame=i % fps == 0)
+    assert len(found) == 1 and abs(found[0].apex - apex) <= 4, [(f.onset, f.apex) for f in found]
+
+    spotter = Spotter(SpotterParams(gop_bridge=True))
+    for i, crop in enumerate(_gops(face, 30, 1.5, 3)):
+        spotter.push(crop, i, i * 33 * ms, key_frame=i % 30 == 0)
+    assert not spotter._key_frames, "30 fps: predicted pictures change as much, no bridge"
 
 
 @pytest.mark.parametrize(("fps", "hz", "measured"), [(200, 100, 100), (200, 0, 200), (30, 100, 30)])
