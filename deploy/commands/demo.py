@@ -224,7 +224,8 @@ def score(events, args) -> str:
                 [Labelled(e.onset, e.offset, e.label) for e in events if _face_of(source, e) == f],
                 [Labelled(e.onset, e.offset, e.label3 or None) for g, e in micro if g == f],
             )
-            for f in range(len(streams))
+            # events on no face's box: false spots of none
+            for f in [*range(len(streams)), None]
         ],
         classes,
     )
