@@ -551,9 +551,8 @@ class Spotter:
             )
             # each image is moved half the way, so both are resampled alike (step 1e)
             halves.append(_signals.warp_halves(first, second, rigid))
-        flow = self._flow_fn(*halves[0])
-        for a, b in halves[1:]:
-            flow = flow + self._flow_fn(a, b)
+        flows = [self._flow_fn(a, b) for a, b in halves]
+        flow = sum(flows[1:], flows[0])  # one pair: its own flow
         eye_stats = _signals.roi_stats(flow, self._eye_boxes)
         eyes = float(np.hypot(eye_stats[:, 1], eye_stats[:, 2]).max()) * self._scale
         still = eyes > self.params.still_eyes_px
@@ -563,7 +562,7 @@ class Spotter:
             # reaches the regions through the flow's coarse levels
             w = self._eye_weight
             flows = [self._flow_fn(a, np.ascontiguousarray(b * (1 - w) + a * w)) for a, b in halves]
-            flow = flows[0] if len(flows) == 1 else sum(flows[1:], flows[0])
+            flow = sum(flows[1:], flows[0])
         a = halves[0][0]
         texture = self._texture(a) if self.params.confidence else None  # step 1f
         stats = _signals.roi_stats(flow, self._signal_boxes, texture)

@@ -185,16 +185,16 @@ def score(events, args) -> str:
 
     source = SynthSource(_source(args))
     n = int(args.seconds * args.fps)
-    streams = [source.stream] if source.scene is None else [x.stream for x in source.scene.layers]
+    streams = source.streams
     micro = [
         (face, e)
         for face, stream in enumerate(streams)
         for e in stream.expressions_until(n)
         if e.offset < n and e.kind == "micro"
     ]
+    faces = [_face_of(source, ev) for ev in events]
     spotted, right, other = set(), 0, 0
-    for ev in events:
-        face = _face_of(source, ev)
+    for ev, face in zip(events, faces, strict=True):
         hit = next(
             (i for i, (f, e) in enumerate(micro) if f == face and e.onset <= ev.apex <= e.offset),
             None,
@@ -221,7 +221,11 @@ def score(events, args) -> str:
     chain = score_str(
         [
             (
-                [Labelled(e.onset, e.offset, e.label) for e in events if _face_of(source, e) == f],
+                [
+                    Labelled(e.onset, e.offset, e.label)
+                    for e, g in zip(events, faces, strict=True)
+                    if g == f
+                ],
                 [Labelled(e.onset, e.offset, e.label3 or None) for g, e in micro if g == f],
             )
             # events on no face's box: false spots of none

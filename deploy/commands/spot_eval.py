@@ -86,8 +86,8 @@ def add(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME=VALUE",
         help="with --sweep: also evaluate the headline cells with this spotter parameter "
-        "changed (e.g. gop_bridge=false: the spotter before key frames were bridged), and "
-        "show both side by side (repeatable)",
+        "changed (e.g. gop_bridge=true: key frames bridged, off as shipped), and show both "
+        "side by side (repeatable)",
     )
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.add_argument(

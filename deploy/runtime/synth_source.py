@@ -109,6 +109,12 @@ class SynthSource:
         last, so the cost does not grow with the stream's length)."""
         return _truth(self.stream, t, self.opts["fps"])
 
+    @property
+    def streams(self) -> list:
+        """The SynthME streams of the faces in view: the one face's, or each person's of a
+        scene (in the scene's order)."""
+        return [self.stream] if self.scene is None else [x.stream for x in self.scene.layers]
+
     def scene_truth(self, t: int) -> dict:
         """What is under way at frame t on each face of a scene (`faces` > 1)."""
         items = {}
@@ -164,8 +170,7 @@ class SynthSource:
     def _forget(self, before: int) -> None:
         """Drop expressions, blinks and gestures over before frame `before`: the timeline
         scans them all for every frame, so an endless stream must not keep them."""
-        streams = [self.stream] if self.scene is None else [x.stream for x in self.scene.layers]
-        for stream in streams:
+        for stream in self.streams:
             timeline = stream.timeline
             timeline.expressions[:] = [e for e in timeline.expressions if e.offset >= before]
             timeline.blinks[:] = [b for b in timeline.blinks if b.end >= before]

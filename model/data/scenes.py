@@ -215,6 +215,22 @@ class SceneStream:
         cx, cy = layer.person.path.at(t / self.config.fps)
         return cx - layer.place.cx, cy - layer.place.cy
 
+    def _place(self, i: int, t: int, shape: tuple) -> tuple | None:
+        """(the frame's slices, the person's slices) where layer i's rendering of `shape`
+        lies in frame t, cut at the frame's edges; None when it is wholly off the frame. In
+        whole pixels: the person's own pixels, not resampled (a sub-pixel shift would blur
+        them, and with them the movements to spot); a path moves in 1 px steps."""
+        h, w = self.scene.frame_size
+        dx, dy = (int(round(v)) for v in self._offset(i, t))
+        ph, pw = shape[:2]
+        x0, y0, x1, y1 = max(dx, 0), max(dy, 0), min(dx + pw, w), min(dy + ph, h)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return (
+            (slice(y0, y1), slice(x0, x1)),
+            (slice(y0 - dy, y1 - dy), slice(x0 - dx, x1 - dx)),
+        )
+
     @staticmethod
     def _mask_at(layer: _Layer, t: int) -> np.ndarray:
         """The person's mask where the head is at frame t: moved with the head's own drift
@@ -228,7 +244,6 @@ class SceneStream:
         return cv2.remap(layer.mask, pmap[..., 0], pmap[..., 1], cv2.INTER_LINEAR, borderValue=0.0)
 
     def frame(self, t: int) -> synth.SynthFrame:
-        h, w = self.scene.frame_size
         img = self.background.copy()
         rng = np.random.default_rng([self.seed, self.video, t, 0xB6])
         img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(
@@ -236,18 +251,13 @@ class SceneStream:
         )
         for i in self._order:
             layer = self.layers[i]
-            dx, dy = (int(round(v)) for v in self._offset(i, t))
             person = layer.stream.frame(t).image.astype(np.float32)
-            mask = self._mask_at(layer, t)
-            # whole pixels: the person's own pixels, not resampled (a sub-pixel shift would
-            # blur them, and with them the movements to spot); a path moves in 1 px steps
-            ph, pw = person.shape[:2]
-            x0, y0, x1, y1 = max(dx, 0), max(dy, 0), min(dx + pw, w), min(dy + ph, h)
-            if x1 <= x0 or y1 <= y0:
+            place = self._place(i, t, person.shape)
+            if place is None:
                 continue  # wholly off the frame
-            src = (slice(y0 - dy, y1 - dy), slice(x0 - dx, x1 - dx))
-            alpha = mask[src][..., None]
-            img[y0:y1, x0:x1] = person[src] * alpha + img[y0:y1, x0:x1] * (1 - alpha)
+            dst, src = place
+            alpha = self._mask_at(layer, t)[src][..., None]
+            img[dst] = person[src] * alpha + img[dst] * (1 - alpha)
         image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
         return synth.SynthFrame(t, round(t * 1e9 / self.config.fps), image)
 
@@ -263,21 +273,17 @@ class SceneStream:
             self._wall = cv2.cvtColor(
                 np.clip(wall + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY
             )
-        h, w = self.scene.frame_size
         img = self._wall.copy()
         for i in self._order:
             layer = self.layers[i]
-            dx, dy = (int(round(v)) for v in self._offset(i, t))
             person = cv2.cvtColor(layer.stream.frame(t).image, cv2.COLOR_RGB2GRAY)
-            mask = self._mask_at(layer, t)
-            ph, pw = person.shape[:2]
-            x0, y0, x1, y1 = max(dx, 0), max(dy, 0), min(dx + pw, w), min(dy + ph, h)
-            if x1 <= x0 or y1 <= y0:
+            place = self._place(i, t, person.shape)
+            if place is None:
                 continue
-            src = (slice(y0 - dy, y1 - dy), slice(x0 - dx, x1 - dx))
-            alpha, under = mask[src], img[y0:y1, x0:x1].astype(np.float32)
+            dst, src = place
+            alpha, under = self._mask_at(layer, t)[src], img[dst].astype(np.float32)
             mixed = person[src] * alpha + under * (1 - alpha)
-            img[y0:y1, x0:x1] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+            img[dst] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
         return img
 
     def __iter__(self):
